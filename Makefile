@@ -1,0 +1,61 @@
+# The two commands of the README are `make demo` and `make test`. Both set everything up
+# on first use: Debian packages (scripts/bootstrap.sh), a virtualenv with the pinned
+# Python stack (pyproject.toml + constraints.txt), and the Worker's npm packages.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY_STAMP   := $(VENV)/.installed
+NODE_STAMP := cloudflare/node_modules/.installed
+PYTEST_ARGS ?=
+
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export WRANGLER_SEND_METRICS := false
+export CDK_DISABLE_VERSION_CHECK := true
+
+.PHONY: demo test lint typecheck pytest bench setup system format clean
+
+demo: setup
+	$(BIN)/python -m demo $(DEMO_ARGS)
+
+test: setup lint typecheck pytest
+
+ifneq ($(wildcard cloudflare/package-lock.json),)
+setup: system $(PY_STAMP) $(NODE_STAMP)
+else
+setup: system $(PY_STAMP)
+endif
+
+system:
+	@scripts/bootstrap.sh
+
+$(PY_STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (set PYTHON=python3.11)"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[bridge,lambdas,infra,dev]'
+	@touch $@
+
+$(NODE_STAMP): cloudflare/package.json cloudflare/package-lock.json
+	@node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("Node 20+ is required"); process.exit(1) }'
+	cd cloudflare && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(PY_STAMP)
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+format: $(PY_STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) cloudflare/node_modules cdk.out .pytest_cache .mypy_cache .ruff_cache

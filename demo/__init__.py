@@ -1,0 +1,1 @@
+"""`make demo`: the offload run end to end on embedded defaults."""

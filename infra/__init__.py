@@ -1,0 +1,1 @@
+"""CDK stacks for the AWS side, one construct per concern."""

@@ -1,0 +1,1 @@
+"""AWS Lambda functions: thin Powertools handlers over pure logic modules."""
