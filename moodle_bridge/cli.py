@@ -1,0 +1,60 @@
+"""``moodle-offload``: the bridge's command line.
+
+Sub-commands live in ``moodle_bridge.commands``: migrate, tick, company (bridge core);
+jobs, serve (results and job control). Errors exit non-zero with one clear line and never
+print secrets or message bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from moodle_bridge.config import ConfigError, load_config
+
+#: Modules under moodle_bridge.commands, in help order. A missing module is skipped, so
+#: parts can land independently.
+COMMAND_MODULES = ("migrate", "tick", "company", "jobs", "serve", "submit_list")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moodle-offload", description="Offload IOMAD/Moodle bulk mail to the cloud."
+    )
+    parser.add_argument(
+        "--config", help="TOML configuration file (default: $MRCO_CONFIG or ./moodle-offload.toml)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"moodle_bridge.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"moodle_bridge.commands.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config)
+        code: int = args.handler(args, config)
+    except ConfigError as exc:
+        print(f"moodle-offload: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moodle-offload: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
