@@ -1,0 +1,68 @@
+"""``make bench``: run every benchmark module, then summarise bench/results/*.json in docs/benchmarks.md.
+
+Each module runs in its own process (``python -m bench.<name>``) so one's memory and
+imports do not skew another's figures. Modules that are not present yet are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.common import RESULTS_DIR
+
+MODULES = ("contract_bench", "bridge_bench", "results_bench", "lambdas_bench", "tick_bench")
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def summarise() -> str:
+    lines = [
+        "# Benchmark figures",
+        "",
+        "Written by `make bench` from `bench/results/*.json`. The machine is shared and noisy (2 vCPU):",
+        "compare each figure with the baseline measured beside it in the same run, not across runs.",
+        "",
+    ]
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        data = json.loads(path.read_text("utf-8"))
+        env = data.get("environment", {})
+        lines.append(f"## {data.get('benchmark', path.stem)}")
+        lines.append("")
+        lines.append(
+            f"Run {env.get('when', '?')}, Python {env.get('python', '?')}, {env.get('cpus', '?')} CPUs."
+        )
+        lines.append("")
+        lines.append("| figure | value |")
+        lines.append("|---|---|")
+        for key, value in data.get("figures", {}).items():
+            rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+            lines.append(f"| {key} | {rendered} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", nargs="*", help="module names to run (default: all)")
+    args = parser.parse_args()
+    failures = 0
+    for name in args.only or MODULES:
+        if importlib.util.find_spec(f"bench.{name}") is None:
+            print(f"bench: {name} not present, skipped")
+            continue
+        print(f"bench: running {name}", flush=True)
+        completed = subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False)
+        if completed.returncode != 0:
+            print(f"bench: {name} FAILED (exit {completed.returncode})")
+            failures += 1
+    DOC.write_text(summarise() + "\n", encoding="utf-8")
+    print(f"bench: summary written to {DOC}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
