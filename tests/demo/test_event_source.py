@@ -1,0 +1,64 @@
+"""The event-source-mapping emulator behaves like Lambda's: partial failures, crashes, DLQ."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from demo.embedded_aws import EmbeddedAws, embedded_aws
+from demo.event_source import EventSourceMapping, drain, queue_depth
+from offload_contract.signing import generate_root_secret
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[EmbeddedAws]:
+    with embedded_aws() as instance:
+        instance.provision("t", generate_root_secret(), visibility_timeout=1, max_receive=3)
+        yield instance
+
+
+def _send(aws: EmbeddedAws, queue: str, bodies: list[str]) -> None:
+    sqs = aws.client("sqs")
+    for i in range(0, len(bodies), 10):
+        sqs.send_message_batch(
+            QueueUrl=aws.queue_urls[queue],
+            Entries=[{"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[i : i + 10])],
+        )
+
+
+def test_partial_failure_redelivers_only_failed_records(aws: EmbeddedAws) -> None:
+    seen: list[str] = []
+    failed_once: set[str] = set()
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        assert context.get_remaining_time_in_millis() > 0
+        failures = []
+        for record in event["Records"]:
+            assert record["eventSource"] == "aws:sqs"
+            seen.append(record["body"])
+            if record["body"].endswith("3") and record["body"] not in failed_once:
+                failed_once.add(record["body"])
+                failures.append({"itemIdentifier": record["messageId"]})
+        return {"batchItemFailures": failures}
+
+    _send(aws, "jobs", [f"m{n}" for n in range(25)])
+    mapping = EventSourceMapping(aws.client("sqs"), aws.queue_urls["jobs"], handler, "sender")
+    assert drain([mapping], timeout_seconds=60, idle_sleep=0.1)
+    assert sorted(set(seen)) == sorted(f"m{n}" for n in range(25))
+    assert len(seen) == 25 + len(failed_once)
+    assert mapping.stats.item_failures == len(failed_once) == 3
+
+
+def test_crashing_handler_redelivers_batch_then_dlq_takes_poison(aws: EmbeddedAws) -> None:
+    def handler(event: dict[str, Any], context: Any) -> None:
+        if any(r["body"] == "poison" for r in event["Records"]):
+            raise RuntimeError("boom")
+
+    _send(aws, "results", ["poison"])
+    mapping = EventSourceMapping(
+        aws.client("sqs"), aws.queue_urls["results"], handler, "dispatcher", batch_size=1
+    )
+    assert drain([mapping], timeout_seconds=60, idle_sleep=0.2)
+    assert mapping.stats.handler_errors == 3
+    visible, _, _ = queue_depth(aws.client("sqs"), aws.dlq_urls["results"])
+    assert visible == 1
