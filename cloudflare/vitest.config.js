@@ -1,0 +1,31 @@
+// Worker tests run inside workerd (the Workers runtime) through the Workers Vitest
+// integration. Only test/**/*.test.js is collected, so nothing Node-side lands in the pool.
+import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { defineConfig } from "vitest/config";
+
+// A fixed test root secret (the vectors' first key set); real roots are Worker secrets.
+export const TEST_KEYSETS = JSON.stringify({
+  current: "k2026",
+  keysets: {
+    k2026: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+    "rot-b": "1ui7pf5NDlfg2mHdUOmim0vZfoSqeHra2S363aTPXis",
+  },
+});
+
+export default defineConfig({
+  plugins: [
+    cloudflareTest({
+      wrangler: { configPath: "./wrangler.jsonc" },
+      miniflare: {
+        bindings: { HMAC_KEYSETS: TEST_KEYSETS },
+      },
+    }),
+  ],
+  test: {
+    include: ["test/**/*.test.js"],
+  },
+  // The vectors and the schema live in ../offload_contract (one source of truth).
+  server: {
+    fs: { allow: [".."] },
+  },
+});
