@@ -23,6 +23,8 @@ export default defineConfig({
   ],
   test: {
     include: ["test/**/*.test.js"],
+    // The Worker logs one JSON line per request; show them only for failing tests.
+    silent: "passed-only",
   },
   // The vectors and the schema live in ../offload_contract (one source of truth).
   server: {

@@ -7,6 +7,7 @@ languages. ``make`` installs cloudflare/node_modules from the committed lock fil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,14 +26,16 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-@pytest.mark.workerd
-def test_worker_suite_passes_in_workerd() -> None:
-    vitest = WORKER_DIR / "node_modules" / ".bin" / "vitest"
-    if shutil.which("npx") is None or not vitest.exists():
+def _require_node_modules(tool: str) -> None:
+    if shutil.which("npx") is None or not (WORKER_DIR / "node_modules" / ".bin" / tool).exists():
         reason = "cloudflare/node_modules is not installed (run `make test`, which runs npm ci)"
         if _in_ci():
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+def _run_npx(*args: str) -> str:
+    """Run a locally installed tool with npx (never fetching one); return its output on success."""
     env = {
         **os.environ,
         # Nothing may reach the network: no telemetry, no update checks, no registry lookups.
@@ -46,7 +49,7 @@ def test_worker_suite_passes_in_workerd() -> None:
     }
     try:
         completed = subprocess.run(
-            ["npx", "--no-install", "vitest", "run"],
+            ["npx", "--no-install", *args],
             cwd=WORKER_DIR,
             env=env,
             capture_output=True,
@@ -56,10 +59,38 @@ def test_worker_suite_passes_in_workerd() -> None:
         )
     except subprocess.TimeoutExpired as exc:
         partial = exc.stdout if isinstance(exc.stdout, str) else ""
-        pytest.fail(f"vitest did not finish within {TIMEOUT_SECONDS}s\n{partial}")
+        pytest.fail(f"`npx {' '.join(args)}` did not finish within {TIMEOUT_SECONDS}s\n{partial}")
     output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f"vitest failed (exit {completed.returncode}):\n{output}"
+    assert completed.returncode == 0, (
+        f"`npx {' '.join(args)}` failed (exit {completed.returncode}):\n{output}"
+    )
+    return output
+
+
+@pytest.mark.workerd
+def test_worker_suite_passes_in_workerd() -> None:
+    _require_node_modules("vitest")
+    output = _run_npx("vitest", "run")
     # A misconfigured run that collects nothing must not pass: insist on the real suite.
     summary = re.search(r"^\s*Tests\s+(\d+) passed", output, re.MULTILINE)
     assert summary is not None, f"no vitest summary in the output:\n{output}"
     assert int(summary.group(1)) >= MIN_WORKER_TESTS, output
+
+
+@pytest.mark.workerd
+def test_worker_bundles_for_deployment_with_the_shared_schema(tmp_path: Path) -> None:
+    """`wrangler deploy --dry-run` builds the exact bundle a deploy would upload, offline."""
+    _require_node_modules("wrangler")
+    output = _run_npx("wrangler", "deploy", "--dry-run", "--outdir", str(tmp_path))
+    assert "env.EMAIL_QUEUE" in output
+    assert "env.CERTIFICATE_QUEUE" in output
+    assert "env.NONCES" in output
+    bundle = (tmp_path / "index.js").read_text("utf-8")
+    # The schema is inlined from offload_contract/schemas/v1, not from a copy.
+    schema = json.loads(
+        (WORKER_DIR.parent / "offload_contract/schemas/v1/contract.schema.json").read_text("utf-8")
+    )
+    definitions = schema["definitions"]
+    assert json.dumps(definitions["key_id"]["pattern"]) in bundle
+    assert definitions["email_batch"]["description"] in bundle
+    assert "callback-key:v1:company:" in bundle
