@@ -7,11 +7,11 @@ import { INTAKE_PATH, handleIntake, jsonResponse } from "./intake.js";
 export { NonceStore } from "./nonce-store.js";
 
 /**
- * Batch processors by message type: (batch, env) => Promise<void>. The Cloudflare email
+ * Batch processors by message type ("email_batch" -> async (batch, env) => void). The Cloudflare email
  * sender and certificate renderer (Worker parity) register here; until they do, a
  * message is retried and then kept in its queue's dead-letter queue, never dropped.
  */
-export const PROCESSORS = {};
+export const PROCESSORS = new Map();
 
 export default {
   async fetch(request, env) {
@@ -24,7 +24,7 @@ export default {
     for (const message of batch.messages) {
       const body = message.body;
       const type = body && typeof body === "object" ? body.type : undefined;
-      const processor = PROCESSORS[type];
+      const processor = PROCESSORS.get(type);
       if (!processor || !isValid(type, body)) {
         console.error(
           JSON.stringify({

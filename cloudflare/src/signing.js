@@ -24,7 +24,8 @@ const NONCE = /^[A-Za-z0-9_-]{16,64}$/;
 const TIMESTAMP = /^[0-9]{1,12}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const PATH = /^\/[\x21-\x7e]*$/;
-const BASE64URL = /^[A-Za-z0-9_-]*={0,2}$/;
+// base64url as generated; standard base64 is accepted too, as Python's urlsafe_b64decode does.
+const BASE64URL = /^[A-Za-z0-9_\-+/]*={0,2}$/;
 
 const encoder = new TextEncoder();
 

@@ -3,7 +3,7 @@ import { createExecutionContext, createMessageBatch, getQueueResult, runInDurabl
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import messages from "../../offload_contract/vectors/messages.json";
-import worker from "../src/index.js";
+import worker, { PROCESSORS } from "../src/index.js";
 import { QUEUE_MAX_MESSAGE_BYTES, handleIntake } from "../src/intake.js";
 import { deriveCompanyKey, decodeRootSecret, signRequest } from "../src/signing.js";
 
@@ -324,15 +324,44 @@ describe("nonce store Durable Object", () => {
 });
 
 describe("queue consumer", () => {
+  it("acknowledges a valid message its processor handled, retries one it did not, and one that fails", async () => {
+    const seen = [];
+    PROCESSORS.set("email_batch", async (batch) => {
+      seen.push(batch.batch_id);
+      if (batch.batch_id === "b-fail") throw new Error("provider down");
+    });
+    try {
+      const failing = example(EMAIL);
+      failing.batch_id = "b-fail";
+      const invalid = example(EMAIL);
+      invalid.recipients = [];
+      const batch = createMessageBatch("mrco-email-batches", [
+        { id: "ok", timestamp: new Date(), attempts: 1, body: example(EMAIL) },
+        { id: "fails", timestamp: new Date(), attempts: 1, body: failing },
+        { id: "invalid", timestamp: new Date(), attempts: 1, body: invalid },
+      ]);
+      const ctx = createExecutionContext();
+      await worker.queue(batch, env, ctx);
+      const result = await getQueueResult(batch, ctx);
+      expect(result.explicitAcks).toEqual(["ok"]);
+      expect(result.retryMessages.map((m) => m.msgId).sort()).toEqual(["fails", "invalid"]);
+      expect(seen).toEqual(["b-7-000001", "b-fail"]);
+    } finally {
+      PROCESSORS.delete("email_batch");
+    }
+  });
+
   it("retries (so the dead-letter queue keeps) messages it has no processor for", async () => {
     const batch = createMessageBatch("mrco-email-batches", [
       { id: "m-1", timestamp: new Date(), attempts: 1, body: example(EMAIL) },
       { id: "m-2", timestamp: new Date(), attempts: 1, body: { type: "garbage" } },
+      { id: "m-3", timestamp: new Date(), attempts: 1, body: { type: "constructor" } },
+      { id: "m-4", timestamp: new Date(), attempts: 1, body: "not an object" },
     ]);
     const ctx = createExecutionContext();
     await worker.queue(batch, env, ctx);
     const result = await getQueueResult(batch, ctx);
     expect(result.explicitAcks).toEqual([]);
-    expect(result.retryMessages.map((m) => m.msgId).sort()).toEqual(["m-1", "m-2"]);
+    expect(result.retryMessages.map((m) => m.msgId).sort()).toEqual(["m-1", "m-2", "m-3", "m-4"]);
   });
 });

@@ -277,6 +277,10 @@ describe("verification details", () => {
   it("refuses short or invalid root secrets, and bad key set names", () => {
     expect(() => decodeRootSecret("c2hvcnQ")).toThrow(/at least 32 bytes/);
     expect(() => decodeRootSecret("not base64url!")).toThrow(/base64url/);
+    // Standard base64 of the same bytes is accepted, as Python's urlsafe_b64decode does.
+    const allOnes = "ff".repeat(33);
+    expect(bytesToHex(decodeRootSecret("_".repeat(44)))).toBe(allOnes);
+    expect(bytesToHex(decodeRootSecret("/".repeat(44)))).toBe(allOnes);
     expect(() => makeKeyId("Upper", 1)).toThrow(/key set names/);
     expect(() => new Verifier({ "bad name": new Uint8Array(32) }, new MemoryNonceStore())).toThrow(/key set names/);
   });
