@@ -1,7 +1,13 @@
 // Worker tests run inside workerd (the Workers runtime) through the Workers Vitest
 // integration. Only test/**/*.test.js is collected, so nothing Node-side lands in the pool.
+import { readFileSync } from "node:fs";
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+
+// Python-packed, Python-signed submissions written by tests/test_cloudflare_worker.py; the
+// cross-language test is skipped when vitest runs on its own.
+const crossLanguageFile = process.env.MRCO_CROSS_LANGUAGE_REQUESTS;
+const CROSS_LANGUAGE_REQUESTS = crossLanguageFile ? readFileSync(crossLanguageFile, "utf-8") : "";
 
 // A fixed test root secret (the vectors' first key set); real roots are Worker secrets.
 export const TEST_KEYSETS = JSON.stringify({
@@ -17,7 +23,7 @@ export default defineConfig({
     cloudflareTest({
       wrangler: { configPath: "./wrangler.jsonc" },
       miniflare: {
-        bindings: { HMAC_KEYSETS: TEST_KEYSETS },
+        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS },
       },
     }),
   ],
