@@ -32,8 +32,4 @@ export default defineConfig({
     // The Worker logs one JSON line per request; show them only for failing tests.
     silent: "passed-only",
   },
-  // The vectors and the schema live in ../offload_contract (one source of truth).
-  server: {
-    fs: { allow: [".."] },
-  },
 });
