@@ -9,7 +9,7 @@ import { defineConfig } from "vitest/config";
 const crossLanguageFile = process.env.MRCO_CROSS_LANGUAGE_REQUESTS;
 const CROSS_LANGUAGE_REQUESTS = crossLanguageFile ? readFileSync(crossLanguageFile, "utf-8") : "";
 
-// A fixed test root secret (the vectors' first key set); real roots are Worker secrets.
+// The signing vectors' public test roots; real roots are Worker secrets (docs/cloudflare.md).
 export const TEST_KEYSETS = JSON.stringify({
   current: "k2026",
   keysets: {
