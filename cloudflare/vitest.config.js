@@ -1,0 +1,35 @@
+// Worker tests run inside workerd (the Workers runtime) through the Workers Vitest
+// integration. Only test/**/*.test.js is collected, so nothing Node-side lands in the pool.
+import { readFileSync } from "node:fs";
+import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { defineConfig } from "vitest/config";
+
+// Python-packed, Python-signed submissions written by tests/test_cloudflare_worker.py; the
+// cross-language test is skipped when vitest runs on its own.
+const crossLanguageFile = process.env.MRCO_CROSS_LANGUAGE_REQUESTS;
+const CROSS_LANGUAGE_REQUESTS = crossLanguageFile ? readFileSync(crossLanguageFile, "utf-8") : "";
+
+// The signing vectors' public test roots; real roots are Worker secrets (docs/cloudflare.md).
+export const TEST_KEYSETS = JSON.stringify({
+  current: "k2026",
+  keysets: {
+    k2026: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+    "rot-b": "1ui7pf5NDlfg2mHdUOmim0vZfoSqeHra2S363aTPXis",
+  },
+});
+
+export default defineConfig({
+  plugins: [
+    cloudflareTest({
+      wrangler: { configPath: "./wrangler.jsonc" },
+      miniflare: {
+        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS },
+      },
+    }),
+  ],
+  test: {
+    include: ["test/**/*.test.js"],
+    // The Worker logs one JSON line per request; show them only for failing tests.
+    silent: "passed-only",
+  },
+});
