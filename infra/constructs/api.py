@@ -203,7 +203,6 @@ class OffloadApi(Construct):
             },
         )
         self.account = apigw.CfnAccount(self, "Account", cloud_watch_role_arn=role.role_arn)
-        self.account.node.add_dependency(role)
         acknowledge(
             role,
             id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:*]",
