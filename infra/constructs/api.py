@@ -10,9 +10,9 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.config import OffloadConfig
+from infra.constructs import retention
 from infra.constructs.queues import OffloadQueues
 from infra.constructs.storage import CERTIFICATES_PREFIX, CONTENTS_PREFIX, CertificateStorage, HmacKeys
-from infra.constructs import retention
 from infra.nag import acknowledge
 from offload_contract.validation import schema_document
 
@@ -206,7 +206,7 @@ class OffloadApi(Construct):
         acknowledge(
             role,
             id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:*]",
-            reason="logs:DescribeLogGroups has no resource-level scope narrower than the account's log groups.",
+            reason="logs:DescribeLogGroups has no resource scope narrower than the account's log groups.",
         )
         for suffix in ("API-Gateway-Execution-Logs_*", "API-Gateway-Execution-Logs_*:log-stream:*"):
             acknowledge(
@@ -229,11 +229,12 @@ class OffloadApi(Construct):
         for method, why in (
             (
                 self.verify_method,
-                "Certificate verification is public by design: anyone holding a certificate may check its code.",
+                "Certificate verification is public by design: any certificate holder may check a code.",
             ),
             (
                 self.unsubscribe_method,
-                "RFC 8058 one-click unsubscribe is POSTed by mail clients without credentials; the token is HMAC-signed.",
+                "RFC 8058 one-click unsubscribe is POSTed by mail clients without credentials; "
+                "the token is HMAC-signed.",
             ),
         ):
             acknowledge(method, id="AwsSolutions-APIG4", reason=why)
@@ -241,7 +242,7 @@ class OffloadApi(Construct):
         acknowledge(
             self.intake_method,
             id="AwsSolutions-COG4",
-            reason="The intake uses IAM (SigV4) authorization for the bridge's IAM principal, not Cognito users.",
+            reason="The intake uses IAM (SigV4) authorization for the bridge's IAM user, not Cognito.",
         )
 
 

@@ -12,6 +12,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.config import OffloadConfig
+from infra.constructs import retention
 from infra.constructs.email import EmailSending
 from infra.constructs.queues import OffloadQueues, QueueWithDlq
 from infra.constructs.storage import (
@@ -21,7 +22,6 @@ from infra.constructs.storage import (
     HmacKeys,
     IdempotencyTable,
 )
-from infra.constructs import retention
 from infra.nag import acknowledge
 
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -302,7 +302,8 @@ class OffloadFunctions(Construct):
         }
         for key, role in self.roles.items():
             policy = role.node.try_find_child("DefaultPolicy")
-            assert policy is not None
+            if policy is None:
+                raise RuntimeError(f"role of {key} has no default policy")
             if self._config.tracing:
                 acknowledge(
                     policy,

@@ -134,7 +134,7 @@ class OffloadMonitoring(Construct):
             bounce_rate.create_alarm(
                 self,
                 "SesBounceRate",
-                alarm_description=f"SES bounce rate reached {config.bounce_rate_alarm:.1%} (SES review threshold 5 %)",
+                alarm_description=f"SES bounce rate reached {config.bounce_rate_alarm:.1%} (SES review: 5 %)",
                 threshold=config.bounce_rate_alarm,
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                 evaluation_periods=1,
@@ -146,7 +146,7 @@ class OffloadMonitoring(Construct):
                 self,
                 "SesComplaintRate",
                 alarm_description=(
-                    f"SES complaint rate reached {config.complaint_rate_alarm:.2%} (SES review threshold 0.1 %)"
+                    f"SES complaint rate reached {config.complaint_rate_alarm:.2%} (SES review: 0.1 %)"
                 ),
                 threshold=config.complaint_rate_alarm,
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
@@ -183,11 +183,10 @@ class OffloadMonitoring(Construct):
                 width=8,
             ),
         )
-        ses_metric = lambda name: cloudwatch.Metric(namespace="AWS/SES", metric_name=name, statistic="Sum")  # noqa: E731
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="SES volume",
-                left=[ses_metric(n) for n in ("Send", "Delivery", "Bounce", "Complaint")],
+                left=[_ses_sum(n) for n in ("Send", "Delivery", "Bounce", "Complaint")],
                 width=12,
             ),
             cloudwatch.GraphWidget(title="SES reputation", left=[bounce_rate, complaint_rate], width=6),
@@ -202,3 +201,7 @@ class OffloadMonitoring(Construct):
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+
+def _ses_sum(name: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace="AWS/SES", metric_name=name, statistic="Sum")

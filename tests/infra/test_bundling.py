@@ -61,7 +61,15 @@ def test_full_bundle_holds_aarch64_wheels_and_no_boto3() -> None:
     bundle = build_lambda_asset(ROOT, "full")
     elapsed = time.perf_counter() - started
     tag = f"cpython-{PYTHON_VERSION.replace('.', '')}-aarch64-linux-gnu"
-    for package in ("fpdf", "segno", "aws_lambda_powertools", "jinja2", "fastjsonschema", "lambdas", "offload_contract"):
+    for package in (
+        "fpdf",
+        "segno",
+        "aws_lambda_powertools",
+        "jinja2",
+        "fastjsonschema",
+        "lambdas",
+        "offload_contract",
+    ):
         assert (bundle / package).is_dir(), package
     assert list((bundle / "uharfbuzz").glob("*aarch64*.so")) or list((bundle / "uharfbuzz").glob("*.abi3.so"))
     assert list((bundle / "PIL").glob(f"_imaging.{tag}.so"))

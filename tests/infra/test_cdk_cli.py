@@ -63,7 +63,17 @@ def test_npx_cdk_synth_works_offline(tmp_path: Path) -> None:
         "NO_PROXY": "",
     }
     result = subprocess.run(
-        [npx, "--no-install", "cdk", "synth", "--quiet", "-c", "offload:bundle=source", "-o", str(tmp_path / "out")],
+        [
+            npx,
+            "--no-install",
+            "cdk",
+            "synth",
+            "--quiet",
+            "-c",
+            "offload:bundle=source",
+            "-o",
+            str(tmp_path / "out"),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -12,7 +12,8 @@ from tests.infra.support import ROOT
 
 
 def _blocks() -> dict:
-    return json.loads((ROOT / "cdk.json").read_text())["context"]["offload"]
+    blocks: dict = json.loads((ROOT / "cdk.json").read_text())["context"]["offload"]
+    return blocks
 
 
 def test_cdk_json_holds_valid_dev_and_prod_blocks() -> None:
@@ -31,7 +32,12 @@ def test_sender_concurrency_is_ceil_of_rate_over_per_invocation_rate(rate: float
 
 def test_reserved_concurrency_only_when_asked() -> None:
     assert OffloadConfig(env_name="dev", ses_send_rate=300).sender_reserved_concurrency is None
-    assert OffloadConfig(env_name="prod", ses_send_rate=300, reserve_concurrency=True).sender_reserved_concurrency == 6
+    assert (
+        OffloadConfig(
+            env_name="prod", ses_send_rate=300, reserve_concurrency=True
+        ).sender_reserved_concurrency
+        == 6
+    )
 
 
 def test_file_overrides_context(tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ def test_domain_identity_with_easy_dkim_and_custom_mail_from(prod: Synth) -> Non
             "EmailIdentity": "mail.example.org",
             "DkimAttributes": {"SigningEnabled": True},
             "DkimSigningAttributes": {"NextSigningKeyLength": "RSA_2048_BIT"},
-            "MailFromAttributes": {"MailFromDomain": "bounce.mail.example.org", "BehaviorOnMxFailure": Match.any_value()},
+            "MailFromAttributes": {
+                "MailFromDomain": "bounce.mail.example.org",
+                "BehaviorOnMxFailure": Match.any_value(),
+            },
             "ConfigurationSetAttributes": Match.any_value(),
         },
     )
@@ -41,7 +44,9 @@ def test_domain_identity_with_easy_dkim_and_custom_mail_from(prod: Synth) -> Non
 
 
 def test_one_ses_tenant_per_configured_company(prod: Synth) -> None:
-    tenants = {t["Properties"]["TenantName"]: t["Properties"] for t in prod.resources("AWS::SES::Tenant").values()}
+    tenants = {
+        t["Properties"]["TenantName"]: t["Properties"] for t in prod.resources("AWS::SES::Tenant").values()
+    }
     assert set(tenants) == {"iomad-company-3-prod", "acme-prod"}
     for props in tenants.values():
         assert len(props["ResourceAssociations"]) == 2  # configuration set + domain identity
@@ -57,7 +62,10 @@ def test_sender_may_send_through_the_tenants_and_identities(prod: Synth) -> None
 
 
 def test_pull_mode_disables_the_dispatcher_mapping_only(prod: Synth) -> None:
-    enabled = [m["Properties"].get("Enabled", True) for m in prod.resources("AWS::Lambda::EventSourceMapping").values()]
+    enabled = [
+        m["Properties"].get("Enabled", True)
+        for m in prod.resources("AWS::Lambda::EventSourceMapping").values()
+    ]
     assert sorted(enabled) == [False, True, True, True]
 
 
@@ -74,14 +82,21 @@ def test_sender_concurrency_follows_the_send_rate(prod: Synth) -> None:
 
 
 def test_stateful_resources_are_retained(prod: Synth) -> None:
-    for type_name in ("AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SecretsManager::Secret", "AWS::SQS::Queue"):
+    for type_name in (
+        "AWS::S3::Bucket",
+        "AWS::DynamoDB::Table",
+        "AWS::SecretsManager::Secret",
+        "AWS::SQS::Queue",
+    ):
         for resource in prod.resources(type_name).values():
             assert resource["DeletionPolicy"] == "Retain", type_name
     assert prod.stack.termination_protection is True
 
 
 def test_alarm_email_is_subscribed(prod: Synth) -> None:
-    prod.template.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.org"})
+    prod.template.has_resource_properties(
+        "AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.org"}
+    )
 
 
 def test_cfn_lint_reports_no_errors(prod: Synth) -> None:
