@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -10,7 +11,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from infra.bundling import BundleMode
 from infra.config import ConfigError, load_config
-from infra.stack import OffloadStack
+from infra.stack import PROJECT_ROOT, OffloadStack
 
 #: Context keys (set in cdk.json or with -c key=value).
 CONTEXT_ENV = "env"
@@ -24,8 +25,23 @@ def stack_name(env_name: str) -> str:
     return f"ManiReportsOffload-{env_name}"
 
 
+#: Feature flags the stack relies on, whatever cdk.json says.
+REQUIRED_FLAGS = {
+    # Access-log delivery through a bucket policy instead of the legacy LogDeliveryWrite ACL.
+    "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,
+}
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The ``context`` block of cdk.json (the CLI passes it itself; ``python app.py`` does not)."""
+    context: dict[str, Any] = json.loads((PROJECT_ROOT / "cdk.json").read_text(encoding="utf-8"))["context"]
+    return context
+
+
 def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> tuple[App, OffloadStack]:
-    app = App(context=context, outdir=outdir)
+    if context is None and "CDK_CONTEXT_JSON" not in os.environ:
+        context = cdk_json_context()
+    app = App(context={**(context or {}), **REQUIRED_FLAGS}, outdir=outdir)
     env_name = str(app.node.try_get_context(CONTEXT_ENV) or "dev")
     config = load_config(
         env_name, app.node.try_get_context(CONTEXT_BLOCKS), app.node.try_get_context(CONTEXT_FILE)

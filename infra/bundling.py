@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -100,6 +101,32 @@ def build_lambda_asset(root: Path, mode: BundleMode = "full", build_dir: Path | 
     return target
 
 
+#: Fixed timestamp for zip entries, so equal inputs give a byte-identical archive.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def build_lambda_zip(root: Path, mode: BundleMode = "full", build_dir: Path | None = None) -> Path:
+    """The asset as one deterministic zip next to its directory.
+
+    CDK fingerprints and copies a directory asset file by file on every synth (about 2,000
+    files and 58 MB here); a single zip is hashed and staged in a fraction of that time.
+    """
+    directory = build_lambda_asset(root, mode, build_dir)
+    archive = directory.with_name(directory.name + ".zip")
+    if archive.exists():
+        return archive
+    partial = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != ".complete"):
+            info = zipfile.ZipInfo(path.relative_to(directory).as_posix(), date_time=_ZIP_EPOCH)
+            mode_bits = 0o755 if os.access(path, os.X_OK) else 0o644
+            info.external_attr = (0o100000 | mode_bits) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    partial.replace(archive)
+    return archive
+
+
 def _pip_install(root: Path, target: Path) -> None:
     command = [
         sys.executable,
@@ -142,3 +169,4 @@ def _prune_old(build_dir: Path, keep: Path, mode: BundleMode, retain: int = 2) -
     )
     for old in bundles[retain:]:
         shutil.rmtree(old, ignore_errors=True)
+        old.with_name(old.name + ".zip").unlink(missing_ok=True)

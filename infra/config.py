@@ -78,6 +78,11 @@ class OffloadConfig:
     retain_data: bool = False
     api_rate_limit: float = 50.0
     api_burst_limit: int = 100
+    #: Tighter throttling of the two public routes (verify, unsubscribe).
+    public_rate_limit: float = 10.0
+    public_burst_limit: int = 20
+    #: Alarm when the oldest jobs/certificates message is older than this.
+    backlog_alarm_minutes: int = 60
     #: Days after which certificate PDFs move to Standard-IA, and contents/ objects expire.
     certificate_ia_after_days: int = 90
     content_expire_after_days: int = 14
@@ -112,8 +117,13 @@ class OffloadConfig:
             raise ConfigError("public_base_url must start with https://")
         if self.log_retention_days not in _RETENTION_DAYS:
             raise ConfigError(f"log_retention_days must be one of {sorted(_RETENTION_DAYS)}")
-        if self.api_rate_limit <= 0 or self.api_burst_limit <= 0:
-            raise ConfigError("api_rate_limit and api_burst_limit must be positive")
+        if (
+            min(self.api_rate_limit, self.api_burst_limit, self.public_rate_limit, self.public_burst_limit)
+            <= 0
+        ):
+            raise ConfigError("api_* and public_* rate and burst limits must be positive")
+        if self.backlog_alarm_minutes < 1:
+            raise ConfigError("backlog_alarm_minutes must be >= 1")
         if self.certificate_ia_after_days < 30 or self.content_expire_after_days < 1:
             raise ConfigError(
                 "certificate_ia_after_days >= 30 (S3 minimum) and content_expire_after_days >= 1"

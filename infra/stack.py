@@ -9,7 +9,7 @@ from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from infra.bundling import BundleMode, build_lambda_asset
+from infra.bundling import BundleMode, build_lambda_zip
 from infra.config import OffloadConfig
 from infra.constructs.api import INTAKE_PATH, UNSUBSCRIBE_PATH, VERIFY_PATH, BridgeAccess, OffloadApi
 from infra.constructs.email import EmailSending
@@ -41,7 +41,7 @@ class OffloadStack(Stack):
         self.keys = HmacKeys(self, "HmacKeys", removal=removal)
         self.email = EmailSending(self, "Email", config=config, ses_events=self.queues.ses_events)
 
-        code = lambda_.Code.from_asset(str(build_lambda_asset(PROJECT_ROOT, bundle_mode)))
+        code = lambda_.Code.from_asset(str(build_lambda_zip(PROJECT_ROOT, bundle_mode)))
         self.functions = OffloadFunctions(
             self,
             "Functions",

@@ -89,6 +89,16 @@ class OffloadApi(Construct):
                 data_trace_enabled=False,
                 metrics_enabled=True,
                 tracing_enabled=config.tracing,
+                method_options={
+                    f"{path}/{method}": apigw.MethodDeploymentOptions(
+                        throttling_rate_limit=config.public_rate_limit,
+                        throttling_burst_limit=config.public_burst_limit,
+                    )
+                    for path, method in (
+                        (f"{VERIFY_PATH}/{{code}}", "GET"),
+                        (f"{UNSUBSCRIBE_PATH}/{{token}}", "POST"),
+                    )
+                },
             ),
         )
         # The stage may only be created once the account knows the logging role.

@@ -75,6 +75,25 @@ class OffloadMonitoring(Construct):
                     treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
                 )
             )
+        for name in ("jobs", "certificates"):
+            add(
+                queues.by_name[name]
+                .queue.metric_approximate_age_of_oldest_message(
+                    statistic="Maximum", period=Duration.minutes(5)
+                )
+                .create_alarm(
+                    self,
+                    f"{_camel(name)}Backlog",
+                    alarm_description=(
+                        f"The oldest {name} message waited more than {config.backlog_alarm_minutes} min: "
+                        "sending is throttled, failing or paused"
+                    ),
+                    threshold=config.backlog_alarm_minutes * 60,
+                    comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    evaluation_periods=1,
+                    treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                )
+            )
         for key, function in functions.items():
             error_rate = cloudwatch.MathExpression(
                 expression="IF(invocations > 0, errors / invocations, 0)",

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from infra.bundling import PYTHON_VERSION, build_lambda_asset, bundle_hash, runtime_requirements
+from infra.bundling import (
+    PYTHON_VERSION,
+    build_lambda_asset,
+    build_lambda_zip,
+    bundle_hash,
+    runtime_requirements,
+)
 from tests.infra.support import ROOT
 
 
@@ -44,6 +51,21 @@ def test_source_bundle_copies_the_whole_lambdas_tree_and_is_cached(fake_root: Pa
     assert (first / ".complete").stat().st_mtime_ns == stamp  # not rebuilt
 
 
+def test_zip_is_deterministic_and_readable_by_lambda(fake_root: Path, tmp_path: Path) -> None:
+    first = build_lambda_zip(fake_root, "source")
+    data = first.read_bytes()
+    first.unlink()
+    assert build_lambda_zip(fake_root, "source").read_bytes() == data
+    with zipfile.ZipFile(first) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    assert set(infos) == {
+        "lambdas/__init__.py",
+        "lambdas/certificates/fonts/Sans.ttf",
+        "offload_contract/__init__.py",
+    }
+    assert all((i.external_attr >> 16) & 0o444 == 0o444 for i in infos.values())
+
+
 def test_the_hash_follows_sources_and_pins(fake_root: Path) -> None:
     before_full, before_source = bundle_hash(fake_root, "full"), bundle_hash(fake_root, "source")
     (fake_root / "constraints.txt").write_text("segno==0.0.1\n")
@@ -77,4 +99,9 @@ def test_full_bundle_holds_aarch64_wheels_and_no_boto3() -> None:
     assert not list(bundle.rglob("*x86_64*.so"))
     size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
     assert size < 250 * 1024 * 1024  # Lambda's unzipped limit
-    print(f"full bundle: {size / 1e6:.1f} MB, built or found in {elapsed:.1f} s")
+    archive = build_lambda_zip(ROOT, "full")
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+    assert "aws_lambda_powertools/__init__.py" in names and "lambdas/__init__.py" in names
+    assert not any(n.startswith(("boto3/", "botocore/")) for n in names)
+    print(f"full bundle: {size / 1e6:.1f} MB ({archive.stat().st_size / 1e6:.1f} MB zipped), {elapsed:.1f} s")

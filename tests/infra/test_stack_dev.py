@@ -333,11 +333,20 @@ def test_api_methods_auth_and_validation(dev: Synth) -> None:
 def test_api_stage_is_throttled_and_logged(dev: Synth, config: OffloadConfig) -> None:
     stage = next(iter(dev.resources("AWS::ApiGateway::Stage").values()))["Properties"]
     assert "DestinationArn" in stage["AccessLogSetting"] and "Format" in stage["AccessLogSetting"]
-    settings = stage["MethodSettings"][0]
+    by_path = {m["ResourcePath"]: m for m in stage["MethodSettings"]}
+    settings = by_path["/*"]
     assert settings["ThrottlingRateLimit"] == config.api_rate_limit
     assert settings["ThrottlingBurstLimit"] == config.api_burst_limit
     assert settings["LoggingLevel"] == "ERROR" and settings["DataTraceEnabled"] is False
     assert dev.resources("AWS::ApiGateway::Account")
+    public = {path: m for path, m in by_path.items() if path != "/*"}
+    assert {
+        (m["HttpMethod"], m["ThrottlingRateLimit"], m["ThrottlingBurstLimit"]) for m in public.values()
+    } == {
+        ("GET", config.public_rate_limit, config.public_burst_limit),
+        ("POST", config.public_rate_limit, config.public_burst_limit),
+    }
+    assert all("verify" in path or "unsubscribe" in path for path in public)
 
 
 def test_bridge_user_has_no_access_key_in_the_template(dev: Synth) -> None:
@@ -353,7 +362,9 @@ def test_alarms_cover_dlqs_errors_throttles_and_ses_reputation(dev: Synth, confi
     dlq = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
     throttles = [a for a in alarms if a.get("MetricName") == "Throttles"]
     error_rates = [a for a in alarms if "Metrics" in a]
-    assert (len(dlq), len(throttles), len(error_rates)) == (4, 5, 5)
+    backlog = [a for a in alarms if a.get("MetricName") == "ApproximateAgeOfOldestMessage"]
+    assert (len(dlq), len(throttles), len(error_rates), len(backlog)) == (4, 5, 5, 2)
+    assert {a["Threshold"] for a in backlog} == {config.backlog_alarm_minutes * 60}
     bounce = next(a for a in alarms if a.get("MetricName") == "Reputation.BounceRate")
     complaint = next(a for a in alarms if a.get("MetricName") == "Reputation.ComplaintRate")
     assert bounce["Threshold"] == config.bounce_rate_alarm == 0.05
