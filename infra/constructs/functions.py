@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from aws_cdk import Duration, RemovalPolicy, Stack
@@ -129,6 +130,15 @@ class OffloadFunctions(Construct):
         }
         for spec in SPECS.values():
             self._create(spec, code, environment, removal)
+        if email.tenants:
+            # Not in the agreed list: tells the sender which SES tenant sends for which company.
+            self.functions["email_sender"].add_environment(
+                "SES_TENANT_NAMES",
+                json.dumps(
+                    {str(cid): t.tenant_name for cid, t in sorted(email.tenants.items())},
+                    separators=(",", ":"),
+                ),
+            )
 
         bucket_arn = storage.bucket.bucket_arn
         certificates_objects = f"{bucket_arn}/{CERTIFICATES_PREFIX}*"

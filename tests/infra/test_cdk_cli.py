@@ -7,11 +7,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from aws_cdk import cloud_assembly_schema
 
+from infra.bundling import build_lambda_zip
 from tests.infra.support import ROOT
 
 CLI = ROOT / "node_modules" / "aws-cdk"
@@ -47,13 +49,8 @@ def test_cdk_json_turns_off_notices_and_telemetry() -> None:
     assert cdk["app"].startswith(".venv/bin/python ")
 
 
-@pytest.mark.slow
-@pytest.mark.cdk
-def test_npx_cdk_synth_works_offline(tmp_path: Path) -> None:
-    _require_cli()
-    npx = shutil.which("npx")
-    assert npx
-    env = {
+def _offline_env() -> dict[str, str]:
+    return {
         **os.environ,
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
         "CDK_DISABLE_VERSION_CHECK": "true",
@@ -62,6 +59,35 @@ def test_npx_cdk_synth_works_offline(tmp_path: Path) -> None:
         "HTTP_PROXY": "http://127.0.0.1:9",
         "NO_PROXY": "",
     }
+
+
+@pytest.mark.slow
+@pytest.mark.cdk
+def test_python_app_py_synthesizes_offline_with_the_cached_bundle(tmp_path: Path) -> None:
+    build_lambda_zip(ROOT, "full")  # may use PyPI; the synth below must not touch the network
+    env = {**_offline_env(), "CDK_OUTDIR": str(tmp_path / "out")}
+    env.pop("CDK_CONTEXT_JSON", None)
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assets = list((tmp_path / "out").glob("asset.*.zip"))
+    assert len(assets) == 1 and assets[0].stat().st_size > 5_000_000  # the full bundle, not sources only
+
+
+@pytest.mark.slow
+@pytest.mark.cdk
+def test_npx_cdk_synth_works_offline(tmp_path: Path) -> None:
+    _require_cli()
+    npx = shutil.which("npx")
+    assert npx
+    env = _offline_env()
     result = subprocess.run(
         [
             npx,

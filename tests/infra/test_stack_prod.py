@@ -53,6 +53,20 @@ def test_one_ses_tenant_per_configured_company(prod: Synth) -> None:
         assert props["SuppressionAttributes"]["SuppressionScope"] == "TENANT"
 
 
+def test_sender_knows_which_tenant_sends_for_which_company(prod: Synth) -> None:
+    prod.template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "lambdas.handlers.email_sender.handler",
+            "Environment": {
+                "Variables": Match.object_like(
+                    {"SES_TENANT_NAMES": '{"3":"iomad-company-3-prod","7":"acme-prod"}'}
+                )
+            },
+        },
+    )
+
+
 def test_sender_may_send_through_the_tenants_and_identities(prod: Synth) -> None:
     send = next(s for _p, s in statements(prod.raw) if "ses:SendBulkEmail" in as_list(s["Action"]))
     text = str(send["Resource"])
