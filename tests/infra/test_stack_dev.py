@@ -384,6 +384,11 @@ def test_alarm_topic_is_encrypted_with_a_rotating_key(dev: Synth) -> None:
 def test_cdk_nag_passes_and_every_acknowledgement_has_a_reason(dev: Synth) -> None:
     report = json.loads((dev.outdir / "validation-report.json").read_text())
     assert all(r["conclusion"] == "success" for r in report["pluginReports"])
+    nag_report = next(r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions")
+    assert nag_report["violations"] == []
+    suppressed = nag_report["suppressedViolations"]
+    assert len(suppressed) >= 15  # the findings the acknowledgements below answer
+    assert all(len(v["reason"]) >= 40 for v in suppressed)
     metadata = json.loads((dev.outdir / f"{dev.stack.stack_name}.metadata.json").read_text())
     acknowledged = [
         (rule, reason)
