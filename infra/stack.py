@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import Annotations, CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -80,6 +80,11 @@ class OffloadStack(Stack):
             removal=removal,
         )
         self._outputs()
+        if config.is_prod and config.sender_address.endswith(("@example.com", "@example.org")):
+            Annotations.of(self).add_warning_v2(
+                "offload:placeholder-sender",
+                "sender_address is still a placeholder: set it (and domain) in cdk.json or the config file",
+            )
 
     def _outputs(self) -> None:
         outputs = {
