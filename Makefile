@@ -7,6 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.installed
 NODE_STAMP := cloudflare/node_modules/.installed
+CDK_NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -26,6 +27,11 @@ else
 setup: system $(PY_STAMP)
 endif
 
+# The pinned CDK CLI (package.json at the root) for `npx cdk synth/deploy`.
+ifneq ($(wildcard package-lock.json),)
+setup: $(CDK_NODE_STAMP)
+endif
+
 system:
 	@scripts/bootstrap.sh
 
@@ -38,6 +44,11 @@ $(PY_STAMP): pyproject.toml constraints.txt
 $(NODE_STAMP): cloudflare/package.json cloudflare/package-lock.json
 	@node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("Node 20+ is required"); process.exit(1) }'
 	cd cloudflare && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(CDK_NODE_STAMP): package.json package-lock.json
+	@node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("Node 20+ is required"); process.exit(1) }'
+	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 lint: $(PY_STAMP)
@@ -58,4 +69,4 @@ format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) cloudflare/node_modules cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) cloudflare/node_modules node_modules build cdk.out .pytest_cache .mypy_cache .ruff_cache

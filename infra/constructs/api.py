@@ -1,0 +1,324 @@
+"""REST API (intake, verification, one-click unsubscribe) and the bridge's IAM user."""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, RemovalPolicy, Stack
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.config import OffloadConfig
+from infra.constructs import retention
+from infra.constructs.queues import OffloadQueues
+from infra.constructs.storage import CERTIFICATES_PREFIX, CONTENTS_PREFIX, CertificateStorage, HmacKeys
+from infra.nag import acknowledge
+from offload_contract.validation import schema_document
+
+STAGE_NAME = "api"
+INTAKE_PATH = "/v1/batches"
+VERIFY_PATH = "/v1/certificates/verify"
+UNSUBSCRIBE_PATH = "/v1/unsubscribe"
+
+
+def envelope_model_schema() -> apigw.JsonSchema:
+    """A coarse API Gateway model of the contract envelope (draft-4 subset).
+
+    The Lambda validates the full contract and the HMAC signature; this model only lets API
+    Gateway turn away bodies that are obviously not envelopes before they cost an invocation.
+    """
+    envelope = schema_document()["definitions"]["envelope"]
+    return apigw.JsonSchema(
+        schema=apigw.JsonSchemaVersion.DRAFT4,
+        type=apigw.JsonSchemaType.OBJECT,
+        required=list(envelope["required"]),
+        properties={
+            "contract_version": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER),
+            "message_type": apigw.JsonSchema(
+                type=apigw.JsonSchemaType.STRING, enum=list(envelope["properties"]["message_type"]["enum"])
+            ),
+            "message_id": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING),
+            "sent_at": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER),
+            "message": apigw.JsonSchema(type=apigw.JsonSchemaType.OBJECT),
+        },
+    )
+
+
+class OffloadApi(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: OffloadConfig,
+        handler: lambda_.IFunction,
+        removal: RemovalPolicy,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.access_logs = logs.LogGroup(
+            self,
+            "AccessLogs",
+            retention=retention(config.log_retention_days),
+            removal_policy=removal,
+        )
+        self.account_role = self._account_logging_role()
+        self.api = apigw.RestApi(
+            self,
+            "RestApi",
+            description=f"ManiReports Offload ({config.env_name})",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            cloud_watch_role=False,
+            deploy_options=apigw.StageOptions(
+                stage_name=STAGE_NAME,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=True,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=True,
+                ),
+                throttling_rate_limit=config.api_rate_limit,
+                throttling_burst_limit=config.api_burst_limit,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,
+                metrics_enabled=True,
+                tracing_enabled=config.tracing,
+                method_options={
+                    f"{path}/{method}": apigw.MethodDeploymentOptions(
+                        throttling_rate_limit=config.public_rate_limit,
+                        throttling_burst_limit=config.public_burst_limit,
+                    )
+                    for path, method in (
+                        (f"{VERIFY_PATH}/{{code}}", "GET"),
+                        (f"{UNSUBSCRIBE_PATH}/{{token}}", "POST"),
+                    )
+                },
+            ),
+        )
+        # The stage may only be created once the account knows the logging role.
+        self.api.deployment_stage.node.add_dependency(self.account)
+
+        integration = apigw.LambdaIntegration(handler, proxy=True)
+        body_validator = self.api.add_request_validator(
+            "BodyValidator", validate_request_body=True, validate_request_parameters=True
+        )
+        params_validator = self.api.add_request_validator(
+            "ParamsValidator", validate_request_body=False, validate_request_parameters=True
+        )
+        envelope = self.api.add_model(
+            "Envelope", content_type="application/json", model_name="Envelope", schema=envelope_model_schema()
+        )
+        v1 = self.api.root.add_resource("v1")
+        self.intake_method = v1.add_resource("batches").add_method(
+            "POST",
+            integration,
+            authorization_type=apigw.AuthorizationType.IAM,
+            request_validator=body_validator,
+            request_models={"application/json": envelope},
+        )
+        self.verify_method = (
+            v1.add_resource("certificates")
+            .add_resource("verify")
+            .add_resource("{code}")
+            .add_method(
+                "GET",
+                integration,
+                authorization_type=apigw.AuthorizationType.NONE,
+                request_validator=params_validator,
+                request_parameters={"method.request.path.code": True},
+            )
+        )
+        self.unsubscribe_method = (
+            v1.add_resource("unsubscribe")
+            .add_resource("{token}")
+            .add_method(
+                "POST",
+                integration,
+                authorization_type=apigw.AuthorizationType.NONE,
+                request_validator=params_validator,
+                request_parameters={"method.request.path.token": True},
+            )
+        )
+        self._acknowledge()
+
+    @property
+    def base_url(self) -> str:
+        """The stage URL without a trailing slash, built from the API id only.
+
+        ``RestApi.url`` references the stage, which depends on the methods, which reference
+        the API function: putting it in that function's environment would be a cycle.
+        """
+        stack = Stack.of(self)
+        return f"https://{self.api.rest_api_id}.execute-api.{stack.region}.{stack.url_suffix}/{STAGE_NAME}"
+
+    def _account_logging_role(self) -> iam.Role:
+        """API Gateway's account-level CloudWatch role, with a scoped inline policy.
+
+        This replaces the AmazonAPIGatewayPushToCloudWatchLogs managed policy. The setting is
+        per account and region: API Gateway writes execution logs of every API in the region
+        with it, hence the API-Gateway-Execution-Logs_* scope.
+        """
+        stack = Stack.of(self)
+        role = iam.Role(
+            self,
+            "AccountLoggingRole",
+            assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
+            description="API Gateway account logging role (execution and access logs)",
+            inline_policies={
+                "PushLogs": iam.PolicyDocument(
+                    statements=[
+                        iam.PolicyStatement(
+                            actions=["logs:DescribeLogGroups"],
+                            resources=[
+                                stack.format_arn(
+                                    service="logs",
+                                    resource="log-group",
+                                    resource_name="*",
+                                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                                )
+                            ],
+                        ),
+                        iam.PolicyStatement(
+                            actions=[
+                                "logs:CreateLogGroup",
+                                "logs:CreateLogStream",
+                                "logs:DescribeLogStreams",
+                                "logs:PutLogEvents",
+                                "logs:PutRetentionPolicy",
+                            ],
+                            resources=[
+                                stack.format_arn(
+                                    service="logs",
+                                    resource="log-group",
+                                    resource_name="API-Gateway-Execution-Logs_*",
+                                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                                ),
+                                stack.format_arn(
+                                    service="logs",
+                                    resource="log-group",
+                                    resource_name="API-Gateway-Execution-Logs_*:log-stream:*",
+                                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                                ),
+                                self.access_logs.log_group_arn,
+                            ],
+                        ),
+                    ]
+                )
+            },
+        )
+        self.account = apigw.CfnAccount(self, "Account", cloud_watch_role_arn=role.role_arn)
+        acknowledge(
+            role,
+            id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:*]",
+            reason="logs:DescribeLogGroups has no resource scope narrower than the account's log groups.",
+        )
+        for suffix in ("API-Gateway-Execution-Logs_*", "API-Gateway-Execution-Logs_*:log-stream:*"):
+            acknowledge(
+                role,
+                id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:{suffix}]",
+                reason="API Gateway names execution log groups API-Gateway-Execution-Logs_<api-id>/<stage>.",
+            )
+        return role
+
+    def _acknowledge(self) -> None:
+        acknowledge(
+            self.api,
+            id="AwsSolutions-APIG3",
+            reason=(
+                "No WAF web ACL by default (from USD 5/month + per-request): the intake is IAM-signed, "
+                "the public routes take opaque HMAC tokens, and the stage is throttled. Attach a WAF "
+                "ACL to the stage where the threat model calls for it (docs/AWS_SETUP.md)."
+            ),
+        )
+        for method, why in (
+            (
+                self.verify_method,
+                "Certificate verification is public by design: any certificate holder may check a code.",
+            ),
+            (
+                self.unsubscribe_method,
+                "RFC 8058 one-click unsubscribe is POSTed by mail clients without credentials; "
+                "the token is HMAC-signed.",
+            ),
+        ):
+            acknowledge(method, id="AwsSolutions-APIG4", reason=why)
+            acknowledge(method, id="AwsSolutions-COG4", reason=why)
+        acknowledge(
+            self.intake_method,
+            id="AwsSolutions-COG4",
+            reason="The intake uses IAM (SigV4) authorization for the bridge's IAM user, not Cognito.",
+        )
+
+
+class BridgeAccess(Construct):
+    """The IAM user the Moodle bridge uses (access keys are created by the operator, not here)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: OffloadConfig,
+        api: OffloadApi,
+        queues: OffloadQueues,
+        storage: CertificateStorage,
+        keys: HmacKeys,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.user = iam.User(self, "User")
+        bucket_arn = storage.bucket.bucket_arn
+        statements = [
+            iam.PolicyStatement(
+                sid="InvokeIntake",
+                actions=["execute-api:Invoke"],
+                resources=[api.api.arn_for_execute_api("POST", INTAKE_PATH, STAGE_NAME)],
+            ),
+            iam.PolicyStatement(
+                sid="EnqueueBatches",
+                actions=["sqs:SendMessage", "sqs:GetQueueAttributes"],
+                resources=[queues.jobs.queue.queue_arn, queues.certificates.queue.queue_arn],
+            ),
+            iam.PolicyStatement(
+                sid="DrainResults",
+                actions=[
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes",
+                ],
+                resources=[queues.results.queue.queue_arn, queues.results.dlq.queue_arn],
+            ),
+            iam.PolicyStatement(
+                sid="OffloadContents",
+                actions=["s3:PutObject"],
+                resources=[f"{bucket_arn}/{CONTENTS_PREFIX}*"],
+            ),
+            iam.PolicyStatement(
+                sid="FetchCertificates",
+                actions=["s3:GetObject"],
+                resources=[f"{bucket_arn}/{CERTIFICATES_PREFIX}*"],
+            ),
+        ]
+        if config.bridge_reads_hmac_secret:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="ReadHmacKeys",
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[keys.secret.secret_arn],
+                )
+            )
+        self.policy = iam.Policy(self, "Policy", statements=statements, users=[self.user])
+        stack = Stack.of(self)
+        bucket_token = f"<{stack.get_logical_id(storage.bucket.node.default_child)}.Arn>"  # type: ignore[arg-type]
+        for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX):
+            acknowledge(
+                self.policy,
+                id=f"AwsSolutions-IAM5[Resource::{bucket_token}/{prefix}*]",
+                reason="The bridge writes and reads objects under one fixed prefix of this stack's bucket.",
+            )
