@@ -89,7 +89,8 @@ def test_password_templates() -> None:
 
 def test_secret_never_shows_itself() -> None:
     secret = decode_iomad_temporary(VECTOR_STORED)
-    for rendering in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % (secret,), f"{[secret]}"):
+    renderings = [repr(secret), str(secret), f"{secret}", f"{secret!r}", f"{[secret]}", "%s" % secret]  # noqa: UP031
+    for rendering in renderings:
         assert VECTOR_PLAIN not in rendering
         assert "****" in rendering
     with pytest.raises(TypeError):

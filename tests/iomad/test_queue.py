@@ -21,15 +21,27 @@ from tests.iomad.helpers import NOW, count_statements, seeded
 
 
 def _add(conn: sa.Connection, t: IomadTables, **row: object) -> int:
-    values = {"templatename": "user_create", "modifiedtime": NOW - 10, "subject": "s", "body": "b",
-              "companyid": 1, "courseid": 1, "userid": 3, "senderid": -20, "headers": None, "due": NOW - 10}  # fmt: skip
+    values: dict[str, object] = {
+        "templatename": "user_create",
+        "modifiedtime": NOW - 10,
+        "subject": "s",
+        "body": "b",
+        "companyid": 1,
+        "courseid": 1,
+        "userid": 3,
+        "senderid": -20,
+        "headers": None,
+        "due": NOW - 10,
+    }
     values.update(row)
-    return int(conn.execute(sa.insert(t.email).values(**values)).inserted_primary_key[0])
+    key = conn.execute(sa.insert(t.email).values(**values)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _setup(engine: sa.Engine) -> tuple[IomadTables, SeedResult, dict[str, int]]:
     t, seed = seeded(engine, companies=2, users_per_company=3, license_allocated=False)
-    c1, c2 = seed.company_ids
+    c1 = seed.company_ids[0]
     learners = seed.learner_ids
     u = t.user
     ids: dict[str, int] = {}
@@ -53,7 +65,7 @@ def _setup(engine: sa.Engine) -> tuple[IomadTables, SeedResult, dict[str, int]]:
 
 def test_selection_matches_iomad_semantics(db_engine: sa.Engine) -> None:
     t, seed, ids = _setup(db_engine)
-    c1, c2 = seed.company_ids
+    c2 = seed.company_ids[1]
     learners = seed.learner_ids
     with db_engine.connect() as conn:
         rows = select_due_emails(conn, t, NOW, None, None)
