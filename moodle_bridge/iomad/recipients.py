@@ -185,8 +185,16 @@ class Expansion:
 
     @property
     def sendable(self) -> bool:
-        """No fatal problem and at least one recipient."""
-        return bool(self.recipients) and not any(p.fatal for p in self.problems)
+        """No fatal problem and the row's own user has a usable address.
+
+        IOMAD sends to the user first and stops at the first failed send, so when the user's
+        own address is unusable nobody gets a copy; the bridge leaves such rows to IOMAD.
+        """
+        return (
+            bool(self.recipients)
+            and self.recipients[0].role == ROLE_USER
+            and not any(p.fatal for p in self.problems)
+        )
 
     @property
     def problem_codes(self) -> list[str]:
