@@ -25,8 +25,17 @@ LEARNER, MGR_TOP, MGR_MID, DEPT_MGR, MGR_SUSPENDED, TO_USER, TO_DELETED, CC_USER
 
 
 def _user(uid: int, email: str, **kw: Any) -> dict[str, Any]:
-    row = {"id": uid, "username": f"u{uid}", "email": email, "firstname": f"F{uid}", "lastname": f"L{uid}",
-           "confirmed": 1, "mnethostid": 1, "deleted": 0, "suspended": 0}  # fmt: skip
+    row = {
+        "id": uid,
+        "username": f"u{uid}",
+        "email": email,
+        "firstname": f"F{uid}",
+        "lastname": f"L{uid}",
+        "confirmed": 1,
+        "mnethostid": 1,
+        "deleted": 0,
+        "suspended": 0,
+    }
     row.update(kw)
     return row
 
@@ -37,13 +46,19 @@ def build(engine: sa.Engine) -> IomadTables:
     m = metadata_for(t)
     with engine.begin() as conn:
         seed_site(conn, t)
-        conn.execute(m.tables["mdl_company"].insert(), [{"id": COMPANY, "name": "Acme", "shortname": "acme",
-                                                         "emailprofileid": 1}])  # fmt: skip
+        conn.execute(
+            m.tables["mdl_company"].insert(),
+            [{"id": COMPANY, "name": "Acme", "shortname": "acme", "emailprofileid": 1}],
+        )
         conn.execute(
             m.tables["mdl_department"].insert(),
-            [{"id": 1, "name": "Acme", "company": 1, "parent": 0}, {"id": 2, "name": "Ops", "company": 1, "parent": 1},
-             {"id": 3, "name": "Site", "company": 1, "parent": 2}, {"id": 4, "name": "Other", "company": 1, "parent": 1}],
-        )  # fmt: skip
+            [
+                {"id": 1, "name": "Acme", "company": 1, "parent": 0},
+                {"id": 2, "name": "Ops", "company": 1, "parent": 1},
+                {"id": 3, "name": "Site", "company": 1, "parent": 2},
+                {"id": 4, "name": "Other", "company": 1, "parent": 1},
+            ],
+        )
         conn.execute(
             m.tables["mdl_user"].insert(),
             [
@@ -87,8 +102,15 @@ def build(engine: sa.Engine) -> IomadTables:
     return t
 
 
-def queue(engine: sa.Engine, t: IomadTables, templatename: str = "user_create", userid: int = LEARNER,
-          companyid: int = COMPANY, headers: str | None = "default", **template: Any) -> QueuedEmail:  # fmt: skip
+def queue(
+    engine: sa.Engine,
+    t: IomadTables,
+    templatename: str = "user_create",
+    userid: int = LEARNER,
+    companyid: int = COMPANY,
+    headers: str | None = "default",
+    **template: Any,
+) -> QueuedEmail:
     if headers == "default":
         headers = serialize_headers(template_object(1, companyid, templatename, **template))
     with engine.begin() as conn:
@@ -104,7 +126,7 @@ def queue(engine: sa.Engine, t: IomadTables, templatename: str = "user_create", 
                 senderid=-20,
                 headers=headers,
                 due=NOW - 5,
-            )  # fmt: skip
+            )
         ).inserted_primary_key
     assert key is not None
     with engine.connect() as conn:
@@ -216,8 +238,15 @@ def test_password_redaction_can_be_turned_off() -> None:
 
 def test_matches_the_simulated_iomad_cron(db_engine: sa.Engine) -> None:
     """The bridge's set-based fan-out equals what (simulated) IOMAD sends, row by row."""
-    t, _ = seeded(db_engine, companies=2, users_per_company=6, managers_per_company=2, child_departments=2,
-                  supervisor_every=2, completions_per_company=2)  # fmt: skip
+    t, _ = seeded(
+        db_engine,
+        companies=2,
+        users_per_company=6,
+        managers_per_company=2,
+        child_departments=2,
+        supervisor_every=2,
+        completions_per_company=2,
+    )
     with db_engine.connect() as conn:
         emails = select_due_emails(conn, t, NOW, None, None)
         expanded = expand_emails(conn, t, emails)
