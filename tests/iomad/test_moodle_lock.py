@@ -62,9 +62,11 @@ def test_held_lock_makes_the_iomad_cron_skip(db_engine: sa.Engine, db_url: URL) 
                     )
                 ).scalar()
                 assert owner
-        with pytest.raises(LockNotAcquired):
-            with moodle_cron_lock(db_engine, tables, dbname, tables.email_cron_task, 0):
-                pass
+        with (
+            pytest.raises(LockNotAcquired),
+            moodle_cron_lock(db_engine, tables, dbname, tables.email_cron_task, 0),
+        ):
+            pass
         run = run_iomad_email_cron(db_engine, "mdl_", dbname, sink, now=NOW, tables=tables)
         assert not run.ran
         assert sink.messages == []
@@ -80,7 +82,6 @@ def test_held_lock_makes_the_iomad_cron_skip(db_engine: sa.Engine, db_url: URL) 
 def test_lock_waits_up_to_its_timeout() -> None:
     engine = sa.create_engine("sqlite://", poolclass=sa.StaticPool, connect_args={"check_same_thread": False})
     tables, _ = seeded(engine, users_per_company=1)
-    with moodle_cron_lock(engine, tables, "x", TASK, 0):
-        with pytest.raises(LockNotAcquired):
-            with moodle_cron_lock(engine, "mdl_", "x", TASK, 1):
-                pass
+    with moodle_cron_lock(engine, tables, "x", TASK, 0), pytest.raises(LockNotAcquired):  # noqa: SIM117
+        with moodle_cron_lock(engine, "mdl_", "x", TASK, 1):
+            pass
