@@ -268,14 +268,21 @@ def expand_emails(
 
     # 1. headers (CPU only)
     templates: dict[int, TemplateSettings | None] = {}
+    parsed_cache: dict[str | None, ParsedHeaders | HeadersError] = {}  # rows of a template share headers
     for e in emails:
         exp = result[e.id]
-        try:
-            parsed = parse_headers(e.headers_raw)
-        except HeadersError as exc:
-            exp.problems.append(Problem(BAD_HEADERS, f"email {e.id}: {exc}"))
+        cached = parsed_cache.get(e.headers_raw)
+        if cached is None:
+            try:
+                cached = parse_headers(e.headers_raw)
+            except HeadersError as exc:
+                cached = exc
+            parsed_cache[e.headers_raw] = cached
+        if isinstance(cached, HeadersError):
+            exp.problems.append(Problem(BAD_HEADERS, f"email {e.id}: {cached}"))
             templates[e.id] = None
             continue
+        parsed = cached
         exp.headers = parsed
         templates[e.id] = parsed.template
         if e.templatename not in KNOWN_TEMPLATES:
