@@ -271,3 +271,19 @@ def test_statement_count_is_bounded() -> None:
     assert all(x.sendable for x in result.values())
     # company_users 3 chunks, config, companies, templates, departments, managers, users 3, profile 3
     assert counter.count <= 16, counter.statements
+
+
+def test_no_password_in_reprs_or_problem_details() -> None:
+    engine = sa.create_engine("sqlite://")
+    t, seed = seeded(engine, users_per_company=3, supervisor_every=1)
+    u = t.user
+    with engine.begin() as conn:  # make every row produce problems too
+        conn.execute(sa.update(u).where(u.c.id == seed.learner_ids[0]).values(email="not an address"))
+        conn.execute(sa.update(u).where(u.c.id == seed.learner_ids[1]).values(deleted=1))
+    with engine.connect() as conn:
+        emails = select_due_emails(conn, t, NOW, None, None)
+        result = expand_emails(conn, t, emails)
+    rendered = repr(emails) + repr(result) + " ".join(str(p) for x in result.values() for p in x.problems)
+    assert any(x.problems for x in result.values())
+    for password in seed.passwords.values():
+        assert password.reveal() not in rendered
