@@ -346,3 +346,30 @@ def test_simulated_cron_special_users_query() -> None:
     assert on.loaded == 1 and on.messages == 0  # no user row: send_to_user() sends nothing, row marked sent
     with engine.connect() as conn:
         assert select_due_emails(conn, t, NOW, None, None) == []
+
+
+def test_matches_the_simulated_iomad_cron_on_the_51_schema() -> None:
+    from moodle_bridge.iomad.schema import IomadGeneration, detect_iomad
+
+    engine = sa.create_engine("sqlite://")
+    seeded(
+        engine,
+        IomadGeneration.RENAMED,
+        companies=2,
+        users_per_company=4,
+        child_departments=2,
+        supervisor_every=2,
+        completions_per_company=1,
+    )
+    with engine.connect() as conn:
+        t = detect_iomad(conn, "mdl_")
+        emails = select_due_emails(conn, t, NOW, None, None)
+        expanded = expand_emails(conn, t, emails)
+    sink = RecordingSmtpSink()
+    assert run_iomad_email_cron(engine, "mdl_", "m", sink, now=NOW).ran
+    for email in emails:
+        assert sorted(x.address for x in expanded[email.id].recipients) == sorted(
+            sink.addresses_for(email.id)
+        )
+    assert any(x.role == "manager" for e in expanded.values() for x in e.recipients)
+    assert any(x.role == "supervisor" for e in expanded.values() for x in e.recipients)
