@@ -9,6 +9,7 @@ Sources are Debian's fonts-dejavu-core and fonts-wqy-microhei.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -29,16 +30,12 @@ def cjk_codepoints() -> set[int]:
     points: set[int] = set(range(0x3000, 0x3100)) | set(range(0xFF00, 0xFFF0)) | set(range(0x20, 0x7F))
     for lead in range(0xB0, 0xF8):  # GB2312 hanzi rows
         for trail in range(0xA1, 0xFF):
-            try:
+            with contextlib.suppress(UnicodeDecodeError):
                 points.add(ord(bytes([lead, trail]).decode("gb2312")))
-            except UnicodeDecodeError:
-                pass
     for lead in range(0xA4, 0xC7):  # Big5 frequently used hanzi
         for trail in list(range(0x40, 0x7F)) + list(range(0xA1, 0xFF)):
-            try:
+            with contextlib.suppress(UnicodeDecodeError):
                 points.add(ord(bytes([lead, trail]).decode("big5")))
-            except UnicodeDecodeError:
-                pass
     return points
 
 
@@ -63,7 +60,9 @@ def main() -> None:
     dejavu = "/usr/share/fonts/truetype/dejavu/"
     build(dejavu + "DejaVuSans.ttf", "DejaVuSans.ttf", western, True)
     build(dejavu + "DejaVuSans-Bold.ttf", "DejaVuSans-Bold.ttf", western, True)
-    build("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "WenQuanYiMicroHei-CJK.ttf", cjk_codepoints(), False)
+    build(
+        "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "WenQuanYiMicroHei-CJK.ttf", cjk_codepoints(), False
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ class FontLibrary:
         for item in files:
             holder.add_font(item.family, item.style, str(item.path))
             font = holder.fonts[f"{item.family}{item.style}"]
-            assert isinstance(font, TTFFont)
+            if not isinstance(font, TTFFont):
+                raise TypeError(f"{item.path.name} is not a TrueType font")
             font.hbfont  # noqa: B018 - build the HarfBuzz face once, shared read-only
             self._protos[font.fontkey] = _Prototype(font, item.path.read_bytes(), font.ttfont.getGlyphOrder())
         self.body_cmap = frozenset(self._protos["body"].font.cmap)

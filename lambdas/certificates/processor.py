@@ -18,15 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from offload_contract import encode_message, validate
-from offload_contract.limits import SQS_HEADROOM_BYTES, SQS_MAX_MESSAGE_BYTES
-
 from lambdas.certificates.fonts import FontLibrary
 from lambdas.certificates.renderer import render_certificate
 from lambdas.certificates.template import TemplateError, TemplateStore
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
+from offload_contract import encode_message, validate
+from offload_contract.limits import SQS_HEADROOM_BYTES, SQS_MAX_MESSAGE_BYTES
 
 FORWARD_CHUNK = 200
 
@@ -117,7 +116,9 @@ class CertificateBatchProcessor:
                 "store": "s3", "bucket": self.bucket, "key": key, "sha256": digest,
                 "bytes": len(pdf), "content_type": "application/pdf",
             }  # fmt: skip
-            report.results.append(recipient_result(job_id, r["recipient_id"], "rendered", attempt, artifact=artifact))
+            report.results.append(
+                recipient_result(job_id, r["recipient_id"], "rendered", attempt, artifact=artifact)
+            )
             report.rendered += 1
             report.bytes_total += len(pdf)
             if batch["delivery"] != "store_only" and r.get("to") and r.get("content_id"):
@@ -175,7 +176,9 @@ class CertificateBatchProcessor:
         if report.results:
             cb = batch["callback"]
             self.results.publish(
-                result_batches("certificate_renderer", batch["company_id"], report.results, batch["batch_id"]),
+                result_batches(
+                    "certificate_renderer", batch["company_id"], report.results, batch["batch_id"]
+                ),
                 cb["url"],
                 cb["key_id"],
             )

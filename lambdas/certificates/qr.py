@@ -22,6 +22,12 @@ def draw_qr(pdf: FPDF, data: str, x: float, y: float, size: float) -> None:
                 start = c
                 while c < len(row) and row[c]:
                     c += 1
-                pdf.rect(x + (start + border) * module, y + (r + border) * module, (c - start) * module, module, style="F")
+                pdf.rect(
+                    x + (start + border) * module,
+                    y + (r + border) * module,
+                    (c - start) * module,
+                    module,
+                    style="F",
+                )
             else:
                 c += 1

@@ -48,7 +48,8 @@ def render_certificate(
     if install_fonts is not None:
         install_fonts(pdf, True)
     else:
-        assert fonts is not None
+        if fonts is None:
+            raise ValueError("either fonts or install_fonts is required")
         fonts.install(pdf, with_cjk=fonts.needs_fallback(*texts))
     pdf.add_page()
     pdf.set_text_shaping(use_shaping_engine=True)

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "templates"
-FIELDS = {"static", "learner_name", "course_name", "completed_at", "grade", "verification_code", "issuer_name"}
+FIELDS = {
+    "static",
+    "learner_name",
+    "course_name",
+    "completed_at",
+    "grade",
+    "verification_code",
+    "issuer_name",
+}
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

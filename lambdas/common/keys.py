@@ -25,7 +25,9 @@ class KeySets:
             roots = {str(name): decode_root_secret(str(value)) for name, value in document["keysets"].items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             # Never echo the secret: only say what shape was expected.
-            raise ValueError('HMAC secret must be JSON {"current": name, "keysets": {name: base64url}}') from None
+            raise ValueError(
+                'HMAC secret must be JSON {"current": name, "keysets": {name: base64url}}'
+            ) from None
         if current not in roots:
             raise ValueError("HMAC secret's current key set is not among its keysets")
         return cls(current, roots)

@@ -13,7 +13,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "manireports-offload"
 logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ManiReportsOffload", service=SERVICE)
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ManiReportsOffload", service=SERVICE
+)
 tracer = Tracer(service=SERVICE)
 
 __all__ = ["MetricUnit", "logger", "metrics", "tracer"]

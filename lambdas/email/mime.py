@@ -59,5 +59,7 @@ def build_mime(
         msg.make_mixed()
         for item in attachments:
             maintype, _, subtype = item.content_type.partition("/")
-            msg.add_attachment(item.data, maintype=maintype, subtype=subtype or "octet-stream", filename=item.filename)
+            msg.add_attachment(
+                item.data, maintype=maintype, subtype=subtype or "octet-stream", filename=item.filename
+            )
     return msg.as_bytes()

@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from offload_contract import validate
-
 from lambdas.common.idempotency import ClaimState, IdempotencyStore, send_key
 from lambdas.common.pacing import PacingTimeout, SharedRateLimiter
 from lambdas.email.contents import ContentError, ObjectFetcher
@@ -41,6 +39,7 @@ from lambdas.email.templating import (
 from lambdas.email.text import html_to_text
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
+from offload_contract import validate
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 MAX_SQS_DELAY = 900
@@ -58,7 +57,8 @@ def untag_value(value: str) -> str:
 def backoff_delay(attempt: int, throttled: bool) -> int:
     """Seconds before a re-queued recipient is tried again (exponential, jittered, ≤ 15 min)."""
     base = 30 if throttled else 10
-    return min(MAX_SQS_DELAY, base * 2 ** max(0, attempt - 1) + random.randint(0, 10))  # noqa: S311
+    delay: int = min(MAX_SQS_DELAY, base * 2 ** max(0, attempt - 1) + random.randint(0, 10))  # noqa: S311
+    return delay
 
 
 @dataclass
@@ -146,8 +146,7 @@ class EmailBatchSender:
             if claim.state is ClaimState.CLAIMED:
                 claimed.append((recipient, key))
             elif claim.state is ClaimState.COMPLETED:
-                assert claim.result is not None
-                report.results.append(claim.result)
+                report.results.append(claim.result or {})
                 report.replayed += 1
             elif claim.state is ClaimState.IN_FLIGHT:
                 # Another invocation is sending it now; look again once its lease is over.
@@ -229,7 +228,9 @@ class EmailBatchSender:
                 bulk_ok = not recipient.get("attachments")
                 item.content = content
                 if content["kind"] == "template":
-                    item.bulk = bulk_template(content["subject"], content["html"], text_source) if bulk_ok else None
+                    item.bulk = (
+                        bulk_template(content["subject"], content["html"], text_source) if bulk_ok else None
+                    )
                     if item.bulk is not None:
                         # Rendered by SES; locally only if it ends up sent alone.
                         item.bulk_data = item.bulk.replacement_data(data)
@@ -245,7 +246,9 @@ class EmailBatchSender:
                     raise SendFailure("unsubscribe_missing", "campaign mail needs an unsubscribe URL")
                 attachment_bytes = sum(int(a["ref"]["bytes"]) for a in recipient.get("attachments", []))
                 if estimated_size(item.subject, item.html, item.text, attachment_bytes) > MAX_MESSAGE_BYTES:
-                    raise SendFailure("message_too_large", "the message would exceed the SES size limit of 40 MB")
+                    raise SendFailure(
+                        "message_too_large", "the message would exceed the SES size limit of 40 MB"
+                    )
                 prepared.append(item)
             except TemplateDataError as exc:
                 finals.append((recipient, key, SendFailure("template_data", str(exc))))
@@ -316,7 +319,8 @@ class EmailBatchSender:
                 return [Outcome("final", code="message_too_large", message="the message exceeds 40 MB")]
             return [self.ses.send_raw(raw, r["to"], self._tags(batch, r["recipient_id"]), tenant)]
         bulk = unit[0].bulk
-        assert bulk is not None
+        if bulk is None:  # pragma: no cover - _group never builds such a unit
+            raise ValueError("a bulk unit needs a bulk template")
         text = bulk.text if bulk.text is not None else html_to_text(bulk.html).replace("{{h_", "{{t_")
         entries: list[dict[str, Any]] = []
         for item in unit:
@@ -326,7 +330,9 @@ class EmailBatchSender:
                 "ReplacementTags": [
                     {"Name": k, "Value": v} for k, v in self._tags(batch, r["recipient_id"]).items()
                 ],
-                "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": item.bulk_data}},
+                "ReplacementEmailContent": {
+                    "ReplacementTemplate": {"ReplacementTemplateData": item.bulk_data}
+                },
             }
             if r.get("unsubscribe_url"):
                 entry["ReplacementHeaders"] = [
@@ -363,13 +369,21 @@ class EmailBatchSender:
         for item, outcome in zip(unit, outcomes, strict=True):
             rid = item.recipient["recipient_id"]
             if outcome.kind == "sent":
-                result = recipient_result(job_id, rid, "sent", attempt, provider_message_id=outcome.message_id)
+                result = recipient_result(
+                    job_id, rid, "sent", attempt, provider_message_id=outcome.message_id
+                )
                 done.append((item.key, result))
                 report.sent += 1
             elif outcome.kind == "final" or (outcome.kind == "retry" and attempt >= self.max_attempts):
                 message = outcome.message if outcome.kind == "final" else f"gave up after {attempt} attempts"
                 result = recipient_result(
-                    job_id, rid, "failed", attempt, error_code=outcome.code, error_message=message, permanent=True
+                    job_id,
+                    rid,
+                    "failed",
+                    attempt,
+                    error_code=outcome.code,
+                    error_message=message,
+                    permanent=True,
                 )
                 done.append((item.key, result))
                 report.failed += 1
@@ -397,10 +411,15 @@ class EmailBatchSender:
             self.store.release_many(release)
             requeues.append(Requeue(retry, backoff_delay(attempt, throttled), min(100, attempt + 1)))
         if unknown:
-            requeues.append(Requeue(unknown, min(MAX_SQS_DELAY, self.lease_seconds + 60), min(100, attempt + 1)))
+            requeues.append(
+                Requeue(unknown, min(MAX_SQS_DELAY, self.lease_seconds + 60), min(100, attempt + 1))
+            )
 
     def _finish(
-        self, batch: dict[str, Any], finals: list[tuple[dict[str, Any], str, SendFailure]], report: BatchReport
+        self,
+        batch: dict[str, Any],
+        finals: list[tuple[dict[str, Any], str, SendFailure]],
+        report: BatchReport,
     ) -> None:
         if not finals:
             return

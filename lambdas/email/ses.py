@@ -82,7 +82,9 @@ def error_outcome(exc: Exception) -> Outcome:
     if isinstance(exc, ConnectTimeoutError | EndpointConnectionError):
         return Outcome("retry", code="connect_failed", message="could not connect to SES")
     if isinstance(exc, ReadTimeoutError | ConnectionClosedError):
-        return Outcome("unknown", code="outcome_unknown", message="SES connection lost after the request was sent")
+        return Outcome(
+            "unknown", code="outcome_unknown", message="SES connection lost after the request was sent"
+        )
     raise exc
 
 
@@ -157,7 +159,9 @@ class SesSender:
         outcomes: list[Outcome] = []
         for index in range(len(entries)):
             if index >= len(results):
-                outcomes.append(Outcome("unknown", code="outcome_unknown", message="SES returned no entry result"))
+                outcomes.append(
+                    Outcome("unknown", code="outcome_unknown", message="SES returned no entry result")
+                )
                 continue
             entry = results[index]
             status = str(entry.get("Status", "FAILED"))
@@ -173,7 +177,9 @@ class SesSender:
                     )
                 )
             else:
-                outcomes.append(Outcome("final", code=status, message=str(entry.get("Error") or status)[:500]))
+                outcomes.append(
+                    Outcome("final", code=status, message=str(entry.get("Error") or status)[:500])
+                )
         return outcomes
 
 

@@ -93,20 +93,15 @@ def _ses_form(source: str, prefix: str) -> tuple[str, set[str]] | None:
 @lru_cache(maxsize=256)
 def bulk_template(subject: str, html: str, text: str | None) -> BulkTemplate | None:
     """The SES form of a jinja2 content, or None when it needs jinja2 itself."""
-    parts = [_ses_form(subject, "t_"), _ses_form(html, "h_")]
-    if text is not None:
-        parts.append(_ses_form(text, "t_"))
-    if any(part is None for part in parts):
+    subject_form, html_form = _ses_form(subject, "t_"), _ses_form(html, "h_")
+    text_form = _ses_form(text, "t_") if text is not None else ("", set[str]())
+    if subject_form is None or html_form is None or text_form is None:
         return None
-    names: set[str] = set()
-    for part in parts:
-        assert part is not None
-        names |= part[1]
     return BulkTemplate(
-        subject=parts[0][0],  # type: ignore[index]
-        html=parts[1][0],  # type: ignore[index]
-        text=parts[2][0] if text is not None else None,  # type: ignore[index]
-        variables=frozenset(names),
+        subject=subject_form[0],
+        html=html_form[0],
+        text=text_form[0] if text is not None else None,
+        variables=frozenset(subject_form[1] | html_form[1] | text_form[1]),
     )
 
 

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -25,7 +26,9 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 def requeue_to(sqs: Any, queue_url: str) -> Any:
     def requeue(batch: dict[str, Any], delay: int) -> None:
-        sqs.send_message(QueueUrl=queue_url, MessageBody=encode_message(batch).decode("utf-8"), DelaySeconds=delay)
+        sqs.send_message(
+            QueueUrl=queue_url, MessageBody=encode_message(batch).decode("utf-8"), DelaySeconds=delay
+        )
 
     return requeue
 
@@ -81,7 +84,7 @@ def process_record(record: SQSRecord, context: LambdaContext) -> None:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     # The lease of a claim outlives this invocation: remaining time now plus a minute.
     sender().lease_seconds = context.get_remaining_time_in_millis() // 1000 + 60
     return process_partial_response(

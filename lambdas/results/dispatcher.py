@@ -13,10 +13,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from lambdas.common.keys import KeySets
 from offload_contract import decode_message, encode_message, validate
 from offload_contract.signing import parse_key_id, sign_request
-
-from lambdas.common.keys import KeySets
 
 TIMEOUT_SECONDS = 10
 
@@ -71,7 +70,9 @@ class CallbackDispatcher:
         now = int(self._clock())
         envelope = build_envelope(result_batch, now)
         signing_key_id, key = self._keys().signing_key(company_id)
-        headers = sign_request(key, signing_key_id, "POST", urlsplit(callback_url).path or "/", envelope, timestamp=now)
+        headers = sign_request(
+            key, signing_key_id, "POST", urlsplit(callback_url).path or "/", envelope, timestamp=now
+        )
         headers["Content-Type"] = "application/json"
         status = self._send(callback_url, envelope, headers)
         if not 200 <= status < 300:

@@ -69,34 +69,43 @@ def map_event(detail: dict[str, Any], now: int) -> tuple[str, str, int, dict[str
         kind, sub = str(bounce.get("bounceType", "Undetermined")), str(bounce.get("bounceSubType", "General"))
         diagnostics = [str(r.get("diagnosticCode", "")) for r in bounce.get("bouncedRecipients", [])]
         out = result(
-            "bounced", occurred_at=_timestamp(bounce.get("timestamp"), at), error_code=f"bounce.{kind}.{sub}",
-            error_message="; ".join(d for d in diagnostics if d)[:1000] or f"{kind} bounce", permanent=kind == "Permanent",
-        )  # fmt: skip
+            "bounced",
+            occurred_at=_timestamp(bounce.get("timestamp"), at),
+            error_code=f"bounce.{kind}.{sub}",
+            error_message="; ".join(d for d in diagnostics if d)[:1000] or f"{kind} bounce",
+            permanent=kind == "Permanent",
+        )
     elif event_type == "Complaint":
         complaint = detail.get("complaint") or {}
         feedback = str(complaint.get("complaintFeedbackType") or "unspecified")
         out = result(
-            "complained", occurred_at=_timestamp(complaint.get("timestamp"), at),
-            error_code=f"complaint.{feedback}", error_message="recipient marked the message as spam", permanent=True,
-        )  # fmt: skip
+            "complained",
+            occurred_at=_timestamp(complaint.get("timestamp"), at),
+            error_code=f"complaint.{feedback}",
+            error_message="recipient marked the message as spam",
+            permanent=True,
+        )
     elif event_type == "Reject":
         reason = str((detail.get("reject") or {}).get("reason") or "rejected by SES")
-        out = result("rejected", occurred_at=at, error_code="ses_reject", error_message=reason, permanent=True)
+        out = result(
+            "rejected", occurred_at=at, error_code="ses_reject", error_message=reason, permanent=True
+        )
     elif event_type == "Rendering Failure":
         failure = detail.get("failure") or detail.get("renderingFailure") or {}
         out = result(
-            "failed", occurred_at=at, error_code="rendering_failure",
-            error_message=str(failure.get("errorMessage") or "SES could not render the template"), permanent=True,
-        )  # fmt: skip
+            "failed",
+            occurred_at=at,
+            error_code="rendering_failure",
+            error_message=str(failure.get("errorMessage") or "SES could not render the template"),
+            permanent=True,
+        )
     else:
         return None
     return job_id, recipient_id, int(company), out
 
 
 class SesEventProcessor:
-    def __init__(
-        self, store: IdempotencyStore, results: ResultsQueue, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, store: IdempotencyStore, results: ResultsQueue, clock: Callable[[], float]) -> None:
         self.store = store
         self.results = results
         self.clock = clock

@@ -102,7 +102,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             BillingMode="PAY_PER_REQUEST",
         )
         s3 = client("s3")
-        s3.create_bucket(Bucket=ENV["CERTIFICATE_BUCKET"], CreateBucketConfiguration={"LocationConstraint": REGION})
+        s3.create_bucket(
+            Bucket=ENV["CERTIFICATE_BUCKET"], CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
         sesv2 = client("sesv2")
         boto3.client("ses", region_name=REGION).verify_domain_identity(Domain="acme.example")
         fake = FakeSes(region=REGION)
@@ -129,7 +131,9 @@ class FakeContext:
         return self.remaining_ms
 
 
-def sqs_event(*bodies: bytes | str, source_arn: str = "arn:aws:sqs:eu-west-1:123456789012:offload-jobs") -> dict:
+def sqs_event(
+    *bodies: bytes | str, source_arn: str = "arn:aws:sqs:eu-west-1:123456789012:offload-jobs"
+) -> dict:
     records = []
     for index, body in enumerate(bodies):
         records.append(
@@ -148,7 +152,9 @@ def sqs_event(*bodies: bytes | str, source_arn: str = "arn:aws:sqs:eu-west-1:123
     return {"Records": records}
 
 
-def email_batch(recipients: list[dict], contents: dict, *, category: str = "transactional", **extra: Any) -> dict:
+def email_batch(
+    recipients: list[dict], contents: dict, *, category: str = "transactional", **extra: Any
+) -> dict:
     batch = {
         "type": "email_batch",
         "contract_version": 1,

@@ -18,7 +18,7 @@ from email.utils import parseaddr
 from typing import Any
 
 from botocore.exceptions import ReadTimeoutError
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ses.models import Message, ses_backends
 from moto.ses.utils import is_valid_address
 
@@ -81,7 +81,11 @@ class FakeSes:
                 return injected
         if name == "GetAccount":
             return _Http(200), {
-                "SendQuota": {"Max24HourSend": 50000.0, "MaxSendRate": self.max_send_rate, "SentLast24Hours": 0.0},
+                "SendQuota": {
+                    "Max24HourSend": 50000.0,
+                    "MaxSendRate": self.max_send_rate,
+                    "SentLast24Hours": 0.0,
+                },
                 "ProductionAccessEnabled": True,
                 "SendingEnabled": True,
                 "ResponseMetadata": {"HTTPStatusCode": 200},
@@ -112,7 +116,9 @@ class FakeSes:
             try:
                 data = {**default_data, **json.loads(replacement.get("ReplacementTemplateData") or "{}")}
             except ValueError:
-                results.append({"Status": "INVALID_PARAMETER", "Error": "ReplacementTemplateData is not JSON"})
+                results.append(
+                    {"Status": "INVALID_PARAMETER", "Error": "ReplacementTemplateData is not JSON"}
+                )
                 continue
             to = entry["Destination"]["ToAddresses"]
             if not to or any(is_valid_address(parseaddr(a)[1]) is not None for a in to):
@@ -122,7 +128,11 @@ class FakeSes:
             def fill(text: str, data: dict[str, Any] = data) -> str:
                 return _VAR.sub(lambda m: str(data.get(m.group(1), "")), text)
 
-            subject, html, text = fill(content["Subject"]), fill(content.get("Html", "")), fill(content.get("Text", ""))
+            subject, html, text = (
+                fill(content["Subject"]),
+                fill(content.get("Html", "")),
+                fill(content.get("Text", "")),
+            )
             message = Message(
                 message_id=f"bulk-{len(self.bulk_sent):06d}-{len(backend.sent_messages):06d}",
                 source=p["FromEmailAddress"],
@@ -160,4 +170,5 @@ def bad_address() -> tuple[_Http, dict[str, Any]]:
 
 
 def lost_connection() -> Exception:
-    return ReadTimeoutError(endpoint_url="https://email.eu-west-1.amazonaws.com")
+    error: Exception = ReadTimeoutError(endpoint_url="https://email.eu-west-1.amazonaws.com")
+    return error

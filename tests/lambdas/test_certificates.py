@@ -79,7 +79,9 @@ def handlers(aws: Aws):
 def to_png(pdf: bytes, tmp_path: Path, name: str, mode: str = "L") -> Image.Image:
     source = tmp_path / f"{name}.pdf"
     source.write_bytes(pdf)
-    subprocess.run(["pdftoppm", "-r", str(DPI), "-png", "-singlefile", str(source), str(tmp_path / name)], check=True)
+    subprocess.run(
+        ["pdftoppm", "-r", str(DPI), "-png", "-singlefile", str(source), str(tmp_path / name)], check=True
+    )
     return Image.open(tmp_path / f"{name}.png").convert(mode)
 
 
@@ -106,7 +108,9 @@ def test_store_and_mail_with_attachment_through_the_email_path(aws: Aws, handler
     assert all("application/pdf" in raw and 'filename="certificate.pdf"' in raw for raw in raws)
     sent = [r for r in aws.results() if r["status"] == "sent"]
     assert len(sent) == 4
-    record = aws.dynamodb.get_item(TableName="offload-idempotency", Key={"id": {"S": "cert#CODE0001X"}})["Item"]
+    record = aws.dynamodb.get_item(TableName="offload-idempotency", Key={"id": {"S": "cert#CODE0001X"}})[
+        "Item"
+    ]
     assert record["learner_name"]["S"] == NAMES[1]
 
 
@@ -134,7 +138,9 @@ def test_company_template_from_s3_with_background_and_logo(aws: Aws, handlers, t
     background = Image.new("RGB", (297, 210), (250, 240, 200))
     buffer = io.BytesIO()
     background.save(buffer, format="PNG")
-    logo = (Path(__file__).resolve().parents[2] / "lambdas/certificates/templates/default-logo.png").read_bytes()
+    logo = (
+        Path(__file__).resolve().parents[2] / "lambdas/certificates/templates/default-logo.png"
+    ).read_bytes()
     document = json.loads(
         (Path(__file__).resolve().parents[2] / "lambdas/certificates/templates/default.json").read_text()
     )
@@ -142,7 +148,9 @@ def test_company_template_from_s3_with_background_and_logo(aws: Aws, handlers, t
     document["border"] = None
     document["logo"] = {"image": "logo.png", "x": 20, "y": 15, "w": 20}
     prefix = "templates/company-7/"
-    aws.s3.put_object(Bucket="offload-certificates", Key=prefix + "gold.json", Body=json.dumps(document).encode())
+    aws.s3.put_object(
+        Bucket="offload-certificates", Key=prefix + "gold.json", Body=json.dumps(document).encode()
+    )
     aws.s3.put_object(Bucket="offload-certificates", Key=prefix + "bg.png", Body=buffer.getvalue())
     aws.s3.put_object(Bucket="offload-certificates", Key=prefix + "logo.png", Body=logo)
     certificate_renderer.handler(
@@ -157,7 +165,10 @@ def test_company_template_from_s3_with_background_and_logo(aws: Aws, handlers, t
 def test_fonts_are_parsed_once_and_reused_across_documents() -> None:
     library = FontLibrary()
     template = default_template()
-    outputs = [render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library) for name in NAMES * 2]
+    outputs = [
+        render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library)
+        for name in NAMES * 2
+    ]
     assert library.parses == 3  # once per font file, not per document
     assert all(out.startswith(b"%PDF-") for out in outputs)
     assert outputs[0] == outputs[4]  # deterministic: a re-render stores the same bytes
@@ -165,12 +176,18 @@ def test_fonts_are_parsed_once_and_reused_across_documents() -> None:
 
 @pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is required")
 @pytest.mark.parametrize("name", NAMES)
-def test_rendered_page_is_not_blank_and_the_name_is_where_the_template_puts_it(name: str, tmp_path: Path) -> None:
+def test_rendered_page_is_not_blank_and_the_name_is_where_the_template_puts_it(
+    name: str, tmp_path: Path
+) -> None:
     template = default_template()
     library = font_library()
     element = next(e for e in template.elements if e.field == "learner_name")
-    with_name = to_png(render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library), tmp_path, "a")
-    without = to_png(render_certificate(template, dict(DATA, learner_name=""), "https://v/x", library), tmp_path, "b")
+    with_name = to_png(
+        render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library), tmp_path, "a"
+    )
+    without = to_png(
+        render_certificate(template, dict(DATA, learner_name=""), "https://v/x", library), tmp_path, "b"
+    )
     dark = sum(with_name.histogram()[:128])
     assert dark > 2_000  # border, title, texts and QR: not a blank page
     diff = ImageChops.difference(with_name, without).point(lambda p: 255 if p > 64 else 0)

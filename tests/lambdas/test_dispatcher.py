@@ -46,7 +46,9 @@ def bridge():
 
 
 def record_event(url: str, company_id: int = 7) -> dict:
-    batch = result_batches("email_sender", company_id, [recipient_result("j-1", "r-1", "sent", 1, provider_message_id="m")])[0]
+    batch = result_batches(
+        "email_sender", company_id, [recipient_result("j-1", "r-1", "sent", 1, provider_message_id="m")]
+    )[0]
     event = sqs_event(encode_message(batch))
     event["Records"][0]["messageAttributes"] = {
         "callback_url": {"stringValue": url, "dataType": "String"},

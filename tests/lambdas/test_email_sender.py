@@ -17,7 +17,7 @@ from tests.lambdas.ses_fake import bad_address, lost_connection, rejected, throt
 
 RENDERED = {
     "e-1": {"kind": "rendered", "subject": "Your account", "html": "<p>Dear Zoë,</p><p>username: zoe</p>"},
-    "e-2": {"kind": "rendered", "subject": "تم إنشاء حسابك", "html": "<p dir=\"rtl\">مرحبا محمد</p>"},
+    "e-2": {"kind": "rendered", "subject": "تم إنشاء حسابك", "html": '<p dir="rtl">مرحبا محمد</p>'},
 }
 FANOUT = [
     {"recipient_id": "r-1", "to": "zoe@example.org", "name": "Zoë Ørsted", "content_id": "e-1"},
@@ -80,14 +80,18 @@ def test_fanout_copies_share_one_bulk_call_and_single_bodies_go_raw(aws: Aws, ru
     assert "zoe@example.org" in bulk["=?utf-8?b?Wm/DqyDDmHJzdGVk?= <zoe@example.org>"].to
     assert all(not b.headers for b in bulk.values())  # transactional: no List-Unsubscribe
     assert bulk["manager@example.org"].text.startswith("Dear Zoë,")
-    assert bulk["manager@example.org"].tags == {"job_id": "j-7-000001", "company_id": "7", "recipient_id": "r-2"}
+    assert bulk["manager@example.org"].tags == {
+        "job_id": "j-7-000001",
+        "company_id": "7",
+        "recipient_id": "r-2",
+    }
     (raw,) = raw_messages(aws)
     assert raw["Subject"] == "تم إنشاء حسابك"
     assert "محمد" in str(raw["To"])
     assert raw["List-Unsubscribe"] is None
     parts = {part.get_content_type(): part.get_content() for part in raw.walk() if not part.is_multipart()}
     assert parts["text/plain"].strip() == "مرحبا محمد"
-    assert "<p dir=\"rtl\">" in parts["text/html"]
+    assert '<p dir="rtl">' in parts["text/html"]
     send_email = next(p for n, p in aws.ses.calls if n == "SendEmail")
     assert send_email["ConfigurationSetName"] == "offload"
     assert {t["Name"]: t["Value"] for t in send_email["EmailTags"]}["recipient_id"] == "r-3"
@@ -144,10 +148,12 @@ def test_throttling_burst_requeues_only_affected_recipients_with_backoff(aws: Aw
         return None
 
     aws.ses.fault = fault
-    recipients = [dict(r, content_id="e-2") for r in FANOUT]  # three distinct single sends
+    recipients: list[dict[str, Any]] = [dict(r, content_id="e-2") for r in FANOUT]  # distinct single sends
     for i, r in enumerate(recipients):
         r["to"] = f"u{i}@example.org"
-    contents = {"e-2": {"kind": "template", "engine": "jinja2", "subject": "Hi", "html": "<p>{{ x|upper }}</p>"}}
+    contents = {
+        "e-2": {"kind": "template", "engine": "jinja2", "subject": "Hi", "html": "<p>{{ x|upper }}</p>"}
+    }
     for r in recipients:
         r["data"] = {"x": r["recipient_id"]}
     run(email_batch(recipients, contents))
@@ -186,7 +192,11 @@ def test_permanent_failures_are_final_with_reason_and_not_retried(aws: Aws, run)
     run(batch)
     (result,) = aws.results()
     assert result["status"] == "failed"
-    assert result["error"] == {"code": "MessageRejected", "message": "Email address is not verified.", "permanent": True}
+    assert result["error"] == {
+        "code": "MessageRejected",
+        "message": "Email address is not verified.",
+        "permanent": True,
+    }
     run(batch)
     assert [r["status"] for r in aws.results()] == ["failed"]
     assert [n for n, _ in aws.ses.calls].count("SendEmail") == 1
@@ -208,7 +218,12 @@ def test_content_over_ses_size_limit_is_a_final_failure(aws: Aws, run) -> None:
     attachment = {
         "filename": "huge.pdf",
         "content_type": "application/pdf",
-        "ref": {"store": "s3", "key": "contents/company-7/j/huge.pdf", "sha256": "0" * 64, "bytes": 41_000_000},
+        "ref": {
+            "store": "s3",
+            "key": "contents/company-7/j/huge.pdf",
+            "sha256": "0" * 64,
+            "bytes": 41_000_000,
+        },
     }
     run(email_batch([dict(FANOUT[0], attachments=[attachment])], RENDERED))
     (result,) = aws.results()
@@ -222,7 +237,9 @@ def test_lost_connection_keeps_the_claim_and_never_resends(aws: Aws, run) -> Non
     run(batch)
     (result,) = aws.results()
     assert result["status"] == "retrying" and result["error"]["code"] == "outcome_unknown"
-    item = aws.dynamodb.get_item(TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", "r-3")}})
+    item = aws.dynamodb.get_item(
+        TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", "r-3")}}
+    )
     assert item["Item"]["status"]["S"] == "INPROGRESS"
     aws.ses.fault = None
     run(batch)  # redelivered while the lease is live: not sent, looked at again later

@@ -26,16 +26,23 @@ def test_logs_are_json_and_never_contain_bodies_or_passwords(
     previous = handler.setStream(buffer)
     contents = {
         "e-1": {"kind": "rendered", "subject": "New account", "html": f"<p>password: {PASSWORD}</p>"},
-        "t-1": {"kind": "template", "engine": "jinja2", "subject": "Hi", "html": "<p>{{ secret }} {{ missing }}</p>"},
+        "t-1": {
+            "kind": "template",
+            "engine": "jinja2",
+            "subject": "Hi",
+            "html": "<p>{{ secret }} {{ missing }}</p>",
+        },
     }
-    recipients = [
+    recipients: list[dict] = [
         {"recipient_id": "r-1", "to": "zoe@example.org", "content_id": "e-1"},
         {"recipient_id": "r-2", "to": "li@example.org", "content_id": "t-1", "data": {"secret": PASSWORD}},
     ]
     bad = email_batch(recipients, contents)
     bad["recipients"][0]["data"] = {"password": PASSWORD, "nested": {"x": 1}}
     bad["sender"]["address"] = "not-an-address"  # contract violation: the whole record fails
-    email_sender.handler(sqs_event(encode_message(email_batch(recipients, contents)), encode_message(bad)), FakeContext())
+    email_sender.handler(
+        sqs_event(encode_message(email_batch(recipients, contents)), encode_message(bad)), FakeContext()
+    )
     handler.setStream(previous)
     output = capsys.readouterr()
     lines = [line for line in (buffer.getvalue() + output.out).splitlines() if line.strip()]

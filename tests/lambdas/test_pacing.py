@@ -30,7 +30,9 @@ def test_concurrent_invocations_never_exceed_the_rate_together(aws: Aws) -> None
     lock = threading.Lock()
 
     def invocation(n: int) -> None:
-        limiter = SharedRateLimiter(aws.dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep)
+        limiter = SharedRateLimiter(
+            aws.dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep
+        )
         for _ in range(12):
             limiter.acquire(n, deadline=clock.now + 10_000)
             with lock:

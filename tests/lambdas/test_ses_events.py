@@ -28,7 +28,14 @@ def event(event_type: str, recipient_id: str = "r-1", job_id: str = "j-7-000001"
     return json.dumps({"version": "0", "source": "aws.ses", "detail-type": "x", "detail": detail})
 
 
-def run(*bodies: str) -> dict:
+BOUNCE = {
+    "bounceType": "Permanent",
+    "bounceSubType": "NoEmail",
+    "bouncedRecipients": [{"diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
+}
+
+
+def run(*bodies: str) -> Any:
     ses_events.events_processor.cache_clear()
     return ses_events.handler(sqs_event(*bodies), FakeContext())
 
@@ -37,8 +44,7 @@ def test_bounce_complaint_delivery_reject_and_rendering_failure_are_reported(aws
     store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
     store.remember_job("j-7-000001", 7, CALLBACK["url"], CALLBACK["key_id"])
     response = run(
-        event("Bounce", "r-1", bounce={"bounceType": "Permanent", "bounceSubType": "NoEmail",
-                                       "bouncedRecipients": [{"diagnosticCode": "smtp; 550 5.1.1 user unknown"}]}),
+        event("Bounce", "r-1", bounce=BOUNCE),
         event("Complaint", "r-2", complaint={"complaintFeedbackType": "abuse"}),
         event("Delivery", "r-3", delivery={"timestamp": "2026-11-22T10:00:05.000Z"}),
         event("Reject", "r-4", reject={"reason": "Bad content"}),
@@ -75,5 +81,8 @@ def test_send_event_settles_a_claim_left_in_the_crash_window(aws: Aws) -> None:
 
 
 def test_events_of_unknown_jobs_or_foreign_sources_are_dropped(aws: Aws) -> None:
-    run(event("Bounce", job_id="j-unknown", bounce={"bounceType": "Transient"}), json.dumps({"source": "evil"}))
+    run(
+        event("Bounce", job_id="j-unknown", bounce={"bounceType": "Transient"}),
+        json.dumps({"source": "evil"}),
+    )
     assert aws.results() == []
