@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -24,15 +25,27 @@ class Clock:
             self.now += max(seconds, 0.001)
 
 
+class AtomicItems:
+    """moto applies a conditional update in two unlocked steps; DynamoDB does it atomically
+    per item. Serialise the calls so the test checks our condition, not moto's threading."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def update_item(self, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._client.update_item(**kwargs)
+
+
 def test_concurrent_invocations_never_exceed_the_rate_together(aws: Aws) -> None:
     clock = Clock()
+    dynamodb = AtomicItems(aws.dynamodb)
     taken: Counter[int] = Counter()
     lock = threading.Lock()
 
     def invocation(n: int) -> None:
-        limiter = SharedRateLimiter(
-            aws.dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep
-        )
+        limiter = SharedRateLimiter(dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep)
         for _ in range(12):
             limiter.acquire(n, deadline=clock.now + 10_000)
             with lock:
