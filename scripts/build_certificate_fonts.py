@@ -1,7 +1,9 @@
 """Build the subset fonts shipped in lambdas/certificates/fonts/ (run once; outputs are committed).
 
-DejaVu Sans (Bitstream Vera / public-domain licence) keeps Latin, Latin Extended, Greek,
-Cyrillic, Hebrew and Arabic with their OpenType layout tables, so HarfBuzz can shape them.
+DejaVu Sans (Bitstream Vera / public-domain licence) is cut in two, each with its OpenType
+layout tables so HarfBuzz can shape it: Western (Latin-1, Latin Extended-A and Additional)
+is the body font of every certificate; Extended (Latin Extended-B, IPA, Greek, Cyrillic) and
+RTL (Hebrew, Arabic) are fallbacks added to a document only when its text needs them. Small body fonts keep the per-document parse cheap.
 WenQuanYi Micro Hei (Apache-2.0) is cut to the Chinese characters of GB2312 and Big5's
 frequent set, plus kana and CJK punctuation: the certificate's fallback for CJK names.
 Sources are Debian's fonts-dejavu-core and fonts-wqy-microhei.
@@ -18,11 +20,17 @@ from fontTools.ttLib import TTFont
 
 OUT = Path(__file__).resolve().parent.parent / "lambdas" / "certificates" / "fonts"
 
+# Latin-1, Latin Extended-A, Latin Extended Additional (Vietnamese...), combining marks, punctuation.
 WESTERN = [
-    (0x0020, 0x024F), (0x0250, 0x02FF), (0x0300, 0x036F), (0x0370, 0x03FF), (0x0400, 0x052F),
-    (0x0590, 0x05FF), (0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0x1E00, 0x1EFF),
-    (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x214F), (0xFB1D, 0xFB4F), (0xFB50, 0xFDFF),
-    (0xFE70, 0xFEFF),
+    (0x0020, 0x017F), (0x0300, 0x036F), (0x1E00, 0x1EFF), (0x2000, 0x206F), (0x20A0, 0x20CF),
+    (0x2100, 0x2122),
+]  # fmt: skip
+# Latin Extended-B, IPA, spacing modifiers, Greek, Cyrillic: a fallback, like RTL and CJK.
+EXTENDED = [(0x0020, 0x007E), (0x0180, 0x02FF), (0x0370, 0x03FF), (0x0400, 0x052F)]
+# Hebrew and Arabic (with presentation forms), plus ASCII so mixed runs keep one font.
+RTL = [
+    (0x0020, 0x007E), (0x0590, 0x05FF), (0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF),
+    (0x200C, 0x200F), (0xFB1D, 0xFB4F), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF),
 ]  # fmt: skip
 
 
@@ -57,9 +65,15 @@ def build(source: str, target: str, codepoints: set[int], layout: bool, font_num
 
 def main() -> None:
     western = {cp for lo, hi in WESTERN for cp in range(lo, hi + 1)}
+    rtl = {cp for lo, hi in RTL for cp in range(lo, hi + 1)}
+    extended = {cp for lo, hi in EXTENDED for cp in range(lo, hi + 1)}
     dejavu = "/usr/share/fonts/truetype/dejavu/"
-    build(dejavu + "DejaVuSans.ttf", "DejaVuSans.ttf", western, True)
-    build(dejavu + "DejaVuSans-Bold.ttf", "DejaVuSans-Bold.ttf", western, True)
+    build(dejavu + "DejaVuSans.ttf", "DejaVuSans-Western.ttf", western, True)
+    build(dejavu + "DejaVuSans-Bold.ttf", "DejaVuSans-Bold-Western.ttf", western, True)
+    build(dejavu + "DejaVuSans.ttf", "DejaVuSans-Extended.ttf", extended, True)
+    build(dejavu + "DejaVuSans-Bold.ttf", "DejaVuSans-Bold-Extended.ttf", extended, True)
+    build(dejavu + "DejaVuSans.ttf", "DejaVuSans-RTL.ttf", rtl, True)
+    build(dejavu + "DejaVuSans-Bold.ttf", "DejaVuSans-Bold-RTL.ttf", rtl, True)
     build(
         "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "WenQuanYiMicroHei-CJK.ttf", cjk_codepoints(), False
     )

@@ -22,6 +22,7 @@ from fpdf import FPDF
 from fpdf.fonts import SubsetMap, TTFFont
 
 FONT_DIR = Path(__file__).resolve().parent / "fonts"
+LAYOUT_TABLES = ("GSUB", "GPOS", "GDEF", "kern", "morx", "MATH")
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,16 @@ class FontFile:
 
 
 FONT_FILES = (
-    FontFile("body", "", FONT_DIR / "DejaVuSans.ttf"),
-    FontFile("body", "B", FONT_DIR / "DejaVuSans-Bold.ttf"),
+    FontFile("body", "", FONT_DIR / "DejaVuSans-Western.ttf"),
+    FontFile("body", "B", FONT_DIR / "DejaVuSans-Bold-Western.ttf"),
+    FontFile("ext", "", FONT_DIR / "DejaVuSans-Extended.ttf"),
+    FontFile("ext", "B", FONT_DIR / "DejaVuSans-Bold-Extended.ttf"),
+    FontFile("rtl", "", FONT_DIR / "DejaVuSans-RTL.ttf"),
+    FontFile("rtl", "B", FONT_DIR / "DejaVuSans-Bold-RTL.ttf"),
     FontFile("cjk", "", FONT_DIR / "WenQuanYiMicroHei-CJK.ttf"),
 )
+#: Fallback families, in the order fpdf2 tries them for a glyph the body font lacks.
+FALLBACKS = ("ext", "rtl", "cjk")
 
 
 @dataclass
@@ -58,36 +65,48 @@ class FontLibrary:
                 raise TypeError(f"{item.path.name} is not a TrueType font")
             font.hbfont  # noqa: B018 - build the HarfBuzz face once, shared read-only
             self._protos[font.fontkey] = _Prototype(font, item.path.read_bytes(), font.ttfont.getGlyphOrder())
-        self.body_cmap = frozenset(self._protos["body"].font.cmap)
+        self._cmaps = {family: frozenset(self._protos[family].font.cmap) for family in ("body", *FALLBACKS)}
         self.parses = len(files)
 
-    def needs_fallback(self, *texts: str) -> bool:
-        return any(ord(ch) not in self.body_cmap for text in texts for ch in text if not ch.isspace())
+    def fallbacks_for(self, *texts: str) -> tuple[str, ...]:
+        """The fallback families these texts need (none for most Western names)."""
+        missing = {ord(ch) for text in texts for ch in text if not ch.isspace()} - self._cmaps["body"]
+        needed: list[str] = []
+        for family in FALLBACKS:
+            if missing & self._cmaps[family]:
+                needed.append(family)
+                missing -= self._cmaps[family]
+        return tuple(needed)
 
-    def install(self, pdf: FPDF, *, with_cjk: bool) -> None:
+    def install(self, pdf: FPDF, fallbacks: tuple[str, ...] = ()) -> None:
         for key, proto in self._protos.items():
-            if key.startswith("cjk") and not with_cjk:
+            family = proto.font.fontkey.rstrip("BI")
+            if family != "body" and family not in fallbacks:
                 continue
             clone = copy.copy(proto.font)
             clone.i = len(pdf.fonts) + 1
-            clone.ttfont = ttLib.TTFont(io.BytesIO(proto.data), recalcTimestamp=False, lazy=True)
+            clone.ttfont = ttLib.TTFont(
+                io.BytesIO(proto.data), recalcTimestamp=False, recalcBBoxes=False, lazy=True
+            )
             clone.ttfont.setGlyphOrder(list(proto.glyph_order))
+            for tag in LAYOUT_TABLES:  # shaping reads the file through HarfBuzz; the PDF drops these
+                if tag in clone.ttfont:
+                    del clone.ttfont[tag]
             clone.subset = SubsetMap(clone)
             clone.missing_glyphs = []
             clone.biggest_size_pt = 0
             pdf.fonts[key] = clone
-        if with_cjk:
-            pdf.set_fallback_fonts(["cjk"], exact_match=False)
+        if fallbacks:
+            pdf.set_fallback_fonts(list(fallbacks), exact_match=False)
 
 
-def install_fresh(pdf: FPDF, *, with_cjk: bool) -> None:
-    """The baseline: parse every font again for this document (what fpdf2 does by default)."""
+def install_fresh(pdf: FPDF, fallbacks: tuple[str, ...] = ()) -> None:
+    """The baseline: parse the fonts again for this document (what fpdf2 does by default)."""
     for item in FONT_FILES:
-        if item.family == "cjk" and not with_cjk:
-            continue
-        pdf.add_font(item.family, item.style, str(item.path))
-    if with_cjk:
-        pdf.set_fallback_fonts(["cjk"], exact_match=False)
+        if item.family == "body" or item.family in fallbacks:
+            pdf.add_font(item.family, item.style, str(item.path))
+    if fallbacks:
+        pdf.set_fallback_fonts(list(fallbacks), exact_match=False)
 
 
 _lock = threading.Lock()

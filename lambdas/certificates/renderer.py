@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,12 @@ from lambdas.certificates.template import CertificateTemplate, Element, rgb
 
 PAGE_W, PAGE_H = 297.0, 210.0
 MIN_FONT_SIZE = 10.0
+
+
+def needs_shaping(text: str) -> bool:
+    """HarfBuzz (and bidi) only for text that needs it: RTL and CJK scripts, combining marks.
+    Precomposed Latin, Greek and Cyrillic render the same without it, and faster."""
+    return any(ord(ch) >= 0x0590 or unicodedata.combining(ch) for ch in text)
 
 
 def field_text(element: Element, data: dict[str, Any]) -> str:
@@ -34,7 +41,7 @@ def render_certificate(
     verify_url: str,
     fonts: FontLibrary | None,
     *,
-    install_fonts: Callable[[FPDF, bool], None] | None = None,
+    install_fonts: Callable[[FPDF, tuple[str, ...]], None] | None = None,
 ) -> bytes:
     """Render the PDF. ``fonts`` is the container's library; ``install_fonts`` overrides it
     (the benchmark's baseline re-adds fonts per document)."""
@@ -45,14 +52,14 @@ def render_certificate(
     pdf.set_creation_date(datetime.fromtimestamp(int(data.get("completed_at", 0)), tz=UTC))
     pdf.set_title("Certificate")
     pdf.set_producer("ManiReports Cloud Offload")
+    if fonts is None:
+        raise ValueError("the container's font library is required")
+    fallbacks = fonts.fallbacks_for(*texts)
     if install_fonts is not None:
-        install_fonts(pdf, True)
+        install_fonts(pdf, fallbacks)
     else:
-        if fonts is None:
-            raise ValueError("either fonts or install_fonts is required")
-        fonts.install(pdf, with_cjk=fonts.needs_fallback(*texts))
+        fonts.install(pdf, fallbacks)
     pdf.add_page()
-    pdf.set_text_shaping(use_shaping_engine=True)
 
     if template.background_image is not None:
         pdf.image(io.BytesIO(template.background_image), x=0, y=0, w=PAGE_W, h=PAGE_H)
@@ -77,6 +84,7 @@ def render_certificate(
     for element, text in zip(template.elements, texts, strict=True):
         if not text:
             continue
+        pdf.set_text_shaping(use_shaping_engine=needs_shaping(text))
         style = "B" if element.bold else ""
         size = element.size
         pdf.set_font("body", style=style, size=size)

@@ -112,7 +112,9 @@ class EmailBatchSender:
         max_attempts: int = 8,
         safety_margin_ms: int = 15_000,
         clock: Callable[[], float] = time.time,
+        allow_bulk: bool = True,
     ) -> None:
+        self.allow_bulk = allow_bulk
         self.store = store
         self.limiter = limiter
         self.ses = ses
@@ -225,7 +227,7 @@ class EmailBatchSender:
                 item = _Prepared(recipient, key)
                 data = recipient.get("data") or {}
                 text_source = content.get("text")
-                bulk_ok = not recipient.get("attachments")
+                bulk_ok = self.allow_bulk and not recipient.get("attachments")
                 item.content = content
                 if content["kind"] == "template":
                     item.bulk = (
