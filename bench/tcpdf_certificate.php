@@ -6,7 +6,7 @@
 require_once('/usr/share/php/tcpdf/tcpdf.php');
 
 $count = intval($argv[1] ?? 20);
-$logo = $argv[2];
+$logo = file_get_contents($argv[2]); // image data ('@' prefix), as mod_customcert passes stored files
 $out = $argv[3];
 
 function certificate(string $logo, string $name): string {
@@ -16,6 +16,7 @@ function certificate(string $logo, string $name): string {
     $pdf->SetMargins(0, 0, 0);
     $pdf->SetAutoPageBreak(false, 0);
     $pdf->setFontSubsetting(true);
+    $pdf->setAllowLocalFiles(true);
     $pdf->SetTitle('Certificate');
     $pdf->AddPage();
     $pdf->SetLineWidth(1.6);
@@ -24,7 +25,7 @@ function certificate(string $logo, string $name): string {
     $pdf->SetLineWidth(0.5);
     $pdf->SetDrawColor(0xC9, 0xA2, 0x27);
     $pdf->Rect(11, 11, 275, 188);
-    $pdf->Image($logo, 136.5, 16, 24, 0, 'PNG');
+    $pdf->Image('@' . $logo, 136.5, 16, 24, 0);
     $lines = [
         ['Certificate of Completion', 48, 30, 'B', [0x1F, 0x4E, 0x79], 10],
         ['This certifies that', 68, 13, '', [0x44, 0x44, 0x44], 10],
