@@ -1,8 +1,9 @@
 """Build the subset fonts shipped in lambdas/certificates/fonts/ (run once; outputs are committed).
 
 DejaVu Sans (Bitstream Vera / public-domain licence) is cut in two, each with its OpenType
-layout tables so HarfBuzz can shape it: Western (Latin-1, Latin Extended-A and Additional)
-is the body font of every certificate; Extended (Latin Extended-B, IPA, Greek, Cyrillic) and
+layout tables so HarfBuzz can shape it: Western (Latin-1 and Latin Extended-A) is the body
+font of every certificate; Extended (Latin Extended-B and Additional, IPA, combining marks,
+Greek, Cyrillic) and
 RTL (Hebrew, Arabic) are fallbacks added to a document only when its text needs them. Small body fonts keep the per-document parse cheap.
 WenQuanYi Micro Hei (Apache-2.0) is cut to the Chinese characters of GB2312 and Big5's
 frequent set, plus kana and CJK punctuation: the certificate's fallback for CJK names.
@@ -20,13 +21,14 @@ from fontTools.ttLib import TTFont
 
 OUT = Path(__file__).resolve().parent.parent / "lambdas" / "certificates" / "fonts"
 
-# Latin-1, Latin Extended-A, Latin Extended Additional (Vietnamese...), combining marks, punctuation.
-WESTERN = [
-    (0x0020, 0x017F), (0x0300, 0x036F), (0x1E00, 0x1EFF), (0x2000, 0x206F), (0x20A0, 0x20CF),
-    (0x2100, 0x2122),
+# Latin-1 and Latin Extended-A (every European language in Latin script), punctuation.
+WESTERN = [(0x0020, 0x017F), (0x2010, 0x2027), (0x2030, 0x203A), (0x20AC, 0x20AC), (0x2122, 0x2122)]
+# Latin Extended-B, IPA, combining marks, Latin Extended Additional (Vietnamese...), Greek,
+# Cyrillic: a fallback, like RTL and CJK.
+EXTENDED = [
+    (0x0020, 0x007E), (0x0180, 0x02FF), (0x0300, 0x036F), (0x0370, 0x03FF), (0x0400, 0x052F),
+    (0x1E00, 0x1EFF), (0x2000, 0x206F), (0x20A0, 0x20CF), (0x2100, 0x214F),
 ]  # fmt: skip
-# Latin Extended-B, IPA, spacing modifiers, Greek, Cyrillic: a fallback, like RTL and CJK.
-EXTENDED = [(0x0020, 0x007E), (0x0180, 0x02FF), (0x0370, 0x03FF), (0x0400, 0x052F)]
 # Hebrew and Arabic (with presentation forms), plus ASCII so mixed runs keep one font.
 RTL = [
     (0x0020, 0x007E), (0x0590, 0x05FF), (0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF),

@@ -18,6 +18,29 @@ PAGE_W, PAGE_H = 297.0, 210.0
 MIN_FONT_SIZE = 10.0
 
 
+_IMAGE_INFO: dict[bytes, tuple[str, Any]] = {}
+
+
+def place_image(pdf: FPDF, data: bytes, *, x: float, y: float, w: float, h: float = 0) -> None:
+    """``pdf.image`` with the decoded image (PNG inflate, alpha split) kept per container.
+
+    Each document gets its own copy of fpdf2's image record, so nothing is shared that the
+    output step writes to; only the immutable decoded streams are reused."""
+    cached = _IMAGE_INFO.get(data)
+    if cached is None:
+        name, _, info = FPDF().preload_image(io.BytesIO(data))
+        cached = (name, info if not info.get("iccp") else None)
+        if len(_IMAGE_INFO) < 32:
+            _IMAGE_INFO[data] = cached
+    name, info = cached
+    if info is not None and name not in pdf.image_cache.images:
+        record = type(info)(info)
+        record["i"] = len(pdf.image_cache.images) + 1
+        record["usages"] = 0
+        pdf.image_cache.images[name] = record
+    pdf.image(io.BytesIO(data), x=x, y=y, w=w, h=h)
+
+
 def needs_shaping(text: str) -> bool:
     """HarfBuzz (and bidi) only for text that needs it: RTL and CJK scripts, combining marks.
     Precomposed Latin, Greek and Cyrillic render the same without it, and faster."""
@@ -62,7 +85,7 @@ def render_certificate(
     pdf.add_page()
 
     if template.background_image is not None:
-        pdf.image(io.BytesIO(template.background_image), x=0, y=0, w=PAGE_W, h=PAGE_H)
+        place_image(pdf, template.background_image, x=0, y=0, w=PAGE_W, h=PAGE_H)
     elif template.background_color.upper() != "#FFFFFF":
         pdf.set_fill_color(*rgb(template.background_color))
         pdf.rect(0, 0, PAGE_W, PAGE_H, style="F")
@@ -79,7 +102,7 @@ def render_certificate(
             pdf.rect(gap, gap, PAGE_W - 2 * gap, PAGE_H - 2 * gap)
     if template.logo_image is not None:
         x, y, w = template.logo_box
-        pdf.image(io.BytesIO(template.logo_image), x=x, y=y, w=w)
+        place_image(pdf, template.logo_image, x=x, y=y, w=w)
 
     for element, text in zip(template.elements, texts, strict=True):
         if not text:
