@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from PIL import Image
 
 from lambdas.certificates.fonts import FontLibrary, install_fresh
@@ -52,11 +53,9 @@ class MemoryDynamo:
         self.calls = 0
 
     def _fail(self, code: str) -> None:
-        from botocore.exceptions import ClientError
-
         raise ClientError({"Error": {"Code": code, "Message": code}}, "op")
 
-    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> None:  # noqa: N803
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> None:
         self.calls += 1
         keys = [t["Put"]["Item"]["id"]["S"] for t in TransactItems]
         if any(k in self.items for k in keys):
@@ -64,18 +63,18 @@ class MemoryDynamo:
         for t in TransactItems:
             self.items[t["Put"]["Item"]["id"]["S"]] = t["Put"]["Item"]
 
-    def put_item(self, TableName: str, Item: dict[str, Any], **kw: Any) -> None:  # noqa: N803
+    def put_item(self, TableName: str, Item: dict[str, Any], **kw: Any) -> None:
         self.calls += 1
         if "ConditionExpression" in kw and Item["id"]["S"] in self.items:
             self._fail("ConditionalCheckFailedException")
         self.items[Item["id"]["S"]] = Item
 
-    def get_item(self, TableName: str, Key: dict[str, Any], **kw: Any) -> dict[str, Any]:  # noqa: N803
+    def get_item(self, TableName: str, Key: dict[str, Any], **kw: Any) -> dict[str, Any]:
         self.calls += 1
         item = self.items.get(Key["id"]["S"])
         return {"Item": item} if item else {}
 
-    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
         self.calls += 1
         for requests in RequestItems.values():
             for request in requests:
@@ -83,11 +82,11 @@ class MemoryDynamo:
                 self.items[item["id"]["S"]] = item
         return {}
 
-    def delete_item(self, TableName: str, Key: dict[str, Any], **kw: Any) -> None:  # noqa: N803
+    def delete_item(self, TableName: str, Key: dict[str, Any], **kw: Any) -> None:
         self.calls += 1
         self.items.pop(Key["id"]["S"], None)
 
-    def update_item(self, TableName: str, Key: dict[str, Any], **kw: Any) -> None:  # noqa: N803
+    def update_item(self, TableName: str, Key: dict[str, Any], **kw: Any) -> None:
         self.calls += 1
         values = kw["ExpressionAttributeValues"]
         item = self.items.setdefault(Key["id"]["S"], {"used": {"N": "0"}})
@@ -110,14 +109,18 @@ class MemorySes:
     def send_bulk_email(self, **params: Any) -> dict[str, Any]:
         self.calls += 1
         entries = params["BulkEmailEntries"]
-        return {"BulkEmailEntryResults": [{"Status": "SUCCESS", "MessageId": f"b-{i}"} for i in range(len(entries))]}
+        return {
+            "BulkEmailEntryResults": [
+                {"Status": "SUCCESS", "MessageId": f"b-{i}"} for i in range(len(entries))
+            ]
+        }
 
 
 class MemorySqs:
     def __init__(self) -> None:
         self.messages = 0
 
-    def send_message_batch(self, QueueUrl: str, Entries: list[Any]) -> dict[str, Any]:  # noqa: N803
+    def send_message_batch(self, QueueUrl: str, Entries: list[Any]) -> dict[str, Any]:
         self.messages += len(Entries)
         return {}
 
@@ -144,7 +147,11 @@ def email_batches(kind: str) -> list[dict[str, Any]]:
         recipients, contents = [], {}
         for i in range(per_batch):
             n = b * per_batch + i
-            r: dict[str, Any] = {"recipient_id": f"r-{n}", "to": f"user{n}@example.org", "name": f"User Number {n}"}
+            r: dict[str, Any] = {
+                "recipient_id": f"r-{n}",
+                "to": f"user{n}@example.org",
+                "name": f"User Number {n}",
+            }
             if kind == "campaign":
                 r["content_id"] = "t-1"
                 r["data"] = {"firstname": f"User{n}", "course": "Workplace Safety 101"}
@@ -154,7 +161,8 @@ def email_batches(kind: str) -> list[dict[str, Any]]:
                 contents[f"e-{n}"] = {
                     "kind": "rendered",
                     "subject": "A new on-line learning account has been created for you",
-                    "html": f"<p>Dear User {n},</p><p>Username: user{n}</p>" + "<p>Welcome to the portal.</p>" * 20,
+                    "html": f"<p>Dear User {n},</p><p>Username: user{n}</p>"
+                    + "<p>Welcome to the portal.</p>" * 20,
                 }
             recipients.append(r)
         if kind == "campaign":
@@ -264,11 +272,10 @@ def run_certificates(count: int) -> dict[str, Any]:
             flat = Image.new("RGB", logo.size, (255, 255, 255))
             flat.paste(logo, mask=logo.split()[3])  # TCPDF needs GD/Imagick for PNG alpha
             flat.save(Path(tmp) / "logo.jpg", quality=90)
-            out = subprocess.run(
-                ["php", str(ROOT / "tcpdf_certificate.php"), str(count), str(Path(tmp) / "logo.jpg"),
-                 str(Path(tmp) / "tcpdf.pdf")],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
+            php = shutil.which("php") or "php"
+            script = str(ROOT / "tcpdf_certificate.php")
+            arguments = [php, script, str(count), str(Path(tmp) / "logo.jpg"), str(Path(tmp) / "tcpdf.pdf")]
+            out = subprocess.run(arguments, check=True, capture_output=True, text=True)  # noqa: S603
             tcpdf = json.loads(out.stdout.strip().splitlines()[-1])
         tcpdf_cpu = tcpdf["cpu_seconds"] / tcpdf["count"]
         figures["tcpdf_mod_customcert_engine"] = {

@@ -3,8 +3,8 @@
 DejaVu Sans (Bitstream Vera / public-domain licence) is cut in two, each with its OpenType
 layout tables so HarfBuzz can shape it: Western (Latin-1 and Latin Extended-A) is the body
 font of every certificate; Extended (Latin Extended-B and Additional, IPA, combining marks,
-Greek, Cyrillic) and
-RTL (Hebrew, Arabic) are fallbacks added to a document only when its text needs them. Small body fonts keep the per-document parse cheap.
+Greek, Cyrillic) and RTL (Hebrew, Arabic) are fallbacks added to a document only when its
+text needs them. A small body font keeps the per-document subsetting cheap.
 WenQuanYi Micro Hei (Apache-2.0) is cut to the Chinese characters of GB2312 and Big5's
 frequent set, plus kana and CJK punctuation: the certificate's fallback for CJK names.
 Sources are Debian's fonts-dejavu-core and fonts-wqy-microhei.

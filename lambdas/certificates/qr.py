@@ -30,6 +30,8 @@ def draw_qr(pdf: FPDF, data: str, x: float, y: float, size: float) -> None:
             while c < len(row) and row[c]:
                 c += 1
             left = x + (start + QUIET_ZONE) * module
-            ops.append(f"{left * k:.2f} {(page_h - top) * k:.2f} {(c - start) * module * k:.2f} {-module * k:.2f} re")
+            ops.append(
+                f"{left * k:.2f} {(page_h - top) * k:.2f} {(c - start) * module * k:.2f} {-module * k:.2f} re"
+            )
     ops.append("f Q")
-    pdf._out("\n".join(ops))  # noqa: SLF001 - raw path operators; see module docstring
+    pdf._out("\n".join(ops))

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fpdf import FPDF
+from fpdf.image_datastructures import ImageCache
+from fpdf.image_parsing import preload_image
 
 from lambdas.certificates.fonts import FontLibrary
 from lambdas.certificates.qr import draw_qr
@@ -18,7 +20,7 @@ PAGE_W, PAGE_H = 297.0, 210.0
 MIN_FONT_SIZE = 10.0
 
 
-_IMAGE_INFO: dict[bytes, tuple[str, Any]] = {}
+_IMAGE_INFO: dict[bytes, tuple[str, Any]] = {}  # image bytes -> (fpdf2 name, decoded record)
 
 
 def place_image(pdf: FPDF, data: bytes, *, x: float, y: float, w: float, h: float = 0) -> None:
@@ -28,8 +30,8 @@ def place_image(pdf: FPDF, data: bytes, *, x: float, y: float, w: float, h: floa
     output step writes to; only the immutable decoded streams are reused."""
     cached = _IMAGE_INFO.get(data)
     if cached is None:
-        name, _, info = FPDF().preload_image(io.BytesIO(data))
-        cached = (name, info if not info.get("iccp") else None)
+        name, _, decoded = preload_image(ImageCache(), io.BytesIO(data))
+        cached = (name, decoded if not decoded.get("iccp") else None)
         if len(_IMAGE_INFO) < 32:
             _IMAGE_INFO[data] = cached
     name, info = cached
