@@ -36,6 +36,7 @@ def events_processor() -> SesEventProcessor:
 @tracer.capture_method
 def process_record(record: SQSRecord) -> None:
     report = events_processor().process([json.loads(record.body)])
+    metrics.add_metric(name="SesEventsReceived", unit=MetricUnit.Count, value=1)
     for status, count in report.by_status.items():
         metrics.add_metric(name=f"SesEvent_{status}", unit=MetricUnit.Count, value=count)
     if report.unroutable:

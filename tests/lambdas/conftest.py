@@ -173,5 +173,11 @@ def email_batch(
     return batch
 
 
+FANOUT_BATCH = email_batch(
+    [{"recipient_id": "r-1", "to": "zoe@example.org", "name": "Zoë", "content_id": "e-1"}],
+    {"e-1": {"kind": "rendered", "subject": "Hi", "html": "<p>Hi</p>"}},
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
