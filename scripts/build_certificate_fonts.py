@@ -57,7 +57,7 @@ def build(source: str, target: str, codepoints: set[int], layout: bool, font_num
     options.glyph_names = False
     options.hinting = False
     options.drop_tables += ["FFTM"]
-    font = TTFont(source, fontNumber=font_number)
+    font = TTFont(source, fontNumber=font_number, recalcTimestamp=False)
     subsetter = subset.Subsetter(options)
     subsetter.populate(unicodes=codepoints)
     subsetter.subset(font)

@@ -162,6 +162,14 @@ def test_company_template_from_s3_with_background_and_logo(aws: Aws, handlers, t
     assert page.getpixel((int(150 * MM), int(30 * MM))) == pytest.approx((250, 240, 200), abs=3)
 
 
+def test_each_script_finds_its_font() -> None:
+    library = font_library()
+    assert library.fallbacks_for("Zoë Ørsted-Łukasiewicz, Żółć") == ()
+    assert library.fallbacks_for("Nguyễn", "Ελένη", "Жанна") == ("ext",)
+    assert library.fallbacks_for("محمد", "שרה") == ("rtl",)
+    assert library.fallbacks_for("李小龍", "さくら") == ("cjk",)
+
+
 def test_fonts_are_parsed_once_and_reused_across_documents() -> None:
     library = FontLibrary()
     template = default_template()
@@ -175,7 +183,7 @@ def test_fonts_are_parsed_once_and_reused_across_documents() -> None:
 
 
 @pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is required")
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, "Nguyễn Thị Ánh", "Ελένη Παπαδοπούλου"])
 def test_rendered_page_is_not_blank_and_the_name_is_where_the_template_puts_it(
     name: str, tmp_path: Path
 ) -> None:
