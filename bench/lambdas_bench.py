@@ -238,19 +238,22 @@ def run_certificates(count: int) -> dict[str, Any]:
     library = FontLibrary()
     render_certificate(template, CERT, VERIFY, library)  # warm-up (imports, caches)
 
-    def measure(install: Any, n: int, data: dict[str, Any] = CERT) -> tuple[float, int]:
-        cpu0 = time.process_time()
-        size = 0
-        for _ in range(n):
-            size = len(render_certificate(template, data, VERIFY, library, install_fonts=install))
-        return (time.process_time() - cpu0) / n, size
+    def measure(install: Any, n: int, data: dict[str, Any] = CERT, rounds: int = 3) -> tuple[float, int]:
+        """Best (least disturbed) CPU seconds per certificate over ``rounds`` rounds of ``n``."""
+        best, size = float("inf"), 0
+        for _ in range(rounds):
+            cpu0 = time.process_time()
+            for _ in range(n):
+                size = len(render_certificate(template, data, VERIFY, library, install_fonts=install))
+            best = min(best, (time.process_time() - cpu0) / n)
+        return best, size
 
     cached_cpu, cached_bytes = measure(None, count)
-    fresh_cpu, fresh_bytes = measure(install_fresh, max(5, count // 3))
+    fresh_cpu, fresh_bytes = measure(install_fresh, count)
     mixed_cpu = 0.0
     mixed = ["محمد عبد الله", "שרה כהן", "李小龍", "Nguyễn Văn An"]
     for name in mixed:
-        cpu, _ = measure(None, max(2, count // 10), dict(CERT, learner_name=name))
+        cpu, _ = measure(None, max(2, count // 4), dict(CERT, learner_name=name), rounds=1)
         mixed_cpu += cpu / len(mixed)
     figures: dict[str, Any] = {
         "fpdf2_fonts_once_per_container": {
@@ -275,8 +278,11 @@ def run_certificates(count: int) -> dict[str, Any]:
             php = shutil.which("php") or "php"
             script = str(ROOT / "tcpdf_certificate.php")
             arguments = [php, script, str(count), str(Path(tmp) / "logo.jpg"), str(Path(tmp) / "tcpdf.pdf")]
-            out = subprocess.run(arguments, check=True, capture_output=True, text=True)  # noqa: S603
-            tcpdf = json.loads(out.stdout.strip().splitlines()[-1])
+            runs = []
+            for _ in range(3):  # same rounds as ours; keep the least disturbed
+                out = subprocess.run(arguments, check=True, capture_output=True, text=True)  # noqa: S603
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            tcpdf = min(runs, key=lambda run: run["cpu_seconds"] / run["count"])
         tcpdf_cpu = tcpdf["cpu_seconds"] / tcpdf["count"]
         figures["tcpdf_mod_customcert_engine"] = {
             "certificates_per_cpu_second": round(1 / tcpdf_cpu, 1),
@@ -296,7 +302,7 @@ def main() -> int:
         "email_campaign_template_single_baseline": run_email("campaign", allow_bulk=False),
         "email_iomad_rendered_bodies_single": run_email("iomad", allow_bulk=True),
     }
-    figures["certificates"] = run_certificates(10 if quick else 60)
+    figures["certificates"] = run_certificates(6 if quick else 20)
     goals = {
         "ses_calls_per_1000_bulk_le_20": figures["email_campaign_template_bulk"]["ses_calls_per_1000"] <= 20,
         "bytes_per_pdf_le_60KB": figures["certificates"]["fpdf2_fonts_once_per_container"]["bytes_per_pdf"]

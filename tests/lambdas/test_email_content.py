@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from lambdas.email.mime import build_mime, display_address
+from lambdas.email.mime import Attachment, build_mime, display_address
 from lambdas.email.sender import tag_value, untag_value
 from lambdas.email.templating import TemplateDataError, bulk_template, literal_bulk_template, render
 from lambdas.email.text import html_to_text
@@ -86,3 +86,23 @@ def test_mime_message_headers_and_parts() -> None:
 def test_tag_values_round_trip_identifiers() -> None:
     assert untag_value(tag_value("job:2026.7-a_b")) == "job:2026.7-a_b"
     assert tag_value("job:1") == "job@1"
+
+
+def test_mime_headers_cannot_be_injected_and_long_lines_are_folded() -> None:
+    raw = build_mime(
+        from_address="noreply@acme.example",
+        to_address="zoe@example.org",
+        reply_to=[],
+        subject="Hello\r\nBcc: attacker@evil.example " + "x" * 1200,
+        html="<p>h</p>",
+        text="t",
+        unsubscribe_url=None,
+        attachments=[Attachment("certificat é.pdf", "application/pdf", b"%PDF-1.4 test")],
+    )
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["Bcc"] is None
+    assert str(message["Subject"]).startswith("Hello  Bcc: attacker@evil.example xxx")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    (attachment,) = [p for p in message.walk() if p.get_content_disposition() == "attachment"]
+    assert attachment.get_filename() == "certificat é.pdf"
+    assert attachment.get_content() == b"%PDF-1.4 test"
