@@ -205,3 +205,28 @@ def test_rendered_page_is_not_blank_and_the_name_is_where_the_template_puts_it(
     assert element.y - 1 <= top and bottom <= element.y + element.h + 1
     assert element.x <= left and right <= element.x + element.w
     assert abs((left + right) / 2 - (element.x + element.w / 2)) < 8  # centred, as the template says
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is required")
+def test_qr_code_on_the_page_matches_the_verification_url_module_for_module(tmp_path: Path) -> None:
+    import segno
+
+    template = default_template()
+    assert template.qr is not None
+    url = "https://offload.example/v1/certificates/verify/AB12CD34EF"
+    pdf = render_certificate(template, DATA, url, font_library())
+    source = tmp_path / "qr.pdf"
+    source.write_bytes(pdf)
+    dpi = 200
+    subprocess.run(
+        ["pdftoppm", "-r", str(dpi), "-png", "-singlefile", str(source), str(tmp_path / "qr")], check=True
+    )
+    page = Image.open(tmp_path / "qr.png").convert("L")
+    matrix = [list(row) for row in segno.make(url, error="m", micro=False, mask=0, boost_error=False).matrix]
+    module = float(template.qr["size"]) / (len(matrix) + 4)
+    px = dpi / 25.4
+    for r, row in enumerate(matrix):
+        for c, dark in enumerate(row):
+            x = (float(template.qr["x"]) + (c + 2.5) * module) * px
+            y = (float(template.qr["y"]) + (r + 2.5) * module) * px
+            assert (page.getpixel((int(x), int(y))) < 128) == bool(dark), (r, c)
