@@ -229,4 +229,6 @@ def test_qr_code_on_the_page_matches_the_verification_url_module_for_module(tmp_
         for c, dark in enumerate(row):
             x = (float(template.qr["x"]) + (c + 2.5) * module) * px
             y = (float(template.qr["y"]) + (r + 2.5) * module) * px
-            assert (page.getpixel((int(x), int(y))) < 128) == bool(dark), (r, c)
+            luminance = page.getpixel((int(x), int(y)))
+            assert isinstance(luminance, int)
+            assert (luminance < 128) == bool(dark), (r, c)
