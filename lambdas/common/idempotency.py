@@ -1,0 +1,230 @@
+"""Exactly-once bookkeeping per (job, recipient) in DynamoDB (design: docs/lambdas.md).
+
+One item per recipient, ``id = send#<job_id>#<recipient_id>``:
+
+* ``INPROGRESS`` is written with a conditional put *before* the SES call. It carries the
+  owner's token and a lease (``lease_until``) tied to the function timeout.
+* ``COMPLETED`` replaces it right after the call, holding the exact result that was
+  reported (``sent`` with the SES message id, or a final ``failed``), so a redelivery
+  reports the same result again instead of sending.
+* A retryable failure *before* SES accepted anything deletes the claim (conditioned on the
+  owner's token), so the re-queued recipient can be claimed again.
+* An INPROGRESS item whose lease has expired is *stale*: its owner died in the crash window
+  between the SES call and the completion write. It is never resent automatically; the SES
+  ``Send`` event (``ses_events``) completes it with the message id when SES did accept it.
+
+Claims are written 50 at a time in one TransactWriteItems call (all-or-nothing); when any
+item already exists, the chunk falls back to per-item conditional puts to classify each.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+RETENTION_SECONDS = 35 * 24 * 3600  # longer than any bridge job lifetime and the SQS retention
+TRANSACT_CHUNK = 50
+BATCH_WRITE_CHUNK = 25
+
+
+class ClaimState(Enum):
+    CLAIMED = "claimed"  # we own it: send
+    COMPLETED = "completed"  # already done: report the stored result again
+    IN_FLIGHT = "in_flight"  # another invocation holds a live lease: do not send, look again later
+    STALE = "stale"  # lease expired without completion: outcome unknown, never resend
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    state: ClaimState
+    result: dict[str, Any] | None = None
+
+
+def send_key(job_id: str, recipient_id: str) -> str:
+    return f"send#{job_id}#{recipient_id}"
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in {
+        "ConditionalCheckFailedException",
+        "TransactionCanceledException",
+    }
+
+
+class IdempotencyStore:
+    def __init__(self, dynamodb: Any, table: str, *, clock: Any = time.time) -> None:
+        self._db = dynamodb
+        self._table = table
+        self._clock = clock
+        self.token = uuid.uuid4().hex
+
+    # -- claims ---------------------------------------------------------------------------
+    def _claim_item(self, key: str, lease_until: int, now: int) -> dict[str, Any]:
+        return {
+            "id": {"S": key},
+            "status": {"S": "INPROGRESS"},
+            "token": {"S": self.token},
+            "lease_until": {"N": str(lease_until)},
+            "claimed_at": {"N": str(now)},
+            "expiration": {"N": str(now + RETENTION_SECONDS)},
+        }
+
+    def claim_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Claim]:
+        now = int(self._clock())
+        lease_until = now + max(1, lease_seconds)
+        claims: dict[str, Claim] = {}
+        for start in range(0, len(keys), TRANSACT_CHUNK):
+            chunk = list(dict.fromkeys(keys[start : start + TRANSACT_CHUNK]))
+            try:
+                self._db.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self._table,
+                                "Item": self._claim_item(key, lease_until, now),
+                                "ConditionExpression": "attribute_not_exists(id)",
+                            }
+                        }
+                        for key in chunk
+                    ]
+                )
+                claims.update({key: Claim(key, ClaimState.CLAIMED) for key in chunk})
+            except ClientError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+                for key in chunk:
+                    claims[key] = self.claim_one(key, lease_until, now)
+        return claims
+
+    def claim_one(self, key: str, lease_until: int, now: int) -> Claim:
+        for _ in range(2):  # the item may be released between our put and our read
+            try:
+                self._db.put_item(
+                    TableName=self._table,
+                    Item=self._claim_item(key, lease_until, now),
+                    ConditionExpression="attribute_not_exists(id)",
+                )
+                return Claim(key, ClaimState.CLAIMED)
+            except ClientError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+            item = self._db.get_item(TableName=self._table, Key={"id": {"S": key}}, ConsistentRead=True).get(
+                "Item"
+            )
+            if item is not None:
+                return self._classify(key, item, now)
+        return Claim(key, ClaimState.IN_FLIGHT)
+
+    @staticmethod
+    def _classify(key: str, item: dict[str, Any], now: int) -> Claim:
+        if item["status"]["S"] == "COMPLETED":
+            return Claim(key, ClaimState.COMPLETED, json.loads(item["result"]["S"]))
+        if int(item["lease_until"]["N"]) > now:
+            return Claim(key, ClaimState.IN_FLIGHT)
+        return Claim(key, ClaimState.STALE)
+
+    # -- completion -----------------------------------------------------------------------
+    def complete_many(self, results: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Store final results (``sent`` or final ``failed``); unconditional: we own the claim."""
+        now = int(self._clock())
+        requests = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "id": {"S": key},
+                        "status": {"S": "COMPLETED"},
+                        "result": {"S": json.dumps(result, separators=(",", ":"))},
+                        "expiration": {"N": str(now + RETENTION_SECONDS)},
+                    }
+                }
+            }
+            for key, result in results
+        ]
+        for start in range(0, len(requests), BATCH_WRITE_CHUNK):
+            pending: dict[str, Any] = {self._table: requests[start : start + BATCH_WRITE_CHUNK]}
+            for attempt in range(8):
+                response = self._db.batch_write_item(RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            if pending:
+                raise RuntimeError("DynamoDB kept items unprocessed; completion records not written")
+
+    def release_many(self, keys: Iterable[str]) -> None:
+        """Drop our claims on recipients that SES did not accept (safe to send again later)."""
+        for key in keys:
+            try:
+                self._db.delete_item(
+                    TableName=self._table,
+                    Key={"id": {"S": key}},
+                    ConditionExpression="#s = :p AND #t = :t",
+                    ExpressionAttributeNames={"#s": "status", "#t": "token"},
+                    ExpressionAttributeValues={":p": {"S": "INPROGRESS"}, ":t": {"S": self.token}},
+                )
+            except ClientError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+
+    def complete_if_in_progress(self, key: str, result: dict[str, Any]) -> bool:
+        """Resolve a claim left INPROGRESS (crash window) from SES's own Send event."""
+        now = int(self._clock())
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"id": {"S": key}},
+                UpdateExpression="SET #s = :c, #r = :r, expiration = :e REMOVE lease_until, #t",
+                ConditionExpression="#s = :p",
+                ExpressionAttributeNames={"#s": "status", "#r": "result", "#t": "token"},
+                ExpressionAttributeValues={
+                    ":c": {"S": "COMPLETED"},
+                    ":p": {"S": "INPROGRESS"},
+                    ":r": {"S": json.dumps(result, separators=(",", ":"))},
+                    ":e": {"N": str(now + RETENTION_SECONDS)},
+                },
+            )
+            return True
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+
+    # -- job routing (where results of a job go; used by the SES event processor) ----------
+    def remember_job(self, job_id: str, company_id: int, callback_url: str, key_id: str) -> None:
+        now = int(self._clock())
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                "id": {"S": f"job#{job_id}"},
+                "company_id": {"N": str(company_id)},
+                "callback_url": {"S": callback_url},
+                "key_id": {"S": key_id},
+                "expiration": {"N": str(now + RETENTION_SECONDS)},
+            },
+        )
+
+    def job_route(self, job_id: str) -> tuple[int, str, str] | None:
+        item = self._db.get_item(TableName=self._table, Key={"id": {"S": f"job#{job_id}"}}).get("Item")
+        if item is None:
+            return None
+        return int(item["company_id"]["N"]), item["callback_url"]["S"], item["key_id"]["S"]
+
+    def put_item(self, key: str, attributes: dict[str, Any]) -> None:
+        now = int(self._clock())
+        item = {"id": {"S": key}, "expiration": {"N": str(now + RETENTION_SECONDS)}}
+        item.update(attributes)
+        self._db.put_item(TableName=self._table, Item=item)
+
+    def get_item(self, key: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self._db.get_item(TableName=self._table, Key={"id": {"S": key}}).get(
+            "Item"
+        )
+        return item

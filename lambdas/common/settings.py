@@ -1,0 +1,63 @@
+"""Lambda settings, read once per container from the environment (names agreed in COMMON.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class Settings:
+    jobs_queue_url: str = ""
+    certificates_queue_url: str = ""
+    results_queue_url: str = ""
+    idempotency_table: str = ""
+    certificate_bucket: str = ""
+    content_bucket: str = ""
+    configuration_set_name: str = ""
+    hmac_secret_arn: str = ""
+    sender_address: str = ""
+    ses_max_send_rate: float | None = None
+    verify_url_base: str = ""
+    unsubscribe_url_base: str = ""
+    #: Stop starting SES calls when less than this is left of the invocation (ms).
+    safety_margin_ms: int = 15_000
+    #: Attempts (per recipient) before a retryable failure becomes final.
+    max_attempts: int = 8
+    #: Server-side encryption for stored objects: "aws:kms" (with optional key id) or "AES256".
+    sse_algorithm: str = "aws:kms"
+    sse_kms_key_id: str = ""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ) if env is None else env
+        rate = e.get("SES_MAX_SEND_RATE", "").strip()
+        return cls(
+            jobs_queue_url=e.get("JOBS_QUEUE_URL", ""),
+            certificates_queue_url=e.get("CERTIFICATES_QUEUE_URL", ""),
+            results_queue_url=e.get("RESULTS_QUEUE_URL", ""),
+            idempotency_table=e.get("IDEMPOTENCY_TABLE", ""),
+            certificate_bucket=e.get("CERTIFICATE_BUCKET", ""),
+            content_bucket=e.get("CONTENT_BUCKET", "") or e.get("CERTIFICATE_BUCKET", ""),
+            configuration_set_name=e.get("CONFIGURATION_SET_NAME", ""),
+            hmac_secret_arn=e.get("HMAC_SECRET_ARN", ""),
+            sender_address=e.get("SENDER_ADDRESS", ""),
+            ses_max_send_rate=float(rate) if rate else None,
+            verify_url_base=e.get("VERIFY_URL_BASE", ""),
+            unsubscribe_url_base=e.get("UNSUBSCRIBE_URL_BASE", ""),
+            safety_margin_ms=int(e.get("SAFETY_MARGIN_MS", "15000")),
+            max_attempts=int(e.get("MAX_SEND_ATTEMPTS", "8")),
+            sse_algorithm=e.get("SSE_ALGORITHM", "aws:kms"),
+            sse_kms_key_id=e.get("SSE_KMS_KEY_ID", ""),
+        )
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            raise RuntimeError("missing configuration: " + ", ".join(n.upper() for n in missing))
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env()

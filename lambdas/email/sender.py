@@ -1,0 +1,457 @@
+"""Send one email_batch exactly once per recipient, at the shared SES rate (docs/lambdas.md).
+
+Order of work for a batch:
+
+1. Validate; claim every recipient (``send#<job>#<recipient>``, INPROGRESS with a lease).
+   Recipients already COMPLETED are reported again from the stored result, never resent.
+2. Build each claimed recipient's message. Bad data (missing template variable, too large,
+   altered reference) is a final failure for that recipient only.
+3. Group: recipients sharing a bulk-capable content go through SendBulkEmail (at most 50,
+   and at most the per-second rate, per call); the rest through SendEmail (Raw MIME).
+4. Before every SES call, take its destinations from the shared rate limiter; stop starting
+   calls when the invocation nears its timeout and re-queue what is left.
+5. Right after every call, write COMPLETED for what SES accepted or finally refused (this
+   closes the crash window); release claims SES did not accept and re-queue them with
+   backoff; leave claims whose outcome is unknown INPROGRESS.
+6. Publish every outcome to the results queue.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lambdas.common.idempotency import ClaimState, IdempotencyStore, send_key
+from lambdas.common.pacing import PacingTimeout, SharedRateLimiter
+from lambdas.email.contents import ContentError, ObjectFetcher
+from lambdas.email.mime import MAX_MESSAGE_BYTES, Attachment, build_mime, display_address, estimated_size
+from lambdas.email.ses import MAX_BULK_DESTINATIONS, Outcome, SesSender
+from lambdas.email.templating import (
+    BulkTemplate,
+    TemplateDataError,
+    bulk_template,
+    literal_bulk_template,
+    render,
+)
+from lambdas.email.text import html_to_text
+from lambdas.results.builder import recipient_result, result_batches
+from lambdas.results.queue import ResultsQueue
+from offload_contract import validate
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+MAX_SQS_DELAY = 900
+
+
+def tag_value(value: str) -> str:
+    """SES tag values allow [A-Za-z0-9_.@-]; identifiers also allow ':' (never '@')."""
+    return value.replace(":", "@")
+
+
+def untag_value(value: str) -> str:
+    return value.replace("@", ":")
+
+
+def backoff_delay(attempt: int, throttled: bool) -> int:
+    """Seconds before a re-queued recipient is tried again (exponential, jittered, ≤ 15 min)."""
+    base = 30 if throttled else 10
+    delay: int = min(MAX_SQS_DELAY, base * 2 ** max(0, attempt - 1) + random.randint(0, 10))  # noqa: S311
+    return delay
+
+
+@dataclass
+class Requeue:
+    recipients: list[dict[str, Any]]
+    delay: int
+    attempt: int
+
+
+@dataclass
+class BatchReport:
+    results: list[dict[str, Any]] = field(default_factory=list)
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    throttled: int = 0
+    replayed: int = 0
+    deferred: int = 0
+    ses_latency_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    recipient: dict[str, Any]
+    key: str
+    bulk: BulkTemplate | None = None
+    bulk_data: str = "{}"
+    content: dict[str, Any] = field(default_factory=dict)
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+
+
+class SendFailure(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class EmailBatchSender:
+    def __init__(
+        self,
+        *,
+        store: IdempotencyStore,
+        limiter: SharedRateLimiter,
+        ses: SesSender,
+        fetcher: ObjectFetcher,
+        results: ResultsQueue,
+        requeue: Callable[[dict[str, Any], int], None],
+        lease_seconds: int,
+        max_attempts: int = 8,
+        safety_margin_ms: int = 15_000,
+        clock: Callable[[], float] = time.time,
+        allow_bulk: bool = True,
+    ) -> None:
+        self.allow_bulk = allow_bulk
+        self.store = store
+        self.limiter = limiter
+        self.ses = ses
+        self.fetcher = fetcher
+        self.results = results
+        self.requeue = requeue
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.safety_margin_ms = safety_margin_ms
+        self.clock = clock
+        self._routes_known: set[str] = set()
+
+    # ------------------------------------------------------------------------------------
+    def process(self, batch: dict[str, Any], remaining_ms: Callable[[], int]) -> BatchReport:
+        validate("email_batch", batch)
+        report = BatchReport()
+        job_id = batch["job_id"]
+        attempt = int(batch["attempt"])
+        if job_id not in self._routes_known:
+            cb = batch["callback"]
+            self.store.remember_job(job_id, batch["company_id"], cb["url"], cb["key_id"])
+            self._routes_known.add(job_id)
+
+        recipients = batch["recipients"]
+        keys = [send_key(job_id, r["recipient_id"]) for r in recipients]
+        claims = self.store.claim_many(keys, self.lease_seconds)
+        requeues: list[Requeue] = []
+        claimed: list[tuple[dict[str, Any], str]] = []
+        for recipient, key in zip(recipients, keys, strict=True):
+            claim = claims[key]
+            if claim.state is ClaimState.CLAIMED:
+                claimed.append((recipient, key))
+            elif claim.state is ClaimState.COMPLETED:
+                report.results.append(claim.result or {})
+                report.replayed += 1
+            elif claim.state is ClaimState.IN_FLIGHT:
+                # Another invocation is sending it now; look again once its lease is over.
+                requeues.append(Requeue([recipient], min(MAX_SQS_DELAY, self.lease_seconds + 5), attempt))
+            else:  # STALE: the crash window was hit; never resend (docs/lambdas.md).
+                report.failed += 1
+                report.results.append(
+                    recipient_result(
+                        job_id, recipient["recipient_id"], "failed", attempt,
+                        error_code="outcome_unknown",
+                        error_message="an earlier attempt stopped between the SES call and its record; "
+                        "not resent to avoid a duplicate (the SES Send event settles it if SES accepted it)",
+                        permanent=True,
+                    )
+                )  # fmt: skip
+
+        prepared, finals = self._prepare(batch, claimed)
+        self._finish(batch, finals, report)
+        units = self._group(batch, prepared)
+        deadline_ms = self.safety_margin_ms
+        for index, unit in enumerate(units):
+            if remaining_ms() < deadline_ms:
+                self._defer(batch, [p for u in units[index:] for p in u], requeues, report)
+                break
+            try:
+                self.limiter.acquire(len(unit), self.clock() + (remaining_ms() - deadline_ms) / 1000)
+            except PacingTimeout:
+                self._defer(batch, [p for u in units[index:] for p in u], requeues, report)
+                break
+            started = time.perf_counter()
+            outcomes = self._send_unit(batch, unit)
+            report.ses_latency_ms.append((time.perf_counter() - started) * 1000)
+            self._apply(batch, unit, outcomes, requeues, report)
+
+        merged: dict[int, Requeue] = {}
+        for item in requeues:  # one message per attempt number, at the longest delay
+            into = merged.setdefault(item.attempt, Requeue([], 0, item.attempt))
+            into.recipients.extend(item.recipients)
+            into.delay = max(into.delay, item.delay)
+        for item in merged.values():
+            self.requeue(self._subset(batch, item.recipients, item.attempt), item.delay)
+        if report.results:
+            cb = batch["callback"]
+            self.results.publish(
+                result_batches("email_sender", batch["company_id"], report.results, batch["batch_id"]),
+                cb["url"],
+                cb["key_id"],
+            )
+        return report
+
+    # ------------------------------------------------------------------------------------
+    def _content(self, batch: dict[str, Any], content_id: str, cache: dict[str, Any]) -> dict[str, Any]:
+        if content_id not in cache:
+            content = batch["contents"].get(content_id)
+            if content is None:
+                raise SendFailure("content_missing", "the recipient's content_id is not in the batch")
+            if content["kind"] == "reference":
+                try:
+                    content = self.fetcher.content(content["ref"])
+                except ContentError as exc:
+                    raise SendFailure(exc.code, str(exc)) from None
+            cache[content_id] = content
+        result: dict[str, Any] = cache[content_id]
+        return result
+
+    def _prepare(
+        self, batch: dict[str, Any], claimed: list[tuple[dict[str, Any], str]]
+    ) -> tuple[list[_Prepared], list[tuple[dict[str, Any], str, SendFailure]]]:
+        cache: dict[str, Any] = {}
+        prepared: list[_Prepared] = []
+        finals: list[tuple[dict[str, Any], str, SendFailure]] = []
+        campaign = batch["category"] == "campaign"
+        for recipient, key in claimed:
+            try:
+                content = self._content(batch, recipient["content_id"], cache)
+                item = _Prepared(recipient, key)
+                data = recipient.get("data") or {}
+                text_source = content.get("text")
+                bulk_ok = self.allow_bulk and not recipient.get("attachments")
+                item.content = content
+                if content["kind"] == "template":
+                    item.bulk = (
+                        bulk_template(content["subject"], content["html"], text_source) if bulk_ok else None
+                    )
+                    if item.bulk is not None:
+                        # Rendered by SES; locally only if it ends up sent alone.
+                        item.bulk_data = item.bulk.replacement_data(data)
+                        item.subject, item.html = item.bulk.subject, item.bulk.html + item.bulk_data
+                    else:
+                        self._render(item)
+                else:
+                    item.subject, item.html = content["subject"], content["html"]
+                    item.text = text_source or html_to_text(item.html)
+                    if bulk_ok:
+                        item.bulk = literal_bulk_template(item.subject, item.html, item.text)
+                if campaign and not recipient.get("unsubscribe_url"):
+                    raise SendFailure("unsubscribe_missing", "campaign mail needs an unsubscribe URL")
+                attachment_bytes = sum(int(a["ref"]["bytes"]) for a in recipient.get("attachments", []))
+                if estimated_size(item.subject, item.html, item.text, attachment_bytes) > MAX_MESSAGE_BYTES:
+                    raise SendFailure(
+                        "message_too_large", "the message would exceed the SES size limit of 40 MB"
+                    )
+                prepared.append(item)
+            except TemplateDataError as exc:
+                finals.append((recipient, key, SendFailure("template_data", str(exc))))
+            except SendFailure as exc:
+                finals.append((recipient, key, exc))
+        return prepared, finals
+
+    @staticmethod
+    def _render(item: _Prepared) -> None:
+        content, data = item.content, item.recipient.get("data") or {}
+        item.subject = render(content["subject"], data, html=False)
+        item.html = render(content["html"], data, html=True)
+        text_source = content.get("text")
+        item.text = render(text_source, data, html=False) if text_source else html_to_text(item.html)
+
+    def _group(self, batch: dict[str, Any], prepared: list[_Prepared]) -> list[list[_Prepared]]:
+        per_call = max(1, min(MAX_BULK_DESTINATIONS, self.limiter.rate))
+        groups: dict[tuple[str, str, str, str | None], list[_Prepared]] = {}
+        units: list[list[_Prepared]] = []
+        for item in prepared:
+            if item.bulk is None:
+                units.append([item])
+                continue
+            b = item.bulk
+            groups.setdefault((item.recipient["content_id"], b.subject, b.html, b.text), []).append(item)
+        for members in groups.values():
+            if len(members) == 1:
+                members[0].bulk = None
+                if members[0].content["kind"] == "template":
+                    self._render(members[0])
+                units.append(members)
+                continue
+            units.extend(members[i : i + per_call] for i in range(0, len(members), per_call))
+        return units
+
+    def _tags(self, batch: dict[str, Any], recipient_id: str | None = None) -> dict[str, str]:
+        tags = {"job_id": tag_value(batch["job_id"]), "company_id": str(batch["company_id"])}
+        if recipient_id is not None:
+            tags["recipient_id"] = tag_value(recipient_id)
+        return tags
+
+    def _send_unit(self, batch: dict[str, Any], unit: list[_Prepared]) -> list[Outcome]:
+        sender = batch["sender"]
+        from_address = display_address(sender["address"], sender.get("name"))
+        reply_to = sender.get("reply_to", [])
+        tenant = batch.get("ses_tenant")
+        if len(unit) == 1 and unit[0].bulk is None:
+            item = unit[0]
+            r = item.recipient
+            try:
+                attachments = [
+                    Attachment(a["filename"], a["content_type"], self.fetcher.fetch(a["ref"]))
+                    for a in r.get("attachments", [])
+                ]
+            except ContentError as exc:
+                return [Outcome("final", code=exc.code, message=str(exc))]
+            raw = build_mime(
+                from_address=from_address,
+                to_address=display_address(r["to"], r.get("name")),
+                reply_to=reply_to,
+                subject=item.subject,
+                html=item.html,
+                text=item.text,
+                unsubscribe_url=r.get("unsubscribe_url"),
+                attachments=attachments,
+            )
+            if len(raw) > MAX_MESSAGE_BYTES:
+                return [Outcome("final", code="message_too_large", message="the message exceeds 40 MB")]
+            return [self.ses.send_raw(raw, r["to"], self._tags(batch, r["recipient_id"]), tenant)]
+        bulk = unit[0].bulk
+        if bulk is None:  # pragma: no cover - _group never builds such a unit
+            raise ValueError("a bulk unit needs a bulk template")
+        text = bulk.text if bulk.text is not None else html_to_text(bulk.html).replace("{{h_", "{{t_")
+        entries: list[dict[str, Any]] = []
+        for item in unit:
+            r = item.recipient
+            entry: dict[str, Any] = {
+                "Destination": {"ToAddresses": [display_address(r["to"], r.get("name"))]},
+                "ReplacementTags": [
+                    {"Name": k, "Value": v} for k, v in self._tags(batch, r["recipient_id"]).items()
+                ],
+                "ReplacementEmailContent": {
+                    "ReplacementTemplate": {"ReplacementTemplateData": item.bulk_data}
+                },
+            }
+            if r.get("unsubscribe_url"):
+                entry["ReplacementHeaders"] = [
+                    {"Name": "List-Unsubscribe", "Value": f"<{r['unsubscribe_url']}>"},
+                    {"Name": "List-Unsubscribe-Post", "Value": ONE_CLICK},
+                ]
+            entries.append(entry)
+        return self.ses.send_bulk(
+            from_address=from_address,
+            reply_to=reply_to,
+            subject=bulk.subject,
+            html=bulk.html,
+            text=text,
+            entries=entries,
+            default_tags=self._tags(batch),
+            tenant=tenant,
+        )
+
+    # ------------------------------------------------------------------------------------
+    def _apply(
+        self,
+        batch: dict[str, Any],
+        unit: list[_Prepared],
+        outcomes: list[Outcome],
+        requeues: list[Requeue],
+        report: BatchReport,
+    ) -> None:
+        job_id, attempt = batch["job_id"], int(batch["attempt"])
+        done: list[tuple[str, dict[str, Any]]] = []
+        release: list[str] = []
+        retry: list[dict[str, Any]] = []
+        unknown: list[dict[str, Any]] = []
+        throttled = False
+        for item, outcome in zip(unit, outcomes, strict=True):
+            rid = item.recipient["recipient_id"]
+            if outcome.kind == "sent":
+                result = recipient_result(
+                    job_id, rid, "sent", attempt, provider_message_id=outcome.message_id
+                )
+                done.append((item.key, result))
+                report.sent += 1
+            elif outcome.kind == "final" or (outcome.kind == "retry" and attempt >= self.max_attempts):
+                message = outcome.message if outcome.kind == "final" else f"gave up after {attempt} attempts"
+                result = recipient_result(
+                    job_id,
+                    rid,
+                    "failed",
+                    attempt,
+                    error_code=outcome.code,
+                    error_message=message,
+                    permanent=True,
+                )
+                done.append((item.key, result))
+                report.failed += 1
+            elif outcome.kind == "retry":
+                throttled = throttled or outcome.throttled
+                report.throttled += int(outcome.throttled)
+                release.append(item.key)
+                retry.append(item.recipient)
+                result = recipient_result(
+                    job_id, rid, "retrying", attempt, error_code=outcome.code, error_message=outcome.message,
+                    permanent=False,
+                )  # fmt: skip
+                report.retrying += 1
+            else:  # unknown: keep the claim; the Send event or the lease decides later
+                unknown.append(item.recipient)
+                result = recipient_result(
+                    job_id, rid, "retrying", attempt, error_code=outcome.code, error_message=outcome.message,
+                    permanent=False,
+                )  # fmt: skip
+                report.retrying += 1
+            report.results.append(result)
+        if done:
+            self.store.complete_many(done)  # closes the crash window for these recipients
+        if release:
+            self.store.release_many(release)
+            requeues.append(Requeue(retry, backoff_delay(attempt, throttled), min(100, attempt + 1)))
+        if unknown:
+            requeues.append(
+                Requeue(unknown, min(MAX_SQS_DELAY, self.lease_seconds + 60), min(100, attempt + 1))
+            )
+
+    def _finish(
+        self,
+        batch: dict[str, Any],
+        finals: list[tuple[dict[str, Any], str, SendFailure]],
+        report: BatchReport,
+    ) -> None:
+        if not finals:
+            return
+        done = []
+        for recipient, key, failure in finals:
+            result = recipient_result(
+                batch["job_id"], recipient["recipient_id"], "failed", int(batch["attempt"]),
+                error_code=failure.code, error_message=str(failure), permanent=True,
+            )  # fmt: skip
+            done.append((key, result))
+            report.results.append(result)
+            report.failed += 1
+        self.store.complete_many(done)
+
+    def _defer(
+        self, batch: dict[str, Any], items: list[_Prepared], requeues: list[Requeue], report: BatchReport
+    ) -> None:
+        """Out of time or rate budget: give the claims back and re-queue (not a failure)."""
+        if not items:
+            return
+        self.store.release_many([p.key for p in items])
+        requeues.append(Requeue([p.recipient for p in items], 0, int(batch["attempt"])))
+        report.deferred += len(items)
+
+    @staticmethod
+    def _subset(batch: dict[str, Any], recipients: list[dict[str, Any]], attempt: int) -> dict[str, Any]:
+        used = {r["content_id"] for r in recipients}
+        message = dict(batch)
+        message["attempt"] = attempt
+        message["recipients"] = recipients
+        message["contents"] = {cid: c for cid, c in batch["contents"].items() if cid in used}
+        validate("email_batch", message)
+        return message

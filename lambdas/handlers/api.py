@@ -1,0 +1,72 @@
+"""API Gateway REST API: intake of signed batches, certificate verification, one-click unsubscribe."""
+
+from __future__ import annotations
+
+import base64
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from lambdas.common.aws import client
+from lambdas.common.idempotency import IdempotencyStore
+from lambdas.common.keys import SecretKeySets
+from lambdas.common.nonces import DynamoNonceStore
+from lambdas.common.observability import logger, tracer
+from lambdas.common.settings import settings
+from lambdas.results.intake import Answer, Intake
+from offload_contract.signing import Verifier
+
+app = APIGatewayRestResolver()
+
+
+@cache
+def intake() -> Intake:
+    s = settings()
+    s.require("jobs_queue_url", "certificates_queue_url", "idempotency_table", "hmac_secret_arn")
+    keys = SecretKeySets(client("secretsmanager"), s.hmac_secret_arn).get()
+    dynamodb = client("dynamodb")
+    return Intake(
+        verifier=Verifier(keys.roots, DynamoNonceStore(dynamodb, s.idempotency_table)),
+        sqs=client("sqs"),
+        jobs_url=s.jobs_queue_url,
+        certificates_url=s.certificates_queue_url,
+        store=IdempotencyStore(dynamodb, s.idempotency_table),
+    )
+
+
+def _respond(answer: Answer) -> Response[Any]:
+    return Response(status_code=answer.status, content_type=content_types.APPLICATION_JSON, body=answer.body)
+
+
+def _raw_body() -> bytes:
+    event = app.current_event
+    body = event.get("body") or ""
+    return base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8")
+
+
+@app.post("/v1/batches")
+def submit_batch() -> Response[Any]:
+    # The signature covers the path as the client sent it (with the stage prefix, if any).
+    context = app.current_event.get("requestContext") or {}
+    path = str(context.get("path") or app.current_event.path)
+    answer = intake().submit(path, dict(app.current_event.headers or {}), _raw_body())
+    logger.info("batch submission", extra={"status": answer.status, "error": answer.body.get("error")})
+    return _respond(answer)
+
+
+@app.get("/v1/certificates/verify/<code>")
+def verify_certificate(code: str) -> Response[Any]:
+    return _respond(intake().verify_certificate(code))
+
+
+@app.post("/v1/unsubscribe/<token>")
+def unsubscribe(token: str) -> Response[Any]:
+    return _respond(intake().unsubscribe(token))
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

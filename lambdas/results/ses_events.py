@@ -1,0 +1,153 @@
+"""SES events (EventBridge -> SQS) mapped back to (job, recipient) by the tags we sent.
+
+Every message carries SES tags ``job_id``, ``recipient_id`` and ``company_id``; the job's
+callback (URL and key id) was recorded by the sender as ``job#<job_id>``. A ``Send`` event
+also settles a claim left INPROGRESS by a sender that stopped in the crash window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lambdas.common.idempotency import IdempotencyStore, send_key
+from lambdas.email.sender import untag_value
+from lambdas.results.builder import recipient_result, result_batches
+from lambdas.results.queue import ResultsQueue
+
+IGNORED = {"Open", "Click", "DeliveryDelay", "Subscription"}
+
+
+def _timestamp(value: Any, default: int) -> int:
+    if not isinstance(value, str):
+        return default
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return default
+
+
+def _tag(tags: dict[str, Any], name: str) -> str | None:
+    values = tags.get(name)
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0]
+    return None
+
+
+@dataclass
+class EventReport:
+    mapped: int = 0
+    ignored: int = 0
+    unroutable: int = 0
+    settled: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def map_event(detail: dict[str, Any], now: int) -> tuple[str, str, int, dict[str, Any]] | None:
+    """(job_id, recipient_id, company_id, result) for an SES event detail, or None."""
+    event_type = detail.get("eventType") or detail.get("notificationType")
+    mail = detail.get("mail") or {}
+    tags = mail.get("tags") or {}
+    job, recipient, company = _tag(tags, "job_id"), _tag(tags, "recipient_id"), _tag(tags, "company_id")
+    if not (event_type and job and recipient and company and company.isdigit()):
+        return None
+    job_id, recipient_id = untag_value(job), untag_value(recipient)
+    message_id = mail.get("messageId")
+    at = _timestamp(mail.get("timestamp"), now)
+
+    def result(status: str, **kw: Any) -> dict[str, Any]:
+        return recipient_result(job_id, recipient_id, status, 1, provider_message_id=message_id, **kw)
+
+    if event_type == "Send":
+        out = result("sent", occurred_at=at)
+    elif event_type == "Delivery":
+        out = result("delivered", occurred_at=_timestamp((detail.get("delivery") or {}).get("timestamp"), at))
+    elif event_type == "Bounce":
+        bounce = detail.get("bounce") or {}
+        kind, sub = str(bounce.get("bounceType", "Undetermined")), str(bounce.get("bounceSubType", "General"))
+        diagnostics = [str(r.get("diagnosticCode", "")) for r in bounce.get("bouncedRecipients", [])]
+        out = result(
+            "bounced",
+            occurred_at=_timestamp(bounce.get("timestamp"), at),
+            error_code=f"bounce.{kind}.{sub}",
+            error_message="; ".join(d for d in diagnostics if d)[:1000] or f"{kind} bounce",
+            permanent=kind == "Permanent",
+        )
+    elif event_type == "Complaint":
+        complaint = detail.get("complaint") or {}
+        feedback = str(complaint.get("complaintFeedbackType") or "unspecified")
+        out = result(
+            "complained",
+            occurred_at=_timestamp(complaint.get("timestamp"), at),
+            error_code=f"complaint.{feedback}",
+            error_message="recipient marked the message as spam",
+            permanent=True,
+        )
+    elif event_type == "Reject":
+        reason = str((detail.get("reject") or {}).get("reason") or "rejected by SES")
+        out = result(
+            "rejected", occurred_at=at, error_code="ses_reject", error_message=reason, permanent=True
+        )
+    elif event_type == "Rendering Failure":
+        failure = detail.get("failure") or detail.get("renderingFailure") or {}
+        out = result(
+            "failed",
+            occurred_at=at,
+            error_code="rendering_failure",
+            error_message=str(failure.get("errorMessage") or "SES could not render the template"),
+            permanent=True,
+        )
+    else:
+        return None
+    return job_id, recipient_id, int(company), out
+
+
+class SesEventProcessor:
+    def __init__(self, store: IdempotencyStore, results: ResultsQueue, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.results = results
+        self.clock = clock
+        self._routes: dict[str, tuple[int, str, str] | None] = {}
+
+    def route(self, job_id: str) -> tuple[int, str, str] | None:
+        if job_id not in self._routes or self._routes[job_id] is None:
+            if len(self._routes) > 10_000:
+                self._routes.clear()
+            self._routes[job_id] = self.store.job_route(job_id)
+        return self._routes[job_id]
+
+    def process(self, events: list[dict[str, Any]]) -> EventReport:
+        report = EventReport()
+        grouped: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+        now = int(self.clock())
+        for event in events:
+            detail = event.get("detail") if event.get("source") == "aws.ses" else None
+            if not isinstance(detail, dict):
+                report.ignored += 1
+                continue
+            if (detail.get("eventType") or "") in IGNORED:
+                report.ignored += 1
+                continue
+            mapped = map_event(detail, now)
+            if mapped is None:
+                report.ignored += 1
+                continue
+            job_id, recipient_id, company_id, result = mapped
+            if result["status"] == "sent":
+                # Normally the sender already reported it; only a claim left in the crash
+                # window is settled (and reported) from here.
+                if not self.store.complete_if_in_progress(send_key(job_id, recipient_id), result):
+                    continue
+                report.settled += 1
+            route = self.route(job_id)
+            if route is None or route[0] != company_id:
+                report.unroutable += 1
+                continue
+            grouped.setdefault(route, []).append(result)
+            report.mapped += 1
+            report.by_status[result["status"]] = report.by_status.get(result["status"], 0) + 1
+        for (company_id, url, key_id), results in grouped.items():
+            self.results.publish(result_batches("ses_events", company_id, results), url, key_id)
+        return report

@@ -1,0 +1,174 @@
+"""A faithful stand-in for the two SESv2 calls moto lacks: SendBulkEmail and GetAccount.
+
+Hooks on the real boto3 client (botocore events), so the code under test makes real calls
+with real parameter validation. SendBulkEmail enforces SES's documented rules (template
+required, 1-50 destinations, a verified sender, well-formed replacement data), renders the
+inline template with SES's simple ``{{name}}`` substitution (no HTML escaping, as SES does),
+and records each message in moto's SES backend ``sent_messages`` exactly like SendEmail.
+It can also inject faults (throttling, rejections, lost connections) into any SESv2 call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+from botocore.exceptions import ReadTimeoutError
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.ses.models import Message, ses_backends
+from moto.ses.utils import is_valid_address
+
+_VAR = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
+
+
+class _Http:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+
+
+def _error(status: int, code: str, message: str) -> tuple[_Http, dict[str, Any]]:
+    return _Http(status), {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+
+
+@dataclass
+class BulkSent:
+    message_id: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    headers: list[dict[str, str]]
+    tags: dict[str, str]
+
+
+@dataclass
+class FakeSes:
+    region: str = "eu-west-1"
+    max_send_rate: float = 14.0
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    bulk_sent: list[BulkSent] = field(default_factory=list)
+    #: fault(operation, params) -> None or an (http, parsed) error response / an exception.
+    fault: Callable[[str, dict[str, Any]], Any] | None = None
+
+    def install(self, sesv2_client: Any) -> None:
+        events = sesv2_client.meta.events
+        events.register("before-parameter-build.sesv2.*", self._capture)
+        events.register("before-call.sesv2.*", self._before_call)
+
+    def _capture(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["fake_ses_params"] = dict(params)
+
+    def _backend(self) -> Any:
+        return ses_backends[DEFAULT_ACCOUNT_ID][self.region]
+
+    def _before_call(self, model: Any, params: Any, context: dict[str, Any], **_: Any) -> Any:
+        name = model.name
+        api_params = context.get("fake_ses_params", {})
+        self.calls.append((name, api_params))
+        if self.fault is not None:
+            injected = self.fault(name, api_params)
+            if isinstance(injected, Exception):
+                raise injected
+            if injected is not None:
+                return injected
+        if name == "GetAccount":
+            return _Http(200), {
+                "SendQuota": {
+                    "Max24HourSend": 50000.0,
+                    "MaxSendRate": self.max_send_rate,
+                    "SentLast24Hours": 0.0,
+                },
+                "ProductionAccessEnabled": True,
+                "SendingEnabled": True,
+                "ResponseMetadata": {"HTTPStatusCode": 200},
+            }
+        if name == "SendBulkEmail":
+            return self._send_bulk(api_params)
+        return None  # moto handles it
+
+    def _send_bulk(self, p: dict[str, Any]) -> Any:
+        template = p.get("DefaultContent", {}).get("Template")
+        if not template or not (template.get("TemplateContent") or template.get("TemplateName")):
+            return _error(400, "BadRequestException", "DefaultContent.Template is required")
+        if "TemplateName" in template:
+            return _error(404, "NotFoundException", "stored templates are not emulated")
+        entries = p.get("BulkEmailEntries", [])
+        if not 1 <= len(entries) <= 50:
+            return _error(400, "BadRequestException", "between 1 and 50 BulkEmailEntries are allowed")
+        backend = self._backend()
+        source = parseaddr(p["FromEmailAddress"])[1]
+        if not backend._is_verified_address(source):
+            return _error(400, "MessageRejected", f"Email address is not verified: {source}")
+        content = template["TemplateContent"]
+        default_data = json.loads(template.get("TemplateData") or "{}")
+        default_tags = {t["Name"]: t["Value"] for t in p.get("DefaultEmailTags", [])}
+        results = []
+        for entry in entries:
+            replacement = entry.get("ReplacementEmailContent", {}).get("ReplacementTemplate", {})
+            try:
+                data = {**default_data, **json.loads(replacement.get("ReplacementTemplateData") or "{}")}
+            except ValueError:
+                results.append(
+                    {"Status": "INVALID_PARAMETER", "Error": "ReplacementTemplateData is not JSON"}
+                )
+                continue
+            to = entry["Destination"]["ToAddresses"]
+            if not to or any(is_valid_address(parseaddr(a)[1]) is not None for a in to):
+                results.append({"Status": "INVALID_PARAMETER", "Error": "Illegal address"})
+                continue
+
+            def fill(text: str, data: dict[str, Any] = data) -> str:
+                return _VAR.sub(lambda m: str(data.get(m.group(1), "")), text)
+
+            subject, html, text = (
+                fill(content["Subject"]),
+                fill(content.get("Html", "")),
+                fill(content.get("Text", "")),
+            )
+            message = Message(
+                message_id=f"bulk-{len(self.bulk_sent):06d}-{len(backend.sent_messages):06d}",
+                source=p["FromEmailAddress"],
+                subject=subject,
+                body=html or text,
+                destinations={"ToAddresses": list(to)},
+            )
+            backend.sent_messages.append(message)
+            backend.sent_message_count += len(to)
+            tags = {**default_tags, **{t["Name"]: t["Value"] for t in entry.get("ReplacementTags", [])}}
+            self.bulk_sent.append(
+                BulkSent(message.id, to[0], subject, html, text, entry.get("ReplacementHeaders", []), tags)
+            )
+            results.append({"Status": "SUCCESS", "MessageId": message.id})
+        return _Http(200), {"BulkEmailEntryResults": results, "ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    # -- fault helpers ----------------------------------------------------------------------
+    def sent_count(self) -> int:
+        return len(self._backend().sent_messages)
+
+    def sent_messages(self) -> list[Any]:
+        return list(self._backend().sent_messages)
+
+
+def throttle(status: int = 429) -> tuple[_Http, dict[str, Any]]:
+    return _error(status, "TooManyRequestsException", "Maximum sending rate exceeded.")
+
+
+def rejected(message: str = "Email address is not verified.") -> tuple[_Http, dict[str, Any]]:
+    return _error(400, "MessageRejected", message)
+
+
+def bad_address() -> tuple[_Http, dict[str, Any]]:
+    return _error(400, "BadRequestException", "Illegal address")
+
+
+def lost_connection() -> Exception:
+    error: Exception = ReadTimeoutError(endpoint_url="https://email.eu-west-1.amazonaws.com")
+    return error
