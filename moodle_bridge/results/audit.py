@@ -16,7 +16,16 @@ import sqlalchemy as sa
 from moodle_bridge.storage.bridge_tables import BridgeTables
 
 #: Detail keys never stored, whatever the caller passes (case-insensitive substring match).
-FORBIDDEN_KEY_PARTS: Final = ("password", "secret", "body", "html", "subject", "signature", "token", "key_material")
+FORBIDDEN_KEY_PARTS: Final = (
+    "password",
+    "secret",
+    "body",
+    "html",
+    "subject",
+    "signature",
+    "token",
+    "key_material",
+)
 MAX_DETAIL_STRING = 300
 
 # Actions (stable names; the dashboard filters on them).

@@ -102,8 +102,8 @@ def lock_jobs(conn: sa.Connection, tables: BridgeTables, job_ids: Iterable[int])
             .order_by(j.c.id)
             .with_for_update()
         ).mappings()
-        for row in rows:
-            out[int(row["id"])] = dict(row)
+        for job in rows:
+            out[int(job["id"])] = dict(job)
     return out
 
 
@@ -205,11 +205,11 @@ def ingest_result_batch(
     batch_rowid: int | None = None
     if batch.get("batch_id"):
         b = tables.batches
-        found = conn.execute(
+        batch_row = conn.execute(
             sa.select(b.c.id, b.c.jobid).where(b.c.batchkey == batch["batch_id"])
         ).first()
         # An unknown batch, or one of another job, can never match a recipient's batch: -1.
-        batch_rowid = int(found.id) if found is not None and int(found.jobid) in jobs else -1
+        batch_rowid = int(batch_row.id) if batch_row is not None and int(batch_row.jobid) in jobs else -1
 
     # Read the recipients named by the report.
     r = tables.recipients
@@ -220,13 +220,20 @@ def ingest_result_batch(
             wanted[rid] = parse_row_id(item["job_id"]) or 0
     rows: dict[int, dict[str, Any]] = {}
     for part in chunks(sorted(wanted)):
-        for row in conn.execute(
+        for recipient in conn.execute(
             sa.select(
-                r.c.id, r.c.jobid, r.c.companyid, r.c.emailid, r.c.address, r.c.status, r.c.batchid,
-                r.c.providermessageid, r.c.artifactkey,
+                r.c.id,
+                r.c.jobid,
+                r.c.companyid,
+                r.c.emailid,
+                r.c.address,
+                r.c.status,
+                r.c.batchid,
+                r.c.providermessageid,
+                r.c.artifactkey,
             ).where(r.c.id.in_(part))
         ).mappings():
-            rows[int(row["id"])] = dict(row)
+            rows[int(recipient["id"])] = dict(recipient)
 
     # Decide, in event order; several results for one recipient fold into one final change.
     original_status = {rid: str(row["status"]) for rid, row in rows.items()}
@@ -235,15 +242,13 @@ def ingest_result_batch(
     suppress: list[tuple[int, str, str]] = []
     for item in sorted(results, key=lambda i: int(i["occurred_at"])):
         rid = parse_row_id(item["recipient_id"])
-        row = rows.get(rid) if rid is not None else None
-        if row is None or int(row["jobid"]) != parse_row_id(item["job_id"]):
+        found = rows.get(rid) if rid is not None else None
+        if rid is None or found is None or int(found["jobid"]) != parse_row_id(item["job_id"]):
             outcome.ignored += 1
             outcome.ignored_reasons["unknown_recipient"] += 1
             continue
-        assert rid is not None
-        view = RecipientView(
-            str(row["status"]), row["batchid"], row["providermessageid"], row["artifactkey"]
-        )
+        row = found
+        view = RecipientView(str(row["status"]), row["batchid"], row["providermessageid"], row["artifactkey"])
         decision = decide(view, item, batch_rowid)
         if decision.outcome is Outcome.APPLIED:
             outcome.applied += 1
@@ -293,8 +298,14 @@ def ingest_result_batch(
 
     for job_id, n in sorted(late_for_closed.items()):
         audit.record(
-            conn, tables, actor=actor, action=audit.RESULTS_LATE, now=now, companyid=company_id,
-            jobid=job_id, detail={"results": n, "report_id": batch["report_id"]},
+            conn,
+            tables,
+            actor=actor,
+            action=audit.RESULTS_LATE,
+            now=now,
+            companyid=company_id,
+            jobid=job_id,
+            detail={"results": n, "report_id": batch["report_id"]},
         )
     conn.execute(
         rr.insert().values(

@@ -8,10 +8,16 @@ no ``emailid`` and nothing is written back.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+
+
+def _adapter(module: str) -> Any:
+    """The IOMAD adapter package (or one of its modules), imported when first needed."""
+    return importlib.import_module("moodle_bridge.iomad" + (f".{module}" if module else ""))
 
 
 class IomadQueue(Protocol):
@@ -29,22 +35,18 @@ class AdapterQueue:
         self.tables = iomad_tables
 
     def mark_sent(self, conn: sa.Connection, email_ids: Sequence[int], now: int) -> None:
-        from moodle_bridge.iomad import queue
-
-        queue.mark_emails_sent(conn, self.tables, list(email_ids), now)
+        _adapter("queue").mark_emails_sent(conn, self.tables, list(email_ids), now)
 
     def restore(self, conn: sa.Connection, originals: Mapping[int, int]) -> None:
-        from moodle_bridge.iomad import queue
-
-        queue.restore_emails(conn, self.tables, dict(originals))
+        _adapter("queue").restore_emails(conn, self.tables, dict(originals))
 
 
 def detect_queue(engine: sa.Engine, prefix: str) -> IomadQueue | None:
     """The IOMAD link for this database, or None on a plain Moodle site or without the adapter."""
     try:
-        from moodle_bridge.iomad import detect_iomad  # type: ignore[attr-defined,unused-ignore]
+        adapter = _adapter("")
     except ImportError:
         return None
     with engine.connect() as conn:
-        tables = detect_iomad(conn, prefix)
+        tables = adapter.detect_iomad(conn, prefix)
     return None if tables is None else AdapterQueue(tables)

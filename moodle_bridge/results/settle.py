@@ -40,7 +40,9 @@ class SettleReport:
     restored_recipients: dict[int, int] = field(default_factory=dict)
 
 
-def fallback_enabled(conn: sa.Connection, tables: BridgeTables, company_ids: Iterable[int]) -> dict[int, bool]:
+def fallback_enabled(
+    conn: sa.Connection, tables: BridgeTables, company_ids: Iterable[int]
+) -> dict[int, bool]:
     """``fallbacklocal`` per company; a company without a settings row falls back (the default)."""
     ids = sorted(set(company_ids))
     out = dict.fromkeys(ids, True)
@@ -134,16 +136,33 @@ def settle_rows(
         by_job[(claims[emailid][0], claims[emailid][1])].append(emailid)
     for (companyid, jobid), emailids in sorted(by_job.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         audit.record(
-            conn, tables, actor=actor, action=audit.ROWS_RESTORED, now=now, companyid=companyid,
-            jobid=jobid, detail={"rows": len(emailids), "email_ids": emailids[:50]},
+            conn,
+            tables,
+            actor=actor,
+            action=audit.ROWS_RESTORED,
+            now=now,
+            companyid=companyid,
+            jobid=jobid,
+            detail={"rows": len(emailids), "email_ids": emailids[:50]},
         )
     withheld_by_job: dict[tuple[int, int | None], list[int]] = defaultdict(list)
     for emailid in report.withheld:
         withheld_by_job[(claims[emailid][0], claims[emailid][1])].append(emailid)
-    for (companyid, jobid), emailids in sorted(withheld_by_job.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    for (companyid, jobid), emailids in sorted(
+        withheld_by_job.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)
+    ):
         audit.record(
-            conn, tables, actor=actor, action=audit.FALLBACK_WITHHELD, now=now, companyid=companyid,
+            conn,
+            tables,
+            actor=actor,
+            action=audit.FALLBACK_WITHHELD,
+            now=now,
+            companyid=companyid,
             jobid=jobid,
-            detail={"rows": len(emailids), "email_ids": emailids[:50], "why": "other recipients of the row were reached"},
+            detail={
+                "rows": len(emailids),
+                "email_ids": emailids[:50],
+                "why": "other recipients of the row were reached",
+            },
         )
     return report

@@ -8,7 +8,7 @@ The full table is in docs/results.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Final
 
 # Recipient statuses.
@@ -62,7 +62,7 @@ EVENT_RESULTS: Final = frozenset({"delivered", "bounced", "complained", "rejecte
 _EVENT_RANK: Final = {SENT: 1, RENDERED: 1, DELIVERED: 2, BOUNCED: 3, COMPLAINED: 4}
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # already in the state this result describes
     IGNORED = "ignored"  # stale, conflicting, or for a recipient that is closed
@@ -152,7 +152,9 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
     return Decision(Outcome.IGNORED, "unknown_status")  # pragma: no cover - the schema forbids it
 
 
-def _decide_event(view: RecipientView, result: dict[str, Any], status: str, message_id: str | None) -> Decision:
+def _decide_event(
+    view: RecipientView, result: dict[str, Any], status: str, message_id: str | None
+) -> Decision:
     current = view.status
     if current in CLOSED_STATUSES:
         return Decision(Outcome.IGNORED, f"recipient_{current}")
