@@ -59,6 +59,13 @@ class SubmitConfig:
     #: Outbox retry backoff: first delay and cap, in seconds.
     retry_base_seconds: int = 15
     retry_max_seconds: int = 900
+    #: Default From address and name when the company has none (company set --sender-address).
+    sender_address: str = ""
+    sender_name: str = ""
+    #: Base URL printed on certificates for verification (the API's /v1/certificates/verify).
+    verify_url_base: str = ""
+    #: IOMAD rows claimed per transaction (claim, park, jobs, recipients, outbox in one go).
+    claim_chunk_rows: int = 2000
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,13 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_CLOUDFLARE_INTAKE_URL": ("cloudflare", "intake_url"),
     "MRCO_AWS_SUBMIT_MODE": ("submit", "aws_mode"),
     "MRCO_MAX_RECIPIENTS": ("submit", "max_recipients"),
+    "MRCO_RETRY_BASE_SECONDS": ("submit", "retry_base_seconds"),
+    "MRCO_RETRY_MAX_SECONDS": ("submit", "retry_max_seconds"),
+    "MRCO_SENDER_ADDRESS": ("submit", "sender_address"),
+    "MRCO_SENDER_NAME": ("submit", "sender_name"),
+    "MRCO_VERIFY_URL_BASE": ("submit", "verify_url_base"),
+    "MRCO_CLAIM_CHUNK_ROWS": ("submit", "claim_chunk_rows"),
+    "MRCO_JOB_DEADLINE_SECONDS": (None, "job_deadline_seconds"),
     "MRCO_CALLBACK_PUBLIC_URL": ("callbacks", "public_url"),
     "MRCO_CALLBACK_BIND_HOST": ("callbacks", "bind_host"),
     "MRCO_CALLBACK_BIND_PORT": ("callbacks", "bind_port"),

@@ -1,0 +1,466 @@
+"""Turn IOMAD queue rows into recipients exactly as IOMAD's ``send_to_user()`` would.
+
+Per row, in IOMAD's order (local/email/lib/api.php, facts section 2.4):
+
+1. the row's user (``user.email``);
+2. the template's ``emailto`` user ids, then ``emailcc`` user ids (deleted/suspended skipped);
+3. the template's ``emailtoother``, then ``emailccother`` addresses (invalid ones skipped);
+4. for "user templates" only (``is_user_template()``):
+   - managers: ``company::get_my_managers($userid, 1)``: company_users rows with
+     managertype 1 in the user's department or any parent department, except the cron's
+     ``$USER`` (the first site admin), active users only; unless ``disabledmanager``;
+   - supervisors: addresses in the profile field ``company.emailprofileid`` (fallback
+     ``$CFG->companyemailprofileid``) of the user's company; unless ``disabledsupervisor``.
+
+The template object is the one stored in the row's headers (IOMAD's snapshot at queue
+time); enable checks use the live ``email_template`` rows, as IOMAD's cron does.
+
+Differences from IOMAD, on purpose (documented in docs/iomad.md):
+- addresses are de-duplicated per row, case-insensitively (IOMAD mails a duplicate twice);
+- copies of password templates to anyone but the user get ``redact_password=True``
+  (IOMAD copies the plaintext password to managers by default, iomad/iomad#2742);
+- a bad recipient is skipped with a Problem instead of aborting the rest of the fan-out
+  (IOMAD's ``send_to_user()`` returns at the first failed send).
+
+Everything is loaded in a bounded number of set-based queries (about ten plus one per
+extra chunk of 1,000 ids), never per row.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from moodle_bridge.iomad import queries
+from moodle_bridge.iomad.addresses import address_problem
+from moodle_bridge.iomad.headers import HeadersError, ParsedHeaders, TemplateSettings, parse_headers
+from moodle_bridge.iomad.passwords import PASSWORD_TEMPLATES
+from moodle_bridge.iomad.queries import COMPANY_SUSPENDED, chunks
+from moodle_bridge.iomad.queue import QueuedEmail
+from moodle_bridge.iomad.schema import IomadTables
+
+ROLE_USER = "user"
+ROLE_TO = "to"
+ROLE_CC = "cc"
+ROLE_MANAGER = "manager"
+ROLE_SUPERVISOR = "supervisor"
+
+#: IOMAD's ``is_user_template()`` list. The microlearning_* entries there have numeric keys,
+#: so ``!empty($usertemplates[$name])`` never matches them: they are not user templates.
+USER_TEMPLATES = frozenset(
+    {
+        "completion_course_user",
+        "course_not_started_warning",
+        "completion_warn_user",
+        "expiry_warn_user",
+        "license_allocated",
+        "license_removed",
+        "password_update",
+        "user_added_to_course",
+        "user_create",
+        "user_deleted",
+        "user_programcompleted",
+        "user_promoted",
+        "user_removed_from_event",
+        "user_reset",
+        "user_signed_up_for_event",
+        "user_suspended",
+        "user_unsuspended",
+    }
+)
+
+#: The 49 templates of ``local_email::get_templates()`` (facts section 2.5).
+KNOWN_TEMPLATES = frozenset(
+    {
+        "admin_deleted",
+        "advertise_classroom_based_course",
+        "approval",
+        "company_licenseassigned",
+        "company_suspended",
+        "company_unsuspended",
+        "completion_course_supervisor",
+        "completion_course_user",
+        "completion_digest_manager",
+        "completion_expiry_warn_supervisor",
+        "completion_warn_supervisor",
+        "completion_warn_user",
+        "course_classroom_approval",
+        "course_classroom_approval_request",
+        "course_classroom_approved",
+        "course_classroom_denied",
+        "course_classroom_manager_denied",
+        "course_not_started_warning",
+        "expire",
+        "expiring_digest_manager",
+        "expiry_warn_user",
+        "invoice_ordercomplete",
+        "invoice_ordercomplete_admin",
+        "license_allocated",
+        "license_reminder",
+        "license_removed",
+        "licensepoolexpiring",
+        "licensepoolwarning",
+        "microlearning_nugget_reminder1",
+        "microlearning_nugget_reminder2",
+        "microlearning_nugget_scheduled",
+        "password_update",
+        "trainingevent_not_selected",
+        "user_added_to_course",
+        "user_create",
+        "user_deleted",
+        "user_programcompleted",
+        "user_promoted",
+        "user_removed_from_event",
+        "user_removed_from_event_teacher",
+        "user_removed_from_event_waitlist",
+        "user_reset",
+        "user_signed_up_for_event",
+        "user_signed_up_for_event_reminder",
+        "user_signed_up_for_event_teacher",
+        "user_signed_up_to_waitlist",
+        "user_suspended",
+        "user_unsuspended",
+        "warning_digest_manager",
+    }
+)
+
+# Problem codes. FATAL ones mean the row must not be sent by the bridge (leave it to IOMAD).
+EMPTY_ADDRESS = "empty_address"
+INVALID_ADDRESS = "invalid_address"
+BAD_HEADERS = "bad_headers"
+UNKNOWN_TEMPLATE = "unknown_template"
+TEMPLATE_DISABLED = "template_disabled"
+USER_MISSING = "user_missing"
+USER_DELETED = "user_deleted"
+USER_SUSPENDED = "user_suspended"
+COMPANY_MISSING = "company_missing"
+DUPLICATE_ADDRESS = "duplicate_address"
+RECIPIENT_UNAVAILABLE = "recipient_unavailable"  # a To/Cc user that is missing, deleted or suspended
+FATAL_PROBLEMS = frozenset(
+    {
+        BAD_HEADERS,
+        UNKNOWN_TEMPLATE,
+        TEMPLATE_DISABLED,
+        USER_MISSING,
+        USER_DELETED,
+        USER_SUSPENDED,
+        COMPANY_MISSING,
+    }
+)
+
+#: IOMAD's email_cron() managertype for the enable check (strpos semantics: a match at
+#: position 0 is falsy in PHP, so a name *starting* with the word does not count).
+MANAGER_TEMPLATE_TYPE = 1
+SUPERVISOR_TEMPLATE_TYPE = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    detail: str
+
+    @property
+    def fatal(self) -> bool:
+        return self.code in FATAL_PROBLEMS
+
+
+@dataclass(frozen=True)
+class ExpandedRecipient:
+    role: str  # user | to | cc | manager | supervisor
+    userid: int | None
+    address: str
+    fullname: str
+    redact_password: bool
+
+
+@dataclass
+class Expansion:
+    email_id: int
+    recipients: list[ExpandedRecipient] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    headers: ParsedHeaders | None = field(default=None, repr=False)
+
+    @property
+    def sendable(self) -> bool:
+        """No fatal problem and at least one recipient."""
+        return bool(self.recipients) and not any(p.fatal for p in self.problems)
+
+    @property
+    def problem_codes(self) -> list[str]:
+        return [p.code for p in self.problems]
+
+
+@dataclass(frozen=True)
+class _User:
+    id: int
+    email: str
+    firstname: str
+    lastname: str
+    deleted: bool
+    suspended: bool
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.firstname} {self.lastname}".strip()
+
+
+def template_check_type(templatename: str) -> int:
+    """IOMAD's cron: 1 if the name contains "manager", 2 if "supervisor" (not at position 0)."""
+    if templatename.find("manager") > 0:
+        return MANAGER_TEMPLATE_TYPE
+    if templatename.find("supervisor") > 0:
+        return SUPERVISOR_TEMPLATE_TYPE
+    return 0
+
+
+def _load_users(conn: sa.Connection, t: IomadTables, ids: Iterable[int]) -> dict[int, _User]:
+    users: dict[int, _User] = {}
+    for chunk in chunks(ids):
+        for r in conn.execute(queries.users_by_ids(t, chunk)).mappings():
+            users[int(r["id"])] = _User(
+                id=int(r["id"]),
+                email=str(r["email"] or ""),
+                firstname=str(r["firstname"] or ""),
+                lastname=str(r["lastname"] or ""),
+                deleted=bool(r["deleted"]),
+                suspended=bool(r["suspended"]),
+            )
+    return users
+
+
+def _first_admin(value: str | None) -> int | None:
+    for piece in (value or "").split(","):
+        if piece.strip().isdigit():
+            return int(piece.strip())
+    return None
+
+
+def _int_or_none(value: object) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def expand_emails(
+    conn: sa.Connection,
+    tables: IomadTables,
+    emails: Sequence[QueuedEmail],
+    *,
+    redact_third_party_passwords: bool = True,
+) -> dict[int, Expansion]:
+    """email id -> Expansion (recipients in IOMAD's order, plus problems), set-based."""
+    t = tables
+    result: dict[int, Expansion] = {e.id: Expansion(email_id=e.id) for e in emails}
+    if not emails:
+        return result
+
+    # 1. headers (CPU only)
+    templates: dict[int, TemplateSettings | None] = {}
+    for e in emails:
+        exp = result[e.id]
+        try:
+            parsed = parse_headers(e.headers_raw)
+        except HeadersError as exc:
+            exp.problems.append(Problem(BAD_HEADERS, f"email {e.id}: {exc}"))
+            templates[e.id] = None
+            continue
+        exp.headers = parsed
+        templates[e.id] = parsed.template
+        if e.templatename not in KNOWN_TEMPLATES:
+            exp.problems.append(
+                Problem(
+                    UNKNOWN_TEMPLATE, f"email {e.id}: template {e.templatename!r} is not an IOMAD template"
+                )
+            )
+
+    fan_out = {e.id for e in emails if e.templatename in USER_TEMPLATES}
+    row_userids = {e.userid for e in emails}
+    fan_userids = {e.userid for e in emails if e.id in fan_out}
+
+    # 2. company memberships of users who get manager/supervisor copies (first row wins)
+    membership: dict[int, tuple[int, int]] = {}  # userid -> (companyid, departmentid)
+    for chunk in chunks(fan_userids):
+        for r in conn.execute(queries.company_users_of(t, chunk)).mappings():
+            membership.setdefault(int(r["userid"]), (int(r["companyid"]), int(r["departmentid"])))
+
+    # 3. site config: cron $USER (first site admin) and default supervisor profile field
+    config = {
+        str(n): v for n, v in conn.execute(queries.config_values(t, ["siteadmins", "companyemailprofileid"]))
+    }
+    cron_userid = _first_admin(config.get("siteadmins"))
+    default_profileid = _int_or_none(config.get("companyemailprofileid"))
+
+    # 4. companies (of rows and of fan-out users)
+    companyids = {e.companyid for e in emails} | {c for c, _ in membership.values()}
+    companies: dict[int, int | None] = {}  # id -> emailprofileid
+    for chunk in chunks(companyids):
+        for r in conn.execute(queries.companies_by_ids(t, chunk)).mappings():
+            companies[int(r["id"])] = _int_or_none(r["emailprofileid"])
+
+    # 5. live template enable flags (any language row disabled disables, like IOMAD)
+    disabled: dict[tuple[int, str], tuple[bool, bool, bool]] = {}
+    names = sorted({e.templatename for e in emails})
+    for chunk in chunks({e.companyid for e in emails}):
+        for r in conn.execute(queries.templates_for(t, chunk, names)).mappings():
+            key = (int(r["companyid"]), str(r["name"]))
+            old = disabled.get(key, (False, False, False))
+            disabled[key] = (
+                old[0] or bool(r["disabled"]),
+                old[1] or bool(r["disabledmanager"]),
+                old[2] or bool(r["disabledsupervisor"]),
+            )
+
+    # 6. managers: department trees of the fan-out companies, managertype 1 in them
+    manager_companies = {c for c, _ in membership.values()}
+    parent_of: dict[int, int] = {}
+    for chunk in chunks(manager_companies):
+        for r in conn.execute(queries.departments_of_companies(t, chunk)).mappings():
+            parent_of[int(r["id"])] = int(r["parent"] or 0)
+    managers_by_dept: dict[int, list[int]] = defaultdict(list)
+    for chunk in chunks(parent_of.keys()):
+        for r in conn.execute(queries.managers_in(t, chunk, 1)).mappings():
+            managers_by_dept[int(r["departmentid"])].append(int(r["userid"]))
+
+    def managers_of(userid: int) -> list[int]:
+        member = membership.get(userid)
+        if member is None:
+            return []
+        dept = member[1]  # the user's department, then its parents
+        seen: set[int] = set()
+        out: list[int] = []
+        while dept and dept not in seen:
+            seen.add(dept)
+            out.extend(m for m in managers_by_dept.get(dept, []) if m != cron_userid)
+            dept = parent_of.get(dept, 0)
+        return sorted(set(out), key=out.index)
+
+    manager_ids = {m for u in fan_userids for m in managers_of(u)}
+
+    # 7. every user whose address we need
+    to_cc_ids: set[int] = set()
+    for tpl in templates.values():
+        if tpl is not None:
+            to_cc_ids.update(tpl.emailto_ids)
+            to_cc_ids.update(tpl.emailcc_ids)
+    users = _load_users(conn, t, row_userids | to_cc_ids | manager_ids)
+
+    # 8. supervisor profile data
+    profile_field: dict[int, int] = {}  # userid -> fieldid
+    for uid in fan_userids:
+        member = membership.get(uid)
+        if member is None:
+            continue
+        fid = companies.get(member[0]) or default_profileid
+        if fid:
+            profile_field[uid] = fid
+    supervisor_data: dict[int, str] = {}
+    for chunk in chunks(profile_field.keys()):
+        fids = sorted({profile_field[u] for u in chunk})
+        for r in conn.execute(queries.profile_data(t, chunk, fids)).mappings():
+            uid = int(r["userid"])
+            if profile_field.get(uid) == int(r["fieldid"]):
+                supervisor_data.setdefault(uid, str(r["data"] or ""))
+
+    # 9. assemble per row
+    for e in emails:
+        exp = result[e.id]
+        tpl = templates.get(e.id)
+        third_party_redact = redact_third_party_passwords and e.templatename in PASSWORD_TEMPLATES
+        seen: set[str] = set()
+
+        def add(
+            role: str,
+            userid: int | None,
+            address: str,
+            fullname: str,
+            *,
+            _exp: Expansion = exp,
+            _seen: set[str] = seen,
+            _redact: bool = third_party_redact,
+            _eid: int = e.id,
+        ) -> None:
+            who = f"user {userid}" if userid is not None else role
+            problem = address_problem(address)
+            if problem is not None:
+                _exp.problems.append(
+                    Problem(
+                        problem, f"email {_eid}: {role} recipient ({who}) has an {problem.replace('_', ' ')}"
+                    )
+                )
+                return
+            key = address.lower()
+            if key in _seen:
+                _exp.problems.append(
+                    Problem(
+                        DUPLICATE_ADDRESS,
+                        f"email {_eid}: {role} recipient ({who}) repeats an address already in this email",
+                    )
+                )
+                return
+            _seen.add(key)
+            _exp.recipients.append(
+                ExpandedRecipient(role, userid, address, fullname, _redact and role != ROLE_USER)
+            )
+
+        if e.companyid not in companies:
+            exp.problems.append(
+                Problem(COMPANY_MISSING, f"email {e.id}: company {e.companyid} does not exist")
+            )
+        flags = disabled.get((e.companyid, e.templatename), (False, False, False))
+        check = template_check_type(e.templatename)
+        if (
+            flags[0]
+            or (check == MANAGER_TEMPLATE_TYPE and flags[1])
+            or (check == SUPERVISOR_TEMPLATE_TYPE and flags[2])
+        ):
+            exp.problems.append(
+                Problem(
+                    TEMPLATE_DISABLED,
+                    f"email {e.id}: template {e.templatename!r} is disabled for company {e.companyid}",
+                )
+            )
+        user = users.get(e.userid)
+        if user is None:
+            exp.problems.append(Problem(USER_MISSING, f"email {e.id}: user {e.userid} does not exist"))
+        elif user.deleted:
+            exp.problems.append(Problem(USER_DELETED, f"email {e.id}: user {e.userid} is deleted"))
+        elif user.suspended and e.templatename != COMPANY_SUSPENDED:
+            exp.problems.append(Problem(USER_SUSPENDED, f"email {e.id}: user {e.userid} is suspended"))
+        if any(p.fatal for p in exp.problems):
+            continue
+        if user is None:  # unreachable: USER_MISSING is fatal
+            continue
+        add(ROLE_USER, user.id, user.email, user.fullname)
+        if tpl is None:  # no stored template: IOMAD loads the default one (no To/Cc, copies on)
+            tpl = TemplateSettings(name=e.templatename)
+        for role, ids in ((ROLE_TO, tpl.emailto_ids), (ROLE_CC, tpl.emailcc_ids)):
+            for uid in ids:
+                other = users.get(uid)
+                if other is None or other.deleted or other.suspended:
+                    state = "missing" if other is None else ("deleted" if other.deleted else "suspended")
+                    # not fatal for the row: IOMAD skips such To/Cc users too
+                    exp.problems.append(
+                        Problem(RECIPIENT_UNAVAILABLE, f"email {e.id}: {role} user {uid} is {state}, skipped")
+                    )
+                    continue
+                add(role, other.id, other.email, other.fullname)
+        for role, addresses in ((ROLE_TO, tpl.emailtoother_addresses), (ROLE_CC, tpl.emailccother_addresses)):
+            for address in addresses:
+                add(role, None, address, "")
+        if e.templatename not in USER_TEMPLATES:
+            continue
+        if not tpl.disabledmanager:
+            for mid in managers_of(e.userid):
+                manager = users.get(mid)
+                if manager is None or manager.deleted or manager.suspended:
+                    continue  # IOMAD: get_record(deleted=0, suspended=0) finds nothing
+                add(ROLE_MANAGER, manager.id, manager.email, manager.fullname)
+        if not tpl.disabledsupervisor:
+            for address in supervisor_data.get(e.userid, "").split(","):
+                if address.strip():
+                    add(ROLE_SUPERVISOR, None, address.strip(), "")
+    return result
