@@ -38,6 +38,7 @@ from moodle_bridge.results.states import (
     COUNTER_COLUMNS,
     FINAL_STATUSES,
     JOB_TERMINAL,
+    RESTORED,
     Outcome,
     RecipientView,
     decide,
@@ -111,7 +112,7 @@ def recount(conn: sa.Connection, tables: BridgeTables, job_ids: Iterable[int]) -
     """Counter values (plus ``active``) per job, counted from the recipient rows."""
     r = tables.recipients
     ids = sorted(set(job_ids))
-    out = {job_id: dict.fromkeys((*COUNTER_COLUMNS, "active"), 0) for job_id in ids}
+    out = {job_id: dict.fromkeys((*COUNTER_COLUMNS, "active", "restored"), 0) for job_id in ids}
     for part in chunks(ids):
         rows = conn.execute(
             sa.select(r.c.jobid, r.c.status, sa.func.count())
@@ -123,6 +124,8 @@ def recount(conn: sa.Connection, tables: BridgeTables, job_ids: Iterable[int]) -
             counts["recipientstotal"] += int(n)
             if status in ACTIVE_STATUSES:
                 counts["active"] += int(n)
+            elif status == RESTORED:
+                counts["restored"] += int(n)
             for column, bucket in COUNTER_BUCKETS.items():
                 if status in bucket:
                     counts[column] += int(n)
@@ -273,6 +276,8 @@ def ingest_result_batch(
         new_status = full["status"]
         if new_status in FINAL_STATUSES and original_status[rid] not in FINAL_STATUSES:
             full["timefinal"] = now
+        if new_status in FINAL_STATUSES:
+            full["secret"] = None  # the encrypted temporary password is no longer needed
         groups[(original_status[rid], tuple(sorted(full)))][rid] = full
     for (status_read, _columns), values_by_id in sorted(groups.items()):
         matched = update_rows_by_id(conn, r, values_by_id, extra_where=[r.c.status == status_read])
@@ -284,17 +289,16 @@ def ingest_result_batch(
 
     touched_jobs = {int(rows[rid]["jobid"]) for rid in changes}
     if touched_jobs:
-        outcome.completed_jobs = refresh_jobs(
-            conn, tables, {k: jobs[k] for k in touched_jobs}, now=now, actor=actor
-        )
+        # Settle IOMAD rows first: restoring moves recipients failed -> restored, which the recount sees.
         final_emails = {
             int(rows[rid]["emailid"])
             for rid, values in changes.items()
             if rows[rid]["emailid"] is not None and values["status"] in FINAL_STATUSES
         }
-        if final_emails:
-            settled = settle_rows(conn, tables, queue, final_emails, now=now, actor=actor)
-            del settled  # restored recipients stay in the "failed" counter bucket
+        settle_rows(conn, tables, queue, final_emails, now=now, actor=actor)
+        outcome.completed_jobs = refresh_jobs(
+            conn, tables, {k: jobs[k] for k in touched_jobs}, now=now, actor=actor
+        )
 
     for job_id, n in sorted(late_for_closed.items()):
         audit.record(

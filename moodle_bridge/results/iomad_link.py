@@ -8,16 +8,13 @@ no ``emailid`` and nothing is written back.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import sqlalchemy as sa
 
-
-def _adapter(module: str) -> Any:
-    """The IOMAD adapter package (or one of its modules), imported when first needed."""
-    return importlib.import_module("moodle_bridge.iomad" + (f".{module}" if module else ""))
+from moodle_bridge.iomad import queue as iomad_queue
+from moodle_bridge.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
 
 
 class IomadQueue(Protocol):
@@ -31,22 +28,20 @@ class IomadQueue(Protocol):
 class AdapterQueue:
     """``IomadQueue`` over the IOMAD adapter's functions and detected tables."""
 
-    def __init__(self, iomad_tables: Any) -> None:
+    def __init__(self, iomad_tables: IomadTables) -> None:
         self.tables = iomad_tables
 
     def mark_sent(self, conn: sa.Connection, email_ids: Sequence[int], now: int) -> None:
-        _adapter("queue").mark_emails_sent(conn, self.tables, list(email_ids), now)
+        iomad_queue.mark_emails_sent(conn, self.tables, list(email_ids), now)
 
     def restore(self, conn: sa.Connection, originals: Mapping[int, int]) -> None:
-        _adapter("queue").restore_emails(conn, self.tables, dict(originals))
+        iomad_queue.restore_emails(conn, self.tables, dict(originals))
 
 
 def detect_queue(engine: sa.Engine, prefix: str) -> IomadQueue | None:
-    """The IOMAD link for this database, or None on a plain Moodle site or without the adapter."""
+    """The IOMAD link for this database, or None on a plain Moodle site."""
     try:
-        adapter = _adapter("")
-    except ImportError:
+        with engine.connect() as conn:
+            return AdapterQueue(detect_iomad(conn, prefix))
+    except IomadSchemaNotFound:
         return None
-    with engine.connect() as conn:
-        tables = adapter.detect_iomad(conn, prefix)
-    return None if tables is None else AdapterQueue(tables)

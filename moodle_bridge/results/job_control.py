@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
+from moodle_bridge.batching import message_type_for
 from moodle_bridge.results import audit
 from moodle_bridge.results.dbutil import chunks
 from moodle_bridge.results.ingest import lock_jobs, refresh_jobs
@@ -85,6 +86,8 @@ def create_retry_batches(
     target: str,
     max_recipients: int,
     now: int,
+    company_id: int,
+    message_type: str,
 ) -> list[str]:
     """Outbox batch rows (``pending``) for ``recipient_ids`` and point the recipients at them.
 
@@ -98,6 +101,8 @@ def create_retry_batches(
         inserted = conn.execute(
             b.insert().values(
                 jobid=job_id,
+                companyid=company_id,
+                messagetype=message_type,
                 batchkey=key,
                 attempt=attempt,
                 status=BATCH_PENDING,
@@ -159,7 +164,16 @@ def retry_failed(
             )
         )
     keys = create_retry_batches(
-        conn, tables, job_id, failed, attempt=attempt, target=target, max_recipients=max_recipients, now=now
+        conn,
+        tables,
+        job_id,
+        failed,
+        attempt=attempt,
+        target=target,
+        max_recipients=max_recipients,
+        now=now,
+        company_id=int(job["companyid"]),
+        message_type=message_type_for(str(job["jobtype"])),
     )
     conn.execute(tables.jobs.update().where(tables.jobs.c.id == job_id).values(attempt=attempt))
     refresh_jobs(conn, tables, {job_id: job}, now=now, actor=actor)

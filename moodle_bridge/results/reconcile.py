@@ -25,7 +25,13 @@ import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.results import audit
-from moodle_bridge.results.ingest import ConcurrentChange, ScopeError, ingest_result_batch
+from moodle_bridge.results.ingest import (
+    ConcurrentChange,
+    ScopeError,
+    ingest_result_batch,
+    lock_jobs,
+    refresh_jobs,
+)
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.nonce_store import purge_expired
 from moodle_bridge.results.settle import CLAIM_CLAIMED, settle_rows
@@ -200,18 +206,20 @@ def settle_open_rows(ctx: ReconcileContext, conn: sa.Connection, now: int) -> tu
     c, r = ctx.tables.claims, ctx.tables.recipients
     busy = sa.select(r.c.emailid).where(r.c.emailid == c.c.emailid, r.c.status.in_(sorted(ACTIVE_STATUSES)))
     has_recipients = sa.select(r.c.id).where(r.c.emailid == c.c.emailid)
-    email_ids = [
-        int(x)
-        for x in conn.execute(
-            sa.select(c.c.emailid).where(
-                c.c.state == CLAIM_CLAIMED,
-                c.c.jobid.is_not(None),
-                ~sa.exists(busy),
-                sa.exists(has_recipients),
-            )
-        ).scalars()
-    ]
-    settled = settle_rows(conn, ctx.tables, ctx.iomad_queue, email_ids, now=now, actor=ACTOR)
+    open_rows = conn.execute(
+        sa.select(c.c.emailid, c.c.jobid).where(
+            c.c.state == CLAIM_CLAIMED, c.c.jobid.is_not(None), ~sa.exists(busy), sa.exists(has_recipients)
+        )
+    ).all()
+    if not open_rows:
+        return 0, 0
+    jobs = lock_jobs(conn, ctx.tables, {int(row.jobid) for row in open_rows})
+    settled = settle_rows(
+        conn, ctx.tables, ctx.iomad_queue, [int(row.emailid) for row in open_rows], now=now, actor=ACTOR
+    )
+    changed = {job_id: jobs[job_id] for job_id in settled.restored_recipients if job_id in jobs}
+    if changed:
+        refresh_jobs(conn, ctx.tables, changed, now=now, actor=ACTOR)
     return len(settled.marked_sent), len(settled.restored)
 
 

@@ -1,8 +1,7 @@
 """Open the bridge database for the results commands.
 
-Bridge core owns engine creation (pool settings, MariaDB/PostgreSQL options); until its helper is
-merged this minimal version is used by ``jobs`` and ``serve``. Replace the body with a call to
-bridge core's function when both are on main.
+The engine comes from bridge core's ``create_bridge_engine`` (READ COMMITTED, utf8mb4, pool
+settings), so the receiver and the CLI behave exactly like ``tick``.
 """
 
 from __future__ import annotations
@@ -11,8 +10,9 @@ import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
+from moodle_bridge.storage.database import create_bridge_engine
 
 
 def open_database(config: BridgeConfig) -> tuple[sa.Engine, BridgeTables]:
-    engine = sa.create_engine(config.database.url, pool_pre_ping=True)
+    engine = create_bridge_engine(config.database)
     return engine, build_bridge_tables(config.database.prefix)

@@ -36,7 +36,7 @@ class SettleReport:
     marked_sent: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
     withheld: list[int] = field(default_factory=list)
-    #: job id -> recipients moved failed -> restored (counted in the same bucket, so counters hold)
+    #: job id -> recipients moved failed -> restored (the caller refreshes those jobs' counters)
     restored_recipients: dict[int, int] = field(default_factory=dict)
 
 
@@ -118,7 +118,7 @@ def settle_rows(
             conn.execute(
                 r.update()
                 .where(r.c.id.in_(part), r.c.status == FAILED)
-                .values(status=RESTORED, timemodified=now)
+                .values(status=RESTORED, timemodified=now, secret=None)
             )
         if queue is not None:
             queue.restore(conn, to_restore)

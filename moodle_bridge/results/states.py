@@ -35,13 +35,15 @@ REACHED_STATUSES: Final = frozenset({SENT, RENDERED, DELIVERED, BOUNCED, COMPLAI
 CLOSED_STATUSES: Final = frozenset({SKIPPED, CANCELLED, RESTORED})
 
 #: Job counter column -> recipient statuses it counts. ``recipientstotal`` counts every row.
+#: The same mapping as bridge core's ``BridgeRepo.refresh_job_totals`` (plus ``rendered``):
+#: a restored recipient was handed back to IOMAD, so it counts with the cancelled ones.
 COUNTER_BUCKETS: Final[dict[str, frozenset[str]]] = {
     "recipientssent": frozenset({SENT, RENDERED, DELIVERED}),
-    "recipientsfailed": frozenset({FAILED, RESTORED}),
+    "recipientsfailed": frozenset({FAILED}),
     "recipientsbounced": frozenset({BOUNCED}),
     "recipientscomplained": frozenset({COMPLAINED}),
     "recipientsskipped": frozenset({SKIPPED}),
-    "recipientscancelled": frozenset({CANCELLED}),
+    "recipientscancelled": frozenset({CANCELLED, RESTORED}),
 }
 COUNTER_COLUMNS: Final = ("recipientstotal", *COUNTER_BUCKETS)
 
@@ -184,14 +186,19 @@ def _decide_event(
 
 
 def job_status_for(counts: dict[str, int], current: str) -> str:
-    """The job status after results were applied, from its recipient counts (``COUNTER_COLUMNS``
-    plus ``active``, the recipients still pending, queued or retrying). Cancelled stays cancelled."""
+    """The job status after results were applied, from its recipient counts (``COUNTER_COLUMNS``,
+    ``active``: still pending, queued or retrying, and ``restored``). Cancelled stays cancelled.
+
+    A recipient that failed in the cloud and was handed back to IOMAD still counts as a failure of
+    the job: the cloud did not deliver it.
+    """
     if current == JOB_CANCELLED:
         return current
     if counts["active"] > 0:
         return JOB_PROCESSING
-    failed = counts["recipientsfailed"]
-    considered = counts["recipientstotal"] - counts["recipientsskipped"] - counts["recipientscancelled"]
+    failed = counts["recipientsfailed"] + counts["restored"]
+    cancelled_only = counts["recipientscancelled"] - counts["restored"]
+    considered = counts["recipientstotal"] - counts["recipientsskipped"] - cancelled_only
     if failed == 0:
         return JOB_COMPLETED
     if failed >= considered:
