@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.results import audit
@@ -44,7 +45,8 @@ from offload_contract.signing import SignatureError, parse_key_id
 log = logging.getLogger("moodle_bridge.results.reconcile")
 
 ACTOR = "cron:reconcile"
-QUARANTINE_VISIBILITY_SECONDS = 12 * 3600  # the SQS maximum
+#: Hide a poison message this long (SQS caps the total since receipt at 12 h).
+QUARANTINE_VISIBILITY_SECONDS = 6 * 3600
 #: At most this many queue messages per tick, so one tick stays short.
 MAX_MESSAGES_PER_TICK = 2000
 
@@ -104,9 +106,16 @@ def _quarantine(ctx: ReconcileContext, url: str, message: dict[str, Any], reason
                 "bytes": len(str(message.get("Body", "")).encode("utf-8")),
             },
         )
-    ctx.sqs.change_message_visibility(
-        QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=QUARANTINE_VISIBILITY_SECONDS
-    )
+    try:
+        ctx.sqs.change_message_visibility(
+            QueueUrl=url,
+            ReceiptHandle=message["ReceiptHandle"],
+            VisibilityTimeout=QUARANTINE_VISIBILITY_SECONDS,
+        )
+    except ClientError as exc:  # it reappears after the receive's own visibility timeout instead
+        log.warning(
+            "could not hide result message %s: %s", message_id, exc.response.get("Error", {}).get("Code")
+        )
 
 
 def _handle_message(

@@ -56,7 +56,7 @@ def create_job(
             timemodified=NOW,
             timesubmitted=NOW,
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key[0]  # type: ignore[index]
     key = batch_key or f"b-{job_id}-1"
     batch_rowid = conn.execute(
         tables.batches.insert().values(
@@ -69,7 +69,7 @@ def create_job(
             timecreated=NOW,
             timesubmitted=NOW,
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key[0]  # type: ignore[index]
     rows: list[dict[str, Any]] = []
     email_ids: list[int] = []
     for i in range(recipients):

@@ -4,6 +4,7 @@ never change jobs or recipients unless accepted, and accepted ones keep the coun
 from __future__ import annotations
 
 import string
+import warnings
 from typing import Any
 
 import pytest
@@ -20,7 +21,11 @@ from offload_contract.signing import (
     HEADER_TIMESTAMP,
 )
 from tests.results.factory import counters_match, create_job, make_tables, snapshot
-from tests.results.test_receiver import CLOCK, TestClient, envelope, make_config, signed
+from tests.results.test_receiver import CLOCK, envelope, make_config, signed
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.sqlite
 
