@@ -5,6 +5,7 @@ Run on SQLite and MariaDB (the production engine); PostgreSQL shares the code pa
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from moodle_bridge.claiming import ClaimPass
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.iomad.queue import PARKED_DUE_BASE
 from moodle_bridge.iomad_contents import IomadRowContents
-from moodle_bridge.outbox import Outbox, backoff_seconds
+from moodle_bridge.outbox import LEASE_SECONDS, Outbox, backoff_seconds
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.secrets_at_rest import SecretBox
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
@@ -185,7 +186,16 @@ def test_crash_between_accept_and_mark_resubmits_the_same_batch(
     ClaimPass(bridge_engine, repo, iomad, config, box=SecretBox(config.password_key_bytes())).run()
     with pytest.raises(Boom):
         outbox.submit_due()
-    assert outbox.submit_due().submitted == 1
+    assert outbox.submit_due().submitted == 0  # the dead submitter's lease still holds
+    later = Outbox(
+        bridge_engine,
+        repo,
+        config,
+        submitters,
+        iomad=IomadRowContents(world.tables),
+        clock=lambda: int(time.time()) + LEASE_SECONDS + 1,
+    )
+    assert later.submit_due().submitted == 1
     first, second = drain(aws)
     # Same batch id and recipient ids: the email sender's idempotency (job_id, recipient_id)
     # turns the second delivery into a no-op.
