@@ -31,6 +31,9 @@ class DatabaseConfig:
     prefix: str = "mdl_"
     #: Moodle's $CFG->dbname: part of the key of Moodle's cron locks on MySQL/MariaDB.
     moodle_dbname: str = ""
+    #: iomad: claim IOMAD's queue (tick stops if no IOMAD schema is found); moodle: a plain
+    #: Moodle site, only list jobs (submit-list) go through the pipeline.
+    site: str = "iomad"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_DATABASE_URL": ("database", "url"),
     "MRCO_DB_PREFIX": ("database", "prefix"),
     "MRCO_MOODLE_DBNAME": ("database", "moodle_dbname"),
+    "MRCO_SITE": ("database", "site"),
     "MRCO_AWS_REGION": ("aws", "region"),
     "MRCO_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
     "MRCO_JOBS_QUEUE_URL": ("aws", "jobs_queue_url"),
@@ -236,6 +240,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 def validate_config(config: BridgeConfig) -> BridgeConfig:
     if config.submit.aws_mode not in ("sqs", "api_gateway"):
         raise ConfigError("submit.aws_mode must be 'sqs' or 'api_gateway'")
+    if config.database.site not in ("iomad", "moodle"):
+        raise ConfigError("database.site must be 'iomad' or 'moodle'")
+    if config.submit.claim_chunk_rows < 1:
+        raise ConfigError("submit.claim_chunk_rows must be at least 1")
     if config.callbacks.results_mode not in ("push", "pull"):
         raise ConfigError("callbacks.results_mode must be 'push' or 'pull'")
     if not 1 <= config.submit.max_recipients <= 1000:

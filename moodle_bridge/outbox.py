@@ -94,6 +94,9 @@ def backoff_seconds(tries: int, base: int, cap: int, rng: random.Random | None =
     return max(1, int(delay / 2 + r.random() * delay / 2))
 
 
+#: How long a submitter owns a batch it is sending (longer than any submit time-out).
+LEASE_SECONDS = 120
+
 ContentUploader = Callable[[str, bytes], None]  # (key, encoded content) -> None
 
 
@@ -244,6 +247,10 @@ class Outbox:
 
     def _submit_one(self, batch: BatchRow, report: OutboxReport) -> None:
         submitter = self.submitters.get(batch.target)
+        at = self.clock()
+        with self.engine.begin() as conn:
+            if not self.repo.lease_batch(conn, batch.id, at, at + LEASE_SECONDS):
+                return  # another submitter took it
         try:
             if submitter is None:
                 raise BuildError(f"no submission target '{batch.target}' is configured")

@@ -21,10 +21,10 @@ import jinja2
 import jinja2.sandbox
 import sqlalchemy as sa
 
-from moodle_bridge.addresses import address_problem
 from moodle_bridge.batching import template_content, template_content_key
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
+from moodle_bridge.iomad.addresses import address_problem
 from moodle_bridge.jobs import CreatedBatches, PlannedRecipient, add_recipients, target_for
 from moodle_bridge.outbox import BuildError, Outbox, job_header_for
 from moodle_bridge.routing import decide

@@ -347,6 +347,22 @@ class BridgeRepo:
         ).rowcount
         return bool(done)
 
+    def lease_batch(self, conn: sa.Connection, batchid: int, at: int, until: int) -> bool:
+        """Take a due pending batch for submission; False if another submitter has it.
+
+        The lease moves ``nexttry`` past the submit's time-out, so concurrent ticks (or a
+        ``jobs retry`` beside a tick) never send the same batch twice, and a submitter that
+        dies mid-send leaves the batch to be retried when the lease runs out.
+        """
+        b = self.t.batches
+        return bool(
+            conn.execute(
+                b.update()
+                .where(b.c.id == batchid, b.c.status == "pending", b.c.nexttry <= at)
+                .values(nexttry=until)
+            ).rowcount
+        )
+
     def mark_batch_retry(self, conn: sa.Connection, batchid: int, error: str, nexttry: int) -> None:
         b = self.t.batches
         conn.execute(
