@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3  # type: ignore[import-untyped,unused-ignore]
 import sqlalchemy as sa
 from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
 
@@ -33,11 +34,11 @@ from moodle_bridge.results.ingest import (
     lock_jobs,
     refresh_jobs,
 )
-from moodle_bridge.results.iomad_link import IomadQueue
+from moodle_bridge.results.iomad_link import AdapterQueue, IomadQueue
 from moodle_bridge.results.nonce_store import purge_expired
 from moodle_bridge.results.settle import CLAIM_CLAIMED, settle_rows
 from moodle_bridge.results.states import ACTIVE_STATUSES, JOB_TERMINAL
-from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message
 from offload_contract.signing import SignatureError, parse_key_id
@@ -232,7 +233,31 @@ def settle_open_rows(ctx: ReconcileContext, conn: sa.Connection, now: int) -> tu
     return len(settled.marked_sent), len(settled.restored)
 
 
-def reconcile(ctx: ReconcileContext) -> ReconcileReport:
+def context_from_tick(tick: Any) -> ReconcileContext:
+    """Adapt bridge core's ``TickContext`` (engine, config, repo, iomad, ...) to ours."""
+    config: BridgeConfig = tick.config
+    tables = (
+        tick.repo.t
+        if getattr(tick, "repo", None) is not None
+        else build_bridge_tables(config.database.prefix)
+    )
+    sqs = None
+    if results_source_url(config):
+        sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
+    iomad = getattr(tick, "iomad", None)
+    return ReconcileContext(
+        engine=tick.engine,
+        tables=tables,
+        config=config,
+        sqs=sqs,
+        iomad_queue=AdapterQueue(iomad) if iomad is not None else None,
+    )
+
+
+def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
+    """One reconciliation pass. ``ctx`` is a ``ReconcileContext`` or bridge core's ``TickContext``."""
+    if not isinstance(ctx, ReconcileContext):
+        ctx = context_from_tick(ctx)
     report = ReconcileReport()
     drain_results(ctx, report)
     now = int(ctx.clock())
