@@ -221,28 +221,20 @@ def ingest_result_batch(
         rid = parse_row_id(item["recipient_id"])
         if rid is not None:
             wanted[rid] = parse_row_id(item["job_id"]) or 0
+    # Only the columns the state machine needs (the driver parses every value it is sent).
+    columns = [r.c.id, r.c.jobid, r.c.emailid, r.c.status, r.c.batchid, r.c.providermessageid]
+    if any(item["status"] == "rendered" for item in results):
+        columns.append(r.c.artifactkey)
     rows: dict[int, dict[str, Any]] = {}
     for part in chunks(sorted(wanted)):
-        for recipient in conn.execute(
-            sa.select(
-                r.c.id,
-                r.c.jobid,
-                r.c.companyid,
-                r.c.emailid,
-                r.c.address,
-                r.c.status,
-                r.c.batchid,
-                r.c.providermessageid,
-                r.c.artifactkey,
-            ).where(r.c.id.in_(part))
-        ).mappings():
+        for recipient in conn.execute(sa.select(*columns).where(r.c.id.in_(part))).mappings():
             rows[int(recipient["id"])] = dict(recipient)
 
     # Decide, in event order; several results for one recipient fold into one final change.
     original_status = {rid: str(row["status"]) for rid, row in rows.items()}
     changes: dict[int, dict[str, Any]] = defaultdict(dict)
     late_for_closed: Counter[int] = Counter()
-    suppress: list[tuple[int, str, str]] = []
+    suppress: dict[int, str] = {}  # recipient id -> suppression reason
     for item in sorted(results, key=lambda i: int(i["occurred_at"])):
         rid = parse_row_id(item["recipient_id"])
         found = rows.get(rid) if rid is not None else None
@@ -251,7 +243,9 @@ def ingest_result_batch(
             outcome.ignored_reasons["unknown_recipient"] += 1
             continue
         row = found
-        view = RecipientView(str(row["status"]), row["batchid"], row["providermessageid"], row["artifactkey"])
+        view = RecipientView(
+            str(row["status"]), row["batchid"], row["providermessageid"], row.get("artifactkey")
+        )
         decision = decide(view, item, batch_rowid)
         if decision.outcome is Outcome.APPLIED:
             outcome.applied += 1
@@ -260,7 +254,7 @@ def ingest_result_batch(
                 changes[rid][column] = value
             if decision.new_status in (BOUNCED, COMPLAINED):
                 reason = REASON_BOUNCE if decision.new_status == BOUNCED else REASON_COMPLAINT
-                suppress.append((int(row["companyid"]), str(row["address"]), reason))
+                suppress[rid] = reason
         elif decision.outcome is Outcome.DUPLICATE:
             outcome.duplicates += 1
         else:
@@ -280,12 +274,24 @@ def ingest_result_batch(
             full["secret"] = None  # the encrypted temporary password is no longer needed
         groups[(original_status[rid], tuple(sorted(full)))][rid] = full
     for (status_read, _columns), values_by_id in sorted(groups.items()):
-        matched = update_rows_by_id(conn, r, values_by_id, extra_where=[r.c.status == status_read])
+        matched = update_rows_by_id(conn, r, values_by_id, where_equals={"status": status_read})
         if matched != len(values_by_id):
             raise ConcurrentChange("recipients changed while the report was applied; retry it")
 
     if suppress:
-        record_suppressions(conn, tables, suppress, source=f"{actor}:{batch['reporter']}", now=now)
+        addresses: dict[int, str] = {}
+        for part in chunks(sorted(suppress)):
+            addresses.update(
+                (int(i), str(a))
+                for i, a in conn.execute(sa.select(r.c.id, r.c.address).where(r.c.id.in_(part)))
+            )
+        record_suppressions(
+            conn,
+            tables,
+            [(company_id, addresses[rid], reason) for rid, reason in suppress.items() if rid in addresses],
+            source=f"{actor}:{batch['reporter']}",
+            now=now,
+        )
 
     touched_jobs = {int(rows[rid]["jobid"]) for rid in changes}
     if touched_jobs:

@@ -80,28 +80,23 @@ def settle_rows(
             claims[int(emailid)] = (int(companyid), jobid, int(originaldue))
     if not claims:
         return report
-    statuses: dict[int, list[tuple[int, int, str]]] = defaultdict(list)
+    # One row per (IOMAD row, status): usually one per IOMAD row, whatever its fan-out.
+    found_by_row: dict[int, set[str]] = defaultdict(set)
     for part in chunks(sorted(claims)):
-        for rid, jobid, emailid, status in conn.execute(
-            sa.select(r.c.id, r.c.jobid, r.c.emailid, r.c.status).where(r.c.emailid.in_(part))
+        for emailid, status in conn.execute(
+            sa.select(r.c.emailid, r.c.status).where(r.c.emailid.in_(part)).group_by(r.c.emailid, r.c.status)
         ):
-            statuses[int(emailid)].append((int(rid), int(jobid), str(status)))
+            found_by_row[int(emailid)].add(str(status))
     fallback = fallback_enabled(conn, tables, (v[0] for v in claims.values()))
     to_restore: dict[int, int] = {}
-    restore_recipients: list[int] = []
     for emailid, (companyid, _jobid, originaldue) in sorted(claims.items()):
-        rows = statuses.get(emailid, [])
-        if any(s in ACTIVE_STATUSES for _, _, s in rows):
+        found = found_by_row.get(emailid, set())
+        if not found or found & ACTIVE_STATUSES:
             continue
-        found = {s for _, _, s in rows}
         reached = bool(found & REACHED_STATUSES)
         failed = FAILED in found
         if not reached and (CANCELLED in found or (failed and fallback[companyid])):
             to_restore[emailid] = originaldue
-            for rid, jobid, s in rows:
-                if s == FAILED:
-                    restore_recipients.append(rid)
-                    report.restored_recipients[jobid] = report.restored_recipients.get(jobid, 0) + 1
         else:
             report.marked_sent.append(emailid)
             if failed and reached and fallback[companyid]:
@@ -114,10 +109,14 @@ def settle_rows(
                 .where(c.c.emailid.in_(part), c.c.state == CLAIM_CLAIMED)
                 .values(state=CLAIM_RELEASED, timereleased=now, timefinal=now)
             )
-        for part in chunks(sorted(restore_recipients)):
+        for part in chunks(report.restored):
+            for (jobid,) in conn.execute(
+                sa.select(r.c.jobid).where(r.c.emailid.in_(part), r.c.status == FAILED)
+            ):
+                report.restored_recipients[int(jobid)] = report.restored_recipients.get(int(jobid), 0) + 1
             conn.execute(
                 r.update()
-                .where(r.c.id.in_(part), r.c.status == FAILED)
+                .where(r.c.emailid.in_(part), r.c.status == FAILED)
                 .values(status=RESTORED, timemodified=now, secret=None)
             )
         if queue is not None:

@@ -133,6 +133,8 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
     if status == "rendered":
         artifact = result["artifact"]["key"]
         if current in (PENDING, QUEUED, RETRYING):
+            if view.artifactkey is not None:  # already rendered; the mail part is what is pending
+                return Decision(Outcome.DUPLICATE)
             return _applied(status=RENDERED, artifactkey=artifact)
         if current in REACHED_STATUSES:
             if view.artifactkey is None:
@@ -146,7 +148,8 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
             return Decision(Outcome.DUPLICATE)
         return Decision(Outcome.IGNORED, "conflicts_with_" + current)
     if status == "retrying":
-        if current in (PENDING, QUEUED, RENDERED):
+        # Progress only moves forward: a (re-delivered) retrying never undoes a rendered certificate.
+        if current in (PENDING, QUEUED):
             return _applied(status=RETRYING, **_error_fields(result))
         if current == RETRYING:
             return Decision(Outcome.DUPLICATE)
