@@ -80,22 +80,37 @@ def settle_rows(
             claims[int(emailid)] = (int(companyid), jobid, int(originaldue))
     if not claims:
         return report
-    # One row per (IOMAD row, status): usually one per IOMAD row, whatever its fan-out.
-    found_by_row: dict[int, set[str]] = defaultdict(set)
+    # Only the statuses that stop a row from simply being marked sent: in the common case (every
+    # recipient reached) this query returns nothing. ``email_ids`` always name rows with recipients.
+    problem_statuses = sorted(ACTIVE_STATUSES | {FAILED, CANCELLED})
+    problems: dict[int, set[str]] = defaultdict(set)
     for part in chunks(sorted(claims)):
         for emailid, status in conn.execute(
-            sa.select(r.c.emailid, r.c.status).where(r.c.emailid.in_(part)).group_by(r.c.emailid, r.c.status)
+            sa.select(r.c.emailid, r.c.status)
+            .where(r.c.emailid.in_(part), r.c.status.in_(problem_statuses))
+            .group_by(r.c.emailid, r.c.status)
         ):
-            found_by_row[int(emailid)].add(str(status))
-    fallback = fallback_enabled(conn, tables, (v[0] for v in claims.values()))
+            problems[int(emailid)].add(str(status))
+    troubled = sorted(e for e, found in problems.items() if not found & ACTIVE_STATUSES)
+    reached_rows: set[int] = set()
+    for part in chunks(troubled):
+        reached_rows.update(
+            int(e)
+            for e in conn.execute(
+                sa.select(r.c.emailid)
+                .where(r.c.emailid.in_(part), r.c.status.in_(sorted(REACHED_STATUSES)))
+                .distinct()
+            ).scalars()
+        )
+    fallback = fallback_enabled(conn, tables, (v[0] for v in claims.values())) if troubled else {}
     to_restore: dict[int, int] = {}
     for emailid, (companyid, _jobid, originaldue) in sorted(claims.items()):
-        found = found_by_row.get(emailid, set())
-        if not found or found & ACTIVE_STATUSES:
+        found = problems.get(emailid, set())
+        if found & ACTIVE_STATUSES:
             continue
-        reached = bool(found & REACHED_STATUSES)
+        reached = emailid in reached_rows
         failed = FAILED in found
-        if not reached and (CANCELLED in found or (failed and fallback[companyid])):
+        if found and not reached and (CANCELLED in found or (failed and fallback[companyid])):
             to_restore[emailid] = originaldue
         else:
             report.marked_sent.append(emailid)
