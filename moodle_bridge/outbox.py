@@ -123,6 +123,7 @@ class Outbox:
         self.upload = upload
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311
+        self._jobs: dict[int, tuple[sa.Row[Any], JobHeader]] = {}
 
     # -- building --------------------------------------------------------------------------
 
@@ -170,12 +171,19 @@ class Outbox:
                     continue  # redact() without the password still removes the password line
         return out
 
+    def _job(self, conn: sa.Connection, jobid: int) -> tuple[sa.Row[Any], JobHeader]:
+        """The job row and its header, read once per job per ``submit_due`` call."""
+        cached = self._jobs.get(jobid)
+        if cached is None:
+            job = self.repo.job(conn, jobid)
+            if job is None:
+                raise BuildError(f"job {jobid} does not exist")
+            header = self.job_header(job, self.repo.get_settings(conn, int(job.companyid)))
+            cached = self._jobs[jobid] = (job, header)
+        return cached
+
     def build(self, conn: sa.Connection, batch: BatchRow) -> tuple[bytes, QueueLimits]:
-        job = self.repo.job(conn, batch.jobid)
-        if job is None:
-            raise BuildError(f"job {batch.jobid} does not exist")
-        settings = self.repo.get_settings(conn, int(job.companyid))
-        header = self.job_header(job, settings)
+        job, header = self._job(conn, batch.jobid)
         recipients = [
             r for r in self.repo.batch_recipients(conn, batch.id) if r.status in ("pending", "queued")
         ]
@@ -236,6 +244,7 @@ class Outbox:
         self, *, limit: int = 10_000, progress: Callable[[int, int], None] | None = None
     ) -> OutboxReport:
         report = OutboxReport()
+        self._jobs.clear()  # settings may have changed since the last pass
         at = self.clock()
         with self.engine.connect() as conn:
             batches = self.repo.due_batches(conn, at, limit)
@@ -263,9 +272,7 @@ class Outbox:
         with self.engine.begin() as conn:
             if self.repo.mark_batch_submitted(conn, batch.id, message_id, len(body)):
                 self.repo.mark_batch_recipients_queued(conn, batch.id)
-                job = self.repo.job(conn, batch.jobid)
-                if job is not None and job.status == "pending":
-                    self.repo.update_job(conn, batch.jobid, status="queued", timesubmitted=self.clock())
+                self.repo.mark_job_queued(conn, batch.jobid, self.clock())
         report.submitted += 1
 
     def _failed(self, batch: BatchRow, error: str, report: OutboxReport) -> None:

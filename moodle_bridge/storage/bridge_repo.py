@@ -200,6 +200,15 @@ class BridgeRepo:
         values.setdefault("timemodified", now())
         conn.execute(self.t.jobs.update().where(self.t.jobs.c.id == jobid).values(**values))
 
+    def mark_job_queued(self, conn: sa.Connection, jobid: int, at: int) -> None:
+        """pending -> queued when its first batch is accepted (no read needed)."""
+        j = self.t.jobs
+        conn.execute(
+            j.update()
+            .where(j.c.id == jobid, j.c.status == "pending")
+            .values(status="queued", timesubmitted=at, timemodified=at)
+        )
+
     def job(self, conn: sa.Connection, jobid: int) -> sa.Row[Any] | None:
         return conn.execute(sa.select(self.t.jobs).where(self.t.jobs.c.id == jobid)).first()
 
