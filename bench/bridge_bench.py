@@ -15,6 +15,7 @@ Run alone with ``python -m bench.bridge_bench [--recipients N]``. Figures go to
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -85,7 +86,7 @@ def _config(engine: sa.Engine) -> BridgeConfig:
         database=DatabaseConfig(url=engine.url.render_as_string(hide_password=False)),
         keys=KeysConfig(current="bench", keysets={"bench": generate_root_secret()}),
         submit=replace(SubmitConfig(), sender_address="noreply@example.com"),
-        password_key="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        password_key=base64.b64encode(os.urandom(32)).decode("ascii"),
     )
 
 
@@ -119,18 +120,20 @@ def bench_bridge(recipients: int) -> dict[str, Any]:
         counter = StatementCounter(engine)
 
         counter.reset()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         claim = ClaimPass(engine, repo, tables, config, box=box).run()
         claim_seconds = time.perf_counter() - t0
+        claim_cpu = time.process_time() - c0
         claim_statements = counter.count
         claim_verbs = dict(counter.by_verb)
 
         submitter = CountingSubmitter()
         counter.reset()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outbox = Outbox(engine, repo, config, {"sqs": submitter}, iomad=IomadRowContents(tables), box=box)
         report = outbox.submit_due()
         submit_seconds = time.perf_counter() - t0
+        submit_cpu = time.process_time() - c0
         submit_statements = counter.count
         counter.close()
 
@@ -145,11 +148,13 @@ def bench_bridge(recipients: int) -> dict[str, Any]:
             "seed_seconds": round(seed_seconds, 2),
             "claim": {
                 "seconds": round(claim_seconds, 3),
+                "bridge_cpu_seconds": round(claim_cpu, 3),
                 "statements": claim_statements,
                 "by_verb": claim_verbs,
             },
             "submit_db_only": {
                 "seconds": round(submit_seconds, 3),
+                "bridge_cpu_seconds": round(submit_cpu, 3),
                 "statements": submit_statements,
                 "statements_per_batch": round(submit_statements / max(1, report.submitted), 2),
                 "batches_submitted": report.submitted,
@@ -159,6 +164,7 @@ def bench_bridge(recipients: int) -> dict[str, Any]:
             "sqs_moto_seconds_per_batch": sqs,
             "claim_create_submit_with_sqs_seconds_estimate": round(total + sqs * report.submitted, 3),
             "database": name,
+            "load_average": list(os.getloadavg()),
         }
     finally:
         engine.dispose()
@@ -171,7 +177,7 @@ def _sqs_cost(
     """Seconds per SendMessage of a real packed batch to SQS (moto in-process)."""
     if sample == 0:
         return 0.0
-    import boto3  # type: ignore[import-untyped]  # noqa: PLC0415
+    import boto3  # noqa: PLC0415
     from moto import mock_aws  # noqa: PLC0415
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -184,8 +190,17 @@ def _sqs_cost(
         b = repo.t.batches
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.select(b.c.id, b.c.jobid, b.c.companyid, b.c.batchkey, b.c.messagetype, b.c.attempt,
-                          b.c.target, b.c.recipientcount, b.c.tries).limit(sample)
+                sa.select(
+                    b.c.id,
+                    b.c.jobid,
+                    b.c.companyid,
+                    b.c.batchkey,
+                    b.c.messagetype,
+                    b.c.attempt,
+                    b.c.target,
+                    b.c.recipientcount,
+                    b.c.tries,
+                ).limit(sample)
             ).all()
             from moodle_bridge.storage.bridge_repo import BatchRow  # noqa: PLC0415
 
@@ -236,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     b = bridge
+    claim, submit = b["claim"], b["submit_db_only"]
     print(
-        f"bridge: {b['recipients']} recipients, {b['batches']} batches: claim {b['claim']['seconds']} s "
-        f"({b['claim']['statements']} statements), submit {b['submit_db_only']['seconds']} s "
-        f"({b['submit_db_only']['statements']} statements); total {b['claim_create_submit_seconds']} s; "
+        f"bridge: {b['recipients']} recipients, {b['batches']} batches: claim {claim['seconds']} s "
+        f"({claim['statements']} statements, {claim['bridge_cpu_seconds']} s CPU), "
+        f"submit {submit['seconds']} s ({submit['statements']} statements, "
+        f"{submit['bridge_cpu_seconds']} s CPU); total {b['claim_create_submit_seconds']} s; "
         f"SQS (moto) {b['sqs_moto_seconds_per_batch']} s/batch"
     )
     print(

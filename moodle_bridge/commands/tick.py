@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import sqlalchemy as sa
 
 from moodle_bridge.claiming import ClaimError, ClaimPass, ClaimReport

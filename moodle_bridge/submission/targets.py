@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
-from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 
 from offload_contract.codec import decode_message, encode_message
 from offload_contract.limits import CONTRACT_VERSION
