@@ -257,6 +257,31 @@ class BridgeRepo:
             )
         return out
 
+    def record_certificates(
+        self, conn: sa.Connection, jobid: int, companyid: int, emailids: Sequence[int]
+    ) -> None:
+        """One ``mrcloud_certificates`` row per certificate recipient (verification code issued)."""
+        r = self.t.recipients.c
+        rows: list[dict[str, Any]] = []
+        for part in chunked(sorted(set(emailids)), CHUNK):
+            for rid, userid, data in conn.execute(
+                sa.select(r.id, r.userid, r.data).where(
+                    r.jobid == jobid, r.emailid.in_(part), r.status == "pending", r.data.is_not(None)
+                )
+            ):
+                payload = json.loads(data)
+                rows.append(
+                    {
+                        "companyid": companyid,
+                        "userid": userid,
+                        "courseid": payload.get("courseid"),
+                        "recipientid": int(rid),
+                        "verifycode": payload["certificate"]["verification_code"],
+                    }
+                )
+        for part in chunked(rows, CHUNK):
+            conn.execute(self.t.certificates.insert(), part)
+
     def set_recipients_status(
         self,
         conn: sa.Connection,
