@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -94,8 +95,10 @@ def backoff_seconds(tries: int, base: int, cap: int, rng: random.Random | None =
     return max(1, int(delay / 2 + r.random() * delay / 2))
 
 
-#: How long a submitter owns a batch it is sending (longer than any submit time-out).
-LEASE_SECONDS = 120
+#: Batches leased (taken) per group: one commit per group instead of one per batch.
+LEASE_GROUP = 25
+#: How long a submitter owns a leased group (longer than the group's submit time-outs).
+LEASE_SECONDS = 600
 
 ContentUploader = Callable[[str, bytes], None]  # (key, encoded content) -> None
 
@@ -248,25 +251,47 @@ class Outbox:
         at = self.clock()
         with self.engine.connect() as conn:
             batches = self.repo.due_batches(conn, at, limit)
-        for index, batch in enumerate(batches, 1):
-            self._submit_one(batch, report)
-            if progress is not None:
-                progress(index, len(batches))
+        #: target -> (error, nexttry) once it failed in this pass: its other batches wait too
+        down: dict[str, tuple[str, int]] = {}
+        done = 0
+        for start in range(0, len(batches), LEASE_GROUP):
+            group = batches[start : start + LEASE_GROUP]
+            token = uuid.uuid4().hex
+            with self.engine.begin() as conn:
+                held = self.repo.lease_batches(conn, [b.id for b in group], at, at + LEASE_SECONDS, token)
+            for batch in group:
+                done += 1
+                if batch.id in held:
+                    if batch.target in down:
+                        self._defer(batch, *down[batch.target], report)
+                    else:
+                        self._submit_one(batch, report, down)
+                if progress is not None:
+                    progress(done, len(batches))
         return report
 
-    def _submit_one(self, batch: BatchRow, report: OutboxReport) -> None:
-        submitter = self.submitters.get(batch.target)
-        at = self.clock()
+    def _defer(self, batch: BatchRow, error: str, nexttry: int, report: OutboxReport) -> None:
+        """The target already failed in this pass: wait with it instead of timing out again."""
         with self.engine.begin() as conn:
-            if not self.repo.lease_batch(conn, batch.id, at, at + LEASE_SECONDS):
-                return  # another submitter took it
+            self.repo.mark_batch_retry(conn, batch.id, f"deferred: {error}", nexttry, count_try=False)
+        report.retried += 1
+
+    def _submit_one(
+        self, batch: BatchRow, report: OutboxReport, down: dict[str, tuple[str, int]] | None = None
+    ) -> None:
+        submitter = self.submitters.get(batch.target)
         try:
             if submitter is None:
                 raise BuildError(f"no submission target '{batch.target}' is configured")
             with self.engine.connect() as conn:
                 body, _limits = self.build(conn, batch)
             message_id = submitter.submit(batch.messagetype, batch.batchkey, batch.companyid, body)
-        except (SubmitError, BuildError) as exc:
+        except SubmitError as exc:
+            nexttry = self._failed(batch, str(exc), report)
+            if exc.retryable and down is not None and nexttry is not None:
+                down[batch.target] = (str(exc), nexttry)
+            return
+        except BuildError as exc:
             self._failed(batch, str(exc), report)
             return
         with self.engine.begin() as conn:
@@ -275,8 +300,10 @@ class Outbox:
                 self.repo.mark_job_queued(conn, batch.jobid, self.clock())
         report.submitted += 1
 
-    def _failed(self, batch: BatchRow, error: str, report: OutboxReport) -> None:
+    def _failed(self, batch: BatchRow, error: str, report: OutboxReport) -> int | None:
+        """Record a failed attempt; returns the next try time (None when abandoned)."""
         at = self.clock()
+        nexttry: int | None = None
         with self.engine.begin() as conn:
             job = self.repo.job(conn, batch.jobid)
             created = int(job.timecreated) if job is not None else at
@@ -299,9 +326,11 @@ class Outbox:
                     self.config.submit.retry_max_seconds,
                     self.rng,
                 )
-                self.repo.mark_batch_retry(conn, batch.id, error, at + delay)
+                nexttry = at + delay
+                self.repo.mark_batch_retry(conn, batch.id, error, nexttry)
                 report.retried += 1
         report.errors.append(f"batch {batch.batchkey}: {error}")
+        return nexttry
 
     def _fall_back(self, conn: sa.Connection, batch: BatchRow) -> int:
         """Recipients of a batch the queue never accepted: back to IOMAD, or failed and surfaced.

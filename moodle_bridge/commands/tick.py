@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import sqlalchemy as sa
+from botocore.config import Config as BotoConfig
 
 from moodle_bridge.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.commands._common import fail
@@ -57,7 +58,13 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     }
     if any(queues.values()):
         client = sqs_client or boto3.client(
-            "sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
+            "sqs",
+            region_name=config.aws.region,
+            endpoint_url=config.aws.endpoint_url or None,
+            # An unreachable queue must cost seconds, not minutes: the outbox retries later.
+            config=BotoConfig(
+                connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"}
+            ),
         )
         out["sqs"] = SqsSubmitter(client, {k: v for k, v in queues.items() if v})
     root = config.keys.root_secrets().get(config.keys.current) if config.keys.current else None

@@ -376,33 +376,49 @@ class BridgeRepo:
                 bytes=nbytes,
                 tries=b.c.tries + 1,
                 lasterror=None,
+                leasetoken=None,
                 timesubmitted=now(),
             )
         ).rowcount
         return bool(done)
 
-    def lease_batch(self, conn: sa.Connection, batchid: int, at: int, until: int) -> bool:
-        """Take a due pending batch for submission; False if another submitter has it.
+    def lease_batches(
+        self, conn: sa.Connection, batchids: Sequence[int], at: int, until: int, token: str
+    ) -> set[int]:
+        """Take due pending batches for submission; returns the ids this submitter now holds.
 
-        The lease moves ``nexttry`` past the submit's time-out, so concurrent ticks (or a
+        The lease moves ``nexttry`` past the time the group may take, so concurrent ticks (or a
         ``jobs retry`` beside a tick) never send the same batch twice, and a submitter that
-        dies mid-send leaves the batch to be retried when the lease runs out.
+        dies mid-send leaves its batches to be retried when the lease runs out. Two
+        statements per group, whatever its size.
         """
         b = self.t.batches
-        return bool(
-            conn.execute(
-                b.update()
-                .where(b.c.id == batchid, b.c.status == "pending", b.c.nexttry <= at)
-                .values(nexttry=until)
-            ).rowcount
+        ids = list(batchids)
+        conn.execute(
+            b.update()
+            .where(b.c.id.in_(ids), b.c.status == "pending", b.c.nexttry <= at)
+            .values(nexttry=until, leasetoken=token)
         )
+        return {
+            int(i)
+            for i in conn.execute(
+                sa.select(b.c.id).where(b.c.id.in_(ids), b.c.leasetoken == token, b.c.status == "pending")
+            ).scalars()
+        }
 
-    def mark_batch_retry(self, conn: sa.Connection, batchid: int, error: str, nexttry: int) -> None:
+    def mark_batch_retry(
+        self, conn: sa.Connection, batchid: int, error: str, nexttry: int, *, count_try: bool = True
+    ) -> None:
         b = self.t.batches
         conn.execute(
             b.update()
             .where(b.c.id == batchid, b.c.status == "pending")
-            .values(tries=b.c.tries + 1, nexttry=nexttry, lasterror=error[:1000])
+            .values(
+                tries=b.c.tries + (1 if count_try else 0),
+                nexttry=nexttry,
+                lasterror=error[:1000],
+                leasetoken=None,
+            )
         )
 
     def mark_batch_abandoned(self, conn: sa.Connection, batchid: int, error: str) -> None:

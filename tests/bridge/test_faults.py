@@ -237,3 +237,21 @@ def test_sqs_submitter_error_names_no_body() -> None:
     with pytest.raises(SubmitError) as err:
         SqsSubmitter(Down(), {"email_batch": "https://q"}).submit("email_batch", "b1", 1, b'{"secret":"pw"}')
     assert "pw" not in str(err.value)
+
+
+@ENGINES
+def test_a_down_queue_is_tried_once_per_pass_and_its_other_batches_wait(
+    bridge_engine, db_url, repo, aws
+) -> None:
+    _world(bridge_engine, repo)
+    config = with_queues(make_config(db_url, max_recipients=2), aws)
+    client = FlakyClient(aws["sqs"])
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=client))
+    assert client.calls == 1  # not one time-out per batch
+    assert report.outbox is not None and report.outbox.retried == 3
+    with bridge_engine.connect() as conn:
+        batches = conn.execute(sa.select(T.batches).order_by(T.batches.c.id)).all()
+    assert [b.tries for b in batches] == [1, 0, 0]
+    assert len({b.nexttry for b in batches}) == 1
+    assert all(b.status == "pending" and b.leasetoken is None for b in batches)
+    assert batches[1].lasterror == "deferred: sqs: ConnectionError"
