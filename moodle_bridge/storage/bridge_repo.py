@@ -246,6 +246,31 @@ class BridgeRepo:
         r = self.t.recipients
         return list(conn.execute(sa.select(r).where(r.c.batchid == batchid).order_by(r.c.id)))
 
+    def recipients_of_batches(self, conn: sa.Connection, batchids: Sequence[int]) -> list[sa.Row[Any]]:
+        """Recipients of several batches at once (the outbox's lease group), by batch then id."""
+        r = self.t.recipients.c
+        out: list[sa.Row[Any]] = []
+        for part in chunked(sorted(set(batchids)), CHUNK):
+            out.extend(
+                conn.execute(
+                    sa.select(
+                        r.id,
+                        r.jobid,
+                        r.batchid,
+                        r.emailid,
+                        r.role,
+                        r.address,
+                        r.fullname,
+                        r.contentkey,
+                        r.data,
+                        r.status,
+                    )
+                    .where(r.batchid.in_(part))
+                    .order_by(r.batchid, r.id)
+                )
+            )
+        return out
+
     def recipients_of_emails(
         self, conn: sa.Connection, jobid: int, emailids: Sequence[int], role: str
     ) -> list[sa.Row[Any]]:
