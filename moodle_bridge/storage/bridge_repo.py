@@ -35,6 +35,20 @@ FINAL_RECIPIENT_STATUSES = (
 )
 
 
+def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows without their NULL values, grouped by the columns left.
+
+    ``executemany`` needs one column list per statement; leaving NULL columns out (the
+    default) shrinks what the driver escapes and sends for the common row (a recipient with
+    no error and no secret) while keeping every statement a multi-row insert.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        compact = {k: v for k, v in row.items() if v is not None}
+        groups.setdefault(tuple(sorted(compact)), []).append(compact)
+    return list(groups.values())
+
+
 def _json(detail: Mapping[str, Any] | None) -> str | None:
     return None if detail is None else json.dumps(dict(detail), sort_keys=True, default=str)
 
@@ -162,8 +176,9 @@ class BridgeRepo:
         return out
 
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        for part in chunked(rows, CHUNK):
-            conn.execute(self.t.claims.insert(), part)
+        for group in _by_shape(rows):
+            for part in chunked(group, CHUNK):
+                conn.execute(self.t.claims.insert(), part)
 
     def set_claims_state(
         self, conn: sa.Connection, emailids: Sequence[int], state: str, *, final: bool = False
@@ -239,8 +254,9 @@ class BridgeRepo:
     # -- recipients ------------------------------------------------------------------------
 
     def insert_recipients(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        for part in chunked(rows, CHUNK):
-            conn.execute(self.t.recipients.insert(), part)
+        for group in _by_shape(rows):
+            for part in chunked(group, CHUNK):
+                conn.execute(self.t.recipients.insert(), part)
 
     def batch_recipients(self, conn: sa.Connection, batchid: int) -> list[sa.Row[Any]]:
         r = self.t.recipients
