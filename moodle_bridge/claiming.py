@@ -385,6 +385,9 @@ class ClaimPass:
                     box=self.box,
                 )
                 all_jobs[key] = (header, created.next_seq)
+                if key[1] == "certificate":
+                    emailids = [r.emailid for r in recipients if r.emailid is not None and r.data]
+                    self.repo.record_certificates(conn, header.jobid, key[0], emailids)
                 report.recipients += created.recipients
                 report.batches += created.batches
             new_jobs.update(all_jobs)
