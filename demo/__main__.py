@@ -1,117 +1,519 @@
-"""Contract round trip: pack IOMAD-shaped recipients into batches, validate them, then sign a
-result callback and verify it the way the bridge's receiver will.
+"""``make demo``: the whole offload, end to end, on embedded defaults.
 
-This is the demo until the bridge, the Lambdas and the embedded AWS exist (issue 7).
+1. An IOMAD-shaped Moodle database (SQLite by default; ``--engine mariadb|postgres``) seeded
+   as a CSV upload would: ``user_create`` rows with temporary passwords, ``license_allocated``
+   rows, managers and supervisors, and a few course completions. Company 1 is routed to the
+   cloud, company 2 stays local.
+2. An embedded AWS: moto in server mode on 127.0.0.1, provisioned like the CDK stack.
+3. The bridge exactly as cron and DevOps run it: ``moodle-offload migrate``, ``company``,
+   ``tick``, and ``serve`` as a real process receiving callbacks over HTTP.
+4. The Lambda handlers fed by an event-source-mapping emulator: batches, partial failures,
+   redelivery; with injected faults (a sender crash, an SES throttling burst, a callback
+   delivered twice) unless ``--no-faults``.
+5. A report: mail sent per type, certificates as PDFs in a folder, IOMAD rows suppressed,
+   the local company's rows untouched, exactly-once checks, time taken.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
+import base64
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from offload_contract import QueueLimits, validate
-from offload_contract.codec import decode_message, encode_message
-from offload_contract.packing import PackItem, pack_batches
-from offload_contract.signing import (
-    MemoryNonceStore,
-    SignatureError,
-    Verifier,
-    decode_root_secret,
-    derive_company_key,
-    generate_root_secret,
-    make_key_id,
-    sign_request,
-)
+import httpx
+import sqlalchemy as sa
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from demo.embedded_aws import EmbeddedAws, embedded_aws
+from demo.event_source import EventSourceMapping, LambdaCrash, drain
+from demo.ses_emulator import FakeSes, throttle
+from moodle_bridge.cli import main as moodle_offload
+from moodle_bridge.iomad.schema import IomadGeneration
+from moodle_bridge.simulation.iomad_schema import create_iomad_schema
+from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
+from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from offload_contract.signing import generate_root_secret
+
+PREFIX = "mdl_"
+CLOUD_COMPANY = 1
+LOCAL_COMPANY = 2
+KEYSET = "demo"
+FINAL_STATUSES = ("sent", "delivered", "failed", "bounced", "complained", "skipped", "cancelled", "restored")
+
+console = Console(highlight=False)
 
 
-def main() -> None:
-    started = time.perf_counter()
-    root = decode_root_secret(generate_root_secret())
-    company_id = 7
-    key_id = make_key_id("demo", company_id)
-    header = {
-        "type": "email_batch",
-        "contract_version": 1,
-        "job_id": "j-demo-1",
-        "company_id": company_id,
-        "attempt": 1,
-        "created_at": int(time.time()),
-        "category": "transactional",
-        "callback": {"url": "http://127.0.0.1:8765/callbacks/v1/results", "key_id": key_id},
-        "sender": {"address": "noreply@acme.example", "name": "Acme Training"},
+@dataclass
+class FaultPlan:
+    """Faults injected into the run (each once), and what they did."""
+
+    enabled: bool
+    crash_sender_on_invocation: int = 2
+    throttle_ses_calls: range = field(default_factory=lambda: range(5, 8))
+    duplicate_callback_on_invocation: int = 2
+    log: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# Database
+# ---------------------------------------------------------------------------------------
+SERVER_URLS = {
+    "mariadb": os.environ.get("MRCO_DEMO_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/"),
+    "postgres": os.environ.get(
+        "MRCO_DEMO_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+}
+
+
+@contextlib.contextmanager
+def moodle_database(engine_name: str, output: Path, keep: bool) -> Iterator[str]:
+    """A fresh database for the demo's Moodle site; server databases are dropped afterwards."""
+    if engine_name == "sqlite":
+        path = output / "moodle.sqlite3"
+        yield f"sqlite:///{path}"
+        return
+    name = f"mrco_demo_{int(time.time())}"
+    admin = sa.create_engine(SERVER_URLS[engine_name], isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    quote = "`" if engine_name == "mariadb" else '"'
+    extra = " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" if engine_name == "mariadb" else ""
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {quote}{name}{quote}{extra}"))
+    except sa.exc.OperationalError as exc:
+        raise SystemExit(f"demo: cannot reach {engine_name} ({str(exc).splitlines()[0]})") from None
+    url = sa.engine.make_url(SERVER_URLS[engine_name]).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        if not keep:
+            with admin.connect() as conn:
+                force = " WITH (FORCE)" if engine_name == "postgres" else ""
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}{force}"))
+        admin.dispose()
+
+
+# ---------------------------------------------------------------------------------------
+# The bridge, as cron and DevOps run it
+# ---------------------------------------------------------------------------------------
+def bridge_environment(
+    aws: EmbeddedAws, db_url: str, root_secret: str, port: int, engine_name: str
+) -> dict[str, str]:
+    return {
+        "MRCO_DATABASE_URL": db_url,
+        "MRCO_DB_PREFIX": PREFIX,
+        "MRCO_MOODLE_DBNAME": "moodle",
+        "MRCO_SITE": "iomad",
+        "MRCO_AWS_REGION": aws.region,
+        "MRCO_AWS_ENDPOINT_URL": aws.endpoint_url,
+        "MRCO_JOBS_QUEUE_URL": aws.queue_urls["jobs"],
+        "MRCO_CERTIFICATES_QUEUE_URL": aws.queue_urls["certificates"],
+        "MRCO_RESULTS_QUEUE_URL": aws.queue_urls["results"],
+        "MRCO_RESULTS_DLQ_URL": aws.dlq_urls["results"],
+        "MRCO_CONTENT_BUCKET": aws.bucket,
+        "MRCO_CALLBACK_PUBLIC_URL": f"http://127.0.0.1:{port}/callbacks/v1/results",
+        "MRCO_CALLBACK_BIND_HOST": "127.0.0.1",
+        "MRCO_CALLBACK_BIND_PORT": str(port),
+        "MRCO_KEYSETS": f"{KEYSET}={root_secret}",
+        "MRCO_KEYSET_CURRENT": KEYSET,
+        "MRCO_PASSWORD_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
+        "MRCO_SENDER_ADDRESS": aws.sender,
+        "MRCO_SENDER_NAME": "Acme Training",
+        "MRCO_VERIFY_URL_BASE": "https://offload.example/v1/certificates/verify",
+        "MRCO_RETRY_BASE_SECONDS": "1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto's fixed test credentials
+        "AWS_DEFAULT_REGION": aws.region,
     }
-    names = ["Zoë Ørsted", "محمد الأحمد", "李小龍", "דנה לוי", "Ana Núñez"]
-    items = []
-    for n in range(5_000):
-        name = names[n % len(names)]
-        cid = f"row-{n}"
-        content = {
-            "kind": "rendered",
-            "subject": "A new on-line learning account has been created for you",
-            "html": f"<p>Dear {name},</p>" + "<p>Welcome to your training.</p>" * (1 + n % 40),
-        }
-        items.append(
-            PackItem(
-                {"recipient_id": f"r-{n}", "to": f"user{n}@example.org", "name": name, "content_id": cid},
-                cid,
-                content,
-            )
+
+
+def run_cli(*args: str) -> None:
+    """Run ``moodle-offload ARGS`` in-process, as cron would run the command."""
+    code = moodle_offload(list(args))
+    if code != 0:
+        raise SystemExit(f"demo: `moodle-offload {' '.join(args)}` exited {code}")
+
+
+@contextlib.contextmanager
+def callback_receiver(env: dict[str, str], port: int, log_path: Path) -> Iterator[None]:
+    """``moodle-offload serve`` in its own process, like the systemd unit in docs/bridge.md."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moodle_bridge", "serve"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-    for provider in ("aws", "cloudflare"):
-        limits = QueueLimits.for_provider(provider)
-        result = pack_batches(header, items, limits, make_batch_id=lambda i: f"b-demo-{i:05d}")
-        for batch in result.batches:
-            validate("email_batch", decode_message(batch.body))
-        largest = max(len(b.body) for b in result.batches)
-        print(
-            f"{provider:>10}: {len(items)} recipients -> {len(result.batches)} batches, "
-            f"largest {largest:,} of {limits.max_bytes:,} bytes, rejected {len(result.rejected)}"
-        )
-
-    results = {
-        "type": "result_batch",
-        "contract_version": 1,
-        "report_id": "rep-demo-1",
-        "company_id": company_id,
-        "reporter": "email_sender",
-        "created_at": int(time.time()),
-        "results": [
-            {
-                "job_id": "j-demo-1",
-                "recipient_id": "r-0",
-                "status": "sent",
-                "attempts": 1,
-                "occurred_at": int(time.time()),
-                "provider_message_id": "demo-0001",
-            }
-        ],
-    }
-    envelope = {
-        "contract_version": 1,
-        "message_type": "result_batch",
-        "message_id": "m-demo-1",
-        "sent_at": int(time.time()),
-        "message": results,
-    }
-    validate("envelope", envelope)
-    validate("result_batch", results)
-    body = encode_message(envelope)
-    headers = sign_request(
-        derive_company_key(root, company_id), key_id, "POST", "/callbacks/v1/results", body
-    )
-    verifier = Verifier({"demo": root}, MemoryNonceStore())
-    verified = verifier.verify("POST", "/callbacks/v1/results", headers, body)
-    print(
-        f"  callback: signed {len(body)} bytes (sha256 {hashlib.sha256(body).hexdigest()[:12]}…), "
-        f"verified for company {verified.company_id}"
-    )
-    for label, attempt in (("replayed", (headers, body)), ("tampered", (headers, body + b" "))):
         try:
-            verifier.verify("POST", "/callbacks/v1/results", *attempt)
-        except SignatureError as exc:
-            print(f"  callback: {label} request rejected ({exc.code})")
-    print(f"contract round trip done in {time.perf_counter() - started:.2f}s")
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"demo: the callback receiver did not start; see {log_path}")
+                time.sleep(0.2)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def free_port() -> int:
+    import socket  # noqa: PLC0415 - only here
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------
+# The Lambdas, fed as the event source mappings would
+# ---------------------------------------------------------------------------------------
+def logged(handler: Any, log: Any) -> Any:
+    """What a function prints (Powertools' EMF metrics) goes to a log file, as CloudWatch
+    would hold it, instead of the demo's console."""
+
+    def invoke(event: dict[str, Any], context: Any) -> Any:
+        with contextlib.redirect_stdout(log):
+            return handler(event, context)
+
+    return invoke
+
+
+def lambda_mappings(
+    aws: EmbeddedAws, faults: FaultPlan, log: Any
+) -> tuple[list[EventSourceMapping], FakeSes]:
+    os.environ.update(aws.lambda_environment())
+    os.environ["SES_MAX_SEND_RATE"] = "500"  # moto has no GetAccount; a production-like quota
+    from lambdas.common.aws import client  # noqa: PLC0415 - after the environment is set
+    from lambdas.handlers import callback_dispatcher, certificate_renderer, email_sender  # noqa: PLC0415
+
+    ses = FakeSes(region=aws.region, max_send_rate=500.0)
+    ses.install(client("sesv2"))
+    calls = Counter[str]()
+
+    def ses_fault(operation: str, params: dict[str, Any]) -> Any:
+        calls["ses"] += 1
+        if faults.enabled and calls["ses"] in faults.throttle_ses_calls:
+            if calls["ses"] == faults.throttle_ses_calls.start:
+                faults.log.append(
+                    "SES throttling burst: 3 calls answered ThrottlingException; re-queued with backoff"
+                )
+            return throttle()
+        return None
+
+    ses.fault = ses_fault
+
+    def sender(event: dict[str, Any], context: Any) -> Any:
+        calls["sender"] += 1
+        if faults.enabled and calls["sender"] == faults.crash_sender_on_invocation:
+            faults.log.append("email sender crashed at the start of an invocation; SQS redelivered its batch")
+            raise LambdaCrash("injected crash")
+        return email_sender.handler(event, context)
+
+    def dispatcher(event: dict[str, Any], context: Any) -> Any:
+        calls["dispatcher"] += 1
+        response = callback_dispatcher.handler(event, context)
+        if faults.enabled and calls["dispatcher"] == faults.duplicate_callback_on_invocation:
+            faults.log.append("callback dispatcher crashed after posting; the callback was delivered twice")
+            raise LambdaCrash("injected crash after the callback was delivered")
+        return response
+
+    sqs = aws.client("sqs")
+    mappings = [
+        EventSourceMapping(
+            sqs,
+            aws.queue_urls["certificates"],
+            logged(certificate_renderer.handler, log),
+            "certificate-renderer",
+        ),
+        EventSourceMapping(sqs, aws.queue_urls["jobs"], logged(sender, log), "email-sender"),
+        EventSourceMapping(sqs, aws.queue_urls["results"], logged(dispatcher, log), "callback-dispatcher"),
+    ]
+    return mappings, ses
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+def job_progress(engine: sa.Engine) -> tuple[int, int]:
+    t = build_bridge_tables(PREFIX)
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(t.recipients)).scalar_one()
+        final = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t.recipients)
+            .where(t.recipients.c.status.in_(FINAL_STATUSES))
+        ).scalar_one()
+    return int(final), int(total)
+
+
+def open_jobs(engine: sa.Engine) -> int:
+    t = build_bridge_tables(PREFIX)
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.jobs)
+                .where(t.jobs.c.status.not_in(("completed", "partial_failure", "failed", "cancelled")))
+            ).scalar_one()
+        )
+
+
+def download_certificates(aws: EmbeddedAws, folder: Path) -> list[Path]:
+    s3 = aws.client("s3")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix="certificates/"):
+        for obj in page.get("Contents", []):
+            target = folder / obj["Key"].removeprefix("certificates/").replace("/", "_")
+            s3.download_file(aws.bucket, obj["Key"], str(target))
+            paths.append(target)
+    return paths
+
+
+def report(
+    engine: sa.Engine,
+    aws: EmbeddedAws,
+    ses: FakeSes,
+    output: Path,
+    seeded_local: dict[int, int],
+    faults: FaultPlan,
+    started: float,
+) -> bool:
+    t = build_bridge_tables(PREFIX)
+    email = sa.table(
+        "mdl_email",
+        sa.column("id"),
+        sa.column("companyid"),
+        sa.column("sent"),
+        sa.column("due"),
+        sa.column("templatename"),
+    )
+    with engine.connect() as conn:
+        per_type = conn.execute(
+            sa.select(
+                sa.func.coalesce(t.claims.c.templatename, t.jobs.c.jobtype),
+                t.recipients.c.status,
+                sa.func.count(),
+            )
+            .select_from(
+                t.recipients.join(t.jobs, t.jobs.c.id == t.recipients.c.jobid).outerjoin(
+                    t.claims, t.claims.c.emailid == t.recipients.c.emailid
+                )
+            )
+            .group_by(sa.func.coalesce(t.claims.c.templatename, t.jobs.c.jobtype), t.recipients.c.status)
+        ).all()
+        claimed = conn.execute(sa.select(sa.func.count()).select_from(t.claims)).scalar_one()
+        cloud_rows = conn.execute(
+            sa.select(sa.func.count(), sa.func.count(email.c.sent)).where(email.c.companyid == CLOUD_COMPANY)
+        ).one()
+        local_rows = conn.execute(
+            sa.select(email.c.id, email.c.due, email.c.sent).where(email.c.companyid == LOCAL_COMPANY)
+        ).all()
+        jobs = conn.execute(
+            sa.select(t.jobs.c.id, t.jobs.c.jobtype, t.jobs.c.status, t.jobs.c.recipientstotal)
+        )
+        jobs_rows = jobs.all()
+        rendered = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t.recipients)
+            .where(t.recipients.c.artifactkey.is_not(None))
+        ).scalar_one()
+        secrets_left = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t.recipients)
+            .where(t.recipients.c.secret.is_not(None), t.recipients.c.status.in_(FINAL_STATUSES))
+        ).scalar_one()
+
+    table = Table(title="Mail offloaded for company 1 (cloud)")
+    table.add_column("type")
+    for status in ("sent", "delivered", "failed", "skipped", "restored", "other"):
+        table.add_column(status, justify="right")
+    counts: dict[str, Counter[str]] = {}
+    for kind, status, count in per_type:
+        bucket = status if status in ("sent", "delivered", "failed", "skipped", "restored") else "other"
+        counts.setdefault(str(kind), Counter())[bucket] += int(count)
+    for kind, counter in sorted(counts.items()):
+        table.add_row(
+            kind, *(str(counter[s]) for s in ("sent", "delivered", "failed", "skipped", "restored", "other"))
+        )
+    console.print(table)
+
+    certificates = download_certificates(aws, output / "certificates")
+    messages = ses.sent_messages()
+    local_untouched = all(row.sent is None and row.due == seeded_local.get(row.id) for row in local_rows)
+    sent_total = sum(c["sent"] + c["delivered"] for c in counts.values())
+
+    console.print(
+        f"Jobs: {len(jobs_rows)} ({', '.join(f'#{j.id} {j.jobtype} {j.status}' for j in jobs_rows)})"
+    )
+    console.print(
+        f"IOMAD rows claimed and suppressed for company 1: {claimed}; marked sent now: "
+        f"{cloud_rows[1]} of {cloud_rows[0]}"
+    )
+    console.print(
+        f"Company 2 (local): {len(local_rows)} rows left to IOMAD untouched: "
+        f"{'yes' if local_untouched else 'NO'}"
+    )
+    duplicates = len(messages) - sent_total  # every recipient is one SES message: more means a duplicate
+    console.print(
+        f"Emails accepted by the emulated SES: {len(messages)}; recipients reported sent: {sent_total} "
+        f"({'exactly once each' if duplicates == 0 else 'MISMATCH'})"
+    )
+    console.print(
+        f"Certificates rendered: {rendered}; PDFs in {output / 'certificates'} ({len(certificates)} files)"
+    )
+    console.print(f"Temporary passwords still held for final recipients: {secrets_left}")
+    for line in faults.log:
+        console.print(f"Fault injected: {line}")
+    console.print(f"Time taken: {time.monotonic() - started:.1f} s")
+    ok = (
+        duplicates == 0
+        and local_untouched
+        and secrets_left == 0
+        and cloud_rows[1] == cloud_rows[0]
+        and all(j.status in ("completed", "partial_failure") for j in jobs_rows)
+    )
+    console.print("[bold green]Demo OK[/]" if ok else "[bold red]Demo finished with problems (see above)[/]")
+    return ok
+
+
+# ---------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="make demo", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--engine", choices=("sqlite", "mariadb", "postgres"), default="sqlite")
+    parser.add_argument("--users", type=int, default=1500, help="learners per company (two companies)")
+    parser.add_argument("--output", default="demo-output", help="folder for the database, PDFs and logs")
+    parser.add_argument("--no-faults", action="store_true", help="run without injected faults")
+    parser.add_argument("--keep-db", action="store_true", help="keep the MariaDB/PostgreSQL database")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    output = Path(args.output).resolve()
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    faults = FaultPlan(enabled=not args.no_faults)
+    now = int(time.time())
+
+    with moodle_database(args.engine, output, args.keep_db) as db_url:
+        engine = sa.create_engine(db_url)
+        console.print(
+            f"[bold]1.[/] Moodle/IOMAD database on {args.engine}: seeding {args.users * 2:,} learners "
+            "as a CSV upload would …"
+        )
+        iomad = create_iomad_schema(engine, PREFIX, IomadGeneration.LEGACY)
+        seeded = seed_iomad(
+            engine,
+            iomad,
+            SeedSpec(
+                companies=2,
+                users_per_company=args.users,
+                managers_per_company=2,
+                child_departments=2,
+                supervisor_every=25,
+                license_allocated=True,
+                completions_per_company=12,
+                now=now - 60,
+                seed=7,
+            ),
+        )
+        with engine.connect() as conn:
+            local = dict(
+                conn.execute(
+                    sa.text(f"SELECT id, due FROM {PREFIX}email WHERE companyid = :c"), {"c": LOCAL_COMPANY}
+                ).all()
+            )
+            queued = conn.execute(sa.text(f"SELECT count(*) FROM {PREFIX}email")).scalar_one()
+        console.print(
+            f"   {queued:,} rows queued in {PREFIX}email ({len(seeded.learner_ids):,} learners, "
+            f"{len(seeded.completion_ids)} course completions)"
+        )
+
+        with embedded_aws() as aws:
+            root = generate_root_secret()
+            aws.provision(KEYSET, root, visibility_timeout=5, max_receive=5)
+            console.print(
+                f"[bold]2.[/] Embedded AWS (moto) on {aws.endpoint_url}: queues, bucket, table, secret"
+            )
+            port = free_port()
+            env = bridge_environment(aws, db_url, root, port, args.engine)
+            os.environ.update(env)
+            console.print("[bold]3.[/] moodle-offload migrate; company routing; serve")
+            run_cli("migrate")
+            run_cli(
+                "company",
+                "set",
+                str(CLOUD_COMPANY),
+                "--cloud",
+                "on",
+                "--provider",
+                "aws",
+                "--emails",
+                "on",
+                "--certificates",
+                "on",
+                "--threshold",
+                "1",
+                "--fallback",
+                "on",
+            )
+            run_cli("company", "set", str(LOCAL_COMPANY), "--cloud", "off")
+            run_cli("company", "global", "on")
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(callback_receiver(env, port, output / "receiver.log"))
+                console.print("[bold]4.[/] moodle-offload tick: claim, create jobs, submit batches")
+                run_cli("tick")
+                lambda_log = stack.enter_context((output / "lambdas.log").open("w", encoding="utf-8"))
+                mappings, ses = lambda_mappings(aws, faults, lambda_log)
+                console.print("[bold]5.[/] Lambdas on the queues (event source mapping emulation) …")
+                with Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                ) as bar:
+                    final, total = job_progress(engine)
+                    task = bar.add_task("recipients final", total=total, completed=final)
+                    deadline = time.monotonic() + 900
+                    while time.monotonic() < deadline:
+                        drain(
+                            mappings,
+                            timeout_seconds=120,
+                            idle_sleep=0.25,
+                            on_progress=lambda: bar.update(task, completed=job_progress(engine)[0]),
+                        )
+                        run_cli("tick", "--quiet")
+                        final, total = job_progress(engine)
+                        bar.update(task, completed=final, total=total)
+                        if open_jobs(engine) == 0:
+                            break
+                        time.sleep(1)
+                console.print("[bold]6.[/] Report")
+                ok = report(engine, aws, ses, output, local, faults, started)
+        engine.dispose()
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,18 +18,13 @@ from typing import Any
 
 import boto3
 import httpx
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from offload_contract.limits import SQS_MAX_MESSAGE_BYTES
 
 REGION = "eu-west-1"
 QUEUES = ("jobs", "certificates", "results", "ses-events")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -136,12 +131,21 @@ class EmbeddedAws:
 
 @contextmanager
 def embedded_aws() -> Iterator[EmbeddedAws]:
-    """Start moto's server on a free loopback port; stop it afterwards."""
+    """Start moto's server on a free loopback port; stop it afterwards.
+
+    The server handles one request at a time. moto's backends are not thread-safe (its
+    DynamoDB TransactWriteItems deep-copies the table while another thread may write it),
+    and real AWS services are atomic per request, so serialising requests is the faithful
+    choice. Clients still run concurrently; their requests simply queue.
+    """
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server: BaseWSGIServer = make_server(
+        "127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=False
+    )
+    thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
+    thread.start()
     try:
-        yield EmbeddedAws(endpoint_url=f"http://127.0.0.1:{port}")
+        yield EmbeddedAws(endpoint_url=f"http://127.0.0.1:{server.server_port}")
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join(timeout=10)

@@ -18,6 +18,11 @@ from typing import Any
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
+class LambdaCrash(BaseException):
+    """Raised by a test or the demo to kill an invocation the way a dead sandbox would:
+    no code in the handler can catch it, and the whole batch goes back to the queue."""
+
+
 @dataclass
 class LambdaContext:
     """The attributes of the Lambda runtime's context object that handlers use."""
@@ -110,7 +115,7 @@ class EventSourceMapping:
         self.stats.records += len(messages)
         try:
             result = self.handler(self._event(messages), LambdaContext(self.function_name))
-        except Exception:  # the whole batch goes back, exactly as Lambda does
+        except (Exception, LambdaCrash):  # the whole batch goes back, exactly as Lambda does
             self.stats.handler_errors += 1
             return len(messages)
         failed = {item["itemIdentifier"] for item in (result or {}).get("batchItemFailures", [])}

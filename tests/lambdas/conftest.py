@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.lambdas.ses_fake import FakeSes
+from demo.ses_emulator import FakeSes
 
 REGION = "eu-west-1"
 ENV = {

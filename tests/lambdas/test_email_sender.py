@@ -13,7 +13,7 @@ from lambdas.common.idempotency import IdempotencyStore, send_key
 from lambdas.handlers import email_sender
 from offload_contract import encode_message
 from tests.lambdas.conftest import Aws, FakeContext, email_batch, sqs_event
-from tests.lambdas.ses_fake import bad_address, lost_connection, rejected, throttle
+from demo.ses_emulator import bad_address, lost_connection, rejected, throttle
 
 RENDERED = {
     "e-1": {"kind": "rendered", "subject": "Your account", "html": "<p>Dear Zoë,</p><p>username: zoe</p>"},
