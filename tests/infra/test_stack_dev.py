@@ -293,11 +293,17 @@ def test_configuration_set_publishes_to_eventbridge_and_requires_tls(dev: Synth)
                 {
                     "Enabled": True,
                     "EventBridgeDestination": Match.any_value(),
-                    "MatchingEventTypes": Match.array_with(["reject", "bounce", "complaint", "delivery"]),
+                    "MatchingEventTypes": Match.any_value(),
                 }
             )
         },
     )
+    (destination,) = dev.resources("AWS::SES::ConfigurationSetEventDestination").values()
+    published = set(destination["Properties"]["EventDestination"]["MatchingEventTypes"])
+    # "send" settles the email sender's exactly-once crash window (docs/lambdas.md); no open
+    # or click tracking in learners' mail.
+    assert {"send", "reject", "bounce", "complaint", "delivery", "renderingFailure"} <= published
+    assert not published & {"open", "click"}
 
 
 def test_ses_events_rule_targets_the_ses_events_queue_with_a_dlq(dev: Synth) -> None:
