@@ -32,6 +32,8 @@ from botocore.exceptions import ClientError
 RETENTION_SECONDS = 35 * 24 * 3600  # longer than any bridge job lifetime and the SQS retention
 TRANSACT_CHUNK = 50
 BATCH_WRITE_CHUNK = 25
+#: Marks a claim completed by the SES events processor rather than by the sender.
+SETTLED_BY_SEND_EVENT = "ses_event"
 
 
 class ClaimState(Enum):
@@ -174,14 +176,22 @@ class IdempotencyStore:
                 if not _is_condition_failure(exc):
                     raise
 
-    def complete_if_in_progress(self, key: str, result: dict[str, Any]) -> bool:
-        """Resolve a claim left INPROGRESS (crash window) from SES's own Send event."""
+    def complete_if_in_progress(self, key: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """Resolve a claim left INPROGRESS (crash window) from SES's own Send event.
+
+        Returns the result to report: ``result`` when this call settled the claim, the stored
+        result when an earlier Send event settled it (its report may not have reached the
+        results queue: the event is then redelivered and must report again), else None (the
+        sender completed the claim itself and reported it).
+        """
         now = int(self._clock())
         try:
             self._db.update_item(
                 TableName=self._table,
                 Key={"id": {"S": key}},
-                UpdateExpression="SET #s = :c, #r = :r, expiration = :e REMOVE lease_until, #t",
+                UpdateExpression=(
+                    "SET #s = :c, #r = :r, expiration = :e, settled_by = :by REMOVE lease_until, #t"
+                ),
                 ConditionExpression="#s = :p",
                 ExpressionAttributeNames={"#s": "status", "#r": "result", "#t": "token"},
                 ExpressionAttributeValues={
@@ -189,13 +199,20 @@ class IdempotencyStore:
                     ":p": {"S": "INPROGRESS"},
                     ":r": {"S": json.dumps(result, separators=(",", ":"))},
                     ":e": {"N": str(now + RETENTION_SECONDS)},
+                    ":by": {"S": SETTLED_BY_SEND_EVENT},
                 },
+                # The current item comes back with a failed condition, without a second read.
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return True
+            return result
         except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
+            if not _is_condition_failure(exc):
+                raise
+            old = exc.response.get("Item") or {}
+            if (old.get("settled_by") or {}).get("S") == SETTLED_BY_SEND_EVENT and "result" in old:
+                stored: dict[str, Any] = json.loads(old["result"]["S"])
+                return stored
+            return None
 
     # -- job routing (where results of a job go; used by the SES event processor) ----------
     def remember_job(self, job_id: str, company_id: int, callback_url: str, key_id: str) -> None:
