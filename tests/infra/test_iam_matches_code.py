@@ -221,7 +221,7 @@ class _Recorder(dict[str, str]):
         super().__init__(values or {})
         self.read: list[str] = []
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         self.read.append(key)
         return super().get(key, default)
 
@@ -389,3 +389,12 @@ def test_runtime_architecture_and_bundle_target_agree(dev: Synth) -> None:
         assert props["Runtime"] == f"python{PYTHON_VERSION}"
         assert props["Architectures"] == ["arm64"]
     assert all(p.endswith("_aarch64") for p in PLATFORMS)
+
+
+def test_the_renderer_writes_with_the_buckets_own_encryption(dev: Synth) -> None:
+    # No KMS request per PUT/GET and no KMS grant needed: the objects use the bucket's SSE-S3.
+    bucket = dev.raw["Resources"][_logical(dev, dev.stack.storage.bucket)]["Properties"]
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    algorithm = rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+    assert algorithm == _functions(dev)["certificate_renderer"]["Environment"]["Variables"]["SSE_ALGORITHM"]
+    assert not any(a.startswith("kms:") for key in SPECS for a in granted(dev, key))
