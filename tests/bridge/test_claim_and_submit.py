@@ -245,3 +245,31 @@ def test_passwords_never_reach_output_logs_or_the_outbox(tmp_path, monkeypatch, 
         assert PASSWORD not in text, name
     assert PASSWORD not in everything
     assert len(secrets) == 1 and PASSWORD not in secrets[0]
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+def test_round_trips_grow_with_batches_not_recipients(bridge_engine, db_url, repo, aws) -> None:
+    """10x the recipients in the same number of batches costs the same number of statements."""
+    from moodle_bridge.storage.database import StatementCounter
+
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+    config = with_queues(make_config(db_url, max_recipients=1000), aws)
+    counts = []
+    uid = 100
+    for rows in (20, 200):
+        for _ in range(rows):
+            uid += 1
+            world.add_user(uid, f"u{uid}@example.com", companyid=1)
+            world.queue("license_allocated", uid, 1)
+        counter = StatementCounter(bridge_engine)
+        report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+        counter.close()
+        assert report.claim is not None and report.claim.claimed == rows and report.claim.batches == 1
+        counts.append(counter.count)
+        drain(aws)
+    assert counts[1] == counts[0], counts
