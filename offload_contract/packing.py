@@ -78,7 +78,6 @@ def pack_batches(
     """Split ``items`` into batches of ``header`` + contents + recipients within ``limits``."""
     result = PackResult()
     replaced: dict[str, dict[str, Any]] = {}  # content_id -> reference content, once offloaded
-    content_sizes: dict[str, int] = {}  # content_id -> entry size (fan-out copies share a content)
     batch_index = 0
     base_size = encoded_size({**header, "batch_id": make_batch_id(0), "contents": {}, "recipients": []})
     current = _Batch(base_size)
@@ -104,12 +103,7 @@ def pack_batches(
         recipient_size = 1 + encoded_size(item.recipient)
         content_id = item.content_id
         content = None if content_id is None else replaced.get(content_id, item.content)
-        if content_id is None or content is None:
-            content_size = 0
-        elif content_id in content_sizes:
-            content_size = content_sizes[content_id]
-        else:
-            content_size = content_sizes[content_id] = _entry_size(content_id, content)
+        content_size = 0 if content_id is None or content is None else _entry_size(content_id, content)
         if base_size + recipient_size + content_size > limits.max_bytes:
             if (
                 content_id is not None
@@ -120,7 +114,7 @@ def pack_batches(
                 content = offload(content_id, content, encode_message(content))
                 replaced[content_id] = content
                 result.offloaded_content_ids.append(content_id)
-                content_size = content_sizes[content_id] = _entry_size(content_id, content)
+                content_size = _entry_size(content_id, content)
             if base_size + recipient_size + content_size > limits.max_bytes:
                 result.rejected.append(
                     Rejection(
