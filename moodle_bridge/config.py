@@ -31,6 +31,9 @@ class DatabaseConfig:
     prefix: str = "mdl_"
     #: Moodle's $CFG->dbname: part of the key of Moodle's cron locks on MySQL/MariaDB.
     moodle_dbname: str = ""
+    #: iomad: claim IOMAD's queue (tick stops if no IOMAD schema is found); moodle: a plain
+    #: Moodle site, only list jobs (submit-list) go through the pipeline.
+    site: str = "iomad"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,13 @@ class SubmitConfig:
     #: Outbox retry backoff: first delay and cap, in seconds.
     retry_base_seconds: int = 15
     retry_max_seconds: int = 900
+    #: Default From address and name when the company has none (company set --sender-address).
+    sender_address: str = ""
+    sender_name: str = ""
+    #: Base URL printed on certificates for verification (the API's /v1/certificates/verify).
+    verify_url_base: str = ""
+    #: IOMAD rows claimed per transaction (claim, park, jobs, recipients, outbox in one go).
+    claim_chunk_rows: int = 2000
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_DATABASE_URL": ("database", "url"),
     "MRCO_DB_PREFIX": ("database", "prefix"),
     "MRCO_MOODLE_DBNAME": ("database", "moodle_dbname"),
+    "MRCO_SITE": ("database", "site"),
     "MRCO_AWS_REGION": ("aws", "region"),
     "MRCO_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),
     "MRCO_JOBS_QUEUE_URL": ("aws", "jobs_queue_url"),
@@ -139,6 +150,13 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_CLOUDFLARE_INTAKE_URL": ("cloudflare", "intake_url"),
     "MRCO_AWS_SUBMIT_MODE": ("submit", "aws_mode"),
     "MRCO_MAX_RECIPIENTS": ("submit", "max_recipients"),
+    "MRCO_RETRY_BASE_SECONDS": ("submit", "retry_base_seconds"),
+    "MRCO_RETRY_MAX_SECONDS": ("submit", "retry_max_seconds"),
+    "MRCO_SENDER_ADDRESS": ("submit", "sender_address"),
+    "MRCO_SENDER_NAME": ("submit", "sender_name"),
+    "MRCO_VERIFY_URL_BASE": ("submit", "verify_url_base"),
+    "MRCO_CLAIM_CHUNK_ROWS": ("submit", "claim_chunk_rows"),
+    "MRCO_JOB_DEADLINE_SECONDS": (None, "job_deadline_seconds"),
     "MRCO_CALLBACK_PUBLIC_URL": ("callbacks", "public_url"),
     "MRCO_CALLBACK_BIND_HOST": ("callbacks", "bind_host"),
     "MRCO_CALLBACK_BIND_PORT": ("callbacks", "bind_port"),
@@ -222,6 +240,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 def validate_config(config: BridgeConfig) -> BridgeConfig:
     if config.submit.aws_mode not in ("sqs", "api_gateway"):
         raise ConfigError("submit.aws_mode must be 'sqs' or 'api_gateway'")
+    if config.database.site not in ("iomad", "moodle"):
+        raise ConfigError("database.site must be 'iomad' or 'moodle'")
+    if config.submit.claim_chunk_rows < 1:
+        raise ConfigError("submit.claim_chunk_rows must be at least 1")
     if config.callbacks.results_mode not in ("push", "pull"):
         raise ConfigError("callbacks.results_mode must be 'push' or 'pull'")
     if not 1 <= config.submit.max_recipients <= 1000:

@@ -154,6 +154,10 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         _id(),
         sa.Column("jobid", sa.BigInteger, nullable=False),
         sa.Column("batchkey", sa.String(64), nullable=False, unique=True),  # contract batch_id
+        # Added in schema version 2 (moodle_bridge.migrations): what the outbox needs to build
+        # and sign the message without joining the job.
+        sa.Column("companyid", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("messagetype", sa.String(20), nullable=False, server_default="email_batch"),
         sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
         sa.Column("status", sa.String(20), nullable=False),  # pending | submitted | abandoned
         sa.Column("target", sa.String(20), nullable=False),  # sqs | api_gateway | worker
@@ -163,6 +167,8 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("nexttry", UNIXTIME, nullable=False, server_default="0"),
         sa.Column("lasterror", sa.String(1000), nullable=True),
         sa.Column("queuemessageid", sa.String(255), nullable=True),
+        # Added in schema version 3: the submitter currently holding the batch (outbox lease).
+        sa.Column("leasetoken", sa.String(36), nullable=True),
         sa.Column("timecreated", UNIXTIME, nullable=False),
         sa.Column("timesubmitted", UNIXTIME, nullable=True),
         sa.Index(f"{p}mrclbatc_stanex_ix", "status", "nexttry"),

@@ -1,0 +1,191 @@
+"""Contract messages from recipient rows: the same code packs at claim time and rebuilds at
+submit time, so an outbox row needs no copy of the body (bodies hold temporary passwords).
+
+Content keys on recipients say which body a recipient gets:
+
+- ``e<emailid>``: IOMAD's rendered row, as queued (the row's own user);
+- ``e<emailid>r``: the same row with the temporary password redacted (fan-out copies of
+  password mail: managers, supervisors, To/Cc);
+- ``t<jobid>``: the jinja2 template of a list job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from offload_contract.codec import encode_message
+from offload_contract.limits import QueueLimits
+from offload_contract.packing import ContentOffloader, PackItem, PackResult, pack_batches
+from offload_contract.signing import make_key_id
+
+#: Bytes kept free in every packed batch, so that a header rebuilt at submit time (a new
+#: callback URL, a longer sender name) can never push a packed batch over the queue limit.
+HEADER_SLACK_BYTES = 2_048
+#: Placeholder recipient id used when packing before the rows have ids: as long as any id.
+ID_PLACEHOLDER = "9" * 19
+
+
+def email_content_key(emailid: int, redacted: bool) -> str:
+    return f"e{emailid}r" if redacted else f"e{emailid}"
+
+
+def template_content_key(jobid: int) -> str:
+    return f"t{jobid}"
+
+
+def batch_key(jobid: int, attempt: int, seq: int) -> str:
+    return f"j{jobid}-a{attempt}-b{seq}"
+
+
+def message_type_for(jobtype: str) -> str:
+    return "certificate_batch" if jobtype == "certificate" else "email_batch"
+
+
+@dataclass(frozen=True)
+class Sender:
+    address: str
+    name: str | None = None
+
+    def as_contract(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": self.address}
+        if self.name:
+            out["name"] = self.name[:256]
+        return out
+
+
+@dataclass(frozen=True)
+class JobHeader:
+    jobid: int
+    companyid: int
+    jobtype: str
+    attempt: int
+    category: str
+    created_at: int
+    callback_url: str
+    keyset: str
+    sender: Sender
+    ses_tenant: str | None = None
+    cert_template: str = "default"
+    verify_url_base: str | None = None
+
+    def header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {
+            "type": message_type_for(self.jobtype),
+            "contract_version": 1,
+            "job_id": str(self.jobid),
+            "company_id": self.companyid,
+            "attempt": self.attempt,
+            "created_at": self.created_at,
+            "callback": {"url": self.callback_url, "key_id": make_key_id(self.keyset, self.companyid)},
+            "sender": self.sender.as_contract(),
+        }
+        if self.ses_tenant:
+            header["ses_tenant"] = self.ses_tenant
+        if self.jobtype == "certificate":
+            header["template_id"] = self.cert_template
+            header["delivery"] = "email_attachment"
+            if self.verify_url_base:
+                header["verify_url_base"] = self.verify_url_base
+        else:
+            header["category"] = self.category
+        return header
+
+
+def rendered_content(subject: str, html: str) -> dict[str, Any]:
+    return {"kind": "rendered", "subject": subject[:998], "html": html}
+
+
+def template_content(template_json: str) -> dict[str, Any]:
+    source = json.loads(template_json)
+    content: dict[str, Any] = {
+        "kind": "template",
+        "engine": "jinja2",
+        "subject": source["subject"],
+        "html": source["html"],
+    }
+    if source.get("text"):
+        content["text"] = source["text"]
+    return content
+
+
+def reference_for(
+    bucket: str, companyid: int, jobid: int
+) -> Callable[[str, dict[str, Any], bytes], dict[str, Any]]:
+    """A placeholder offloader: the reference the content will have, without uploading.
+
+    Used at claim time for sizing; the submit-time offloader uploads to the same key, so the
+    rebuilt message is the same size.
+    """
+
+    def offload(content_id: str, _content: dict[str, Any], encoded: bytes) -> dict[str, Any]:
+        return {
+            "kind": "reference",
+            "ref": {
+                "store": "s3",
+                "bucket": bucket,
+                "key": f"contents/company-{companyid}/{jobid}/{content_id}.json",
+                "sha256": hashlib.sha256(encoded).hexdigest(),
+                "bytes": len(encoded),
+                "content_type": "application/json",
+            },
+        }
+
+    return offload
+
+
+def recipient_entry(
+    recipient_id: str,
+    address: str,
+    fullname: str,
+    contentkey: str | None,
+    data: Mapping[str, Any] | None,
+    jobtype: str,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"recipient_id": recipient_id}
+    if jobtype == "certificate":
+        entry["to"] = address
+        if fullname:
+            entry["name"] = fullname[:256]
+        if contentkey:
+            entry["content_id"] = contentkey
+        entry["certificate"] = dict((data or {})["certificate"])
+        return entry
+    entry["to"] = address
+    if fullname:
+        entry["name"] = fullname[:256]
+    entry["content_id"] = contentkey
+    if data:
+        entry["data"] = dict(data)
+    return entry
+
+
+def pack(
+    job: JobHeader,
+    items: Sequence[PackItem],
+    limits: QueueLimits,
+    *,
+    first_seq: int,
+    offload: ContentOffloader | None,
+) -> PackResult:
+    budget = QueueLimits(max(limits.max_bytes - HEADER_SLACK_BYTES, 4_096), limits.max_recipients)
+    return pack_batches(
+        job.header(),
+        items,
+        budget,
+        make_batch_id=lambda i: batch_key(job.jobid, job.attempt, first_seq + i),
+        offload=offload,
+    )
+
+
+def encode_batch(
+    job: JobHeader, batchkey: str, contents: Mapping[str, Any], recipients: list[dict[str, Any]]
+) -> bytes:
+    message = {**job.header(), "batch_id": batchkey}
+    if contents:
+        message["contents"] = dict(contents)
+    message["recipients"] = recipients
+    return encode_message(message)

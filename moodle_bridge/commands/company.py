@@ -1,0 +1,178 @@
+"""``moodle-offload company``: show and set per-company routing and the global switch.
+
+Every change is written to the audit log with the actor (``cli:<login>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, replace
+from typing import Any
+
+from moodle_bridge.commands._common import cli_actor, fail, open_database
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.routing import PROVIDERS, CompanySettings, could_offload
+from moodle_bridge.storage.database import DatabaseUnavailable, check_connection
+
+
+def _onoff(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("on", "1", "yes", "true"):
+        return True
+    if lowered in ("off", "0", "no", "false"):
+        return False
+    raise argparse.ArgumentTypeError("expected on or off")
+
+
+def _threshold(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("threshold must be a whole number >= 0") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError("threshold must be a whole number >= 0")
+    return number
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("company", help="show and set per-company routing")
+    sub = parser.add_subparsers(dest="company_command", metavar="ACTION", required=True)
+
+    show = sub.add_parser("show", help="show routing for one company or all")
+    show.add_argument("companyid", nargs="?", type=int)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=run_show)
+
+    setp = sub.add_parser("set", help="create or change a company's routing")
+    setp.add_argument("companyid", type=int)
+    setp.add_argument("--cloud", type=_onoff, help="on|off: offload this company at all")
+    setp.add_argument("--provider", choices=PROVIDERS)
+    setp.add_argument("--emails", type=_onoff, help="on|off: offload email jobs")
+    setp.add_argument("--certificates", type=_onoff, help="on|off: offload certificate jobs")
+    setp.add_argument("--threshold", type=_threshold, help="minimum recipients per pass to offload")
+    setp.add_argument("--fallback", type=_onoff, help="on|off: give work back to IOMAD if the cloud fails")
+    setp.add_argument("--sender-address", help="From address (empty to clear)")
+    setp.add_argument("--sender-name", help="From display name (empty to clear)")
+    setp.add_argument("--ses-tenant", help="SES tenant name (empty to clear)")
+    setp.add_argument("--cert-template", help="certificate template id")
+    setp.set_defaults(handler=run_set)
+
+    glob = sub.add_parser("global", help="the global switch: show, on or off")
+    glob.add_argument("state", nargs="?", type=_onoff)
+    glob.set_defaults(handler=run_global)
+
+
+def _line(s: CompanySettings, global_on: bool) -> str:
+    routes = [t for t in ("email", "certificate") if could_offload(global_on, s, t)]
+    route = f"cloud ({', '.join(routes)})" if routes else "local"
+    return (
+        f"company {s.companyid}: {route}; cloud={'on' if s.cloudenabled else 'off'} provider={s.provider} "
+        f"emails={'on' if s.allowemail else 'off'} certificates={'on' if s.allowcertificates else 'off'} "
+        f"threshold={s.threshold} fallback={'on' if s.fallbacklocal else 'off'} "
+        f"sender={s.senderaddress or '-'}"
+    )
+
+
+def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
+    engine, _tables, repo = open_database(config)
+    try:
+        check_connection(engine)
+        with engine.connect() as conn:
+            global_on = repo.offload_enabled(conn)
+            settings = repo.all_settings(conn)
+    except DatabaseUnavailable as exc:
+        return fail(str(exc))
+    finally:
+        engine.dispose()
+    if args.companyid is not None:
+        settings = {k: v for k, v in settings.items() if k == args.companyid}
+    if args.json:
+        print(
+            json.dumps({"global": global_on, "companies": [asdict(s) for s in settings.values()]}, indent=2)
+        )
+        return 0
+    print(f"global switch: {'on' if global_on else 'off'}")
+    if args.companyid is not None and not settings:
+        print(f"company {args.companyid}: no settings row, stays local")
+        return 0
+    for s in settings.values():
+        print(_line(s, global_on))
+    if not settings:
+        print("no company settings: every company stays local")
+    return 0
+
+
+def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
+    engine, _tables, repo = open_database(config)
+    actor = cli_actor()
+    try:
+        check_connection(engine)
+        with engine.begin() as conn:
+            before = repo.get_settings(conn, args.companyid)
+            current = before or CompanySettings(companyid=args.companyid)
+            changes: dict[str, Any] = {}
+            for arg, attr in (
+                ("cloud", "cloudenabled"),
+                ("provider", "provider"),
+                ("emails", "allowemail"),
+                ("certificates", "allowcertificates"),
+                ("threshold", "threshold"),
+                ("fallback", "fallbacklocal"),
+                ("cert_template", "certtemplate"),
+            ):
+                value = getattr(args, arg)
+                if value is not None:
+                    changes[attr] = value
+            for arg, attr in (
+                ("sender_address", "senderaddress"),
+                ("sender_name", "sendername"),
+                ("ses_tenant", "sesstenant"),
+            ):
+                value = getattr(args, arg)
+                if value is not None:
+                    changes[attr] = value or None
+            if changes.get("senderaddress") and "@" not in changes["senderaddress"]:
+                return fail("--sender-address must be an email address")
+            try:
+                updated = replace(current, **changes)
+            except ValueError as exc:
+                return fail(str(exc))
+            repo.save_settings(conn, updated, actor)
+            diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
+            repo.audit(
+                conn,
+                actor,
+                "company_settings_created" if before is None else "company_settings_changed",
+                companyid=args.companyid,
+                detail=diff,
+            )
+            global_on = repo.offload_enabled(conn)
+    except DatabaseUnavailable as exc:
+        return fail(str(exc))
+    finally:
+        engine.dispose()
+    print(_line(updated, global_on))
+    if not global_on:
+        print("note: the global switch is off; nothing is offloaded until `company global on`")
+    return 0
+
+
+def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
+    engine, _tables, repo = open_database(config)
+    try:
+        check_connection(engine)
+        with engine.begin() as conn:
+            if args.state is None:
+                print(f"global switch: {'on' if repo.offload_enabled(conn) else 'off'}")
+                return 0
+            before = repo.offload_enabled(conn)
+            repo.set_offload_enabled(conn, args.state)
+            if before != args.state:
+                repo.audit(conn, cli_actor(), "global_switch_on" if args.state else "global_switch_off")
+    except DatabaseUnavailable as exc:
+        return fail(str(exc))
+    finally:
+        engine.dispose()
+    print(f"global switch: {'on' if args.state else 'off'}")
+    return 0

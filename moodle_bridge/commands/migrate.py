@@ -1,0 +1,54 @@
+"""``moodle-offload migrate``: create or upgrade the bridge's own tables (idempotent)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import sqlalchemy as sa
+
+from moodle_bridge.commands._common import fail
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.migrations import LATEST_VERSION, STEPS, SchemaTooNew, Step, current_version, migrate
+from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("migrate", help="create or upgrade the bridge's tables")
+    parser.add_argument("--status", action="store_true", help="show the schema version and exit")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, config: BridgeConfig) -> int:
+    engine = create_bridge_engine(config.database)
+    try:
+        check_connection(engine)
+        if args.status:
+            with engine.connect() as conn:
+                version = current_version(conn, build_bridge_tables(config.database.prefix))
+            print(f"schema version {version} (latest {LATEST_VERSION})")
+            for step in STEPS:
+                mark = "applied" if step.version <= version else "pending"
+                print(f"  {step.version:>3}  {mark:<8} {step.summary}")
+            return 0
+
+        def show(step: Step) -> None:
+            print(f"applying step {step.version}: {step.summary}")
+
+        result = migrate(engine, config.database.prefix, on_step=show)
+    except DatabaseUnavailable as exc:
+        return fail(str(exc))
+    except SchemaTooNew as exc:
+        return fail(str(exc))
+    except sa.exc.SQLAlchemyError as exc:
+        return fail(
+            f"migration failed: {type(exc).__name__}: {str(exc.orig if hasattr(exc, 'orig') else exc)[:300]}"
+        )
+    finally:
+        engine.dispose()
+    if result.applied:
+        print(f"bridge tables at schema version {result.after} (were {result.before})")
+    else:
+        print(f"bridge tables already at schema version {result.after}; nothing to do")
+    return 0

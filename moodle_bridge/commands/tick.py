@@ -1,0 +1,280 @@
+"""``moodle-offload tick``: one cron pass — claim, create, submit, reconcile.
+
+Run it from cron every minute (``* * * * * moodle-offload tick``). Two ticks never overlap:
+the second exits 0 with a message (or waits with ``--wait``). An unreachable queue is not an
+error: batches stay pending in the outbox and are retried with backoff. Errors that need a
+human (database unreachable, IOMAD schema missing, tables not migrated) exit 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import sqlalchemy as sa
+from botocore.config import Config as BotoConfig
+
+from moodle_bridge.claiming import ClaimError, ClaimPass, ClaimReport
+from moodle_bridge.commands._common import fail
+from moodle_bridge.config import BridgeConfig, ConfigError
+from moodle_bridge.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
+from moodle_bridge.iomad_contents import IomadRowContents
+from moodle_bridge.migrations import LATEST_VERSION, current_version
+from moodle_bridge.outbox import Outbox, OutboxReport
+from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+from moodle_bridge.submission.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
+from moodle_bridge.ticklock import TickBusy, tick_lock
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("tick", help="one cron pass: claim, create, submit, reconcile")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a running tick instead of exiting",
+    )
+    parser.add_argument("--no-claim", action="store_true", help="only submit and reconcile")
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
+    parser.set_defaults(handler=run)
+
+
+def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[str, Submitter]:
+    """Submission targets by outbox target name, from the configuration."""
+    out: dict[str, Submitter] = {}
+    queues = {
+        "email_batch": config.aws.jobs_queue_url,
+        "certificate_batch": config.aws.certificates_queue_url,
+    }
+    if any(queues.values()):
+        client = sqs_client or boto3.client(
+            "sqs",
+            region_name=config.aws.region,
+            endpoint_url=config.aws.endpoint_url or None,
+            # An unreachable queue must cost seconds, not minutes: the outbox retries later.
+            config=BotoConfig(
+                connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"}
+            ),
+        )
+        out["sqs"] = SqsSubmitter(client, {k: v for k, v in queues.items() if v})
+    root = config.keys.root_secrets().get(config.keys.current) if config.keys.current else None
+    if root is not None and config.aws.api_gateway_url:
+        url = config.aws.api_gateway_url.rstrip("/")
+        if not url.endswith("/v1/batches"):
+            url += "/v1/batches"
+        credentials = boto3.Session().get_credentials()
+        out["api_gateway"] = ApiGatewaySubmitter(
+            url, config.keys.current, root, region=config.aws.region, credentials=credentials
+        )
+    if root is not None and config.cloudflare.intake_url:
+        out["worker"] = WorkerSubmitter(config.cloudflare.intake_url, config.keys.current, root)
+    return out
+
+
+def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a batch into the content bucket (SSE-KMS), or None."""
+    if not config.aws.content_bucket:
+        return None
+    client = s3_client or boto3.client(
+        "s3", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
+    )
+    bucket = config.aws.content_bucket
+
+    def upload(key: str, body: bytes) -> None:
+        client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
+        )
+
+    return upload
+
+
+@dataclass
+class TickReport:
+    claim: ClaimReport | None = None
+    outbox: OutboxReport | None = None
+    reconciled: Any = None
+    secrets_cleared: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _optional_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and name.startswith(exc.name):
+            return None
+        raise
+
+
+def reconcile_hook() -> Callable[[Any], Any] | None:
+    """``moodle_bridge.results.reconcile.reconcile`` when the results part is installed."""
+    module = _optional_module("moodle_bridge.results.reconcile")
+    if module is None:
+        return None
+    hook: Callable[[Any], Any] = module.reconcile
+    return hook
+
+
+def reconcile_context(ctx: TickContext) -> Any:
+    """The results part's ``ReconcileContext`` built from this pass (or the pass itself)."""
+    module = _optional_module("moodle_bridge.results.reconcile")
+    factory = getattr(module, "ReconcileContext", None) if module is not None else None
+    if factory is None:
+        return ctx
+    link_module = _optional_module("moodle_bridge.results.iomad_link")
+    link = link_module.AdapterQueue(ctx.iomad) if link_module is not None and ctx.iomad is not None else None
+    config = ctx.config
+    sqs = None
+    if config.aws.results_queue_url or config.aws.results_dlq_url:
+        sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
+    return factory(engine=ctx.engine, tables=ctx.repo.t, config=config, sqs=sqs, iomad_queue=link)
+
+
+@dataclass
+class TickContext:
+    """What one pass works with; handed to the results part's reconcile(ctx)."""
+
+    engine: sa.Engine
+    config: BridgeConfig
+    repo: BridgeRepo
+    iomad: IomadTables | None
+    submitters: dict[str, Submitter]
+    box: SecretBox | None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int], None]] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def make(label: str) -> Callable[[int, int], None]:
+            def update(done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done, total=total)
+
+            return update
+
+        yield make
+
+
+def run_tick(
+    engine: sa.Engine,
+    config: BridgeConfig,
+    *,
+    claim: bool = True,
+    submitters: dict[str, Submitter] | None = None,
+    upload: Callable[[str, bytes], None] | None = None,
+    progress: Callable[[str], Callable[[int, int], None]] | None = None,
+    claim_pass_factory: Callable[..., ClaimPass] = ClaimPass,
+) -> TickReport:
+    """One pass. Raises IomadSchemaNotFound, ClaimError, DatabaseUnavailable on hard errors."""
+    tables = build_bridge_tables(config.database.prefix)
+    repo = BridgeRepo(tables)
+    report = TickReport()
+    with engine.connect() as conn:
+        version = current_version(conn, tables)
+        if version != LATEST_VERSION:
+            raise ConfigError(
+                f"bridge tables are at schema version {version}, this release needs {LATEST_VERSION}: "
+                "run `moodle-offload migrate`"
+            )
+        iomad: IomadTables | None = None
+        if config.database.site == "iomad":
+            iomad = detect_iomad(conn, config.database.prefix)
+    box = SecretBox(config.password_key_bytes()) if config.password_key else None
+    targets = submitters if submitters is not None else build_submitters(config)
+    if claim and iomad is not None:
+        claimer = claim_pass_factory(engine, repo, iomad, config, box=box)
+        report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
+        if report.claim.lock_busy:
+            report.notes.append("IOMAD's email cron holds its lock; claiming again next pass")
+    outbox = Outbox(
+        engine,
+        repo,
+        config,
+        targets,
+        iomad=IomadRowContents(iomad) if iomad else None,
+        box=box,
+        upload=upload if upload is not None else content_uploader(config),
+    )
+    report.outbox = outbox.submit_due(progress=progress("submitting batches") if progress else None)
+    hook = reconcile_hook()
+    if hook is not None:
+        report.reconciled = hook(reconcile_context(TickContext(engine, config, repo, iomad, targets, box)))
+    with engine.begin() as conn:
+        report.secrets_cleared = repo.clear_final_secrets(conn)
+    return report
+
+
+def summary(report: TickReport) -> str:
+    parts = []
+    if report.claim is not None:
+        c = report.claim
+        parts.append(
+            f"claimed {c.claimed} of {c.considered} due rows ({c.recipients} recipients, {c.batches} batches"
+            + (f", {c.released} released to IOMAD" if c.released else "")
+            + (f", left local: {dict(c.left_local)}" if c.left_local else "")
+            + ")"
+        )
+    if report.outbox is not None:
+        o = report.outbox
+        parts.append(
+            f"submitted {o.submitted} batches"
+            + (f", {o.retried} to retry" if o.retried else "")
+            + (f", {o.abandoned} abandoned" if o.abandoned else "")
+        )
+    parts.extend(report.notes)
+    return "; ".join(parts) or "nothing to do"
+
+
+def run(args: argparse.Namespace, config: BridgeConfig) -> int:
+    engine = create_bridge_engine(config.database)
+    try:
+        check_connection(engine)
+        try:
+            with (
+                tick_lock(engine, config.database.prefix, args.wait),
+                _progress(sys.stderr.isatty() and not args.quiet) as progress,
+            ):
+                report = run_tick(engine, config, claim=not args.no_claim, progress=progress)
+        except TickBusy:
+            if not args.quiet:
+                print("moodle-offload: another tick is running; this one exits (use --wait to wait)")
+            return 0
+    except DatabaseUnavailable as exc:
+        return fail(str(exc))
+    except IomadSchemaNotFound as exc:
+        return fail(f'{exc} (for a plain Moodle site set database.site = "moodle")')
+    except ClaimError as exc:
+        return fail(f"cannot claim: {exc}")
+    except sa.exc.SQLAlchemyError as exc:
+        return fail(f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}")
+    finally:
+        engine.dispose()
+    if not args.quiet:
+        print(f"moodle-offload tick: {summary(report)}")
+        for error in report.outbox.errors[:5] if report.outbox else []:
+            print(f"  {error}")
+    return 0

@@ -1,0 +1,153 @@
+"""Turn planned recipients into a job's recipient rows and outbox batches, in the caller's
+transaction. Used by the IOMAD claim pass and by plain-Moodle list jobs alike.
+
+Round trips per call: one INSERT per 1,000 batches, one SELECT for their ids, one INSERT
+per 1,000 recipients. Nothing is executed per recipient.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from moodle_bridge.batching import ID_PLACEHOLDER, JobHeader, message_type_for, pack, recipient_entry
+from moodle_bridge.secrets_at_rest import SecretBox, associated_data
+from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.database import now
+from offload_contract.limits import QueueLimits
+from offload_contract.packing import ContentOffloader, PackItem
+
+
+@dataclass
+class PlannedRecipient:
+    dedupekey: str
+    role: str
+    address: str
+    fullname: str = ""
+    userid: int | None = None
+    emailid: int | None = None
+    contentkey: str | None = None
+    data: Mapping[str, Any] | None = None
+    #: pending (to be sent) or a final outcome decided before sending: skipped | failed.
+    status: str = "pending"
+    errorcode: str | None = None
+    errormessage: str | None = None
+    #: A temporary password to keep encrypted until the outcome is final. Never printed.
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class CreatedBatches:
+    batches: int = 0
+    recipients: int = 0
+    pending: int = 0
+    rejected: list[PlannedRecipient] = field(default_factory=list)
+    next_seq: int = 0
+
+
+def target_for(provider: str, aws_mode: str) -> str:
+    return "worker" if provider == "cloudflare" else aws_mode
+
+
+def add_recipients(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    header: JobHeader,
+    planned: Sequence[PlannedRecipient],
+    contents: Mapping[str, dict[str, Any]],
+    limits: QueueLimits,
+    *,
+    target: str,
+    first_seq: int = 0,
+    offload: ContentOffloader | None = None,
+    box: SecretBox | None = None,
+) -> CreatedBatches:
+    """Pack the pending recipients into outbox batches and insert everything.
+
+    Recipients the packer cannot fit even alone are inserted ``failed`` / ``too_large``
+    (the caller decides beforehand whether such rows stay with IOMAD instead).
+    """
+    result = CreatedBatches(next_seq=first_seq)
+    items: list[PackItem] = []
+    pending = [p for p in planned if p.status == "pending"]
+    for index, p in enumerate(pending):
+        placeholder = f"{index:0{len(ID_PLACEHOLDER)}d}"
+        entry = recipient_entry(placeholder, p.address, p.fullname, p.contentkey, p.data, header.jobtype)
+        content = contents.get(p.contentkey) if p.contentkey else None
+        items.append(PackItem(entry, p.contentkey if content is not None else None, content))
+    packed = pack(header, items, limits, first_seq=first_seq, offload=offload)
+    batch_of: dict[int, str] = {}
+    for batch in packed.batches:
+        for rid in batch.recipient_ids:
+            batch_of[int(rid)] = batch.batch_id
+    rejected = {int(r.recipient_id): r for r in packed.rejected}
+    created = now()
+    batch_rows = [
+        {
+            "jobid": header.jobid,
+            "companyid": header.companyid,
+            "messagetype": message_type_for(header.jobtype),
+            "batchkey": b.batch_id,
+            "attempt": header.attempt,
+            "status": "pending",
+            "target": target,
+            "recipientcount": len(b.recipient_ids),
+            "bytes": len(b.body),
+            "tries": 0,
+            "nexttry": 0,
+            "timecreated": created,
+        }
+        for b in packed.batches
+    ]
+    batch_ids = repo.insert_batches(conn, batch_rows) if batch_rows else {}
+    rows: list[dict[str, Any]] = []
+    pending_index = {id(p): i for i, p in enumerate(pending)}
+    for p in planned:
+        status, code, message, batchid = p.status, p.errorcode, p.errormessage, None
+        if p.status == "pending":
+            index = pending_index[id(p)]
+            if index in rejected:
+                status, code, message = "failed", "too_large", rejected[index].detail
+                result.rejected.append(p)
+            else:
+                batchid = batch_ids[batch_of[index]]
+                result.pending += 1
+        secret = None
+        if p.secret and status == "pending":
+            if box is None:
+                raise ValueError("a temporary password needs the password key (MRCO_PASSWORD_KEY)")
+            secret = box.seal(p.secret, associated_data(header.jobid, p.dedupekey))
+        rows.append(
+            {
+                "jobid": header.jobid,
+                "companyid": header.companyid,
+                "emailid": p.emailid,
+                "userid": p.userid,
+                "role": p.role,
+                "address": p.address[:254],
+                "fullname": p.fullname[:255],
+                "dedupekey": p.dedupekey[:300],
+                "contentkey": p.contentkey,
+                "data": None if p.data is None else json.dumps(dict(p.data), sort_keys=True),
+                "status": status,
+                "batchid": batchid,
+                "errorcode": code,
+                "errormessage": None if message is None else message[:1000],
+                "secret": secret,
+                "timecreated": created,
+                "timemodified": created,
+                "timefinal": None if status == "pending" else created,
+            }
+        )
+    repo.insert_recipients(conn, rows)
+    result.batches = len(batch_rows)
+    result.recipients = len(rows)
+    result.next_seq = first_seq + len(batch_rows)
+    return result
+
+
+OffloadFactory = Callable[[int, int], ContentOffloader | None]  # (companyid, jobid) -> offloader

@@ -1,0 +1,426 @@
+"""The outbox: submit pending batches, record acceptance, retry with backoff, fall back.
+
+A batch row is ``pending`` until its target *accepted* the message; only then does it
+become ``submitted`` (with the queue's message id) and its recipients ``queued``, in one
+transaction. The message is rebuilt from the recipient rows every time (nothing secret is
+stored in the outbox). If the process dies after the queue accepted a batch but before the
+row was marked, the next pass submits the same ``batch_id`` again; the workers deduplicate
+per (job_id, recipient_id), so the recipient still gets one message (docs/sending.md, I5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from moodle_bridge.batching import (
+    JobHeader,
+    Sender,
+    encode_batch,
+    recipient_entry,
+    rendered_content,
+    template_content,
+)
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.routing import CompanySettings
+from moodle_bridge.secrets_at_rest import SecretBox, SecretError, associated_data
+from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
+from moodle_bridge.storage.database import now as unix_now
+from moodle_bridge.submission.targets import SubmitError, Submitter
+from offload_contract.codec import encode_message
+from offload_contract.limits import QueueLimits
+
+
+class IomadContents(Protocol):
+    """What the outbox needs from IOMAD's side (implemented in moodle_bridge.iomad_port)."""
+
+    def load_rendered(self, conn: sa.Connection, emailids: list[int]) -> dict[int, tuple[str, str]]:
+        """emailid -> (subject, body) as IOMAD queued them."""
+
+    def redact(self, body: str, password: str | None) -> str:
+        """The body with the temporary password removed."""
+
+    def restore(self, conn: sa.Connection, originals: Mapping[int, int]) -> list[int]:
+        """Give parked rows back to IOMAD (original due back); returns the ids restored."""
+
+
+class BuildError(Exception):
+    """The batch cannot be built (configuration or data); recorded on the outbox row."""
+
+
+def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: BridgeConfig) -> JobHeader:
+    """The contract header of a job's batches, from the job row, company settings and config."""
+    sender_address = (settings.senderaddress if settings else None) or config.submit.sender_address
+    if not sender_address:
+        raise BuildError("no sender address: set submit.sender_address or the company's --sender-address")
+    if not config.keys.current:
+        raise BuildError("keys.current is not configured: callbacks cannot be signed")
+    sender_name = (settings.sendername if settings else None) or config.submit.sender_name or None
+    return JobHeader(
+        jobid=int(job.id),
+        companyid=int(job.companyid),
+        jobtype=str(job.jobtype),
+        attempt=int(job.attempt),
+        category=str(job.category),
+        created_at=int(job.timecreated),
+        callback_url=config.callbacks.public_url,
+        keyset=config.keys.current,
+        sender=Sender(sender_address, sender_name),
+        ses_tenant=settings.sesstenant if settings else None,
+        cert_template=settings.certtemplate if settings else "default",
+        verify_url_base=config.submit.verify_url_base or None,
+    )
+
+
+@dataclass
+class Prefetched:
+    """A lease group's recipients, IOMAD bodies and (decrypted, in memory only) passwords."""
+
+    recipients: dict[int, list[sa.Row[Any]]] = field(default_factory=dict)
+    rendered: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
+    passwords: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class OutboxReport:
+    submitted: int = 0
+    retried: int = 0
+    abandoned: int = 0
+    restored_rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def backoff_seconds(tries: int, base: int, cap: int, rng: random.Random | None = None) -> int:
+    """Exponential backoff with full jitter in [delay/2, delay]: 15 s, 30 s, 60 s ... up to the cap."""
+    delay = min(cap, base * (2 ** max(0, tries - 1)))
+    r = rng or random.Random()  # noqa: S311 - jitter, not security
+    return max(1, int(delay / 2 + r.random() * delay / 2))
+
+
+#: Batches leased (taken) per group: one commit per group instead of one per batch.
+LEASE_GROUP = 25
+#: How long a submitter owns a leased group (longer than the group's submit time-outs).
+LEASE_SECONDS = 600
+
+ContentUploader = Callable[[str, bytes], None]  # (key, encoded content) -> None
+
+
+class Outbox:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        repo: BridgeRepo,
+        config: BridgeConfig,
+        submitters: Mapping[str, Submitter],
+        *,
+        iomad: IomadContents | None = None,
+        box: SecretBox | None = None,
+        upload: ContentUploader | None = None,
+        clock: Callable[[], int] = unix_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.repo = repo
+        self.config = config
+        self.submitters = dict(submitters)
+        self.iomad = iomad
+        self.box = box
+        self.upload = upload
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311
+        self._jobs: dict[int, tuple[sa.Row[Any], JobHeader]] = {}
+        self._queued_jobs: set[int] = set()
+
+    # -- building --------------------------------------------------------------------------
+
+    def job_header(self, job: sa.Row[Any], settings: CompanySettings | None) -> JobHeader:
+        return job_header_for(job, settings, self.config)
+
+    def prefetch(self, conn: sa.Connection, batches: list[BatchRow]) -> Prefetched:
+        """Everything the batches' messages are built from, in a few queries for the group."""
+        rows = self.repo.recipients_of_batches(conn, [b.id for b in batches])
+        pre = Prefetched()
+        for row in rows:
+            if row.status in ("pending", "queued"):
+                pre.recipients.setdefault(int(row.batchid), []).append(row)
+        keys = {(int(r.jobid), str(r.contentkey)) for r in rows if r.contentkey and r.contentkey[0] == "e"}
+        if keys:
+            if self.iomad is None:
+                raise BuildError("IOMAD contents requested but no IOMAD schema is available")
+            pre.rendered = self.iomad.load_rendered(conn, sorted({int(k[1:].rstrip("r")) for _, k in keys}))
+            redacted: dict[int, list[int]] = {}
+            for jobid, key in keys:
+                if key.endswith("r"):
+                    redacted.setdefault(jobid, []).append(int(key[1:-1]))
+            for jobid, emailids in redacted.items():
+                for emailid, password in self._passwords(conn, jobid, emailids).items():
+                    pre.passwords[(jobid, emailid)] = password
+        return pre
+
+    def _contents(
+        self, job: sa.Row[Any], recipients: list[sa.Row[Any]], pre: Prefetched
+    ) -> dict[str, dict[str, Any]]:
+        contents: dict[str, dict[str, Any]] = {}
+        for key in sorted({str(r.contentkey) for r in recipients if r.contentkey}):
+            if key.startswith("t"):
+                if job.template is None:
+                    raise BuildError(f"job {job.id} has no template for content {key}")
+                contents[key] = template_content(str(job.template))
+                continue
+            if self.iomad is None:
+                raise BuildError("IOMAD contents requested but no IOMAD schema is available")
+            emailid = int(key[1:].rstrip("r"))
+            if emailid not in pre.rendered:
+                raise BuildError(f"IOMAD queue row {emailid} is gone")
+            subject, body = pre.rendered[emailid]
+            if key.endswith("r"):
+                body = self.iomad.redact(body, pre.passwords.get((int(job.id), emailid)))
+            contents[key] = rendered_content(subject, body)
+        return contents
+
+    def _passwords(self, conn: sa.Connection, jobid: int, emailids: list[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for row in self.repo.recipients_of_emails(conn, jobid, emailids, "user"):
+            if row.secret and self.box is not None:
+                try:
+                    out[int(row.emailid)] = self.box.open(
+                        str(row.secret), associated_data(jobid, str(row.dedupekey))
+                    )
+                except SecretError:
+                    continue  # redact() without the password still removes the password line
+        return out
+
+    def _job(self, conn: sa.Connection, jobid: int) -> tuple[sa.Row[Any], JobHeader]:
+        """The job row and its header, read once per job per ``submit_due`` call."""
+        cached = self._jobs.get(jobid)
+        if cached is None:
+            job = self.repo.job(conn, jobid)
+            if job is None:
+                raise BuildError(f"job {jobid} does not exist")
+            header = self.job_header(job, self.repo.get_settings(conn, int(job.companyid)))
+            cached = self._jobs[jobid] = (job, header)
+        return cached
+
+    def build(
+        self, conn: sa.Connection, batch: BatchRow, pre: Prefetched | None = None
+    ) -> tuple[bytes, QueueLimits]:
+        job, header = self._job(conn, batch.jobid)
+        if pre is None:
+            pre = self.prefetch(conn, [batch])
+        recipients = pre.recipients.get(batch.id, [])
+        if not recipients:
+            raise BuildError("batch has no recipients left to send")
+        contents = self._contents(job, recipients, pre)
+        entries = [
+            recipient_entry(
+                str(r.id),
+                str(r.address),
+                str(r.fullname or ""),
+                r.contentkey,
+                json.loads(r.data) if r.data else None,
+                str(job.jobtype),
+            )
+            for r in recipients
+        ]
+        limits = QueueLimits.for_provider(str(job.provider), self.config.submit.max_recipients)
+        body = encode_batch(header, batch.batchkey, contents, entries)
+        if len(body) > limits.max_bytes:
+            body = self._offload_largest(header, batch, contents, entries, limits)
+        return body, limits
+
+    def _offload_largest(
+        self,
+        header: JobHeader,
+        batch: BatchRow,
+        contents: dict[str, dict[str, Any]],
+        entries: list[dict[str, Any]],
+        limits: QueueLimits,
+    ) -> bytes:
+        if self.upload is None or not self.config.aws.content_bucket:
+            raise BuildError("batch is over the queue limit and no content bucket is configured")
+        by_size = sorted(contents, key=lambda k: len(encode_message(contents[k])), reverse=True)
+        for key in by_size:
+            encoded = encode_message(contents[key])
+            object_key = f"contents/company-{header.companyid}/{header.jobid}/{key}.json"
+            try:
+                self.upload(object_key, encoded)
+            except Exception as exc:  # any storage failure: not accepted, retry later
+                code = (
+                    getattr(exc, "response", {}).get("Error", {}).get("Code")
+                    if hasattr(exc, "response")
+                    else None
+                )
+                raise SubmitError(f"content bucket: {code or type(exc).__name__}") from None
+            contents[key] = {
+                "kind": "reference",
+                "ref": {
+                    "store": "s3",
+                    "bucket": self.config.aws.content_bucket,
+                    "key": object_key,
+                    "sha256": hashlib.sha256(encoded).hexdigest(),
+                    "bytes": len(encoded),
+                    "content_type": "application/json",
+                },
+            }
+            body = encode_batch(header, batch.batchkey, contents, entries)
+            if len(body) <= limits.max_bytes:
+                return body
+        raise BuildError("batch is over the queue limit even with every content by reference")
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit_due(
+        self, *, limit: int = 10_000, progress: Callable[[int, int], None] | None = None
+    ) -> OutboxReport:
+        report = OutboxReport()
+        self._jobs.clear()  # settings may have changed since the last pass
+        self._queued_jobs.clear()
+        at = self.clock()
+        with self.engine.connect() as conn:
+            batches = self.repo.due_batches(conn, at, limit)
+        #: target -> (error, nexttry) once it failed in this pass: its other batches wait too
+        down: dict[str, tuple[str, int]] = {}
+        done = 0
+        for start in range(0, len(batches), LEASE_GROUP):
+            group = batches[start : start + LEASE_GROUP]
+            token = uuid.uuid4().hex
+            with self.engine.begin() as conn:
+                held = self.repo.lease_batches(conn, [b.id for b in group], at, at + LEASE_SECONDS, token)
+            pre: Prefetched | None = None
+            if held:
+                try:
+                    with self.engine.connect() as conn:
+                        pre = self.prefetch(conn, [b for b in group if b.id in held])
+                except BuildError:
+                    pre = None  # each batch then reports its own error below
+            for batch in group:
+                done += 1
+                if batch.id in held:
+                    if batch.target in down:
+                        self._defer(batch, *down[batch.target], report)
+                    else:
+                        self._submit_one(batch, report, down, pre)
+                if progress is not None:
+                    progress(done, len(batches))
+        return report
+
+    def _defer(self, batch: BatchRow, error: str, nexttry: int, report: OutboxReport) -> None:
+        """The target already failed in this pass: wait with it instead of timing out again."""
+        with self.engine.begin() as conn:
+            self.repo.mark_batch_retry(conn, batch.id, f"deferred: {error}", nexttry, count_try=False)
+        report.retried += 1
+
+    def _submit_one(
+        self,
+        batch: BatchRow,
+        report: OutboxReport,
+        down: dict[str, tuple[str, int]] | None = None,
+        pre: Prefetched | None = None,
+    ) -> None:
+        submitter = self.submitters.get(batch.target)
+        try:
+            if submitter is None:
+                raise BuildError(f"no submission target '{batch.target}' is configured")
+            with self.engine.connect() as conn:
+                body, _limits = self.build(conn, batch, pre)
+            message_id = submitter.submit(batch.messagetype, batch.batchkey, batch.companyid, body)
+        except SubmitError as exc:
+            nexttry = self._failed(batch, str(exc), report)
+            if exc.retryable and down is not None and nexttry is not None:
+                down[batch.target] = (str(exc), nexttry)
+            return
+        except BuildError as exc:
+            self._failed(batch, str(exc), report)
+            return
+        with self.engine.begin() as conn:
+            if self.repo.mark_batch_submitted(conn, batch.id, message_id, len(body)):
+                self.repo.mark_batch_recipients_queued(conn, batch.id)
+                if batch.jobid not in self._queued_jobs:
+                    self.repo.mark_job_queued(conn, batch.jobid, self.clock())
+                    self._queued_jobs.add(batch.jobid)
+        report.submitted += 1
+
+    def _failed(self, batch: BatchRow, error: str, report: OutboxReport) -> int | None:
+        """Record a failed attempt; returns the next try time (None when abandoned)."""
+        at = self.clock()
+        nexttry: int | None = None
+        with self.engine.begin() as conn:
+            job = self.repo.job(conn, batch.jobid)
+            created = int(job.timecreated) if job is not None else at
+            if at - created > self.config.job_deadline_seconds:
+                self.repo.mark_batch_abandoned(conn, batch.id, error)
+                report.abandoned += 1
+                report.restored_rows += self._fall_back(conn, batch)
+                self.repo.audit(
+                    conn,
+                    "cron",
+                    "batch_abandoned",
+                    jobid=batch.jobid,
+                    companyid=batch.companyid,
+                    detail={"batch": batch.batchkey, "error": error[:200]},
+                )
+            else:
+                delay = backoff_seconds(
+                    batch.tries + 1,
+                    self.config.submit.retry_base_seconds,
+                    self.config.submit.retry_max_seconds,
+                    self.rng,
+                )
+                nexttry = at + delay
+                self.repo.mark_batch_retry(conn, batch.id, error, nexttry)
+                report.retried += 1
+        report.errors.append(f"batch {batch.batchkey}: {error}")
+        return nexttry
+
+    def _fall_back(self, conn: sa.Connection, batch: BatchRow) -> int:
+        """Recipients of a batch the queue never accepted: back to IOMAD, or failed and surfaced.
+
+        A row goes back to IOMAD only when none of its recipients reached the cloud (else IOMAD
+        would send those a second copy); otherwise its unsent recipients fail with
+        ``submit_abandoned`` (under-sending, surfaced, never over-sending).
+        """
+        recipients = [r for r in self.repo.batch_recipients(conn, batch.id) if r.status == "pending"]
+        settings = self.repo.get_settings(conn, batch.companyid)
+        fallback = settings.fallbacklocal if settings else True
+        r = self.repo.t.recipients
+        emailids = sorted({int(x.emailid) for x in recipients if x.emailid is not None})
+        reached: set[int] = set()
+        if emailids:
+            reached = {
+                int(e)
+                for e in conn.execute(
+                    sa.select(r.c.emailid)
+                    .where(r.c.emailid.in_(emailids), r.c.batchid != batch.id, r.c.status != "pending")
+                    .distinct()
+                ).scalars()
+            }
+        restorable = [e for e in emailids if e not in reached] if fallback and self.iomad else []
+        restored: list[int] = []
+        if restorable and self.iomad is not None:
+            restored = self.iomad.restore(conn, self.repo.original_dues(conn, restorable))
+            self.repo.set_claims_state(conn, restored, "released")
+        back = [int(x.id) for x in recipients if x.emailid is not None and int(x.emailid) in set(restored)]
+        rest = [int(x.id) for x in recipients if int(x.id) not in set(back)]
+        self.repo.set_recipients_status(
+            conn,
+            back,
+            "restored",
+            errorcode="submit_abandoned",
+            errormessage="the queue did not accept the batch; IOMAD sends it",
+        )
+        self.repo.set_recipients_status(
+            conn,
+            rest,
+            "failed",
+            errorcode="submit_abandoned",
+            errormessage="the queue did not accept the batch before the deadline",
+        )
+        self.repo.refresh_job_totals(conn, [batch.jobid])
+        return len(restored)

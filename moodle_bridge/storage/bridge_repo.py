@@ -1,0 +1,483 @@
+"""All SQL on the bridge's own tables, in one place (IOMAD's SQL is in moodle_bridge.iomad).
+
+Every function takes an open connection, so the caller decides the transaction: the
+claim pass writes claims, jobs, recipients and outbox batches in ONE transaction per chunk.
+Bulk writes use ``executemany`` in chunks; nothing here issues a statement per recipient.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from moodle_bridge.routing import CompanySettings
+from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.database import chunked, now
+
+OFFLOAD_ENABLED_KEY = "offload_enabled"
+#: Rows per executemany / IN (...) list: small enough for every engine's parameter limit.
+CHUNK = 1000
+
+#: Recipient statuses after which nothing more happens to the recipient (secrets deleted).
+FINAL_RECIPIENT_STATUSES = (
+    "sent",
+    "delivered",
+    "failed",
+    "bounced",
+    "complained",
+    "skipped",
+    "cancelled",
+    "restored",
+)
+
+
+def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows without their NULL values, grouped by the columns left.
+
+    ``executemany`` needs one column list per statement; leaving NULL columns out (the
+    default) shrinks what the driver escapes and sends for the common row (a recipient with
+    no error and no secret) while keeping every statement a multi-row insert.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        compact = {k: v for k, v in row.items() if v is not None}
+        groups.setdefault(tuple(sorted(compact)), []).append(compact)
+    return list(groups.values())
+
+
+def _json(detail: Mapping[str, Any] | None) -> str | None:
+    return None if detail is None else json.dumps(dict(detail), sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: int
+    jobid: int
+    companyid: int
+    batchkey: str
+    messagetype: str
+    attempt: int
+    target: str
+    recipientcount: int
+    tries: int
+
+
+class BridgeRepo:
+    def __init__(self, tables: BridgeTables) -> None:
+        self.t = tables
+
+    # -- configuration and the global switch ---------------------------------------------
+
+    def get_config(self, conn: sa.Connection, name: str) -> str | None:
+        c = self.t.config.c
+        value: str | None = conn.execute(sa.select(c.value).where(c.name == name)).scalar_one_or_none()
+        return value
+
+    def set_config(self, conn: sa.Connection, name: str, value: str) -> None:
+        cfg = self.t.config
+        if not conn.execute(
+            cfg.update().where(cfg.c.name == name).values(value=value, timemodified=now())
+        ).rowcount:
+            conn.execute(cfg.insert().values(name=name, value=value, timemodified=now()))
+
+    def offload_enabled(self, conn: sa.Connection) -> bool:
+        return self.get_config(conn, OFFLOAD_ENABLED_KEY) == "1"
+
+    def set_offload_enabled(self, conn: sa.Connection, enabled: bool) -> None:
+        self.set_config(conn, OFFLOAD_ENABLED_KEY, "1" if enabled else "0")
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def audit(
+        self,
+        conn: sa.Connection,
+        actor: str,
+        action: str,
+        *,
+        companyid: int | None = None,
+        jobid: int | None = None,
+        detail: Mapping[str, Any] | None = None,
+        sourceaddress: str | None = None,
+    ) -> None:
+        """Append to the audit log. ``detail`` holds ids, counts and codes: never a body or secret."""
+        conn.execute(
+            self.t.audit_log.insert().values(
+                timecreated=now(),
+                actor=actor[:100],
+                action=action[:64],
+                companyid=companyid,
+                jobid=jobid,
+                sourceaddress=sourceaddress,
+                detail=_json(detail),
+            )
+        )
+
+    # -- company settings ----------------------------------------------------------------
+
+    @staticmethod
+    def _settings(row: sa.Row[Any]) -> CompanySettings:
+        return CompanySettings(
+            companyid=int(row.companyid),
+            cloudenabled=bool(row.cloudenabled),
+            provider=str(row.provider),
+            allowemail=bool(row.allowemail),
+            allowcertificates=bool(row.allowcertificates),
+            threshold=int(row.threshold),
+            fallbacklocal=bool(row.fallbacklocal),
+            sesstenant=row.sesstenant,
+            senderaddress=row.senderaddress,
+            sendername=row.sendername,
+            certtemplate=str(row.certtemplate),
+        )
+
+    def all_settings(self, conn: sa.Connection) -> dict[int, CompanySettings]:
+        s = self.t.company_settings
+        rows = conn.execute(sa.select(s).order_by(s.c.companyid))
+        return {int(r.companyid): self._settings(r) for r in rows}
+
+    def get_settings(self, conn: sa.Connection, companyid: int) -> CompanySettings | None:
+        s = self.t.company_settings
+        row = conn.execute(sa.select(s).where(s.c.companyid == companyid)).first()
+        return None if row is None else self._settings(row)
+
+    def save_settings(self, conn: sa.Connection, settings: CompanySettings, actor: str) -> None:
+        s = self.t.company_settings
+        values = {
+            "cloudenabled": int(settings.cloudenabled),
+            "provider": settings.provider,
+            "allowemail": int(settings.allowemail),
+            "allowcertificates": int(settings.allowcertificates),
+            "threshold": settings.threshold,
+            "fallbacklocal": int(settings.fallbacklocal),
+            "sesstenant": settings.sesstenant,
+            "senderaddress": settings.senderaddress,
+            "sendername": settings.sendername,
+            "certtemplate": settings.certtemplate,
+            "timemodified": now(),
+            "modifiedby": actor[:100],
+        }
+        if not conn.execute(s.update().where(s.c.companyid == settings.companyid).values(**values)).rowcount:
+            conn.execute(s.insert().values(companyid=settings.companyid, timecreated=now(), **values))
+
+    # -- claims ----------------------------------------------------------------------------
+
+    def already_claimed(self, conn: sa.Connection, emailids: Sequence[int]) -> set[int]:
+        """Rows the bridge has ever claimed (any state): a released row belongs to IOMAD for good."""
+        c = self.t.claims.c
+        out: set[int] = set()
+        for part in chunked(list(emailids), CHUNK):
+            out.update(
+                int(r) for r in conn.execute(sa.select(c.emailid).where(c.emailid.in_(part))).scalars()
+            )
+        return out
+
+    def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        for group in _by_shape(rows):
+            for part in chunked(group, CHUNK):
+                conn.execute(self.t.claims.insert(), part)
+
+    def set_claims_state(
+        self, conn: sa.Connection, emailids: Sequence[int], state: str, *, final: bool = False
+    ) -> None:
+        c = self.t.claims
+        values: dict[str, Any] = {"state": state}
+        if state == "released":
+            values["timereleased"] = now()
+        if final:
+            values["timefinal"] = now()
+        for part in chunked(list(emailids), CHUNK):
+            conn.execute(c.update().where(c.c.emailid.in_(part)).values(**values))
+
+    def original_dues(self, conn: sa.Connection, emailids: Sequence[int]) -> dict[int, int]:
+        c = self.t.claims.c
+        out: dict[int, int] = {}
+        for part in chunked(list(emailids), CHUNK):
+            for emailid, due in conn.execute(sa.select(c.emailid, c.originaldue).where(c.emailid.in_(part))):
+                out[int(emailid)] = int(due)
+        return out
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def create_job(self, conn: sa.Connection, **values: Any) -> int:
+        t = now()
+        values.setdefault("timecreated", t)
+        values.setdefault("timemodified", t)
+        key = conn.execute(self.t.jobs.insert().values(**values)).inserted_primary_key
+        if key is None:  # pragma: no cover - every engine returns the new id
+            raise RuntimeError("the database did not return the new job id")
+        return int(key[0])
+
+    def update_job(self, conn: sa.Connection, jobid: int, **values: Any) -> None:
+        values.setdefault("timemodified", now())
+        conn.execute(self.t.jobs.update().where(self.t.jobs.c.id == jobid).values(**values))
+
+    def mark_job_queued(self, conn: sa.Connection, jobid: int, at: int) -> None:
+        """pending -> queued when its first batch is accepted (no read needed)."""
+        j = self.t.jobs
+        conn.execute(
+            j.update()
+            .where(j.c.id == jobid, j.c.status == "pending")
+            .values(status="queued", timesubmitted=at, timemodified=at)
+        )
+
+    def job(self, conn: sa.Connection, jobid: int) -> sa.Row[Any] | None:
+        return conn.execute(sa.select(self.t.jobs).where(self.t.jobs.c.id == jobid)).first()
+
+    def refresh_job_totals(self, conn: sa.Connection, jobids: Iterable[int]) -> None:
+        """Recount the job's recipients by status (one grouped query per job)."""
+        r = self.t.recipients.c
+        column_for = {
+            "sent": "recipientssent",
+            "delivered": "recipientssent",
+            "failed": "recipientsfailed",
+            "bounced": "recipientsbounced",
+            "complained": "recipientscomplained",
+            "skipped": "recipientsskipped",
+            "cancelled": "recipientscancelled",
+            "restored": "recipientscancelled",
+        }
+        for jobid in set(jobids):
+            counts = dict.fromkeys(set(column_for.values()), 0)
+            total = 0
+            for status, n in conn.execute(
+                sa.select(r.status, sa.func.count()).where(r.jobid == jobid).group_by(r.status)
+            ):
+                total += int(n)
+                if status in column_for:
+                    counts[column_for[status]] += int(n)
+            self.update_job(conn, jobid, recipientstotal=total, **counts)
+
+    # -- recipients ------------------------------------------------------------------------
+
+    def insert_recipients(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        for group in _by_shape(rows):
+            for part in chunked(group, CHUNK):
+                conn.execute(self.t.recipients.insert(), part)
+
+    def batch_recipients(self, conn: sa.Connection, batchid: int) -> list[sa.Row[Any]]:
+        r = self.t.recipients
+        return list(conn.execute(sa.select(r).where(r.c.batchid == batchid).order_by(r.c.id)))
+
+    def recipients_of_batches(self, conn: sa.Connection, batchids: Sequence[int]) -> list[sa.Row[Any]]:
+        """Recipients of several batches at once (the outbox's lease group), by batch then id."""
+        r = self.t.recipients.c
+        out: list[sa.Row[Any]] = []
+        for part in chunked(sorted(set(batchids)), CHUNK):
+            out.extend(
+                conn.execute(
+                    sa.select(
+                        r.id,
+                        r.jobid,
+                        r.batchid,
+                        r.emailid,
+                        r.role,
+                        r.address,
+                        r.fullname,
+                        r.contentkey,
+                        r.data,
+                        r.status,
+                    )
+                    .where(r.batchid.in_(part))
+                    .order_by(r.batchid, r.id)
+                )
+            )
+        return out
+
+    def recipients_of_emails(
+        self, conn: sa.Connection, jobid: int, emailids: Sequence[int], role: str
+    ) -> list[sa.Row[Any]]:
+        r = self.t.recipients
+        out: list[sa.Row[Any]] = []
+        for part in chunked(list(emailids), CHUNK):
+            out.extend(
+                conn.execute(sa.select(r).where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.role == role))
+            )
+        return out
+
+    def record_certificates(
+        self, conn: sa.Connection, jobid: int, companyid: int, emailids: Sequence[int]
+    ) -> None:
+        """One ``mrcloud_certificates`` row per certificate recipient (verification code issued)."""
+        r = self.t.recipients.c
+        rows: list[dict[str, Any]] = []
+        for part in chunked(sorted(set(emailids)), CHUNK):
+            for rid, userid, data in conn.execute(
+                sa.select(r.id, r.userid, r.data).where(
+                    r.jobid == jobid, r.emailid.in_(part), r.status == "pending", r.data.is_not(None)
+                )
+            ):
+                payload = json.loads(data)
+                rows.append(
+                    {
+                        "companyid": companyid,
+                        "userid": userid,
+                        "courseid": payload.get("courseid"),
+                        "recipientid": int(rid),
+                        "verifycode": payload["certificate"]["verification_code"],
+                    }
+                )
+        for part in chunked(rows, CHUNK):
+            conn.execute(self.t.certificates.insert(), part)
+
+    def set_recipients_status(
+        self,
+        conn: sa.Connection,
+        recipientids: Sequence[int],
+        status: str,
+        *,
+        errorcode: str | None = None,
+        errormessage: str | None = None,
+        only_from: Sequence[str] | None = None,
+    ) -> int:
+        r = self.t.recipients
+        values: dict[str, Any] = {"status": status, "timemodified": now()}
+        if errorcode is not None:
+            values.update(errorcode=errorcode, errormessage=(errormessage or "")[:1000])
+        if status in FINAL_RECIPIENT_STATUSES:
+            values.update(timefinal=now(), secret=None)
+        changed = 0
+        for part in chunked(list(recipientids), CHUNK):
+            stmt = r.update().where(r.c.id.in_(part))
+            if only_from is not None:
+                stmt = stmt.where(r.c.status.in_(list(only_from)))
+            changed += conn.execute(stmt.values(**values)).rowcount
+        return changed
+
+    def mark_batch_recipients_queued(self, conn: sa.Connection, batchid: int) -> None:
+        r = self.t.recipients
+        conn.execute(
+            r.update()
+            .where(r.c.batchid == batchid, r.c.status == "pending")
+            .values(status="queued", attempts=r.c.attempts + 1, timemodified=now())
+        )
+
+    def restore_recipients_of_rows(
+        self, conn: sa.Connection, jobid: int, emailids: Sequence[int], code: str, message: str
+    ) -> None:
+        """Recipients of rows given back to IOMAD: ``restored`` with the reason."""
+        r = self.t.recipients
+        for part in chunked(list(emailids), CHUNK):
+            conn.execute(
+                r.update()
+                .where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.status.in_(("pending", "failed")))
+                .values(status="restored", errorcode=code, errormessage=message[:1000], secret=None)
+            )
+
+    def clear_final_secrets(self, conn: sa.Connection) -> int:
+        """Delete encrypted temporary passwords of recipients whose outcome is final."""
+        r = self.t.recipients
+        return int(
+            conn.execute(
+                r.update()
+                .where(r.c.secret.is_not(None), r.c.status.in_(FINAL_RECIPIENT_STATUSES))
+                .values(secret=None)
+            ).rowcount
+        )
+
+    # -- outbox batches ----------------------------------------------------------------------
+
+    def insert_batches(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert outbox rows; returns batchkey -> id (one extra SELECT per chunk)."""
+        b = self.t.batches
+        ids: dict[str, int] = {}
+        for part in chunked(rows, CHUNK):
+            conn.execute(b.insert(), part)
+            keys = [row["batchkey"] for row in part]
+            for key, bid in conn.execute(sa.select(b.c.batchkey, b.c.id).where(b.c.batchkey.in_(keys))):
+                ids[str(key)] = int(bid)
+        return ids
+
+    def due_batches(self, conn: sa.Connection, at: int, limit: int) -> list[BatchRow]:
+        b = self.t.batches
+        rows = conn.execute(
+            sa.select(
+                b.c.id,
+                b.c.jobid,
+                b.c.companyid,
+                b.c.batchkey,
+                b.c.messagetype,
+                b.c.attempt,
+                b.c.target,
+                b.c.recipientcount,
+                b.c.tries,
+            )
+            .where(b.c.status == "pending", b.c.nexttry <= at)
+            .order_by(b.c.nexttry, b.c.id)
+            .limit(limit)
+        )
+        return [BatchRow(*(row)) for row in rows]
+
+    def pending_batch_count(self, conn: sa.Connection) -> int:
+        b = self.t.batches
+        return int(conn.execute(sa.select(sa.func.count()).where(b.c.status == "pending")).scalar_one())
+
+    def mark_batch_submitted(
+        self, conn: sa.Connection, batchid: int, queuemessageid: str, nbytes: int
+    ) -> bool:
+        """pending -> submitted; False if another process got there first."""
+        b = self.t.batches
+        done = conn.execute(
+            b.update()
+            .where(b.c.id == batchid, b.c.status == "pending")
+            .values(
+                status="submitted",
+                queuemessageid=queuemessageid[:255],
+                bytes=nbytes,
+                tries=b.c.tries + 1,
+                lasterror=None,
+                leasetoken=None,
+                timesubmitted=now(),
+            )
+        ).rowcount
+        return bool(done)
+
+    def lease_batches(
+        self, conn: sa.Connection, batchids: Sequence[int], at: int, until: int, token: str
+    ) -> set[int]:
+        """Take due pending batches for submission; returns the ids this submitter now holds.
+
+        The lease moves ``nexttry`` past the time the group may take, so concurrent ticks (or a
+        ``jobs retry`` beside a tick) never send the same batch twice, and a submitter that
+        dies mid-send leaves its batches to be retried when the lease runs out. Two
+        statements per group, whatever its size.
+        """
+        b = self.t.batches
+        ids = list(batchids)
+        conn.execute(
+            b.update()
+            .where(b.c.id.in_(ids), b.c.status == "pending", b.c.nexttry <= at)
+            .values(nexttry=until, leasetoken=token)
+        )
+        return {
+            int(i)
+            for i in conn.execute(
+                sa.select(b.c.id).where(b.c.id.in_(ids), b.c.leasetoken == token, b.c.status == "pending")
+            ).scalars()
+        }
+
+    def mark_batch_retry(
+        self, conn: sa.Connection, batchid: int, error: str, nexttry: int, *, count_try: bool = True
+    ) -> None:
+        b = self.t.batches
+        conn.execute(
+            b.update()
+            .where(b.c.id == batchid, b.c.status == "pending")
+            .values(
+                tries=b.c.tries + (1 if count_try else 0),
+                nexttry=nexttry,
+                lasterror=error[:1000],
+                leasetoken=None,
+            )
+        )
+
+    def mark_batch_abandoned(self, conn: sa.Connection, batchid: int, error: str) -> None:
+        b = self.t.batches
+        conn.execute(
+            b.update()
+            .where(b.c.id == batchid, b.c.status == "pending")
+            .values(status="abandoned", lasterror=error[:1000])
+        )

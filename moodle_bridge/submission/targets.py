@@ -1,0 +1,177 @@
+"""Where a packed batch goes: SQS directly, the API Gateway intake, or the Worker intake.
+
+Every target takes the exact encoded contract message and returns the id the queue
+assigned once it has *accepted* the message; anything else raises ``SubmitError``. Errors
+carry the target and the status or error code only, never the body (it may hold a
+temporary password).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from offload_contract.codec import decode_message, encode_message
+from offload_contract.limits import CONTRACT_VERSION
+from offload_contract.signing import derive_company_key, make_key_id, sign_request
+
+#: Transport libraries that log request bodies at DEBUG (botocore logs SendMessage bodies,
+#: which hold the user's own copy of a password mail). They are capped at WARNING whenever a
+#: submitter exists, whatever the root logger's level.
+_BODY_LOGGING_LOGGERS = ("botocore", "boto3", "urllib3", "httpx", "httpcore", "s3transfer")
+
+
+def quiet_transport_loggers() -> None:
+    for name in _BODY_LOGGING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+class SubmitError(Exception):
+    """The target did not accept the batch. ``retryable`` False means retrying cannot help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Submitter(Protocol):
+    #: sqs | api_gateway | worker (stored on the outbox row).
+    target: str
+
+    def submit(self, message_type: str, batch_id: str, company_id: int, body: bytes) -> str:
+        """Hand ``body`` (an encoded email_batch or certificate_batch) to the queue."""
+
+
+def build_envelope(message_type: str, batch_id: str, body: bytes, sent_at: int | None = None) -> bytes:
+    """The signed HTTPS body: ``{contract_version, message_type, message_id, sent_at, message}``."""
+    envelope = {
+        "contract_version": CONTRACT_VERSION,
+        "message_type": message_type,
+        "message_id": batch_id,
+        "sent_at": int(time.time()) if sent_at is None else sent_at,
+        "message": decode_message(body),
+    }
+    return encode_message(envelope)
+
+
+class SqsSubmitter:
+    """One ``SendMessage`` per batch.
+
+    A batch may be up to 1 MiB, and ``SendMessageBatch`` limits the *sum* of its entries
+    to the same size as a single message, so batching several packed batches into one call
+    would only work for small ones; one call per batch keeps a failure scoped to one batch.
+    """
+
+    target = "sqs"
+
+    def __init__(self, client: Any, queue_urls: Mapping[str, str]) -> None:
+        quiet_transport_loggers()
+        self._client = client
+        self._queues = dict(queue_urls)
+
+    def submit(self, message_type: str, batch_id: str, company_id: int, body: bytes) -> str:
+        url = self._queues.get(message_type)
+        if not url:
+            raise SubmitError(f"no SQS queue configured for {message_type}", retryable=False)
+        try:
+            response = self._client.send_message(
+                QueueUrl=url,
+                MessageBody=body.decode("utf-8"),
+                MessageAttributes={
+                    "batch_id": {"DataType": "String", "StringValue": batch_id},
+                    "company_id": {"DataType": "Number", "StringValue": str(company_id)},
+                },
+            )
+        except Exception as exc:  # botocore raises many kinds; all mean "not accepted"
+            code = (
+                getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if hasattr(exc, "response")
+                else None
+            )
+            raise SubmitError(f"sqs: {code or type(exc).__name__}") from None
+        return str(response["MessageId"])
+
+
+class _SignedHttpsSubmitter:
+    target = "https"
+
+    def __init__(
+        self,
+        url: str,
+        keyset: str,
+        root_secret: bytes,
+        *,
+        client: httpx.Client | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        quiet_transport_loggers()
+        self._url = url
+        self._path = urlsplit(url).path or "/"
+        self._keyset = keyset
+        self._root = root_secret
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def _extra_headers(self, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        return headers
+
+    def submit(self, message_type: str, batch_id: str, company_id: int, body: bytes) -> str:
+        envelope = build_envelope(message_type, batch_id, body)
+        key_id = make_key_id(self._keyset, company_id)
+        headers = sign_request(
+            derive_company_key(self._root, company_id), key_id, "POST", self._path, envelope
+        )
+        headers["Content-Type"] = "application/json"
+        headers = self._extra_headers(envelope, headers)
+        try:
+            response = self._client.post(self._url, content=envelope, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SubmitError(f"{self.target}: {type(exc).__name__}") from None
+        if response.status_code >= 300:
+            retryable = response.status_code in (408, 409, 425, 429) or response.status_code >= 500
+            raise SubmitError(f"{self.target}: HTTP {response.status_code}", retryable=retryable)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        message_id = answer.get("message_id") if isinstance(answer, dict) else None
+        return str(message_id or batch_id)
+
+
+class WorkerSubmitter(_SignedHttpsSubmitter):
+    """The Cloudflare Worker's HTTPS intake (signed with the contract's HMAC headers)."""
+
+    target = "worker"
+
+
+class ApiGatewaySubmitter(_SignedHttpsSubmitter):
+    """The API Gateway intake ``POST /v1/batches``: IAM (SigV4) plus the contract's HMAC headers."""
+
+    target = "api_gateway"
+
+    def __init__(
+        self,
+        url: str,
+        keyset: str,
+        root_secret: bytes,
+        *,
+        region: str,
+        credentials: Any,
+        client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(url, keyset, root_secret, client=client)
+        self._region = region
+        self._credentials = credentials
+
+    def _extra_headers(self, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        request = AWSRequest(method="POST", url=self._url, data=body, headers=headers)
+        SigV4Auth(self._credentials, "execute-api", self._region).add_auth(request)
+        return dict(request.headers.items())
