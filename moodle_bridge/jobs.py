@@ -134,7 +134,6 @@ def add_recipients(
                 "contentkey": p.contentkey,
                 "data": None if p.data is None else json.dumps(dict(p.data), sort_keys=True),
                 "status": status,
-                "attempts": 0,
                 "batchid": batchid,
                 "errorcode": code,
                 "errormessage": None if message is None else message[:1000],

@@ -107,6 +107,12 @@ STEPS: tuple[Step, ...] = (
         _add_columns(("batches", "companyid"), ("batches", "messagetype")),
         adds_columns=(("batches", "companyid"), ("batches", "messagetype")),
     ),
+    Step(
+        3,
+        "outbox leases: batches taken for submission in groups, one commit per group",
+        _add_columns(("batches", "leasetoken")),
+        adds_columns=(("batches", "leasetoken"),),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

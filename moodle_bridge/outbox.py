@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,6 +80,15 @@ def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: B
 
 
 @dataclass
+class Prefetched:
+    """A lease group's recipients, IOMAD bodies and (decrypted, in memory only) passwords."""
+
+    recipients: dict[int, list[sa.Row[Any]]] = field(default_factory=dict)
+    rendered: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
+    passwords: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
 class OutboxReport:
     submitted: int = 0
     retried: int = 0
@@ -94,8 +104,10 @@ def backoff_seconds(tries: int, base: int, cap: int, rng: random.Random | None =
     return max(1, int(delay / 2 + r.random() * delay / 2))
 
 
-#: How long a submitter owns a batch it is sending (longer than any submit time-out).
-LEASE_SECONDS = 120
+#: Batches leased (taken) per group: one commit per group instead of one per batch.
+LEASE_GROUP = 25
+#: How long a submitter owns a leased group (longer than the group's submit time-outs).
+LEASE_SECONDS = 600
 
 ContentUploader = Callable[[str, bytes], None]  # (key, encoded content) -> None
 
@@ -123,38 +135,53 @@ class Outbox:
         self.upload = upload
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311
+        self._jobs: dict[int, tuple[sa.Row[Any], JobHeader]] = {}
+        self._queued_jobs: set[int] = set()
 
     # -- building --------------------------------------------------------------------------
 
     def job_header(self, job: sa.Row[Any], settings: CompanySettings | None) -> JobHeader:
         return job_header_for(job, settings, self.config)
 
+    def prefetch(self, conn: sa.Connection, batches: list[BatchRow]) -> Prefetched:
+        """Everything the batches' messages are built from, in a few queries for the group."""
+        rows = self.repo.recipients_of_batches(conn, [b.id for b in batches])
+        pre = Prefetched()
+        for row in rows:
+            if row.status in ("pending", "queued"):
+                pre.recipients.setdefault(int(row.batchid), []).append(row)
+        keys = {(int(r.jobid), str(r.contentkey)) for r in rows if r.contentkey and r.contentkey[0] == "e"}
+        if keys:
+            if self.iomad is None:
+                raise BuildError("IOMAD contents requested but no IOMAD schema is available")
+            pre.rendered = self.iomad.load_rendered(conn, sorted({int(k[1:].rstrip("r")) for _, k in keys}))
+            redacted: dict[int, list[int]] = {}
+            for jobid, key in keys:
+                if key.endswith("r"):
+                    redacted.setdefault(jobid, []).append(int(key[1:-1]))
+            for jobid, emailids in redacted.items():
+                for emailid, password in self._passwords(conn, jobid, emailids).items():
+                    pre.passwords[(jobid, emailid)] = password
+        return pre
+
     def _contents(
-        self, conn: sa.Connection, job: sa.Row[Any], recipients: list[sa.Row[Any]]
+        self, job: sa.Row[Any], recipients: list[sa.Row[Any]], pre: Prefetched
     ) -> dict[str, dict[str, Any]]:
-        keys = {str(r.contentkey) for r in recipients if r.contentkey}
         contents: dict[str, dict[str, Any]] = {}
-        template_keys = {k for k in keys if k.startswith("t")}
-        for key in template_keys:
-            if job.template is None:
-                raise BuildError(f"job {job.id} has no template for content {key}")
-            contents[key] = template_content(str(job.template))
-        email_keys = keys - template_keys
-        if not email_keys:
-            return contents
-        if self.iomad is None:
-            raise BuildError("IOMAD contents requested but no IOMAD schema is available")
-        ids = sorted({int(k[1:].rstrip("r")) for k in email_keys})
-        rendered = self.iomad.load_rendered(conn, ids)
-        redacted_ids = [int(k[1:-1]) for k in email_keys if k.endswith("r")]
-        passwords = self._passwords(conn, int(job.id), redacted_ids) if redacted_ids else {}
-        for key in email_keys:
+        for key in sorted({str(r.contentkey) for r in recipients if r.contentkey}):
+            if key.startswith("t"):
+                if job.template is None:
+                    raise BuildError(f"job {job.id} has no template for content {key}")
+                contents[key] = template_content(str(job.template))
+                continue
+            if self.iomad is None:
+                raise BuildError("IOMAD contents requested but no IOMAD schema is available")
             emailid = int(key[1:].rstrip("r"))
-            if emailid not in rendered:
+            if emailid not in pre.rendered:
                 raise BuildError(f"IOMAD queue row {emailid} is gone")
-            subject, body = rendered[emailid]
+            subject, body = pre.rendered[emailid]
             if key.endswith("r"):
-                body = self.iomad.redact(body, passwords.get(emailid))
+                body = self.iomad.redact(body, pre.passwords.get((int(job.id), emailid)))
             contents[key] = rendered_content(subject, body)
         return contents
 
@@ -170,18 +197,27 @@ class Outbox:
                     continue  # redact() without the password still removes the password line
         return out
 
-    def build(self, conn: sa.Connection, batch: BatchRow) -> tuple[bytes, QueueLimits]:
-        job = self.repo.job(conn, batch.jobid)
-        if job is None:
-            raise BuildError(f"job {batch.jobid} does not exist")
-        settings = self.repo.get_settings(conn, int(job.companyid))
-        header = self.job_header(job, settings)
-        recipients = [
-            r for r in self.repo.batch_recipients(conn, batch.id) if r.status in ("pending", "queued")
-        ]
+    def _job(self, conn: sa.Connection, jobid: int) -> tuple[sa.Row[Any], JobHeader]:
+        """The job row and its header, read once per job per ``submit_due`` call."""
+        cached = self._jobs.get(jobid)
+        if cached is None:
+            job = self.repo.job(conn, jobid)
+            if job is None:
+                raise BuildError(f"job {jobid} does not exist")
+            header = self.job_header(job, self.repo.get_settings(conn, int(job.companyid)))
+            cached = self._jobs[jobid] = (job, header)
+        return cached
+
+    def build(
+        self, conn: sa.Connection, batch: BatchRow, pre: Prefetched | None = None
+    ) -> tuple[bytes, QueueLimits]:
+        job, header = self._job(conn, batch.jobid)
+        if pre is None:
+            pre = self.prefetch(conn, [batch])
+        recipients = pre.recipients.get(batch.id, [])
         if not recipients:
             raise BuildError("batch has no recipients left to send")
-        contents = self._contents(conn, job, recipients)
+        contents = self._contents(job, recipients, pre)
         entries = [
             recipient_entry(
                 str(r.id),
@@ -213,7 +249,15 @@ class Outbox:
         for key in by_size:
             encoded = encode_message(contents[key])
             object_key = f"contents/company-{header.companyid}/{header.jobid}/{key}.json"
-            self.upload(object_key, encoded)
+            try:
+                self.upload(object_key, encoded)
+            except Exception as exc:  # any storage failure: not accepted, retry later
+                code = (
+                    getattr(exc, "response", {}).get("Error", {}).get("Code")
+                    if hasattr(exc, "response")
+                    else None
+                )
+                raise SubmitError(f"content bucket: {code or type(exc).__name__}") from None
             contents[key] = {
                 "kind": "reference",
                 "ref": {
@@ -236,40 +280,77 @@ class Outbox:
         self, *, limit: int = 10_000, progress: Callable[[int, int], None] | None = None
     ) -> OutboxReport:
         report = OutboxReport()
+        self._jobs.clear()  # settings may have changed since the last pass
+        self._queued_jobs.clear()
         at = self.clock()
         with self.engine.connect() as conn:
             batches = self.repo.due_batches(conn, at, limit)
-        for index, batch in enumerate(batches, 1):
-            self._submit_one(batch, report)
-            if progress is not None:
-                progress(index, len(batches))
+        #: target -> (error, nexttry) once it failed in this pass: its other batches wait too
+        down: dict[str, tuple[str, int]] = {}
+        done = 0
+        for start in range(0, len(batches), LEASE_GROUP):
+            group = batches[start : start + LEASE_GROUP]
+            token = uuid.uuid4().hex
+            with self.engine.begin() as conn:
+                held = self.repo.lease_batches(conn, [b.id for b in group], at, at + LEASE_SECONDS, token)
+            pre: Prefetched | None = None
+            if held:
+                try:
+                    with self.engine.connect() as conn:
+                        pre = self.prefetch(conn, [b for b in group if b.id in held])
+                except BuildError:
+                    pre = None  # each batch then reports its own error below
+            for batch in group:
+                done += 1
+                if batch.id in held:
+                    if batch.target in down:
+                        self._defer(batch, *down[batch.target], report)
+                    else:
+                        self._submit_one(batch, report, down, pre)
+                if progress is not None:
+                    progress(done, len(batches))
         return report
 
-    def _submit_one(self, batch: BatchRow, report: OutboxReport) -> None:
-        submitter = self.submitters.get(batch.target)
-        at = self.clock()
+    def _defer(self, batch: BatchRow, error: str, nexttry: int, report: OutboxReport) -> None:
+        """The target already failed in this pass: wait with it instead of timing out again."""
         with self.engine.begin() as conn:
-            if not self.repo.lease_batch(conn, batch.id, at, at + LEASE_SECONDS):
-                return  # another submitter took it
+            self.repo.mark_batch_retry(conn, batch.id, f"deferred: {error}", nexttry, count_try=False)
+        report.retried += 1
+
+    def _submit_one(
+        self,
+        batch: BatchRow,
+        report: OutboxReport,
+        down: dict[str, tuple[str, int]] | None = None,
+        pre: Prefetched | None = None,
+    ) -> None:
+        submitter = self.submitters.get(batch.target)
         try:
             if submitter is None:
                 raise BuildError(f"no submission target '{batch.target}' is configured")
             with self.engine.connect() as conn:
-                body, _limits = self.build(conn, batch)
+                body, _limits = self.build(conn, batch, pre)
             message_id = submitter.submit(batch.messagetype, batch.batchkey, batch.companyid, body)
-        except (SubmitError, BuildError) as exc:
+        except SubmitError as exc:
+            nexttry = self._failed(batch, str(exc), report)
+            if exc.retryable and down is not None and nexttry is not None:
+                down[batch.target] = (str(exc), nexttry)
+            return
+        except BuildError as exc:
             self._failed(batch, str(exc), report)
             return
         with self.engine.begin() as conn:
             if self.repo.mark_batch_submitted(conn, batch.id, message_id, len(body)):
                 self.repo.mark_batch_recipients_queued(conn, batch.id)
-                job = self.repo.job(conn, batch.jobid)
-                if job is not None and job.status == "pending":
-                    self.repo.update_job(conn, batch.jobid, status="queued", timesubmitted=self.clock())
+                if batch.jobid not in self._queued_jobs:
+                    self.repo.mark_job_queued(conn, batch.jobid, self.clock())
+                    self._queued_jobs.add(batch.jobid)
         report.submitted += 1
 
-    def _failed(self, batch: BatchRow, error: str, report: OutboxReport) -> None:
+    def _failed(self, batch: BatchRow, error: str, report: OutboxReport) -> int | None:
+        """Record a failed attempt; returns the next try time (None when abandoned)."""
         at = self.clock()
+        nexttry: int | None = None
         with self.engine.begin() as conn:
             job = self.repo.job(conn, batch.jobid)
             created = int(job.timecreated) if job is not None else at
@@ -292,9 +373,11 @@ class Outbox:
                     self.config.submit.retry_max_seconds,
                     self.rng,
                 )
-                self.repo.mark_batch_retry(conn, batch.id, error, at + delay)
+                nexttry = at + delay
+                self.repo.mark_batch_retry(conn, batch.id, error, nexttry)
                 report.retried += 1
         report.errors.append(f"batch {batch.batchkey}: {error}")
+        return nexttry
 
     def _fall_back(self, conn: sa.Connection, batch: BatchRow) -> int:
         """Recipients of a batch the queue never accepted: back to IOMAD, or failed and surfaced.

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import sqlalchemy as sa
+from botocore.config import Config as BotoConfig
 
 from moodle_bridge.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.commands._common import fail
@@ -57,7 +58,13 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     }
     if any(queues.values()):
         client = sqs_client or boto3.client(
-            "sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
+            "sqs",
+            region_name=config.aws.region,
+            endpoint_url=config.aws.endpoint_url or None,
+            # An unreachable queue must cost seconds, not minutes: the outbox retries later.
+            config=BotoConfig(
+                connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"}
+            ),
         )
         out["sqs"] = SqsSubmitter(client, {k: v for k, v in queues.items() if v})
     root = config.keys.root_secrets().get(config.keys.current) if config.keys.current else None
@@ -74,6 +81,23 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     return out
 
 
+def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a batch into the content bucket (SSE-KMS), or None."""
+    if not config.aws.content_bucket:
+        return None
+    client = s3_client or boto3.client(
+        "s3", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
+    )
+    bucket = config.aws.content_bucket
+
+    def upload(key: str, body: bytes) -> None:
+        client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
+        )
+
+    return upload
+
+
 @dataclass
 class TickReport:
     claim: ClaimReport | None = None
@@ -83,16 +107,37 @@ class TickReport:
     notes: list[str] = field(default_factory=list)
 
 
-def reconcile_hook() -> Callable[[Any], Any] | None:
-    """``moodle_bridge.results.reconcile.reconcile`` when the results part is installed."""
+def _optional_module(name: str) -> Any:
     try:
-        module = importlib.import_module("moodle_bridge.results.reconcile")
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name in ("moodle_bridge.results", "moodle_bridge.results.reconcile"):
+        if exc.name is not None and name.startswith(exc.name):
             return None
         raise
+
+
+def reconcile_hook() -> Callable[[Any], Any] | None:
+    """``moodle_bridge.results.reconcile.reconcile`` when the results part is installed."""
+    module = _optional_module("moodle_bridge.results.reconcile")
+    if module is None:
+        return None
     hook: Callable[[Any], Any] = module.reconcile
     return hook
+
+
+def reconcile_context(ctx: TickContext) -> Any:
+    """The results part's ``ReconcileContext`` built from this pass (or the pass itself)."""
+    module = _optional_module("moodle_bridge.results.reconcile")
+    factory = getattr(module, "ReconcileContext", None) if module is not None else None
+    if factory is None:
+        return ctx
+    link_module = _optional_module("moodle_bridge.results.iomad_link")
+    link = link_module.AdapterQueue(ctx.iomad) if link_module is not None and ctx.iomad is not None else None
+    config = ctx.config
+    sqs = None
+    if config.aws.results_queue_url or config.aws.results_dlq_url:
+        sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
+    return factory(engine=ctx.engine, tables=ctx.repo.t, config=config, sqs=sqs, iomad_queue=link)
 
 
 @dataclass
@@ -140,6 +185,7 @@ def run_tick(
     *,
     claim: bool = True,
     submitters: dict[str, Submitter] | None = None,
+    upload: Callable[[str, bytes], None] | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
     claim_pass_factory: Callable[..., ClaimPass] = ClaimPass,
 ) -> TickReport:
@@ -164,11 +210,19 @@ def run_tick(
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
         if report.claim.lock_busy:
             report.notes.append("IOMAD's email cron holds its lock; claiming again next pass")
-    outbox = Outbox(engine, repo, config, targets, iomad=IomadRowContents(iomad) if iomad else None, box=box)
+    outbox = Outbox(
+        engine,
+        repo,
+        config,
+        targets,
+        iomad=IomadRowContents(iomad) if iomad else None,
+        box=box,
+        upload=upload if upload is not None else content_uploader(config),
+    )
     report.outbox = outbox.submit_due(progress=progress("submitting batches") if progress else None)
     hook = reconcile_hook()
     if hook is not None:
-        report.reconciled = hook(TickContext(engine, config, repo, iomad, targets, box))
+        report.reconciled = hook(reconcile_context(TickContext(engine, config, repo, iomad, targets, box)))
     with engine.begin() as conn:
         report.secrets_cleared = repo.clear_final_secrets(conn)
     return report

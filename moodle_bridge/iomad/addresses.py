@@ -6,15 +6,18 @@ accept (dot-atom local part, host name with a dot), needs no DNS and no dependen
 
 from __future__ import annotations
 
+import functools
 import re
 
-_ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+$")
+_DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>()\[\]\\,;:\"]")
 
 EMPTY = "empty_address"
 INVALID = "invalid_address"
 
 
+@functools.lru_cache(maxsize=65536)
 def address_problem(address: str | None) -> str | None:
     """None when ``address`` is deliverable-looking, else ``"empty_address"``/``"invalid_address"``."""
     if address is None or not address.strip():
@@ -26,10 +29,10 @@ def address_problem(address: str | None) -> str | None:
     local, sep, domain = address.rpartition("@")
     if not sep or not local or not domain or "@" in local or len(local) > 64:
         return INVALID
-    if any(not part or not _ATEXT.match(part) for part in local.split(".")):
+    if not _DOT_ATOM.match(local):
         return INVALID
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
+        ascii_domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
     except UnicodeError:
         return INVALID
     labels = ascii_domain.split(".")

@@ -8,6 +8,7 @@ Error messages never include the raw value (it can carry addresses and template 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -41,21 +42,22 @@ class TemplateSettings:
     #: every property as stored (strings/ints), for anything not modelled above
     raw: Mapping[str, object] = field(default_factory=dict, repr=False)
 
-    @property
-    def emailto_ids(self) -> list[int]:
-        return _ids(self.emailto)
+    # cached: one parsed template is shared by every queue row of that company's template
+    @functools.cached_property
+    def emailto_ids(self) -> tuple[int, ...]:
+        return tuple(_ids(self.emailto))
 
-    @property
-    def emailcc_ids(self) -> list[int]:
-        return _ids(self.emailcc)
+    @functools.cached_property
+    def emailcc_ids(self) -> tuple[int, ...]:
+        return tuple(_ids(self.emailcc))
 
-    @property
-    def emailtoother_addresses(self) -> list[str]:
-        return _addresses(self.emailtoother)
+    @functools.cached_property
+    def emailtoother_addresses(self) -> tuple[str, ...]:
+        return tuple(_addresses(self.emailtoother))
 
-    @property
-    def emailccother_addresses(self) -> list[str]:
-        return _addresses(self.emailccother)
+    @functools.cached_property
+    def emailccother_addresses(self) -> tuple[str, ...]:
+        return tuple(_addresses(self.emailccother))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Iterable, Mapping
 
@@ -100,8 +101,9 @@ def php_urldecode(text: str) -> bytes:
     return bytes(out)
 
 
-def rc4(key: bytes, data: bytes) -> bytes:
-    """Plain RC4 as Moodle's ``endecrypt`` computes it (key repeated over the 256-byte schedule)."""
+@functools.lru_cache(maxsize=8)
+def _key_schedule(key: bytes) -> tuple[int, ...]:
+    """RC4 KSA; cached because IOMAD always uses the same key."""
     if not key:
         raise ValueError("RC4 key must not be empty")
     box = list(range(256))
@@ -109,6 +111,12 @@ def rc4(key: bytes, data: bytes) -> bytes:
     for i in range(256):
         x = (x + box[i] + key[i % len(key)]) % 256
         box[i], box[x] = box[x], box[i]
+    return tuple(box)
+
+
+def rc4(key: bytes, data: bytes) -> bytes:
+    """Plain RC4 as Moodle's ``endecrypt`` computes it (key repeated over the 256-byte schedule)."""
+    box = list(_key_schedule(key))
     out = bytearray(len(data))
     a = j = 0
     for idx, byte in enumerate(data):

@@ -14,8 +14,11 @@ import sqlalchemy as sa
 
 from moodle_bridge.iomad.schema import IomadTables
 
-#: Ids per IN list. Far below every engine's bind-parameter limit (SQLite 32766, MySQL 65535).
+#: Ids per IN list of the row-locking updates (park/restore/mark): short lock holds.
 CHUNK = 1000
+#: Ids per IN list of read-only batch loads (fan-out). Below every engine's bind-parameter
+#: limit (SQLite 32766, MySQL/PostgreSQL 65535) and MySQL's default packet size.
+READ_CHUNK = 5000
 
 #: A parked row has ``due = PARKED_DUE_BASE + original due`` (see queue.py and docs/iomad.md).
 #: 10**12 s is the year ~33658: no real due reaches it, and any due >= it is ours.

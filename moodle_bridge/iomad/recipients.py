@@ -185,8 +185,16 @@ class Expansion:
 
     @property
     def sendable(self) -> bool:
-        """No fatal problem and at least one recipient."""
-        return bool(self.recipients) and not any(p.fatal for p in self.problems)
+        """No fatal problem and the row's own user has a usable address.
+
+        IOMAD sends to the user first and stops at the first failed send, so when the user's
+        own address is unusable nobody gets a copy; the bridge leaves such rows to IOMAD.
+        """
+        return (
+            bool(self.recipients)
+            and self.recipients[0].role == ROLE_USER
+            and not any(p.fatal for p in self.problems)
+        )
 
     @property
     def problem_codes(self) -> list[str]:
@@ -218,15 +226,12 @@ def template_check_type(templatename: str) -> int:
 
 def _load_users(conn: sa.Connection, t: IomadTables, ids: Iterable[int]) -> dict[int, _User]:
     users: dict[int, _User] = {}
-    for chunk in chunks(ids):
-        for r in conn.execute(queries.users_by_ids(t, chunk)).mappings():
-            users[int(r["id"])] = _User(
-                id=int(r["id"]),
-                email=str(r["email"] or ""),
-                firstname=str(r["firstname"] or ""),
-                lastname=str(r["lastname"] or ""),
-                deleted=bool(r["deleted"]),
-                suspended=bool(r["suspended"]),
+    for chunk in chunks(ids, queries.READ_CHUNK):
+        for uid, email, first, last, deleted, suspended, _lang in conn.execute(
+            queries.users_by_ids(t, chunk)
+        ):
+            users[int(uid)] = _User(
+                int(uid), str(email or ""), str(first or ""), str(last or ""), bool(deleted), bool(suspended)
             )
     return users
 
@@ -260,14 +265,21 @@ def expand_emails(
 
     # 1. headers (CPU only)
     templates: dict[int, TemplateSettings | None] = {}
+    parsed_cache: dict[str | None, ParsedHeaders | HeadersError] = {}  # rows of a template share headers
     for e in emails:
         exp = result[e.id]
-        try:
-            parsed = parse_headers(e.headers_raw)
-        except HeadersError as exc:
-            exp.problems.append(Problem(BAD_HEADERS, f"email {e.id}: {exc}"))
+        cached = parsed_cache.get(e.headers_raw)
+        if cached is None:
+            try:
+                cached = parse_headers(e.headers_raw)
+            except HeadersError as exc:
+                cached = exc
+            parsed_cache[e.headers_raw] = cached
+        if isinstance(cached, HeadersError):
+            exp.problems.append(Problem(BAD_HEADERS, f"email {e.id}: {cached}"))
             templates[e.id] = None
             continue
+        parsed = cached
         exp.headers = parsed
         templates[e.id] = parsed.template
         if e.templatename not in KNOWN_TEMPLATES:
@@ -283,7 +295,7 @@ def expand_emails(
 
     # 2. company memberships of users who get manager/supervisor copies (first row wins)
     membership: dict[int, tuple[int, int]] = {}  # userid -> (companyid, departmentid)
-    for chunk in chunks(fan_userids):
+    for chunk in chunks(fan_userids, queries.READ_CHUNK):
         for r in conn.execute(queries.company_users_of(t, chunk)).mappings():
             membership.setdefault(int(r["userid"]), (int(r["companyid"]), int(r["departmentid"])))
 
@@ -321,22 +333,31 @@ def expand_emails(
         for r in conn.execute(queries.departments_of_companies(t, chunk)).mappings():
             parent_of[int(r["id"])] = int(r["parent"] or 0)
     managers_by_dept: dict[int, list[int]] = defaultdict(list)
-    for chunk in chunks(parent_of.keys()):
+    for chunk in chunks(parent_of.keys(), queries.READ_CHUNK):
         for r in conn.execute(queries.managers_in(t, chunk, 1)).mappings():
             managers_by_dept[int(r["departmentid"])].append(int(r["userid"]))
 
-    def managers_of(userid: int) -> list[int]:
+    chain_cache: dict[int, tuple[int, ...]] = {}
+
+    def managers_of(userid: int) -> tuple[int, ...]:
         member = membership.get(userid)
         if member is None:
-            return []
-        dept = member[1]  # the user's department, then its parents
+            return ()
+        start = member[1]
+        cached = chain_cache.get(start)
+        if cached is not None:
+            return cached
+        dept = start  # the user's department, then its parents
         seen: set[int] = set()
-        out: list[int] = []
+        out: dict[int, None] = {}  # ordered set
         while dept and dept not in seen:
             seen.add(dept)
-            out.extend(m for m in managers_by_dept.get(dept, []) if m != cron_userid)
+            for m in managers_by_dept.get(dept, ()):
+                if m != cron_userid:
+                    out[m] = None
             dept = parent_of.get(dept, 0)
-        return sorted(set(out), key=out.index)
+        chain_cache[start] = tuple(out)
+        return chain_cache[start]
 
     manager_ids = {m for u in fan_userids for m in managers_of(u)}
 
@@ -358,7 +379,7 @@ def expand_emails(
         if fid:
             profile_field[uid] = fid
     supervisor_data: dict[int, str] = {}
-    for chunk in chunks(profile_field.keys()):
+    for chunk in chunks(profile_field.keys(), queries.READ_CHUNK):
         fids = sorted({profile_field[u] for u in chunk})
         for r in conn.execute(queries.profile_data(t, chunk, fids)).mappings():
             uid = int(r["userid"])

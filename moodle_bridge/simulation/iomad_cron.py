@@ -19,7 +19,7 @@ two. Steps, as in facts section 2.3:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,7 +172,7 @@ def _send_to_user(
 
     targets: list[Callable[[], list[str]]] = [lambda: [str(user["email"])]]
 
-    def users_of(ids: list[int]) -> list[str]:
+    def users_of(ids: Sequence[int]) -> list[str]:
         out = []
         for uid in ids:
             rec = _get_user(conn, t, uid, active_only=True)

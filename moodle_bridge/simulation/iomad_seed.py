@@ -277,6 +277,16 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
     cc_id, track_id = _next_id(conn, t_cc), _next_id(conn, t_track)
     cert_id = _next_id(conn, t_certs)
 
+    header_cache: dict[tuple[int, str], str] = {}
+
+    def headers_for(cid: int, name: str) -> str:
+        """Every row of one company's template carries the same serialized template object."""
+        key = (cid, name)
+        if key not in header_cache:
+            tid = result.template_ids[key]
+            header_cache[key] = serialize_headers(template_object(tid, cid, name, "en" if legacy else None))
+        return header_cache[key]
+
     def queue(
         templatename: str,
         userid: int,
@@ -387,7 +397,6 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
                     {"userid": uid, "fieldid": 1, "data": f"supervisor{n + 1}.c{cid}@example.org"}
                 )
             created = now - rng.randint(0, 600)
-            tid = result.template_ids[(cid, "user_create")]
             subject, body = TEMPLATE_TEXT["user_create"]
             values = {
                 "User_FirstName": first,
@@ -398,10 +407,9 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
                 "Sender_FirstName": "Admin",
                 "Sender_LastName": "User",
             }
-            headers = serialize_headers(template_object(tid, cid, "user_create", "en" if legacy else None))
+            headers = headers_for(cid, "user_create")
             queue("user_create", uid, cid, 1, subject, render(body, values), headers, created, created)
             if spec.license_allocated:
-                tid = result.template_ids[(cid, "license_allocated")]
                 subject, body = TEMPLATE_TEXT["license_allocated"]
                 values = {
                     "User_FirstName": first,
@@ -410,9 +418,7 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
                     "License_Length": "30",
                     "License_Valid": "2027-11-22",
                 }
-                headers = serialize_headers(
-                    template_object(tid, cid, "license_allocated", "en" if legacy else None)
-                )
+                headers = headers_for(cid, "license_allocated")
                 queue(
                     "license_allocated",
                     uid,
@@ -455,12 +461,9 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
                 certs.append({"id": cert_id, "trackid": track_id, "filename": "Safety certificate.pdf"})
                 track_id += 1
                 cert_id += 1
-                tid = result.template_ids[(cid, "completion_course_user")]
                 subject, body = TEMPLATE_TEXT["completion_course_user"]
                 values = {"User_FirstName": first, "Course_FullName": "Safety 101"}
-                headers = serialize_headers(
-                    template_object(tid, cid, "completion_course_user", "en" if legacy else None)
-                )
+                headers = headers_for(cid, "completion_course_user")
                 queue(
                     "completion_course_user",
                     uid,
@@ -488,7 +491,13 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
     ):
         if rows:
             _insert_chunks(conn, table, rows)
-    fix_sequences(conn, [t_company, t_template, t_dept, t_user, t_email, t_cc, t_track, t_certs])
+    touched = [t_company, t_template, t_dept, t_user, t_cu, t_pref, t_uid, t_email, t_cc, t_track, t_certs]
+    fix_sequences(conn, touched)
+    if conn.dialect.name == "postgresql":
+        # A live site has planner statistics (autovacuum); a freshly filled one does not, and
+        # PostgreSQL then picks nested loops that take seconds. Give it what a real site has.
+        for table in touched:
+            conn.execute(sa.text(f"ANALYZE {table.name}"))
     return result
 
 

@@ -35,6 +35,20 @@ FINAL_RECIPIENT_STATUSES = (
 )
 
 
+def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows without their NULL values, grouped by the columns left.
+
+    ``executemany`` needs one column list per statement; leaving NULL columns out (the
+    default) shrinks what the driver escapes and sends for the common row (a recipient with
+    no error and no secret) while keeping every statement a multi-row insert.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        compact = {k: v for k, v in row.items() if v is not None}
+        groups.setdefault(tuple(sorted(compact)), []).append(compact)
+    return list(groups.values())
+
+
 def _json(detail: Mapping[str, Any] | None) -> str | None:
     return None if detail is None else json.dumps(dict(detail), sort_keys=True, default=str)
 
@@ -162,8 +176,9 @@ class BridgeRepo:
         return out
 
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        for part in chunked(rows, CHUNK):
-            conn.execute(self.t.claims.insert(), part)
+        for group in _by_shape(rows):
+            for part in chunked(group, CHUNK):
+                conn.execute(self.t.claims.insert(), part)
 
     def set_claims_state(
         self, conn: sa.Connection, emailids: Sequence[int], state: str, *, final: bool = False
@@ -200,6 +215,15 @@ class BridgeRepo:
         values.setdefault("timemodified", now())
         conn.execute(self.t.jobs.update().where(self.t.jobs.c.id == jobid).values(**values))
 
+    def mark_job_queued(self, conn: sa.Connection, jobid: int, at: int) -> None:
+        """pending -> queued when its first batch is accepted (no read needed)."""
+        j = self.t.jobs
+        conn.execute(
+            j.update()
+            .where(j.c.id == jobid, j.c.status == "pending")
+            .values(status="queued", timesubmitted=at, timemodified=at)
+        )
+
     def job(self, conn: sa.Connection, jobid: int) -> sa.Row[Any] | None:
         return conn.execute(sa.select(self.t.jobs).where(self.t.jobs.c.id == jobid)).first()
 
@@ -230,12 +254,38 @@ class BridgeRepo:
     # -- recipients ------------------------------------------------------------------------
 
     def insert_recipients(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-        for part in chunked(rows, CHUNK):
-            conn.execute(self.t.recipients.insert(), part)
+        for group in _by_shape(rows):
+            for part in chunked(group, CHUNK):
+                conn.execute(self.t.recipients.insert(), part)
 
     def batch_recipients(self, conn: sa.Connection, batchid: int) -> list[sa.Row[Any]]:
         r = self.t.recipients
         return list(conn.execute(sa.select(r).where(r.c.batchid == batchid).order_by(r.c.id)))
+
+    def recipients_of_batches(self, conn: sa.Connection, batchids: Sequence[int]) -> list[sa.Row[Any]]:
+        """Recipients of several batches at once (the outbox's lease group), by batch then id."""
+        r = self.t.recipients.c
+        out: list[sa.Row[Any]] = []
+        for part in chunked(sorted(set(batchids)), CHUNK):
+            out.extend(
+                conn.execute(
+                    sa.select(
+                        r.id,
+                        r.jobid,
+                        r.batchid,
+                        r.emailid,
+                        r.role,
+                        r.address,
+                        r.fullname,
+                        r.contentkey,
+                        r.data,
+                        r.status,
+                    )
+                    .where(r.batchid.in_(part))
+                    .order_by(r.batchid, r.id)
+                )
+            )
+        return out
 
     def recipients_of_emails(
         self, conn: sa.Connection, jobid: int, emailids: Sequence[int], role: str
@@ -247,6 +297,31 @@ class BridgeRepo:
                 conn.execute(sa.select(r).where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.role == role))
             )
         return out
+
+    def record_certificates(
+        self, conn: sa.Connection, jobid: int, companyid: int, emailids: Sequence[int]
+    ) -> None:
+        """One ``mrcloud_certificates`` row per certificate recipient (verification code issued)."""
+        r = self.t.recipients.c
+        rows: list[dict[str, Any]] = []
+        for part in chunked(sorted(set(emailids)), CHUNK):
+            for rid, userid, data in conn.execute(
+                sa.select(r.id, r.userid, r.data).where(
+                    r.jobid == jobid, r.emailid.in_(part), r.status == "pending", r.data.is_not(None)
+                )
+            ):
+                payload = json.loads(data)
+                rows.append(
+                    {
+                        "companyid": companyid,
+                        "userid": userid,
+                        "courseid": payload.get("courseid"),
+                        "recipientid": int(rid),
+                        "verifycode": payload["certificate"]["verification_code"],
+                    }
+                )
+        for part in chunked(rows, CHUNK):
+            conn.execute(self.t.certificates.insert(), part)
 
     def set_recipients_status(
         self,
@@ -279,6 +354,18 @@ class BridgeRepo:
             .where(r.c.batchid == batchid, r.c.status == "pending")
             .values(status="queued", attempts=r.c.attempts + 1, timemodified=now())
         )
+
+    def restore_recipients_of_rows(
+        self, conn: sa.Connection, jobid: int, emailids: Sequence[int], code: str, message: str
+    ) -> None:
+        """Recipients of rows given back to IOMAD: ``restored`` with the reason."""
+        r = self.t.recipients
+        for part in chunked(list(emailids), CHUNK):
+            conn.execute(
+                r.update()
+                .where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.status.in_(("pending", "failed")))
+                .values(status="restored", errorcode=code, errormessage=message[:1000], secret=None)
+            )
 
     def clear_final_secrets(self, conn: sa.Connection) -> int:
         """Delete encrypted temporary passwords of recipients whose outcome is final."""
@@ -342,33 +429,49 @@ class BridgeRepo:
                 bytes=nbytes,
                 tries=b.c.tries + 1,
                 lasterror=None,
+                leasetoken=None,
                 timesubmitted=now(),
             )
         ).rowcount
         return bool(done)
 
-    def lease_batch(self, conn: sa.Connection, batchid: int, at: int, until: int) -> bool:
-        """Take a due pending batch for submission; False if another submitter has it.
+    def lease_batches(
+        self, conn: sa.Connection, batchids: Sequence[int], at: int, until: int, token: str
+    ) -> set[int]:
+        """Take due pending batches for submission; returns the ids this submitter now holds.
 
-        The lease moves ``nexttry`` past the submit's time-out, so concurrent ticks (or a
+        The lease moves ``nexttry`` past the time the group may take, so concurrent ticks (or a
         ``jobs retry`` beside a tick) never send the same batch twice, and a submitter that
-        dies mid-send leaves the batch to be retried when the lease runs out.
+        dies mid-send leaves its batches to be retried when the lease runs out. Two
+        statements per group, whatever its size.
         """
         b = self.t.batches
-        return bool(
-            conn.execute(
-                b.update()
-                .where(b.c.id == batchid, b.c.status == "pending", b.c.nexttry <= at)
-                .values(nexttry=until)
-            ).rowcount
+        ids = list(batchids)
+        conn.execute(
+            b.update()
+            .where(b.c.id.in_(ids), b.c.status == "pending", b.c.nexttry <= at)
+            .values(nexttry=until, leasetoken=token)
         )
+        return {
+            int(i)
+            for i in conn.execute(
+                sa.select(b.c.id).where(b.c.id.in_(ids), b.c.leasetoken == token, b.c.status == "pending")
+            ).scalars()
+        }
 
-    def mark_batch_retry(self, conn: sa.Connection, batchid: int, error: str, nexttry: int) -> None:
+    def mark_batch_retry(
+        self, conn: sa.Connection, batchid: int, error: str, nexttry: int, *, count_try: bool = True
+    ) -> None:
         b = self.t.batches
         conn.execute(
             b.update()
             .where(b.c.id == batchid, b.c.status == "pending")
-            .values(tries=b.c.tries + 1, nexttry=nexttry, lasterror=error[:1000])
+            .values(
+                tries=b.c.tries + (1 if count_try else 0),
+                nexttry=nexttry,
+                lasterror=error[:1000],
+                leasetoken=None,
+            )
         )
 
     def mark_batch_abandoned(self, conn: sa.Connection, batchid: int, error: str) -> None:

@@ -167,6 +167,8 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("nexttry", UNIXTIME, nullable=False, server_default="0"),
         sa.Column("lasterror", sa.String(1000), nullable=True),
         sa.Column("queuemessageid", sa.String(255), nullable=True),
+        # Added in schema version 3: the submitter currently holding the batch (outbox lease).
+        sa.Column("leasetoken", sa.String(36), nullable=True),
         sa.Column("timecreated", UNIXTIME, nullable=False),
         sa.Column("timesubmitted", UNIXTIME, nullable=True),
         sa.Index(f"{p}mrclbatc_stanex_ix", "status", "nexttry"),

@@ -8,18 +8,31 @@ temporary password).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
-from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 
 from offload_contract.codec import decode_message, encode_message
 from offload_contract.limits import CONTRACT_VERSION
 from offload_contract.signing import derive_company_key, make_key_id, sign_request
+
+#: Transport libraries that log request bodies at DEBUG (botocore logs SendMessage bodies,
+#: which hold the user's own copy of a password mail). They are capped at WARNING whenever a
+#: submitter exists, whatever the root logger's level.
+_BODY_LOGGING_LOGGERS = ("botocore", "boto3", "urllib3", "httpx", "httpcore", "s3transfer")
+
+
+def quiet_transport_loggers() -> None:
+    for name in _BODY_LOGGING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 class SubmitError(Exception):
@@ -61,6 +74,7 @@ class SqsSubmitter:
     target = "sqs"
 
     def __init__(self, client: Any, queue_urls: Mapping[str, str]) -> None:
+        quiet_transport_loggers()
         self._client = client
         self._queues = dict(queue_urls)
 
@@ -99,6 +113,7 @@ class _SignedHttpsSubmitter:
         client: httpx.Client | None = None,
         timeout: float = 20.0,
     ) -> None:
+        quiet_transport_loggers()
         self._url = url
         self._path = urlsplit(url).path or "/"
         self._keyset = keyset

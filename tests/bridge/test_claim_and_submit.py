@@ -6,12 +6,16 @@ outcome), rows of local companies are untouched, passwords never leak to copies.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import replace
 
+import pytest
 import sqlalchemy as sa
 
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.iomad.queue import PARKED_DUE_BASE
+from moodle_bridge.iomad.schema import IomadGeneration
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract import validate
@@ -128,9 +132,6 @@ def test_completion_becomes_certificate_job_with_its_email(bridge_engine, db_url
     with bridge_engine.begin() as conn:
         repo.save_settings(conn, CompanySettings(1, cloudenabled=True, allowcertificates=True), "test")
     world.add_course(5, "Safety 101")
-    at = world.rows() and 0
-    import time
-
     at = int(time.time()) - 120
     world.complete(10, 5, 1, at)
     e = world.queue(
@@ -152,6 +153,11 @@ def test_completion_becomes_certificate_job_with_its_email(bridge_engine, db_url
     assert certs[0]["delivery"] == "email_attachment"
     # the manager's copy of the completion mail goes as a plain email
     assert [r["to"] for m in emails for r in m["recipients"]] == ["boss@example.com"]
+    with bridge_engine.connect() as conn:
+        (cert,) = conn.execute(sa.select(T.certificates)).all()
+    assert cert.verifycode == learner["certificate"]["verification_code"]
+    assert (cert.companyid, cert.userid, cert.courseid) == (1, 10, 5)
+    assert cert.recipientid == int(learner["recipient_id"])
 
 
 def test_batches_respect_the_configured_size(bridge_engine, db_url, repo, aws) -> None:
@@ -171,3 +177,171 @@ def test_batches_respect_the_configured_size(bridge_engine, db_url, repo, aws) -
     assert sum(sizes) == 25 and max(sizes) <= 10
     assert len({m["job_id"] for m in messages}) == 1  # one job per company and type per pass
     assert len({m["batch_id"] for m in messages}) == len(messages)
+
+
+@pytest.mark.parametrize(
+    "generation", [IomadGeneration.LEGACY, IomadGeneration.RENAMED], ids=["le50", "ge51"]
+)
+def test_both_schema_generations(bridge_engine, db_url, repo, aws, generation) -> None:
+    world = IomadWorld.create(bridge_engine, generation=generation)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", companyid=1)
+    world.add_user(11, "boss@example.com", companyid=1, manager=True)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+    e = world.queue("license_allocated", 10, 1)
+    config = with_queues(make_config(db_url), aws)
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+    assert report.claim is not None and report.claim.claimed == 1
+    assert world.rows()[e].due >= PARKED_DUE_BASE
+    assert sorted(r["to"] for m in drain(aws) for r in m["recipients"]) == [
+        "boss@example.com",
+        "learner@example.com",
+    ]
+
+
+@pytest.mark.sqlite
+def test_passwords_never_reach_output_logs_or_the_outbox(tmp_path, monkeypatch, capsys, caplog, aws) -> None:
+    import logging
+
+    from moodle_bridge.cli import main
+    from moodle_bridge.migrations import migrate
+    from moodle_bridge.storage.database import create_bridge_engine
+    from tests.bridge.conftest import PASSWORD_KEY
+
+    caplog.set_level(logging.DEBUG)
+    url = f"sqlite:///{tmp_path / 'moodle.sqlite3'}"
+    engine = create_bridge_engine(url)
+    world = IomadWorld.create(engine)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", companyid=1)
+    world.add_user(11, "boss@example.com", companyid=1, manager=True)
+    world.set_temporary_password(10, PASSWORD)
+    world.queue("user_create", 10, 1, body=f"<p>password: {PASSWORD}</p>")
+    migrate(engine, "mdl_")
+    for k, v in {
+        "MRCO_DATABASE_URL": url,
+        "MRCO_KEYSETS": "k1=" + "A" * 43,
+        "MRCO_KEYSET_CURRENT": "k1",
+        "MRCO_SENDER_ADDRESS": "noreply@example.com",
+        "MRCO_PASSWORD_KEY": PASSWORD_KEY,
+        "MRCO_JOBS_QUEUE_URL": aws["jobs"] + "-missing",
+        "MRCO_AWS_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    assert main(["company", "global", "on"]) == 0
+    assert main(["company", "set", "1", "--cloud", "on"]) == 0
+    assert main(["tick"]) == 0  # the queue does not exist: the batch stays pending, with an error
+    captured = capsys.readouterr()
+    assert "to retry" in captured.out
+    everything = captured.out + captured.err + caplog.text
+    with engine.connect() as conn:
+        for table in (T.batches, T.jobs, T.claims, T.audit_log):
+            everything += repr(conn.execute(sa.select(table)).all())
+        secrets = [r.secret for r in conn.execute(sa.select(T.recipients)) if r.secret]
+    engine.dispose()
+    for name, text in (("out", captured.out), ("err", captured.err), ("log", caplog.text)):
+        assert PASSWORD not in text, name
+    assert PASSWORD not in everything
+    assert len(secrets) == 1 and PASSWORD not in secrets[0]
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+def test_round_trips_grow_with_batches_not_recipients(bridge_engine, db_url, repo, aws) -> None:
+    """10x the recipients in the same number of batches costs the same number of statements."""
+    from moodle_bridge.storage.database import StatementCounter
+
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+    config = with_queues(make_config(db_url, max_recipients=1000), aws)
+    counts = []
+    uid = 100
+    for rows in (20, 200):
+        for _ in range(rows):
+            uid += 1
+            world.add_user(uid, f"u{uid}@example.com", companyid=1)
+            world.queue("license_allocated", uid, 1)
+        counter = StatementCounter(bridge_engine)
+        report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+        counter.close()
+        assert report.claim is not None and report.claim.claimed == rows and report.claim.batches == 1
+        counts.append(counter.count)
+        drain(aws)
+    assert counts[1] == counts[0], counts
+
+
+HUGE = "<p>" + "x" * 1_100_000 + "</p>"  # over SQS's 1 MiB even alone
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+@pytest.mark.parametrize("fallback", [True, False])
+def test_too_large_without_a_bucket_goes_back_to_iomad_or_fails_visibly(
+    bridge_engine, db_url, repo, aws, fallback
+) -> None:
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", companyid=1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True, fallbacklocal=fallback), "test")
+    big = world.queue("license_allocated", 10, 1, body=HUGE)
+    small = world.queue("license_allocated", 10, 1, body="<p>ok</p>")
+    before = world.rows()
+    config = with_queues(make_config(db_url), aws)
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+    assert report.claim is not None and report.claim.claimed == 2
+    with bridge_engine.connect() as conn:
+        rec = {r.emailid: r for r in conn.execute(sa.select(T.recipients))}
+        claims = {c.emailid: c for c in conn.execute(sa.select(T.claims))}
+    assert rec[big].errorcode == "too_large"
+    if fallback:
+        assert world.rows()[big] == before[big]
+        assert rec[big].status == "restored" and claims[big].state == "released"
+    else:
+        assert rec[big].status == "failed" and claims[big].state == "claimed"
+    assert rec[small].status == "queued"
+    assert [r["to"] for m in drain(aws) for r in m["recipients"]] == ["learner@example.com"]
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+def test_too_large_content_travels_by_reference_to_the_bucket(bridge_engine, db_url, repo, aws) -> None:
+    import hashlib
+
+    import boto3
+
+    from moodle_bridge.commands.tick import content_uploader
+
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3.create_bucket(Bucket="contents", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", companyid=1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+    big = world.queue("license_allocated", 10, 1, body=HUGE)
+    config = with_queues(make_config(db_url), aws)
+    config = replace(config, aws=replace(config.aws, content_bucket="contents"))
+    report = run_tick(
+        bridge_engine,
+        config,
+        submitters=build_submitters(config, sqs_client=aws["sqs"]),
+        upload=content_uploader(config, s3_client=s3),
+    )
+    assert report.outbox is not None and report.outbox.submitted == 1
+    (message,) = drain(aws)
+    validate("email_batch", message)
+    ref = message["contents"][f"e{big}"]
+    assert ref["kind"] == "reference"
+    stored = s3.get_object(Bucket="contents", Key=ref["ref"]["key"])["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == ref["ref"]["sha256"]
+    assert json.loads(stored)["html"] == HUGE
+    assert ref["ref"]["key"].startswith(f"contents/company-1/{message['job_id']}/")

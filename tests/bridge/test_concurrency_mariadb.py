@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.claiming import ClaimPass
+from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.iomad.queue import PARKED_DUE_BASE
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
@@ -126,7 +126,7 @@ def world(bridge_engine, db_url, repo, aws) -> World:
 
 
 def test_bridge_tick_inside_iomads_race_window_claims_nothing_iomad_holds(world: World) -> None:
-    cloud, _local = world.seed_round()
+    world.seed_round()
     reports: list[Any] = []
 
     def bridge_runs_now(loaded_ids: list[int]) -> None:
@@ -144,7 +144,7 @@ def test_bridge_tick_inside_iomads_race_window_claims_nothing_iomad_holds(world:
 
 
 def test_iomad_cron_during_a_bridge_claim_skips_and_sends_only_local_rows(world: World) -> None:
-    cloud, local = world.seed_round()
+    world.seed_round()
     runs: list[Any] = []
 
     def iomad_runs_now(_parked: list[int]) -> None:

@@ -56,7 +56,7 @@ def _count(engine, table) -> int:
 def test_crash_inside_the_claim_transaction_leaves_iomad_rows_untouched(
     bridge_engine, db_url, repo, aws
 ) -> None:
-    world, ids = _world(bridge_engine, repo)
+    world, _ids = _world(bridge_engine, repo)
     before = world.rows()
     config = with_queues(make_config(db_url), aws)
 
@@ -118,7 +118,7 @@ class FlakyClient:
 
 @ENGINES
 def test_unreachable_queue_retries_with_backoff_then_succeeds(bridge_engine, db_url, repo, aws) -> None:
-    world, ids = _world(bridge_engine, repo)
+    world, _ids = _world(bridge_engine, repo)
     config = with_queues(make_config(db_url), aws)
     client = FlakyClient(aws["sqs"])
     submitters = build_submitters(config, sqs_client=client)
@@ -165,7 +165,7 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_crash_between_accept_and_mark_resubmits_the_same_batch(
     bridge_engine, db_url, repo, aws, monkeypatch
 ) -> None:
-    world, ids = _world(bridge_engine, repo)
+    world, _ids = _world(bridge_engine, repo)
     config = with_queues(make_config(db_url), aws)
     submitters = build_submitters(config, sqs_client=aws["sqs"])
     original = repo.mark_batch_submitted
@@ -175,7 +175,7 @@ def test_crash_between_accept_and_mark_resubmits_the_same_batch(
         if state["crash"]:
             state["crash"] = False
             raise Boom("killed after the queue accepted")
-        return original(*args, **kwargs)
+        return bool(original(*args, **kwargs))
 
     monkeypatch.setattr(repo, "mark_batch_submitted", mark)
     outbox = Outbox(bridge_engine, repo, config, submitters, iomad=IomadRowContents(world.tables))
@@ -207,7 +207,7 @@ def test_crash_between_accept_and_mark_resubmits_the_same_batch(
 
 @ENGINES
 def test_queue_down_past_the_deadline_gives_rows_back_to_iomad(bridge_engine, db_url, repo, aws) -> None:
-    world, ids = _world(bridge_engine, repo)
+    world, _ids = _world(bridge_engine, repo)
     before = world.rows()
     config = with_queues(make_config(db_url), aws)
     client = FlakyClient(aws["sqs"])
@@ -237,3 +237,21 @@ def test_sqs_submitter_error_names_no_body() -> None:
     with pytest.raises(SubmitError) as err:
         SqsSubmitter(Down(), {"email_batch": "https://q"}).submit("email_batch", "b1", 1, b'{"secret":"pw"}')
     assert "pw" not in str(err.value)
+
+
+@ENGINES
+def test_a_down_queue_is_tried_once_per_pass_and_its_other_batches_wait(
+    bridge_engine, db_url, repo, aws
+) -> None:
+    _world(bridge_engine, repo)
+    config = with_queues(make_config(db_url, max_recipients=2), aws)
+    client = FlakyClient(aws["sqs"])
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=client))
+    assert client.calls == 1  # not one time-out per batch
+    assert report.outbox is not None and report.outbox.retried == 3
+    with bridge_engine.connect() as conn:
+        batches = conn.execute(sa.select(T.batches).order_by(T.batches.c.id)).all()
+    assert [b.tries for b in batches] == [1, 0, 0]
+    assert len({b.nexttry for b in batches}) == 1
+    assert all(b.status == "pending" and b.leasetoken is None for b in batches)
+    assert batches[1].lasterror == "deferred: sqs: ConnectionError"

@@ -38,8 +38,9 @@ def test_upgrade_from_version_1_keeps_rows_and_adds_columns(db_url) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO mdl_mrcloud_batches (jobid, batchkey, attempt, status, target, recipientcount, "
-                "bytes, tries, nexttry, timecreated) VALUES (7, 'j7-a1-b0', 1, 'pending', 'sqs', 3, 0, 0, 0, 1)"
+                "INSERT INTO mdl_mrcloud_batches (jobid, batchkey, attempt, status, target, "
+                "recipientcount, bytes, tries, nexttry, timecreated) "
+                "VALUES (7, 'j7-a1-b0', 1, 'pending', 'sqs', 3, 0, 0, 0, 1)"
             )
         )
     result = migrate(engine, "mdl_")

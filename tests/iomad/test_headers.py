@@ -30,7 +30,7 @@ def test_user_create_template_fields() -> None:
         False,
     )
     assert "{User_Newpassword}" in str(tpl.raw["body"])
-    assert tpl.emailto_ids == [] and tpl.emailccother_addresses == []
+    assert tpl.emailto_ids == () and tpl.emailccother_addresses == ()
 
 
 def test_serialize_reproduces_php_byte_for_byte() -> None:
@@ -56,8 +56,8 @@ def test_attachment_to_cc_and_reply_to_entries() -> None:
     assert parsed.reply_to == ("help@example.com",)
     assert parsed.other == ("X-Custom: 1",)
     assert parsed.template is not None
-    assert parsed.template.emailto_ids == [7, 8]
-    assert parsed.template.emailccother_addresses == ["a@example.com", "b@example.org"]
+    assert parsed.template.emailto_ids == (7, 8)
+    assert parsed.template.emailccother_addresses == ("a@example.com", "b@example.org")
 
 
 def test_empty_headers_are_empty() -> None:
