@@ -22,6 +22,7 @@ for the lock.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 import uuid
@@ -104,7 +105,7 @@ def _commit(conn: sa.Connection) -> None:
 
 def _mysql_acquire(conn: sa.Connection, name: str, timeout: float) -> bool:
     got = conn.execute(
-        sa.text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": int(timeout)}
+        sa.text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": math.ceil(timeout)}
     ).scalar()
     _commit(conn)
     return got == 1

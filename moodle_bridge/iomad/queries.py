@@ -226,7 +226,7 @@ def departments_of_companies(t: IomadTables, companyids: Sequence[int]) -> sa.Se
 
 def managers_in(t: IomadTables, departmentids: Sequence[int], managertype: int) -> sa.Select[Any]:
     cu = t.company_users
-    return sa.select(cu.c.userid, cu.c.departmentid).where(
+    return sa.select(cu.c.id, cu.c.userid, cu.c.departmentid).where(
         cu.c.departmentid.in_(departmentids), cu.c.managertype == managertype
     )
 

@@ -332,10 +332,10 @@ def expand_emails(
     for chunk in chunks(manager_companies):
         for r in conn.execute(queries.departments_of_companies(t, chunk)).mappings():
             parent_of[int(r["id"])] = int(r["parent"] or 0)
-    managers_by_dept: dict[int, list[int]] = defaultdict(list)
+    managers_by_dept: dict[int, list[tuple[int, int]]] = defaultdict(list)  # dept -> [(cu.id, userid)]
     for chunk in chunks(parent_of.keys(), queries.READ_CHUNK):
         for r in conn.execute(queries.managers_in(t, chunk, 1)).mappings():
-            managers_by_dept[int(r["departmentid"])].append(int(r["userid"]))
+            managers_by_dept[int(r["departmentid"])].append((int(r["id"]), int(r["userid"])))
 
     chain_cache: dict[int, tuple[int, ...]] = {}
 
@@ -349,14 +349,13 @@ def expand_emails(
             return cached
         dept = start  # the user's department, then its parents
         seen: set[int] = set()
-        out: dict[int, None] = {}  # ordered set
+        found: list[tuple[int, int]] = []
         while dept and dept not in seen:
             seen.add(dept)
-            for m in managers_by_dept.get(dept, ()):
-                if m != cron_userid:
-                    out[m] = None
+            found.extend(m for m in managers_by_dept.get(dept, ()) if m[1] != cron_userid)
             dept = parent_of.get(dept, 0)
-        chain_cache[start] = tuple(out)
+        # IOMAD's query has no ORDER BY; in practice rows come in company_users id order
+        chain_cache[start] = tuple(dict.fromkeys(uid for _, uid in sorted(found)))
         return chain_cache[start]
 
     manager_ids = {m for u in fan_userids for m in managers_of(u)}

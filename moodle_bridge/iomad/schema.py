@@ -13,6 +13,7 @@ rest); ``moodle_bridge.simulation.iomad_schema`` declares the complete tables fo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -96,6 +97,9 @@ DEFAULT_COLUMNS: dict[IomadGeneration, dict[str, str]] = {
     },
 }
 
+#: Plugins whose installed version detect_iomad records (config_plugins name = 'version').
+IOMAD_PLUGINS = ("local_iomad", "local_email", "local_iomad_track", "block_iomad_company_admin")
+
 #: Cron task class (Moodle lock resource) per generation.
 EMAIL_CRON_TASK = {
     IomadGeneration.LEGACY: "\\local_email\\task\\cron_task",
@@ -133,6 +137,8 @@ class IomadTables:
     column_names: Mapping[str, str] = field(default_factory=dict)
     #: True when email_template still has lang/subject/body (IOMAD <= 4.3 / early 4.5).
     template_has_lang: bool = True
+    #: plugin -> version from config_plugins (local_email, local_iomad, ...), for diagnostics
+    plugin_versions: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def email_cron_task(self) -> str:
@@ -476,7 +482,7 @@ def detect_iomad(conn: sa.Connection, prefix: str) -> IomadTables:
     template_columns = {
         c["name"].lower() for c in inspector.get_columns(prefix + table_names["email_template"])
     }
-    return build_iomad_tables(
+    tables = build_iomad_tables(
         prefix,
         generation,
         table_names=table_names,
@@ -484,3 +490,13 @@ def detect_iomad(conn: sa.Connection, prefix: str) -> IomadTables:
         template_has_lang="lang" in template_columns,
         with_optional=optional,
     )
+    if "config_plugins" not in present:
+        return tables
+    cp = tables.config_plugins
+    versions = {
+        str(plugin): str(value)
+        for plugin, value in conn.execute(
+            sa.select(cp.c.plugin, cp.c.value).where(cp.c.name == "version", cp.c.plugin.in_(IOMAD_PLUGINS))
+        )
+    }
+    return dataclasses.replace(tables, plugin_versions=versions)

@@ -48,8 +48,15 @@ def iomad_metadata(
     *,
     table_names: dict[str, str] | None = None,
     column_names: dict[str, str] | None = None,
+    template_strings: bool | None = None,
 ) -> sa.MetaData:
-    """MetaData of the simulated IOMAD database (variant names overridable for tests)."""
+    """MetaData of the simulated IOMAD database (variant names overridable for tests).
+
+    ``template_strings``: the 4.5/5.0 template layout (no lang/subject/body in
+    email_template; a ``*_strings`` table). Default: on for RENAMED, off for LEGACY (4.3).
+    """
+    if template_strings is None:
+        template_strings = generation is IomadGeneration.RENAMED
     names = {k: v[0] for k, v in TABLE_CANDIDATES[generation].items()}
     names.update(table_names or {})
     cols = dict(DEFAULT_COLUMNS[generation])
@@ -94,7 +101,7 @@ def iomad_metadata(
         _nn("repeatday", BIG, "0"),
         _c("emailfromothername", TEXT),
     ]
-    if legacy:
+    if not template_strings:
         sa.Table(
             f"{p}{names['email_template']}",
             m,
@@ -421,16 +428,25 @@ def create_iomad_schema(
     *,
     table_names: dict[str, str] | None = None,
     column_names: dict[str, str] | None = None,
+    template_strings: bool | None = None,
 ) -> IomadTables:
     """Create the simulated IOMAD tables and return the bridge's view of them."""
-    metadata = iomad_metadata(prefix, generation, table_names=table_names, column_names=column_names)
+    if template_strings is None:
+        template_strings = generation is IomadGeneration.RENAMED
+    metadata = iomad_metadata(
+        prefix,
+        generation,
+        table_names=table_names,
+        column_names=column_names,
+        template_strings=template_strings,
+    )
     metadata.create_all(engine)
     return build_iomad_tables(
         prefix,
         generation,
         table_names=table_names,
         column_names=column_names,
-        template_has_lang=generation is IomadGeneration.LEGACY,
+        template_has_lang=not template_strings,
     )
 
 
@@ -442,5 +458,9 @@ def metadata_for(tables: IomadTables) -> sa.MetaData:
         if getattr(tables, logical, None) is not None
     }
     return iomad_metadata(
-        tables.prefix, tables.generation, table_names=names, column_names=dict(tables.column_names)
+        tables.prefix,
+        tables.generation,
+        table_names=names,
+        column_names=dict(tables.column_names),
+        template_strings=not tables.template_has_lang,
     )

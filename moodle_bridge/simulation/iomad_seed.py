@@ -210,6 +210,15 @@ def seed_site(conn: sa.Connection, tables: IomadTables) -> None:
         [{"name": "siteadmins", "value": str(ADMIN_ID)}, {"name": "wwwroot", "value": WWWROOT}],
     )
     component = "local_email" if tables.generation is IomadGeneration.LEGACY else "local_iomad"
+    versions = (
+        {"local_iomad": "2024090401", "local_email": "2024090400", "local_iomad_track": "2024090400"}
+        if tables.generation is IomadGeneration.LEGACY
+        else {"local_iomad": "2026022345"}
+    )  # illustrative; the local_iomad values are upgrade steps named in the facts (4.3.7, 5.1 rename)
+    conn.execute(
+        meta.tables[f"{p}config_plugins"].insert(),
+        [{"plugin": k, "name": "version", "value": v} for k, v in versions.items()],
+    )
     conn.execute(
         meta.tables[f"{p}task_scheduled"].insert(),
         [
@@ -248,7 +257,6 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
     rng = random.Random(spec.seed)  # noqa: S311 - deterministic test data, not secrets
     meta = metadata_for(tables)
     p = tables.prefix
-    legacy = tables.generation is IomadGeneration.LEGACY
     t_user = meta.tables[f"{p}user"]
     if conn.execute(sa.select(t_user.c.id).where(t_user.c.id == ADMIN_ID)).first() is None:
         seed_site(conn, tables)
@@ -284,7 +292,9 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
         key = (cid, name)
         if key not in header_cache:
             tid = result.template_ids[key]
-            header_cache[key] = serialize_headers(template_object(tid, cid, name, "en" if legacy else None))
+            header_cache[key] = serialize_headers(
+                template_object(tid, cid, name, "en" if tables.template_has_lang else None)
+            )
         return header_cache[key]
 
     def queue(
@@ -338,7 +348,7 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
         )
         for name in sorted(KNOWN_TEMPLATES):
             row: dict[str, object] = {"id": template_id, "companyid": cid, "name": name}
-            if legacy:
+            if tables.template_has_lang:
                 row["lang"] = "en"
             templates.append(row)
             result.template_ids[(cid, name)] = template_id

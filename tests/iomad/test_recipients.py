@@ -287,3 +287,89 @@ def test_no_password_in_reprs_or_problem_details() -> None:
     assert any(x.problems for x in result.values())
     for password in seed.passwords.values():
         assert password.reveal() not in rendered
+
+
+def test_template_check_type_follows_php_strpos() -> None:
+    assert r.template_check_type("completion_digest_manager") == r.MANAGER_TEMPLATE_TYPE
+    assert r.template_check_type("completion_warn_supervisor") == r.SUPERVISOR_TEMPLATE_TYPE
+    assert r.template_check_type("manager_only") == 0  # strpos() == 0 is falsy in PHP
+    assert r.template_check_type("user_create") == 0
+
+
+def test_manager_template_disabled_for_managers_is_not_sent() -> None:
+    engine = sa.create_engine("sqlite://")
+    t = build(engine)
+    digest = queue(engine, t, "completion_digest_manager")
+    et = t.email_template
+    with engine.begin() as conn:
+        conn.execute(sa.update(et).where(et.c.name == "completion_digest_manager").values(disabledmanager=1))
+    assert r.TEMPLATE_DISABLED in expand_one(engine, t, digest).problem_codes
+
+
+def test_row_without_headers_uses_default_template_and_site_profile_field() -> None:
+    engine = sa.create_engine("sqlite://")
+    t = build(engine)
+    c = t.company
+    with engine.begin() as conn:
+        conn.execute(sa.update(c).values(emailprofileid=None))  # falls back to $CFG->companyemailprofileid
+        conn.execute(sa.insert(t.config).values(name="companyemailprofileid", value="1"))
+    email = queue(engine, t, "user_added_to_course", headers=None)
+    roles = [(x.role, x.address) for x in expand_one(engine, t, email).recipients]
+    assert roles == [
+        ("user", "learner@example.com"),
+        ("manager", "Top.Manager@example.com"),
+        ("manager", "mid.manager@example.com"),
+        ("supervisor", "sup1@example.org"),
+        ("supervisor", "sup2@example.org"),
+    ]
+
+
+def test_simulated_cron_special_users_query() -> None:
+    engine = sa.create_engine("sqlite://")
+    t = build(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(t.email).values(
+                templatename="invoice_ordercomplete_admin",
+                modifiedtime=NOW - 5,
+                subject="s",
+                body="b",
+                companyid=1,
+                userid=-999,
+                headers=None,
+                due=NOW - 5,
+            )
+        )
+    off = run_iomad_email_cron(engine, "mdl_", "m", RecordingSmtpSink(), now=NOW)
+    assert off.loaded == 0  # 4.3.7: nobody sends shop-admin rows
+    on = run_iomad_email_cron(engine, "mdl_", "m", RecordingSmtpSink(), now=NOW, special_users=True)
+    assert on.loaded == 1 and on.messages == 0  # no user row: send_to_user() sends nothing, row marked sent
+    with engine.connect() as conn:
+        assert select_due_emails(conn, t, NOW, None, None) == []
+
+
+def test_matches_the_simulated_iomad_cron_on_the_51_schema() -> None:
+    from moodle_bridge.iomad.schema import IomadGeneration, detect_iomad
+
+    engine = sa.create_engine("sqlite://")
+    seeded(
+        engine,
+        IomadGeneration.RENAMED,
+        companies=2,
+        users_per_company=4,
+        child_departments=2,
+        supervisor_every=2,
+        completions_per_company=1,
+    )
+    with engine.connect() as conn:
+        t = detect_iomad(conn, "mdl_")
+        emails = select_due_emails(conn, t, NOW, None, None)
+        expanded = expand_emails(conn, t, emails)
+    sink = RecordingSmtpSink()
+    assert run_iomad_email_cron(engine, "mdl_", "m", sink, now=NOW).ran
+    for email in emails:
+        assert sorted(x.address for x in expanded[email.id].recipients) == sorted(
+            sink.addresses_for(email.id)
+        )
+    assert any(x.role == "manager" for e in expanded.values() for x in e.recipients)
+    assert any(x.role == "supervisor" for e in expanded.values() for x in e.recipients)

@@ -19,6 +19,7 @@ def test_detects_legacy_and_reads_its_queue(db_engine: sa.Engine) -> None:
         assert tables.department.name == "mdl_department"
         assert tables.template_has_lang
         assert tables.email_cron_task == "\\local_email\\task\\cron_task"
+        assert tables.plugin_versions["local_email"] == "2024090400"
         # logical column keys stay legacy
         assert tables.department.c.company.name == "company"
         count = conn.execute(sa.select(sa.func.count()).select_from(tables.email)).scalar_one()
@@ -93,3 +94,22 @@ def test_queue_is_usable_right_after_detection() -> None:
 
     with engine.connect() as conn:
         assert len(select_due_emails(conn, detect_iomad(conn, "mdl_"), NOW, None, None)) == 2
+
+
+def test_legacy_45_template_layout_without_lang() -> None:
+    """IOMAD 4.5 (after Jan 2025) / 5.0: legacy names, template text moved to *_strings."""
+    engine = sa.create_engine("sqlite://")
+    tables = create_iomad_schema(engine, template_strings=True)
+    from moodle_bridge.iomad.queue import select_due_emails
+    from moodle_bridge.iomad.recipients import expand_emails
+    from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
+
+    seed_iomad(engine, tables, SeedSpec(users_per_company=2))
+    with engine.connect() as conn:
+        detected = detect_iomad(conn, "mdl_")
+        assert detected.generation is IomadGeneration.LEGACY
+        assert not detected.template_has_lang
+        assert detected.email_template_strings is not None
+        rows = select_due_emails(conn, detected, NOW, None, None)
+        expanded = expand_emails(conn, detected, rows)
+    assert len(rows) == 4 and all(x.sendable for x in expanded.values())
