@@ -186,3 +186,15 @@ def test_jobs_cli_list_show_errors_retry_cancel(
         audit_text = " ".join(str(tuple(row)) for row in conn.execute(sa.select(tables.audit_log)))
     check.dispose()
     assert SECRET_PASSWORD not in audit_text and "cli:" in audit_text
+
+
+@pytest.mark.sqlite
+def test_commands_fail_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MRCO_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["jobs", "list"]) == 2
+    assert "run `moodle-offload migrate`" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "MRCO_KEYSETS" in capsys.readouterr().err
