@@ -1,0 +1,275 @@
+"""The callback receiver: a Starlette ASGI app served by uvicorn (``moodle-offload serve``).
+
+``POST /callbacks/v1/results`` takes a signed ``envelope`` whose message is a ``result_batch``.
+Checks, in order, each failing with a 4xx and changing nothing but the audit log:
+
+1. body size: ``Content-Length`` above the limit, or a streamed body passing it -> 413;
+2. signature (``offload_contract.signing.Verifier``, nonces in the database) -> 401 + stable code;
+3. JSON, envelope and result_batch contract -> 400 / 422 naming the field (never its value);
+4. company scope: the report's company and every job belong to the key's company -> 403;
+5. ingestion in one transaction -> 200 with counts (503 if a concurrent writer got in the way).
+
+Rejections are logged and audited with the reason code, key id and source address, never the body.
+Audit rows for unauthenticated failures are rate-limited per (source, reason) so junk traffic cannot
+flood the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.results import audit
+from moodle_bridge.results.ingest import ConcurrentChange, ScopeError, ingest_result_batch
+from moodle_bridge.results.iomad_link import IomadQueue
+from moodle_bridge.results.nonce_store import DatabaseNonceStore
+from moodle_bridge.results.openapi import openapi_document
+from moodle_bridge.storage.bridge_tables import BridgeTables
+from offload_contract import ContractError, validate
+from offload_contract.codec import decode_message
+from offload_contract.signing import HEADER_KEY_ID, SignatureError, Verifier
+
+log = logging.getLogger("moodle_bridge.results.receiver")
+
+RESULTS_PATH = "/callbacks/v1/results"
+_KEY_ID_SHAPE = re.compile(r"^[a-z0-9-]{1,16}\.c[0-9]{1,19}$")
+#: One audit row per (source, reason) per this many seconds for unauthenticated rejections.
+AUDIT_THROTTLE_SECONDS = 60
+
+
+class Rejection(Exception):
+    def __init__(
+        self, status: int, code: str, detail: str, *, key_id: str = "", company_id: int | None = None
+    ):
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.key_id = key_id
+        self.company_id = company_id
+        super().__init__(f"{status} {code}")
+
+
+@dataclass
+class ReceiverState:
+    engine: sa.Engine
+    tables: BridgeTables
+    verifier: Verifier
+    max_body_bytes: int
+    clock: Callable[[], float]
+    queue: IomadQueue | None
+    _throttle: dict[tuple[str, str], float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def should_audit(self, source: str, code: str, authenticated: bool) -> bool:
+        if authenticated:
+            return True
+        now = self.clock()
+        with self._lock:
+            if len(self._throttle) > 10_000:
+                self._throttle.clear()
+            last = self._throttle.get((source, code))
+            if last is not None and now - last < AUDIT_THROTTLE_SECONDS:
+                return False
+            self._throttle[(source, code)] = now
+            return True
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Rejection(400, "bad_content_length", "Content-Length must be a decimal number")
+        if int(declared) > limit:
+            raise Rejection(413, "body_too_large", f"the body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejection(413, "body_too_large", f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _raw_path(request: Request) -> str:
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        return raw.split(b"?", 1)[0].decode("latin-1")
+    return str(request.url.path)
+
+
+def _process(
+    state: ReceiverState, method: str, path: str, headers: dict[str, str], body: bytes
+) -> dict[str, Any]:
+    try:
+        verified = state.verifier.verify(method, path, headers, body)
+    except SignatureError as exc:
+        raise Rejection(401, exc.code, exc.detail) from None
+    key_id, company_id = verified.key_id, verified.company_id
+    try:
+        envelope = decode_message(body)
+    except (UnicodeDecodeError, ValueError):
+        raise Rejection(
+            400, "invalid_json", "the body is not UTF-8 JSON", key_id=key_id, company_id=company_id
+        ) from None
+    try:
+        validate("envelope", envelope)
+        if envelope["message_type"] != "result_batch":
+            raise Rejection(
+                422,
+                "wrong_message_type",
+                "message_type must be result_batch",
+                key_id=key_id,
+                company_id=company_id,
+            )
+        validate("result_batch", envelope["message"])
+    except ContractError as exc:
+        where = exc.path if exc.message_type == "envelope" else f"message/{exc.path}"
+        raise Rejection(
+            422,
+            "contract_violation",
+            f"{exc.message_type} at {where}: {exc.reason}",
+            key_id=key_id,
+            company_id=company_id,
+        ) from None
+    now = int(state.clock())
+    try:
+        with state.engine.begin() as conn:
+            outcome = ingest_result_batch(
+                conn,
+                state.tables,
+                envelope["message"],
+                company_id=company_id,
+                now=now,
+                actor=f"callback:{key_id}",
+                queue=state.queue,
+            )
+    except ScopeError as exc:
+        raise Rejection(403, exc.code, exc.detail, key_id=key_id, company_id=company_id) from None
+    except (ConcurrentChange, sa.exc.OperationalError) as exc:
+        # Lock wait timeout / deadlock / serialisation failure: nothing was applied; the sender retries.
+        log.warning(
+            "callback %s from key %s not applied (%s); asking the sender to retry",
+            envelope["message"]["report_id"],
+            key_id,
+            type(exc).__name__,
+        )
+        raise Rejection(
+            503, "retry_later", "concurrent update, retry", key_id=key_id, company_id=company_id
+        ) from None
+    except sa.exc.IntegrityError:
+        # The same report_id committed by a concurrent request between our check and insert.
+        raise Rejection(
+            409,
+            "report_in_progress",
+            "this report is being applied; retry",
+            key_id=key_id,
+            company_id=company_id,
+        ) from None
+    return {"status": "ok", "report_id": envelope["message"]["report_id"], **outcome.as_dict()}
+
+
+def _audit_rejection(state: ReceiverState, rejection: Rejection, source: str, header_key: str) -> None:
+    authenticated = bool(rejection.key_id)
+    key_id = rejection.key_id or (header_key if _KEY_ID_SHAPE.match(header_key) else "")
+    log.warning(
+        "callback rejected: status=%s code=%s key=%s source=%s",
+        rejection.status,
+        rejection.code,
+        key_id or "-",
+        source,
+    )
+    if not state.should_audit(source, rejection.code, authenticated):
+        return
+    try:
+        with state.engine.begin() as conn:
+            audit.record(
+                conn,
+                state.tables,
+                actor=f"callback:{key_id or 'unauthenticated'}",
+                action=audit.CALLBACK_REJECTED,
+                now=int(state.clock()),
+                companyid=rejection.company_id,
+                source=source,
+                detail={
+                    "reason": rejection.code,
+                    "http_status": rejection.status,
+                    "authenticated": authenticated,
+                },
+            )
+    except sa.exc.SQLAlchemyError:
+        log.exception("could not audit a rejected callback")
+
+
+def create_app(
+    engine: sa.Engine,
+    tables: BridgeTables,
+    config: BridgeConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    queue: IomadQueue | None = None,
+) -> Starlette:
+    verifier = Verifier(
+        config.keys.root_secrets(),
+        DatabaseNonceStore(engine, tables, clock),
+        window_seconds=config.callbacks.window_seconds,
+        clock=clock,
+    )
+    state = ReceiverState(engine, tables, verifier, config.callbacks.max_body_bytes, clock, queue)
+
+    async def results(request: Request) -> Response:
+        source = request.client.host if request.client else ""
+        header_key = request.headers.get(HEADER_KEY_ID, "")
+        try:
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";")[0].strip().lower() != "application/json":
+                raise Rejection(415, "unsupported_media_type", "Content-Type must be application/json")
+            body = await _read_body(request, state.max_body_bytes)
+            headers = dict(request.headers.items())
+            payload = await run_in_threadpool(
+                _process, state, request.method, _raw_path(request), headers, body
+            )
+        except Rejection as rejection:
+            await run_in_threadpool(_audit_rejection, state, rejection, source, header_key)
+            return JSONResponse(
+                {"status": "rejected", "error": rejection.code, "detail": rejection.detail},
+                status_code=rejection.status,
+                headers={"Retry-After": "5"} if rejection.status in (409, 503) else None,
+            )
+        return JSONResponse(payload)
+
+    async def healthz(request: Request) -> Response:
+        def ping() -> bool:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+
+        try:
+            await run_in_threadpool(ping)
+        except sa.exc.SQLAlchemyError:
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    return Starlette(
+        routes=[
+            Route(RESULTS_PATH, results, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ]
+    )

@@ -1,0 +1,268 @@
+"""Reconciliation, run at the end of every ``tick``.
+
+1. Drain results the cloud kept durably: the results DLQ in push mode (callbacks that never got
+   through), the results queue itself in pull mode. Each message body is a contract
+   ``result_batch``; it is validated, scoped to its own ``company_id`` (and to the company of its
+   ``key_id`` attribute when present), ingested, and deleted from the queue only after the database
+   commit. A message that can never apply (invalid, or outside its company) is moved aside: audited
+   with its SQS message id and hidden for 12 hours, so it never blocks the queue.
+2. Flag jobs past their deadline (``timedeadline``, else ``timecreated + job_deadline_seconds``):
+   the status stays, an audit entry is written once and ``jobs list`` shows them as overdue.
+3. Settle IOMAD rows whose recipients are all final but whose claim is still open (mark sent, or
+   restore to IOMAD when the fallback rule says so; see ``settle``).
+4. Purge expired callback nonces.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3  # type: ignore[import-untyped,unused-ignore]
+import sqlalchemy as sa
+from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
+
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.results import audit
+from moodle_bridge.results.ingest import (
+    ConcurrentChange,
+    ScopeError,
+    ingest_result_batch,
+    lock_jobs,
+    refresh_jobs,
+)
+from moodle_bridge.results.iomad_link import AdapterQueue, IomadQueue
+from moodle_bridge.results.nonce_store import purge_expired
+from moodle_bridge.results.settle import CLAIM_CLAIMED, settle_rows
+from moodle_bridge.results.states import ACTIVE_STATUSES, JOB_TERMINAL
+from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
+from offload_contract import ContractError, validate
+from offload_contract.codec import decode_message
+from offload_contract.signing import SignatureError, parse_key_id
+
+log = logging.getLogger("moodle_bridge.results.reconcile")
+
+ACTOR = "cron:reconcile"
+#: Hide a poison message this long (SQS caps the total since receipt at 12 h).
+QUARANTINE_VISIBILITY_SECONDS = 6 * 3600
+#: At most this many queue messages per tick, so one tick stays short.
+MAX_MESSAGES_PER_TICK = 2000
+
+
+@dataclass
+class ReconcileContext:
+    """What ``tick`` hands to ``reconcile``."""
+
+    engine: sa.Engine
+    tables: BridgeTables
+    config: BridgeConfig
+    clock: Callable[[], float] = time.time
+    #: A boto3 SQS client (endpoint_url set for moto/VPC endpoints); None skips queue draining.
+    sqs: Any = None
+    #: The IOMAD link (``iomad_link.detect_queue``); None on a plain Moodle site.
+    iomad_queue: IomadQueue | None = None
+    max_messages: int = MAX_MESSAGES_PER_TICK
+
+
+@dataclass
+class ReconcileReport:
+    queue_url: str = ""
+    messages_applied: int = 0
+    messages_duplicate: int = 0
+    messages_quarantined: int = 0
+    messages_deferred: int = 0
+    results_applied: int = 0
+    jobs_flagged_overdue: list[int] = field(default_factory=list)
+    rows_marked_sent: int = 0
+    rows_restored: int = 0
+    nonces_purged: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def results_source_url(config: BridgeConfig) -> str:
+    if config.callbacks.results_mode == "pull":
+        return config.aws.results_queue_url
+    return config.aws.results_dlq_url
+
+
+def _quarantine(ctx: ReconcileContext, url: str, message: dict[str, Any], reason: str, now: int) -> None:
+    message_id = str(message.get("MessageId", ""))
+    log.warning("result message %s moved aside: %s", message_id, reason)
+    with ctx.engine.begin() as conn:
+        audit.record(
+            conn,
+            ctx.tables,
+            actor=ACTOR,
+            action=audit.RESULT_MESSAGE_QUARANTINED,
+            now=now,
+            detail={
+                "sqs_message_id": message_id,
+                "reason": reason,
+                "queue": url.rsplit("/", 1)[-1],
+                "bytes": len(str(message.get("Body", "")).encode("utf-8")),
+            },
+        )
+    try:
+        ctx.sqs.change_message_visibility(
+            QueueUrl=url,
+            ReceiptHandle=message["ReceiptHandle"],
+            VisibilityTimeout=QUARANTINE_VISIBILITY_SECONDS,
+        )
+    except ClientError as exc:  # it reappears after the receive's own visibility timeout instead
+        log.warning(
+            "could not hide result message %s: %s", message_id, exc.response.get("Error", {}).get("Code")
+        )
+
+
+def _handle_message(
+    ctx: ReconcileContext, url: str, message: dict[str, Any], report: ReconcileReport
+) -> None:
+    now = int(ctx.clock())
+    try:
+        batch = decode_message(message.get("Body", ""))
+        validate("result_batch", batch)
+    except ContractError as exc:
+        _quarantine(ctx, url, message, f"contract: {exc.path}: {exc.reason}", now)
+        report.messages_quarantined += 1
+        return
+    except ValueError:
+        _quarantine(ctx, url, message, "invalid_json", now)
+        report.messages_quarantined += 1
+        return
+    company_id = int(batch["company_id"])
+    key_attr = (message.get("MessageAttributes") or {}).get("key_id", {}).get("StringValue")
+    if key_attr:
+        try:
+            _, key_company = parse_key_id(str(key_attr))
+        except SignatureError:
+            key_company = -1
+        if key_company != company_id:
+            _quarantine(ctx, url, message, "company_mismatch", now)
+            report.messages_quarantined += 1
+            return
+    try:
+        with ctx.engine.begin() as conn:
+            outcome = ingest_result_batch(
+                conn, ctx.tables, batch, company_id=company_id, now=now, actor=ACTOR, queue=ctx.iomad_queue
+            )
+    except ScopeError as exc:
+        _quarantine(ctx, url, message, exc.code, now)
+        report.messages_quarantined += 1
+        return
+    except (ConcurrentChange, sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+        log.info("result message %s deferred (%s)", message.get("MessageId"), type(exc).__name__)
+        report.messages_deferred += 1
+        return
+    # Committed: now, and only now, the message may go.
+    ctx.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    if outcome.duplicate_report:
+        report.messages_duplicate += 1
+    else:
+        report.messages_applied += 1
+        report.results_applied += outcome.applied
+
+
+def drain_results(ctx: ReconcileContext, report: ReconcileReport) -> None:
+    url = results_source_url(ctx.config)
+    report.queue_url = url
+    if ctx.sqs is None or not url:
+        return
+    handled = 0
+    while handled < ctx.max_messages:
+        response = ctx.sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=60,
+        )
+        messages = response.get("Messages") or []
+        if not messages:
+            return
+        for message in messages:
+            _handle_message(ctx, url, message, report)
+            handled += 1
+
+
+def flag_overdue(ctx: ReconcileContext, conn: sa.Connection, now: int) -> list[int]:
+    j, a = ctx.tables.jobs, ctx.tables.audit_log
+    deadline = sa.func.coalesce(j.c.timedeadline, j.c.timecreated + ctx.config.job_deadline_seconds)
+    already = sa.select(a.c.jobid).where(a.c.action == audit.JOB_OVERDUE, a.c.jobid.is_not(None))
+    rows = conn.execute(
+        sa.select(j.c.id, j.c.companyid, j.c.status, deadline.label("deadline"))
+        .where(j.c.status.not_in(sorted(JOB_TERMINAL)), deadline < now, j.c.id.not_in(already))
+        .order_by(j.c.id)
+    ).all()
+    for row in rows:
+        audit.record(
+            conn,
+            ctx.tables,
+            actor=ACTOR,
+            action=audit.JOB_OVERDUE,
+            now=now,
+            companyid=int(row.companyid),
+            jobid=int(row.id),
+            detail={"status": row.status, "deadline": int(row.deadline)},
+        )
+    return [int(row.id) for row in rows]
+
+
+def settle_open_rows(ctx: ReconcileContext, conn: sa.Connection, now: int) -> tuple[int, int]:
+    c, r = ctx.tables.claims, ctx.tables.recipients
+    busy = sa.select(r.c.emailid).where(r.c.emailid == c.c.emailid, r.c.status.in_(sorted(ACTIVE_STATUSES)))
+    has_recipients = sa.select(r.c.id).where(r.c.emailid == c.c.emailid)
+    open_rows = conn.execute(
+        sa.select(c.c.emailid, c.c.jobid).where(
+            c.c.state == CLAIM_CLAIMED, c.c.jobid.is_not(None), ~sa.exists(busy), sa.exists(has_recipients)
+        )
+    ).all()
+    if not open_rows:
+        return 0, 0
+    jobs = lock_jobs(conn, ctx.tables, {int(row.jobid) for row in open_rows})
+    settled = settle_rows(
+        conn, ctx.tables, ctx.iomad_queue, [int(row.emailid) for row in open_rows], now=now, actor=ACTOR
+    )
+    changed = {job_id: jobs[job_id] for job_id in settled.restored_recipients if job_id in jobs}
+    if changed:
+        refresh_jobs(conn, ctx.tables, changed, now=now, actor=ACTOR)
+    return len(settled.marked_sent), len(settled.restored)
+
+
+def context_from_tick(tick: Any) -> ReconcileContext:
+    """Adapt bridge core's ``TickContext`` (engine, config, repo, iomad, ...) to ours."""
+    config: BridgeConfig = tick.config
+    tables = (
+        tick.repo.t
+        if getattr(tick, "repo", None) is not None
+        else build_bridge_tables(config.database.prefix)
+    )
+    sqs = None
+    if results_source_url(config):
+        sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
+    iomad = getattr(tick, "iomad", None)
+    return ReconcileContext(
+        engine=tick.engine,
+        tables=tables,
+        config=config,
+        sqs=sqs,
+        iomad_queue=AdapterQueue(iomad) if iomad is not None else None,
+    )
+
+
+def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
+    """One reconciliation pass. ``ctx`` is a ``ReconcileContext`` or bridge core's ``TickContext``."""
+    if not isinstance(ctx, ReconcileContext):
+        ctx = context_from_tick(ctx)
+    report = ReconcileReport()
+    drain_results(ctx, report)
+    now = int(ctx.clock())
+    with ctx.engine.begin() as conn:
+        report.jobs_flagged_overdue = flag_overdue(ctx, conn, now)
+        report.rows_marked_sent, report.rows_restored = settle_open_rows(ctx, conn, now)
+        report.nonces_purged = purge_expired(conn, ctx.tables, now)
+    return report

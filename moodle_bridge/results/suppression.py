@@ -1,0 +1,82 @@
+"""Bounce and complaint memory, per company.
+
+Bounced and complained addresses are recorded (lower-cased) when their result is ingested. Job
+creation calls ``filter_suppressed`` and creates those recipients as ``skipped`` with the reason
+as their error code, so the job's report says how many were skipped and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+
+from moodle_bridge.results.dbutil import chunks, insert_ignore
+from moodle_bridge.storage.bridge_tables import BridgeTables
+
+REASON_BOUNCE = "bounce"
+REASON_COMPLAINT = "complaint"
+REASON_UNSUBSCRIBE = "unsubscribe"
+#: Recipient error code used for a skipped recipient, by suppression reason.
+SKIP_CODES = {
+    REASON_BOUNCE: "suppressed_bounce",
+    REASON_COMPLAINT: "suppressed_complaint",
+    REASON_UNSUBSCRIBE: "suppressed_unsubscribe",
+}
+
+
+def normalise(address: str) -> str:
+    return address.strip().lower()
+
+
+def filter_suppressed(
+    conn: sa.Connection, tables: BridgeTables, company_id: int, addresses: Iterable[str]
+) -> dict[str, str]:
+    """The addresses (as given) that the company must not mail, with the reason for each."""
+    by_normal: dict[str, list[str]] = {}
+    for address in addresses:
+        by_normal.setdefault(normalise(address), []).append(address)
+    if not by_normal:
+        return {}
+    table = tables.suppressions
+    out: dict[str, str] = {}
+    for part in chunks(sorted(by_normal)):
+        rows = conn.execute(
+            sa.select(table.c.address, table.c.reason).where(
+                table.c.companyid == company_id, table.c.address.in_(part)
+            )
+        )
+        for address, reason in rows:
+            for original in by_normal.get(address, ()):
+                out[original] = reason
+    return out
+
+
+def record_suppressions(
+    conn: sa.Connection,
+    tables: BridgeTables,
+    entries: Iterable[tuple[int, str, str]],
+    *,
+    source: str,
+    now: int,
+) -> int:
+    """Remember (company, address, reason) entries; an address already suppressed keeps its first reason."""
+    unique: dict[tuple[int, str], str] = {}
+    for company_id, address, reason in entries:
+        unique.setdefault((company_id, normalise(address)), reason)
+    rows = [
+        {"companyid": c, "address": a, "reason": r, "source": source[:100], "timecreated": now}
+        for (c, a), r in sorted(unique.items())
+    ]
+    return insert_ignore(conn, tables.suppressions, rows)
+
+
+def suppression_counts(conn: sa.Connection, tables: BridgeTables, job_id: int) -> dict[str, int]:
+    """How many recipients of a job were skipped, by reason code (for the job's report)."""
+    r = tables.recipients
+    rows = conn.execute(
+        sa.select(r.c.errorcode, sa.func.count())
+        .where(r.c.jobid == job_id, r.c.status == "skipped")
+        .group_by(r.c.errorcode)
+    )
+    return {str(code or "unknown"): int(n) for code, n in rows}

@@ -1,0 +1,200 @@
+"""Retry, cancel and the error report, on every engine; the CLI on SQLite; no secret ever leaks."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from moodle_bridge.cli import main
+from moodle_bridge.results.ingest import ingest_result_batch
+from moodle_bridge.results.job_control import (
+    JobControlError,
+    cancel_job,
+    error_rows,
+    retry_failed,
+    write_error_csv,
+)
+from tests.results.factory import (
+    NOW,
+    SECRET_PASSWORD,
+    counters_match,
+    create_job,
+    email_state,
+    make_iomad,
+    make_tables,
+    park_rows,
+    result,
+    result_batch,
+)
+
+
+def _ingest(engine, tables, batch, queue=None, now=NOW + 30):
+    with engine.begin() as conn:
+        return ingest_result_batch(conn, tables, batch, company_id=7, now=now, actor="t", queue=queue)
+
+
+def test_retry_is_a_new_attempt_under_the_same_rules(db_engine: sa.Engine) -> None:
+    tables = make_tables(db_engine)
+    with db_engine.begin() as conn:
+        job = create_job(conn, tables, recipients=3, email_id_start=None)
+    _ingest(
+        db_engine,
+        tables,
+        result_batch(
+            7,
+            [result(job, 0, "sent"), result(job, 1, "failed"), result(job, 2, "failed")],
+            batch_id=job.batch_key,
+        ),
+    )
+    with db_engine.begin() as conn:
+        report = retry_failed(conn, tables, job.job_id, actor="cli:admin", now=NOW + 40, max_recipients=1)
+    assert report.attempt == 2 and report.recipients == 2 and len(report.batches) == 2
+    r, b, j = tables.recipients, tables.batches, tables.jobs
+    with db_engine.connect() as conn:
+        rows = conn.execute(sa.select(r).where(r.c.jobid == job.job_id).order_by(r.c.id)).all()
+        batches = conn.execute(sa.select(b).where(b.c.batchkey.in_(report.batches))).all()
+        job_row = conn.execute(sa.select(j).where(j.c.id == job.job_id)).one()
+    assert [x.status for x in rows] == ["sent", "pending", "pending"]
+    assert [x.attempts for x in rows] == [1, 1, 1]  # the outbox counts the attempt when it submits
+    assert {x.status for x in batches} == {"pending"} and {x.attempt for x in batches} == {2}
+    assert {x.companyid for x in batches} == {7} and {x.messagetype for x in batches} == {"email_batch"}
+    assert job_row.status == "processing" and job_row.attempt == 2 and job_row.timecompleted is None
+    # A late failure from attempt 1 is stale; the new attempt's results apply.
+    stale = _ingest(db_engine, tables, result_batch(7, [result(job, 1, "failed")], batch_id=job.batch_key))
+    assert stale.ignored == 1
+    batch_of = {int(x.id): x.batchid for x in rows}
+    keys = {x.id: x.batchkey for x in batches}
+    for index in (1, 2):
+        key = keys[batch_of[job.recipient_ids[index]]]
+        assert (
+            _ingest(db_engine, tables, result_batch(7, [result(job, index, "sent")], batch_id=key)).applied
+            == 1
+        )
+    with db_engine.connect() as conn:
+        assert counters_match(conn, tables) == []
+        assert conn.execute(sa.select(j.c.status).where(j.c.id == job.job_id)).scalar_one() == "completed"
+    with db_engine.begin() as conn, pytest.raises(JobControlError, match="no failed recipients"):
+        retry_failed(conn, tables, job.job_id, actor="cli:admin", now=NOW + 50)
+
+
+def test_cancel_gives_rows_back_and_late_results_do_not_resurrect(db_engine: sa.Engine) -> None:
+    tables = make_tables(db_engine)
+    itables, queue = make_iomad(db_engine)
+    with db_engine.begin() as conn:
+        job = create_job(conn, tables, recipients=4, per_email=2)
+        park_rows(conn, itables, job.email_ids)
+    # Row A: one recipient already sent; row B: nothing sent yet.
+    _ingest(db_engine, tables, result_batch(7, [result(job, 0, "sent")], batch_id=job.batch_key), queue=queue)
+    with db_engine.begin() as conn:
+        report = cancel_job(conn, tables, job.job_id, actor="cli:admin", now=NOW + 40, queue=queue)
+    assert report.recipients_cancelled == 3 and report.rows_restored == 1
+    late = _ingest(
+        db_engine,
+        tables,
+        result_batch(7, [result(job, 3, "sent")], batch_id=job.batch_key),
+        queue=queue,
+        now=NOW + 50,
+    )
+    assert late.ignored == 1 and dict(late.ignored_reasons) == {"recipient_cancelled": 1}
+    with db_engine.connect() as conn:
+        rows = email_state(conn, itables)
+        statuses = [
+            s for (s,) in conn.execute(sa.select(tables.recipients.c.status).order_by(tables.recipients.c.id))
+        ]
+        job_row = conn.execute(sa.select(tables.jobs).where(tables.jobs.c.id == job.job_id)).one()
+        actions = [a for (a,) in conn.execute(sa.select(tables.audit_log.c.action))]
+        assert counters_match(conn, tables) == []
+    assert statuses == ["sent", "cancelled", "cancelled", "cancelled"]
+    row_a, row_b = job.email_ids
+    assert rows[row_a][0] == NOW + 40  # someone was reached: IOMAD must not send it again
+    assert rows[row_b] == (None, NOW - 60)  # nobody was reached: IOMAD sends it
+    assert job_row.status == "cancelled" and job_row.recipientscancelled == 3
+    assert {"job_cancelled", "results_ignored_after_close"} <= set(actions)
+    with db_engine.begin() as conn, pytest.raises(JobControlError, match="already cancelled"):
+        cancel_job(conn, tables, job.job_id, actor="cli:admin", now=NOW + 60, queue=queue)
+
+
+def test_error_report_csv_is_safe(db_engine: sa.Engine) -> None:
+    tables = make_tables(db_engine)
+    with db_engine.begin() as conn:
+        job = create_job(conn, tables, recipients=3, email_id_start=None)
+        conn.execute(
+            tables.recipients.update().values(
+                secret="ENCRYPTED-" + SECRET_PASSWORD, data=json.dumps({"password": SECRET_PASSWORD})
+            )
+        )
+    failing = result(job, 0, "failed", code="MailFromDomainNotVerified")
+    failing["error"]["message"] = '=HYPERLINK("http://evil")'
+    _ingest(db_engine, tables, result_batch(7, [failing, result(job, 1, "sent"), result(job, 2, "retrying")]))
+    out = io.StringIO()
+    with db_engine.connect() as conn:
+        count = write_error_csv(error_rows(conn, tables, job.job_id), out)
+        secrets_left = conn.execute(
+            sa.select(tables.recipients.c.id).where(tables.recipients.c.secret.is_not(None))
+        ).all()
+    text = out.getvalue()
+    assert count == 1
+    assert "MailFromDomainNotVerified" in text and "User0@Example.org" in text
+    assert "'=HYPERLINK" in text  # formula neutralised
+    assert SECRET_PASSWORD not in text
+    # Final recipients lose their encrypted password; the one still retrying keeps it.
+    assert [int(x.id) for x in secrets_left] == [job.recipient_ids[2]]
+
+
+@pytest.mark.sqlite
+def test_jobs_cli_list_show_errors_retry_cancel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog
+) -> None:
+    url = f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
+    engine = sa.create_engine(url)
+    tables = make_tables(engine)
+    with engine.begin() as conn:
+        job = create_job(conn, tables, recipients=2, email_id_start=None)
+        other = create_job(conn, tables, recipients=1, email_id_start=None, company_id=8)
+        conn.execute(tables.recipients.update().values(data=json.dumps({"password": SECRET_PASSWORD})))
+    _ingest(engine, tables, result_batch(7, [result(job, 0, "failed"), result(job, 1, "bounced")]))
+    engine.dispose()
+    monkeypatch.setenv("MRCO_DATABASE_URL", url)
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    assert main(["jobs", "list", "--company", "7"]) == 0
+    listing = capsys.readouterr().out
+    assert "partial_failure" in listing and f"\n{other.job_id:>7}" not in listing
+    assert main(["jobs", "list", "--json", "--status", "queued"]) == 0
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [other.job_id]
+    assert main(["jobs", "show", str(job.job_id)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["counters"]["recipientsbounced"] == 1 and shown["audit"][0]["action"] == "job_completed"
+    csv_path = tmp_path / "errors.csv"
+    assert main(["jobs", "errors", str(job.job_id), "--output", str(csv_path)]) == 0
+    assert csv_path.read_text().count("\n") == 3
+    assert main(["jobs", "retry", str(job.job_id)]) == 0
+    assert "attempt 2, 1 recipients" in capsys.readouterr().out
+    assert main(["jobs", "cancel", str(job.job_id)]) == 0
+    assert main(["jobs", "cancel", "999"]) == 1
+    captured = capsys.readouterr()
+    assert "job 999 does not exist" in captured.err
+    everything = captured.out + captured.err + listing + csv_path.read_text() + caplog.text
+    assert SECRET_PASSWORD not in everything
+    check = sa.create_engine(url)
+    with check.connect() as conn:
+        audit_text = " ".join(str(tuple(row)) for row in conn.execute(sa.select(tables.audit_log)))
+    check.dispose()
+    assert SECRET_PASSWORD not in audit_text and "cli:" in audit_text
+
+
+@pytest.mark.sqlite
+def test_commands_fail_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MRCO_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["jobs", "list"]) == 2
+    assert "run `moodle-offload migrate`" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "MRCO_KEYSETS" in capsys.readouterr().err
