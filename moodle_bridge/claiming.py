@@ -41,7 +41,7 @@ from moodle_bridge.iomad.passwords import (
     load_temporary_passwords,
     redact,
 )
-from moodle_bridge.iomad.queue import QueuedEmail, park_emails, select_due_emails
+from moodle_bridge.iomad.queue import QueuedEmail, park_emails, restore_emails, select_due_emails
 from moodle_bridge.iomad.recipients import (
     DUPLICATE_ADDRESS,
     RECIPIENT_UNAVAILABLE,
@@ -89,6 +89,8 @@ class ClaimReport:
     jobs: list[int] = field(default_factory=list)
     left_local: Counter[str] = field(default_factory=Counter)
     lock_busy: bool = False
+    #: rows given back to IOMAD at once because no recipient fitted the queue (fallback on)
+    restored_too_large: int = 0
     decisions: dict[str, str] = field(default_factory=dict)
 
 
@@ -390,10 +392,46 @@ class ClaimPass:
                     self.repo.record_certificates(conn, header.jobid, key[0], emailids)
                 report.recipients += created.recipients
                 report.batches += created.batches
+                if created.rejected and s.fallbacklocal:
+                    report.restored_too_large += self._give_back_too_large(
+                        conn, header.jobid, recipients, created.rejected, taken
+                    )
             new_jobs.update(all_jobs)
         jobs.update(new_jobs)
         report.claimed += len(taken)
         report.released += len(released)
+
+    def _give_back_too_large(
+        self,
+        conn: sa.Connection,
+        jobid: int,
+        planned: list[PlannedRecipient],
+        rejected: list[PlannedRecipient],
+        taken: list[RowPlan],
+    ) -> int:
+        """Rows whose every recipient was too large for the queue go back to IOMAD (fallback on).
+
+        Rows with some recipients in batches keep their too-large ones ``failed`` (I3).
+        """
+        rejected_ids = {id(p) for p in rejected}
+        by_row: dict[int, list[bool]] = {}
+        for p in planned:
+            if p.emailid is not None and (p.status == "pending" or id(p) in rejected_ids):
+                by_row.setdefault(p.emailid, []).append(id(p) in rejected_ids)
+        whole = sorted(e for e, flags in by_row.items() if all(flags))
+        if not whole:
+            return 0
+        dues = {p.email.id: p.email.due for p in taken if p.email.id in set(whole)}
+        restored = restore_emails(conn, self.iomad, dues)
+        self.repo.set_claims_state(conn, restored, "released")
+        self.repo.restore_recipients_of_rows(
+            conn,
+            jobid,
+            restored,
+            "too_large",
+            "too large for the queue and no content bucket; IOMAD sends it",
+        )
+        return len(restored)
 
     @staticmethod
     def _claim_row(plan: RowPlan, state: str, jobid: int, at: int) -> dict[str, Any]:

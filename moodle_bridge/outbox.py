@@ -249,7 +249,15 @@ class Outbox:
         for key in by_size:
             encoded = encode_message(contents[key])
             object_key = f"contents/company-{header.companyid}/{header.jobid}/{key}.json"
-            self.upload(object_key, encoded)
+            try:
+                self.upload(object_key, encoded)
+            except Exception as exc:  # any storage failure: not accepted, retry later
+                code = (
+                    getattr(exc, "response", {}).get("Error", {}).get("Code")
+                    if hasattr(exc, "response")
+                    else None
+                )
+                raise SubmitError(f"content bucket: {code or type(exc).__name__}") from None
             contents[key] = {
                 "kind": "reference",
                 "ref": {

@@ -11,10 +11,13 @@ from constructs import Construct
 from infra.config import OffloadConfig
 from infra.constructs.queues import QueueWithDlq
 
-#: Events the ses_events Lambda consumes. SEND is left out (one event per recipient adds cost
-#: and nothing the send call did not already report); OPEN/CLICK are left out on purpose: no
-#: tracking pixels or rewritten links in learners' mail.
+#: Events the ses_events Lambda consumes. SEND is published although the send call already
+#: reports ``sent``: it settles a claim left INPROGRESS when a sender stops between SES accepting
+#: a message and recording it (the exactly-once crash window, docs/lambdas.md). That costs one
+#: more event per recipient (EventBridge/SQS/Lambda; docs/AWS_SETUP.md §10), which correctness
+#: is worth. OPEN/CLICK are left out on purpose: no tracking pixels or rewritten links in mail.
 PUBLISHED_EVENTS = (
+    ses.EmailSendingEvent.SEND,
     ses.EmailSendingEvent.REJECT,
     ses.EmailSendingEvent.BOUNCE,
     ses.EmailSendingEvent.COMPLAINT,

@@ -19,6 +19,7 @@ from infra.constructs.queues import OffloadQueues, QueueWithDlq
 from infra.constructs.storage import (
     CERTIFICATES_PREFIX,
     CONTENTS_PREFIX,
+    TEMPLATES_PREFIX,
     CertificateStorage,
     HmacKeys,
     IdempotencyTable,
@@ -140,19 +141,33 @@ class OffloadFunctions(Construct):
                 ),
             )
 
+        # The bucket's default encryption is SSE-S3; the renderer asks for the same per object
+        # (its built-in default, aws:kms, would add a KMS request per PUT and GET).
+        self.functions["certificate_renderer"].add_environment("SSE_ALGORITHM", "AES256")
+
+        # Each role gets exactly the calls its handler's code makes; tests/infra/test_iam_matches_code.py
+        # derives those calls from lambdas/ and compares them with the synthesized policies.
         bucket_arn = storage.bucket.bucket_arn
         certificates_objects = f"{bucket_arn}/{CERTIFICATES_PREFIX}*"
         contents_objects = f"{bucket_arn}/{CONTENTS_PREFIX}*"
-        table_rw = iam.PolicyStatement(
-            sid="IdempotencyAndPacing",
-            actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
-            resources=[table.table.table_arn],
-        )
+        templates_objects = f"{bucket_arn}/{TEMPLATES_PREFIX}*"
+        table_arn = table.table.table_arn
+
+        def items(*operations: str) -> iam.PolicyStatement:
+            # TransactWriteItems has no IAM action of its own: each item needs its own action
+            # (PutItem for the sender's claims).
+            return iam.PolicyStatement(
+                sid="IdempotencyAndPacing",
+                actions=[f"dynamodb:{operation}" for operation in operations],
+                resources=[table_arn],
+            )
+
         read_keys = iam.PolicyStatement(
             sid="ReadHmacKeys", actions=["secretsmanager:GetSecretValue"], resources=[keys.secret.secret_arn]
         )
 
         def send_to(*targets: QueueWithDlq) -> iam.PolicyStatement:
+            # SendMessageBatch is authorized by sqs:SendMessage.
             return iam.PolicyStatement(
                 sid="SendToQueues",
                 actions=["sqs:SendMessage"],
@@ -172,9 +187,11 @@ class OffloadFunctions(Construct):
         )
         self._allow(
             "email_sender",
-            table_rw,
-            read_keys,
-            send_to(queues.results),
+            # Claims (TransactWriteItems of Puts, PutItem), completion (BatchWriteItem), release
+            # (DeleteItem), pacing (UpdateItem), look-ups (GetItem).
+            items("BatchWriteItem", "DeleteItem", "GetItem", "PutItem", "UpdateItem"),
+            # Re-queued recipients go back to the jobs queue; outcomes to the results queue.
+            send_to(queues.jobs, queues.results),
             iam.PolicyStatement(
                 sid="SendThroughSes",
                 actions=["ses:SendEmail", "ses:SendBulkEmail"],
@@ -189,24 +206,22 @@ class OffloadFunctions(Construct):
         )
         self._allow(
             "certificate_renderer",
-            table_rw,
-            read_keys,
-            send_to(queues.results),
+            items("PutItem"),
+            # Completion mail is forwarded to the jobs queue; outcomes to the results queue.
+            send_to(queues.jobs, queues.results),
             iam.PolicyStatement(
                 sid="WriteCertificates", actions=["s3:PutObject"], resources=[certificates_objects]
             ),
-            iam.PolicyStatement(sid="ReadContents", actions=["s3:GetObject"], resources=[contents_objects]),
+            iam.PolicyStatement(sid="ReadTemplates", actions=["s3:GetObject"], resources=[templates_objects]),
         )
-        self._allow("ses_events", table_rw, send_to(queues.results))
-        self._allow("callback_dispatcher", table_rw, read_keys)
+        self._allow("ses_events", items("GetItem", "UpdateItem"), send_to(queues.results))
+        self._allow("callback_dispatcher", read_keys)
         self._allow(
             "api",
-            table_rw,
+            # Nonces and unsubscribe tokens (PutItem), certificate verification (GetItem).
+            items("GetItem", "PutItem"),
             read_keys,
-            send_to(queues.jobs, queues.certificates, queues.results),
-            iam.PolicyStatement(
-                sid="VerifyCertificates", actions=["s3:GetObject"], resources=[certificates_objects]
-            ),
+            send_to(queues.jobs, queues.certificates),
         )
 
         self._acknowledge_wildcards(storage)
@@ -307,8 +322,7 @@ class OffloadFunctions(Construct):
         )
         needs_prefix = {
             "email_sender": (CONTENTS_PREFIX, CERTIFICATES_PREFIX),
-            "certificate_renderer": (CONTENTS_PREFIX, CERTIFICATES_PREFIX),
-            "api": (CERTIFICATES_PREFIX,),
+            "certificate_renderer": (TEMPLATES_PREFIX, CERTIFICATES_PREFIX),
         }
         for key, role in self.roles.items():
             policy = role.node.try_find_child("DefaultPolicy")

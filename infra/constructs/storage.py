@@ -13,6 +13,8 @@ from infra.nag import acknowledge
 
 CERTIFICATES_PREFIX = "certificates/"
 CONTENTS_PREFIX = "contents/"
+#: Per-company certificate templates and their images (read by the renderer; docs/lambdas.md).
+TEMPLATES_PREFIX = "templates/"
 #: The key set the first deployment creates; rotation adds k2, k3, ... (docs/AWS_SETUP.md).
 INITIAL_KEYSET = "k1"
 #: 43 characters of [A-Za-z0-9] decode (base64url) to 32 bytes: the contract's minimum root.

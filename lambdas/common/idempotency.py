@@ -30,8 +30,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 RETENTION_SECONDS = 35 * 24 * 3600  # longer than any bridge job lifetime and the SQS retention
-TRANSACT_CHUNK = 50
 BATCH_WRITE_CHUNK = 25
+#: Marks a claim completed by the SES events processor rather than by the sender.
+SETTLED_BY_SEND_EVENT = "ses_event"
 
 
 class ClaimState(Enum):
@@ -78,31 +79,17 @@ class IdempotencyStore:
         }
 
     def claim_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Claim]:
+        """Claim each key with its own conditional put.
+
+        Not TransactWriteItems: DynamoDB bills a transactional write at twice the units of a
+        plain one, a transaction fails as a whole when one recipient was already claimed,
+        and moto's implementation copies the whole table per call, which made the sender
+        untestable at demo scale. A put costs a few milliseconds, well inside the pacing
+        budget of a send.
+        """
         now = int(self._clock())
         lease_until = now + max(1, lease_seconds)
-        claims: dict[str, Claim] = {}
-        for start in range(0, len(keys), TRANSACT_CHUNK):
-            chunk = list(dict.fromkeys(keys[start : start + TRANSACT_CHUNK]))
-            try:
-                self._db.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Put": {
-                                "TableName": self._table,
-                                "Item": self._claim_item(key, lease_until, now),
-                                "ConditionExpression": "attribute_not_exists(id)",
-                            }
-                        }
-                        for key in chunk
-                    ]
-                )
-                claims.update({key: Claim(key, ClaimState.CLAIMED) for key in chunk})
-            except ClientError as exc:
-                if not _is_condition_failure(exc):
-                    raise
-                for key in chunk:
-                    claims[key] = self.claim_one(key, lease_until, now)
-        return claims
+        return {key: self.claim_one(key, lease_until, now) for key in dict.fromkeys(keys)}
 
     def claim_one(self, key: str, lease_until: int, now: int) -> Claim:
         for _ in range(2):  # the item may be released between our put and our read
@@ -174,14 +161,22 @@ class IdempotencyStore:
                 if not _is_condition_failure(exc):
                     raise
 
-    def complete_if_in_progress(self, key: str, result: dict[str, Any]) -> bool:
-        """Resolve a claim left INPROGRESS (crash window) from SES's own Send event."""
+    def complete_if_in_progress(self, key: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """Resolve a claim left INPROGRESS (crash window) from SES's own Send event.
+
+        Returns the result to report: ``result`` when this call settled the claim, the stored
+        result when an earlier Send event settled it (its report may not have reached the
+        results queue: the event is then redelivered and must report again), else None (the
+        sender completed the claim itself and reported it).
+        """
         now = int(self._clock())
         try:
             self._db.update_item(
                 TableName=self._table,
                 Key={"id": {"S": key}},
-                UpdateExpression="SET #s = :c, #r = :r, expiration = :e REMOVE lease_until, #t",
+                UpdateExpression=(
+                    "SET #s = :c, #r = :r, expiration = :e, settled_by = :by REMOVE lease_until, #t"
+                ),
                 ConditionExpression="#s = :p",
                 ExpressionAttributeNames={"#s": "status", "#r": "result", "#t": "token"},
                 ExpressionAttributeValues={
@@ -189,13 +184,20 @@ class IdempotencyStore:
                     ":p": {"S": "INPROGRESS"},
                     ":r": {"S": json.dumps(result, separators=(",", ":"))},
                     ":e": {"N": str(now + RETENTION_SECONDS)},
+                    ":by": {"S": SETTLED_BY_SEND_EVENT},
                 },
+                # The current item comes back with a failed condition, without a second read.
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return True
+            return result
         except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
+            if not _is_condition_failure(exc):
+                raise
+            old = exc.response.get("Item") or {}
+            if (old.get("settled_by") or {}).get("S") == SETTLED_BY_SEND_EVENT and "result" in old:
+                stored: dict[str, Any] = json.loads(old["result"]["S"])
+                return stored
+            return None
 
     # -- job routing (where results of a job go; used by the SES event processor) ----------
     def remember_job(self, job_id: str, company_id: int, callback_url: str, key_id: str) -> None:

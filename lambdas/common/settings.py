@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 
@@ -28,6 +29,9 @@ class Settings:
     #: Server-side encryption for stored objects: "aws:kms" (with optional key id) or "AES256".
     sse_algorithm: str = "aws:kms"
     sse_kms_key_id: str = ""
+    #: SES tenant per company id (``SES_TENANT_NAMES``, JSON ``{"<company id>": "<tenant>"}``, set by
+    #: the stack when tenants are configured); it wins over a batch's ``ses_tenant``.
+    ses_tenant_names: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -50,12 +54,27 @@ class Settings:
             max_attempts=int(e.get("MAX_SEND_ATTEMPTS", "8")),
             sse_algorithm=e.get("SSE_ALGORITHM", "aws:kms"),
             sse_kms_key_id=e.get("SSE_KMS_KEY_ID", ""),
+            ses_tenant_names=_tenant_names(e.get("SES_TENANT_NAMES", "")),
         )
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if not getattr(self, n)]
         if missing:
             raise RuntimeError("missing configuration: " + ", ".join(n.upper() for n in missing))
+
+
+def _tenant_names(text: str) -> dict[str, str]:
+    if not text.strip():
+        return {}
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in names.items()
+    ):
+        raise RuntimeError('SES_TENANT_NAMES must be a JSON object {"<company id>": "<tenant name>"}')
+    return names
 
 
 @cache

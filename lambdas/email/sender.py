@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,8 +113,11 @@ class EmailBatchSender:
         safety_margin_ms: int = 15_000,
         clock: Callable[[], float] = time.time,
         allow_bulk: bool = True,
+        tenants: Mapping[str, str] | None = None,
     ) -> None:
         self.allow_bulk = allow_bulk
+        #: The deployment's SES tenant per company id (SES_TENANT_NAMES); wins over the batch's.
+        self.tenants = dict(tenants or {})
         self.store = store
         self.limiter = limiter
         self.ses = ses
@@ -296,7 +299,7 @@ class EmailBatchSender:
         sender = batch["sender"]
         from_address = display_address(sender["address"], sender.get("name"))
         reply_to = sender.get("reply_to", [])
-        tenant = batch.get("ses_tenant")
+        tenant = self.tenants.get(str(batch["company_id"])) or batch.get("ses_tenant")
         if len(unit) == 1 and unit[0].bulk is None:
             item = unit[0]
             r = item.recipient

@@ -50,6 +50,7 @@ def sender() -> EmailBatchSender:
         lease_seconds=900,
         max_attempts=s.max_attempts,
         safety_margin_ms=s.safety_margin_ms,
+        tenants=s.ses_tenant_names,
     )
 
 

@@ -7,9 +7,6 @@ import time
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common.aws import client
@@ -18,8 +15,6 @@ from lambdas.common.observability import MetricUnit, logger, metrics, tracer
 from lambdas.common.settings import settings
 from lambdas.results.queue import ResultsQueue
 from lambdas.results.ses_events import SesEventProcessor
-
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @cache
@@ -33,21 +28,41 @@ def events_processor() -> SesEventProcessor:
     )
 
 
-@tracer.capture_method
-def process_record(record: SQSRecord) -> None:
-    report = events_processor().process([json.loads(record.body)])
-    metrics.add_metric(name="SesEventsReceived", unit=MetricUnit.Count, value=1)
-    for status, count in report.by_status.items():
-        metrics.add_metric(name=f"SesEvent_{status}", unit=MetricUnit.Count, value=count)
-    if report.unroutable:
-        metrics.add_metric(name="SesEventUnroutable", unit=MetricUnit.Count, value=report.unroutable)
-        logger.warning("SES event for an unknown job", extra={"message_id": record.message_id})
+#: Stands for a body that is not JSON: its record fails (the DLQ keeps it for inspection).
+_MALFORMED = object()
+
+
+def _parse(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _MALFORMED
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    return process_partial_response(
-        event=event, record_handler=process_record, processor=processor, context=context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, str]]]:
+    """One pass over the whole SQS batch, so results are aggregated across its events."""
+    records = [(str(r["messageId"]), _parse(str(r.get("body") or ""))) for r in event.get("Records", [])]
+    malformed = [record_id for record_id, body in records if body is _MALFORMED]
+    report = events_processor().process([(i, b) for i, b in records if b is not _MALFORMED])
+    failed = set(report.failed) | set(malformed)
+    metrics.add_metric(name="SesEventsReceived", unit=MetricUnit.Count, value=len(records))
+    for status, count in report.by_status.items():
+        metrics.add_metric(name=f"SesEvent_{status}", unit=MetricUnit.Count, value=count)
+    if report.unroutable:
+        metrics.add_metric(name="SesEventUnroutable", unit=MetricUnit.Count, value=report.unroutable)
+        logger.warning("SES events for an unknown job", extra={"count": report.unroutable})
+    if failed:
+        metrics.add_metric(name="SesEventRecordsFailed", unit=MetricUnit.Count, value=len(failed))
+        logger.warning(
+            "SES event records failed; SQS redelivers them",
+            extra={"failed": len(failed), "malformed": len(malformed)},
+        )
+    logger.info(
+        "SES events processed",
+        extra={"records": len(records), "results": report.mapped, "messages": report.messages},
     )
+    # Lambda's ReportBatchItemFailures response: only these records return to the queue.
+    return {"batchItemFailures": [{"itemIdentifier": i} for i, _ in records if i in failed]}

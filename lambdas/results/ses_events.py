@@ -7,7 +7,7 @@ also settles a claim left INPROGRESS by a sender that stopped in the crash windo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -43,6 +43,10 @@ class EventReport:
     unroutable: int = 0
     settled: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    #: result_batch messages written to the results queue.
+    messages: int = 0
+    #: Ids of the records to report as batch item failures (SQS redelivers them).
+    failed: list[str] = field(default_factory=list)
 
 
 def map_event(detail: dict[str, Any], now: int) -> tuple[str, str, int, dict[str, Any]] | None:
@@ -118,36 +122,66 @@ class SesEventProcessor:
             self._routes[job_id] = self.store.job_route(job_id)
         return self._routes[job_id]
 
-    def process(self, events: list[dict[str, Any]]) -> EventReport:
+    def process(self, records: Sequence[tuple[str, Any]]) -> EventReport:
+        """Map a whole SQS batch of events, ``(record id, EventBridge event)`` each.
+
+        Results are aggregated per (callback_url, key_id, company_id) into as few result_batch
+        messages as the contract allows, instead of one message per event. A record fails
+        (and is redelivered) when its own processing raises or when a message holding one of
+        its results could not be written; the bridge ingests a repeated result idempotently.
+        """
         report = EventReport()
-        grouped: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+        grouped: dict[tuple[str, str, int], list[tuple[str, dict[str, Any]]]] = {}
+        failed: set[str] = set()
         now = int(self.clock())
-        for event in events:
-            detail = event.get("detail") if event.get("source") == "aws.ses" else None
-            if not isinstance(detail, dict):
-                report.ignored += 1
+        for record_id, event in records:
+            try:
+                outcome = self._map(event, now, report)
+            except Exception:  # whatever one record hits fails that record only
+                failed.add(record_id)
                 continue
-            if (detail.get("eventType") or "") in IGNORED:
-                report.ignored += 1
+            if outcome is not None:
+                route, result = outcome
+                grouped.setdefault(route, []).append((record_id, result))
+                report.mapped += 1
+                report.by_status[result["status"]] = report.by_status.get(result["status"], 0) + 1
+        for (url, key_id, company_id), entries in grouped.items():
+            batches = result_batches("ses_events", company_id, [result for _, result in entries])
+            try:
+                self.results.publish(batches, url, key_id)
+            except Exception:  # the records behind it are redelivered
+                failed.update(record_id for record_id, _ in entries)
                 continue
-            mapped = map_event(detail, now)
-            if mapped is None:
-                report.ignored += 1
-                continue
-            job_id, recipient_id, company_id, result = mapped
-            if result["status"] == "sent":
-                # Normally the sender already reported it; only a claim left in the crash
-                # window is settled (and reported) from here.
-                if not self.store.complete_if_in_progress(send_key(job_id, recipient_id), result):
-                    continue
-                report.settled += 1
-            route = self.route(job_id)
-            if route is None or route[0] != company_id:
-                report.unroutable += 1
-                continue
-            grouped.setdefault(route, []).append(result)
-            report.mapped += 1
-            report.by_status[result["status"]] = report.by_status.get(result["status"], 0) + 1
-        for (company_id, url, key_id), results in grouped.items():
-            self.results.publish(result_batches("ses_events", company_id, results), url, key_id)
+            report.messages += len(batches)
+        report.failed = [record_id for record_id, _ in records if record_id in failed]
         return report
+
+    def _map(
+        self, event: Any, now: int, report: EventReport
+    ) -> tuple[tuple[str, str, int], dict[str, Any]] | None:
+        """((callback_url, key_id, company_id), result) for one event, or None to drop it."""
+        if not isinstance(event, dict):
+            report.ignored += 1
+            return None
+        detail = event.get("detail") if event.get("source") == "aws.ses" else None
+        if not isinstance(detail, dict) or (detail.get("eventType") or "") in IGNORED:
+            report.ignored += 1
+            return None
+        mapped = map_event(detail, now)
+        if mapped is None:
+            report.ignored += 1
+            return None
+        job_id, recipient_id, company_id, result = mapped
+        if result["status"] == "sent":
+            # Normally the sender already reported it; only a claim left in the crash window
+            # is settled (and reported) from here.
+            settled = self.store.complete_if_in_progress(send_key(job_id, recipient_id), result)
+            if settled is None:
+                return None
+            report.settled += 1
+            result = settled
+        route = self.route(job_id)
+        if route is None or route[0] != company_id:
+            report.unroutable += 1
+            return None
+        return (route[1], route[2], company_id), result

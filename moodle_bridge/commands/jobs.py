@@ -70,6 +70,9 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
     except JobControlError as exc:
         print(f"moodle-offload jobs: {exc}", file=sys.stderr)
         return 1
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"moodle-offload jobs: database error: {type(exc).__name__}", file=sys.stderr)
+        return 1
     finally:
         engine.dispose()
 

@@ -81,6 +81,23 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     return out
 
 
+def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a batch into the content bucket (SSE-KMS), or None."""
+    if not config.aws.content_bucket:
+        return None
+    client = s3_client or boto3.client(
+        "s3", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
+    )
+    bucket = config.aws.content_bucket
+
+    def upload(key: str, body: bytes) -> None:
+        client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
+        )
+
+    return upload
+
+
 @dataclass
 class TickReport:
     claim: ClaimReport | None = None
@@ -168,6 +185,7 @@ def run_tick(
     *,
     claim: bool = True,
     submitters: dict[str, Submitter] | None = None,
+    upload: Callable[[str, bytes], None] | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
     claim_pass_factory: Callable[..., ClaimPass] = ClaimPass,
 ) -> TickReport:
@@ -192,7 +210,15 @@ def run_tick(
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
         if report.claim.lock_busy:
             report.notes.append("IOMAD's email cron holds its lock; claiming again next pass")
-    outbox = Outbox(engine, repo, config, targets, iomad=IomadRowContents(iomad) if iomad else None, box=box)
+    outbox = Outbox(
+        engine,
+        repo,
+        config,
+        targets,
+        iomad=IomadRowContents(iomad) if iomad else None,
+        box=box,
+        upload=upload if upload is not None else content_uploader(config),
+    )
     report.outbox = outbox.submit_due(progress=progress("submitting batches") if progress else None)
     hook = reconcile_hook()
     if hook is not None:

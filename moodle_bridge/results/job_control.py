@@ -1,8 +1,9 @@
 """Job control, shared by the CLI (``moodle-offload jobs``) and, later, the dashboard.
 
-* ``retry_failed``: failed recipients go back to ``pending`` with ``attempts + 1`` in new outbox
-  batches (status ``pending``, the next attempt number). Results for their old batches are then
-  stale and ignored, so a retry is exactly-once in the same way as the first attempt.
+* ``retry_failed``: failed recipients go back to ``pending`` in new outbox batches (status
+  ``pending``, the next attempt number); the outbox adds 1 to ``attempts`` when it submits them.
+  Results for their old batches are then stale and ignored, so a retry is exactly-once in the same
+  way as the first attempt.
 * ``cancel_job``: recipients not yet final are ``cancelled``; batches not yet submitted are
   ``abandoned``; IOMAD rows none of whose recipients were reached are restored to IOMAD's cron.
   A batch already in the cloud may still send: a late ``sent`` for a cancelled recipient is
@@ -154,7 +155,6 @@ def retry_failed(
             .where(r.c.id.in_(part), r.c.status == FAILED)
             .values(
                 status=PENDING,
-                attempts=r.c.attempts + 1,
                 batchid=None,
                 providermessageid=None,
                 errorcode=None,

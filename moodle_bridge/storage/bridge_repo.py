@@ -355,6 +355,18 @@ class BridgeRepo:
             .values(status="queued", attempts=r.c.attempts + 1, timemodified=now())
         )
 
+    def restore_recipients_of_rows(
+        self, conn: sa.Connection, jobid: int, emailids: Sequence[int], code: str, message: str
+    ) -> None:
+        """Recipients of rows given back to IOMAD: ``restored`` with the reason."""
+        r = self.t.recipients
+        for part in chunked(list(emailids), CHUNK):
+            conn.execute(
+                r.update()
+                .where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.status.in_(("pending", "failed")))
+                .values(status="restored", errorcode=code, errormessage=message[:1000], secret=None)
+            )
+
     def clear_final_secrets(self, conn: sa.Connection) -> int:
         """Delete encrypted temporary passwords of recipients whose outcome is final."""
         r = self.t.recipients

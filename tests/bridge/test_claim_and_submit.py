@@ -6,6 +6,7 @@ outcome), rows of local companies are untouched, passwords never leak to copies.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -245,3 +246,104 @@ def test_passwords_never_reach_output_logs_or_the_outbox(tmp_path, monkeypatch, 
         assert PASSWORD not in text, name
     assert PASSWORD not in everything
     assert len(secrets) == 1 and PASSWORD not in secrets[0]
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+def test_round_trips_grow_with_batches_not_recipients(bridge_engine, db_url, repo, aws) -> None:
+    """10x the recipients in the same number of batches costs the same number of statements."""
+    from moodle_bridge.storage.database import StatementCounter
+
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+    config = with_queues(make_config(db_url, max_recipients=1000), aws)
+    counts = []
+    uid = 100
+    for rows in (20, 200):
+        for _ in range(rows):
+            uid += 1
+            world.add_user(uid, f"u{uid}@example.com", companyid=1)
+            world.queue("license_allocated", uid, 1)
+        counter = StatementCounter(bridge_engine)
+        report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+        counter.close()
+        assert report.claim is not None and report.claim.claimed == rows and report.claim.batches == 1
+        counts.append(counter.count)
+        drain(aws)
+    assert counts[1] == counts[0], counts
+
+
+HUGE = "<p>" + "x" * 1_100_000 + "</p>"  # over SQS's 1 MiB even alone
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+@pytest.mark.parametrize("fallback", [True, False])
+def test_too_large_without_a_bucket_goes_back_to_iomad_or_fails_visibly(
+    bridge_engine, db_url, repo, aws, fallback
+) -> None:
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", companyid=1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True, fallbacklocal=fallback), "test")
+    big = world.queue("license_allocated", 10, 1, body=HUGE)
+    small = world.queue("license_allocated", 10, 1, body="<p>ok</p>")
+    before = world.rows()
+    config = with_queues(make_config(db_url), aws)
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+    assert report.claim is not None and report.claim.claimed == 2
+    with bridge_engine.connect() as conn:
+        rec = {r.emailid: r for r in conn.execute(sa.select(T.recipients))}
+        claims = {c.emailid: c for c in conn.execute(sa.select(T.claims))}
+    assert rec[big].errorcode == "too_large"
+    if fallback:
+        assert world.rows()[big] == before[big]
+        assert rec[big].status == "restored" and claims[big].state == "released"
+    else:
+        # tick's reconciliation (results part) settles the row: every recipient is final, nobody
+        # was reached and fallback is off, so IOMAD's row is marked sent and the claim completed.
+        assert rec[big].status == "failed" and claims[big].state == "completed"
+    assert rec[small].status == "queued"
+    assert [r["to"] for m in drain(aws) for r in m["recipients"]] == ["learner@example.com"]
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+def test_too_large_content_travels_by_reference_to_the_bucket(bridge_engine, db_url, repo, aws) -> None:
+    import hashlib
+
+    import boto3
+
+    from moodle_bridge.commands.tick import content_uploader
+
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3.create_bucket(Bucket="contents", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", companyid=1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+    big = world.queue("license_allocated", 10, 1, body=HUGE)
+    config = with_queues(make_config(db_url), aws)
+    config = replace(config, aws=replace(config.aws, content_bucket="contents"))
+    report = run_tick(
+        bridge_engine,
+        config,
+        submitters=build_submitters(config, sqs_client=aws["sqs"]),
+        upload=content_uploader(config, s3_client=s3),
+    )
+    assert report.outbox is not None and report.outbox.submitted == 1
+    (message,) = drain(aws)
+    validate("email_batch", message)
+    ref = message["contents"][f"e{big}"]
+    assert ref["kind"] == "reference"
+    stored = s3.get_object(Bucket="contents", Key=ref["ref"]["key"])["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == ref["ref"]["sha256"]
+    assert json.loads(stored)["html"] == HUGE
+    assert ref["ref"]["key"].startswith(f"contents/company-1/{message['job_id']}/")

@@ -144,3 +144,15 @@ def test_tick_errors_are_one_line(tmp_path, monkeypatch, capsys) -> None:
     assert main(["tick"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot connect" in err[0]
+
+
+def test_progress_bars_render_without_a_terminal() -> None:
+    from moodle_bridge.commands.tick import _progress
+
+    with _progress(True) as make:
+        assert make is not None
+        update = make("claiming IOMAD rows")
+        for done in range(1, 4):
+            update(done, 3)
+    with _progress(False) as none:
+        assert none is None

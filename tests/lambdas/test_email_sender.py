@@ -261,3 +261,22 @@ def test_out_of_time_defers_without_sending(aws: Aws, run) -> None:
     store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
     claims = store.claim_many([send_key("j-7-000001", "r-1")], 60)
     assert next(iter(claims.values())).state.value == "claimed"  # claims were given back
+
+
+def test_the_deployments_tenant_for_the_company_names_every_call(
+    aws: Aws, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stack sets SES_TENANT_NAMES when tenants are configured; IAM allows only those tenants.
+    from lambdas.common.settings import settings
+
+    monkeypatch.setenv("SES_TENANT_NAMES", '{"7":"acme-prod","9":"other-prod"}')
+    settings.cache_clear()
+    assert run(email_batch(FANOUT, RENDERED, ses_tenant="acme")) == {"batchItemFailures": []}
+    sends = [params for name, params in aws.ses.calls if name.startswith("Send")]
+    assert len(sends) == 2 and {p.get("TenantName") for p in sends} == {"acme-prod"}
+
+
+def test_without_a_deployment_mapping_the_batchs_tenant_is_used(aws: Aws, run) -> None:
+    assert run(email_batch(FANOUT, RENDERED, ses_tenant="acme")) == {"batchItemFailures": []}
+    sends = [params for name, params in aws.ses.calls if name.startswith("Send")]
+    assert sends and {p.get("TenantName") for p in sends} == {"acme"}

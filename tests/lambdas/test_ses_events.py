@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
+
 from lambdas.common.idempotency import IdempotencyStore, send_key
 from lambdas.handlers import ses_events
 from tests.lambdas.conftest import CALLBACK, Aws, FakeContext, sqs_event
@@ -76,7 +79,13 @@ def test_send_event_settles_a_claim_left_in_the_crash_window(aws: Aws) -> None:
     assert result["status"] == "sent" and result["provider_message_id"] == "ses-r-1"
     claim = IdempotencyStore(aws.dynamodb, "offload-idempotency").claim_many([key], 600)[key]
     assert claim.state.value == "completed" and claim.result == result  # a redelivery replays it
-    run(event("Send", "r-1"))  # ordinary Send events (already COMPLETED) are not re-reported
+    # The same event again (its report was lost, so SQS redelivered it) reports the stored result.
+    run(event("Send", "r-1"))
+    assert aws.results() == [result]
+    # Ordinary Send events, for claims the sender completed and reported itself, report nothing.
+    sent = {"job_id": "j-7-000001", "recipient_id": "r-2", "status": "sent", "attempts": 1}
+    store.complete_many([(send_key("j-7-000001", "r-2"), {**sent, "occurred_at": 1})])
+    run(event("Send", "r-2"))
     assert aws.results() == []
 
 
@@ -86,3 +95,58 @@ def test_events_of_unknown_jobs_or_foreign_sources_are_dropped(aws: Aws) -> None
         json.dumps({"source": "evil"}),
     )
     assert aws.results() == []
+
+
+def test_results_of_a_batch_are_aggregated_per_callback_into_one_message(aws: Aws) -> None:
+    store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
+    store.remember_job("j-7-000001", 7, CALLBACK["url"], CALLBACK["key_id"])
+    store.remember_job("j-7-000002", 7, CALLBACK["url"], CALLBACK["key_id"])
+    store.remember_job("j-7-000003", 7, "https://other.example/cb", CALLBACK["key_id"])
+    bodies = [event("Delivery", f"r-{i}") for i in range(60)]
+    bodies += [event("Bounce", "r-x", job_id="j-7-000002", bounce=BOUNCE)]
+    bodies += [event("Delivery", "r-y", job_id="j-7-000003")]
+    assert run(*bodies) == {"batchItemFailures": []}
+    messages = aws.drain(aws.results_url)
+    by_url: dict[str, list[dict[str, Any]]] = {}
+    for message in messages:
+        url = message["MessageAttributes"]["callback_url"]["StringValue"]
+        by_url.setdefault(url, []).append(json.loads(message["Body"]))
+    # Two jobs with one callback share one message; another callback gets its own.
+    assert [len(b["results"]) for b in by_url[CALLBACK["url"]]] == [61]
+    assert [len(b["results"]) for b in by_url["https://other.example/cb"]] == [1]
+
+
+def test_a_failed_aggregated_write_fails_exactly_the_records_behind_it(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
+    store.remember_job("j-7-000001", 7, CALLBACK["url"], CALLBACK["key_id"])
+    store.remember_job("j-7-000003", 7, "https://other.example/cb", CALLBACK["key_id"])
+    key = send_key("j-7-000001", "r-2")
+    store.claim_many([key], 600)  # left in the crash window
+    real_send = aws.sqs.send_message_batch
+
+    def refuse_first_callback(**kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        if entries[0]["MessageAttributes"]["callback_url"]["StringValue"] == CALLBACK["url"]:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "boom"}}, "SendMessageBatch")
+        return real_send(**kwargs)
+
+    monkeypatch.setattr(aws.sqs, "send_message_batch", refuse_first_callback)
+    response = run(
+        event("Delivery", "r-1"),
+        event("Delivery", "r-y", job_id="j-7-000003"),
+        event("Send", "r-2"),
+        event("Open", "r-3"),
+        "not json",
+    )
+    failed = [f["itemIdentifier"] for f in response["batchItemFailures"]]
+    # m-0 and m-2 fed the refused message, m-4 is malformed; m-1 was written, m-3 ignored.
+    assert failed == ["m-0", "m-2", "m-4"]
+    assert [r["recipient_id"] for r in aws.results()] == ["r-y"]
+    # SQS redelivers the failed records: the settled Send event is reported again, not lost.
+    monkeypatch.setattr(aws.sqs, "send_message_batch", real_send)
+    assert run(event("Delivery", "r-1"), event("Send", "r-2")) == {"batchItemFailures": []}
+    results = {r["recipient_id"]: r for r in aws.results()}
+    assert results["r-1"]["status"] == "delivered"
+    assert results["r-2"]["status"] == "sent" and results["r-2"]["provider_message_id"] == "ses-r-2"

@@ -60,7 +60,7 @@ def test_retry_is_a_new_attempt_under_the_same_rules(db_engine: sa.Engine) -> No
         batches = conn.execute(sa.select(b).where(b.c.batchkey.in_(report.batches))).all()
         job_row = conn.execute(sa.select(j).where(j.c.id == job.job_id)).one()
     assert [x.status for x in rows] == ["sent", "pending", "pending"]
-    assert [x.attempts for x in rows] == [1, 2, 2]
+    assert [x.attempts for x in rows] == [1, 1, 1]  # the outbox counts the attempt when it submits
     assert {x.status for x in batches} == {"pending"} and {x.attempt for x in batches} == {2}
     assert {x.companyid for x in batches} == {7} and {x.messagetype for x in batches} == {"email_batch"}
     assert job_row.status == "processing" and job_row.attempt == 2 and job_row.timecompleted is None
@@ -186,3 +186,15 @@ def test_jobs_cli_list_show_errors_retry_cancel(
         audit_text = " ".join(str(tuple(row)) for row in conn.execute(sa.select(tables.audit_log)))
     check.dispose()
     assert SECRET_PASSWORD not in audit_text and "cli:" in audit_text
+
+
+@pytest.mark.sqlite
+def test_commands_fail_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MRCO_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["jobs", "list"]) == 2
+    assert "run `moodle-offload migrate`" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "MRCO_KEYSETS" in capsys.readouterr().err
