@@ -53,7 +53,7 @@ LOCAL_COMPANY = 2
 KEYSET = "demo"
 FINAL_STATUSES = ("sent", "delivered", "failed", "bounced", "complained", "skipped", "cancelled", "restored")
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -438,11 +438,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         with engine.connect() as conn:
-            local = dict(
-                conn.execute(
+            local: dict[int, int] = {
+                int(row.id): int(row.due)
+                for row in conn.execute(
                     sa.text(f"SELECT id, due FROM {PREFIX}email WHERE companyid = :c"), {"c": LOCAL_COMPANY}
-                ).all()
-            )
+                )
+            }
             queued = conn.execute(sa.text(f"SELECT count(*) FROM {PREFIX}email")).scalar_one()
         console.print(
             f"   {queued:,} rows queued in {PREFIX}email ({len(seeded.learner_ids):,} learners, "

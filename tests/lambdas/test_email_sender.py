@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from demo.ses_emulator import bad_address, lost_connection, rejected, throttle
 from lambdas.common.idempotency import IdempotencyStore, send_key
 from lambdas.handlers import email_sender
 from offload_contract import encode_message
 from tests.lambdas.conftest import Aws, FakeContext, email_batch, sqs_event
-from demo.ses_emulator import bad_address, lost_connection, rejected, throttle
 
 RENDERED = {
     "e-1": {"kind": "rendered", "subject": "Your account", "html": "<p>Dear Zoë,</p><p>username: zoe</p>"},
