@@ -12,11 +12,37 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.common import RESULTS_DIR
 
-MODULES = ("contract_bench", "bridge_bench", "results_bench", "lambdas_bench", "tick_bench")
+MODULES = (
+    "contract_bench",
+    "iomad_bench",
+    "bridge_bench",
+    "results_bench",
+    "lambdas_bench",
+    "tick_bench",
+)
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _rows(prefix: str, value: Any) -> list[tuple[str, str]]:
+    """Flatten nested figures into (dotted name, value) rows."""
+    if isinstance(value, dict):
+        rows: list[tuple[str, str]] = []
+        for key, inner in value.items():
+            rows += _rows(f"{prefix}.{key}" if prefix else str(key), inner)
+        return rows
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        rows = []
+        for index, inner in enumerate(value):
+            label = inner.get("engine") or inner.get("name") or str(index)
+            rows += _rows(f"{prefix}[{label}]" if prefix else f"[{label}]", inner)
+        return rows
+    return [
+        (prefix or "value", json.dumps(value, ensure_ascii=False) if isinstance(value, list) else str(value))
+    ]
 
 
 def summarise() -> str:
@@ -29,18 +55,12 @@ def summarise() -> str:
     ]
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text("utf-8"))
-        env = data.get("environment", {})
-        lines.append(f"## {data.get('benchmark', path.stem)}")
-        lines.append("")
-        lines.append(
-            f"Run {env.get('when', '?')}, Python {env.get('python', '?')}, {env.get('cpus', '?')} CPUs."
-        )
-        lines.append("")
-        lines.append("| figure | value |")
-        lines.append("|---|---|")
-        for key, value in data.get("figures", {}).items():
-            rendered = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
-            lines.append(f"| {key} | {rendered} |")
+        name = data.get("benchmark", path.stem) if isinstance(data, dict) else path.stem
+        lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        body = data.get("figures", data) if isinstance(data, dict) else data
+        for key, value in _rows("", body):
+            if key != "benchmark":
+                lines.append(f"| {key} | {value} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -48,9 +68,10 @@ def summarise() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--only", nargs="*", help="module names to run (default: all)")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite docs/benchmarks.md")
     args = parser.parse_args()
     failures = 0
-    for name in args.only or MODULES:
+    for name in [] if args.summary_only else args.only or MODULES:
         if importlib.util.find_spec(f"bench.{name}") is None:
             print(f"bench: {name} not present, skipped")
             continue
