@@ -55,6 +55,7 @@ from moodle_bridge.jobs import PlannedRecipient, add_recipients, target_for
 from moodle_bridge.outbox import BuildError, job_header_for
 from moodle_bridge.routing import CompanySettings, could_offload, decide
 from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from offload_contract.limits import QueueLimits
@@ -197,10 +198,12 @@ class ClaimPass:
         with self.engine.begin() as conn:
             self.repo.refresh_job_totals(conn, [h.jobid for h, _ in jobs.values()])
             for (cid, jobtype), (header, _seq) in jobs.items():
-                self.repo.audit(
+                audit.record(
                     conn,
-                    "cron",
-                    "job_created",
+                    self.repo.t,
+                    actor="cron",
+                    action=audit.JOB_CREATED,
+                    now=self.clock(),
                     companyid=cid,
                     jobid=header.jobid,
                     detail={

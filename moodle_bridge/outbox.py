@@ -31,6 +31,7 @@ from moodle_bridge.batching import (
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.secrets_at_rest import SecretBox, SecretError, associated_data
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.submission.targets import SubmitError, Submitter
@@ -358,10 +359,12 @@ class Outbox:
                 self.repo.mark_batch_abandoned(conn, batch.id, error)
                 report.abandoned += 1
                 report.restored_rows += self._fall_back(conn, batch)
-                self.repo.audit(
+                audit.record(
                     conn,
-                    "cron",
-                    "batch_abandoned",
+                    self.repo.t,
+                    actor="cron",
+                    action=audit.BATCH_ABANDONED,
+                    now=at,
                     jobid=batch.jobid,
                     companyid=batch.companyid,
                     detail={"batch": batch.batchkey, "error": error[:200]},

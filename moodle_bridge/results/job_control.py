@@ -24,7 +24,6 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from moodle_bridge.batching import message_type_for
-from moodle_bridge.results import audit
 from moodle_bridge.results.dbutil import chunks
 from moodle_bridge.results.ingest import lock_jobs, refresh_jobs
 from moodle_bridge.results.iomad_link import IomadQueue
@@ -41,6 +40,7 @@ from moodle_bridge.results.states import (
     RESTORED,
     SKIPPED,
 )
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
 
 BATCH_PENDING = "pending"

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from moodle_bridge.results import audit
 from moodle_bridge.results.dbutil import chunks
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.states import ACTIVE_STATUSES, CANCELLED, FAILED, REACHED_STATUSES, RESTORED
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
 
 CLAIM_CLAIMED = "claimed"

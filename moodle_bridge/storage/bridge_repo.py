@@ -8,7 +8,7 @@ Bulk writes use ``executemany`` in chunks; nothing here issues a statement per r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +49,6 @@ def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-def _json(detail: Mapping[str, Any] | None) -> str | None:
-    return None if detail is None else json.dumps(dict(detail), sort_keys=True, default=str)
-
-
 @dataclass(frozen=True)
 class BatchRow:
     id: int
@@ -89,32 +85,6 @@ class BridgeRepo:
 
     def set_offload_enabled(self, conn: sa.Connection, enabled: bool) -> None:
         self.set_config(conn, OFFLOAD_ENABLED_KEY, "1" if enabled else "0")
-
-    # -- audit ---------------------------------------------------------------------------
-
-    def audit(
-        self,
-        conn: sa.Connection,
-        actor: str,
-        action: str,
-        *,
-        companyid: int | None = None,
-        jobid: int | None = None,
-        detail: Mapping[str, Any] | None = None,
-        sourceaddress: str | None = None,
-    ) -> None:
-        """Append to the audit log. ``detail`` holds ids, counts and codes: never a body or secret."""
-        conn.execute(
-            self.t.audit_log.insert().values(
-                timecreated=now(),
-                actor=actor[:100],
-                action=action[:64],
-                companyid=companyid,
-                jobid=jobid,
-                sourceaddress=sourceaddress,
-                detail=_json(detail),
-            )
-        )
 
     # -- company settings ----------------------------------------------------------------
 
