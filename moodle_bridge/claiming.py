@@ -51,7 +51,7 @@ from moodle_bridge.iomad.recipients import (
     expand_emails,
 )
 from moodle_bridge.iomad.schema import IomadTables
-from moodle_bridge.jobs import PlannedRecipient, add_recipients, target_for
+from moodle_bridge.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
 from moodle_bridge.outbox import BuildError, job_header_for
 from moodle_bridge.routing import CompanySettings, could_offload, decide
 from moodle_bridge.secrets_at_rest import SecretBox
@@ -86,6 +86,8 @@ class ClaimReport:
     claimed: int = 0
     released: int = 0
     recipients: int = 0
+    #: recipients created ``skipped`` because the company's suppression list holds the address
+    suppressed: int = 0
     batches: int = 0
     jobs: list[int] = field(default_factory=list)
     left_local: Counter[str] = field(default_factory=Counter)
@@ -372,6 +374,7 @@ class ClaimPass:
             for key, recipients in planned.items():
                 header, seq = all_jobs[key]
                 s = settings[key[0]]
+                report.suppressed += skip_suppressed(conn, self.repo, key[0], recipients)
                 offload = (
                     reference_for(self.config.aws.content_bucket, key[0], header.jobid)
                     if s.provider == "aws" and self.config.aws.content_bucket
