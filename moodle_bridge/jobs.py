@@ -64,7 +64,6 @@ def skip_suppressed(
             continue
         p.status, p.errorcode = "skipped", SKIP_CODES.get(reason, f"suppressed_{reason}")[:100]
         p.errormessage = f"address suppressed for this company after a {reason}; not sent"
-        p.secret = None
         skipped += 1
     return skipped
 
@@ -136,8 +135,10 @@ def add_recipients(
             else:
                 batchid = batch_ids[batch_of[index]]
                 result.pending += 1
+        # Sealed whatever the recipient's own outcome: the row's third-party copies are redacted
+        # with it (BridgeRepo.clear_final_secrets deletes it once no copy can need it).
         secret = None
-        if p.secret and status == "pending":
+        if p.secret:
             if box is None:
                 raise ValueError("a temporary password needs the password key (MRCO_PASSWORD_KEY)")
             secret = box.seal(p.secret, associated_data(header.jobid, p.dedupekey))

@@ -182,7 +182,13 @@ class Outbox:
                 raise BuildError(f"IOMAD queue row {emailid} is gone")
             subject, body = pre.rendered[emailid]
             if key.endswith("r"):
-                body = self.iomad.redact(body, pre.passwords.get((int(job.id), emailid)))
+                password = pre.passwords.get((int(job.id), emailid))
+                if password is None:
+                    raise BuildError(
+                        f"the temporary password of IOMAD row {emailid} is no longer kept, so its "
+                        "third-party copy cannot be redacted; it is not sent"
+                    )
+                body = self.iomad.redact(body, password)
             contents[key] = rendered_content(subject, body)
         return contents
 
@@ -195,7 +201,7 @@ class Outbox:
                         str(row.secret), associated_data(jobid, str(row.dedupekey))
                     )
                 except SecretError:
-                    continue  # redact() without the password still removes the password line
+                    continue  # the copy is then refused (BuildError), never sent unredacted
         return out
 
     def _job(self, conn: sa.Connection, jobid: int) -> tuple[sa.Row[Any], JobHeader]:

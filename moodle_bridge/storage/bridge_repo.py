@@ -22,7 +22,8 @@ OFFLOAD_ENABLED_KEY = "offload_enabled"
 #: Rows per executemany / IN (...) list: small enough for every engine's parameter limit.
 CHUNK = 1000
 
-#: Recipient statuses after which nothing more happens to the recipient (secrets deleted).
+#: Recipient statuses after which nothing more happens to the recipient unless a person retries
+#: it (``failed`` only). A sealed temporary password is deleted by ``clear_final_secrets``.
 FINAL_RECIPIENT_STATUSES = (
     "sent",
     "delivered",
@@ -33,6 +34,11 @@ FINAL_RECIPIENT_STATUSES = (
     "cancelled",
     "restored",
 )
+#: Statuses from which a copy may still be (re)built and sent: ``failed`` can be retried.
+RESENDABLE_STATUSES = ("pending", "queued", "retrying", "failed")
+#: How long a sealed temporary password is kept for retrying failed third-party copies of its
+#: row (they must be redacted with it). After that such a retry is refused with a clear error.
+PASSWORD_RETRY_WINDOW_SECONDS = 7 * 86400
 
 
 def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -308,7 +314,9 @@ class BridgeRepo:
         if errorcode is not None:
             values.update(errorcode=errorcode, errormessage=(errormessage or "")[:1000])
         if status in FINAL_RECIPIENT_STATUSES:
-            values.update(timefinal=now(), secret=None)
+            values["timefinal"] = now()
+            if status != "failed":  # a failed row may be retried; clear_final_secrets decides
+                values["secret"] = None
         changed = 0
         for part in chunked(list(recipientids), CHUNK):
             stmt = r.update().where(r.c.id.in_(part))
@@ -337,16 +345,38 @@ class BridgeRepo:
                 .values(status="restored", errorcode=code, errormessage=message[:1000], secret=None)
             )
 
-    def clear_final_secrets(self, conn: sa.Connection) -> int:
-        """Delete encrypted temporary passwords of recipients whose outcome is final."""
+    def clear_final_secrets(self, conn: sa.Connection, at: int | None = None) -> int:
+        """Delete sealed temporary passwords no copy can need any more.
+
+        The password sits (encrypted) on the row's own recipient, whose copy is rebuilt from IOMAD's
+        row and needs no secret; it is kept only to redact the row's third-party copies (content
+        key ``e<id>r``). So it is deleted once the recipient is final and no redacted copy of the
+        same row in the job is pending, queued, retrying or failed (a failed copy may be retried),
+        and in any case ``PASSWORD_RETRY_WINDOW_SECONDS`` after the recipient was created.
+        Two statements per 1,000 rows (MariaDB cannot UPDATE a table it reads in a subquery).
+        """
         r = self.t.recipients
-        return int(
-            conn.execute(
-                r.update()
-                .where(r.c.secret.is_not(None), r.c.status.in_(FINAL_RECIPIENT_STATUSES))
-                .values(secret=None)
-            ).rowcount
+        copy = r.alias("copy")
+        needed = sa.exists().where(
+            copy.c.jobid == r.c.jobid,
+            copy.c.emailid == r.c.emailid,
+            copy.c.contentkey.like("e%r"),
+            copy.c.status.in_(RESENDABLE_STATUSES),
         )
+        cutoff = (now() if at is None else at) - PASSWORD_RETRY_WINDOW_SECONDS
+        ids = list(
+            conn.execute(
+                sa.select(r.c.id).where(
+                    r.c.secret.is_not(None),
+                    r.c.status.in_(FINAL_RECIPIENT_STATUSES),
+                    sa.or_(~needed, r.c.timecreated < cutoff),
+                )
+            ).scalars()
+        )
+        cleared = 0
+        for part in chunked(ids, CHUNK):
+            cleared += int(conn.execute(r.update().where(r.c.id.in_(part)).values(secret=None)).rowcount)
+        return cleared
 
     # -- outbox batches ----------------------------------------------------------------------
 
