@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from moodle_bridge.cli import main
 from moodle_bridge.commands.submit_list import ListRow, compile_template, create_list_job
 from moodle_bridge.commands.tick import build_submitters, reconcile_summary, run_tick, summary
+from moodle_bridge.iomad.passwords import REDACTION
 from moodle_bridge.results.ingest import ingest_result_batch
-from moodle_bridge.results.suppression import SKIP_CODES, suppression_counts
+from moodle_bridge.results.suppression import SKIP_CODES, record_suppressions, suppression_counts
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from tests.bridge.conftest import drain, make_config, with_queues
@@ -135,3 +136,28 @@ def test_tick_summary_reports_the_reconciliation_pass(bridge_engine, db_url, aws
     text = summary(report)
     assert "reconciled: 0 results ingested from 0 messages, 0 quarantined, 0 jobs flagged overdue" in text
     assert reconcile_summary(report.reconciled) in text
+
+
+def test_suppressed_learner_of_a_password_mail_still_gets_redacted_manager_copies(
+    bridge_engine, db_url, repo, aws
+) -> None:
+    password = "Pw-7&x<1"
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", "Lea", "Rner", companyid=1)
+    world.add_user(11, "boss@example.com", "Bo", "Ss", companyid=1, manager=True)
+    world.set_temporary_password(10, password)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+        record_suppressions(conn, T, [(1, "learner@example.com", "complaint")], source="test", now=1)
+    config = with_queues(make_config(db_url), aws)
+    world.queue("user_create", 10, 1, subject="New account", body=f"<p>password: {password}</p>")
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+    assert report.claim is not None and report.claim.suppressed == 1
+    (message,) = drain(aws)
+    assert [r["to"] for r in message["recipients"]] == ["boss@example.com"]
+    (content,) = message["contents"].values()
+    assert password not in content["html"] and REDACTION in content["html"]
+    (jobid,) = report.claim.jobs
+    assert _outcomes(bridge_engine, jobid)["learner@example.com"] == ("skipped", SKIP_CODES["complaint"])
