@@ -25,7 +25,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.results.dbutil import chunks, update_rows_by_id
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.settle import settle_rows
 from moodle_bridge.results.states import (
@@ -46,6 +45,7 @@ from moodle_bridge.results.states import (
 from moodle_bridge.results.suppression import REASON_BOUNCE, REASON_COMPLAINT, record_suppressions
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.sqlutil import chunks, update_rows_by_id
 
 
 class ScopeError(Exception):

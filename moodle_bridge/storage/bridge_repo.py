@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.storage.bridge_tables import BridgeTables
-from moodle_bridge.storage.database import chunked, now
+from moodle_bridge.storage.database import now
+from moodle_bridge.storage.sqlutil import chunks, update_where_in
 
 OFFLOAD_ENABLED_KEY = "offload_enabled"
 #: Rows per executemany / IN (...) list: small enough for every engine's parameter limit.
@@ -145,7 +146,7 @@ class BridgeRepo:
         """Rows the bridge has ever claimed (any state): a released row belongs to IOMAD for good."""
         c = self.t.claims.c
         out: set[int] = set()
-        for part in chunked(list(emailids), CHUNK):
+        for part in chunks(list(emailids), CHUNK):
             out.update(
                 int(r) for r in conn.execute(sa.select(c.emailid).where(c.emailid.in_(part))).scalars()
             )
@@ -153,7 +154,7 @@ class BridgeRepo:
 
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         for group in _by_shape(rows):
-            for part in chunked(group, CHUNK):
+            for part in chunks(group, CHUNK):
                 conn.execute(self.t.claims.insert(), part)
 
     def set_claims_state(
@@ -165,13 +166,12 @@ class BridgeRepo:
             values["timereleased"] = now()
         if final:
             values["timefinal"] = now()
-        for part in chunked(list(emailids), CHUNK):
-            conn.execute(c.update().where(c.c.emailid.in_(part)).values(**values))
+        update_where_in(conn, c, c.c.emailid, emailids, values, size=CHUNK)
 
     def original_dues(self, conn: sa.Connection, emailids: Sequence[int]) -> dict[int, int]:
         c = self.t.claims.c
         out: dict[int, int] = {}
-        for part in chunked(list(emailids), CHUNK):
+        for part in chunks(list(emailids), CHUNK):
             for emailid, due in conn.execute(sa.select(c.emailid, c.originaldue).where(c.emailid.in_(part))):
                 out[int(emailid)] = int(due)
         return out
@@ -231,7 +231,7 @@ class BridgeRepo:
 
     def insert_recipients(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         for group in _by_shape(rows):
-            for part in chunked(group, CHUNK):
+            for part in chunks(group, CHUNK):
                 conn.execute(self.t.recipients.insert(), part)
 
     def batch_recipients(self, conn: sa.Connection, batchid: int) -> list[sa.Row[Any]]:
@@ -242,7 +242,7 @@ class BridgeRepo:
         """Recipients of several batches at once (the outbox's lease group), by batch then id."""
         r = self.t.recipients.c
         out: list[sa.Row[Any]] = []
-        for part in chunked(sorted(set(batchids)), CHUNK):
+        for part in chunks(sorted(set(batchids)), CHUNK):
             out.extend(
                 conn.execute(
                     sa.select(
@@ -268,7 +268,7 @@ class BridgeRepo:
     ) -> list[sa.Row[Any]]:
         r = self.t.recipients
         out: list[sa.Row[Any]] = []
-        for part in chunked(list(emailids), CHUNK):
+        for part in chunks(list(emailids), CHUNK):
             out.extend(
                 conn.execute(sa.select(r).where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.role == role))
             )
@@ -280,7 +280,7 @@ class BridgeRepo:
         """One ``mrcloud_certificates`` row per certificate recipient (verification code issued)."""
         r = self.t.recipients.c
         rows: list[dict[str, Any]] = []
-        for part in chunked(sorted(set(emailids)), CHUNK):
+        for part in chunks(sorted(set(emailids)), CHUNK):
             for rid, userid, data in conn.execute(
                 sa.select(r.id, r.userid, r.data).where(
                     r.jobid == jobid, r.emailid.in_(part), r.status == "pending", r.data.is_not(None)
@@ -296,8 +296,8 @@ class BridgeRepo:
                         "verifycode": payload["certificate"]["verification_code"],
                     }
                 )
-        for part in chunked(rows, CHUNK):
-            conn.execute(self.t.certificates.insert(), part)
+        for certificates in chunks(rows, CHUNK):
+            conn.execute(self.t.certificates.insert(), certificates)
 
     def set_recipients_status(
         self,
@@ -317,13 +317,8 @@ class BridgeRepo:
             values["timefinal"] = now()
             if status != "failed":  # a failed row may be retried; clear_final_secrets decides
                 values["secret"] = None
-        changed = 0
-        for part in chunked(list(recipientids), CHUNK):
-            stmt = r.update().where(r.c.id.in_(part))
-            if only_from is not None:
-                stmt = stmt.where(r.c.status.in_(list(only_from)))
-            changed += conn.execute(stmt.values(**values)).rowcount
-        return changed
+        guard = [] if only_from is None else [r.c.status.in_(list(only_from))]
+        return update_where_in(conn, r, r.c.id, recipientids, values, *guard, size=CHUNK)
 
     def mark_batch_recipients_queued(self, conn: sa.Connection, batchid: int) -> None:
         r = self.t.recipients
@@ -338,12 +333,10 @@ class BridgeRepo:
     ) -> None:
         """Recipients of rows given back to IOMAD: ``restored`` with the reason."""
         r = self.t.recipients
-        for part in chunked(list(emailids), CHUNK):
-            conn.execute(
-                r.update()
-                .where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.status.in_(("pending", "failed")))
-                .values(status="restored", errorcode=code, errormessage=message[:1000], secret=None)
-            )
+        values = {"status": "restored", "errorcode": code, "errormessage": message[:1000], "secret": None}
+        update_where_in(
+            conn, r, r.c.emailid, emailids, values, r.c.jobid == jobid, r.c.status.in_(("pending", "failed"))
+        )
 
     def clear_final_secrets(self, conn: sa.Connection, at: int | None = None) -> int:
         """Delete sealed temporary passwords no copy can need any more.
@@ -373,10 +366,7 @@ class BridgeRepo:
                 )
             ).scalars()
         )
-        cleared = 0
-        for part in chunked(ids, CHUNK):
-            cleared += int(conn.execute(r.update().where(r.c.id.in_(part)).values(secret=None)).rowcount)
-        return cleared
+        return update_where_in(conn, r, r.c.id, ids, {"secret": None}, size=CHUNK)
 
     # -- outbox batches ----------------------------------------------------------------------
 
@@ -384,7 +374,7 @@ class BridgeRepo:
         """Insert outbox rows; returns batchkey -> id (one extra SELECT per chunk)."""
         b = self.t.batches
         ids: dict[str, int] = {}
-        for part in chunked(rows, CHUNK):
+        for part in chunks(rows, CHUNK):
             conn.execute(b.insert(), part)
             keys = [row["batchkey"] for row in part]
             for key, bid in conn.execute(sa.select(b.c.batchkey, b.c.id).where(b.c.batchkey.in_(keys))):
