@@ -18,6 +18,7 @@ from moodle_bridge.routing import CompanySettings
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.storage.database import now
 from moodle_bridge.storage.sqlutil import chunks, update_where_in
+from moodle_bridge.storage.statuses import COUNTER_BUCKETS, FINAL_STATUSES, RESENDABLE_STATUSES
 
 OFFLOAD_ENABLED_KEY = "offload_enabled"
 #: Rows per executemany / IN (...) list: small enough for every engine's parameter limit.
@@ -25,18 +26,8 @@ CHUNK = 1000
 
 #: Recipient statuses after which nothing more happens to the recipient unless a person retries
 #: it (``failed`` only). A sealed temporary password is deleted by ``clear_final_secrets``.
-FINAL_RECIPIENT_STATUSES = (
-    "sent",
-    "delivered",
-    "failed",
-    "bounced",
-    "complained",
-    "skipped",
-    "cancelled",
-    "restored",
-)
-#: Statuses from which a copy may still be (re)built and sent: ``failed`` can be retried.
-RESENDABLE_STATUSES = ("pending", "queued", "retrying", "failed")
+FINAL_RECIPIENT_STATUSES = tuple(sorted(FINAL_STATUSES))
+RESENDABLE = tuple(sorted(RESENDABLE_STATUSES))
 #: How long a sealed temporary password is kept for retrying failed third-party copies of its
 #: row (they must be redacted with it). After that such a retry is refused with a clear error.
 PASSWORD_RETRY_WINDOW_SECONDS = 7 * 86400
@@ -206,26 +197,18 @@ class BridgeRepo:
     def refresh_job_totals(self, conn: sa.Connection, jobids: Iterable[int]) -> None:
         """Recount the job's recipients by status (one grouped query per job)."""
         r = self.t.recipients.c
-        column_for = {
-            "sent": "recipientssent",
-            "delivered": "recipientssent",
-            "failed": "recipientsfailed",
-            "bounced": "recipientsbounced",
-            "complained": "recipientscomplained",
-            "skipped": "recipientsskipped",
-            "cancelled": "recipientscancelled",
-            "restored": "recipientscancelled",
-        }
         for jobid in set(jobids):
-            counts = dict.fromkeys(set(column_for.values()), 0)
-            total = 0
-            for status, n in conn.execute(
-                sa.select(r.status, sa.func.count()).where(r.jobid == jobid).group_by(r.status)
-            ):
-                total += int(n)
-                if status in column_for:
-                    counts[column_for[status]] += int(n)
-            self.update_job(conn, jobid, recipientstotal=total, **counts)
+            by_status = {
+                str(status): int(n)
+                for status, n in conn.execute(
+                    sa.select(r.status, sa.func.count()).where(r.jobid == jobid).group_by(r.status)
+                )
+            }
+            counts = {
+                column: sum(by_status.get(s, 0) for s in statuses)
+                for column, statuses in COUNTER_BUCKETS.items()
+            }
+            self.update_job(conn, jobid, recipientstotal=sum(by_status.values()), **counts)
 
     # -- recipients ------------------------------------------------------------------------
 
@@ -354,7 +337,7 @@ class BridgeRepo:
             copy.c.jobid == r.c.jobid,
             copy.c.emailid == r.c.emailid,
             copy.c.contentkey.like("e%r"),
-            copy.c.status.in_(RESENDABLE_STATUSES),
+            copy.c.status.in_(RESENDABLE),
         )
         cutoff = (now() if at is None else at) - PASSWORD_RETRY_WINDOW_SECONDS
         ids = list(
