@@ -40,7 +40,7 @@ from offload_contract.limits import QueueLimits
 
 
 class IomadContents(Protocol):
-    """What the outbox needs from IOMAD's side (implemented in moodle_bridge.iomad_port)."""
+    """What the outbox needs from IOMAD's side (``iomad_contents.IomadRowContents``)."""
 
     def load_rendered(self, conn: sa.Connection, emailids: list[int]) -> dict[int, tuple[str, str]]:
         """emailid -> (subject, body) as IOMAD queued them."""
