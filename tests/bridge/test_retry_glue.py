@@ -55,6 +55,20 @@ def _results(jobid: int, outcomes: dict[str, str], report_id: str) -> dict[str, 
     }
 
 
+def _ingest_then_tick(engine, config, submitters, queue, batch) -> tuple[sa.Row, int]:
+    """Apply a result batch, run a tick (reconcile + secrets sweep); the job row and sealed passwords."""
+    jobid = int(batch["results"][0]["job_id"])
+    with engine.begin() as conn:
+        ingest_result_batch(conn, T, batch, company_id=1, now=2, actor="test", queue=queue)
+    run_tick(engine, config, submitters=submitters, claim=False)
+    with engine.connect() as conn:
+        job = conn.execute(sa.select(T.jobs).where(T.jobs.c.id == jobid)).one()
+        sealed = conn.execute(
+            sa.select(sa.func.count()).where(T.recipients.c.secret.is_not(None))
+        ).scalar_one()
+    return job, int(sealed)
+
+
 def _by_recipient(messages: list[dict]) -> dict[str, tuple[dict, dict]]:
     """address -> (batch message, its recipient entry)."""
     return {r["to"]: (m, r) for m in messages for r in m["recipients"]}
@@ -99,18 +113,7 @@ def test_retry_resubmits_failed_recipients_with_the_same_password_content(
         boss["recipient_id"]: "failed",
         chief["recipient_id"]: "sent",
     }
-    with bridge_engine.begin() as conn:
-        ingest_result_batch(
-            conn, T, _results(jobid, outcomes, "r1"), company_id=1, now=2, actor="test", queue=queue
-        )
-    run_tick(bridge_engine, config, submitters=submitters, claim=False)
-    with bridge_engine.connect() as conn:
-        job = repo.job(conn, jobid)
-        kept = conn.execute(
-            sa.select(sa.func.count()).where(
-                T.recipients.c.jobid == jobid, T.recipients.c.secret.is_not(None)
-            )
-        ).scalar_one()
+    job, kept = _ingest_then_tick(bridge_engine, config, submitters, queue, _results(jobid, outcomes, "r1"))
     assert job is not None and job.status == "partial_failure" and job.recipientsfailed == 2
     assert kept == 1  # sealed, kept: a redacted copy of the row may still be retried
 
@@ -144,16 +147,7 @@ def test_retry_resubmits_failed_recipients_with_the_same_password_content(
 
     # The retry's results complete the job; then the password is deleted.
     retried = {learner["recipient_id"]: "sent", boss["recipient_id"]: "sent"}
-    with bridge_engine.begin() as conn:
-        ingest_result_batch(
-            conn, T, _results(jobid, retried, "r2"), company_id=1, now=3, actor="test", queue=queue
-        )
-    run_tick(bridge_engine, config, submitters=submitters, claim=False)
-    with bridge_engine.connect() as conn:
-        job = repo.job(conn, jobid)
-        secrets = conn.execute(
-            sa.select(sa.func.count()).where(T.recipients.c.secret.is_not(None))
-        ).scalar_one()
+    job, secrets = _ingest_then_tick(bridge_engine, config, submitters, queue, _results(jobid, retried, "r2"))
     assert job is not None and job.status == "completed" and job.recipientssent == 3
     assert secrets == 0
     row = world.rows()[emailid]
