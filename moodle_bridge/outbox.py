@@ -56,6 +56,10 @@ class BuildError(Exception):
     """The batch cannot be built (configuration or data); recorded on the outbox row."""
 
 
+class OversizeBatch(BuildError):
+    """The built message is over the queue limit (a batch packed by count only: ``jobs retry``)."""
+
+
 def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: BridgeConfig) -> JobHeader:
     """The contract header of a job's batches, from the job row, company settings and config."""
     sender_address = (settings.senderaddress if settings else None) or config.submit.sender_address
@@ -95,6 +99,8 @@ class OutboxReport:
     retried: int = 0
     abandoned: int = 0
     restored_rows: int = 0
+    #: batches over the queue limit split in two (both halves go at the next pass)
+    split: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -251,7 +257,7 @@ class Outbox:
         limits: QueueLimits,
     ) -> bytes:
         if self.upload is None or not self.config.aws.content_bucket:
-            raise BuildError("batch is over the queue limit and no content bucket is configured")
+            raise OversizeBatch("batch is over the queue limit and no content bucket is configured")
         by_size = sorted(contents, key=lambda k: len(encode_message(contents[k])), reverse=True)
         for key in by_size:
             encoded = encode_message(contents[key])
@@ -279,7 +285,7 @@ class Outbox:
             body = encode_batch(header, batch.batchkey, contents, entries)
             if len(body) <= limits.max_bytes:
                 return body
-        raise BuildError("batch is over the queue limit even with every content by reference")
+        raise OversizeBatch("batch is over the queue limit even with every content by reference")
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -342,6 +348,16 @@ class Outbox:
             nexttry = self._failed(batch, str(exc), report)
             if exc.retryable and down is not None and nexttry is not None:
                 down[batch.target] = (str(exc), nexttry)
+            return
+        except OversizeBatch as exc:
+            if batch.recipientcount > 1:
+                with self.engine.begin() as conn:
+                    self.repo.split_batch(
+                        conn, batch, f"j{batch.jobid}-a{batch.attempt}-x{uuid.uuid4().hex[:16]}"
+                    )
+                report.split += 1
+            else:
+                self._failed(batch, str(exc), report)
             return
         except BuildError as exc:
             self._failed(batch, str(exc), report)

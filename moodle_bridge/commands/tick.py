@@ -245,6 +245,7 @@ def summary(report: TickReport) -> str:
             f"submitted {o.submitted} batches"
             + (f", {o.retried} to retry" if o.retried else "")
             + (f", {o.abandoned} abandoned" if o.abandoned else "")
+            + (f", {o.split} split (over the queue limit)" if o.split else "")
         )
     if report.reconciled is not None:
         parts.append(reconcile_summary(report.reconciled))

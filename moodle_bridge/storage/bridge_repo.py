@@ -447,6 +447,44 @@ class BridgeRepo:
             )
         )
 
+    def split_batch(self, conn: sa.Connection, batch: BatchRow, newkey: str) -> int:
+        """Move the second half of a pending batch's recipients to a new pending batch ``newkey``.
+
+        For a batch whose message came out over the queue limit (``jobs retry`` packs by count
+        only). Both halves are due at once and released from the lease; returns the new batch id.
+        """
+        b, r = self.t.batches, self.t.recipients
+        ids = [
+            int(i)
+            for i in conn.execute(sa.select(r.c.id).where(r.c.batchid == batch.id).order_by(r.c.id)).scalars()
+        ]
+        moved = ids[len(ids) // 2 :]
+        newid = self.insert_batches(
+            conn,
+            [
+                {
+                    "jobid": batch.jobid,
+                    "companyid": batch.companyid,
+                    "messagetype": batch.messagetype,
+                    "batchkey": newkey,
+                    "attempt": batch.attempt,
+                    "status": "pending",
+                    "target": batch.target,
+                    "recipientcount": len(moved),
+                    "tries": 0,
+                    "nexttry": 0,
+                    "timecreated": now(),
+                }
+            ],
+        )[newkey]
+        update_where_in(conn, r, r.c.id, moved, {"batchid": newid}, r.c.batchid == batch.id, size=CHUNK)
+        conn.execute(
+            b.update()
+            .where(b.c.id == batch.id, b.c.status == "pending")
+            .values(recipientcount=len(ids) - len(moved), nexttry=0, leasetoken=None)
+        )
+        return newid
+
     def mark_batch_abandoned(self, conn: sa.Connection, batchid: int, error: str) -> None:
         b = self.t.batches
         conn.execute(
