@@ -51,10 +51,11 @@ from moodle_bridge.iomad.recipients import (
     expand_emails,
 )
 from moodle_bridge.iomad.schema import IomadTables
-from moodle_bridge.jobs import PlannedRecipient, add_recipients, target_for
+from moodle_bridge.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
 from moodle_bridge.outbox import BuildError, job_header_for
 from moodle_bridge.routing import CompanySettings, could_offload, decide
 from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from offload_contract.limits import QueueLimits
@@ -85,6 +86,8 @@ class ClaimReport:
     claimed: int = 0
     released: int = 0
     recipients: int = 0
+    #: recipients created ``skipped`` because the company's suppression list holds the address
+    suppressed: int = 0
     batches: int = 0
     jobs: list[int] = field(default_factory=list)
     left_local: Counter[str] = field(default_factory=Counter)
@@ -197,10 +200,12 @@ class ClaimPass:
         with self.engine.begin() as conn:
             self.repo.refresh_job_totals(conn, [h.jobid for h, _ in jobs.values()])
             for (cid, jobtype), (header, _seq) in jobs.items():
-                self.repo.audit(
+                audit.record(
                     conn,
-                    "cron",
-                    "job_created",
+                    self.repo.t,
+                    actor="cron",
+                    action=audit.JOB_CREATED,
+                    now=self.clock(),
                     companyid=cid,
                     jobid=header.jobid,
                     detail={
@@ -369,6 +374,7 @@ class ClaimPass:
             for key, recipients in planned.items():
                 header, seq = all_jobs[key]
                 s = settings[key[0]]
+                report.suppressed += skip_suppressed(conn, self.repo, key[0], recipients)
                 offload = (
                     reference_for(self.config.aws.content_bucket, key[0], header.jobid)
                     if s.provider == "aws" and self.config.aws.content_bucket

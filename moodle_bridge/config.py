@@ -1,6 +1,7 @@
 """Bridge configuration: a TOML file plus ``MRCO_*`` environment variables (which win).
 
-Every setting is documented in docs/configuration.md. Secrets (key sets, the password
+Every setting and its ``MRCO_*`` variable is documented in docs/bridge.md ("Configuration");
+a test checks that every name in ``ENV_VARS`` appears there. Secrets (key sets, the password
 key) should come from the environment or a file readable only by the Moodle user; they are
 never printed: ``BridgeConfig.describe()`` masks them.
 """

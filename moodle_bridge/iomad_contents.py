@@ -1,7 +1,7 @@
 """The outbox's view of IOMAD: rendered rows by id, password redaction, giving rows back.
 
-A thin adapter over ``moodle_bridge.iomad``. The one query here (subject and body of
-given rows) is not in ``iomad.queries`` yet; it moves there when the adapter grows it.
+A thin adapter over ``moodle_bridge.iomad`` (no SQL here: every IOMAD statement lives in
+``moodle_bridge.iomad.queries``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 
 from moodle_bridge.iomad.passwords import REDACTION, redact
-from moodle_bridge.iomad.queries import chunks
-from moodle_bridge.iomad.queue import restore_emails
+from moodle_bridge.iomad.queue import load_rendered, restore_emails
 from moodle_bridge.iomad.schema import IomadTables
 
 
@@ -21,12 +20,7 @@ class IomadRowContents:
         self.tables = tables
 
     def load_rendered(self, conn: sa.Connection, emailids: list[int]) -> dict[int, tuple[str, str]]:
-        e = self.tables.email
-        out: dict[int, tuple[str, str]] = {}
-        for chunk in chunks(emailids):
-            for row in conn.execute(sa.select(e.c.id, e.c.subject, e.c.body).where(e.c.id.in_(chunk))):
-                out[int(row.id)] = (str(row.subject or ""), str(row.body or ""))
-        return out
+        return load_rendered(conn, self.tables, emailids)
 
     def redact(self, body: str, password: str | None) -> str:
         # Without the password the copy is never built: claiming records it skipped

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.batching import ID_PLACEHOLDER, JobHeader, message_type_for, pack, recipient_entry
+from moodle_bridge.results.suppression import SKIP_CODES, filter_suppressed
 from moodle_bridge.secrets_at_rest import SecretBox, associated_data
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now
@@ -47,6 +48,24 @@ class CreatedBatches:
     pending: int = 0
     rejected: list[PlannedRecipient] = field(default_factory=list)
     next_seq: int = 0
+
+
+def skip_suppressed(
+    conn: sa.Connection, repo: BridgeRepo, companyid: int, planned: Sequence[PlannedRecipient]
+) -> int:
+    """Mark pending recipients the company must not mail (bounced, complained, unsubscribed)
+    ``skipped`` with the reason's code. One query per 500 distinct addresses; returns how many."""
+    pending = [p for p in planned if p.status == "pending" and p.address]
+    suppressed = filter_suppressed(conn, repo.t, companyid, {p.address for p in pending})
+    skipped = 0
+    for p in pending:
+        reason = suppressed.get(p.address)
+        if reason is None:
+            continue
+        p.status, p.errorcode = "skipped", SKIP_CODES.get(reason, f"suppressed_{reason}")[:100]
+        p.errormessage = f"address suppressed for this company after a {reason}; not sent"
+        skipped += 1
+    return skipped
 
 
 def target_for(provider: str, aws_mode: str) -> str:
@@ -116,8 +135,10 @@ def add_recipients(
             else:
                 batchid = batch_ids[batch_of[index]]
                 result.pending += 1
+        # Sealed whatever the recipient's own outcome: the row's third-party copies are redacted
+        # with it (BridgeRepo.clear_final_secrets deletes it once no copy can need it).
         secret = None
-        if p.secret and status == "pending":
+        if p.secret:
             if box is None:
                 raise ValueError("a temporary password needs the password key (MRCO_PASSWORD_KEY)")
             secret = box.seal(p.secret, associated_data(header.jobid, p.dedupekey))

@@ -31,6 +31,7 @@ from moodle_bridge.batching import (
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.secrets_at_rest import SecretBox, SecretError, associated_data
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.submission.targets import SubmitError, Submitter
@@ -39,7 +40,7 @@ from offload_contract.limits import QueueLimits
 
 
 class IomadContents(Protocol):
-    """What the outbox needs from IOMAD's side (implemented in moodle_bridge.iomad_port)."""
+    """What the outbox needs from IOMAD's side (``iomad_contents.IomadRowContents``)."""
 
     def load_rendered(self, conn: sa.Connection, emailids: list[int]) -> dict[int, tuple[str, str]]:
         """emailid -> (subject, body) as IOMAD queued them."""
@@ -53,6 +54,10 @@ class IomadContents(Protocol):
 
 class BuildError(Exception):
     """The batch cannot be built (configuration or data); recorded on the outbox row."""
+
+
+class OversizeBatch(BuildError):
+    """The built message is over the queue limit (a batch packed by count only: ``jobs retry``)."""
 
 
 def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: BridgeConfig) -> JobHeader:
@@ -94,6 +99,8 @@ class OutboxReport:
     retried: int = 0
     abandoned: int = 0
     restored_rows: int = 0
+    #: batches over the queue limit split in two (both halves go at the next pass)
+    split: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -181,7 +188,13 @@ class Outbox:
                 raise BuildError(f"IOMAD queue row {emailid} is gone")
             subject, body = pre.rendered[emailid]
             if key.endswith("r"):
-                body = self.iomad.redact(body, pre.passwords.get((int(job.id), emailid)))
+                password = pre.passwords.get((int(job.id), emailid))
+                if password is None:
+                    raise BuildError(
+                        f"the temporary password of IOMAD row {emailid} is no longer kept, so its "
+                        "third-party copy cannot be redacted; it is not sent"
+                    )
+                body = self.iomad.redact(body, password)
             contents[key] = rendered_content(subject, body)
         return contents
 
@@ -194,7 +207,7 @@ class Outbox:
                         str(row.secret), associated_data(jobid, str(row.dedupekey))
                     )
                 except SecretError:
-                    continue  # redact() without the password still removes the password line
+                    continue  # the copy is then refused (BuildError), never sent unredacted
         return out
 
     def _job(self, conn: sa.Connection, jobid: int) -> tuple[sa.Row[Any], JobHeader]:
@@ -244,7 +257,7 @@ class Outbox:
         limits: QueueLimits,
     ) -> bytes:
         if self.upload is None or not self.config.aws.content_bucket:
-            raise BuildError("batch is over the queue limit and no content bucket is configured")
+            raise OversizeBatch("batch is over the queue limit and no content bucket is configured")
         by_size = sorted(contents, key=lambda k: len(encode_message(contents[k])), reverse=True)
         for key in by_size:
             encoded = encode_message(contents[key])
@@ -272,7 +285,7 @@ class Outbox:
             body = encode_batch(header, batch.batchkey, contents, entries)
             if len(body) <= limits.max_bytes:
                 return body
-        raise BuildError("batch is over the queue limit even with every content by reference")
+        raise OversizeBatch("batch is over the queue limit even with every content by reference")
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -336,6 +349,16 @@ class Outbox:
             if exc.retryable and down is not None and nexttry is not None:
                 down[batch.target] = (str(exc), nexttry)
             return
+        except OversizeBatch as exc:
+            if batch.recipientcount > 1:
+                with self.engine.begin() as conn:
+                    self.repo.split_batch(
+                        conn, batch, f"j{batch.jobid}-a{batch.attempt}-x{uuid.uuid4().hex[:16]}"
+                    )
+                report.split += 1
+            else:
+                self._failed(batch, str(exc), report)
+            return
         except BuildError as exc:
             self._failed(batch, str(exc), report)
             return
@@ -358,10 +381,12 @@ class Outbox:
                 self.repo.mark_batch_abandoned(conn, batch.id, error)
                 report.abandoned += 1
                 report.restored_rows += self._fall_back(conn, batch)
-                self.repo.audit(
+                audit.record(
                     conn,
-                    "cron",
-                    "batch_abandoned",
+                    self.repo.t,
+                    actor="cron",
+                    action=audit.BATCH_ABANDONED,
+                    now=at,
                     jobid=batch.jobid,
                     companyid=batch.companyid,
                     detail={"batch": batch.batchkey, "error": error[:200]},

@@ -1,8 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from moodle_bridge.config import ConfigError, load_config
+from moodle_bridge.config import ENV_VARS, ConfigError, load_config
 from offload_contract.signing import generate_root_secret
 
 
@@ -42,3 +43,9 @@ def test_bad_settings_fail_clearly(env: dict[str, str], match: str) -> None:
 def test_password_key_must_be_32_bytes() -> None:
     with pytest.raises(ConfigError, match="32 bytes"):
         load_config(environ={"MRCO_PASSWORD_KEY": "c2hvcnQ="}).password_key_bytes()
+
+
+def test_every_environment_variable_is_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "bridge.md").read_text("utf-8")
+    documented = set(re.findall(r"\bMRCO_[A-Z0-9_]+\b", doc))
+    assert sorted({*ENV_VARS, "MRCO_KEYSETS", "MRCO_CONFIG"} - documented) == []

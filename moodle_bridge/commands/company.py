@@ -13,7 +13,8 @@ from typing import Any
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.routing import PROVIDERS, CompanySettings, could_offload
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection
+from moodle_bridge.storage import audit
+from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
 
 
 def _onoff(value: str) -> bool:
@@ -140,10 +141,12 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 return fail(str(exc))
             repo.save_settings(conn, updated, actor)
             diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
-            repo.audit(
+            audit.record(
                 conn,
-                actor,
-                "company_settings_created" if before is None else "company_settings_changed",
+                repo.t,
+                actor=actor,
+                action=audit.SETTINGS_CREATED if before is None else audit.SETTINGS_CHANGED,
+                now=now(),
                 companyid=args.companyid,
                 detail=diff,
             )
@@ -169,7 +172,13 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
             before = repo.offload_enabled(conn)
             repo.set_offload_enabled(conn, args.state)
             if before != args.state:
-                repo.audit(conn, cli_actor(), "global_switch_on" if args.state else "global_switch_off")
+                audit.record(
+                    conn,
+                    repo.t,
+                    actor=cli_actor(),
+                    action=audit.GLOBAL_SWITCH_ON if args.state else audit.GLOBAL_SWITCH_OFF,
+                    now=now(),
+                )
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     finally:

@@ -16,7 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.results import audit
 from moodle_bridge.results.iomad_link import detect_queue
 from moodle_bridge.results.job_control import (
     JobControlError,
@@ -28,6 +27,7 @@ from moodle_bridge.results.job_control import (
 from moodle_bridge.results.runtime import open_database
 from moodle_bridge.results.states import COUNTER_COLUMNS, JOB_TERMINAL
 from moodle_bridge.results.suppression import suppression_counts
+from moodle_bridge.storage import audit
 
 
 def register(subparsers: Any) -> None:

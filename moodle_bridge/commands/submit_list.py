@@ -25,9 +25,16 @@ from moodle_bridge.batching import template_content, template_content_key
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.iomad.addresses import address_problem
-from moodle_bridge.jobs import CreatedBatches, PlannedRecipient, add_recipients, target_for
+from moodle_bridge.jobs import (
+    CreatedBatches,
+    PlannedRecipient,
+    add_recipients,
+    skip_suppressed,
+    target_for,
+)
 from moodle_bridge.outbox import BuildError, Outbox, job_header_for
 from moodle_bridge.routing import decide
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
 from offload_contract.limits import QueueLimits
@@ -242,6 +249,7 @@ def create_list_job(
             raise ListError(str(exc)) from None
         contentkey = template_content_key(jobid)
         planned = plan_list(rows, templates, contentkey)
+        skip_suppressed(conn, repo, companyid, planned)
         limits = QueueLimits.for_provider(settings.provider, config.submit.max_recipients)
         created = add_recipients(
             conn,
@@ -253,10 +261,12 @@ def create_list_job(
             target=target_for(settings.provider, config.submit.aws_mode),
         )
         repo.refresh_job_totals(conn, [jobid])
-        repo.audit(
+        audit.record(
             conn,
-            actor,
-            "job_created",
+            repo.t,
+            actor=actor,
+            action=audit.JOB_CREATED,
+            now=now(),
             companyid=companyid,
             jobid=jobid,
             detail={"source": "list", "recipients": created.recipients, "batches": created.batches},

@@ -234,6 +234,7 @@ def summary(report: TickReport) -> str:
         c = report.claim
         parts.append(
             f"claimed {c.claimed} of {c.considered} due rows ({c.recipients} recipients, {c.batches} batches"
+            + (f", {c.suppressed} skipped as suppressed" if c.suppressed else "")
             + (f", {c.released} released to IOMAD" if c.released else "")
             + (f", left local: {dict(c.left_local)}" if c.left_local else "")
             + ")"
@@ -244,9 +245,30 @@ def summary(report: TickReport) -> str:
             f"submitted {o.submitted} batches"
             + (f", {o.retried} to retry" if o.retried else "")
             + (f", {o.abandoned} abandoned" if o.abandoned else "")
+            + (f", {o.split} split (over the queue limit)" if o.split else "")
         )
+    if report.reconciled is not None:
+        parts.append(reconcile_summary(report.reconciled))
     parts.extend(report.notes)
     return "; ".join(parts) or "nothing to do"
+
+
+def reconcile_summary(reconciled: Any) -> str:
+    """The reconciliation pass in one clause: counts only (no queue URL, no message content)."""
+
+    def count(name: str) -> int:
+        value = getattr(reconciled, name, 0)
+        return len(value) if isinstance(value, list | tuple | set) else int(value or 0)
+
+    drained = count("messages_applied") + count("messages_duplicate")
+    text = (
+        f"reconciled: {count('results_applied')} results ingested from {drained} messages"
+        f", {count('messages_quarantined')} quarantined"
+        f", {count('jobs_flagged_overdue')} jobs flagged overdue"
+        f", {count('rows_marked_sent')} IOMAD rows settled, {count('rows_restored')} restored"
+    )
+    deferred = count("messages_deferred")
+    return text + (f", {deferred} messages deferred" if deferred else "")
 
 
 def run(args: argparse.Namespace, config: BridgeConfig) -> int:

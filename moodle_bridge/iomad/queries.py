@@ -188,6 +188,12 @@ def parked_dues(t: IomadTables, ids: Sequence[int]) -> sa.Select[Any]:
     return sa.select(e.c.id, e.c.due).where(e.c.id.in_(ids), e.c.due >= PARKED_DUE_BASE)
 
 
+def rendered_contents(t: IomadTables, ids: Sequence[int]) -> sa.Select[Any]:
+    """(id, subject, body) of the given rows: the outbox rebuilds each mail from IOMAD's row."""
+    e = t.email
+    return sa.select(e.c.id, e.c.subject, e.c.body).where(e.c.id.in_(ids))
+
+
 def parked_rows(t: IomadTables, company_ids: Collection[int] | None = None) -> sa.Select[Any]:
     """(id, original due) of every parked unsent row: recovery when the claims table is lost."""
     e = t.email

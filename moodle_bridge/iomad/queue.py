@@ -32,6 +32,7 @@ __all__ = [
     "QueuedEmail",
     "is_parked_due",
     "list_parked",
+    "load_rendered",
     "mark_emails_sent",
     "original_due",
     "park_emails",
@@ -114,6 +115,15 @@ def _lock_then_update(
             conn.execute(update_for(eligible))
             done.extend(eligible)
     return sorted(done)
+
+
+def load_rendered(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """Subject and body of the given rows, by id (rows that no longer exist are absent)."""
+    out: dict[int, tuple[str, str]] = {}
+    for chunk in chunks(ids):
+        for row in conn.execute(queries.rendered_contents(tables, chunk)):
+            out[int(row.id)] = (str(row.subject or ""), str(row.body or ""))
+    return out
 
 
 def park_emails(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) -> list[int]:

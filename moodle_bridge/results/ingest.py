@@ -25,8 +25,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.results import audit
-from moodle_bridge.results.dbutil import chunks, update_rows_by_id
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.settle import settle_rows
 from moodle_bridge.results.states import (
@@ -45,7 +43,9 @@ from moodle_bridge.results.states import (
     job_status_for,
 )
 from moodle_bridge.results.suppression import REASON_BOUNCE, REASON_COMPLAINT, record_suppressions
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.sqlutil import chunks, update_rows_by_id
 
 
 class ScopeError(Exception):
@@ -270,8 +270,8 @@ def ingest_result_batch(
         new_status = full["status"]
         if new_status in FINAL_STATUSES and original_status[rid] not in FINAL_STATUSES:
             full["timefinal"] = now
-        if new_status in FINAL_STATUSES:
-            full["secret"] = None  # the encrypted temporary password is no longer needed
+        # The sealed temporary password is not deleted here: a failed third-party copy of the row
+        # may be retried and must be redacted with it (BridgeRepo.clear_final_secrets, every tick).
         groups[(original_status[rid], tuple(sorted(full)))][rid] = full
     for (status_read, _columns), values_by_id in sorted(groups.items()):
         matched = update_rows_by_id(conn, r, values_by_id, where_equals={"status": status_read})

@@ -24,8 +24,6 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from moodle_bridge.batching import message_type_for
-from moodle_bridge.results import audit
-from moodle_bridge.results.dbutil import chunks
 from moodle_bridge.results.ingest import lock_jobs, refresh_jobs
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.settle import settle_rows
@@ -41,7 +39,9 @@ from moodle_bridge.results.states import (
     RESTORED,
     SKIPPED,
 )
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.sqlutil import chunks, update_where_in
 
 BATCH_PENDING = "pending"
 BATCH_ABANDONED = "abandoned"
@@ -149,20 +149,16 @@ def retry_failed(
             sa.select(b.c.target).where(b.c.jobid == job_id).order_by(b.c.id.desc()).limit(1)
         ).scalar()
         target = str(last or "sqs")
-    for part in chunks(failed):
-        conn.execute(
-            r.update()
-            .where(r.c.id.in_(part), r.c.status == FAILED)
-            .values(
-                status=PENDING,
-                batchid=None,
-                providermessageid=None,
-                errorcode=None,
-                errormessage=None,
-                timefinal=None,
-                timemodified=now,
-            )
-        )
+    again = {
+        "status": PENDING,
+        "batchid": None,
+        "providermessageid": None,
+        "errorcode": None,
+        "errormessage": None,
+        "timefinal": None,
+        "timemodified": now,
+    }
+    update_where_in(conn, r, r.c.id, failed, again, r.c.status == FAILED)
     keys = create_retry_batches(
         conn,
         tables,
@@ -207,12 +203,8 @@ def cancel_job(
         sa.select(r.c.id, r.c.emailid).where(r.c.jobid == job_id, r.c.status.in_(sorted(ACTIVE_STATUSES)))
     ).all()
     ids = [int(row.id) for row in active]
-    for part in chunks(ids):
-        conn.execute(
-            r.update()
-            .where(r.c.id.in_(part), r.c.status.in_(sorted(ACTIVE_STATUSES)))
-            .values(status=CANCELLED, timefinal=now, timemodified=now)
-        )
+    cancelled = {"status": CANCELLED, "timefinal": now, "timemodified": now}
+    update_where_in(conn, r, r.c.id, ids, cancelled, r.c.status.in_(sorted(ACTIVE_STATUSES)))
     abandoned = (
         conn.execute(
             b.update().where(b.c.jobid == job_id, b.c.status == BATCH_PENDING).values(status=BATCH_ABANDONED)

@@ -32,11 +32,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.results import audit
 from moodle_bridge.results.ingest import ConcurrentChange, ScopeError, ingest_result_batch
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.nonce_store import DatabaseNonceStore
 from moodle_bridge.results.openapi import openapi_document
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message

@@ -26,7 +26,6 @@ import sqlalchemy as sa
 from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.results import audit
 from moodle_bridge.results.ingest import (
     ConcurrentChange,
     ScopeError,
@@ -38,6 +37,7 @@ from moodle_bridge.results.iomad_link import AdapterQueue, IomadQueue
 from moodle_bridge.results.nonce_store import purge_expired
 from moodle_bridge.results.settle import CLAIM_CLAIMED, settle_rows
 from moodle_bridge.results.states import ACTIVE_STATUSES, JOB_TERMINAL
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message

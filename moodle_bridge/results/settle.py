@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from moodle_bridge.results import audit
-from moodle_bridge.results.dbutil import chunks
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.states import ACTIVE_STATUSES, CANCELLED, FAILED, REACHED_STATUSES, RESTORED
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.sqlutil import chunks, update_where_in
 
 CLAIM_CLAIMED = "claimed"
 CLAIM_RELEASED = "released"
@@ -118,12 +118,8 @@ def settle_rows(
                 report.withheld.append(emailid)
     if to_restore:
         report.restored = sorted(to_restore)
-        for part in chunks(report.restored):
-            conn.execute(
-                c.update()
-                .where(c.c.emailid.in_(part), c.c.state == CLAIM_CLAIMED)
-                .values(state=CLAIM_RELEASED, timereleased=now, timefinal=now)
-            )
+        released = {"state": CLAIM_RELEASED, "timereleased": now, "timefinal": now}
+        update_where_in(conn, c, c.c.emailid, report.restored, released, c.c.state == CLAIM_CLAIMED)
         for part in chunks(report.restored):
             for (jobid,) in conn.execute(
                 sa.select(r.c.jobid).where(r.c.emailid.in_(part), r.c.status == FAILED)
@@ -137,12 +133,8 @@ def settle_rows(
         if queue is not None:
             queue.restore(conn, to_restore)
     if report.marked_sent:
-        for part in chunks(report.marked_sent):
-            conn.execute(
-                c.update()
-                .where(c.c.emailid.in_(part), c.c.state == CLAIM_CLAIMED)
-                .values(state=CLAIM_COMPLETED, timefinal=now)
-            )
+        completed = {"state": CLAIM_COMPLETED, "timefinal": now}
+        update_where_in(conn, c, c.c.emailid, report.marked_sent, completed, c.c.state == CLAIM_CLAIMED)
         if queue is not None:
             queue.mark_sent(conn, report.marked_sent, now)
     by_job: dict[tuple[int, int | None], list[int]] = defaultdict(list)

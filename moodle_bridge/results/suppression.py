@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
-from moodle_bridge.results.dbutil import chunks, insert_ignore
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.sqlutil import chunks, insert_ignore
 
 REASON_BOUNCE = "bounce"
 REASON_COMPLAINT = "complaint"

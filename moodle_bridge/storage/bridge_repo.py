@@ -8,7 +8,7 @@ Bulk writes use ``executemany`` in chunks; nothing here issues a statement per r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,23 +16,21 @@ import sqlalchemy as sa
 
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.storage.bridge_tables import BridgeTables
-from moodle_bridge.storage.database import chunked, now
+from moodle_bridge.storage.database import now
+from moodle_bridge.storage.sqlutil import chunks, update_where_in
+from moodle_bridge.storage.statuses import COUNTER_BUCKETS, FINAL_STATUSES, RESENDABLE_STATUSES
 
 OFFLOAD_ENABLED_KEY = "offload_enabled"
 #: Rows per executemany / IN (...) list: small enough for every engine's parameter limit.
 CHUNK = 1000
 
-#: Recipient statuses after which nothing more happens to the recipient (secrets deleted).
-FINAL_RECIPIENT_STATUSES = (
-    "sent",
-    "delivered",
-    "failed",
-    "bounced",
-    "complained",
-    "skipped",
-    "cancelled",
-    "restored",
-)
+#: Recipient statuses after which nothing more happens to the recipient unless a person retries
+#: it (``failed`` only). A sealed temporary password is deleted by ``clear_final_secrets``.
+FINAL_RECIPIENT_STATUSES = tuple(sorted(FINAL_STATUSES))
+RESENDABLE = tuple(sorted(RESENDABLE_STATUSES))
+#: How long a sealed temporary password is kept for retrying failed third-party copies of its
+#: row (they must be redacted with it). After that such a retry is refused with a clear error.
+PASSWORD_RETRY_WINDOW_SECONDS = 7 * 86400
 
 
 def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -47,10 +45,6 @@ def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         compact = {k: v for k, v in row.items() if v is not None}
         groups.setdefault(tuple(sorted(compact)), []).append(compact)
     return list(groups.values())
-
-
-def _json(detail: Mapping[str, Any] | None) -> str | None:
-    return None if detail is None else json.dumps(dict(detail), sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -89,32 +83,6 @@ class BridgeRepo:
 
     def set_offload_enabled(self, conn: sa.Connection, enabled: bool) -> None:
         self.set_config(conn, OFFLOAD_ENABLED_KEY, "1" if enabled else "0")
-
-    # -- audit ---------------------------------------------------------------------------
-
-    def audit(
-        self,
-        conn: sa.Connection,
-        actor: str,
-        action: str,
-        *,
-        companyid: int | None = None,
-        jobid: int | None = None,
-        detail: Mapping[str, Any] | None = None,
-        sourceaddress: str | None = None,
-    ) -> None:
-        """Append to the audit log. ``detail`` holds ids, counts and codes: never a body or secret."""
-        conn.execute(
-            self.t.audit_log.insert().values(
-                timecreated=now(),
-                actor=actor[:100],
-                action=action[:64],
-                companyid=companyid,
-                jobid=jobid,
-                sourceaddress=sourceaddress,
-                detail=_json(detail),
-            )
-        )
 
     # -- company settings ----------------------------------------------------------------
 
@@ -169,7 +137,7 @@ class BridgeRepo:
         """Rows the bridge has ever claimed (any state): a released row belongs to IOMAD for good."""
         c = self.t.claims.c
         out: set[int] = set()
-        for part in chunked(list(emailids), CHUNK):
+        for part in chunks(list(emailids), CHUNK):
             out.update(
                 int(r) for r in conn.execute(sa.select(c.emailid).where(c.emailid.in_(part))).scalars()
             )
@@ -177,7 +145,7 @@ class BridgeRepo:
 
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         for group in _by_shape(rows):
-            for part in chunked(group, CHUNK):
+            for part in chunks(group, CHUNK):
                 conn.execute(self.t.claims.insert(), part)
 
     def set_claims_state(
@@ -189,13 +157,12 @@ class BridgeRepo:
             values["timereleased"] = now()
         if final:
             values["timefinal"] = now()
-        for part in chunked(list(emailids), CHUNK):
-            conn.execute(c.update().where(c.c.emailid.in_(part)).values(**values))
+        update_where_in(conn, c, c.c.emailid, emailids, values, size=CHUNK)
 
     def original_dues(self, conn: sa.Connection, emailids: Sequence[int]) -> dict[int, int]:
         c = self.t.claims.c
         out: dict[int, int] = {}
-        for part in chunked(list(emailids), CHUNK):
+        for part in chunks(list(emailids), CHUNK):
             for emailid, due in conn.execute(sa.select(c.emailid, c.originaldue).where(c.emailid.in_(part))):
                 out[int(emailid)] = int(due)
         return out
@@ -230,32 +197,24 @@ class BridgeRepo:
     def refresh_job_totals(self, conn: sa.Connection, jobids: Iterable[int]) -> None:
         """Recount the job's recipients by status (one grouped query per job)."""
         r = self.t.recipients.c
-        column_for = {
-            "sent": "recipientssent",
-            "delivered": "recipientssent",
-            "failed": "recipientsfailed",
-            "bounced": "recipientsbounced",
-            "complained": "recipientscomplained",
-            "skipped": "recipientsskipped",
-            "cancelled": "recipientscancelled",
-            "restored": "recipientscancelled",
-        }
         for jobid in set(jobids):
-            counts = dict.fromkeys(set(column_for.values()), 0)
-            total = 0
-            for status, n in conn.execute(
-                sa.select(r.status, sa.func.count()).where(r.jobid == jobid).group_by(r.status)
-            ):
-                total += int(n)
-                if status in column_for:
-                    counts[column_for[status]] += int(n)
-            self.update_job(conn, jobid, recipientstotal=total, **counts)
+            by_status = {
+                str(status): int(n)
+                for status, n in conn.execute(
+                    sa.select(r.status, sa.func.count()).where(r.jobid == jobid).group_by(r.status)
+                )
+            }
+            counts = {
+                column: sum(by_status.get(s, 0) for s in statuses)
+                for column, statuses in COUNTER_BUCKETS.items()
+            }
+            self.update_job(conn, jobid, recipientstotal=sum(by_status.values()), **counts)
 
     # -- recipients ------------------------------------------------------------------------
 
     def insert_recipients(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         for group in _by_shape(rows):
-            for part in chunked(group, CHUNK):
+            for part in chunks(group, CHUNK):
                 conn.execute(self.t.recipients.insert(), part)
 
     def batch_recipients(self, conn: sa.Connection, batchid: int) -> list[sa.Row[Any]]:
@@ -266,7 +225,7 @@ class BridgeRepo:
         """Recipients of several batches at once (the outbox's lease group), by batch then id."""
         r = self.t.recipients.c
         out: list[sa.Row[Any]] = []
-        for part in chunked(sorted(set(batchids)), CHUNK):
+        for part in chunks(sorted(set(batchids)), CHUNK):
             out.extend(
                 conn.execute(
                     sa.select(
@@ -292,7 +251,7 @@ class BridgeRepo:
     ) -> list[sa.Row[Any]]:
         r = self.t.recipients
         out: list[sa.Row[Any]] = []
-        for part in chunked(list(emailids), CHUNK):
+        for part in chunks(list(emailids), CHUNK):
             out.extend(
                 conn.execute(sa.select(r).where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.role == role))
             )
@@ -304,7 +263,7 @@ class BridgeRepo:
         """One ``mrcloud_certificates`` row per certificate recipient (verification code issued)."""
         r = self.t.recipients.c
         rows: list[dict[str, Any]] = []
-        for part in chunked(sorted(set(emailids)), CHUNK):
+        for part in chunks(sorted(set(emailids)), CHUNK):
             for rid, userid, data in conn.execute(
                 sa.select(r.id, r.userid, r.data).where(
                     r.jobid == jobid, r.emailid.in_(part), r.status == "pending", r.data.is_not(None)
@@ -320,8 +279,8 @@ class BridgeRepo:
                         "verifycode": payload["certificate"]["verification_code"],
                     }
                 )
-        for part in chunked(rows, CHUNK):
-            conn.execute(self.t.certificates.insert(), part)
+        for certificates in chunks(rows, CHUNK):
+            conn.execute(self.t.certificates.insert(), certificates)
 
     def set_recipients_status(
         self,
@@ -338,14 +297,11 @@ class BridgeRepo:
         if errorcode is not None:
             values.update(errorcode=errorcode, errormessage=(errormessage or "")[:1000])
         if status in FINAL_RECIPIENT_STATUSES:
-            values.update(timefinal=now(), secret=None)
-        changed = 0
-        for part in chunked(list(recipientids), CHUNK):
-            stmt = r.update().where(r.c.id.in_(part))
-            if only_from is not None:
-                stmt = stmt.where(r.c.status.in_(list(only_from)))
-            changed += conn.execute(stmt.values(**values)).rowcount
-        return changed
+            values["timefinal"] = now()
+            if status != "failed":  # a failed row may be retried; clear_final_secrets decides
+                values["secret"] = None
+        guard = [] if only_from is None else [r.c.status.in_(list(only_from))]
+        return update_where_in(conn, r, r.c.id, recipientids, values, *guard, size=CHUNK)
 
     def mark_batch_recipients_queued(self, conn: sa.Connection, batchid: int) -> None:
         r = self.t.recipients
@@ -360,23 +316,40 @@ class BridgeRepo:
     ) -> None:
         """Recipients of rows given back to IOMAD: ``restored`` with the reason."""
         r = self.t.recipients
-        for part in chunked(list(emailids), CHUNK):
-            conn.execute(
-                r.update()
-                .where(r.c.jobid == jobid, r.c.emailid.in_(part), r.c.status.in_(("pending", "failed")))
-                .values(status="restored", errorcode=code, errormessage=message[:1000], secret=None)
-            )
-
-    def clear_final_secrets(self, conn: sa.Connection) -> int:
-        """Delete encrypted temporary passwords of recipients whose outcome is final."""
-        r = self.t.recipients
-        return int(
-            conn.execute(
-                r.update()
-                .where(r.c.secret.is_not(None), r.c.status.in_(FINAL_RECIPIENT_STATUSES))
-                .values(secret=None)
-            ).rowcount
+        values = {"status": "restored", "errorcode": code, "errormessage": message[:1000], "secret": None}
+        update_where_in(
+            conn, r, r.c.emailid, emailids, values, r.c.jobid == jobid, r.c.status.in_(("pending", "failed"))
         )
+
+    def clear_final_secrets(self, conn: sa.Connection, at: int | None = None) -> int:
+        """Delete sealed temporary passwords no copy can need any more.
+
+        The password sits (encrypted) on the row's own recipient, whose copy is rebuilt from IOMAD's
+        row and needs no secret; it is kept only to redact the row's third-party copies (content
+        key ``e<id>r``). So it is deleted once the recipient is final and no redacted copy of the
+        same row in the job is pending, queued, retrying or failed (a failed copy may be retried),
+        and in any case ``PASSWORD_RETRY_WINDOW_SECONDS`` after the recipient was created.
+        Two statements per 1,000 rows (MariaDB cannot UPDATE a table it reads in a subquery).
+        """
+        r = self.t.recipients
+        copy = r.alias("copy")
+        needed = sa.exists().where(
+            copy.c.jobid == r.c.jobid,
+            copy.c.emailid == r.c.emailid,
+            copy.c.contentkey.like("e%r"),
+            copy.c.status.in_(RESENDABLE),
+        )
+        cutoff = (now() if at is None else at) - PASSWORD_RETRY_WINDOW_SECONDS
+        ids = list(
+            conn.execute(
+                sa.select(r.c.id).where(
+                    r.c.secret.is_not(None),
+                    r.c.status.in_(FINAL_RECIPIENT_STATUSES),
+                    sa.or_(~needed, r.c.timecreated < cutoff),
+                )
+            ).scalars()
+        )
+        return update_where_in(conn, r, r.c.id, ids, {"secret": None}, size=CHUNK)
 
     # -- outbox batches ----------------------------------------------------------------------
 
@@ -384,7 +357,7 @@ class BridgeRepo:
         """Insert outbox rows; returns batchkey -> id (one extra SELECT per chunk)."""
         b = self.t.batches
         ids: dict[str, int] = {}
-        for part in chunked(rows, CHUNK):
+        for part in chunks(rows, CHUNK):
             conn.execute(b.insert(), part)
             keys = [row["batchkey"] for row in part]
             for key, bid in conn.execute(sa.select(b.c.batchkey, b.c.id).where(b.c.batchkey.in_(keys))):
@@ -473,6 +446,44 @@ class BridgeRepo:
                 leasetoken=None,
             )
         )
+
+    def split_batch(self, conn: sa.Connection, batch: BatchRow, newkey: str) -> int:
+        """Move the second half of a pending batch's recipients to a new pending batch ``newkey``.
+
+        For a batch whose message came out over the queue limit (``jobs retry`` packs by count
+        only). Both halves are due at once and released from the lease; returns the new batch id.
+        """
+        b, r = self.t.batches, self.t.recipients
+        ids = [
+            int(i)
+            for i in conn.execute(sa.select(r.c.id).where(r.c.batchid == batch.id).order_by(r.c.id)).scalars()
+        ]
+        moved = ids[len(ids) // 2 :]
+        newid = self.insert_batches(
+            conn,
+            [
+                {
+                    "jobid": batch.jobid,
+                    "companyid": batch.companyid,
+                    "messagetype": batch.messagetype,
+                    "batchkey": newkey,
+                    "attempt": batch.attempt,
+                    "status": "pending",
+                    "target": batch.target,
+                    "recipientcount": len(moved),
+                    "tries": 0,
+                    "nexttry": 0,
+                    "timecreated": now(),
+                }
+            ],
+        )[newkey]
+        update_where_in(conn, r, r.c.id, moved, {"batchid": newid}, r.c.batchid == batch.id, size=CHUNK)
+        conn.execute(
+            b.update()
+            .where(b.c.id == batch.id, b.c.status == "pending")
+            .values(recipientcount=len(ids) - len(moved), nexttry=0, leasetoken=None)
+        )
+        return newid
 
     def mark_batch_abandoned(self, conn: sa.Connection, batchid: int, error: str) -> None:
         b = self.t.batches

@@ -103,8 +103,3 @@ class StatementCounter:
     def measure(self) -> Iterator[StatementCounter]:
         self.reset()
         yield self
-
-
-def chunked(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

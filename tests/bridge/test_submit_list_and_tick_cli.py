@@ -156,3 +156,14 @@ def test_progress_bars_render_without_a_terminal() -> None:
             update(done, 3)
     with _progress(False) as none:
         assert none is None
+
+
+@pytest.mark.sqlite
+def test_tick_prints_the_reconciliation_summary_unless_quiet(site, capsys) -> None:
+    capsys.readouterr()
+    assert main(["tick"]) == 0
+    out = capsys.readouterr().out
+    assert "reconciled: 0 results ingested from 0 messages, 0 quarantined, 0 jobs flagged overdue" in out
+    assert "A" * 43 not in out and "sqs" not in out.lower()  # no key material, no queue URLs
+    assert main(["tick", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""

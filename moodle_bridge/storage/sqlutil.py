@@ -1,4 +1,4 @@
-"""Small portable SQL helpers shared by the results modules."""
+"""Small portable SQL helpers for the bridge's own tables (bridge core and results alike)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,24 @@ CHUNK = 500
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def update_where_in(
+    conn: sa.Connection,
+    table: sa.Table,
+    column: sa.ColumnElement[Any],
+    keys: Sequence[Any],
+    values: Mapping[str, Any],
+    *conditions: sa.ColumnElement[bool],
+    size: int = CHUNK,
+) -> int:
+    """``UPDATE table SET values WHERE column IN (keys) AND conditions``, one statement per chunk
+    of keys. Returns the rows matched."""
+    total = 0
+    for part in chunks(list(keys), size):
+        stmt = table.update().where(column.in_(list(part)), *conditions).values(**values)
+        total += conn.execute(stmt).rowcount or 0
+    return total
 
 
 def insert_ignore(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> int:

@@ -1,6 +1,7 @@
 """The one audit writer: who or what changed what, never payload secrets.
 
-Every module that audits calls ``record``. ``detail`` is a small JSON object; keys that could
+Every module that audits (bridge core, results, CLI) calls ``record``; nothing else inserts
+into ``mrcloud_audit_log``. ``detail`` is a small JSON object; keys that could
 carry secrets or bodies are dropped and long strings are cut, so a careless caller cannot leak a
 temporary password into the log.
 """
@@ -29,7 +30,11 @@ FORBIDDEN_KEY_PARTS: Final = (
 MAX_DETAIL_STRING = 300
 
 # Actions (stable names; the dashboard filters on them).
+SETTINGS_CREATED: Final = "company_settings_created"
 SETTINGS_CHANGED: Final = "company_settings_changed"
+GLOBAL_SWITCH_ON: Final = "global_switch_on"
+GLOBAL_SWITCH_OFF: Final = "global_switch_off"
+BATCH_ABANDONED: Final = "batch_abandoned"
 JOB_CREATED: Final = "job_created"
 JOB_SUBMITTED: Final = "job_submitted"
 JOB_COMPLETED: Final = "job_completed"
