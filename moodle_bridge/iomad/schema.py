@@ -20,6 +20,10 @@ from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+#: Moodle's XMLDB text is LONGTEXT on MySQL/MariaDB (TEXT there stops at 64 KB).
+LONGTEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
 class IomadGeneration(Enum):
@@ -190,7 +194,7 @@ def build_iomad_tables(
         _col("modifiedtime", BIG),
         _col("sent", BIG),
         _col("subject", sa.String(255)),
-        _col("body", sa.Text()),
+        _col("body", LONGTEXT),
         _col("varsreplaced", BIG),
         _col("companyid", BIG),
         _col("courseid", BIG),
@@ -198,7 +202,7 @@ def build_iomad_tables(
         _col("invoiceid", BIG),
         _col("classroomid", BIG),
         _col("senderid", BIG),
-        _col("headers", sa.Text()),
+        _col("headers", LONGTEXT),
         _col("due", BIG),
     )
     template_cols = [
@@ -225,9 +229,9 @@ def build_iomad_tables(
             _col("id", BIG, primary_key=True),
             _col("templateid", BIG),
             _col("lang", sa.String(20)),
-            _col("subject", sa.Text()),
-            _col("body", sa.Text()),
-            _col("signature", sa.Text()),
+            _col("subject", LONGTEXT),
+            _col("body", LONGTEXT),
+            _col("signature", LONGTEXT),
         )
         if "email_template_strings" in optional
         else None

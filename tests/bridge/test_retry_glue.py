@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-import pytest
 import sqlalchemy as sa
 
 from moodle_bridge.cli import main
@@ -201,8 +200,6 @@ def test_retry_of_a_redacted_copy_after_the_password_window_is_refused_not_sent(
 def test_retry_batch_over_the_queue_limit_is_split_and_sent(
     bridge_engine, db_engine_name, db_url, repo, aws
 ) -> None:
-    if db_engine_name == "mariadb":
-        pytest.skip("the test IOMAD schema's body column is TEXT (64 KB) on MariaDB")
     world = IomadWorld.create(bridge_engine)
     world.add_company(1)
     for n in range(4):
