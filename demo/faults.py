@@ -485,6 +485,8 @@ def pipeline(
         )
         passwords = _passwords(engine)
         with embedded_aws() as aws:
+            # moto's backends live in this process: start from nothing, as a fresh account does
+            httpx.post(f"{aws.endpoint_url}/moto-api/reset", timeout=30).raise_for_status()
             root = generate_root_secret()
             aws.provision(KEYSET, root, visibility_timeout=visibility_timeout, max_receive=max_receive)
             port = free_port()

@@ -31,7 +31,7 @@ def assert_exactly_once(v: Verdict) -> None:
 
 
 def test_10000_recipients_with_every_cloud_fault(capfd: pytest.CaptureFixture[str]) -> None:
-    with pipeline(2000, faults=CloudFaults.everything()) as p:
+    with pipeline(800, faults=CloudFaults.everything()) as p:
         p.tick()
         p.settle()
         forged_and_replayed(p)
@@ -78,3 +78,106 @@ def _other_root() -> str:
     from offload_contract.signing import generate_root_secret
 
     return generate_root_secret()
+
+
+class _KillAfterSubmit:
+    """The queue accepted the batch; the bridge dies before it records that."""
+
+    def __init__(self, real: Submitter, before: bool) -> None:
+        self.real, self.before, self.armed = real, before, True
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed and self.before:
+            self.armed = False
+            raise BridgeKilled("killed before the queue was called")
+        result = self.real.submit(*args, **kwargs)
+        if self.armed:
+            self.armed = False
+            raise BridgeKilled("killed after the queue accepted the batch")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+KILL_POINTS = ["inside-claim", "after-claim-before-submit", "before-submit", "after-submit-before-record"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_bridge_killed_at_each_step_then_the_next_tick_carries_on(point: str) -> None:
+    with pipeline(30) as p:
+        if point == "inside-claim":
+
+            def park_then_die(*args: Any, **kwargs: Any) -> ClaimPass:
+                def die(_ids: list[int]) -> None:
+                    raise BridgeKilled("killed after parking IOMAD rows, before commit")
+
+                return ClaimPass(*args, after_park=die, **kwargs)
+
+            with pytest.raises(BridgeKilled):
+                p.tick(claim_pass_factory=park_then_die)
+        elif point == "after-claim-before-submit":
+
+            def claim_then_die(*args: Any, **kwargs: Any) -> ClaimPass:
+                claimer = ClaimPass(*args, **kwargs)
+                real_run = claimer.run
+
+                def run(*a: Any, **k: Any) -> Any:
+                    real_run(*a, **k)
+                    raise BridgeKilled("killed after the claim committed")
+
+                claimer.run = run  # type: ignore[method-assign]
+                return claimer
+
+            with pytest.raises(BridgeKilled):
+                p.tick(claim_pass_factory=claim_then_die)
+        else:
+            with pytest.raises(BridgeKilled):
+                p.tick(wrap_submitter=lambda s: _KillAfterSubmit(s, before=point == "before-submit"))  # type: ignore[arg-type,return-value]
+        p.settle(tick=lambda: _tick_after_lease(p))
+        v = p.verdict()
+    assert_exactly_once(v)
+
+
+def _tick_after_lease(p: Pipeline) -> Any:
+    """A later cron pass: the dead pass's batch lease has run out by then."""
+    from moodle_bridge.outbox import LEASE_SECONDS
+
+    with _clock_shift(LEASE_SECONDS + 1):
+        return p.tick()
+
+
+def _clock_shift(seconds: int) -> Any:
+    import contextlib
+    import functools
+    from unittest import mock
+
+    from moodle_bridge.outbox import Outbox
+    from moodle_bridge.storage.database import now as unix_now
+
+    @contextlib.contextmanager
+    def shifted() -> Any:
+        later = functools.partial(Outbox, clock=lambda: unix_now() + seconds)
+        with mock.patch("moodle_bridge.commands.tick.Outbox", later):
+            yield
+
+    return shifted()
+
+
+def test_database_connection_dropped_mid_tick_then_recovered() -> None:
+    with pipeline(30) as p:
+        engine = sa.create_engine(p.db_url)
+        statements = {"n": 0}
+
+        def drop(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements["n"] += 1
+            if statements["n"] == 25:
+                raise sa.exc.OperationalError(statement, {}, ConnectionResetError("server closed the connection"))
+
+        sa.event.listen(engine, "before_cursor_execute", drop)
+        with pytest.raises(sa.exc.OperationalError):
+            p.tick(engine=engine)
+        engine.dispose()
+        p.settle(tick=lambda: _tick_after_lease(p))
+        v = p.verdict()
+    assert_exactly_once(v)
