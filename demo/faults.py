@@ -377,8 +377,9 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
             return None
         calls["ses calls"] += 1
         state["ses_in_invocation"] += 1
-        if state["invocation"] in f.crash_sender_mid_batch and state["ses_in_invocation"] == 2:
-            f.crash_sender_mid_batch.discard(state["invocation"])
+        due = [n for n in f.crash_sender_mid_batch if n <= state["invocation"]]
+        if due and state["ses_in_invocation"] == 2:  # the first invocation from n on with 2+ SES calls
+            f.crash_sender_mid_batch.discard(min(due))
             calls["Lambda crash mid-batch (after an SES call of the invocation succeeded)"] += 1
             raise LambdaCrash("injected crash mid-batch")
         if calls["ses calls"] in f.throttle_ses_calls:
