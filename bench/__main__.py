@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import RESULTS_DIR
 
-MODULES = ("contract_bench", "bridge_bench", "results_bench", "lambdas_bench", "tick_bench")
+MODULES = ("contract_bench", "bridge_bench", "results_bench", "lambdas_bench", "tick_bench", "faults_bench")
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 

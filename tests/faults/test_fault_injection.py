@@ -246,3 +246,37 @@ def test_iomad_cron_running_at_the_same_moment(db_url: Any) -> None:
         p.settle()
         v = p.verdict()
     assert_exactly_once(v, both_paths=False)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_bridge_killed_around_reconciliation_of_lost_callbacks(when: str) -> None:
+    """The results of a lost callback reach the bridge through the results DLQ during the tick's
+    reconciliation (which settles recipients and marks IOMAD rows sent); the bridge dies just
+    before or just after it, and the next tick finishes the work."""
+    from unittest import mock
+
+    from moodle_bridge.commands import tick as tick_module
+
+    with pipeline(
+        20, faults=CloudFaults(lose_callback_on_dispatch={1, 2}), max_receive=2, visibility_timeout=1
+    ) as p:
+        p.tick()
+        from demo.event_source import drain
+
+        drain(p.mappings, timeout_seconds=300, idle_sleep=0.2)
+        real_hook = tick_module.reconcile_hook()
+        assert real_hook is not None
+
+        def dying(ctx: Any) -> Any:
+            if when == "before":
+                raise BridgeKilled("killed before reconciling")
+            real_hook(ctx)
+            raise BridgeKilled("killed after reconciling, before clearing secrets")
+
+        with mock.patch.object(tick_module, "reconcile_hook", lambda: dying), pytest.raises(BridgeKilled):
+            p.tick()
+        p.settle()
+        v = p.verdict()
+        lost = p.injected["callback POST lost (every attempt; the message goes to the results DLQ)"]
+    assert lost > 0
+    assert_exactly_once(v)
