@@ -41,7 +41,9 @@ def run(users: int, faults: CloudFaults) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faults_bench", description=__doc__)
-    parser.add_argument("--users", type=int, default=4000, help="learners per company (default 4000)")
+    parser.add_argument(
+        "--users", type=int, default=4200, help="learners per company (default 4200: about 50,000 recipients)"
+    )
     args = parser.parse_args(argv)
     baseline = run(max(20, args.users // 10), CloudFaults())
     print(f"baseline (no faults): {baseline}")

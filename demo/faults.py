@@ -77,7 +77,11 @@ class BridgeKilled(BaseException):
 
 @dataclass
 class CloudFaults:
-    """Cloud-side faults, each by the invocation / call number it hits (1-based)."""
+    """Cloud-side faults, each by the invocation / call number it hits (1-based).
+
+    A mid-batch crash hits the first sender invocation from its number on that makes a
+    second SES call; a duplicate delivery follows the first invocation from its number on
+    that completes."""
 
     crash_sender_at_start: set[int] = field(default_factory=set)
     crash_sender_mid_batch: set[int] = field(default_factory=set)  # on the 2nd SES call of it
@@ -89,10 +93,10 @@ class CloudFaults:
     @classmethod
     def everything(cls) -> CloudFaults:
         return cls(
-            crash_sender_at_start={3},
-            crash_sender_mid_batch={6},
-            throttle_ses_calls=range(20, 26),
-            duplicate_jobs_message_after={8, 15},
+            crash_sender_mid_batch={1},
+            crash_sender_at_start={2},
+            throttle_ses_calls=range(40, 46),
+            duplicate_jobs_message_after={3},
             duplicate_callback_on_dispatch={2},
             lose_callback_on_dispatch={4},
         )
@@ -398,7 +402,9 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
             calls["Lambda crash at the start of an invocation (SQS redelivers the batch)"] += 1
             raise LambdaCrash("injected crash")
         result = email_sender.handler(event, context)
-        if n in f.duplicate_jobs_message_after:
+        due = [k for k in f.duplicate_jobs_message_after if k <= n]
+        if due:  # the first invocation from k on that completes
+            f.duplicate_jobs_message_after.discard(min(due))
             calls["SQS delivers a jobs message a second time"] += 1
             record = event["Records"][0]
             sqs.send_message(QueueUrl=p.aws.queue_urls["jobs"], MessageBody=record["body"])
