@@ -56,7 +56,7 @@ from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
 from moodle_bridge.submission.targets import Submitter
-from offload_contract.signing import generate_root_secret, sign_request
+from offload_contract.signing import generate_root_secret
 
 T = build_bridge_tables(PREFIX)
 SENT = ("sent", "delivered", "bounced", "complained")  # SES accepted it: one message each
@@ -341,11 +341,20 @@ def _passwords(engine: sa.Engine) -> list[str]:
 _ORIGINAL_DISPATCHER: dict[str, Any] = {}
 
 
+def _restore_lambda_state() -> None:
+    """Leave the handler modules as imported, for whatever runs next in this process."""
+    from lambdas.handlers import callback_dispatcher, certificate_renderer, email_sender  # noqa: PLC0415
+
+    _forget_cached_lambda_state(email_sender, certificate_renderer, callback_dispatcher)
+
+
 def _forget_cached_lambda_state(*modules: Any) -> None:
     """Each pipeline has its own emulator endpoint: drop clients and handlers cached by earlier ones."""
     from lambdas.common.aws import reset_clients  # noqa: PLC0415
+    from lambdas.common.settings import settings  # noqa: PLC0415
 
     reset_clients()
+    settings.cache_clear()  # queue URLs, secret ARN: this pipeline's emulator
     for module in modules:
         if module.__name__.endswith("callback_dispatcher"):
             module.dispatcher = _ORIGINAL_DISPATCHER.setdefault("fn", module.dispatcher)
@@ -524,6 +533,8 @@ def pipeline(
                 p.mappings = _lambda_mappings(p)
                 yield p
     finally:
+        if _ORIGINAL_DISPATCHER:
+            _restore_lambda_state()
         root_logger.removeHandler(log_handler)
         log_handler.close()
         engine.dispose()
@@ -542,5 +553,4 @@ __all__ = [
     "Verdict",
     "callback_url",
     "pipeline",
-    "sign_request",
 ]
