@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -475,6 +476,7 @@ def pipeline(
 ) -> Iterator[Pipeline]:
     """Seed, provision, migrate, route (company 1 cloud, company 2 local), start the receiver."""
     saved_env = dict(os.environ)
+    own_workdir = workdir is None
     work = workdir or Path(tempfile.mkdtemp(prefix="mrco-faults-"))
     url = db_url or f"sqlite:///{work / 'moodle.sqlite3'}"
     engine = sa.create_engine(url)
@@ -540,6 +542,8 @@ def pipeline(
         engine.dispose()
         os.environ.clear()
         os.environ.update(saved_env)
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def callback_url(p: Pipeline) -> str:
