@@ -23,6 +23,7 @@ MODULES = (
     "results_bench",
     "lambdas_bench",
     "tick_bench",
+    "faults_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

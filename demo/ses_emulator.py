@@ -55,6 +55,8 @@ class FakeSes:
     max_send_rate: float = 14.0
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     bulk_sent: list[BulkSent] = field(default_factory=list)
+    #: SendEmail calls SES accepted: (to, tags) per message, for exactly-once accounting.
+    single_sent: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     #: fault(operation, params) -> None or an (http, parsed) error response / an exception.
     fault: Callable[[str, dict[str, Any]], Any] | None = None
 
@@ -62,6 +64,17 @@ class FakeSes:
         events = sesv2_client.meta.events
         events.register("before-parameter-build.sesv2.*", self._capture)
         events.register("before-call.sesv2.*", self._before_call)
+        events.register("after-call.sesv2.SendEmail", self._after_send_email)
+
+    def _after_send_email(
+        self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        if getattr(http_response, "status_code", 500) != 200 or "MessageId" not in parsed:
+            return
+        params = context.get("fake_ses_params", {})
+        to = (params.get("Destination") or {}).get("ToAddresses") or [""]
+        tags = {t["Name"]: t["Value"] for t in params.get("EmailTags", [])}
+        self.single_sent.append((to[0], tags))
 
     def _capture(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         context["fake_ses_params"] = dict(params)
@@ -155,6 +168,10 @@ class FakeSes:
 
     def sent_messages(self) -> list[Any]:
         return list(self._backend().sent_messages)
+
+    def sends_by_tags(self) -> list[tuple[str, dict[str, str]]]:
+        """(to, tags) of every message SES accepted, bulk or single: the exactly-once oracle."""
+        return [(b.to, b.tags) for b in self.bulk_sent] + list(self.single_sent)
 
 
 def throttle(status: int = 429) -> tuple[_Http, dict[str, Any]]:

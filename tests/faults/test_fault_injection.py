@@ -1,0 +1,221 @@
+"""Fault injection over the whole pipeline: every recipient gets exactly one email.
+
+Small focused scenarios (docs/faults.md): each bridge kill point, a dropped database
+connection, and IOMAD's cron running at the same moment (MariaDB, its real lock). The
+10,000-recipient pass with the cloud-side faults is test_ten_thousand.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from demo.faults import BridgeKilled, CloudFaults, Pipeline, pipeline
+from moodle_bridge.claiming import ClaimPass
+from moodle_bridge.submission.targets import Submitter
+from tests.faults.checks import assert_exactly_once
+
+pytestmark = pytest.mark.slow
+
+
+class _KillAfterSubmit:
+    """The queue accepted the batch; the bridge dies before it records that."""
+
+    def __init__(self, real: Submitter, before: bool) -> None:
+        self.real, self.before, self.armed = real, before, True
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed and self.before:
+            self.armed = False
+            raise BridgeKilled("killed before the queue was called")
+        result = self.real.submit(*args, **kwargs)
+        if self.armed:
+            self.armed = False
+            raise BridgeKilled("killed after the queue accepted the batch")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+KILL_POINTS = ["inside-claim", "after-claim-before-submit", "before-submit", "after-submit-before-record"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_bridge_killed_at_each_step_then_the_next_tick_carries_on(point: str) -> None:
+    with pipeline(30) as p:
+        if point == "inside-claim":
+
+            def park_then_die(*args: Any, **kwargs: Any) -> ClaimPass:
+                def die(_ids: list[int]) -> None:
+                    raise BridgeKilled("killed after parking IOMAD rows, before commit")
+
+                return ClaimPass(*args, after_park=die, **kwargs)
+
+            with pytest.raises(BridgeKilled):
+                p.tick(claim_pass_factory=park_then_die)
+        elif point == "after-claim-before-submit":
+
+            def claim_then_die(*args: Any, **kwargs: Any) -> ClaimPass:
+                claimer = ClaimPass(*args, **kwargs)
+                real_run = claimer.run
+
+                def run(*a: Any, **k: Any) -> Any:
+                    real_run(*a, **k)
+                    raise BridgeKilled("killed after the claim committed")
+
+                claimer.run = run  # type: ignore[method-assign]
+                return claimer
+
+            with pytest.raises(BridgeKilled):
+                p.tick(claim_pass_factory=claim_then_die)
+        else:
+            with pytest.raises(BridgeKilled):
+                p.tick(wrap_submitter=lambda s: _KillAfterSubmit(s, before=point == "before-submit"))
+        p.settle(tick=lambda: _tick_after_lease(p))
+        v = p.verdict()
+    assert_exactly_once(v)
+
+
+def _tick_after_lease(p: Pipeline) -> Any:
+    """A later cron pass: the dead pass's batch lease has run out by then."""
+    from moodle_bridge.outbox import LEASE_SECONDS
+
+    with _clock_shift(LEASE_SECONDS + 1):
+        return p.tick()
+
+
+def _clock_shift(seconds: int) -> Any:
+    import contextlib
+    import functools
+    from unittest import mock
+
+    from moodle_bridge.outbox import Outbox
+    from moodle_bridge.storage.database import now as unix_now
+
+    @contextlib.contextmanager
+    def shifted() -> Any:
+        later = functools.partial(Outbox, clock=lambda: unix_now() + seconds)
+        with mock.patch("moodle_bridge.commands.tick.Outbox", later):
+            yield
+
+    return shifted()
+
+
+def test_database_connection_dropped_mid_tick_then_recovered() -> None:
+    with pipeline(30) as p:
+        engine = sa.create_engine(p.db_url)
+        statements = {"n": 0}
+
+        def drop(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements["n"] += 1
+            if statements["n"] == 25:
+                raise sa.exc.OperationalError(
+                    statement, {}, ConnectionResetError("server closed the connection")
+                )
+
+        sa.event.listen(engine, "before_cursor_execute", drop)
+        with pytest.raises(sa.exc.OperationalError):
+            p.tick(engine=engine)
+        engine.dispose()
+        p.settle(tick=lambda: _tick_after_lease(p))
+        v = p.verdict()
+    assert_exactly_once(v)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("db_engine_name", ["mariadb"])
+def test_mariadb_connection_killed_by_the_server_mid_tick(db_url: Any) -> None:
+    """A real drop: the server KILLs the bridge's connection in the middle of a pass."""
+    url = db_url.render_as_string(hide_password=False)
+    with pipeline(30, db_url=url) as p:
+        engine = sa.create_engine(url)
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        statements = {"n": 0}
+
+        def kill(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements["n"] += 1
+            if statements["n"] == 25:
+                thread_id = conn.connection.dbapi_connection.thread_id()
+                with admin.connect() as other:
+                    other.execute(sa.text(f"KILL {int(thread_id)}"))
+
+        sa.event.listen(engine, "before_cursor_execute", kill)
+        with pytest.raises(sa.exc.OperationalError):
+            p.tick(engine=engine)
+        engine.dispose()
+        admin.dispose()
+        p.settle(tick=lambda: _tick_after_lease(p))
+        v = p.verdict()
+    assert statements["n"] >= 25
+    assert_exactly_once(v)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("db_engine_name", ["mariadb"])
+def test_iomad_cron_running_at_the_same_moment(db_url: Any) -> None:
+    """IOMAD's cron loads all due rows and the bridge ticks inside that window, then both run
+    side by side in threads: Moodle's real task lock keeps each row on one path."""
+    import threading
+
+    url = db_url.render_as_string(hide_password=False)
+    with pipeline(30, db_url=url) as p:
+        errors: list[BaseException] = []
+
+        def cron_loop() -> None:
+            try:
+                for _ in range(5):
+                    p.iomad_cron()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=cron_loop)
+        thread.start()
+        for _ in range(5):
+            p.tick()
+        thread.join(timeout=300)
+        assert not errors
+        # and the bridge ticking inside the window where IOMAD holds all due rows in memory
+        reports: list[Any] = []
+        run = p.iomad_cron(after_load=lambda _ids: reports.append(p.tick()))
+        assert run.ran and reports and reports[0].claim is not None
+        assert reports[0].claim.lock_busy or reports[0].claim.claimed == 0
+        p.settle()
+        v = p.verdict()
+    assert_exactly_once(v, both_paths=False)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_bridge_killed_around_reconciliation_of_lost_callbacks(when: str) -> None:
+    """The results of a lost callback reach the bridge through the results DLQ during the tick's
+    reconciliation (which settles recipients and marks IOMAD rows sent); the bridge dies just
+    before or just after it, and the next tick finishes the work."""
+    from unittest import mock
+
+    from moodle_bridge.commands import tick as tick_module
+
+    with pipeline(
+        20, faults=CloudFaults(lose_callback_on_dispatch={1, 2}), max_receive=2, visibility_timeout=1
+    ) as p:
+        p.tick()
+        from demo.event_source import drain
+
+        drain(p.mappings, timeout_seconds=300, idle_sleep=0.2)
+        real_hook = tick_module.reconcile_hook()
+        assert real_hook is not None
+
+        def dying(ctx: Any) -> Any:
+            if when == "before":
+                raise BridgeKilled("killed before reconciling")
+            real_hook(ctx)
+            raise BridgeKilled("killed after reconciling, before clearing secrets")
+
+        with mock.patch.object(tick_module, "reconcile_hook", lambda: dying), pytest.raises(BridgeKilled):
+            p.tick()
+        p.settle()
+        v = p.verdict()
+        lost = p.injected["callback POST lost (every attempt; the message goes to the results DLQ)"]
+    assert lost > 0
+    assert_exactly_once(v)
