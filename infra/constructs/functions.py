@@ -187,9 +187,9 @@ class OffloadFunctions(Construct):
         )
         self._allow(
             "email_sender",
-            # Claims (TransactWriteItems of Puts, PutItem), completion (BatchWriteItem), release
-            # (DeleteItem), pacing (UpdateItem), look-ups (GetItem).
-            items("BatchWriteItem", "DeleteItem", "GetItem", "PutItem", "UpdateItem"),
+            # Look-up of a batch's recipients (BatchGetItem), claims per SES call (PutItem),
+            # completion (BatchWriteItem), release (DeleteItem), pacing (UpdateItem), look-ups (GetItem).
+            items("BatchGetItem", "BatchWriteItem", "DeleteItem", "GetItem", "PutItem", "UpdateItem"),
             # Re-queued recipients go back to the jobs queue; outcomes to the results queue.
             send_to(queues.jobs, queues.results),
             iam.PolicyStatement(

@@ -13,8 +13,9 @@ One item per recipient, ``id = send#<job_id>#<recipient_id>``:
   between the SES call and the completion write. It is never resent automatically; the SES
   ``Send`` event (``ses_events``) completes it with the message id when SES did accept it.
 
-Claims are written 50 at a time in one TransactWriteItems call (all-or-nothing); when any
-item already exists, the chunk falls back to per-item conditional puts to classify each.
+The sender first looks every recipient up (read-only BatchGetItem) to report completed ones
+again, then claims each SES unit's recipients (per-item conditional puts) right before that
+unit's SES call, so a claim exists only for recipients whose SES call is about to start.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from botocore.exceptions import ClientError
 
 RETENTION_SECONDS = 35 * 24 * 3600  # longer than any bridge job lifetime and the SQS retention
 BATCH_WRITE_CHUNK = 25
+BATCH_GET_CHUNK = 100  # BatchGetItem's limit per call
 #: Marks a claim completed by the SES events processor rather than by the sender.
 SETTLED_BY_SEND_EVENT = "ses_event"
 
@@ -66,6 +68,36 @@ class IdempotencyStore:
         self._table = table
         self._clock = clock
         self.token = uuid.uuid4().hex
+
+    # -- read-only look-up -----------------------------------------------------------------
+    def lookup_many(self, keys: Sequence[str]) -> dict[str, Claim]:
+        """Classify existing items without writing anything (consistent BatchGetItem reads).
+
+        Returns COMPLETED/IN_FLIGHT/STALE for the keys that have an item; keys without an
+        item are absent from the result (free to claim right before their SES call).
+        """
+        now = int(self._clock())
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, Claim] = {}
+        for start in range(0, len(unique), BATCH_GET_CHUNK):
+            pending: dict[str, Any] = {
+                self._table: {
+                    "Keys": [{"id": {"S": key}} for key in unique[start : start + BATCH_GET_CHUNK]],
+                    "ConsistentRead": True,
+                }
+            }
+            for attempt in range(8):
+                response = self._db.batch_get_item(RequestItems=pending)
+                for item in response.get("Responses", {}).get(self._table, []):
+                    key = item["id"]["S"]
+                    found[key] = self._classify(key, item, now)
+                pending = response.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            if pending:
+                raise RuntimeError("DynamoDB kept keys unprocessed; recipients not looked up")
+        return found
 
     # -- claims ---------------------------------------------------------------------------
     def _claim_item(self, key: str, lease_until: int, now: int) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 
 Order of work for a batch:
 
-1. Validate; claim every recipient (``send#<job>#<recipient>``, INPROGRESS with a lease).
-   Recipients already COMPLETED are reported again from the stored result, never resent.
-2. Build each claimed recipient's message. Bad data (missing template variable, too large,
+1. Validate; look every recipient up (read-only, ``send#<job>#<recipient>``). Recipients
+   already COMPLETED are reported again from the stored result, never resent; those held by
+   another invocation are re-queued; stale ones are reported ``outcome_unknown``.
+2. Build each remaining recipient's message. Bad data (missing template variable, too large,
    altered reference) is a final failure for that recipient only.
 3. Group: recipients sharing a bulk-capable content go through SendBulkEmail (at most 50,
    and at most the per-second rate, per call); the rest through SendEmail (Raw MIME).
-4. Before every SES call, take its destinations from the shared rate limiter; stop starting
-   calls when the invocation nears its timeout and re-queue what is left.
+4. Before every SES call, take its destinations from the shared rate limiter, then claim the
+   unit's recipients (INPROGRESS with a lease) and drop any another invocation got first; so
+   a crash leaves claims only on the one unit whose SES call was in flight. Stop starting
+   calls when the invocation nears its timeout and re-queue what is left (unclaimed).
 5. Right after every call, write COMPLETED for what SES accepted or finally refused (this
    closes the crash window); release claims SES did not accept and re-queue them with
    backoff; leave claims whose outcome is unknown INPROGRESS.
@@ -24,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lambdas.common.idempotency import ClaimState, IdempotencyStore, send_key
+from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore, send_key
 from lambdas.common.pacing import PacingTimeout, SharedRateLimiter
 from lambdas.email.contents import ContentError, ObjectFetcher
 from lambdas.email.mime import MAX_MESSAGE_BYTES, Attachment, build_mime, display_address, estimated_size
@@ -135,7 +138,6 @@ class EmailBatchSender:
         validate("email_batch", batch)
         report = BatchReport()
         job_id = batch["job_id"]
-        attempt = int(batch["attempt"])
         if job_id not in self._routes_known:
             cb = batch["callback"]
             self.store.remember_job(job_id, batch["company_id"], cb["url"], cb["key_id"])
@@ -143,33 +145,19 @@ class EmailBatchSender:
 
         recipients = batch["recipients"]
         keys = [send_key(job_id, r["recipient_id"]) for r in recipients]
-        claims = self.store.claim_many(keys, self.lease_seconds)
+        # Read-only: nothing is claimed before its own SES call (docs/lambdas.md, crash window).
+        known = self.store.lookup_many(keys)
         requeues: list[Requeue] = []
-        claimed: list[tuple[dict[str, Any], str]] = []
+        pending: list[tuple[dict[str, Any], str]] = []
         for recipient, key in zip(recipients, keys, strict=True):
-            claim = claims[key]
-            if claim.state is ClaimState.CLAIMED:
-                claimed.append((recipient, key))
-            elif claim.state is ClaimState.COMPLETED:
-                report.results.append(claim.result or {})
-                report.replayed += 1
-            elif claim.state is ClaimState.IN_FLIGHT:
-                # Another invocation is sending it now; look again once its lease is over.
-                requeues.append(Requeue([recipient], min(MAX_SQS_DELAY, self.lease_seconds + 5), attempt))
-            else:  # STALE: the crash window was hit; never resend (docs/lambdas.md).
-                report.failed += 1
-                report.results.append(
-                    recipient_result(
-                        job_id, recipient["recipient_id"], "failed", attempt,
-                        error_code="outcome_unknown",
-                        error_message="an earlier attempt stopped between the SES call and its record; "
-                        "not resent to avoid a duplicate (the SES Send event settles it if SES accepted it)",
-                        permanent=True,
-                    )
-                )  # fmt: skip
+            claim = known.get(key)
+            if claim is None:
+                pending.append((recipient, key))
+            else:
+                self._not_claimed(batch, recipient, claim, requeues, report)
 
-        prepared, finals = self._prepare(batch, claimed)
-        self._finish(batch, finals, report)
+        prepared, finals = self._prepare(batch, pending)
+        self._finish(batch, finals, requeues, report)
         units = self._group(batch, prepared)
         deadline_ms = self.safety_margin_ms
         for index, unit in enumerate(units):
@@ -181,10 +169,13 @@ class EmailBatchSender:
             except PacingTimeout:
                 self._defer(batch, [p for u in units[index:] for p in u], requeues, report)
                 break
+            owned = self._claim(batch, unit, requeues, report)
+            if not owned:
+                continue
             started = time.perf_counter()
-            outcomes = self._send_unit(batch, unit)
+            outcomes = self._send_unit(batch, owned)
             report.ses_latency_ms.append((time.perf_counter() - started) * 1000)
-            self._apply(batch, unit, outcomes, requeues, report)
+            self._apply(batch, owned, outcomes, requeues, report)
 
         merged: dict[int, Requeue] = {}
         for item in requeues:  # one message per attempt number, at the longest delay
@@ -201,6 +192,54 @@ class EmailBatchSender:
                 cb["key_id"],
             )
         return report
+
+    def _not_claimed(
+        self,
+        batch: dict[str, Any],
+        recipient: dict[str, Any],
+        claim: Claim,
+        requeues: list[Requeue],
+        report: BatchReport,
+    ) -> None:
+        """A recipient someone else holds or finished: report, re-queue or give up, never send."""
+        attempt = int(batch["attempt"])
+        if claim.state is ClaimState.COMPLETED:
+            report.results.append(claim.result or {})
+            report.replayed += 1
+        elif claim.state is ClaimState.IN_FLIGHT:
+            # Another invocation is sending it now; look again once its lease is over.
+            requeues.append(Requeue([recipient], min(MAX_SQS_DELAY, self.lease_seconds + 5), attempt))
+        elif claim.state is ClaimState.STALE:  # the crash window was hit; never resend (docs/lambdas.md)
+            report.failed += 1
+            report.results.append(
+                recipient_result(
+                    batch["job_id"], recipient["recipient_id"], "failed", attempt,
+                    error_code="outcome_unknown",
+                    error_message="an earlier attempt stopped between the SES call and its record; "
+                    "not resent to avoid a duplicate (the SES Send event settles it if SES accepted it)",
+                    permanent=True,
+                )
+            )  # fmt: skip
+        else:  # pragma: no cover - CLAIMED is handled by the callers
+            raise ValueError("a claimed recipient is not reported here")
+
+    def _claim(
+        self, batch: dict[str, Any], unit: list[_Prepared], requeues: list[Requeue], report: BatchReport
+    ) -> list[_Prepared]:
+        """Claim a unit's recipients right before its SES call; keep only those we now own."""
+        claims = self.store.claim_many([p.key for p in unit], self.lease_seconds)
+        owned: list[_Prepared] = []
+        for item in unit:
+            claim = claims[item.key]
+            if claim.state is ClaimState.CLAIMED:
+                owned.append(item)
+            else:  # claimed or finished by another invocation since the look-up
+                self._not_claimed(batch, item.recipient, claim, requeues, report)
+        if len(owned) == 1 and owned[0].bulk is not None and len(unit) > 1:
+            owned[0].bulk = None  # alone now: send it as a single message
+            if owned[0].content["kind"] == "template":
+                self._render(owned[0])
+        return owned
 
     # ------------------------------------------------------------------------------------
     def _content(self, batch: dict[str, Any], content_id: str, cache: dict[str, Any]) -> dict[str, Any]:
@@ -424,12 +463,18 @@ class EmailBatchSender:
         self,
         batch: dict[str, Any],
         finals: list[tuple[dict[str, Any], str, SendFailure]],
+        requeues: list[Requeue],
         report: BatchReport,
     ) -> None:
         if not finals:
             return
+        # Claimed before recording, like a send: another invocation may hold or have finished one.
+        claims = self.store.claim_many([key for _, key, _ in finals], self.lease_seconds)
         done = []
         for recipient, key, failure in finals:
+            if claims[key].state is not ClaimState.CLAIMED:
+                self._not_claimed(batch, recipient, claims[key], requeues, report)
+                continue
             result = recipient_result(
                 batch["job_id"], recipient["recipient_id"], "failed", int(batch["attempt"]),
                 error_code=failure.code, error_message=str(failure), permanent=True,
@@ -442,10 +487,9 @@ class EmailBatchSender:
     def _defer(
         self, batch: dict[str, Any], items: list[_Prepared], requeues: list[Requeue], report: BatchReport
     ) -> None:
-        """Out of time or rate budget: give the claims back and re-queue (not a failure)."""
+        """Out of time or rate budget: re-queue unsent units (not a failure; they hold no claim)."""
         if not items:
             return
-        self.store.release_many([p.key for p in items])
         requeues.append(Requeue([p.recipient for p in items], 0, int(batch["attempt"])))
         report.deferred += len(items)
 

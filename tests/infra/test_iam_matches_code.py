@@ -58,16 +58,19 @@ TRANSACT_ITEM_ACTION = {
 NOT_EXECUTED: dict[str, dict[str, str]] = {
     "certificate_renderer": {
         "dynamodb:GetItem": "the renderer only writes cert# items (IdempotencyStore.put_item)",
+        "dynamodb:BatchGetItem": "the recipient look-up before sending is the sender's",
         "dynamodb:BatchWriteItem": "send claims are the sender's",
         "dynamodb:DeleteItem": "send claims are the sender's",
         "dynamodb:UpdateItem": "send claims and pacing are the sender's",
     },
     "ses_events": {
         "dynamodb:PutItem": "imports lambdas.email.sender for untag_value only; claims are the sender's",
+        "dynamodb:BatchGetItem": "the recipient look-up before sending is the sender's",
         "dynamodb:BatchWriteItem": "completion records are the sender's",
         "dynamodb:DeleteItem": "claim release is the sender's",
     },
     "api": {
+        "dynamodb:BatchGetItem": "the API uses IdempotencyStore.get_item/put_item only",
         "dynamodb:BatchWriteItem": "the API uses IdempotencyStore.get_item/put_item only",
         "dynamodb:DeleteItem": "the API uses IdempotencyStore.get_item/put_item only",
         "dynamodb:UpdateItem": "the API uses IdempotencyStore.get_item/put_item only",

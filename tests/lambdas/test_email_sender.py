@@ -260,7 +260,7 @@ def test_out_of_time_defers_without_sending(aws: Aws, run) -> None:
     assert json.loads(message["Body"])["attempt"] == 1
     store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
     claims = store.claim_many([send_key("j-7-000001", "r-1")], 60)
-    assert next(iter(claims.values())).state.value == "claimed"  # claims were given back
+    assert next(iter(claims.values())).state.value == "claimed"  # deferred units hold no claim
 
 
 def test_the_deployments_tenant_for_the_company_names_every_call(
@@ -280,3 +280,62 @@ def test_without_a_deployment_mapping_the_batchs_tenant_is_used(aws: Aws, run) -
     assert run(email_batch(FANOUT, RENDERED, ses_tenant="acme")) == {"batchItemFailures": []}
     sends = [params for name, params in aws.ses.calls if name.startswith("Send")]
     assert sends and {p.get("TenantName") for p in sends} == {"acme"}
+
+
+class _LambdaDied(BaseException):
+    """The invocation dies (timeout, out of memory): nothing after this point runs."""
+
+
+def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run) -> None:
+    # Four SES units: a bulk call for r-1/r-2, then single sends for r-3, r-4 and r-5.
+    contents = {
+        "e-1": {"kind": "rendered", "subject": "Hi", "html": "<p>Hi all</p>"},
+        **{f"e-{i}": {"kind": "rendered", "subject": f"S{i}", "html": f"<p>Only {i}</p>"} for i in (3, 4, 5)},
+    }
+    recipients = [
+        {"recipient_id": f"r-{i}", "to": f"u{i}@example.org", "content_id": "e-1" if i < 3 else f"e-{i}"}
+        for i in range(1, 6)
+    ]
+    batch = email_batch(recipients, contents)
+    sends = {"n": 0}
+
+    def fault(name: str, params: dict) -> Any:
+        if name.startswith("Send"):
+            sends["n"] += 1
+            if sends["n"] == 2:  # the Lambda dies while the 2nd SES call is in flight
+                raise _LambdaDied()
+        return None
+
+    aws.ses.fault = fault
+    with pytest.raises(_LambdaDied):
+        run(batch)
+    assert [n for n, _ in aws.ses.calls if n.startswith("Send")] == ["SendBulkEmail", "SendEmail"]
+    assert aws.ses.sent_count() == 2  # r-1, r-2; r-3's call never completed
+    aws.results()  # nothing was published before the crash
+    status = {
+        rid: (
+            aws.dynamodb.get_item(
+                TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", rid)}}
+            ).get("Item")
+            or {}
+        )
+        .get("status", {})
+        .get("S")
+        for rid in ("r-1", "r-2", "r-3", "r-4", "r-5")
+    }
+    assert status == {"r-1": "COMPLETED", "r-2": "COMPLETED", "r-3": "INPROGRESS", "r-4": None, "r-5": None}
+
+    # SQS redelivers the batch after the dead invocation's lease has passed.
+    aws.ses.fault = None
+    email_sender.sender().store._clock = lambda: 4_102_444_800.0
+    run(batch)
+    results = {r["recipient_id"]: r for r in aws.results()}
+    assert {rid: r["status"] for rid, r in results.items()} == {
+        "r-1": "sent", "r-2": "sent", "r-3": "failed", "r-4": "sent", "r-5": "sent",
+    }  # fmt: skip
+    assert results["r-3"]["error"]["code"] == "outcome_unknown"  # only the unit in flight
+    single = sorted(to for to, _ in aws.ses.single_sent)
+    assert single == ["u4@example.org", "u5@example.org"]  # each exactly once
+    assert aws.ses.sent_count() == 4
+    run(batch)  # a further redelivery sends nothing more
+    assert aws.ses.sent_count() == 4
