@@ -70,7 +70,7 @@ class IdempotencyStore:
         self.token = uuid.uuid4().hex
 
     # -- read-only look-up -----------------------------------------------------------------
-    def lookup_many(self, keys: Sequence[str]) -> dict[str, Claim]:
+    def lookup_many(self, keys: Sequence[str], attempt: int = 1) -> dict[str, Claim]:
         """Classify existing items without writing anything (consistent BatchGetItem reads).
 
         Returns COMPLETED/IN_FLIGHT/STALE for the keys that have an item; keys without an
@@ -86,15 +86,17 @@ class IdempotencyStore:
                     "ConsistentRead": True,
                 }
             }
-            for attempt in range(8):
+            for retry in range(8):
                 response = self._db.batch_get_item(RequestItems=pending)
                 for item in response.get("Responses", {}).get(self._table, []):
                     key = item["id"]["S"]
-                    found[key] = self._classify(key, item, now)
+                    claim = self._classify(key, item, now, attempt)
+                    if claim is not None:
+                        found[key] = claim
                 pending = response.get("UnprocessedKeys") or {}
                 if not pending:
                     break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
+                time.sleep(min(0.05 * 2**retry, 1.0))
             if pending:
                 raise RuntimeError("DynamoDB kept keys unprocessed; recipients not looked up")
         return found
@@ -110,7 +112,7 @@ class IdempotencyStore:
             "expiration": {"N": str(now + RETENTION_SECONDS)},
         }
 
-    def claim_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Claim]:
+    def claim_many(self, keys: Sequence[str], lease_seconds: int, attempt: int = 1) -> dict[str, Claim]:
         """Claim each key with its own conditional put.
 
         Not TransactWriteItems: DynamoDB bills a transactional write at twice the units of a
@@ -121,15 +123,19 @@ class IdempotencyStore:
         """
         now = int(self._clock())
         lease_until = now + max(1, lease_seconds)
-        return {key: self.claim_one(key, lease_until, now) for key in dict.fromkeys(keys)}
+        return {key: self.claim_one(key, lease_until, now, attempt) for key in dict.fromkeys(keys)}
 
-    def claim_one(self, key: str, lease_until: int, now: int) -> Claim:
+    def claim_one(self, key: str, lease_until: int, now: int, attempt: int = 1) -> Claim:
+        """Claim ``key`` if nobody holds it. A record of a *final failure* from an earlier
+        attempt may be claimed again by a later one (the bridge's retry): nothing was sent for
+        it, so sending now is the first send. A record of a send is never claimed again."""
         for _ in range(2):  # the item may be released between our put and our read
             try:
                 self._db.put_item(
                     TableName=self._table,
                     Item=self._claim_item(key, lease_until, now),
-                    ConditionExpression="attribute_not_exists(id)",
+                    ConditionExpression="attribute_not_exists(id) OR failed_attempt < :attempt",
+                    ExpressionAttributeValues={":attempt": {"N": str(attempt)}},
                 )
                 return Claim(key, ClaimState.CLAIMED)
             except ClientError as exc:
@@ -139,11 +145,16 @@ class IdempotencyStore:
                 "Item"
             )
             if item is not None:
-                return self._classify(key, item, now)
+                claim = self._classify(key, item, now, attempt)
+                if claim is not None:
+                    return claim
         return Claim(key, ClaimState.IN_FLIGHT)
 
     @staticmethod
-    def _classify(key: str, item: dict[str, Any], now: int) -> Claim:
+    def _classify(key: str, item: dict[str, Any], now: int, attempt: int = 1) -> Claim | None:
+        """The state of an existing record; None when a later attempt may claim it."""
+        if "failed_attempt" in item and int(item["failed_attempt"]["N"]) < attempt:
+            return None
         if item["status"]["S"] == "COMPLETED":
             return Claim(key, ClaimState.COMPLETED, json.loads(item["result"]["S"]))
         if int(item["lease_until"]["N"]) > now:
@@ -162,6 +173,13 @@ class IdempotencyStore:
                         "status": {"S": "COMPLETED"},
                         "result": {"S": json.dumps(result, separators=(",", ":"))},
                         "expiration": {"N": str(now + RETENTION_SECONDS)},
+                        # A final failure sent nothing: a later attempt (the bridge's retry)
+                        # may claim the recipient again. Sends carry no such attribute.
+                        **(
+                            {"failed_attempt": {"N": str(int(result.get("attempts", 1)))}}
+                            if result.get("status") == "failed"
+                            else {}
+                        ),
                     }
                 }
             }

@@ -146,7 +146,7 @@ class EmailBatchSender:
         recipients = batch["recipients"]
         keys = [send_key(job_id, r["recipient_id"]) for r in recipients]
         # Read-only: nothing is claimed before its own SES call (docs/lambdas.md, crash window).
-        known = self.store.lookup_many(keys)
+        known = self.store.lookup_many(keys, int(batch["attempt"]))
         requeues: list[Requeue] = []
         pending: list[tuple[dict[str, Any], str]] = []
         for recipient, key in zip(recipients, keys, strict=True):
@@ -227,7 +227,7 @@ class EmailBatchSender:
         self, batch: dict[str, Any], unit: list[_Prepared], requeues: list[Requeue], report: BatchReport
     ) -> list[_Prepared]:
         """Claim a unit's recipients right before its SES call; keep only those we now own."""
-        claims = self.store.claim_many([p.key for p in unit], self.lease_seconds)
+        claims = self.store.claim_many([p.key for p in unit], self.lease_seconds, int(batch["attempt"]))
         owned: list[_Prepared] = []
         for item in unit:
             claim = claims[item.key]
@@ -469,7 +469,9 @@ class EmailBatchSender:
         if not finals:
             return
         # Claimed before recording, like a send: another invocation may hold or have finished one.
-        claims = self.store.claim_many([key for _, key, _ in finals], self.lease_seconds)
+        claims = self.store.claim_many(
+            [key for _, key, _ in finals], self.lease_seconds, int(batch["attempt"])
+        )
         done = []
         for recipient, key, failure in finals:
             if claims[key].state is not ClaimState.CLAIMED:

@@ -203,6 +203,36 @@ def test_permanent_failures_are_final_with_reason_and_not_retried(aws: Aws, run)
     assert aws.drain(aws.jobs_url) == []
 
 
+def test_bridge_retry_sends_a_final_failure_again_but_never_a_sent_one(aws: Aws, run) -> None:
+    """A final failure of attempt 1 sent nothing, so the bridge's retry (attempt 2) sends it;
+    a recipient that was sent is replayed, never sent again, whatever the attempt."""
+    failing = {"on": True}
+
+    def fault(name: str, params: dict) -> Any:
+        if name == "SendEmail" and failing["on"] and b"mohamed" in params["Content"]["Raw"]["Data"]:
+            return rejected()
+        return None
+
+    aws.ses.fault = fault
+    first = email_batch([FANOUT[0], FANOUT[2]], RENDERED)
+    run(first)
+    statuses = {r["recipient_id"]: r["status"] for r in aws.results()}
+    assert sorted(statuses.values()) == ["failed", "sent"]
+    sends_before = aws.ses.sent_count()
+
+    failing["on"] = False
+    retry = dict(first, attempt=2, batch_id=first["batch_id"] + "-a2")
+    run(retry)
+    results = {r["recipient_id"]: r for r in aws.results()}
+    failed_id = next(rid for rid, status in statuses.items() if status == "failed")
+    sent_id = next(rid for rid, status in statuses.items() if status == "sent")
+    assert results[failed_id]["status"] == "sent" and results[failed_id]["attempts"] == 2
+    assert results[sent_id]["status"] == "sent" and results[sent_id]["attempts"] == 1  # replayed
+    assert aws.ses.sent_count() == sends_before + 1
+    run(retry)  # redelivery of the retry: replays only
+    assert aws.ses.sent_count() == sends_before + 1
+
+
 def test_missing_template_data_fails_only_that_recipient(aws: Aws, run) -> None:
     recipients = campaign_recipients(3)
     del recipients[1]["data"]["course"]
