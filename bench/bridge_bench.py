@@ -19,14 +19,13 @@ import base64
 import json
 import os
 import platform
-import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 
 from moodle_bridge.claiming import ClaimPass
 from moodle_bridge.config import BridgeConfig, DatabaseConfig, KeysConfig, SubmitConfig
@@ -35,6 +34,7 @@ from moodle_bridge.migrations import migrate
 from moodle_bridge.outbox import Outbox
 from moodle_bridge.routing import CompanySettings
 from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.simulation import scratch_databases
 from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
 from moodle_bridge.simulation.iomad_schema import create_iomad_schema
 from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
@@ -65,20 +65,13 @@ class CountingSubmitter:
         return f"m-{batch_id}"
 
 
-def _database() -> tuple[sa.Engine, str]:
-    name = f"mrco_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
-    admin.dispose()
-    return create_bridge_engine(make_url(SERVER).set(database=name)), name
+def _database() -> tuple[sa.Engine, URL]:
+    url = scratch_databases.create_database("mariadb", "bench", SERVER)
+    return create_bridge_engine(url), url
 
 
-def _drop(name: str) -> None:
-    admin = sa.create_engine(SERVER, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-    admin.dispose()
+def _drop(url: URL) -> None:
+    scratch_databases.drop_database("mariadb", url, SERVER)
 
 
 def _config(engine: sa.Engine) -> BridgeConfig:
@@ -102,7 +95,7 @@ def _seed(engine: sa.Engine, learners: int, companies: int) -> Any:
 
 
 def bench_bridge(recipients: int) -> dict[str, Any]:
-    engine, name = _database()
+    engine, url = _database()
     try:
         learners = recipients // RECIPIENTS_PER_LEARNER
         companies = 5
@@ -163,12 +156,12 @@ def bench_bridge(recipients: int) -> dict[str, Any]:
             "claim_create_submit_seconds": round(total, 3),
             "sqs_moto_seconds_per_batch": sqs,
             "claim_create_submit_with_sqs_seconds_estimate": round(total + sqs * report.submitted, 3),
-            "database": name,
+            "database": url.database,
             "load_average": list(os.getloadavg()),
         }
     finally:
         engine.dispose()
-        _drop(name)
+        _drop(url)
 
 
 def _sqs_cost(
@@ -187,24 +180,8 @@ def _sqs_cost(
         url = client.create_queue(QueueName="jobs", Attributes={"MaximumMessageSize": "1048576"})["QueueUrl"]
         submitter = SqsSubmitter(client, {"email_batch": url})
         outbox = Outbox(engine, repo, config, {}, iomad=IomadRowContents(tables), box=box)
-        b = repo.t.batches
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    b.c.id,
-                    b.c.jobid,
-                    b.c.companyid,
-                    b.c.batchkey,
-                    b.c.messagetype,
-                    b.c.attempt,
-                    b.c.target,
-                    b.c.recipientcount,
-                    b.c.tries,
-                ).limit(sample)
-            ).all()
-            from moodle_bridge.storage.bridge_repo import BatchRow  # noqa: PLC0415
-
-            bodies = [(BatchRow(*r), outbox.build(conn, BatchRow(*r))[0]) for r in rows]
+            bodies = [(row, outbox.build(conn, row)[0]) for row in repo.batch_rows(conn, limit=sample)]
         t0 = time.perf_counter()
         for batch, body in bodies:
             submitter.submit(batch.messagetype, batch.batchkey, batch.companyid, body)
@@ -212,13 +189,13 @@ def _sqs_cost(
 
 
 def bench_iomad_baseline(sample_recipients: int, full_recipients: int) -> dict[str, Any]:
-    engine, name = _database()
+    engine, url = _database()
     try:
         learners = sample_recipients // RECIPIENTS_PER_LEARNER
         tables, _ = _seed(engine, learners, 1)
         sink = RecordingSmtpSink()
         t0 = time.perf_counter()
-        run = run_iomad_email_cron(engine, "mdl_", name, sink, tables=tables)
+        run = run_iomad_email_cron(engine, "mdl_", str(url.database), sink, tables=tables)
         seconds = time.perf_counter() - t0
         factor = full_recipients / max(1, run.messages)
         return {
@@ -231,7 +208,7 @@ def bench_iomad_baseline(sample_recipients: int, full_recipients: int) -> dict[s
         }
     finally:
         engine.dispose()
-        _drop(name)
+        _drop(url)
 
 
 def main(argv: list[str] | None = None) -> int:

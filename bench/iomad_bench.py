@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -20,12 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from moodle_bridge.iomad.queries import PARKED_DUE_BASE
 from moodle_bridge.iomad.queue import mark_emails_sent, park_emails, restore_emails, select_due_emails
 from moodle_bridge.iomad.recipients import expand_emails
 from moodle_bridge.iomad.schema import detect_iomad
+from moodle_bridge.simulation import scratch_databases
 from moodle_bridge.simulation.iomad_schema import create_iomad_schema
 from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
 
@@ -41,28 +39,14 @@ T = TypeVar("T")
 
 @contextmanager
 def database(engine_name: str) -> Iterator[sa.Engine]:
-    name = f"mrco_bench_{secrets.token_hex(4)}"
-    if engine_name == "sqlite":
-        path = Path(tempfile.mkdtemp()) / f"{name}.sqlite3"
-        engine = sa.create_engine(f"sqlite:///{path}")
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-            path.unlink(missing_ok=True)
-        return
-    admin = sa.create_engine(SERVERS[engine_name], isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    quote = "`" if engine_name == "mariadb" else '"'
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {quote}{name}{quote}"))
-    engine = sa.create_engine(make_url(SERVERS[engine_name]).set(database=name))
+    server_url = SERVERS.get(engine_name)
+    url = scratch_databases.create_database(engine_name, "bench", server_url)
+    engine = sa.create_engine(url)
     try:
         yield engine
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE {quote}{name}{quote}"))
-        admin.dispose()
+        scratch_databases.drop_database(engine_name, url, server_url)
 
 
 class Counter:

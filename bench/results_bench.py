@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import platform
-import secrets
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 import uvicorn
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 
 from moodle_bridge.config import BridgeConfig, KeysConfig
 from moodle_bridge.iomad.queries import PARKED_DUE_BASE
@@ -42,6 +41,7 @@ from moodle_bridge.iomad.schema import build_iomad_tables
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.receiver import RESULTS_PATH, create_app
+from moodle_bridge.simulation import scratch_databases
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from moodle_bridge.storage.database import StatementCounter, create_bridge_engine
 from offload_contract.codec import encode_message
@@ -61,20 +61,13 @@ BASELINE_SAMPLE = 2_000
 OUT = Path(__file__).resolve().parent / "results" / "results.json"
 
 
-def _create_database() -> tuple[str, sa.Engine]:
-    name = f"mrco_bench_results_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = sa.create_engine(SERVER_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
-    admin.dispose()
-    return name, create_bridge_engine(make_url(SERVER_URL).set(database=name))
+def _create_database() -> tuple[URL, sa.Engine]:
+    url = scratch_databases.create_database("mariadb", "bench_results", SERVER_URL)
+    return url, create_bridge_engine(url)
 
 
-def _drop_database(name: str) -> None:
-    admin = sa.create_engine(SERVER_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-    admin.dispose()
+def _drop_database(url: URL) -> None:
+    scratch_databases.drop_database("mariadb", url, SERVER_URL)
 
 
 def _seed(engine: sa.Engine, tables: BridgeTables, itables: Any, now: int) -> list[tuple[int, list[int]]]:
@@ -374,7 +367,7 @@ def _run_baseline(
 def main() -> dict[str, Any]:
     now = int(time.time())
     load_start = [round(x, 2) for x in os.getloadavg()]
-    name, engine = _create_database()
+    url, engine = _create_database()
     try:
         tables = build_bridge_tables("mdl_")
         tables.metadata.create_all(engine)
@@ -420,7 +413,7 @@ def main() -> dict[str, Any]:
         }
     finally:
         engine.dispose()
-        _drop_database(name)
+        _drop_database(url)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return figures

@@ -27,7 +27,7 @@ from moodle_bridge.storage.database import StatementCounter
 
 
 def bench_idle_tick(learners: int, rounds: int) -> dict[str, Any]:
-    engine, name = _database()
+    engine, url = _database()
     try:
         companies = 2
         tables, _ = _seed(engine, learners, companies)
@@ -73,7 +73,7 @@ def bench_idle_tick(learners: int, rounds: int) -> dict[str, Any]:
         }
     finally:
         engine.dispose()
-        _drop(name)
+        _drop(url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from demo.event_source import EventSourceMapping, LambdaCrash, drain
 from demo.ses_emulator import FakeSes, throttle
 from moodle_bridge.cli import main as moodle_offload
 from moodle_bridge.iomad.schema import IomadGeneration
+from moodle_bridge.simulation import scratch_databases
 from moodle_bridge.simulation.iomad_schema import create_iomad_schema
 from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
@@ -70,12 +71,8 @@ class FaultPlan:
 # ---------------------------------------------------------------------------------------
 # Database
 # ---------------------------------------------------------------------------------------
-SERVER_URLS = {
-    "mariadb": os.environ.get("MRCO_DEMO_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/"),
-    "postgres": os.environ.get(
-        "MRCO_DEMO_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    ),
-}
+#: Optional overrides of the servers the demo uses (defaults: the local MariaDB / PostgreSQL).
+DEMO_SERVER_ENV = {"mariadb": "MRCO_DEMO_MARIADB_URL", "postgres": "MRCO_DEMO_POSTGRES_URL"}
 
 
 @contextlib.contextmanager
@@ -85,24 +82,16 @@ def moodle_database(engine_name: str, output: Path, keep: bool) -> Iterator[str]
         path = output / "moodle.sqlite3"
         yield f"sqlite:///{path}"
         return
-    name = f"mrco_demo_{int(time.time())}"
-    admin = sa.create_engine(SERVER_URLS[engine_name], isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    quote = "`" if engine_name == "mariadb" else '"'
-    extra = " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" if engine_name == "mariadb" else ""
+    server_url = os.environ.get(DEMO_SERVER_ENV[engine_name])
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {quote}{name}{quote}{extra}"))
+        url = scratch_databases.create_database(engine_name, "demo", server_url)
     except sa.exc.OperationalError as exc:
         raise SystemExit(f"demo: cannot reach {engine_name} ({str(exc).splitlines()[0]})") from None
-    url = sa.engine.make_url(SERVER_URLS[engine_name]).set(database=name)
     try:
         yield url.render_as_string(hide_password=False)
     finally:
         if not keep:
-            with admin.connect() as conn:
-                force = " WITH (FORCE)" if engine_name == "postgres" else ""
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}{force}"))
-        admin.dispose()
+            scratch_databases.drop_database(engine_name, url, server_url)
 
 
 # ---------------------------------------------------------------------------------------

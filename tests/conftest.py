@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from tests.support import databases
+from moodle_bridge.simulation import scratch_databases as databases
 
 _STATUS: dict[str, databases.ServerStatus] = {}
 

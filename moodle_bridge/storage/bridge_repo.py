@@ -364,25 +364,34 @@ class BridgeRepo:
                 ids[str(key)] = int(bid)
         return ids
 
+    def batch_rows(
+        self,
+        conn: sa.Connection,
+        *where: sa.ColumnElement[bool],
+        order_by: Sequence[sa.ColumnElement[Any]] = (),
+        limit: int,
+    ) -> list[BatchRow]:
+        """Outbox batches as ``BatchRow`` (the fields submission needs)."""
+        b = self.t.batches
+        query = sa.select(
+            b.c.id,
+            b.c.jobid,
+            b.c.companyid,
+            b.c.batchkey,
+            b.c.messagetype,
+            b.c.attempt,
+            b.c.target,
+            b.c.recipientcount,
+            b.c.tries,
+        )
+        rows = conn.execute(query.where(*where).order_by(*order_by).limit(limit))
+        return [BatchRow(*row) for row in rows]
+
     def due_batches(self, conn: sa.Connection, at: int, limit: int) -> list[BatchRow]:
         b = self.t.batches
-        rows = conn.execute(
-            sa.select(
-                b.c.id,
-                b.c.jobid,
-                b.c.companyid,
-                b.c.batchkey,
-                b.c.messagetype,
-                b.c.attempt,
-                b.c.target,
-                b.c.recipientcount,
-                b.c.tries,
-            )
-            .where(b.c.status == "pending", b.c.nexttry <= at)
-            .order_by(b.c.nexttry, b.c.id)
-            .limit(limit)
+        return self.batch_rows(
+            conn, b.c.status == "pending", b.c.nexttry <= at, order_by=(b.c.nexttry, b.c.id), limit=limit
         )
-        return [BatchRow(*(row)) for row in rows]
 
     def pending_batch_count(self, conn: sa.Connection) -> int:
         b = self.t.batches

@@ -1,7 +1,10 @@
-"""Throw-away databases on the three engines the bridge supports.
+"""Throw-away databases on the three engines the bridge supports, for tests, the demo and
+the benchmarks.
 
-SQLite always works. MariaDB and PostgreSQL are used when reachable; each test gets a
-database of its own, created and dropped here, so parallel runs never collide.
+SQLite always works. MariaDB and PostgreSQL are used when reachable; each user gets a
+database of its own, created and dropped here, so parallel runs never collide. Every
+function takes an optional ``server_url`` (an SQLAlchemy URL of the server's admin
+database) for callers with their own override variable.
 """
 
 from __future__ import annotations
@@ -47,17 +50,19 @@ def probe(engine: str) -> ServerStatus:
     return ServerStatus(engine, True, f"{url.host}:{url.port} {str(version).split(',')[0]}")
 
 
-def _admin_engine(engine: str) -> sa.Engine:
-    return sa.create_engine(SERVER_URLS[engine], isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+def _admin_engine(engine: str, server_url: str | None) -> sa.Engine:
+    return sa.create_engine(
+        server_url or SERVER_URLS[engine], isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    )
 
 
-def create_database(engine: str, label: str = "t") -> URL:
+def create_database(engine: str, label: str = "t", server_url: str | None = None) -> URL:
     """Create an empty database and return its URL."""
     name = f"mrco_{label}_{os.getpid()}_{secrets.token_hex(4)}"
     if engine == "sqlite":
         path = Path(tempfile.mkdtemp(prefix="mrco-sqlite-")) / f"{name}.sqlite3"
         return make_url(f"sqlite:///{path}")
-    admin = _admin_engine(engine)
+    admin = _admin_engine(engine, server_url)
     with admin.connect() as conn:
         if engine == "mariadb":
             conn.execute(
@@ -66,17 +71,17 @@ def create_database(engine: str, label: str = "t") -> URL:
         else:
             conn.execute(sa.text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"))
     admin.dispose()
-    return make_url(SERVER_URLS[engine]).set(database=name)
+    return make_url(server_url or SERVER_URLS[engine]).set(database=name)
 
 
-def drop_database(engine: str, url: URL) -> None:
+def drop_database(engine: str, url: URL, server_url: str | None = None) -> None:
     if engine == "sqlite":
         if url.database:
             path = Path(url.database)
             for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 candidate.unlink(missing_ok=True)
         return
-    admin = _admin_engine(engine)
+    admin = _admin_engine(engine, server_url)
     with admin.connect() as conn:
         if engine == "mariadb":
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{url.database}`"))
