@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,15 +101,21 @@ class EventSourceMapping:
         return {"Records": records}
 
     def poll_once(self) -> int:
-        """One receive + invoke + delete cycle; returns the number of records handled."""
-        response = self.sqs.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=min(self.batch_size, 10),
-            WaitTimeSeconds=0,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
-        messages = response.get("Messages", [])
+        """One batch (receives of up to 10 until ``batch_size`` or the queue runs dry), one
+        invocation, one delete of what succeeded; returns the number of records handled."""
+        messages: list[dict[str, Any]] = []
+        while len(messages) < self.batch_size:
+            response = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(self.batch_size - len(messages), 10),
+                WaitTimeSeconds=0,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            received = response.get("Messages", [])
+            messages.extend(received)
+            if len(received) < 10:
+                break
         if not messages:
             return 0
         self.stats.invocations += 1
@@ -129,6 +136,88 @@ class EventSourceMapping:
             )
         self.stats.deleted += len(done)
         return len(messages)
+
+
+@dataclass
+class _Held:
+    message: dict[str, Any]
+    receives: int = 0
+    visible_at: float = 0.0
+
+
+class LocalQueue:
+    """A standard SQS queue in this process's memory, for traffic moto's SQS cannot carry.
+
+    moto's SQS costs time in proportion to the queue's depth on every call; one message per
+    email (SES events) would make a 10,000-recipient run take many minutes. This queue keeps
+    what the consumer relies on: at-least-once delivery, a visibility timeout after which
+    received and undeleted messages come back, and redrive to a dead-letter list after
+    ``max_receive`` receives. It answers the boto3 calls ``EventSourceMapping`` and an
+    EventBridge SQS target make (``send_message_batch``, ``receive_message``,
+    ``delete_message_batch``, ``get_queue_attributes``), so it stands in for the client.
+    """
+
+    def __init__(self, *, visibility_timeout: float = 30, max_receive: int = 5) -> None:
+        self.visibility_timeout = visibility_timeout
+        self.max_receive = max_receive
+        self._visible: deque[str] = deque()
+        self._in_flight: dict[str, _Held] = {}
+        self._held: dict[str, _Held] = {}
+        self.dead_letters: list[dict[str, Any]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        for entry in Entries:
+            message_id = str(uuid.uuid4())
+            self._held[message_id] = _Held({"MessageId": message_id, "Body": entry["MessageBody"]})
+            self._visible.append(message_id)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def _return_expired(self) -> None:
+        now = time.monotonic()
+        for message_id in [m for m, held in self._in_flight.items() if held.visible_at <= now]:
+            held = self._in_flight.pop(message_id)
+            if held.receives >= self.max_receive:
+                self.dead_letters.append(self._held.pop(message_id).message)
+            else:
+                self._visible.append(message_id)
+
+    def receive_message(self, QueueUrl: str, MaxNumberOfMessages: int = 1, **_: Any) -> dict[str, Any]:
+        self._return_expired()
+        messages: list[dict[str, Any]] = []
+        while self._visible and len(messages) < MaxNumberOfMessages:
+            message_id = self._visible.popleft()
+            held = self._held[message_id]
+            held.receives += 1
+            held.visible_at = time.monotonic() + self.visibility_timeout
+            self._in_flight[message_id] = held
+            receipt = f"{message_id}#{held.receives}"
+            messages.append(
+                {
+                    **held.message,
+                    "ReceiptHandle": receipt,
+                    "Attributes": {"ApproximateReceiveCount": str(held.receives)},
+                }
+            )
+        return {"Messages": messages}
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        for entry in Entries:
+            message_id, receives = entry["ReceiptHandle"].rsplit("#", 1)
+            held = self._in_flight.get(message_id)
+            if held is not None and held.receives == int(receives):  # a stale handle deletes nothing
+                del self._in_flight[message_id]
+                del self._held[message_id]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
+        self._return_expired()
+        return {
+            "Attributes": {
+                "ApproximateNumberOfMessages": str(len(self._visible)),
+                "ApproximateNumberOfMessagesNotVisible": str(len(self._in_flight)),
+                "ApproximateNumberOfMessagesDelayed": "0",
+            }
+        }
 
 
 def queue_depth(sqs: Any, queue_url: str) -> tuple[int, int, int]:

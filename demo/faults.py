@@ -43,8 +43,9 @@ from demo.__main__ import (
     run_cli,
 )
 from demo.embedded_aws import EmbeddedAws, embedded_aws
-from demo.event_source import EventSourceMapping, LambdaCrash, drain
-from demo.ses_emulator import FakeSes, throttle
+from demo.event_source import EventSourceMapping, LambdaCrash, LocalQueue, drain
+from demo.ses_emulator import FakeSes, throttle, to_sqs
+from lambdas.email.crash_window import PROBE_TAG
 from moodle_bridge.claiming import ClaimPass
 from moodle_bridge.commands.tick import TickReport, build_submitters, run_tick
 from moodle_bridge.config import BridgeConfig, load_config
@@ -86,6 +87,8 @@ class CloudFaults:
 
     crash_sender_at_start: set[int] = field(default_factory=set)
     crash_sender_mid_batch: set[int] = field(default_factory=set)  # on the 2nd SES call of it
+    #: As mid-batch, but SES accepted the 2nd call before the Lambda died (its answer is lost).
+    crash_sender_after_ses_accepted: set[int] = field(default_factory=set)
     throttle_ses_calls: range = range(0)
     duplicate_jobs_message_after: set[int] = field(default_factory=set)
     duplicate_callback_on_dispatch: set[int] = field(default_factory=set)
@@ -95,6 +98,7 @@ class CloudFaults:
     def everything(cls) -> CloudFaults:
         return cls(
             crash_sender_mid_batch={1},
+            crash_sender_after_ses_accepted={4},
             crash_sender_at_start={2},
             throttle_ses_calls=range(40, 46),
             duplicate_jobs_message_after={3},
@@ -116,6 +120,7 @@ class Verdict:
     unknown_sends: list[str] = field(default_factory=list)
     rows_unsettled: list[int] = field(default_factory=list)
     restored_rows: int = 0
+    probes: int = 0  # Send-event probes to SES's mailbox simulator (not mail to people)
     passwords_checked: int = 0
     passwords_leaked: int = 0
 
@@ -136,6 +141,7 @@ class Verdict:
             "unknown_sends": len(self.unknown_sends),
             "iomad_rows_unsettled": len(self.rows_unsettled),
             "iomad_rows_restored": self.restored_rows,
+            "ses_event_probes": self.probes,
             "passwords_checked": self.passwords_checked,
             "passwords_leaked": self.passwords_leaked,
         }
@@ -159,6 +165,8 @@ class Pipeline:
     posts: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     lambda_log: io.StringIO = field(default_factory=io.StringIO)
     lost_bodies: list[str] = field(default_factory=list)
+    visibility_timeout: int = 5
+    max_receive: int = 5
     cron_runs: list[CronRun] = field(default_factory=list)
 
     # -- the bridge ---------------------------------------------------------------------
@@ -253,6 +261,9 @@ class Pipeline:
         v = Verdict()
         sends: Counter[tuple[str, str]] = Counter()
         for _to, tags in self.ses.sends_by_tags():
+            if PROBE_TAG in tags:
+                v.probes += 1
+                continue
             sends[
                 (tags.get("job_id", "?").replace("@", ":"), tags.get("recipient_id", "?").replace("@", ":"))
             ] += 1
@@ -297,6 +308,9 @@ class Pipeline:
                     v.duplicates.append(f"{label}: SES sent it but it is reported {r.status}")
                 if r.status == "failed" and not r.errorcode:
                     v.lost.append(f"{label}: failed without a reason")
+                elif r.status == "failed" and r.errorcode == "outcome_unknown":
+                    # Not a reason that reached anyone: the crash window was never resolved.
+                    v.lost.append(f"{label}: outcome unknown, never resolved")
                 v.permanent_failures += 1
             else:
                 v.lost.append(f"{label}: never settled")
@@ -344,9 +358,14 @@ _ORIGINAL_DISPATCHER: dict[str, Any] = {}
 
 def _restore_lambda_state() -> None:
     """Leave the handler modules as imported, for whatever runs next in this process."""
-    from lambdas.handlers import callback_dispatcher, certificate_renderer, email_sender  # noqa: PLC0415
+    from lambdas.handlers import (  # noqa: PLC0415
+        callback_dispatcher,
+        certificate_renderer,
+        email_sender,
+        ses_events,
+    )
 
-    _forget_cached_lambda_state(email_sender, certificate_renderer, callback_dispatcher)
+    _forget_cached_lambda_state(email_sender, certificate_renderer, callback_dispatcher, ses_events)
 
 
 def _forget_cached_lambda_state(*modules: Any) -> None:
@@ -369,25 +388,33 @@ def _forget_cached_lambda_state(*modules: Any) -> None:
                 fn.cache_clear()
 
 
+def _is_probe(params: dict[str, Any]) -> bool:
+    """The sender's Send-event probe (to SES's mailbox simulator), not mail to a person."""
+    return any(t.get("Name") == PROBE_TAG for t in params.get("EmailTags", []))
+
+
 def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
     os.environ.update(p.aws.lambda_environment())
     os.environ["SES_MAX_SEND_RATE"] = "500"
+    # Crash-window recipients are looked at again after 5 s instead of a minute (test speed).
+    os.environ["CRASH_WINDOW_RECHECK_SECONDS"] = "5"
     from lambdas.common.aws import client  # noqa: PLC0415 - after the environment is set
     from lambdas.common.keys import SecretKeySets  # noqa: PLC0415
     from lambdas.handlers import (  # noqa: PLC0415
         callback_dispatcher,
         certificate_renderer,
         email_sender,
+        ses_events,
     )
     from lambdas.results.dispatcher import CallbackDispatcher, CallbackError, post  # noqa: PLC0415
 
-    _forget_cached_lambda_state(email_sender, certificate_renderer, callback_dispatcher)
+    _forget_cached_lambda_state(email_sender, certificate_renderer, callback_dispatcher, ses_events)
     p.ses.install(client("sesv2"))
     f, calls = p.faults, p.injected
     state: dict[str, Any] = {"invocation": 0, "ses_in_invocation": 0, "lost": set()}
 
-    def ses_fault(operation: str, _params: dict[str, Any]) -> Any:
-        if operation not in ("SendBulkEmail", "SendEmail"):
+    def ses_fault(operation: str, params: dict[str, Any]) -> Any:
+        if operation not in ("SendBulkEmail", "SendEmail") or _is_probe(params):
             return None
         calls["ses calls"] += 1
         state["ses_in_invocation"] += 1
@@ -401,8 +428,20 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
             return throttle()
         return None
 
-    p.ses.fault = ses_fault
+    def ses_accepted(operation: str, params: dict[str, Any]) -> None:
+        due = [n for n in f.crash_sender_after_ses_accepted if n <= state["invocation"]]
+        if due and state["ses_in_invocation"] == 2 and not _is_probe(params):
+            f.crash_sender_after_ses_accepted.discard(min(due))
+            calls["Lambda crash mid-batch right after SES accepted a call (its answer lost)"] += 1
+            raise LambdaCrash("injected crash after SES accepted the call")
+
     sqs = p.aws.client("sqs")
+    # One SES event per email: the ses-events queue is kept in memory (demo.event_source.LocalQueue)
+    # because moto's SQS slows down in proportion to its depth.
+    events_queue = LocalQueue(visibility_timeout=p.visibility_timeout, max_receive=p.max_receive)
+    p.ses.fault = ses_fault
+    p.ses.accepted = ses_accepted
+    p.ses.publish = to_sqs(events_queue, "local:ses-events")
 
     def sender(event: dict[str, Any], context: Any) -> Any:
         state["invocation"] += 1
@@ -460,6 +499,14 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
         EventSourceMapping(sqs, p.aws.queue_urls["jobs"], logged(sender, p.lambda_log), "email-sender"),
         EventSourceMapping(
             sqs, p.aws.queue_urls["results"], logged(dispatcher, p.lambda_log), "callback-dispatcher"
+        ),
+        # As the stack configures it: batches of up to 100 events.
+        EventSourceMapping(
+            events_queue,
+            "local:ses-events",
+            logged(ses_events.handler, p.lambda_log),
+            "ses-events",
+            batch_size=100,
         ),
     ]
 
@@ -531,6 +578,8 @@ def pipeline(
                     mappings=[],
                     faults=faults or CloudFaults(),
                     passwords=passwords,
+                    visibility_timeout=visibility_timeout,
+                    max_receive=max_receive,
                 )
                 p.mappings = _lambda_mappings(p)
                 yield p

@@ -5,15 +5,20 @@ with real parameter validation. SendBulkEmail enforces SES's documented rules (t
 required, 1-50 destinations, a verified sender, well-formed replacement data), renders the
 inline template with SES's simple ``{{name}}`` substitution (no HTML escaping, as SES does),
 and records each message in moto's SES backend ``sent_messages`` exactly like SendEmail.
-It can also inject faults (throttling, rejections, lost connections) into any SESv2 call.
+It can also inject faults (throttling, rejections, lost connections) into any SESv2 call, and
+publish a ``Send`` event for every message it accepts, shaped as the configuration set's
+EventBridge destination delivers it (``publish``; the stack routes them to the ses-events queue).
+Only ``Send`` is emulated: delivery, bounces and complaints happen beyond any emulator.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
 
@@ -59,12 +64,17 @@ class FakeSes:
     single_sent: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     #: fault(operation, params) -> None or an (http, parsed) error response / an exception.
     fault: Callable[[str, dict[str, Any]], Any] | None = None
+    #: Called after SES accepted a SendEmail/SendBulkEmail call (a crash here loses the answer).
+    accepted: Callable[[str, dict[str, Any]], None] | None = None
+    #: Receives the EventBridge events (``Send``) of the messages of each accepted call.
+    publish: Callable[[list[dict[str, Any]]], None] | None = None
 
     def install(self, sesv2_client: Any) -> None:
         events = sesv2_client.meta.events
         events.register("before-parameter-build.sesv2.*", self._capture)
         events.register("before-call.sesv2.*", self._before_call)
         events.register("after-call.sesv2.SendEmail", self._after_send_email)
+        events.register("after-call.sesv2.SendBulkEmail", self._after_send_bulk)
 
     def _after_send_email(
         self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
@@ -75,6 +85,55 @@ class FakeSes:
         to = (params.get("Destination") or {}).get("ToAddresses") or [""]
         tags = {t["Name"]: t["Value"] for t in params.get("EmailTags", [])}
         self.single_sent.append((to[0], tags))
+        self._published([(str(parsed["MessageId"]), to[0], tags)], params)
+        if self.accepted is not None:
+            self.accepted("SendEmail", params)
+
+    def _after_send_bulk(
+        self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        if getattr(http_response, "status_code", 500) != 200:
+            return
+        params = context.get("fake_ses_params", {})
+        ids = {r.get("MessageId") for r in parsed.get("BulkEmailEntryResults", [])}
+        self._published([(b.message_id, b.to, b.tags) for b in self.bulk_sent if b.message_id in ids], params)
+        if self.accepted is not None:
+            self.accepted("SendBulkEmail", params)
+
+    def _published(self, messages: list[tuple[str, str, dict[str, str]]], params: dict[str, Any]) -> None:
+        if self.publish is None or not messages or not params.get("ConfigurationSetName"):
+            return  # SES publishes events only for mail sent through a configuration set
+        at = datetime.now(UTC)
+        stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        events = []
+        for message_id, to, tags in messages:
+            all_tags = {
+                **{name: [value] for name, value in tags.items()},
+                "ses:configuration-set": [params["ConfigurationSetName"]],
+            }
+            events.append(
+                {
+                    "version": "0",
+                    "id": str(uuid.uuid4()),
+                    "detail-type": "Email Sent",
+                    "source": "aws.ses",
+                    "account": DEFAULT_ACCOUNT_ID,
+                    "time": at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                    "region": self.region,
+                    "resources": [],
+                    "detail": {
+                        "eventType": "Send",
+                        "mail": {
+                            "timestamp": stamp,
+                            "messageId": message_id,
+                            "destination": [parseaddr(to)[1]],
+                            "tags": all_tags,
+                        },
+                        "send": {},
+                    },
+                }
+            )
+        self.publish(events)
 
     def _capture(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         context["fake_ses_params"] = dict(params)
@@ -172,6 +231,22 @@ class FakeSes:
     def sends_by_tags(self) -> list[tuple[str, dict[str, str]]]:
         """(to, tags) of every message SES accepted, bulk or single: the exactly-once oracle."""
         return [(b.to, b.tags) for b in self.bulk_sent] + list(self.single_sent)
+
+
+def to_sqs(sqs: Any, queue_url: str) -> Callable[[list[dict[str, Any]]], None]:
+    """An EventBridge rule whose target is an SQS queue: one message per event."""
+
+    def publish(events: list[dict[str, Any]]) -> None:
+        for start in range(0, len(events), 10):
+            chunk = events[start : start + 10]
+            response = sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": str(i), "MessageBody": json.dumps(e)} for i, e in enumerate(chunk)],
+            )
+            if response.get("Failed"):
+                raise RuntimeError(f"EventBridge could not deliver to SQS: {response['Failed']}")
+
+    return publish
 
 
 def throttle(status: int = 429) -> tuple[_Http, dict[str, Any]]:

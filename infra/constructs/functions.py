@@ -214,7 +214,13 @@ class OffloadFunctions(Construct):
             ),
             iam.PolicyStatement(sid="ReadTemplates", actions=["s3:GetObject"], resources=[templates_objects]),
         )
-        self._allow("ses_events", items("GetItem", "UpdateItem"), send_to(queues.results))
+        self._allow(
+            "ses_events",
+            # Claims of a batch's Send events (BatchGetItem), crash-window settlement and the
+            # Send watermark (UpdateItem), job routes (GetItem).
+            items("BatchGetItem", "GetItem", "UpdateItem"),
+            send_to(queues.results),
+        )
         self._allow("callback_dispatcher", read_keys)
         self._allow(
             "api",

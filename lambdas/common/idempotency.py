@@ -10,8 +10,13 @@ One item per recipient, ``id = send#<job_id>#<recipient_id>``:
 * A retryable failure *before* SES accepted anything deletes the claim (conditioned on the
   owner's token), so the re-queued recipient can be claimed again.
 * An INPROGRESS item whose lease has expired is *stale*: its owner died in the crash window
-  between the SES call and the completion write. It is never resent automatically; the SES
-  ``Send`` event (``ses_events``) completes it with the message id when SES did accept it.
+  between the SES call and the completion write. The SES ``Send`` event (``ses_events``)
+  completes it with the message id when SES did accept it. A stale item may be *taken over*
+  (claimed again, conditioned on the dead owner's token and lease) only once the events
+  processor has proved that no such event is coming: ``lambdas/email/crash_window.py``.
+* ``watermark#ses-send`` holds the newest ``mail.timestamp`` of the SES ``Send`` events the
+  events processor has fully handled; ``probe#ses-send`` spaces out the probe messages that
+  move it on when no other mail is being sent.
 
 The sender first looks every recipient up (read-only BatchGetItem) to report completed ones
 again, then claims each SES unit's recipients (per-item conditional puts) right before that
@@ -23,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -35,13 +40,15 @@ BATCH_WRITE_CHUNK = 25
 BATCH_GET_CHUNK = 100  # BatchGetItem's limit per call
 #: Marks a claim completed by the SES events processor rather than by the sender.
 SETTLED_BY_SEND_EVENT = "ses_event"
+SEND_WATERMARK_KEY = "watermark#ses-send"
+SEND_PROBE_KEY = "probe#ses-send"
 
 
 class ClaimState(Enum):
     CLAIMED = "claimed"  # we own it: send
     COMPLETED = "completed"  # already done: report the stored result again
     IN_FLIGHT = "in_flight"  # another invocation holds a live lease: do not send, look again later
-    STALE = "stale"  # lease expired without completion: outcome unknown, never resend
+    STALE = "stale"  # lease expired without completion: outcome unknown until proven (crash_window)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,12 @@ class Claim:
     key: str
     state: ClaimState
     result: dict[str, Any] | None = None
+    #: For IN_FLIGHT / STALE: the holder's token, claim time and lease end (a takeover's condition).
+    owner: str = ""
+    claimed_at: int = 0
+    lease_until: int = 0
+    #: For COMPLETED: True when the SES ``Send`` event settled it (not the sender).
+    settled_by_event: bool = False
 
 
 def send_key(job_id: str, recipient_id: str) -> str:
@@ -112,8 +125,14 @@ class IdempotencyStore:
             "expiration": {"N": str(now + RETENTION_SECONDS)},
         }
 
-    def claim_many(self, keys: Sequence[str], lease_seconds: int, attempt: int = 1) -> dict[str, Claim]:
-        """Claim each key with its own conditional put.
+    def claim_many(
+        self,
+        keys: Sequence[str],
+        lease_seconds: int,
+        attempt: int = 1,
+        takeovers: Mapping[str, Claim] | None = None,
+    ) -> dict[str, Claim]:
+        """Claim each key with its own conditional put (``takeovers``: stale claims to replace).
 
         Not TransactWriteItems: DynamoDB bills a transactional write at twice the units of a
         plain one, a transaction fails as a whole when one recipient was already claimed,
@@ -123,19 +142,41 @@ class IdempotencyStore:
         """
         now = int(self._clock())
         lease_until = now + max(1, lease_seconds)
-        return {key: self.claim_one(key, lease_until, now, attempt) for key in dict.fromkeys(keys)}
+        stale = takeovers or {}
+        return {
+            key: self.claim_one(key, lease_until, now, attempt, stale.get(key)) for key in dict.fromkeys(keys)
+        }
 
-    def claim_one(self, key: str, lease_until: int, now: int, attempt: int = 1) -> Claim:
+    def claim_one(
+        self, key: str, lease_until: int, now: int, attempt: int = 1, takeover: Claim | None = None
+    ) -> Claim:
         """Claim ``key`` if nobody holds it. A record of a *final failure* from an earlier
         attempt may be claimed again by a later one (the bridge's retry): nothing was sent for
-        it, so sending now is the first send. A record of a send is never claimed again."""
+        it, so sending now is the first send. A record of a send is never claimed again.
+
+        ``takeover`` replaces a stale claim that ``crash_window`` proved unsent: only that very
+        claim (same owner token and lease), so a Send event or another invocation that got
+        there first wins."""
+        if takeover is not None:
+            condition = "#s = :p AND #t = :owner AND lease_until = :lease"
+            values = {
+                ":p": {"S": "INPROGRESS"},
+                ":owner": {"S": takeover.owner},
+                ":lease": {"N": str(takeover.lease_until)},
+            }
+            names: dict[str, str] | None = {"#s": "status", "#t": "token"}
+        else:
+            condition = "attribute_not_exists(id) OR failed_attempt < :attempt"
+            values = {":attempt": {"N": str(attempt)}}
+            names = None
         for _ in range(2):  # the item may be released between our put and our read
             try:
                 self._db.put_item(
                     TableName=self._table,
                     Item=self._claim_item(key, lease_until, now),
-                    ConditionExpression="attribute_not_exists(id) OR failed_attempt < :attempt",
-                    ExpressionAttributeValues={":attempt": {"N": str(attempt)}},
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                    **({"ExpressionAttributeNames": names} if names else {}),
                 )
                 return Claim(key, ClaimState.CLAIMED)
             except ClientError as exc:
@@ -156,10 +197,18 @@ class IdempotencyStore:
         if "failed_attempt" in item and int(item["failed_attempt"]["N"]) < attempt:
             return None
         if item["status"]["S"] == "COMPLETED":
-            return Claim(key, ClaimState.COMPLETED, json.loads(item["result"]["S"]))
-        if int(item["lease_until"]["N"]) > now:
-            return Claim(key, ClaimState.IN_FLIGHT)
-        return Claim(key, ClaimState.STALE)
+            by_event = (item.get("settled_by") or {}).get("S") == SETTLED_BY_SEND_EVENT
+            return Claim(
+                key, ClaimState.COMPLETED, json.loads(item["result"]["S"]), settled_by_event=by_event
+            )
+        lease_until = int(item["lease_until"]["N"])
+        return Claim(
+            key,
+            ClaimState.IN_FLIGHT if lease_until > now else ClaimState.STALE,
+            owner=(item.get("token") or {}).get("S", ""),
+            claimed_at=int((item.get("claimed_at") or {}).get("N", "0")),
+            lease_until=lease_until,
+        )
 
     # -- completion -----------------------------------------------------------------------
     def complete_many(self, results: Iterable[tuple[str, dict[str, Any]]]) -> None:
@@ -248,6 +297,49 @@ class IdempotencyStore:
                 stored: dict[str, Any] = json.loads(old["result"]["S"])
                 return stored
             return None
+
+    # -- the Send-event watermark and its probe (docs/lambdas.md, "The crash window") ---------
+    def advance_send_watermark(self, mail_timestamp: int) -> None:
+        """Record that every Send event up to ``mail_timestamp`` handled so far is settled."""
+        now = int(self._clock())
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"id": {"S": SEND_WATERMARK_KEY}},
+                UpdateExpression="SET mail_ts = :t, seen_at = :now",
+                ConditionExpression="attribute_not_exists(mail_ts) OR mail_ts < :t",
+                ExpressionAttributeValues={":t": {"N": str(mail_timestamp)}, ":now": {"N": str(now)}},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    def send_watermark(self) -> int:
+        """The newest fully handled Send event's ``mail.timestamp`` (0 before any)."""
+        item = self._db.get_item(
+            TableName=self._table, Key={"id": {"S": SEND_WATERMARK_KEY}}, ConsistentRead=True
+        ).get("Item")
+        return int(item["mail_ts"]["N"]) if item and "mail_ts" in item else 0
+
+    def take_probe_slot(self, interval_seconds: int) -> bool:
+        """True for at most one caller per ``interval_seconds`` across all invocations."""
+        now = int(self._clock())
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item={
+                    "id": {"S": SEND_PROBE_KEY},
+                    "sent_at": {"N": str(now)},
+                    "expiration": {"N": str(now + RETENTION_SECONDS)},
+                },
+                ConditionExpression="attribute_not_exists(id) OR sent_at <= :before",
+                ExpressionAttributeValues={":before": {"N": str(now - max(1, interval_seconds))}},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            return False
+        return True
 
     # -- job routing (where results of a job go; used by the SES event processor) ----------
     def remember_job(self, job_id: str, company_id: int, callback_url: str, key_id: str) -> None:

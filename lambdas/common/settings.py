@@ -32,6 +32,11 @@ class Settings:
     #: SES tenant per company id (``SES_TENANT_NAMES``, JSON ``{"<company id>": "<tenant>"}``, set by
     #: the stack when tenants are configured); it wins over a batch's ``ses_tenant``.
     ses_tenant_names: dict[str, str] = field(default_factory=dict)
+    #: Crash-window recipients (lambdas/email/crash_window.py): look again after, give up after,
+    #: and at most one SES event-pipeline probe per interval (seconds).
+    crash_window_recheck_seconds: int = 60
+    crash_window_give_up_seconds: int = 3600
+    crash_window_probe_interval_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -55,6 +60,9 @@ class Settings:
             sse_algorithm=e.get("SSE_ALGORITHM", "aws:kms"),
             sse_kms_key_id=e.get("SSE_KMS_KEY_ID", ""),
             ses_tenant_names=_tenant_names(e.get("SES_TENANT_NAMES", "")),
+            crash_window_recheck_seconds=int(e.get("CRASH_WINDOW_RECHECK_SECONDS", "60")),
+            crash_window_give_up_seconds=int(e.get("CRASH_WINDOW_GIVE_UP_SECONDS", "3600")),
+            crash_window_probe_interval_seconds=int(e.get("CRASH_WINDOW_PROBE_INTERVAL_SECONDS", "30")),
         )
 
     def require(self, *names: str) -> None:

@@ -4,7 +4,9 @@ Order of work for a batch:
 
 1. Validate; look every recipient up (read-only, ``send#<job>#<recipient>``). Recipients
    already COMPLETED are reported again from the stored result, never resent; those held by
-   another invocation are re-queued; stale ones are reported ``outcome_unknown``.
+   another invocation are re-queued; stale ones (left in the crash window) are sent again
+   once the SES Send watermark proves SES never accepted them, looked at again later while
+   it does not yet, and reported ``outcome_unknown`` when no proof comes (``crash_window``).
 2. Build each remaining recipient's message. Bad data (missing template variable, too large,
    altered reference) is a final failure for that recipient only.
 3. Group: recipients sharing a bulk-capable content go through SendBulkEmail (at most 50,
@@ -30,6 +32,7 @@ from typing import Any
 from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore, send_key
 from lambdas.common.pacing import PacingTimeout, SharedRateLimiter
 from lambdas.email.contents import ContentError, ObjectFetcher
+from lambdas.email.crash_window import CrashWindowPolicy, SendEventProbe, StaleDecision, decide
 from lambdas.email.mime import MAX_MESSAGE_BYTES, Attachment, build_mime, display_address, estimated_size
 from lambdas.email.ses import MAX_BULK_DESTINATIONS, Outcome, SesSender
 from lambdas.email.templating import (
@@ -80,6 +83,9 @@ class BatchReport:
     throttled: int = 0
     replayed: int = 0
     deferred: int = 0
+    #: Crash-window recipients proven unsent and sent again / still waiting for proof.
+    stale_resent: int = 0
+    stale_waiting: int = 0
     ses_latency_ms: list[float] = field(default_factory=list)
 
 
@@ -117,8 +123,11 @@ class EmailBatchSender:
         clock: Callable[[], float] = time.time,
         allow_bulk: bool = True,
         tenants: Mapping[str, str] | None = None,
+        crash_window: CrashWindowPolicy | None = None,
     ) -> None:
         self.allow_bulk = allow_bulk
+        self.crash_window = crash_window or CrashWindowPolicy()
+        self.probe = SendEventProbe(store, ses, self.crash_window)
         #: The deployment's SES tenant per company id (SES_TENANT_NAMES); wins over the batch's.
         self.tenants = dict(tenants or {})
         self.store = store
@@ -149,15 +158,19 @@ class EmailBatchSender:
         known = self.store.lookup_many(keys, int(batch["attempt"]))
         requeues: list[Requeue] = []
         pending: list[tuple[dict[str, Any], str]] = []
+        stale: list[tuple[dict[str, Any], Claim]] = []
         for recipient, key in zip(recipients, keys, strict=True):
             claim = known.get(key)
             if claim is None:
                 pending.append((recipient, key))
+            elif claim.state is ClaimState.STALE:
+                stale.append((recipient, claim))
             else:
                 self._not_claimed(batch, recipient, claim, requeues, report)
+        takeovers = self._decide_stale(batch, stale, pending, requeues, report)
 
         prepared, finals = self._prepare(batch, pending)
-        self._finish(batch, finals, requeues, report)
+        self._finish(batch, finals, requeues, report, takeovers)
         units = self._group(batch, prepared)
         deadline_ms = self.safety_margin_ms
         for index, unit in enumerate(units):
@@ -169,7 +182,7 @@ class EmailBatchSender:
             except PacingTimeout:
                 self._defer(batch, [p for u in units[index:] for p in u], requeues, report)
                 break
-            owned = self._claim(batch, unit, requeues, report)
+            owned = self._claim(batch, unit, requeues, report, takeovers)
             if not owned:
                 continue
             started = time.perf_counter()
@@ -193,6 +206,39 @@ class EmailBatchSender:
             )
         return report
 
+    def _decide_stale(
+        self,
+        batch: dict[str, Any],
+        stale: list[tuple[dict[str, Any], Claim]],
+        pending: list[tuple[dict[str, Any], str]],
+        requeues: list[Requeue],
+        report: BatchReport,
+    ) -> dict[str, Claim]:
+        """Crash-window recipients: send the proven-unsent ones (returned, to take over), hold
+        the rest for a later look (probing the Send-event pipeline), give up on the expired."""
+        if not stale:
+            return {}
+        watermark = self.store.send_watermark()
+        now = int(self.clock())
+        takeovers: dict[str, Claim] = {}
+        waiting: list[dict[str, Any]] = []
+        for recipient, claim in stale:
+            decision = decide(claim, watermark, now, self.crash_window)
+            if decision is StaleDecision.RESEND:
+                takeovers[claim.key] = claim
+                pending.append((recipient, claim.key))
+                report.stale_resent += 1
+            elif decision is StaleDecision.WAIT:
+                waiting.append(recipient)
+            else:
+                self._not_claimed(batch, recipient, claim, requeues, report)
+        if waiting:
+            report.stale_waiting += len(waiting)
+            requeues.append(Requeue(waiting, self.crash_window.recheck_seconds, int(batch["attempt"])))
+            sender = batch["sender"]
+            self.probe.send(display_address(sender["address"], sender.get("name")))
+        return takeovers
+
     def _not_claimed(
         self,
         batch: dict[str, Any],
@@ -209,14 +255,18 @@ class EmailBatchSender:
         elif claim.state is ClaimState.IN_FLIGHT:
             # Another invocation is sending it now; look again once its lease is over.
             requeues.append(Requeue([recipient], min(MAX_SQS_DELAY, self.lease_seconds + 5), attempt))
-        elif claim.state is ClaimState.STALE:  # the crash window was hit; never resend (docs/lambdas.md)
+        elif claim.state is ClaimState.STALE and claim.lease_until + self.crash_window.give_up_seconds > int(
+            self.clock()
+        ):  # crash window, still undecided (a takeover lost its race): the next look decides
+            requeues.append(Requeue([recipient], self.crash_window.recheck_seconds, attempt))
+        elif claim.state is ClaimState.STALE:  # no proof either way in time: never guess (docs/lambdas.md)
             report.failed += 1
             report.results.append(
                 recipient_result(
                     batch["job_id"], recipient["recipient_id"], "failed", attempt,
                     error_code="outcome_unknown",
-                    error_message="an earlier attempt stopped between the SES call and its record; "
-                    "not resent to avoid a duplicate (the SES Send event settles it if SES accepted it)",
+                    error_message="an earlier attempt stopped between the SES call and its record, and "
+                    "no SES Send event settled it in time; not resent to avoid a duplicate",
                     permanent=True,
                 )
             )  # fmt: skip
@@ -224,10 +274,17 @@ class EmailBatchSender:
             raise ValueError("a claimed recipient is not reported here")
 
     def _claim(
-        self, batch: dict[str, Any], unit: list[_Prepared], requeues: list[Requeue], report: BatchReport
+        self,
+        batch: dict[str, Any],
+        unit: list[_Prepared],
+        requeues: list[Requeue],
+        report: BatchReport,
+        takeovers: dict[str, Claim],
     ) -> list[_Prepared]:
         """Claim a unit's recipients right before its SES call; keep only those we now own."""
-        claims = self.store.claim_many([p.key for p in unit], self.lease_seconds, int(batch["attempt"]))
+        claims = self.store.claim_many(
+            [p.key for p in unit], self.lease_seconds, int(batch["attempt"]), takeovers
+        )
         owned: list[_Prepared] = []
         for item in unit:
             claim = claims[item.key]
@@ -465,12 +522,13 @@ class EmailBatchSender:
         finals: list[tuple[dict[str, Any], str, SendFailure]],
         requeues: list[Requeue],
         report: BatchReport,
+        takeovers: dict[str, Claim],
     ) -> None:
         if not finals:
             return
         # Claimed before recording, like a send: another invocation may hold or have finished one.
         claims = self.store.claim_many(
-            [key for _, key, _ in finals], self.lease_seconds, int(batch["attempt"])
+            [key for _, key, _ in finals], self.lease_seconds, int(batch["attempt"]), takeovers
         )
         done = []
         for recipient, key, failure in finals:

@@ -118,6 +118,25 @@ class SesSender:
             return outcome
         return Outcome("sent", message_id=str(response["MessageId"]))
 
+    def send_probe(self, from_address: str, destination: str, tags: dict[str, str]) -> Outcome:
+        """A plain message through the configuration set (so SES publishes its events)."""
+        try:
+            response = self._ses.send_email(
+                FromEmailAddress=from_address,
+                Destination={"ToAddresses": [destination]},
+                Content={
+                    "Simple": {
+                        "Subject": {"Data": "ManiReports Cloud Offload: SES event pipeline probe"},
+                        "Body": {"Text": {"Data": "Sent to confirm that SES Send events are flowing."}},
+                    }
+                },
+                EmailTags=_tags(tags),
+                **self._common(None),
+            )
+        except Exception as exc:
+            return error_outcome(exc)
+        return Outcome("sent", message_id=str(response["MessageId"]))
+
     def send_bulk(
         self,
         *,

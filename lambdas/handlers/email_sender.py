@@ -16,6 +16,7 @@ from lambdas.common.observability import MetricUnit, logger, metrics, tracer
 from lambdas.common.pacing import SharedRateLimiter, account_send_rate
 from lambdas.common.settings import settings
 from lambdas.email.contents import ObjectFetcher
+from lambdas.email.crash_window import CrashWindowPolicy
 from lambdas.email.sender import EmailBatchSender
 from lambdas.email.ses import SesSender
 from lambdas.results.queue import ResultsQueue
@@ -51,6 +52,11 @@ def sender() -> EmailBatchSender:
         max_attempts=s.max_attempts,
         safety_margin_ms=s.safety_margin_ms,
         tenants=s.ses_tenant_names,
+        crash_window=CrashWindowPolicy(
+            recheck_seconds=s.crash_window_recheck_seconds,
+            give_up_seconds=s.crash_window_give_up_seconds,
+            probe_interval_seconds=s.crash_window_probe_interval_seconds,
+        ),
     )
 
 
@@ -78,6 +84,8 @@ def process_record(record: SQSRecord, context: LambdaContext) -> None:
             "throttled": report.throttled,
             "replayed": report.replayed,
             "deferred": report.deferred,
+            "crash_window_resent": report.stale_resent,
+            "crash_window_waiting": report.stale_waiting,
         },
     )
 

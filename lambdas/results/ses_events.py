@@ -2,7 +2,9 @@
 
 Every message carries SES tags ``job_id``, ``recipient_id`` and ``company_id``; the job's
 callback (URL and key id) was recorded by the sender as ``job#<job_id>``. A ``Send`` event
-also settles a claim left INPROGRESS by a sender that stopped in the crash window.
+also settles a claim left INPROGRESS by a sender that stopped in the crash window; once a
+whole SQS batch is handled, the newest ``Send`` time in it becomes the *Send watermark* that
+lets the sender resend crash-window claims no event settled (``lambdas/email/crash_window.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lambdas.common.idempotency import IdempotencyStore, send_key
+from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore, send_key
 from lambdas.email.sender import untag_value
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
@@ -42,6 +44,8 @@ class EventReport:
     ignored: int = 0
     unroutable: int = 0
     settled: int = 0
+    #: The Send watermark written after this batch (0: not moved).
+    watermark: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     #: result_batch messages written to the results queue.
     messages: int = 0
@@ -108,6 +112,16 @@ def map_event(detail: dict[str, Any], now: int) -> tuple[str, str, int, dict[str
     return job_id, recipient_id, int(company), out
 
 
+def _send_time(event: Any) -> int:
+    """``mail.timestamp`` of a Send event (ours, a probe or any other), else 0."""
+    if not isinstance(event, dict) or event.get("source") != "aws.ses":
+        return 0
+    detail = event.get("detail")
+    if not isinstance(detail, dict) or detail.get("eventType") != "Send":
+        return 0
+    return _timestamp((detail.get("mail") or {}).get("timestamp"), 0)
+
+
 class SesEventProcessor:
     def __init__(self, store: IdempotencyStore, results: ResultsQueue, clock: Callable[[], float]) -> None:
         self.store = store
@@ -134,9 +148,17 @@ class SesEventProcessor:
         grouped: dict[tuple[str, str, int], list[tuple[str, dict[str, Any]]]] = {}
         failed: set[str] = set()
         now = int(self.clock())
+        newest_send = 0
+        try:
+            # One consistent read for the batch's Send events instead of a conditional write
+            # each: nearly all of them are for claims the sender completed itself.
+            claims = self.store.lookup_many(self._send_keys(records))
+        except Exception:  # the whole batch is retried
+            return EventReport(failed=[record_id for record_id, _ in records])
         for record_id, event in records:
             try:
-                outcome = self._map(event, now, report)
+                outcome = self._map(event, now, report, claims)
+                newest_send = max(newest_send, _send_time(event))
             except Exception:  # whatever one record hits fails that record only
                 failed.add(record_id)
                 continue
@@ -154,10 +176,27 @@ class SesEventProcessor:
                 continue
             report.messages += len(batches)
         report.failed = [record_id for record_id, _ in records if record_id in failed]
+        if newest_send and not failed:
+            # Only a batch handled whole may move it: a failed record could be the Send event
+            # of a crash-window claim, which must settle before the sender may resend it.
+            self.store.advance_send_watermark(newest_send)
+            report.watermark = newest_send
         return report
 
+    @staticmethod
+    def _send_keys(records: Sequence[tuple[str, Any]]) -> list[str]:
+        keys = []
+        for _, event in records:
+            detail = event.get("detail") if isinstance(event, dict) else None
+            if not isinstance(detail, dict) or detail.get("eventType") != "Send":
+                continue
+            mapped = map_event(detail, 0)
+            if mapped is not None:
+                keys.append(send_key(mapped[0], mapped[1]))
+        return keys
+
     def _map(
-        self, event: Any, now: int, report: EventReport
+        self, event: Any, now: int, report: EventReport, claims: dict[str, Claim]
     ) -> tuple[tuple[str, str, int], dict[str, Any]] | None:
         """((callback_url, key_id, company_id), result) for one event, or None to drop it."""
         if not isinstance(event, dict):
@@ -175,7 +214,11 @@ class SesEventProcessor:
         if result["status"] == "sent":
             # Normally the sender already reported it; only a claim left in the crash window
             # is settled (and reported) from here.
-            settled = self.store.complete_if_in_progress(send_key(job_id, recipient_id), result)
+            key = send_key(job_id, recipient_id)
+            claim = claims.get(key)
+            if claim is None or (claim.state is ClaimState.COMPLETED and not claim.settled_by_event):
+                return None  # completed and reported by the sender (or not ours to settle)
+            settled = self.store.complete_if_in_progress(key, result)
             if settled is None:
                 return None
             report.settled += 1

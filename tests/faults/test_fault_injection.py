@@ -104,6 +104,25 @@ def _clock_shift(seconds: int) -> Any:
     return shifted()
 
 
+@pytest.mark.parametrize("ses_took_it", [False, True], ids=["before-ses-accepted", "after-ses-accepted"])
+def test_lambda_killed_inside_the_crash_window_still_reaches_everyone_once(ses_took_it: bool) -> None:
+    """The sender dies during an SES call. If SES took it, its Send event settles the claim;
+    if not, the Send watermark (moved on by the sender's probe) proves it, and it is resent."""
+    faults = (
+        CloudFaults(crash_sender_after_ses_accepted={1})
+        if ses_took_it
+        else CloudFaults(crash_sender_mid_batch={1})
+    )
+    with pipeline(60, faults=faults) as p:
+        p.tick()
+        p.settle()
+        v = p.verdict()
+        injected = dict(p.injected)
+    assert sum(n for kind, n in injected.items() if kind.startswith("Lambda crash mid-batch")) == 1, injected
+    assert_exactly_once(v)
+    assert v.probes == (0 if ses_took_it else 1), v.summary()
+
+
 def test_database_connection_dropped_mid_tick_then_recovered() -> None:
     with pipeline(30) as p:
         engine = sa.create_engine(p.db_url)

@@ -26,6 +26,7 @@ def test_10000_recipients_with_every_cloud_fault(capfd: pytest.CaptureFixture[st
     for kind in (
         "Lambda crash at the start of an invocation (SQS redelivers the batch)",
         "Lambda crash mid-batch (after an SES call of the invocation succeeded)",
+        "Lambda crash mid-batch right after SES accepted a call (its answer lost)",
         "SES throttling (TooManyRequests)",
         "SQS delivers a jobs message a second time",
         "callback delivered twice (dispatcher crashed after posting)",

@@ -64,8 +64,7 @@ NOT_EXECUTED: dict[str, dict[str, str]] = {
         "dynamodb:UpdateItem": "send claims and pacing are the sender's",
     },
     "ses_events": {
-        "dynamodb:PutItem": "imports lambdas.email.sender for untag_value only; claims are the sender's",
-        "dynamodb:BatchGetItem": "the recipient look-up before sending is the sender's",
+        "dynamodb:PutItem": "claims and probes are the sender's (imported for untag_value only)",
         "dynamodb:BatchWriteItem": "completion records are the sender's",
         "dynamodb:DeleteItem": "claim release is the sender's",
     },

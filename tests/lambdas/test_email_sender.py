@@ -261,26 +261,132 @@ def test_content_over_ses_size_limit_is_a_final_failure(aws: Aws, run) -> None:
     assert aws.ses.sent_count() == 0
 
 
-def test_lost_connection_keeps_the_claim_and_never_resends(aws: Aws, run) -> None:
+def _status(aws: Aws, recipient_id: str) -> str | None:
+    item = aws.dynamodb.get_item(
+        TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", recipient_id)}}
+    ).get("Item")
+    return None if item is None else str(item["status"]["S"])
+
+
+def _at(clock: float) -> None:
+    """Move the sender's clocks (its own and its store's) to ``clock``."""
+    email_sender.sender().clock = lambda: clock
+    email_sender.sender().store._clock = lambda: clock
+
+
+def _probes(aws: Aws) -> list[dict[str, Any]]:
+    return [
+        params
+        for name, params in aws.ses.calls
+        if name == "SendEmail" and params["Destination"]["ToAddresses"] == ["success@simulator.amazonses.com"]
+    ]
+
+
+def _people_sent(aws: Aws) -> list[str]:
+    """Single messages SES accepted, probes to the mailbox simulator left out."""
+    return sorted(to for to, _ in aws.ses.single_sent if not to.endswith("@simulator.amazonses.com"))
+
+
+def _lease_until(aws: Aws, recipient_id: str) -> int:
+    item = aws.dynamodb.get_item(
+        TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", recipient_id)}}
+    )["Item"]
+    return int(item["lease_until"]["N"])
+
+
+def test_lost_connection_is_resent_once_the_send_watermark_proves_ses_never_took_it(aws: Aws, run) -> None:
     aws.ses.fault = lambda name, params: lost_connection() if name == "SendEmail" else None
     batch = email_batch([FANOUT[2]], RENDERED)
     run(batch)
     (result,) = aws.results()
     assert result["status"] == "retrying" and result["error"]["code"] == "outcome_unknown"
-    item = aws.dynamodb.get_item(
-        TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", "r-3")}}
-    )
-    assert item["Item"]["status"]["S"] == "INPROGRESS"
+    assert _status(aws, "r-3") == "INPROGRESS"
     aws.ses.fault = None
     run(batch)  # redelivered while the lease is live: not sent, looked at again later
     assert aws.results() == []
     assert [n for n, _ in aws.ses.calls].count("SendEmail") == 1
-    # After the lease: the outcome is unknown, so it is reported and never resent.
-    email_sender.sender().store._clock = lambda: 4_102_444_800.0
+
+    # After the lease, before any Send event newer than it was handled: wait, and probe the
+    # event pipeline (once per interval, whoever asks) through the configuration set.
+    lease_until = _lease_until(aws, "r-3")
+    _at(lease_until + 5)
+    requeued: list[tuple[list[str], int]] = []
+    email_sender.sender().requeue = lambda b, delay: requeued.append(
+        ([r["recipient_id"] for r in b["recipients"]], delay)
+    )
+    run(batch)
+    run(batch)
+    assert aws.results() == [] and _status(aws, "r-3") == "INPROGRESS"
+    assert requeued == [(["r-3"], 60), (["r-3"], 60)]  # CRASH_WINDOW_RECHECK_SECONDS
+    (probe,) = _probes(aws)
+    assert probe["ConfigurationSetName"] == "offload" and probe["EmailTags"] == [
+        {"Name": "offload_probe", "Value": "send_watermark"}
+    ]
+
+    # The probe's Send event is handled: SES published nothing for r-3, so SES never took it.
+    IdempotencyStore(aws.dynamodb, "offload-idempotency").advance_send_watermark(lease_until + 3)
+    run(batch)
+    (result,) = aws.results()
+    assert result["status"] == "sent" and _status(aws, "r-3") == "COMPLETED"
+    assert _people_sent(aws) == ["mohamed@example.org"]  # exactly one message
+    run(batch)
+    assert _people_sent(aws) == ["mohamed@example.org"]
+
+
+def test_a_crash_window_claim_is_never_guessed_without_send_events(aws: Aws, run) -> None:
+    aws.ses.fault = lambda name, params: lost_connection() if name == "SendEmail" else None
+    batch = email_batch([FANOUT[2]], RENDERED)
+    run(batch)
+    aws.results()
+    aws.ses.fault = None
+    # The configuration set publishes no Send events (or the pipeline is down): no proof comes.
+    lease_until = _lease_until(aws, "r-3")
+    _at(lease_until + 3599)
+    run(batch)
+    assert aws.results() == [] and _status(aws, "r-3") == "INPROGRESS"
+    _at(lease_until + 3600)  # CRASH_WINDOW_GIVE_UP_SECONDS after the lease
     run(batch)
     (result,) = aws.results()
     assert result["status"] == "failed" and result["error"]["code"] == "outcome_unknown"
-    assert [n for n, _ in aws.ses.calls].count("SendEmail") == 1
+    assert _people_sent(aws) == []
+
+
+def test_a_send_event_for_the_lost_call_settles_it_and_nothing_is_resent(aws: Aws, run) -> None:
+    from lambdas.handlers import ses_events
+
+    accepted: dict[str, Any] = {}
+
+    def accepted_then_lost(name: str, params: dict[str, Any]) -> Any:
+        if name == "SendEmail" and not accepted:
+            accepted.update(params)  # SES took it; the response never came back
+            return lost_connection()
+        return None
+
+    aws.ses.fault = accepted_then_lost
+    batch = email_batch([FANOUT[2]], RENDERED)
+    run(batch)
+    aws.results()
+    store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
+    lease_until = _lease_until(aws, "r-3")
+    tags = {t["Name"]: [t["Value"]] for t in accepted["EmailTags"]}
+    send = {
+        "source": "aws.ses",
+        "detail": {
+            "eventType": "Send",
+            "mail": {"timestamp": "2026-11-22T10:00:00.000Z", "messageId": "ses-accepted", "tags": tags},
+        },
+    }
+    later = json.loads(json.dumps(send))
+    later["detail"]["mail"].update(timestamp="2100-01-01T00:00:00.000Z", tags={"offload_probe": ["x"]})
+    ses_events.events_processor.cache_clear()
+    ses_events.handler(sqs_event(json.dumps(later), json.dumps(send)), FakeContext())
+    assert store.send_watermark() >= lease_until
+    (settled,) = aws.results()
+    assert settled["status"] == "sent" and settled["provider_message_id"] == "ses-accepted"
+    _at(lease_until + 5)
+    run(batch)
+    assert aws.results() == [settled]  # replayed from the record, not sent again
+    assert _people_sent(aws) == []
 
 
 def test_out_of_time_defers_without_sending(aws: Aws, run) -> None:
@@ -357,15 +463,21 @@ def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run)
 
     # SQS redelivers the batch after the dead invocation's lease has passed.
     aws.ses.fault = None
-    email_sender.sender().store._clock = lambda: 4_102_444_800.0
+    lease_until = _lease_until(aws, "r-3")
+    _at(lease_until + 1)
     run(batch)
     results = {r["recipient_id"]: r for r in aws.results()}
     assert {rid: r["status"] for rid, r in results.items()} == {
-        "r-1": "sent", "r-2": "sent", "r-3": "failed", "r-4": "sent", "r-5": "sent",
+        "r-1": "sent", "r-2": "sent", "r-4": "sent", "r-5": "sent",
     }  # fmt: skip
-    assert results["r-3"]["error"]["code"] == "outcome_unknown"  # only the unit in flight
-    single = sorted(to for to, _ in aws.ses.single_sent)
-    assert single == ["u4@example.org", "u5@example.org"]  # each exactly once
-    assert aws.ses.sent_count() == 4
+    assert _status(aws, "r-3") == "INPROGRESS"  # only the unit in flight waits for proof
+    assert _people_sent(aws) == ["u4@example.org", "u5@example.org"]  # each exactly once
+    # The Send events handled so far reach past the lease and none was r-3's: SES never took it.
+    IdempotencyStore(aws.dynamodb, "offload-idempotency").advance_send_watermark(lease_until)
+    run(batch)
+    results = {r["recipient_id"]: r for r in aws.results()}
+    assert results["r-3"]["status"] == "sent" and results["r-4"]["status"] == "sent"  # r-4 replayed
+    assert _people_sent(aws) == ["u3@example.org", "u4@example.org", "u5@example.org"]
+    sent = aws.ses.sent_count()
     run(batch)  # a further redelivery sends nothing more
-    assert aws.ses.sent_count() == 4
+    assert aws.ses.sent_count() == sent

@@ -150,3 +150,44 @@ def test_a_failed_aggregated_write_fails_exactly_the_records_behind_it(
     results = {r["recipient_id"]: r for r in aws.results()}
     assert results["r-1"]["status"] == "delivered"
     assert results["r-2"]["status"] == "sent" and results["r-2"]["provider_message_id"] == "ses-r-2"
+
+
+def probe_event(timestamp: str) -> str:
+    detail = {
+        "eventType": "Send",
+        "mail": {"timestamp": timestamp, "messageId": "probe", "tags": {"offload_probe": ["send_watermark"]}},
+    }
+    return json.dumps({"version": "0", "source": "aws.ses", "detail-type": "x", "detail": detail})
+
+
+def test_the_send_watermark_moves_forward_only_after_a_whole_batch_is_handled(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
+    store.remember_job("j-7-000001", 7, CALLBACK["url"], CALLBACK["key_id"])
+    assert store.send_watermark() == 0
+    run(probe_event("2026-11-22T10:00:00.000Z"), event("Delivery", "r-1"))
+    assert [r["status"] for r in aws.results()] == ["delivered"]
+    at_ten = store.send_watermark()
+    assert at_ten == 1795341600  # 2026-11-22T10:00:00Z; probes move it like any Send event
+    run(probe_event("2026-11-22T09:00:00.000Z"))
+    assert store.send_watermark() == at_ten  # never backwards
+
+    # A crash-window claim whose Send event fails to settle (DynamoDB error): the record is
+    # redelivered, and the newer Send events of the same batch must not move the watermark,
+    # or a sender could resend the claim before its event settles it.
+    store.claim_many([send_key("j-7-000001", "r-2")], 600)
+    real = IdempotencyStore.complete_if_in_progress
+
+    def failing(key: str, result: dict[str, Any]) -> Any:
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "x"}}, "UpdateItem")
+
+    monkeypatch.setattr(IdempotencyStore, "complete_if_in_progress", failing)
+    response = run(event("Send", "r-2"), probe_event("2026-11-22T11:00:00.000Z"))
+    assert len(response["batchItemFailures"]) == 1
+    assert store.send_watermark() == at_ten
+    monkeypatch.setattr(IdempotencyStore, "complete_if_in_progress", real)
+    assert run(event("Send", "r-2"), probe_event("2026-11-22T11:00:00.000Z")) == {"batchItemFailures": []}
+    assert store.send_watermark() == at_ten + 3600
+    (settled,) = aws.results()
+    assert settled["recipient_id"] == "r-2" and settled["status"] == "sent"
