@@ -95,8 +95,16 @@ class JobHeader:
         return header
 
 
-def rendered_content(subject: str, html: str) -> dict[str, Any]:
-    return {"kind": "rendered", "subject": subject[:998], "html": html}
+def rendered_content(
+    subject: str, html: str, from_name: str | None = None, reply_to: Sequence[str] = ()
+) -> dict[str, Any]:
+    """An IOMAD row's mail, with its template's sender display name and Reply-To if any."""
+    content: dict[str, Any] = {"kind": "rendered", "subject": subject[:998], "html": html}
+    if from_name:
+        content["from_name"] = from_name[:256]
+    if reply_to:
+        content["reply_to"] = list(reply_to)[:10]
+    return content
 
 
 def template_content(template_json: str) -> dict[str, Any]:

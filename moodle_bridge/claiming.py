@@ -51,6 +51,7 @@ from moodle_bridge.iomad.recipients import (
     expand_emails,
 )
 from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.iomad.template_sender import TemplateSender, template_senders
 from moodle_bridge.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
 from moodle_bridge.outbox import BuildError, job_header_for
 from moodle_bridge.routing import CompanySettings, could_offload, decide
@@ -78,6 +79,8 @@ class RowPlan:
     completion: CourseCompletion | None = None
     password: Secret | None = field(default=None, repr=False)
     release_reason: str | None = None  # claimed only to record an outcome; stays IOMAD's
+    #: the template's sender display name and Reply-To (From stays the verified sender)
+    sender: TemplateSender = field(default_factory=TemplateSender)
 
 
 @dataclass
@@ -167,7 +170,12 @@ class ClaimPass:
             password_users = [r.userid for r in rows if r.templatename in PASSWORD_TEMPLATES]
             passwords = load_temporary_passwords(conn, self.iomad, password_users) if password_users else {}
             completions = self._completions(conn, rows, settings, global_on, at)
+            senders = template_senders(
+                conn, self.iomad, ((r.id, r.companyid, expansions[r.id].headers) for r in rows)
+            )
         plans = [self._plan(r, expansions[r.id], passwords, completions, settings, global_on) for r in rows]
+        for plan in plans:
+            plan.sender = senders.get(plan.email.id, plan.sender)
 
         # Routing: recipient counts per company and job type over this pass's rows.
         counts: Counter[tuple[int, str]] = Counter()
@@ -450,13 +458,14 @@ class ClaimPass:
             "originaldue": plan.email.due,
             "timeclaimed": at,
             "timereleased": at if state == "released" else None,
+            **plan.sender.columns(),
         }
 
     def _content(self, plan: RowPlan, key: str) -> dict[str, Any]:
         body = plan.email.body
         if key.endswith("r") and plan.password is not None:
             body = redact(body, plan.password)
-        return rendered_content(plan.email.subject, body)
+        return rendered_content(plan.email.subject, body, plan.sender.from_name, plan.sender.reply_to)
 
     def _recipients(self, plan: RowPlan) -> list[PlannedRecipient]:
         out: list[PlannedRecipient] = []

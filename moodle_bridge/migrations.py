@@ -113,6 +113,12 @@ STEPS: tuple[Step, ...] = (
         _add_columns(("batches", "leasetoken")),
         adds_columns=(("batches", "leasetoken"),),
     ),
+    Step(
+        4,
+        "claimed rows keep their template's sender display name and Reply-To",
+        _add_columns(("claims", "fromname"), ("claims", "replyto")),
+        adds_columns=(("claims", "fromname"), ("claims", "replyto")),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

@@ -90,6 +90,8 @@ class Prefetched:
 
     recipients: dict[int, list[sa.Row[Any]]] = field(default_factory=dict)
     rendered: dict[int, tuple[str, str]] = field(default_factory=dict, repr=False)
+    #: emailid -> the template's (sender display name, Reply-To) recorded at claim time
+    senders: dict[int, tuple[str | None, list[str]]] = field(default_factory=dict)
     passwords: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
 
 
@@ -161,7 +163,9 @@ class Outbox:
         if keys:
             if self.iomad is None:
                 raise BuildError("IOMAD contents requested but no IOMAD schema is available")
-            pre.rendered = self.iomad.load_rendered(conn, sorted({int(k[1:].rstrip("r")) for _, k in keys}))
+            emailids = sorted({int(k[1:].rstrip("r")) for _, k in keys})
+            pre.rendered = self.iomad.load_rendered(conn, emailids)
+            pre.senders = self.repo.claim_senders(conn, emailids)
             redacted: dict[int, list[int]] = {}
             for jobid, key in keys:
                 if key.endswith("r"):
@@ -195,7 +199,8 @@ class Outbox:
                         "third-party copy cannot be redacted; it is not sent"
                     )
                 body = self.iomad.redact(body, password)
-            contents[key] = rendered_content(subject, body)
+            from_name, reply_to = pre.senders.get(emailid, (None, []))
+            contents[key] = rendered_content(subject, body, from_name, reply_to)
         return contents
 
     def _passwords(self, conn: sa.Connection, jobid: int, emailids: list[int]) -> dict[int, str]:

@@ -32,7 +32,13 @@ EMAIL_BATCH: dict[str, Any] = {
             "subject": "A new on-line learning account has been created for you",
             "html": "<p>Dear Zoë,</p><p>username: zoe</p>",
         },
-        "e-2": {"kind": "rendered", "subject": "تم إنشاء حسابك", "html": '<p dir="rtl">مرحبا محمد</p>'},
+        "e-2": {
+            "kind": "rendered",
+            "subject": "تم إنشاء حسابك",
+            "html": '<p dir="rtl">مرحبا محمد</p>',
+            "from_name": "أكاديمية أكمي",
+            "reply_to": ["support@acme.example"],
+        },
     },
     "recipients": [
         {"recipient_id": "r-1", "to": "zoe@example.org", "name": "Zoë Ørsted", "content_id": "e-1"},

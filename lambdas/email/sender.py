@@ -393,8 +393,11 @@ class EmailBatchSender:
 
     def _send_unit(self, batch: dict[str, Any], unit: list[_Prepared]) -> list[Outcome]:
         sender = batch["sender"]
-        from_address = display_address(sender["address"], sender.get("name"))
-        reply_to = sender.get("reply_to", [])
+        content = unit[0].content  # a unit shares one content
+        # The company template's display name and Reply-To (IOMAD rows) win over the batch's;
+        # the From address stays the batch's verified sender.
+        from_address = display_address(sender["address"], content.get("from_name") or sender.get("name"))
+        reply_to = content.get("reply_to") or sender.get("reply_to", [])
         tenant = self.tenants.get(str(batch["company_id"])) or batch.get("ses_tenant")
         if len(unit) == 1 and unit[0].bulk is None:
             item = unit[0]

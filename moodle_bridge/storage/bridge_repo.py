@@ -143,6 +143,20 @@ class BridgeRepo:
             )
         return out
 
+    def claim_senders(
+        self, conn: sa.Connection, emailids: Sequence[int]
+    ) -> dict[int, tuple[str | None, list[str]]]:
+        """emailid -> (template sender display name, Reply-To addresses), for rows that have any."""
+        c = self.t.claims.c
+        out: dict[int, tuple[str | None, list[str]]] = {}
+        for part in chunks(list(emailids), CHUNK):
+            query = sa.select(c.emailid, c.fromname, c.replyto).where(
+                c.emailid.in_(part), sa.or_(c.fromname.is_not(None), c.replyto.is_not(None))
+            )
+            for emailid, fromname, replyto in conn.execute(query):
+                out[int(emailid)] = (fromname or None, [a for a in (replyto or "").split(",") if a])
+        return out
+
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         for group in _by_shape(rows):
             for part in chunks(group, CHUNK):

@@ -188,6 +188,9 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("timeclaimed", UNIXTIME, nullable=False),
         sa.Column("timereleased", UNIXTIME, nullable=True),
         sa.Column("timefinal", UNIXTIME, nullable=True),
+        # The template's sender display name and Reply-To (moodle_bridge.iomad.template_sender).
+        sa.Column("fromname", sa.String(255), nullable=True),
+        sa.Column("replyto", sa.String(1333), nullable=True),
         sa.Index(f"{p}mrclclai_sta_ix", "state"),
         sa.Index(f"{p}mrclclai_job_ix", "jobid"),
     )

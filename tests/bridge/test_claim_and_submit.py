@@ -347,3 +347,37 @@ def test_too_large_content_travels_by_reference_to_the_bucket(bridge_engine, db_
     assert hashlib.sha256(stored).hexdigest() == ref["ref"]["sha256"]
     assert json.loads(stored)["html"] == HUGE
     assert ref["ref"]["key"].startswith(f"contents/company-1/{message['job_id']}/")
+
+
+def test_the_templates_sender_name_and_reply_to_travel_with_the_content(
+    bridge_engine, db_url, repo, aws
+) -> None:
+    """From stays the verified sender; the template's display name and Reply-To are kept."""
+    world = _setup(bridge_engine, repo)
+    world.add_user(30, "support@acme.example", "Help", "Desk", companyid=1)
+    props = {"emailfromothername": "{Company_Name} Training", "emailreplytoother": "help@acme.example"}
+    named = world.queue("license_allocated", 10, 1, template_props=props)
+    from_user = world.queue("license_allocated", 10, 1, template_props={"emailfrom": "30"})
+    other_domain = world.queue(
+        "license_allocated", 10, 1,
+        template_props={"emailfromother": "hr@gmail.example", "emailfromothername": "{Site_FullName}"},
+    )  # fmt: skip
+    plain = world.queue("license_allocated", 10, 1)
+    config = with_queues(make_config(db_url), aws)
+
+    run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+
+    contents = {cid: c for m in drain(aws) for cid, c in m["contents"].items()}
+    assert contents[f"e{named}"]["from_name"] == "Company 1 Training"
+    assert contents[f"e{named}"]["reply_to"] == ["help@acme.example"]
+    # Fan-out copies (the manager's) carry the same sender as the learner's.
+    assert {k for k in contents if k.startswith(f"e{named}")} == {f"e{named}"}
+    assert contents[f"e{from_user}"]["from_name"] == "Help Desk"
+    assert contents[f"e{from_user}"]["reply_to"] == ["support@acme.example"]  # its From, as Reply-To
+    assert "from_name" not in contents[f"e{other_domain}"]  # an unfilled placeholder is never shown
+    assert contents[f"e{other_domain}"]["reply_to"] == ["hr@gmail.example"]
+    assert "from_name" not in contents[f"e{plain}"] and "reply_to" not in contents[f"e{plain}"]
+    with bridge_engine.connect() as conn:
+        claims = {r.emailid: r for r in conn.execute(sa.select(T.claims))}
+    assert (claims[named].fromname, claims[named].replyto) == ("Company 1 Training", "help@acme.example")
+    assert (claims[plain].fromname, claims[plain].replyto) == (None, None)

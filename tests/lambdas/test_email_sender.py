@@ -100,6 +100,25 @@ def test_fanout_copies_share_one_bulk_call_and_single_bodies_go_raw(aws: Aws, ru
     assert all(r["provider_message_id"] for r in results.values())
 
 
+def test_a_contents_template_sender_name_and_reply_to_win_over_the_batchs(aws: Aws, run) -> None:
+    contents = {
+        cid: {**content, "from_name": "Acme HR Team", "reply_to": ["help@acme.example"]}
+        for cid, content in RENDERED.items()
+    }
+    run(email_batch(FANOUT, contents))
+    bulk = next(p for n, p in aws.ses.calls if n == "SendBulkEmail")
+    assert bulk["FromEmailAddress"] == "Acme HR Team <noreply@acme.example>"  # the verified address
+    assert bulk["ReplyToAddresses"] == ["help@acme.example"]
+    (raw,) = raw_messages(aws)
+    assert str(raw["From"]) == "Acme HR Team <noreply@acme.example>"
+    assert str(raw["Reply-To"]) == "help@acme.example"
+    aws.ses.calls.clear()
+    run(email_batch(FANOUT, RENDERED, job_id="j-7-000002"))  # no override: the batch's sender
+    bulk = next(p for n, p in aws.ses.calls if n == "SendBulkEmail")
+    assert bulk["FromEmailAddress"] == "Acme Training <noreply@acme.example>"
+    assert "ReplyToAddresses" not in bulk
+
+
 def test_campaign_template_goes_bulk_with_one_click_headers_and_exact_escaping(aws: Aws, run) -> None:
     run(email_batch(campaign_recipients(3), TEMPLATE, category="campaign"))
     assert [n for n, _ in aws.ses.calls if n.startswith("Send")] == ["SendBulkEmail"]

@@ -1,0 +1,32 @@
+"""The template's sender display name and Reply-To (pure rules; the bridge tests cover the SQL)."""
+
+from __future__ import annotations
+
+from moodle_bridge.iomad.headers import TemplateSettings
+from moodle_bridge.iomad.template_sender import TemplateSender, _Person, sender_for
+
+PEOPLE = {30: _Person("support@acme.example", "Help Desk"), 31: _Person("replies@acme.example", "Re Plies")}
+
+
+def test_explicit_reply_to_wins_and_is_deduplicated_validated_and_capped() -> None:
+    template = TemplateSettings(
+        emailfromother="from@acme.example",
+        emailreplyto="31",
+        emailreplytoother="a@acme.example, A@acme.example, not an address, "
+        + ", ".join(f"r{i}@acme.example" for i in range(12)),
+    )
+    sender = sender_for(template, ["hdr@acme.example"], PEOPLE, "Acme")
+    assert sender.reply_to[:3] == ("hdr@acme.example", "a@acme.example", "r0@acme.example")
+    assert len(sender.reply_to) == 10  # SES's limit
+    assert "from@acme.example" not in sender.reply_to  # the From is only a fallback
+
+
+def test_display_name_from_the_template_or_its_from_user() -> None:
+    assert sender_for(
+        TemplateSettings(emailfromothername="{company_name} HR"), [], PEOPLE, "Acme"
+    ).from_name == ("Acme HR")
+    by_user = sender_for(TemplateSettings(emailfrom="30"), [], PEOPLE, "Acme")
+    assert by_user == TemplateSender("Help Desk", ("support@acme.example",))
+    unknown_user = sender_for(TemplateSettings(emailfrom="99"), [], PEOPLE, "Acme")
+    assert not unknown_user  # nothing to say: the batch's sender applies
+    assert not sender_for(None, [], PEOPLE, "Acme")
