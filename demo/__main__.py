@@ -38,8 +38,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from demo.embedded_aws import EmbeddedAws, embedded_aws
-from demo.event_source import EventSourceMapping, LambdaCrash, drain
-from demo.ses_emulator import FakeSes, throttle
+from demo.event_source import EventSourceMapping, LambdaCrash, LocalQueue, drain
+from demo.ses_emulator import FakeSes, throttle, to_sqs
 from moodle_bridge.cli import main as moodle_offload
 from moodle_bridge.iomad.schema import IomadGeneration
 from moodle_bridge.simulation import scratch_databases
@@ -193,10 +193,19 @@ def lambda_mappings(
     os.environ.update(aws.lambda_environment())
     os.environ["SES_MAX_SEND_RATE"] = "500"  # moto has no GetAccount; a production-like quota
     from lambdas.common.aws import client  # noqa: PLC0415 - after the environment is set
-    from lambdas.handlers import callback_dispatcher, certificate_renderer, email_sender  # noqa: PLC0415
+    from lambdas.handlers import (  # noqa: PLC0415
+        callback_dispatcher,
+        certificate_renderer,
+        email_sender,
+        ses_events,
+    )
 
     ses = FakeSes(region=aws.region, max_send_rate=500.0)
     ses.install(client("sesv2"))
+    # SES's Send events, as the configuration set's EventBridge rule delivers them: one message
+    # per email, so the queue is kept in memory (moto's SQS slows down with its depth).
+    events_queue = LocalQueue(visibility_timeout=5)
+    ses.publish = to_sqs(events_queue, "local:ses-events")
     calls = Counter[str]()
 
     def ses_fault(operation: str, params: dict[str, Any]) -> Any:
@@ -236,6 +245,9 @@ def lambda_mappings(
         ),
         EventSourceMapping(sqs, aws.queue_urls["jobs"], logged(sender, log), "email-sender"),
         EventSourceMapping(sqs, aws.queue_urls["results"], logged(dispatcher, log), "callback-dispatcher"),
+        EventSourceMapping(
+            events_queue, "local:ses-events", logged(ses_events.handler, log), "ses-events", batch_size=100
+        ),
     ]
     return mappings, ses
 

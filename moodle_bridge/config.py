@@ -70,6 +70,8 @@ class SubmitConfig:
     verify_url_base: str = ""
     #: IOMAD rows claimed per transaction (claim, park, jobs, recipients, outbox in one go).
     claim_chunk_rows: int = 2000
+    #: Batches of a lease group handed to the queue at once (network round trips overlap).
+    concurrency: int = 8
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_SENDER_NAME": ("submit", "sender_name"),
     "MRCO_VERIFY_URL_BASE": ("submit", "verify_url_base"),
     "MRCO_CLAIM_CHUNK_ROWS": ("submit", "claim_chunk_rows"),
+    "MRCO_SUBMIT_CONCURRENCY": ("submit", "concurrency"),
     "MRCO_JOB_DEADLINE_SECONDS": (None, "job_deadline_seconds"),
     "MRCO_CALLBACK_PUBLIC_URL": ("callbacks", "public_url"),
     "MRCO_CALLBACK_BIND_HOST": ("callbacks", "bind_host"),
@@ -245,6 +248,8 @@ def validate_config(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError("database.site must be 'iomad' or 'moodle'")
     if config.submit.claim_chunk_rows < 1:
         raise ConfigError("submit.claim_chunk_rows must be at least 1")
+    if not 1 <= config.submit.concurrency <= 64:
+        raise ConfigError("submit.concurrency must be between 1 and 64")
     if config.callbacks.results_mode not in ("push", "pull"):
         raise ConfigError("callbacks.results_mode must be 'push' or 'pull'")
     if not 1 <= config.submit.max_recipients <= 1000:

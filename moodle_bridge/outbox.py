@@ -15,6 +15,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,6 +112,16 @@ def backoff_seconds(tries: int, base: int, cap: int, rng: random.Random | None =
     delay = min(cap, base * (2 ** max(0, tries - 1)))
     r = rng or random.Random()  # noqa: S311 - jitter, not security
     return max(1, int(delay / 2 + r.random() * delay / 2))
+
+
+@dataclass
+class _PassState:
+    """What one ``submit_due`` pass learned about its targets."""
+
+    #: target -> (error, nexttry) once it failed: its other batches wait with it
+    down: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: targets that accepted a batch: their calls may overlap
+    healthy: set[str] = field(default_factory=set)
 
 
 #: Batches leased (taken) per group: one commit per group instead of one per batch.
@@ -303,31 +314,61 @@ class Outbox:
         at = self.clock()
         with self.engine.connect() as conn:
             batches = self.repo.due_batches(conn, at, limit)
-        #: target -> (error, nexttry) once it failed in this pass: its other batches wait too
-        down: dict[str, tuple[str, int]] = {}
+        pass_state = _PassState()
         done = 0
-        for start in range(0, len(batches), LEASE_GROUP):
-            group = batches[start : start + LEASE_GROUP]
-            token = uuid.uuid4().hex
-            with self.engine.begin() as conn:
-                held = self.repo.lease_batches(conn, [b.id for b in group], at, at + LEASE_SECONDS, token)
-            pre: Prefetched | None = None
-            if held:
-                try:
-                    with self.engine.connect() as conn:
-                        pre = self.prefetch(conn, [b for b in group if b.id in held])
-                except BuildError:
-                    pre = None  # each batch then reports its own error below
-            for batch in group:
-                done += 1
-                if batch.id in held:
-                    if batch.target in down:
-                        self._defer(batch, *down[batch.target], report)
-                    else:
-                        self._submit_one(batch, report, down, pre)
+        workers = max(1, min(self.config.submit.concurrency, LEASE_GROUP))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox") as pool:
+            for start in range(0, len(batches), LEASE_GROUP):
+                group = batches[start : start + LEASE_GROUP]
+                self._submit_group(group, at, pool, pass_state, report)
+                done += len(group)
                 if progress is not None:
                     progress(done, len(batches))
         return report
+
+    def _submit_group(
+        self,
+        group: list[BatchRow],
+        at: int,
+        pool: ThreadPoolExecutor,
+        state: _PassState,
+        report: OutboxReport,
+    ) -> None:
+        """Lease a group, build its messages, hand them to their queues, record the answers.
+
+        A target's first batch of the pass goes alone, so a queue that is down costs one
+        time-out per pass, not one per batch; once it accepted one, the group's calls to it
+        overlap on the pool. Building and recording stay on this thread, in batch order.
+        """
+        token = uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            held = self.repo.lease_batches(conn, [b.id for b in group], at, at + LEASE_SECONDS, token)
+        if not held:
+            return
+        pre: Prefetched | None = None
+        try:
+            with self.engine.connect() as conn:
+                pre = self.prefetch(conn, [b for b in group if b.id in held])
+        except BuildError:
+            pre = None  # each batch then reports its own error below
+        overlapping: list[tuple[BatchRow, bytes, Submitter]] = []
+        for batch in group:
+            if batch.id not in held:
+                continue
+            if batch.target in state.down:
+                self._defer(batch, *state.down[batch.target], report)
+                continue
+            built = self._build_for_submit(batch, report, pre)
+            if built is None:
+                continue
+            body, target = built
+            if batch.target in state.healthy:
+                overlapping.append((batch, body, target))
+            else:
+                self._settle(batch, len(body), self._send(batch, body, target), state, report)
+        futures = [pool.submit(self._send, batch, body, target) for batch, body, target in overlapping]
+        for (batch, body, _target), future in zip(overlapping, futures, strict=True):
+            self._settle(batch, len(body), future.result(), state, report)
 
     def _defer(self, batch: BatchRow, error: str, nexttry: int, report: OutboxReport) -> None:
         """The target already failed in this pass: wait with it instead of timing out again."""
@@ -335,25 +376,19 @@ class Outbox:
             self.repo.mark_batch_retry(conn, batch.id, f"deferred: {error}", nexttry, count_try=False)
         report.retried += 1
 
-    def _submit_one(
-        self,
-        batch: BatchRow,
-        report: OutboxReport,
-        down: dict[str, tuple[str, int]] | None = None,
-        pre: Prefetched | None = None,
-    ) -> None:
+    def _build_for_submit(
+        self, batch: BatchRow, report: OutboxReport, pre: Prefetched | None
+    ) -> tuple[bytes, Submitter] | None:
+        """The batch's body and submitter, or None when it cannot go now (recorded here)."""
         submitter = self.submitters.get(batch.target)
         try:
             if submitter is None:
                 raise BuildError(f"no submission target '{batch.target}' is configured")
             with self.engine.connect() as conn:
                 body, _limits = self.build(conn, batch, pre)
-            message_id = submitter.submit(batch.messagetype, batch.batchkey, batch.companyid, body)
-        except SubmitError as exc:
-            nexttry = self._failed(batch, str(exc), report)
-            if exc.retryable and down is not None and nexttry is not None:
-                down[batch.target] = (str(exc), nexttry)
-            return
+        except SubmitError as exc:  # a content upload failed
+            self._failed(batch, str(exc), report)
+            return None
         except OversizeBatch as exc:
             if batch.recipientcount > 1:
                 with self.engine.begin() as conn:
@@ -363,12 +398,35 @@ class Outbox:
                 report.split += 1
             else:
                 self._failed(batch, str(exc), report)
-            return
+            return None
         except BuildError as exc:
             self._failed(batch, str(exc), report)
+            return None
+        return body, submitter
+
+    def _settle(
+        self, batch: BatchRow, size: int, outcome: str | SubmitError, state: _PassState, report: OutboxReport
+    ) -> None:
+        """Record what the queue said about one batch."""
+        if isinstance(outcome, SubmitError):
+            nexttry = self._failed(batch, str(outcome), report)
+            if outcome.retryable and nexttry is not None:
+                state.down[batch.target] = (str(outcome), nexttry)
             return
+        state.healthy.add(batch.target)
+        self._record_submitted(batch, outcome, size, report)
+
+    @staticmethod
+    def _send(batch: BatchRow, body: bytes, submitter: Submitter) -> str | SubmitError:
+        """The queue call (on a pool thread): its message id, or the SubmitError it raised."""
+        try:
+            return submitter.submit(batch.messagetype, batch.batchkey, batch.companyid, body)
+        except SubmitError as exc:
+            return exc
+
+    def _record_submitted(self, batch: BatchRow, message_id: str, size: int, report: OutboxReport) -> None:
         with self.engine.begin() as conn:
-            if self.repo.mark_batch_submitted(conn, batch.id, message_id, len(body)):
+            if self.repo.mark_batch_submitted(conn, batch.id, message_id, size):
                 self.repo.mark_batch_recipients_queued(conn, batch.id)
                 if batch.jobid not in self._queued_jobs:
                     self.repo.mark_job_queued(conn, batch.jobid, self.clock())

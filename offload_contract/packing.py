@@ -99,11 +99,17 @@ def pack_batches(
         batch_index += 1
         current = _Batch(base_size)
 
+    content_sizes: dict[tuple[str, int], int] = {}  # each content object is encoded once
     for item in items:
         recipient_size = 1 + encoded_size(item.recipient)
         content_id = item.content_id
         content = None if content_id is None else replaced.get(content_id, item.content)
-        content_size = 0 if content_id is None or content is None else _entry_size(content_id, content)
+        content_size = 0
+        if content_id is not None and content is not None:
+            size_key = (content_id, id(content))  # the items hold their contents alive
+            if size_key not in content_sizes:
+                content_sizes[size_key] = _entry_size(content_id, content)
+            content_size = content_sizes[size_key]
         if base_size + recipient_size + content_size > limits.max_bytes:
             if (
                 content_id is not None

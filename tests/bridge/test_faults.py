@@ -5,6 +5,7 @@ Run on SQLite and MariaDB (the production engine); PostgreSQL shares the code pa
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -240,6 +241,52 @@ def test_sqs_submitter_error_names_no_body() -> None:
 
 
 @ENGINES
+class OverlapCheckingClient:
+    """Proves that calls overlap: the 2nd and 3rd calls each wait for the other (a barrier),
+    which only a concurrent caller can pass; the 1st (the target's probe) must come alone."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.in_flight = 0
+        self.alone_first = False
+        self.pair = threading.Barrier(2, timeout=10)
+
+    def send_message(self, **kwargs: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+            self.in_flight += 1
+        try:
+            if n == 1:
+                time.sleep(0.2)  # anything started meanwhile would be seen below
+                with self.lock:
+                    self.alone_first = self.in_flight == 1
+            elif n in (2, 3):
+                self.pair.wait()  # raises BrokenBarrierError if the calls ran one by one
+            return self.real.send_message(**kwargs)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("db_engine_name", ["sqlite"])
+def test_a_healthy_queue_gets_a_groups_batches_concurrently_after_one_alone(
+    bridge_engine, db_url, repo, aws
+) -> None:
+    _world(bridge_engine, repo)
+    config = with_queues(make_config(db_url, max_recipients=1), aws)
+    client = OverlapCheckingClient(aws["sqs"])
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=client))
+    assert report.outbox is not None and report.outbox.submitted == 5 and report.outbox.retried == 0
+    assert client.calls == 5 and client.alone_first
+    assert sorted(m["recipients"][0]["to"] for m in drain(aws)) == [
+        f"u{u}@example.com" for u in range(10, 15)
+    ]
+
+
 def test_a_down_queue_is_tried_once_per_pass_and_its_other_batches_wait(
     bridge_engine, db_url, repo, aws
 ) -> None:

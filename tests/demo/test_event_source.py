@@ -1,12 +1,13 @@
 """The event-source-mapping emulator behaves like Lambda's: partial failures, crashes, DLQ."""
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from demo.embedded_aws import EmbeddedAws, embedded_aws
-from demo.event_source import EventSourceMapping, drain, queue_depth
+from demo.event_source import EventSourceMapping, LocalQueue, drain, queue_depth
 from offload_contract.signing import generate_root_secret
 
 
@@ -62,3 +63,28 @@ def test_crashing_handler_redelivers_batch_then_dlq_takes_poison(aws: EmbeddedAw
     assert mapping.stats.handler_errors == 3
     visible, _, _ = queue_depth(aws.client("sqs"), aws.dlq_urls["results"])
     assert visible == 1
+
+
+def test_the_in_memory_queue_redelivers_after_the_visibility_timeout_and_dead_letters() -> None:
+    queue = LocalQueue(visibility_timeout=0.05, max_receive=2)
+    queue.send_message_batch(
+        QueueUrl="q", Entries=[{"Id": "0", "MessageBody": "a"}, {"Id": "1", "MessageBody": "b"}]
+    )
+    first = queue.receive_message(QueueUrl="q", MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in first] == ["a", "b"]
+    assert queue.receive_message(QueueUrl="q", MaxNumberOfMessages=10)["Messages"] == []  # in flight
+    queue.delete_message_batch(
+        QueueUrl="q", Entries=[{"Id": "0", "ReceiptHandle": first[0]["ReceiptHandle"]}]
+    )
+    time.sleep(0.06)
+    (again,) = queue.receive_message(QueueUrl="q", MaxNumberOfMessages=10)["Messages"]
+    assert again["Body"] == "b" and again["Attributes"]["ApproximateReceiveCount"] == "2"
+    # A handle from an earlier receive deletes nothing.
+    queue.delete_message_batch(
+        QueueUrl="q", Entries=[{"Id": "0", "ReceiptHandle": first[1]["ReceiptHandle"]}]
+    )
+    time.sleep(0.06)
+    assert queue.receive_message(QueueUrl="q", MaxNumberOfMessages=10)["Messages"] == []
+    assert [m["Body"] for m in queue.dead_letters] == ["b"]  # after max_receive receives
+    depth = queue.get_queue_attributes(QueueUrl="q", AttributeNames=["All"])["Attributes"]
+    assert depth["ApproximateNumberOfMessages"] == depth["ApproximateNumberOfMessagesNotVisible"] == "0"
