@@ -48,11 +48,16 @@ class CrashWindowPolicy:
     probe_interval_seconds: int = 30
 
 
+def given_up(claim: Claim, now: int, policy: CrashWindowPolicy) -> bool:
+    """No proof came within the give-up time after the lease ended."""
+    return now >= claim.lease_until + policy.give_up_seconds
+
+
 def decide(claim: Claim, watermark: int, now: int, policy: CrashWindowPolicy) -> StaleDecision:
     """The fate of one stale claim, from the Send watermark (``mail.timestamp`` seconds)."""
     if watermark >= claim.lease_until:
         return StaleDecision.RESEND
-    if now >= claim.lease_until + policy.give_up_seconds:
+    if given_up(claim, now, policy):
         return StaleDecision.GIVE_UP
     return StaleDecision.WAIT
 

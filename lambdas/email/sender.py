@@ -32,7 +32,7 @@ from typing import Any
 from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore, send_key
 from lambdas.common.pacing import PacingTimeout, SharedRateLimiter
 from lambdas.email.contents import ContentError, ObjectFetcher
-from lambdas.email.crash_window import CrashWindowPolicy, SendEventProbe, StaleDecision, decide
+from lambdas.email.crash_window import CrashWindowPolicy, SendEventProbe, StaleDecision, decide, given_up
 from lambdas.email.mime import MAX_MESSAGE_BYTES, Attachment, build_mime, display_address, estimated_size
 from lambdas.email.ses import MAX_BULK_DESTINATIONS, Outcome, SesSender
 from lambdas.email.templating import (
@@ -255,9 +255,8 @@ class EmailBatchSender:
         elif claim.state is ClaimState.IN_FLIGHT:
             # Another invocation is sending it now; look again once its lease is over.
             requeues.append(Requeue([recipient], min(MAX_SQS_DELAY, self.lease_seconds + 5), attempt))
-        elif claim.state is ClaimState.STALE and claim.lease_until + self.crash_window.give_up_seconds > int(
-            self.clock()
-        ):  # crash window, still undecided (a takeover lost its race): the next look decides
+        elif claim.state is ClaimState.STALE and not given_up(claim, int(self.clock()), self.crash_window):
+            # Crash window, still undecided (a takeover lost its race): the next look decides.
             requeues.append(Requeue([recipient], self.crash_window.recheck_seconds, attempt))
         elif claim.state is ClaimState.STALE:  # no proof either way in time: never guess (docs/lambdas.md)
             report.failed += 1
