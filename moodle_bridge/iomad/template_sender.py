@@ -91,7 +91,15 @@ def sender_for(
     for address in reply:
         if address_problem(address) is None:
             unique.setdefault(address.lower(), address)
-    return TemplateSender(from_name[:256] if from_name else None, tuple(unique.values())[:MAX_REPLY_TO])
+    return TemplateSender(_one_line(from_name), tuple(unique.values())[:MAX_REPLY_TO])
+
+
+def _one_line(name: str | None) -> str | None:
+    """A display name fit for a From header: no control characters, single spaces, ≤ 256."""
+    if not name:
+        return None
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in name).split())
+    return cleaned[:256] or None
 
 
 def template_senders(

@@ -30,3 +30,9 @@ def test_display_name_from_the_template_or_its_from_user() -> None:
     unknown_user = sender_for(TemplateSettings(emailfrom="99"), [], PEOPLE, "Acme")
     assert not unknown_user  # nothing to say: the batch's sender applies
     assert not sender_for(None, [], PEOPLE, "Acme")
+
+
+def test_a_display_name_is_one_clean_line() -> None:
+    template = TemplateSettings(emailfromothername="  {Company_Name}\r\nBcc: x@evil.example\t ")
+    assert sender_for(template, [], PEOPLE, "Acme").from_name == "Acme Bcc: x@evil.example"
+    assert not sender_for(TemplateSettings(emailfromothername=" \n "), [], PEOPLE, "Acme")
