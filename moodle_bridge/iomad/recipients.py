@@ -202,7 +202,7 @@ class Expansion:
 
 
 @dataclass(frozen=True)
-class _User:
+class IomadUser:
     id: int
     email: str
     firstname: str
@@ -224,13 +224,13 @@ def template_check_type(templatename: str) -> int:
     return 0
 
 
-def _load_users(conn: sa.Connection, t: IomadTables, ids: Iterable[int]) -> dict[int, _User]:
-    users: dict[int, _User] = {}
+def load_users(conn: sa.Connection, t: IomadTables, ids: Iterable[int]) -> dict[int, IomadUser]:
+    users: dict[int, IomadUser] = {}
     for chunk in chunks(ids, queries.READ_CHUNK):
         for uid, email, first, last, deleted, suspended, _lang in conn.execute(
             queries.users_by_ids(t, chunk)
         ):
-            users[int(uid)] = _User(
+            users[int(uid)] = IomadUser(
                 int(uid), str(email or ""), str(first or ""), str(last or ""), bool(deleted), bool(suspended)
             )
     return users
@@ -366,7 +366,7 @@ def expand_emails(
         if tpl is not None:
             to_cc_ids.update(tpl.emailto_ids)
             to_cc_ids.update(tpl.emailcc_ids)
-    users = _load_users(conn, t, row_userids | to_cc_ids | manager_ids)
+    users = load_users(conn, t, row_userids | to_cc_ids | manager_ids)
 
     # 8. supervisor profile data
     profile_field: dict[int, int] = {}  # userid -> fieldid

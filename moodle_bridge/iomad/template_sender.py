@@ -28,6 +28,7 @@ from moodle_bridge.iomad import queries
 from moodle_bridge.iomad.addresses import address_problem
 from moodle_bridge.iomad.headers import ParsedHeaders, TemplateSettings
 from moodle_bridge.iomad.queries import chunks
+from moodle_bridge.iomad.recipients import IomadUser, load_users
 from moodle_bridge.iomad.schema import IomadTables
 
 #: SES and the contract allow at most this many Reply-To addresses.
@@ -48,12 +49,6 @@ class TemplateSender:
         return {"fromname": self.from_name, "replyto": ",".join(self.reply_to) or None}
 
 
-@dataclass(frozen=True)
-class _Person:
-    email: str
-    fullname: str
-
-
 def _user_id(value: str) -> int | None:
     text = value.strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
@@ -66,10 +61,10 @@ def _addresses(value: str) -> list[str]:
 def sender_for(
     template: TemplateSettings | None,
     header_reply_to: Sequence[str],
-    people: Mapping[int, _Person],
+    people: Mapping[int, IomadUser],
     company_name: str,
 ) -> TemplateSender:
-    """The display name and Reply-To of one row (pure; ``people`` holds the template's users)."""
+    """The display name and Reply-To of one row (pure; ``people`` holds the template's live users)."""
     from_person = people.get(_user_id(template.emailfrom) or 0) if template else None
     from_name: str | None = None
     if template and template.emailfromothername.strip():
@@ -120,13 +115,7 @@ def template_senders(
         user_ids.update(i for i in (_user_id(template.emailfrom), _user_id(template.emailreplyto)) if i)
     if not company_ids:
         return {}
-    people: dict[int, _Person] = {}
-    for chunk in chunks(sorted(user_ids), queries.READ_CHUNK):
-        for uid, email, first, last, deleted, _suspended, _lang in conn.execute(
-            queries.users_by_ids(tables, chunk)
-        ):
-            if not deleted:
-                people[int(uid)] = _Person(str(email or ""), f"{first or ''} {last or ''}".strip())
+    people = {uid: u for uid, u in load_users(conn, tables, sorted(user_ids)).items() if not u.deleted}
     names: dict[int, str] = {}
     for chunk in chunks(sorted(company_ids)):
         for r in conn.execute(queries.companies_by_ids(tables, chunk)).mappings():

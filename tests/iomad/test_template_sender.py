@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from moodle_bridge.iomad.headers import TemplateSettings
-from moodle_bridge.iomad.template_sender import TemplateSender, _Person, sender_for
+from moodle_bridge.iomad.recipients import IomadUser
+from moodle_bridge.iomad.template_sender import TemplateSender, sender_for
 
-PEOPLE = {30: _Person("support@acme.example", "Help Desk"), 31: _Person("replies@acme.example", "Re Plies")}
+PEOPLE = {
+    30: IomadUser(30, "support@acme.example", "Help", "Desk", deleted=False, suspended=False),
+    31: IomadUser(31, "replies@acme.example", "Re", "Plies", deleted=False, suspended=False),
+}
 
 
 def test_explicit_reply_to_wins_and_is_deduplicated_validated_and_capped() -> None:
