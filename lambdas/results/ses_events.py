@@ -53,15 +53,23 @@ class EventReport:
     failed: list[str] = field(default_factory=list)
 
 
+def tagged_recipient(detail: dict[str, Any]) -> tuple[str, str, int] | None:
+    """(job_id, recipient_id, company_id) from the tags the sender put on the message, or None."""
+    tags = (detail.get("mail") or {}).get("tags") or {}
+    job, recipient, company = _tag(tags, "job_id"), _tag(tags, "recipient_id"), _tag(tags, "company_id")
+    if not (job and recipient and company and company.isdigit()):
+        return None
+    return untag_value(job), untag_value(recipient), int(company)
+
+
 def map_event(detail: dict[str, Any], now: int) -> tuple[str, str, int, dict[str, Any]] | None:
     """(job_id, recipient_id, company_id, result) for an SES event detail, or None."""
     event_type = detail.get("eventType") or detail.get("notificationType")
-    mail = detail.get("mail") or {}
-    tags = mail.get("tags") or {}
-    job, recipient, company = _tag(tags, "job_id"), _tag(tags, "recipient_id"), _tag(tags, "company_id")
-    if not (event_type and job and recipient and company and company.isdigit()):
+    tagged = tagged_recipient(detail)
+    if not event_type or tagged is None:
         return None
-    job_id, recipient_id = untag_value(job), untag_value(recipient)
+    job_id, recipient_id, company_id = tagged
+    mail = detail.get("mail") or {}
     message_id = mail.get("messageId")
     at = _timestamp(mail.get("timestamp"), now)
 
@@ -109,17 +117,23 @@ def map_event(detail: dict[str, Any], now: int) -> tuple[str, str, int, dict[str
         )
     else:
         return None
-    return job_id, recipient_id, int(company), out
+    return job_id, recipient_id, company_id, out
+
+
+def _send_detail(event: Any) -> dict[str, Any] | None:
+    """The detail of an SES ``Send`` event (ours, a probe or any other), else None."""
+    if not isinstance(event, dict) or event.get("source") != "aws.ses":
+        return None
+    detail = event.get("detail")
+    if not isinstance(detail, dict) or detail.get("eventType") != "Send":
+        return None
+    return detail
 
 
 def _send_time(event: Any) -> int:
-    """``mail.timestamp`` of a Send event (ours, a probe or any other), else 0."""
-    if not isinstance(event, dict) or event.get("source") != "aws.ses":
-        return 0
-    detail = event.get("detail")
-    if not isinstance(detail, dict) or detail.get("eventType") != "Send":
-        return 0
-    return _timestamp((detail.get("mail") or {}).get("timestamp"), 0)
+    """``mail.timestamp`` of a Send event, else 0."""
+    detail = _send_detail(event)
+    return 0 if detail is None else _timestamp((detail.get("mail") or {}).get("timestamp"), 0)
 
 
 class SesEventProcessor:
@@ -187,12 +201,10 @@ class SesEventProcessor:
     def _send_keys(records: Sequence[tuple[str, Any]]) -> list[str]:
         keys = []
         for _, event in records:
-            detail = event.get("detail") if isinstance(event, dict) else None
-            if not isinstance(detail, dict) or detail.get("eventType") != "Send":
-                continue
-            mapped = map_event(detail, 0)
-            if mapped is not None:
-                keys.append(send_key(mapped[0], mapped[1]))
+            detail = _send_detail(event)
+            tagged = None if detail is None else tagged_recipient(detail)
+            if tagged is not None:
+                keys.append(send_key(tagged[0], tagged[1]))
         return keys
 
     def _map(
