@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from demo.embedded_aws import EmbeddedAws, embedded_aws
-from demo.event_source import EventSourceMapping, LambdaCrash, LocalQueue, drain
+from demo.event_source import EventSourceMapping, Handler, LambdaCrash, LocalQueue, drain
 from demo.ses_emulator import FakeSes, throttle, to_sqs
 from moodle_bridge.cli import main as moodle_offload
 from moodle_bridge.iomad.schema import IomadGeneration
@@ -187,6 +187,17 @@ def logged(handler: Any, log: Any) -> Any:
     return invoke
 
 
+def ses_events_mapping(
+    ses: FakeSes, handler: Handler, *, visibility_timeout: float = 5, max_receive: int = 5
+) -> EventSourceMapping:
+    """``ses``'s Send events, delivered as the configuration set's EventBridge rule and the
+    stack's event source mapping do (batches of up to 100), to ``handler``. One message per
+    email, so the queue is kept in memory: moto's SQS slows down in proportion to its depth."""
+    queue = LocalQueue(visibility_timeout=visibility_timeout, max_receive=max_receive)
+    ses.publish = to_sqs(queue, "local:ses-events")
+    return EventSourceMapping(queue, "local:ses-events", handler, "ses-events", batch_size=100)
+
+
 def lambda_mappings(
     aws: EmbeddedAws, faults: FaultPlan, log: Any
 ) -> tuple[list[EventSourceMapping], FakeSes]:
@@ -202,10 +213,6 @@ def lambda_mappings(
 
     ses = FakeSes(region=aws.region, max_send_rate=500.0)
     ses.install(client("sesv2"))
-    # SES's Send events, as the configuration set's EventBridge rule delivers them: one message
-    # per email, so the queue is kept in memory (moto's SQS slows down with its depth).
-    events_queue = LocalQueue(visibility_timeout=5)
-    ses.publish = to_sqs(events_queue, "local:ses-events")
     calls = Counter[str]()
 
     def ses_fault(operation: str, params: dict[str, Any]) -> Any:
@@ -245,9 +252,7 @@ def lambda_mappings(
         ),
         EventSourceMapping(sqs, aws.queue_urls["jobs"], logged(sender, log), "email-sender"),
         EventSourceMapping(sqs, aws.queue_urls["results"], logged(dispatcher, log), "callback-dispatcher"),
-        EventSourceMapping(
-            events_queue, "local:ses-events", logged(ses_events.handler, log), "ses-events", batch_size=100
-        ),
+        ses_events_mapping(ses, logged(ses_events.handler, log)),
     ]
     return mappings, ses
 

@@ -41,10 +41,11 @@ from demo.__main__ import (
     logged,
     open_jobs,
     run_cli,
+    ses_events_mapping,
 )
 from demo.embedded_aws import EmbeddedAws, embedded_aws
-from demo.event_source import EventSourceMapping, LambdaCrash, LocalQueue, drain
-from demo.ses_emulator import FakeSes, throttle, to_sqs
+from demo.event_source import EventSourceMapping, LambdaCrash, drain
+from demo.ses_emulator import FakeSes, throttle
 from lambdas.email.crash_window import PROBE_TAG
 from moodle_bridge.claiming import ClaimPass
 from moodle_bridge.commands.tick import TickReport, build_submitters, run_tick
@@ -436,12 +437,8 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
             raise LambdaCrash("injected crash after SES accepted the call")
 
     sqs = p.aws.client("sqs")
-    # One SES event per email: the ses-events queue is kept in memory (demo.event_source.LocalQueue)
-    # because moto's SQS slows down in proportion to its depth.
-    events_queue = LocalQueue(visibility_timeout=p.visibility_timeout, max_receive=p.max_receive)
     p.ses.fault = ses_fault
     p.ses.accepted = ses_accepted
-    p.ses.publish = to_sqs(events_queue, "local:ses-events")
 
     def sender(event: dict[str, Any], context: Any) -> Any:
         state["invocation"] += 1
@@ -500,13 +497,11 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
         EventSourceMapping(
             sqs, p.aws.queue_urls["results"], logged(dispatcher, p.lambda_log), "callback-dispatcher"
         ),
-        # As the stack configures it: batches of up to 100 events.
-        EventSourceMapping(
-            events_queue,
-            "local:ses-events",
+        ses_events_mapping(
+            p.ses,
             logged(ses_events.handler, p.lambda_log),
-            "ses-events",
-            batch_size=100,
+            visibility_timeout=p.visibility_timeout,
+            max_receive=p.max_receive,
         ),
     ]
 

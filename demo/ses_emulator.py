@@ -95,8 +95,8 @@ class FakeSes:
         if getattr(http_response, "status_code", 500) != 200:
             return
         params = context.get("fake_ses_params", {})
-        ids = {r.get("MessageId") for r in parsed.get("BulkEmailEntryResults", [])}
-        self._published([(b.message_id, b.to, b.tags) for b in self.bulk_sent if b.message_id in ids], params)
+        accepted = self.bulk_sent[context.get("fake_ses_bulk_start", len(self.bulk_sent)) :]  # this call's
+        self._published([(b.message_id, b.to, b.tags) for b in accepted], params)
         if self.accepted is not None:
             self.accepted("SendBulkEmail", params)
 
@@ -163,6 +163,7 @@ class FakeSes:
                 "ResponseMetadata": {"HTTPStatusCode": 200},
             }
         if name == "SendBulkEmail":
+            context["fake_ses_bulk_start"] = len(self.bulk_sent)
             return self._send_bulk(api_params)
         return None  # moto handles it
 
