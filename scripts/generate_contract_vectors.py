@@ -125,6 +125,7 @@ def main() -> None:
             "length": 32,
         },
         "window_seconds": 300,
+        "nonce_margin_seconds": 60,
         "cases": [
             case(
                 "ascii envelope",
@@ -228,6 +229,17 @@ def main() -> None:
                 "mutate": {},
                 "replay": True,
                 "now": 1795361950,
+                "expect_error": "replayed_nonce",
+            },
+            {
+                # Stamped 300 s ahead, first seen at once, replayed when the same timestamp is exactly
+                # 300 s old: still inside the window, so the nonce must still be remembered.
+                "name": "replay at the far edge of the window (first seen 300 s early, replayed 600 s later)",
+                "base_case": 0,
+                "mutate": {},
+                "replay": True,
+                "first_now": 1795361600,
+                "now": 1795362200,
                 "expect_error": "replayed_nonce",
             },
             {
