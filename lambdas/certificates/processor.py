@@ -100,10 +100,10 @@ class CertificateBatchProcessor:
                 Bucket=self.bucket, Key=key, Body=pdf, ContentType="application/pdf",
                 ContentDisposition='attachment; filename="certificate.pdf"', **self.sse,
             )  # fmt: skip
-            self.store.put_item(
+            owned = self.store.put_company_item(
                 f"cert#{code}",
+                company_id,
                 {
-                    "company_id": {"N": str(company_id)},
                     "job_id": {"S": job_id},
                     "recipient_id": {"S": r["recipient_id"]},
                     "key": {"S": key},
@@ -112,6 +112,15 @@ class CertificateBatchProcessor:
                     "completed_at": {"N": str(data["completed_at"])},
                 },
             )
+            if not owned:  # another company's certificate holds this code: never overwrite it
+                report.results.append(
+                    recipient_result(job_id, r["recipient_id"], "failed", attempt,
+                                     error_code="verification_code_taken",
+                                     error_message="the verification code belongs to another company",
+                                     permanent=True)
+                )  # fmt: skip
+                report.failed += 1
+                continue
             artifact = {
                 "store": "s3", "bucket": self.bucket, "key": key, "sha256": digest,
                 "bytes": len(pdf), "content_type": "application/pdf",

@@ -2,7 +2,7 @@
 
 Order of work for a batch:
 
-1. Validate; look every recipient up (read-only, ``send#<job>#<recipient>``). Recipients
+1. Validate; look every recipient up (read-only, ``send#c<company>#<job>#<recipient>``). Recipients
    already COMPLETED are reported again from the stored result, never resent; those held by
    another invocation are re-queued; stale ones (left in the crash window) are sent again
    once the SES Send watermark proves SES never accepted them, looked at again later while
@@ -153,7 +153,7 @@ class EmailBatchSender:
             self._routes_known.add(job_id)
 
         recipients = batch["recipients"]
-        keys = [send_key(job_id, r["recipient_id"]) for r in recipients]
+        keys = [send_key(batch["company_id"], job_id, r["recipient_id"]) for r in recipients]
         # Read-only: nothing is claimed before its own SES call (docs/lambdas.md, crash window).
         known = self.store.lookup_many(keys, int(batch["attempt"]))
         requeues: list[Requeue] = []
