@@ -224,8 +224,9 @@ class OffloadFunctions(Construct):
         self._allow("callback_dispatcher", read_keys)
         self._allow(
             "api",
-            # Nonces and unsubscribe tokens (PutItem), certificate verification (GetItem).
-            items("GetItem", "PutItem"),
+            # Nonces and unsubscribe records (PutItem), certificate verification (GetItem), the
+            # per-source count of wrong verification codes (UpdateItem).
+            items("GetItem", "PutItem", "UpdateItem"),
             read_keys,
             send_to(queues.jobs, queues.certificates),
         )

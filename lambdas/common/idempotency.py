@@ -397,6 +397,22 @@ class IdempotencyStore:
             raise
         return True
 
+    def add_failure(self, key: str, window_seconds: int) -> int:
+        """Count one failure under ``key`` (kept for ``window_seconds``); the new count."""
+        now = int(self._clock())
+        answer = self._db.update_item(
+            TableName=self._table,
+            Key={"id": {"S": key}},
+            UpdateExpression="ADD failures :one SET expiration = if_not_exists(expiration, :exp)",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(now + window_seconds)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["failures"]["N"])
+
+    def failures(self, key: str) -> int:
+        item = self.get_item(key)
+        return int(item["failures"]["N"]) if item is not None and "failures" in item else 0
+
     def get_item(self, key: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = self._db.get_item(TableName=self._table, Key={"id": {"S": key}}).get(
             "Item"

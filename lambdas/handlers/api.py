@@ -33,6 +33,7 @@ def intake() -> Intake:
         jobs_url=s.jobs_queue_url,
         certificates_url=s.certificates_queue_url,
         store=IdempotencyStore(dynamodb, s.idempotency_table),
+        roots=keys.roots,
     )
 
 
@@ -58,7 +59,8 @@ def submit_batch() -> Response[Any]:
 
 @app.get("/v1/certificates/verify/<code>")
 def verify_certificate(code: str) -> Response[Any]:
-    return _respond(intake().verify_certificate(code))
+    identity = (app.current_event.get("requestContext") or {}).get("identity") or {}
+    return _respond(intake().verify_certificate(code, str(identity.get("sourceIp") or "")))
 
 
 @app.post("/v1/unsubscribe/<token>")

@@ -57,7 +57,7 @@ TRANSACT_ITEM_ACTION = {
 #: Reachable in a handler's import graph, never executed by that handler (action: reason).
 NOT_EXECUTED: dict[str, dict[str, str]] = {
     "certificate_renderer": {
-        "dynamodb:GetItem": "the renderer only writes cert# items (IdempotencyStore.put_item)",
+        "dynamodb:GetItem": "the renderer only writes cert# items (IdempotencyStore.put_company_item)",
         "dynamodb:BatchGetItem": "the recipient look-up before sending is the sender's",
         "dynamodb:BatchWriteItem": "send claims are the sender's",
         "dynamodb:DeleteItem": "send claims are the sender's",
@@ -69,10 +69,9 @@ NOT_EXECUTED: dict[str, dict[str, str]] = {
         "dynamodb:DeleteItem": "claim release is the sender's",
     },
     "api": {
-        "dynamodb:BatchGetItem": "the API uses IdempotencyStore.get_item/put_item only",
-        "dynamodb:BatchWriteItem": "the API uses IdempotencyStore.get_item/put_item only",
-        "dynamodb:DeleteItem": "the API uses IdempotencyStore.get_item/put_item only",
-        "dynamodb:UpdateItem": "the API uses IdempotencyStore.get_item/put_item only",
+        "dynamodb:BatchGetItem": "the API uses IdempotencyStore.get_item/put_item/add_failure only",
+        "dynamodb:BatchWriteItem": "the API uses IdempotencyStore.get_item/put_item/add_failure only",
+        "dynamodb:DeleteItem": "the API uses IdempotencyStore.get_item/put_item/add_failure only",
     },
 }
 

@@ -436,3 +436,18 @@ def test_outputs_name_every_bridge_setting(dev: Synth) -> None:
         "ConfigurationSetName",
         "AlarmTopicArn",
     } <= set(dev.raw["Outputs"])
+
+
+def test_public_routes_are_throttled_per_client_by_a_waf_rate_rule(dev: Synth, config: OffloadConfig) -> None:
+    (acl,) = dev.resources("AWS::WAFv2::WebACL").values()
+    (rule,) = acl["Properties"]["Rules"]
+    rate = rule["Statement"]["RateBasedStatement"]
+    assert rule["Action"] == {"Block": {}}
+    assert rate["AggregateKeyType"] == "IP" and rate["Limit"] == config.public_waf_limit_per_5min
+    paths = {
+        s["ByteMatchStatement"]["SearchString"]
+        for s in rate["ScopeDownStatement"]["OrStatement"]["Statements"]
+    }
+    assert paths == {"/api/v1/certificates/verify/", "/api/v1/unsubscribe/"}
+    (association,) = dev.resources("AWS::WAFv2::WebACLAssociation").values()
+    assert "restapis" in json.dumps(association["Properties"]["ResourceArn"])
