@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from demo.embedded_aws import EmbeddedAws, embedded_aws
+from demo.embedded_aws import SEAL_KEYSET, EmbeddedAws, embedded_aws
 from demo.event_source import EventSourceMapping, Handler, LambdaCrash, LocalQueue, drain
 from demo.ses_emulator import FakeSes, throttle, to_sqs
 from iomad_sim import scratch_databases
@@ -117,6 +117,7 @@ def bridge_environment(
         "MRCO_CALLBACK_BIND_PORT": str(port),
         "MRCO_KEYSETS": f"{KEYSET}={root_secret}",
         "MRCO_KEYSET_CURRENT": KEYSET,
+        "MRCO_SEAL_KEYSETS": f"{SEAL_KEYSET}={aws.seal_root}",
         "MRCO_PASSWORD_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
         "MRCO_SENDER_ADDRESS": aws.sender,
         "MRCO_SENDER_NAME": "Acme Training",

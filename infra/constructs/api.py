@@ -331,6 +331,7 @@ class BridgeAccess(Construct):
         queues: OffloadQueues,
         storage: CertificateStorage,
         keys: HmacKeys,
+        seal_keys: HmacKeys,
     ) -> None:
         super().__init__(scope, construct_id)
         self.user = iam.User(self, "User")
@@ -372,7 +373,7 @@ class BridgeAccess(Construct):
                 iam.PolicyStatement(
                     sid="ReadHmacKeys",
                     actions=["secretsmanager:GetSecretValue"],
-                    resources=[keys.secret.secret_arn],
+                    resources=[keys.secret.secret_arn, seal_keys.secret.secret_arn],
                 )
             )
         self.policy = iam.Policy(self, "Policy", statements=statements, users=[self.user])
