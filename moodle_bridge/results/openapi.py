@@ -111,7 +111,7 @@ def _document_text() -> str:
                         "403": _error("a job or the report's company is outside the key's company"),
                         "408": _error("the body did not arrive within the body deadline"),
                         "409": _error("the same report is being applied concurrently; retry"),
-                        "413": _error("the body is larger than the configured limit (at most the contract's)"),
+                        "413": _error("the body is larger than the configured (or the contract's) limit"),
                         "415": _error("Content-Type is not application/json"),
                         "422": _error(
                             "the envelope or result_batch violates the contract (field named), or a text "
