@@ -99,3 +99,23 @@ def test_settings_refuse_nonsense() -> None:
         replace(SETTINGS, header_timeout_seconds=0)
     with pytest.raises(ValueError):
         replace(SETTINGS, max_connections=0)
+
+
+def test_serve_applies_every_limit_to_uvicorn() -> None:
+    """`serve` (and any command using uvicorn_config) gets the settings' keep-alive and head limits."""
+    from moodle_bridge.results.server import GuardedH11Protocol, uvicorn_config
+
+    config = uvicorn_config(object(), host="127.0.0.1", port=0, settings=ReceiverServerSettings())
+    assert config.timeout_keep_alive == 5
+    assert config.h11_max_incomplete_event_size == 16 * 1024
+    assert isinstance(config.http, type) and issubclass(config.http, GuardedH11Protocol)
+    assert config.http.guard.max_connections == 256 and config.http.guard.header_timeout_seconds == 10
+
+
+def test_an_unfinished_request_head_cannot_grow_past_the_limit(receiver: RunningServer) -> None:
+    import socket
+
+    with socket.create_connection((receiver.host, receiver.port), timeout=5) as sock:
+        sock.sendall(b"POST /callbacks/v1/results HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40_000)
+        answer = sock.recv(64)  # long before the head deadline
+    assert answer.startswith(b"HTTP/1.1 400")
