@@ -126,18 +126,18 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                 )
         elif action == "show":
             with engine.connect() as conn:
-                row = campaigns.get(conn, args.campaign)
-                if row is None:
+                found = campaigns.get(conn, args.campaign)
+                if found is None:
                     return fail(f"campaign {args.campaign} does not exist")
                 counts = campaigns.ledger_counts(conn, args.campaign)
             print(
                 json.dumps(
                     {
-                        "id": row.id,
-                        "company": row.companyid,
-                        "name": row.name,
-                        "status": row.status,
-                        "rule": json.loads(row.rule),
+                        "id": found.id,
+                        "company": found.companyid,
+                        "name": found.name,
+                        "status": found.status,
+                        "rule": json.loads(found.rule),
                         "reminded_per_cycle": counts,
                     },
                     indent=2,
@@ -148,8 +148,8 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                 (PAUSED, audit.CAMPAIGN_PAUSED) if action == "pause" else (ACTIVE, audit.CAMPAIGN_RESUMED)
             )
             with engine.begin() as conn:
-                row = campaigns.get(conn, args.campaign)
-                if row is None:
+                found = campaigns.get(conn, args.campaign)
+                if found is None:
                     return fail(f"campaign {args.campaign} does not exist")
                 campaigns.set_status(conn, args.campaign, status, at)
                 audit.record(
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                     actor=actor,
                     action=what,
                     now=at,
-                    companyid=int(row.companyid),
+                    companyid=int(found.companyid),
                     detail={"campaign": args.campaign},
                 )
             print(f"campaign {args.campaign} {status}")

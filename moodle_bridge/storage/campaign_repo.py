@@ -31,7 +31,10 @@ class CampaignRepo:
                 timemodified=at,
             )
         )
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        if key is None:  # pragma: no cover - every engine returns the new id
+            raise RuntimeError("no id for the new campaign")
+        return int(key[0])
 
     def get(self, conn: sa.Connection, campaignid: int) -> sa.Row[Any] | None:
         return conn.execute(sa.select(self.t.campaigns).where(self.t.campaigns.c.id == campaignid)).first()

@@ -165,8 +165,10 @@ def bridge(site: Site, db_url: Any, repo: Any, aws: dict[str, Any]) -> dict[str,
 def create(bridge: dict[str, Any], engine: sa.Engine, document: dict[str, Any], company: int = 1) -> int:
     parsed = parse_rule(document)
     with engine.begin() as conn:
-        return bridge["campaigns"].create(
-            conn, companyid=company, name="test", rule_json=parsed.to_json(), actor="test", at=NOW
+        return int(
+            bridge["campaigns"].create(
+                conn, companyid=company, name="test", rule_json=parsed.to_json(), actor="test", at=NOW
+            )
         )
 
 

@@ -65,7 +65,7 @@ def audience_query(
     companyid: int,
     campaignid: int,
     now: int,
-) -> sa.Select[tuple[int, str, str, str, str, int]]:
+) -> sa.Select[int, str, str, str, str, int]:
     u = moodle.user
     cu = iomad.company_users
     trig = rule.trigger
@@ -171,9 +171,9 @@ def audience(
     query = audience_query(moodle, iomad, bridge, rule, companyid=companyid, campaignid=campaignid, now=now)
     return [
         AudienceMember(
-            int(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3] or ""), str(r[4] or ""), int(r[5] or 0)
+            int(uid), str(email or ""), str(first or ""), str(last or ""), str(lang or ""), int(seen or 0)
         )
-        for r in conn.execute(query)
+        for uid, email, first, last, lang, seen in conn.execute(query)
     ]
 
 
@@ -217,12 +217,12 @@ def managers_of(
             by_department.setdefault(int(r.departmentid), set()).add(int(r.userid))
     departments: dict[int, set[int]] = {}
     for part in chunks(list(userids), 1000):
-        for r in conn.execute(
+        for member in conn.execute(
             sa.select(cu.c.userid, cu.c.departmentid).where(
                 cu.c.companyid == companyid, cu.c.userid.in_(part)
             )
         ):
-            departments.setdefault(int(r.userid), set()).add(int(r.departmentid))
+            departments.setdefault(int(member.userid), set()).add(int(member.departmentid))
     out: dict[int, list[Manager]] = {}
     for uid in userids:
         ids = set(company_managers)
