@@ -54,6 +54,10 @@ class Site:
             )
             conn.execute(self.t["enrol"].insert(), [{"id": 1, "enrol": "license", "courseid": COURSE}])
             conn.execute(
+                self.t["company"].insert(),
+                [{"id": c, "name": f"Company {c}", "shortname": f"c{c}"} for c in (1, 2)],
+            )
+            conn.execute(
                 self.t["department"].insert(),
                 [
                     {"id": 100, "name": "Top", "shortname": "top", "company": 1, "parent": 0},
@@ -373,3 +377,58 @@ def test_transactional_mail_is_not_suppressed_by_an_unsubscribe(site: Site, brid
         assert [p.status for p in planned] == ["pending", "skipped", "pending"]
         planned = [PlannedRecipient(f"k{a}", "user", f"{a}@example.com") for a in "abc"]
         assert skip_suppressed(conn, repo, 1, planned, category="campaign") == 2
+
+
+def test_the_cli_creates_previews_runs_and_pauses_a_campaign(tmp_path, monkeypatch, capsys, aws) -> None:
+    from moodle_bridge.cli import main
+    from tests.bridge.conftest import PASSWORD_KEY
+
+    url = f"sqlite:///{tmp_path / 'moodle.sqlite3'}"
+    site = Site(sa.create_engine(url))
+    site.user(10, lastaccess=NOW - 400 * DAY)
+    site.engine.dispose()
+    for key, value in {
+        "MRCO_DATABASE_URL": url,
+        "MRCO_KEYSETS": "k1=" + "A" * 43,
+        "MRCO_KEYSET_CURRENT": "k1",
+        "MRCO_SENDER_ADDRESS": "noreply@example.com",
+        "MRCO_PASSWORD_KEY": PASSWORD_KEY,
+        "MRCO_JOBS_QUEUE_URL": aws["jobs"],
+        "MRCO_AWS_REGION": "eu-west-1",
+        "MRCO_UNSUBSCRIBE_URL_BASE": "https://api.example.com/v1/unsubscribe",
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert main(["migrate"]) == 0
+    assert main(["company", "set", "1", "--cloud", "on"]) == 0
+    assert main(["company", "global", "on"]) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rule(recipients="nobody")))
+    assert main(["campaigns", "create", "--company", "1", "--name", "x", "--rule", str(bad)]) == 1
+    assert "recipients must be one of" in capsys.readouterr().err
+    good = tmp_path / "rule.json"
+    good.write_text(json.dumps(rule()))
+    assert main(["campaigns", "create", "--company", "1", "--name", "Come back", "--rule", str(good)]) == 0
+    capsys.readouterr()
+    assert main(["campaigns", "preview", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "audience now: 1 users" in out and "Subject: We miss you, First10" in out
+    assert main(["campaigns", "run-now", "1"]) == 0
+    assert "job 1 with 1 recipients (1 to send" in capsys.readouterr().out
+    assert main(["campaigns", "run-due"]) == 0
+    assert "no campaign is due" in capsys.readouterr().out  # it ran less than an hour ago
+    assert main(["campaigns", "pause", "1"]) == 0
+    assert main(["campaigns", "run-now", "1"]) == 1
+    assert "is paused" in capsys.readouterr().err
+    assert main(["campaigns", "list"]) == 0
+    assert "paused" in capsys.readouterr().out
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        actions = [
+            a for (a,) in conn.execute(sa.text("SELECT action FROM mdl_mrcloud_audit_log ORDER BY id"))
+        ]
+    engine.dispose()
+    assert [a for a in actions if a.startswith("campaign")] == [
+        "campaign_created",
+        "campaign_run",
+        "campaign_paused",
+    ]
