@@ -95,6 +95,15 @@ def _add_columns(*cols: tuple[str, str]) -> Callable[[sa.Connection, BridgeTable
     return apply
 
 
+def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]:
+    def apply(conn: sa.Connection, tables: BridgeTables) -> None:
+        by_attr = _table_attr(tables)
+        for attr in attrs:
+            by_attr[attr].create(conn, checkfirst=True)
+
+    return apply
+
+
 def _scope_report_ids_by_company(conn: sa.Connection, tables: BridgeTables) -> None:
     """Replace the unique key on result_reports.reportid by one on (companyid, reportid).
 
@@ -110,7 +119,7 @@ def _scope_report_ids_by_company(conn: sa.Connection, tables: BridgeTables) -> N
     if any(cols == wanted for _, cols in uniques) and not any(cols == {"reportid"} for _, cols in uniques):
         return
     if conn.dialect.name == "sqlite":
-        old = f"{table.name}_pre_v5"
+        old = f"{table.name}_pre_scope"
         conn.execute(sa.text(f"ALTER TABLE {table.name} RENAME TO {old}"))
         table.create(conn)
         names = ", ".join(c.name for c in table.columns)
@@ -164,6 +173,12 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         5,
+        "re-engagement campaigns and their per-user ledger",
+        _create_tables("campaigns", "campaign_ledger"),
+        adds_tables=("campaigns", "campaign_ledger"),
+    ),
+    Step(
+        6,
         "result report ids are unique per company, not across companies",
         _scope_report_ids_by_company,
     ),
