@@ -105,10 +105,10 @@ def slow_clients(
     try:
         while open_ and time.monotonic() - started < duration:
             for key, _ in selector.select(timeout=0.05):
-                sock = key.fileobj
-                if isinstance(sock, socket.socket) and sock in open_ and _closed(sock):
-                    open_.discard(sock)
-                    selector.unregister(sock)
+                ready = key.fileobj
+                if isinstance(ready, socket.socket) and ready in open_ and _closed(ready):
+                    open_.discard(ready)
+                    selector.unregister(ready)
                     closed += 1
             if count_connections is not None:
                 peak = max(peak, int(count_connections()))
