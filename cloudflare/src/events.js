@@ -85,6 +85,9 @@ export function normaliseSesEvent(event) {
     jobId && recipientId && Number.isSafeInteger(companyId)
       ? { job_id: String(jobId).replace(/@/g, ":"), recipient_id: String(recipientId).replace(/@/g, ":"), company_id: companyId }
       : null;
+  if (tagValue(mail.tags, "probe") === "1") {
+    return { provider: "ses", kind: "probe", messageId: String(mail.messageId ?? ""), at: toSeconds(mail.timestamp), ref: null };
+  }
   const base = {
     provider: "ses",
     messageId: String(mail.messageId ?? ""),
@@ -141,6 +144,7 @@ export function normaliseSendgridEvent(event) {
       : null;
   // sg_message_id is "<X-Message-Id>.<filter suffix>"; the part before the first dot is ours.
   const messageId = String(event?.sg_message_id ?? "").split(".")[0];
+  if (event?.probe === "1") return { provider: "sendgrid", kind: "probe", messageId, at: toSeconds(event?.timestamp), ref: null };
   const base = {
     provider: "sendgrid",
     messageId,
@@ -191,8 +195,12 @@ export async function applyEvents(env, events) {
       counts.ignored += 1;
       continue;
     }
-    if (event.kind === "accepted" || event.kind === "delivered") {
+    if (event.kind === "accepted" || event.kind === "delivered" || event.kind === "probe") {
       newest.set(event.provider, Math.max(newest.get(event.provider) ?? 0, event.at));
+    }
+    if (event.kind === "probe") {
+      counts.probes = (counts.probes ?? 0) + 1;
+      continue;
     }
     let ref = event.ref;
     if (!ref && event.address) {

@@ -202,7 +202,8 @@ export class EventIndex extends DurableObject {
         " PRIMARY KEY (job_id, recipient_id));" +
         "CREATE INDEX IF NOT EXISTS pending_address ON pending (address, claimed_at);" +
         "CREATE TABLE IF NOT EXISTS suppressed (address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL);" +
-        "CREATE TABLE IF NOT EXISTS watermarks (provider TEXT PRIMARY KEY, at INTEGER NOT NULL);",
+        "CREATE TABLE IF NOT EXISTS watermarks (provider TEXT PRIMARY KEY, at INTEGER NOT NULL);" +
+        "CREATE TABLE IF NOT EXISTS probes (provider TEXT PRIMARY KEY, at INTEGER NOT NULL);",
     );
   }
 
@@ -280,6 +281,14 @@ export class EventIndex extends DurableObject {
     );
   }
 
+  /** True (and recorded) when no probe went through `provider` in the last `interval` seconds. */
+  probeDue(provider, at, interval) {
+    const last = this.sql.exec("SELECT at FROM probes WHERE provider = ?", provider).toArray()[0]?.at ?? 0;
+    if (at - last < interval) return false;
+    this.sql.exec("INSERT OR REPLACE INTO probes (provider, at) VALUES (?, ?)", provider, at);
+    return true;
+  }
+
   watermark(provider) {
     return this.sql.exec("SELECT at FROM watermarks WHERE provider = ?", provider).toArray()[0]?.at ?? 0;
   }
@@ -301,8 +310,8 @@ export class Pacer extends DurableObject {
     this.at = row ? row.at : null;
   }
 
-  take(n, rate, burst, maxWaitMs) {
-    const t = Date.now();
+  take(n, rate, burst, maxWaitMs, atMs = Date.now()) {
+    const t = Math.max(atMs, this.at ?? 0);
     const cap = Math.max(burst, n);
     if (this.tokens === null) {
       this.tokens = cap;

@@ -20,6 +20,15 @@ export const CRASH_WINDOW_GIVE_UP_SECONDS = 3600;
  */
 export const WATERMARK_SLACK_SECONDS = { ses: 0, sendgrid: 0, cloudflare: 900 };
 export const MAX_SEND_ATTEMPTS = 8;
+/** At most one probe per provider this often, across all consumers. */
+export const CRASH_WINDOW_PROBE_INTERVAL_SECONDS = 300;
+/**
+ * Where probes go when no other mail moves a provider's watermark. SES's mailbox simulator
+ * exists for exactly this (no quota, bounce or reputation effect); for the others the operator
+ * names an address it owns (PROBE_ADDRESSES), else no probe is sent and a stale claim waits for
+ * other mail or gives up.
+ */
+export const DEFAULT_PROBE_ADDRESSES = { ses: "success@simulator.amazonses.com" };
 export const MAX_QUEUE_DELAY_SECONDS = 900;
 /** Longest a consumer waits for the token bucket before deferring the rest of its batch. */
 export const MAX_PACE_WAIT_MS = 10_000;
@@ -142,8 +151,29 @@ export async function processEmailBatch(batch, env, deps = {}) {
       }
       return { handled: true };
     }
+    await probe(claim.provider, t);
     requeues.push({ recipient, attempt: batch.attempt, delay: CRASH_WINDOW_RECHECK_SECONDS });
     return { handled: true };
+  };
+
+  /** When nothing else moves the provider's watermark, one probe message through it does. */
+  const probe = async (name, t) => {
+    const addresses = { ...DEFAULT_PROBE_ADDRESSES, ...(env.PROBE_ADDRESSES ? JSON.parse(env.PROBE_ADDRESSES) : {}) };
+    const address = addresses[name];
+    if (!address) return;
+    const due = await watermarkStore(env).probeDue(name, t, CRASH_WINDOW_PROBE_INTERVAL_SECONDS);
+    if (!due) return;
+    const via = name === provider?.name ? provider : buildProvider(name, env, fetchImpl);
+    await via.send({
+      from: { address: batch.sender.address },
+      replyTo: [],
+      to: address,
+      subject: "ManiReports Cloud Offload: event pipeline probe",
+      html: "<p>Sent to confirm that provider events are flowing.</p>",
+      text: "Sent to confirm that provider events are flowing.\n",
+      headers: {},
+      tags: { probe: "1" },
+    });
   };
 
   /** Claim, then record a final failure decided before any provider call. */
