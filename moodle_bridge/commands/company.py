@@ -15,8 +15,7 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
-from moodle_bridge.transports.capabilities import WorkerCheck
-from moodle_bridge.transports.targets import WorkerSubmitter
+from moodle_bridge.transports.capabilities import worker_check
 
 
 def _onoff(value: str) -> bool:
@@ -75,14 +74,6 @@ def _line(s: CompanySettings, global_on: bool) -> str:
         f"threshold={s.threshold} fallback={'on' if s.fallbacklocal else 'off'} "
         f"sender={s.senderaddress or '-'}"
     )
-
-
-def worker_check(config: BridgeConfig) -> WorkerCheck:
-    """The capabilities check against the configured Worker (an unconfigured one refuses)."""
-    root = config.keys.root_secrets().get(config.keys.current) if config.keys.current else None
-    if root is None or not config.cloudflare.intake_url:
-        return WorkerCheck(None)
-    return WorkerCheck(WorkerSubmitter(config.cloudflare.intake_url, config.keys.current, root))
 
 
 def cloudflare_refusal(settings: CompanySettings, config: BridgeConfig) -> str | None:

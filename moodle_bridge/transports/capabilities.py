@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from moodle_bridge.config import BridgeConfig
 from moodle_bridge.transports.targets import SubmitError, WorkerSubmitter
 
 #: What each bridge job type needs from the Worker: message type, content kinds, category.
@@ -75,3 +76,11 @@ class WorkerCheck:
 
 #: What ClaimPass and the commands call: (company id, job type) -> refusal line or None.
 Check = Callable[[int, str], str | None]
+
+
+def worker_check(config: BridgeConfig) -> WorkerCheck:
+    """The capabilities check against the configured Worker (an unconfigured one refuses)."""
+    root = config.keys.root_secrets().get(config.keys.current) if config.keys.current else None
+    if root is None or not config.cloudflare.intake_url:
+        return WorkerCheck(None)
+    return WorkerCheck(WorkerSubmitter(config.cloudflare.intake_url, config.keys.current, root))

@@ -64,9 +64,26 @@ class WorkerDev:
         for block in blocks:
             match = re.search(r"^To: (.+)$", block, re.MULTILINE)
             if match:
-                address = re.search(r"<([^>]+)>", match.group(1))
-                counts[(address.group(1) if address else match.group(1)).strip()] += 1
+                bracketed = re.findall(r"<([^<>]+)>", match.group(1))
+                counts[(bracketed[-1] if bracketed else match.group(1)).strip()] += 1
         return counts
+
+    def _block_to(self, address: str) -> str:
+        text = self.log.read_text("utf-8", errors="replace")
+        for block in text.split("send_email binding called with MessageBuilder:")[1:]:
+            if re.search(rf"^To: .*{re.escape(address)}", block, re.MULTILINE):
+                return block
+        raise AssertionError(f"nothing was sent to {address}")
+
+    def subject_to(self, address: str) -> str:
+        match = re.search(r"^Subject: (.*)$", self._block_to(address), re.MULTILINE)
+        assert match is not None
+        return match.group(1).strip()
+
+    def html_to(self, address: str) -> str:
+        match = re.search(r"HTML: (\S+)", self._block_to(address))
+        assert match is not None
+        return Path(match.group(1)).read_text("utf-8")
 
 
 def _free_port() -> int:
@@ -245,3 +262,43 @@ def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
     while time.monotonic() < deadline and not worker.pull_results(1, None)["entries"]:
         time.sleep(1)
     assert {a: worker_dev.sent_to()[a] for a in addresses} == dict.fromkeys(addresses, 1)
+
+
+def test_list_templates_are_rendered_by_the_bridge_for_the_worker(
+    worker_dev: WorkerDev, tmp_path, monkeypatch, capsys
+) -> None:
+    env = {
+        "MRCO_DATABASE_URL": f"sqlite:///{tmp_path / 'moodle.sqlite3'}",
+        "MRCO_SITE": "moodle",
+        "MRCO_KEYSETS": f"k1={ROOT}",
+        "MRCO_KEYSET_CURRENT": "k1",
+        "MRCO_SENDER_ADDRESS": "noreply@example.com",
+        "MRCO_CLOUDFLARE_INTAKE_URL": worker_dev.base_url + "/v1/batches",  # the intake URL works too
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate"]) == 0
+    assert main(["company", "set", "0", "--cloud", "on", "--provider", "cloudflare"]) == 0
+    assert main(["company", "global", "on"]) == 0
+    stamp = int(time.time() * 1000)
+    ann, bob = f"ann.{stamp}@example.com", f"bob.{stamp}@example.com"
+    template = tmp_path / "t.html"
+    template.write_text("<p>Dear {{ name }}, {{ course }} starts soon.</p>", "utf-8")
+    recipients = tmp_path / "r.csv"
+    recipients.write_text(f"email,name,course\n{ann},Ann <b>,Safety & Health\n{bob},Bob,First aid\n", "utf-8")
+    capsys.readouterr()
+    argv = ["submit-list", "--template", str(template), "--subject", "Hello {{ name }}", str(recipients)]
+    assert main(argv) == 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert main(["tick", "--quiet"]) == 0
+        if worker_dev.sent_to()[bob] and worker_dev.sent_to()[ann]:
+            break
+        time.sleep(2)
+    sent = worker_dev.sent_to()
+    assert (sent[ann], sent[bob]) == (1, 1)
+    html = worker_dev.html_to(ann)
+    # Rendered by the bridge exactly as the AWS sender renders: HTML escaped, subject not.
+    assert html == "<p>Dear Ann &lt;b&gt;, Safety &amp; Health starts soon.</p>"
+    assert worker_dev.subject_to(ann) == "Hello Ann <b>"
