@@ -39,6 +39,15 @@ describe("Cloudflare Email Service", () => {
     expect(queues.email.sent).toEqual([]);
   });
 
+  it("works with the runtime's own send_email binding (Miniflare's Email Service)", async () => {
+    const { testEnv, queues } = standInEnv({ EMAIL: env.EMAIL });
+    await processEmailBatch(emailBatch({ n: 2 }), testEnv);
+    const results = publishedResults(queues.results);
+    expect(results.map((r) => r.status)).toEqual(["sent", "sent"]);
+    expect(results[0].provider_message_id).toMatch(/@/);
+    expect(results[0].provider_message_id).not.toMatch(/^<|>$/);
+  });
+
   it("filters suppressed addresses before the call (one suppressed recipient fails the whole call)", async () => {
     const { testEnv, cloudflare, queues } = standInEnv();
     const first = emailBatch({ n: 2 });
