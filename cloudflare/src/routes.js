@@ -10,7 +10,7 @@
 import { validate } from "./contract.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
 import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
-import { providerRouting } from "./providers.js";
+import { ProviderConfigError, buildProvider, providerRouting } from "./providers.js";
 import { PULL_PATH, pullResults } from "./results.js";
 import { constantTimeEqual } from "./signing.js";
 
@@ -22,8 +22,19 @@ const EVENT_BODY_LIMIT = 1_048_576;
 /** What this deployment can process for `companyId` (contract message "capabilities"). */
 export function capabilities(env, companyId, processors) {
   const routing = providerRouting(env);
-  const transactional = routing.pick("transactional", companyId);
-  const campaign = routing.pick("campaign", companyId);
+  // A provider this deployment cannot build (a missing secret or binding) is not offered.
+  const usable = (name) => {
+    if (name === null) return null;
+    try {
+      buildProvider(name, env);
+      return name;
+    } catch (error) {
+      if (error instanceof ProviderConfigError) return null;
+      throw error;
+    }
+  };
+  const transactional = usable(routing.pick("transactional", companyId));
+  const campaign = usable(routing.pick("campaign", companyId));
   const answer = {
     type: "capabilities",
     contract_version: 1,
@@ -31,7 +42,7 @@ export function capabilities(env, companyId, processors) {
     email: {
       // jinja2 cannot run in workerd: the bridge renders list templates for the Cloudflare path.
       content_kinds: ["rendered", "reference"],
-      categories: campaign ? ["transactional", "campaign"] : ["transactional"],
+      categories: [...(transactional ? ["transactional"] : []), ...(campaign ? ["campaign"] : [])],
       attachments: false,
       providers: { transactional, campaign },
     },

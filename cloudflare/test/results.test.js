@@ -136,11 +136,20 @@ describe("capabilities", () => {
   });
 
   it("names per-company providers, and campaign mail only when a campaign provider exists", async () => {
-    const configured = { ...env, PROVIDERS: JSON.stringify({ transactional: "cloudflare", campaign: "ses", companies: { 8: { transactional: "sendgrid", campaign: "sendgrid" } } }) };
+    const configured = standInEnv({
+      PROVIDERS: JSON.stringify({ transactional: "cloudflare", campaign: "ses", companies: { 8: { transactional: "sendgrid", campaign: "sendgrid" } } }),
+    }).testEnv;
     const eight = await (await worker.fetch(await signedRequest("/v1/capabilities", undefined, { method: "GET", company: 8 }), configured)).json();
     expect(eight.email).toMatchObject({ categories: ["transactional", "campaign"], providers: { transactional: "sendgrid", campaign: "sendgrid" } });
     const seven = await (await worker.fetch(await signedRequest("/v1/capabilities", undefined, { method: "GET", company: 7 }), configured)).json();
     expect(seven.email.providers).toEqual({ transactional: "cloudflare", campaign: "ses" });
+  });
+
+  it("offers no category whose provider this deployment cannot build (a missing secret)", async () => {
+    const noSecrets = { ...env, PROVIDERS: JSON.stringify({ transactional: "sendgrid", campaign: "ses" }) };
+    const body = await (await worker.fetch(await signedRequest("/v1/capabilities", undefined, { method: "GET" }), noSecrets)).json();
+    validate("capabilities", body);
+    expect(body.email).toMatchObject({ categories: [], providers: { transactional: null, campaign: null } });
   });
 
   it("refuses unsigned requests", async () => {
