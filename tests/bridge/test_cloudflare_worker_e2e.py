@@ -8,23 +8,15 @@ Nothing reaches the network: wrangler runs with telemetry off and local bindings
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
+from demo.wrangler_dev import WorkerDev, WranglerUnavailable, wrangler_dev
 from moodle_bridge.cli import main
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.config import CloudflareConfig, KeysConfig
@@ -39,7 +31,6 @@ from tests.bridge.iomad_world import IomadWorld
 
 pytestmark = pytest.mark.workerd
 
-WORKER_DIR = Path(__file__).resolve().parents[2] / "cloudflare"
 T = build_bridge_tables("mdl_")
 ROOT = generate_root_secret()
 KEYS = KeysConfig(current="k1", keysets={"k1": ROOT})
@@ -51,95 +42,16 @@ def db_engine_name() -> str:
     return "sqlite"
 
 
-@dataclass
-class WorkerDev:
-    base_url: str
-    log: Path
-
-    def sent_to(self) -> Counter[str]:
-        """Addresses Miniflare's send_email binding was handed, counted."""
-        text = self.log.read_text("utf-8", errors="replace")
-        blocks = text.split("send_email binding called with MessageBuilder:")[1:]
-        counts: Counter[str] = Counter()
-        for block in blocks:
-            match = re.search(r"^To: (.+)$", block, re.MULTILINE)
-            if match:
-                bracketed = re.findall(r"<([^<>]+)>", match.group(1))
-                counts[(bracketed[-1] if bracketed else match.group(1)).strip()] += 1
-        return counts
-
-    def _block_to(self, address: str) -> str:
-        text = self.log.read_text("utf-8", errors="replace")
-        for block in text.split("send_email binding called with MessageBuilder:")[1:]:
-            if re.search(rf"^To: .*{re.escape(address)}", block, re.MULTILINE):
-                return block
-        raise AssertionError(f"nothing was sent to {address}")
-
-    def subject_to(self, address: str) -> str:
-        match = re.search(r"^Subject: (.*)$", self._block_to(address), re.MULTILINE)
-        assert match is not None
-        return match.group(1).strip()
-
-    def html_to(self, address: str) -> str:
-        match = re.search(r"HTML: (\S+)", self._block_to(address))
-        assert match is not None
-        return Path(match.group(1)).read_text("utf-8")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def worker_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerDev]:
-    if shutil.which("npx") is None or not (WORKER_DIR / "node_modules" / ".bin" / "wrangler").exists():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("cloudflare/node_modules is not installed")
-        pytest.skip("cloudflare/node_modules is not installed (run `make setup`)")
-    tmp = tmp_path_factory.mktemp("wrangler")
-    log = tmp / "wrangler.log"
-    port = _free_port()
-    keysets = json.dumps({"current": "k1", "keysets": {"k1": ROOT}})
-    env = {**os.environ, "WRANGLER_SEND_METRICS": "false", "NO_COLOR": "1", "CI": "true"}
-    with log.open("wb") as out:
-        command = [
-            *("npx", "--no-install", "wrangler", "dev", "--local", "--ip", "127.0.0.1"),
-            *("--port", str(port), "--persist-to", str(tmp / "state")),
-            "--show-interactive-dev-session=false",
-            *("--var", f"HMAC_KEYSETS:{keysets}", "--var", "RESULTS_MODE:pull"),
-        ]
-        process = subprocess.Popen(
-            command,
-            cwd=WORKER_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
+    keysets = {"current": "k1", "keysets": {"k1": ROOT}}
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(base + "/", timeout=2).status_code == 404:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    "wrangler dev did not start:\n" + log.read_text("utf-8", errors="replace")[-3000:]
-                )
-            time.sleep(0.5)
-        yield WorkerDev(base, log)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        with wrangler_dev(tmp_path_factory.mktemp("wrangler"), keysets, {"RESULTS_MODE": "pull"}) as dev:
+            yield dev
+    except WranglerUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes") or "did not start" in str(exc):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 def test_base_url_and_intake_url_both_reach_the_intake() -> None:
