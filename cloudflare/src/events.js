@@ -211,11 +211,12 @@ export async function applyEvents(env, events) {
       continue;
     }
     if (event.suppress && event.address) await (await indexFor(env, event.address)).suppress(event.address, event.suppress);
-    const ledger = ledgerFor(env, ref.job_id);
-    let entry = perJob.get(ref.job_id);
+    const ledger = ledgerFor(env, ref.company_id, ref.job_id);
+    const jobKey = `${ref.company_id}:${ref.job_id}`;
+    let entry = perJob.get(jobKey);
     if (!entry) {
       entry = { meta: await ledger.meta(), results: [] };
-      perJob.set(ref.job_id, entry);
+      perJob.set(jobKey, entry);
     }
     if (!entry.meta || entry.meta.company_id !== ref.company_id) {
       counts.unknown += 1; // not our job, or another company's tags: dropped

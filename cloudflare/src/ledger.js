@@ -1,7 +1,7 @@
 // Durable Objects that hold the sender's state (SQLite storage, one call at a time, so each
 // check-then-write below is atomic without locks):
 //
-//   SendLedger   one per job (idFromName("job:<job_id>")): the job's callback and company, and
+//   SendLedger   one per job (idFromName("job:c<company_id>:<job_id>")): the job's callback, and
 //                one claim row per recipient: the exactly-once record (docs/cloudflare.md).
 //   EventIndex   provider message id -> (job, recipient), claims waiting for a message id by
 //                address (the crash window of providers whose events carry no tags), the

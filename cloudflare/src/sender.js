@@ -40,8 +40,9 @@ export function backoffDelay(attempt, throttled, jitter = Math.floor(Math.random
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-export function ledgerFor(env, jobId) {
-  return env.LEDGER.get(env.LEDGER.idFromName(`job:${jobId}`));
+/** The job's ledger. Job ids are the bridge's; the company keeps one company's jobs apart from another's. */
+export function ledgerFor(env, companyId, jobId) {
+  return env.LEDGER.get(env.LEDGER.idFromName(`job:c${companyId}:${jobId}`));
 }
 
 export async function indexFor(env, address) {
@@ -90,7 +91,7 @@ export async function processEmailBatch(batch, env, deps = {}) {
   const wait = deps.sleep ?? sleep;
   const fetchImpl = deps.fetchImpl ?? ((...args) => fetch(...args));
   const owner = crypto.randomUUID();
-  const ledger = ledgerFor(env, batch.job_id);
+  const ledger = ledgerFor(env, batch.company_id, batch.job_id);
   await ledger.remember({
     job_id: batch.job_id,
     company_id: batch.company_id,

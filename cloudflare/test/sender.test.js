@@ -329,7 +329,7 @@ describe("exactly once per (job, recipient)", () => {
     await applyEvents(testEnv, [normaliseCloudflareEvent(CloudflareEmailStandIn.event("delivered", accepted.messageId, accepted.to[0]))]);
     const statuses = publishedResults(queues.results).map((r) => r.status);
     expect(statuses).toEqual(["sent", "delivered"]);
-    const claims = await runInDurableObject(ledgerFor(testEnv, batch.job_id), (instance) => instance.counts());
+    const claims = await runInDurableObject(ledgerFor(testEnv, batch.company_id, batch.job_id), (instance) => instance.counts());
     expect(claims).toEqual([{ state: "COMPLETED", n: 1 }]);
   });
 });
