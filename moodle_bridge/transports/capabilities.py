@@ -15,11 +15,13 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.transports.targets import SubmitError, WorkerSubmitter
 
 #: What each bridge job type needs from the Worker: message type, content kinds, category.
-#: IOMAD email rows are rendered transactional mail; list jobs are rendered by the bridge for
-#: the Cloudflare path (jinja2 cannot run in workerd); certificates need a certificate renderer.
+#: IOMAD email rows are rendered transactional mail; list and campaign jobs are rendered by the
+#: bridge for the Cloudflare path (jinja2 cannot run in workerd), campaigns need a campaign
+#: provider (Cloudflare Email Service carries none); certificates need a certificate renderer.
 REQUIREMENTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "email": ("email_batch", ("rendered",), "transactional"),
     "list": ("email_batch", ("rendered",), "transactional"),
+    "campaign": ("email_batch", ("rendered",), "campaign"),
     "certificate": ("certificate_batch", (), "transactional"),
 }
 
