@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,8 @@ EXAMPLES = json.loads(
 CAPABILITIES = next(e["message"] for e in EXAMPLES if e["message_type"] == "capabilities" and e["valid"])
 
 
-def _with(**email: object) -> dict:
-    answer = json.loads(json.dumps(CAPABILITIES))
+def _with(**email: object) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(json.dumps(CAPABILITIES))
     answer["email"].update(email)
     validate("capabilities", answer)
     return answer
