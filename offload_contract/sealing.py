@@ -55,11 +55,22 @@ def _aad(key_id: str, job_id: str, content_id: str) -> bytes:
 
 
 def seal_content(
-    root_secret: bytes, keyset: str, company_id: int, job_id: str, content_id: str, content: dict[str, Any]
+    root_secret: bytes,
+    keyset: str,
+    company_id: int,
+    job_id: str,
+    content_id: str,
+    content: dict[str, Any],
+    *,
+    nonce: bytes | None = None,
 ) -> dict[str, Any]:
-    """The ``sealed`` form of ``content`` (its size depends only on the plaintext's size)."""
+    """The ``sealed`` form of ``content`` (its size depends only on the plaintext's size).
+
+    ``nonce`` is for the published test vectors only; a fresh random one is used otherwise."""
     key_id = make_key_id(keyset, company_id)
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError("the nonce must be 12 bytes")
     ciphertext = AESGCM(seal_key(root_secret, company_id)).encrypt(
         nonce, encode_message(content), _aad(key_id, job_id, content_id)
     )

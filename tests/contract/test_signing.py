@@ -191,3 +191,25 @@ def test_signature_is_checked_from_headers_before_the_body() -> None:
         verifier.complete(pending, hashlib.sha256(body + b" ").hexdigest())
     assert info.value.code == "body_hash_mismatch"
     assert verifier.complete(pending, hashlib.sha256(body).hexdigest()).company_id == CASES[0]["company_id"]
+
+
+def test_sealing_vector_byte_for_byte_and_bound_to_company_job_and_content() -> None:
+    from offload_contract.sealing import SealError, open_content, seal_content
+
+    v = VECTORS["sealing"]
+    root = signing.decode_root_secret(v["root_secret_b64url"])
+    sealed = seal_content(
+        root,
+        v["keyset"],
+        v["company_id"],
+        v["job_id"],
+        v["content_id"],
+        v["content"],
+        nonce=bytes.fromhex(v["nonce_hex"]),
+    )
+    assert sealed == v["sealed"]
+    roots = {v["keyset"]: root}
+    assert open_content(roots, v["company_id"], v["job_id"], v["content_id"], v["sealed"]) == v["content"]
+    for company, job, content_id in ((8, v["job_id"], v["content_id"]), (7, "j-8", "e-1"), (7, "j-7", "e-2")):
+        with pytest.raises(SealError):
+            open_content(roots, company, job, content_id, v["sealed"])
