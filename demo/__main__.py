@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -593,7 +594,12 @@ def run_cloudflare(args: argparse.Namespace) -> int:
         )
         local = seed_demo_site(engine, args.users, now)
         keysets = {"current": KEYSET, "keysets": {KEYSET: root}}
-        variables = {"RESULTS_MODE": "push", "PROVIDER_RATES": '{"cloudflare": 500}'}
+        seal_root = generate_root_secret()  # password mail travels sealed; only the Worker's sender opens it
+        variables = {
+            "RESULTS_MODE": "push",
+            "PROVIDER_RATES": '{"cloudflare": 500}',
+            "SEAL_KEYSETS": json.dumps({"current": SEAL_KEYSET, "keysets": {SEAL_KEYSET: seal_root}}),
+        }
         try:
             dev_context = wrangler_dev(output / "worker", keysets, variables)
             dev = dev_context.__enter__()
@@ -614,6 +620,7 @@ def run_cloudflare(args: argparse.Namespace) -> int:
                     "MRCO_CALLBACK_BIND_PORT": str(port),
                     "MRCO_KEYSETS": f"{KEYSET}={root}",
                     "MRCO_KEYSET_CURRENT": KEYSET,
+                    "MRCO_SEAL_KEYSETS": f"{SEAL_KEYSET}={seal_root}",
                     "MRCO_PASSWORD_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
                     "MRCO_SENDER_ADDRESS": "noreply@example.org",
                     "MRCO_SENDER_NAME": "Acme Training",
