@@ -128,6 +128,12 @@ class Face:
             self._glyphs[gid] = glyph
         return glyph
 
+    def advance(self, gid: int) -> int:
+        """The glyph's advance in font units (what the PDF font's widths say)."""
+        if self.truetype is not None:
+            return self.truetype.metrics[gid][0]
+        return self.glyph(gid).advance
+
     @property
     def glyphs_cached(self) -> int:
         return len(self._glyphs)

@@ -208,7 +208,7 @@ def render_certificate(
     stamp = min(max(int(data.get("completed_at", 0)), 0), MAX_TIMESTAMP)
     created = datetime.fromtimestamp(stamp, tz=UTC).strftime("D:%Y%m%d%H%M%SZ")
     info = (
-        b"<< /Title " + pdf_string("Certificate") + b" /Producer " + pdf_string("ManiReports Cloud Offload")
+        b"<< /Title (Certificate) /Producer (ManiReports Cloud Offload)"
         + b" /CreationDate (" + created.encode() + b") >>"
     )  # fmt: skip
     return assemble(static.blob, static.offsets, objects, page=page, info=info)

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fastjsonschema
 from babel import Locale, UnknownLocaleError
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "templates"
 PAGE_SIZES = {"A4": (210.0, 297.0), "Letter": (215.9, 279.4)}  # portrait width, height in mm
@@ -246,15 +246,11 @@ def prepare_image(data: bytes, *, role: str, name: str) -> PreparedImage:
     if has_alpha:
         alpha = image.getchannel("A")
         if alpha.getextrema() != (255, 255):
-            smask = _png_data(alpha)
+            smask, _, _ = _png_data(alpha)
         image = image.convert("RGB")
-    flate = None if was_jpeg else _png_data(image)
-    if flate is not None and len(flate) <= MAX_XOBJECT_BYTES // 2:
-        extra = (
-            b" /Filter /FlateDecode"
-            b" /DecodeParms << /Predictor 15 /Colors 3 /BitsPerComponent 8 /Columns %d >>" % w
-        )
-        payload = flate
+    flate = None if was_jpeg else _encode_flate(image)
+    if flate is not None and len(flate[1]) <= MAX_XOBJECT_BYTES // 2:
+        extra, payload = flate
     else:
         quality = 88
         while True:
@@ -264,30 +260,53 @@ def prepare_image(data: bytes, *, role: str, name: str) -> PreparedImage:
             if len(payload) <= MAX_XOBJECT_BYTES or quality <= 40:
                 break
             quality -= 12
-        extra = b" /Filter /DCTDecode"
-    prefix = (
-        b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB /BitsPerComponent 8"
-        % (
-            w,
-            h,
-        )
-    )
+        extra = b"/ColorSpace /DeviceRGB /BitsPerComponent 8 /Filter /DCTDecode"
+    prefix = b"/Type /XObject /Subtype /Image /Width %d /Height %d " % (w, h)
     return PreparedImage(w, h, prefix + extra, payload, smask)
 
 
-def _png_data(image: Image.Image) -> bytes:
+def _png_data(image: Image.Image) -> tuple[bytes, int, bytes]:
     """The image's PNG-filtered, deflated rows (PNG's IDAT data, which PDF's Flate filter with
-    predictor 15 reads as is): far smaller than deflating raw pixels."""
+    predictor 15 reads as is), its bit depth and palette (PLTE) if any."""
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)
     data = out.getvalue()
-    pos, chunks = 8, []
+    pos, chunks, depth, palette = 8, [], 8, b""
     while pos < len(data):
         (length,) = struct.unpack_from(">I", data, pos)
-        if data[pos + 4 : pos + 8] == b"IDAT":
-            chunks.append(data[pos + 8 : pos + 8 + length])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            depth = body[8]
+        elif kind == b"PLTE":
+            palette = body
+        elif kind == b"IDAT":
+            chunks.append(body)
         pos += 12 + length
-    return b"".join(chunks)
+    return b"".join(chunks), depth, palette
+
+
+def _encode_flate(image: Image.Image) -> tuple[bytes, bytes]:
+    """(dictionary entries, data) for an RGB image: indexed when it has at most 256 colours
+    and the palette image is exact (logos usually are), else PNG-predicted RGB."""
+    w = image.width
+    colors = image.getcolors(256)
+    if colors is not None:
+        indexed = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+        if ImageChops.difference(indexed.convert("RGB"), image).getbbox() is None:
+            data, depth, palette = _png_data(indexed)
+            if palette:
+                entries = (
+                    b"/ColorSpace [/Indexed /DeviceRGB %d <%s>] /BitsPerComponent %d /Filter /FlateDecode"
+                    b" /DecodeParms << /Predictor 15 /Colors 1 /BitsPerComponent %d /Columns %d >>"
+                    % (len(palette) // 3 - 1, palette.hex().encode(), depth, depth, w)
+                )
+                return entries, data
+    data, _, _ = _png_data(image)
+    entries = (
+        b"/ColorSpace /DeviceRGB /BitsPerComponent 8 /Filter /FlateDecode"
+        b" /DecodeParms << /Predictor 15 /Colors 3 /BitsPerComponent 8 /Columns %d >>" % w
+    )
+    return entries, data
 
 
 def _check_timezone(name: str) -> None:

@@ -227,11 +227,33 @@ def draw_block(
             start = (x_mm + w_mm) * MM - width
         else:
             start = x_mm * MM + (w_mm * MM - width) / 2
+        # Runs of glyphs in one font on the baseline are one TJ array: the font's own advance
+        # moves to the next glyph, and a number adjusts it only where HarfBuzz placed it
+        # elsewhere (kerning, marks); a glyph off the baseline gets its own text matrix.
+        pen: float | None = None  # where the text position is after the last glyph shown
+        run: list[str] = []
         for glyph in line.glyphs:
             name, code = glyph_fonts.show(glyph.face, glyph.gid, glyph.text)
-            if name != current_font:
-                ops.append(f"/{name} {num(s)} Tf")
-                current_font = name
-            ops.append(f"1 0 0 1 {num(start + glyph.x * s)} {num(baseline + glyph.y * s)} Tm <{code}> Tj")
+            x, y = start + glyph.x * s, baseline + glyph.y * s
+            if name != current_font or glyph.y or pen is None:
+                _flush(ops, run)
+                if name != current_font:
+                    ops.append(f"/{name} {num(s)} Tf")
+                    current_font = name
+                ops.append(f"1 0 0 1 {num(x)} {num(y)} Tm")
+            else:
+                adjust = (pen - x) * 1000 / s
+                if abs(adjust) >= 0.5:
+                    run.append(str(round(adjust)))
+            run.append(f"<{code}>")
+            advance = glyph.face.advance(glyph.gid) * s / glyph.face.upem
+            pen = None if glyph.y else x + advance
+        _flush(ops, run)
     ops.append("ET EMC Q")
     return "\n".join(ops)
+
+
+def _flush(ops: list[str], run: list[str]) -> None:
+    if run:
+        ops.append(f"[{''.join(run)}] TJ" if len(run) > 1 else f"{run[0]} Tj")
+        run.clear()

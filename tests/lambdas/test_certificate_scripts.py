@@ -90,7 +90,7 @@ def ink_box(image: Image.Image) -> Image.Image:
 def similarity(ours: Image.Image, reference: Image.Image) -> float:
     """Intersection over union of the two inked shapes, ours scaled to the reference's box."""
     ours = ours.resize(reference.size, Image.Resampling.BILINEAR).point(lambda p: 255 if p >= 128 else 0)
-    a, b = ours.getdata(), reference.getdata()
+    a, b = ours.tobytes(), reference.tobytes()
     both = sum(1 for x, y in zip(a, b, strict=True) if x and y)
     either = sum(1 for x, y in zip(a, b, strict=True) if x or y)
     return both / either
