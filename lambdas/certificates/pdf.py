@@ -204,14 +204,14 @@ class GlyphFonts:
             unicode_number = objects.reserve()
             last = len(font.codes)
             differences = " ".join(f"/g{c}" for c in range(1, last + 1))
-            body = (
+            font_body = (
                 f"<< /Type /Font /Subtype /Type3 /FontBBox [{box[0]} {box[1]} {box[2]} {box[3]}]"
                 f" /FontMatrix [{scale:.6g} 0 0 {scale:.6g} 0 0] /CharProcs {procs_number} 0 R"
                 f" /Encoding << /Type /Encoding /Differences [1 {differences}] >>"
                 f" /FirstChar 1 /LastChar {last} /Widths [{' '.join(widths)}]"
                 f" /Resources << >> /ToUnicode {unicode_number} 0 R >>"
             )
-            objects.put(font.number, body.encode())
+            objects.put(font.number, font_body.encode())
             for number, data in glyph_streams:
                 objects.stream(number, data)
             objects.put(procs_number, f"<< {' '.join(procs)} >>".encode())

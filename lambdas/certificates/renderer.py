@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lambdas.certificates.fonts import Face, FontLibrary
-from lambdas.certificates.pdf import GlyphFonts, Objects, assemble, num, pdf_string
+from lambdas.certificates.pdf import GlyphFonts, Objects, assemble, num
 from lambdas.certificates.qr import qr_ops
 from lambdas.certificates.template import CertificateTemplate, Element, PreparedImage, rgb
 from lambdas.certificates.text import MM, clean, draw_block, fit

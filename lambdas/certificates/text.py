@@ -43,7 +43,8 @@ def clean(text: str) -> str:
     line: control characters and runs of white space become single spaces."""
     text = unicodedata.normalize("NFC", text)
     out = "".join(
-        " " if (unicodedata.category(ch) == "Cc" or ch.isspace()) and ch not in NO_BREAK else ch for ch in text
+        " " if (unicodedata.category(ch) == "Cc" or ch.isspace()) and ch not in NO_BREAK else ch
+        for ch in text
     )
     return " ".join(part for part in out.split(" ") if part)
 

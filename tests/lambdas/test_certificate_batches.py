@@ -67,7 +67,7 @@ def png_bytes(size: tuple[int, int], *, noise: bool = False) -> bytes:
 def test_each_bad_recipient_fails_alone_and_the_rest_are_rendered(aws: Aws, handlers) -> None:
     batch = certificate_batch("store_only")
     good = batch["recipients"][0]
-    bad = {
+    bad: dict[str, dict[str, Any]] = {
         "r-blank": {"learner_name": " \t\u3000\u00a0 "},
         "r-year-10000": {"completed_at": 253402300800},
         "r-milliseconds": {"completed_at": 1795361900000},

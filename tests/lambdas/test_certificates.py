@@ -197,9 +197,7 @@ def test_rendered_page_is_not_blank_and_the_name_is_where_the_template_puts_it(
     with_name = to_png(
         render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library), tmp_path, "a"
     )
-    without = to_png(
-        render_certificate(no_name, DATA, "https://v/x", library), tmp_path, "b"
-    )
+    without = to_png(render_certificate(no_name, DATA, "https://v/x", library), tmp_path, "b")
     dark = sum(with_name.histogram()[:128])
     assert dark > 2_000  # border, title, texts and QR: not a blank page
     diff = ImageChops.difference(with_name, without).point(lambda p: 255 if p > 64 else 0)
