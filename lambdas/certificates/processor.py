@@ -29,6 +29,7 @@ from lambdas.certificates.fonts import FontLibrary
 from lambdas.certificates.renderer import render_certificate
 from lambdas.certificates.template import TemplateError, TemplateStore
 from lambdas.certificates.values import CertificateDataError
+from lambdas.certificates.verification import record_item
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.observability import logger
 from lambdas.results.builder import recipient_result, result_batches
@@ -130,17 +131,8 @@ class CertificateBatchProcessor:
                 Bucket=self.bucket, Key=key, Body=pdf, ContentType="application/pdf",
                 ContentDisposition='attachment; filename="certificate.pdf"', **self.sse,
             )  # fmt: skip
-            self.store.put_item(
-                f"cert#{code}",
-                {
-                    "company_id": {"N": str(company_id)},
-                    "job_id": {"S": job_id},
-                    "recipient_id": {"S": r["recipient_id"]},
-                    "key": {"S": key},
-                    "learner_name": {"S": data["learner_name"]},
-                    "course_name": {"S": data["course_name"]},
-                    "completed_at": {"N": str(data["completed_at"])},
-                },
+            self.store.put_record(
+                f"cert#{code}", record_item(company_id, job_id, r["recipient_id"], key, data)
             )
             artifact = {
                 "store": "s3", "bucket": self.bucket, "key": key, "sha256": digest,
