@@ -163,3 +163,15 @@ def test_every_glyph_drawn_exists_in_its_font() -> None:
         assert all(g.gid != 0 for g in line.glyphs), name
         line = shape_line(library, unicodedata.normalize("NFC", name), bold=True)
         assert all(g.gid != 0 for g in line.glyphs), name
+
+
+def test_more_distinct_cjk_characters_than_one_type3_font_holds(tmp_path: Path) -> None:
+    """A 512-character course name of distinct ideographs needs several Type 3 fonts (255 codes
+    each); every character still comes back, in order, and the PDF stays small per glyph."""
+    course = "".join(chr(0x4E00 + 37 * i) for i in range(400))
+    pdf = render_certificate(
+        default_template(), dict(DATA, learner_name="王喆", course_name=course), "x", font_library()
+    )
+    text = "".join("".join(extract_text(pdf, tmp_path)).split())
+    assert course in text
+    assert pdf.count(b"/Subtype /Type3") >= 2
