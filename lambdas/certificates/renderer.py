@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lambdas.certificates.fonts import Face, FontLibrary
+from lambdas.certificates.fonts import Face, FontLibrary, is_ignorable
 from lambdas.certificates.pdf import GlyphFonts, Objects, assemble, num
 from lambdas.certificates.qr import qr_ops
 from lambdas.certificates.template import CertificateTemplate, Element, PreparedImage, rgb
@@ -159,7 +159,8 @@ def certificate_texts(template: CertificateTemplate, data: dict[str, Any], fonts
     """Each variable element's text, checked: raises CertificateDataError for a blank name or
     course, a time outside the years 1970-9999, or characters no shipped font has."""
     for name in REQUIRED:
-        if not clean(str(data.get(name) or "")).strip():
+        value = clean(str(data.get(name) or ""))
+        if not any(not ch.isspace() and not is_ignorable(ch) for ch in value):  # nothing visible
             raise CertificateDataError("invalid_certificate_data", f"{name} is blank")
     texts = [
         "" if element.field == "static" else clean(field_value(element, data, template))

@@ -69,6 +69,7 @@ def test_each_bad_recipient_fails_alone_and_the_rest_are_rendered(aws: Aws, hand
     good = batch["recipients"][0]
     bad: dict[str, dict[str, Any]] = {
         "r-blank": {"learner_name": " \t\u3000\u00a0 "},
+        "r-invisible": {"learner_name": "\u200b\u200d\u2060"},
         "r-year-10000": {"completed_at": 253402300800},
         "r-milliseconds": {"completed_at": 1795361900000},
         "r-emoji": {"learner_name": "Zoë 😀"},
@@ -90,6 +91,7 @@ def test_each_bad_recipient_fails_alone_and_the_rest_are_rendered(aws: Aws, hand
     assert all(results[rid]["status"] == "failed" and errors[rid]["permanent"] for rid in bad)
     assert errors["r-blank"]["code"] == "invalid_certificate_data"
     assert "learner_name is blank" in errors["r-blank"]["message"]
+    assert errors["r-invisible"]["code"] == "invalid_certificate_data"
     assert errors["r-year-10000"]["code"] == "invalid_certificate_data"
     assert "milliseconds" in errors["r-milliseconds"]["message"]
     assert errors["r-emoji"]["code"] == "unsupported_characters"
