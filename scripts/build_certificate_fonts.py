@@ -90,9 +90,16 @@ def target_name(family: str, style: str, source: Path) -> str:
     return f"{family}-{style}{'.otf' if source.suffix == '.ttc' else '.ttf'}"
 
 
+#: Raise when ``build`` changes what it writes (the families and ranges are in the key already).
+BUILD_VERSION = 1
+
+
 def manifest_key() -> str:
-    """A digest of this script and the source fonts' sizes: rebuild when either changes."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    """A digest of what is built (families, ranges, faces, the build version) and the source
+    fonts' sizes: rebuild when any changes, not when only comments or docs do."""
+    digest = hashlib.sha256(
+        repr((BUILD_VERSION, CJK_FACE, [(f, str(r), str(b), n, rs) for f, r, b, n, rs in FAMILIES])).encode()
+    )
     for _, regular, bold, _, _ in FAMILIES:
         for path in (regular, bold):
             digest.update(f"{path}:{path.stat().st_size}".encode())
@@ -115,6 +122,7 @@ def main() -> None:
     if not args.force and manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == key and all((OUT / f["file"]).exists() for f in manifest["fonts"]):
+            manifest_path.touch()  # up to date: newer than this script for make
             return
     fonts = []
     for family, regular, bold, face, ranges in FAMILIES:
