@@ -19,6 +19,7 @@ import boto3
 import sqlalchemy as sa
 from botocore.config import Config as BotoConfig
 
+from moodle_bridge.aws_session import aws_session
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.pipeline.claiming import ClaimError, ClaimPass, ClaimReport
@@ -73,7 +74,7 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
         url = config.aws.api_gateway_url.rstrip("/")
         if not url.endswith("/v1/batches"):
             url += "/v1/batches"
-        credentials = boto3.Session().get_credentials()
+        credentials = aws_session(config).get_credentials()
         out["api_gateway"] = ApiGatewaySubmitter(
             url, config.keys.current, root, region=config.aws.region, credentials=credentials
         )
@@ -181,7 +182,11 @@ def run_tick(
         iomad: IomadTables | None = None
         if config.database.site == "iomad":
             iomad = detect_iomad(conn, config.database.prefix)
-    box = SecretBox(config.password_key_bytes()) if config.password_key else None
+    box = (
+        SecretBox(config.password_key_bytes(), config.previous_password_keys())
+        if config.password_key
+        else None
+    )
     targets = submitters if submitters is not None else build_submitters(config)
     if claim and iomad is not None:
         claimer = claim_pass_factory(engine, repo, iomad, config, box=box)
