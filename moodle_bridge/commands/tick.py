@@ -174,6 +174,11 @@ def run_tick(
     report = TickReport()
     with engine.connect() as conn:
         version = current_version(conn, tables)
+        if version > LATEST_VERSION:
+            raise ConfigError(
+                f"bridge tables are at schema version {version}, newer than this release knows "
+                f"({LATEST_VERSION}): a downgrade is not supported; install the release that migrated them"
+            )
         if version != LATEST_VERSION:
             raise ConfigError(
                 f"bridge tables are at schema version {version}, this release needs {LATEST_VERSION}: "
