@@ -20,7 +20,14 @@ import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.operations.probes import Check, ClientMaker, aws_clients, cloud_checks, probe_database
+from moodle_bridge.operations.probes import (
+    Check,
+    ClientMaker,
+    aws_clients,
+    cloud_checks,
+    probe_database,
+    safe_url,
+)
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
@@ -251,7 +258,7 @@ def _ses_error(name: str, exc: Exception, action: str) -> Check:
 def probe_callback_url(url: str, timeout: float = 5) -> Check:
     """The receiver answers GET on its POST-only path with 405: that proves the route reaches it."""
     parts = urlsplit(url)
-    safe = parts._replace(query="", fragment="", netloc=parts.hostname or "").geturl()
+    safe = safe_url(url)
     if parts.scheme not in ("http", "https"):
         return Check("callback URL", False, f"{safe} is not http(s); FIX: callbacks.public_url")
     try:

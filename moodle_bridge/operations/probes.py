@@ -47,6 +47,18 @@ def aws_clients(config: BridgeConfig, timeout: float = 5) -> ClientMaker:
     return make
 
 
+def safe_url(url: str) -> str:
+    """The URL without user info, query or fragment (those may carry credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
 def _aws_error(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "error"))
@@ -106,7 +118,7 @@ def probe_queues(config: BridgeConfig, clients: ClientMaker) -> Iterator[Check]:
 
 def probe_http(name: str, url: str, setting: str, timeout: float = 5) -> Check:
     """Any HTTP answer means the endpoint is reachable (it may rightly refuse an unsigned GET)."""
-    safe = urlsplit(url)._replace(query="", fragment="", netloc=urlsplit(url).hostname or "").geturl()
+    safe = safe_url(url)
     try:
         response = httpx.get(url, timeout=timeout, follow_redirects=False)
     except httpx.HTTPError as exc:
