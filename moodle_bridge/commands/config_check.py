@@ -19,7 +19,9 @@ import httpx
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
+from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig
+from moodle_bridge.operations.grants import GrantError, grant_statements
 from moodle_bridge.operations.probes import (
     Check,
     ClientMaker,
@@ -30,7 +32,12 @@ from moodle_bridge.operations.probes import (
 )
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
-from moodle_bridge.storage.database import create_bridge_engine
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    dialect_family,
+)
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 
 ACCESS_DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
@@ -43,6 +50,14 @@ def register(subparsers: Any) -> None:
     check.add_argument("--skip-aws", action="store_true", help="skip the SQS and SES checks")
     check.add_argument("--skip-callback", action="store_true", help="skip the callback URL check")
     check.set_defaults(handler=handle)
+    grants = inner.add_parser(
+        "grants",
+        help="print the GRANT statements the bridge's database user needs (run with an admin's URL)",
+    )
+    grants.add_argument("--user", required=True, help="the bridge's database user (role on PostgreSQL)")
+    grants.add_argument("--host", default="localhost", help="MariaDB/MySQL: the user's host (localhost)")
+    grants.add_argument("--schema", default="public", help="PostgreSQL: Moodle's schema (public)")
+    grants.set_defaults(handler=handle_grants)
     parser.set_defaults(handler=lambda args, config: _usage(parser))
 
 
@@ -60,6 +75,38 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
         failed += not check.ok
     print(f"{failed} check(s) failed" if failed else "all checks passed")
     return 1 if failed else 0
+
+
+def handle_grants(args: argparse.Namespace, config: BridgeConfig) -> int:
+    engine = create_bridge_engine(config.database)
+    try:
+        check_connection(engine)
+        family = dialect_family(engine)
+        with engine.connect() as conn:
+            iomad = None
+            if config.database.site == "iomad":
+                try:
+                    iomad = detect_iomad(conn, config.database.prefix)
+                except IomadSchemaNotFound as exc:
+                    return fail(f'{exc} (for a plain Moodle site set database.site = "moodle")')
+        database = engine.url.database or ""
+        statements = grant_statements(
+            family,
+            database,
+            args.user,
+            build_bridge_tables(config.database.prefix),
+            iomad,
+            host=args.host,
+            schema=args.schema,
+        )
+    except (DatabaseUnavailable, GrantError) as exc:
+        return fail(str(exc))
+    finally:
+        engine.dispose()
+    print(f"-- grants for the moodle-offload bridge on {family} database {database} (docs/INSTALL.md)")
+    for line in statements:
+        print(line)
+    return 0
 
 
 def run_checks(
