@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # pdftoppm renders certificates to PNG in tests; chromium drives dashboard tests;
-# php-tcpdf is the baseline the certificate benchmark compares against.
-PACKAGES=(poppler-utils chromium php-cli php-tcpdf)
+# php-tcpdf is the baseline the certificate benchmark compares against; nginx-light, apache2-bin,
+# logrotate and systemd (systemd-analyze) check the shipped examples under deploy/.
+PACKAGES=(poppler-utils chromium php-cli php-tcpdf nginx-light apache2-bin logrotate systemd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
