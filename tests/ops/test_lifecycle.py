@@ -96,3 +96,18 @@ def test_uninstall_gives_every_parked_row_back_and_drops_the_tables(
         names = set(sa.inspect(conn).get_table_names())
     assert not {t.name for t in T.metadata.sorted_tables} & names
     assert world.rows()[local] == before[local]
+
+
+def test_migrate_does_not_run_beside_a_tick(db_url, tmp_path, monkeypatch, capsys) -> None:
+    from moodle_bridge.pipeline.ticklock import tick_lock
+    from moodle_bridge.storage.database import create_bridge_engine
+
+    _env(monkeypatch, tmp_path, db_url)
+    engine = create_bridge_engine(db_url)
+    try:
+        with tick_lock(engine, "mdl_"):
+            assert main(["migrate", "--wait", "0"]) == 1
+        assert "a tick is still running" in capsys.readouterr().err
+        assert main(["migrate", "--wait", "0"]) == 0
+    finally:
+        engine.dispose()
