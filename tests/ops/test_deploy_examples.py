@@ -453,3 +453,23 @@ def test_the_image_builds_where_a_builder_is_available() -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_every_command_in_the_install_guide_parses() -> None:
+    """Each `moodle-offload ...` line of docs/INSTALL.md's code blocks is accepted by the real CLI."""
+    doc = (ROOT_DIR / "docs" / "INSTALL.md").read_text()
+    blocks = [
+        b for lang, b in re.findall(r"^```(\w*)\n(.*?)^```", doc, re.DOTALL | re.MULTILINE) if lang == "sh"
+    ]
+    commands = []
+    for block in blocks:
+        for raw in block.replace("\\\n", " ").splitlines():
+            line = raw.split("  #", 1)[0].strip()
+            match = re.search(r"(?:^|\s)(?:/opt/moodle-offload/bin/)?moodle-offload(\s+[a-z-].*)$", line)
+            if match and "pip install" not in line and match.group(1).strip() != "--help":
+                commands.append(match.group(1).strip())
+    assert len(commands) >= 7, commands
+    for args in commands:
+        words = [re.sub(r"<[^>]+>", "1", w) for w in shlex.split(args)]
+        words = words[: next((i for i, w in enumerate(words) if w.startswith((">", "|"))), len(words))]
+        build_parser().parse_args(words)
