@@ -470,6 +470,6 @@ def test_every_command_in_the_install_guide_parses() -> None:
                 commands.append(match.group(1).strip())
     assert len(commands) >= 7, commands
     for args in commands:
-        words = [re.sub(r"<[^>]+>", "1", w) for w in shlex.split(args)]
+        words = shlex.split(re.sub(r"<[^>]+>", "1", args))
         words = words[: next((i for i, w in enumerate(words) if w.startswith((">", "|"))), len(words))]
         build_parser().parse_args(words)
