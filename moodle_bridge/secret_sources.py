@@ -152,13 +152,13 @@ def resolve_secret(
     if environ.get(var):
         return Secret(environ[var], f"environment {var}")
     if environ.get(f"{var}_FILE"):
-        path = environ[f"{var}_FILE"]
-        return Secret(_read_file(path, f"{var}_FILE"), f"file {path}")
+        named = environ[f"{var}_FILE"]
+        return Secret(_read_file(named, f"{var}_FILE"), f"file {named}")
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
-        path = Path(credentials) / name
-        if path.is_file():
-            return Secret(_read_file(str(path), "systemd credential"), f"systemd credential {name}")
+        credential = Path(credentials) / name
+        if credential.is_file():
+            return Secret(_read_file(str(credential), "systemd credential"), f"systemd credential {name}")
     reference, origin = "", ""
     if environ.get(f"{var}_FROM"):
         reference, origin = environ[f"{var}_FROM"], f"{var}_FROM"
