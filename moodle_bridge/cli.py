@@ -18,7 +18,17 @@ from moodle_bridge.logs import configure_logging
 
 #: Modules under moodle_bridge.commands, in help order. A missing module is skipped, so
 #: parts can land independently.
-COMMAND_MODULES = ("migrate", "tick", "company", "jobs", "serve", "submit_list", "config_check", "uninstall")
+COMMAND_MODULES = (
+    "migrate",
+    "tick",
+    "company",
+    "jobs",
+    "serve",
+    "submit_list",
+    "campaigns",
+    "config_check",
+    "uninstall",
+)
 
 #: Long-running commands: they log at INFO by default (one-shot commands at WARNING).
 SERVICE_COMMANDS = ("serve", "run")
