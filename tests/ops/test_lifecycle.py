@@ -91,7 +91,7 @@ def test_uninstall_gives_every_parked_row_back_and_drops_the_tables(
         assert sa.inspect(conn).has_table(T.jobs.name)
 
     assert main(["uninstall", "--yes", "--force"]) == 0
-    assert "dropped 11 bridge table(s)" in capsys.readouterr().out
+    assert f"dropped {len(T.metadata.sorted_tables)} bridge table(s)" in capsys.readouterr().out
     with bridge_engine.connect() as conn:
         names = set(sa.inspect(conn).get_table_names())
     assert not {t.name for t in T.metadata.sorted_tables} & names
