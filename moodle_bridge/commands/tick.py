@@ -22,6 +22,7 @@ from botocore.config import Config as BotoConfig
 from moodle_bridge.aws_session import aws_session
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig, ConfigError
+from moodle_bridge.operations.metrics import observe_tick
 from moodle_bridge.pipeline.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.pipeline.iomad_contents import IomadRowContents
 from moodle_bridge.pipeline.outbox import Outbox, OutboxReport
@@ -211,6 +212,7 @@ def run_tick(
     report.reconciled = reconcile(reconcile_context(TickContext(engine, config, repo, iomad, targets, box)))
     with engine.begin() as conn:
         report.secrets_cleared = repo.clear_final_secrets(conn)
+    observe_tick(report)  # this process's counters on /metrics (the long-running service)
     return report
 
 

@@ -241,3 +241,23 @@ def test_hmac_key_set_rotation_keeps_in_flight_callbacks(world: Any) -> None:
         late = envelope(result_batch(7, [result(job, 2, "sent")], batch_id=job.batch_key))
         refused = client.post(RESULTS_PATH, content=late, headers=signed(late, keyset="k1", root=ROOT))
     assert refused.status_code == 401 and refused.json()["error"] == "unknown_key"
+
+
+def test_a_pass_in_this_process_feeds_the_process_counters(bridge_engine, db_url, repo, aws) -> None:
+    """The long-running service runs passes in its own process: their figures reach /metrics."""
+    from moodle_bridge.commands.tick import build_submitters, run_tick
+    from moodle_bridge.operations.metrics import PROCESS_REGISTRY
+    from tests.bridge.conftest import make_config, with_queues
+    from tests.bridge.test_claim_and_submit import _setup
+
+    world = _setup(bridge_engine, repo, threshold=5)
+    world.queue("license_allocated", 10, 1)
+    config = with_queues(make_config(db_url), aws)
+
+    def value(name: str, **labels: str) -> float:
+        return PROCESS_REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("mrco_rows_left_local_total", reason="below_threshold")
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+    assert report.claim is not None and report.claim.left_local.get("below_threshold") == 1
+    assert value("mrco_rows_left_local_total", reason="below_threshold") - before == 1
