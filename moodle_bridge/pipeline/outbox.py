@@ -430,7 +430,9 @@ class Outbox:
         """Record what the queue said about one batch."""
         ids = {"job_id": batch.jobid, "batch_id": batch.batchkey, "company_id": batch.companyid}
         if isinstance(outcome, SubmitError):
-            log.warning(
+            # INFO, not WARNING: cron's `tick --quiet` stays silent while a queue is down (the
+            # outbox retries; mrco_outbox_batches_failing and the alert rules report it).
+            log.info(
                 "batch not accepted by %s, will retry", batch.target, extra={**ids, "reason": "submit_error"}
             )
             nexttry = self._failed(batch, str(outcome), report)
