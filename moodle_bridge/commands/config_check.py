@@ -44,7 +44,9 @@ ACCESS_DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("config", help="check the configuration against the real services")
+    parser = subparsers.add_parser(
+        "config", help="check the configuration against the real services; print the database grants"
+    )
     inner = parser.add_subparsers(dest="config_command", metavar="ACTION")
     check = inner.add_parser("check", help="one line per check, OK or the fix; exit 1 on any failure")
     check.add_argument("--skip-aws", action="store_true", help="skip the SQS and SES checks")
