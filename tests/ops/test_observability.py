@@ -261,3 +261,26 @@ def test_a_pass_in_this_process_feeds_the_process_counters(bridge_engine, db_url
     report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
     assert report.claim is not None and report.claim.left_local.get("below_threshold") == 1
     assert value("mrco_rows_left_local_total", reason="below_threshold") - before == 1
+
+
+def test_log_formats_human_by_default_json_off_a_terminal_in_auto() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    try:
+        for fmt, stream, is_json in (
+            ("human", io.StringIO(), False),
+            ("auto", io.StringIO(), True),
+            ("auto", Terminal(), False),
+            ("json", Terminal(), True),
+        ):
+            configure_logging(fmt, "INFO", stream=stream)
+            logging.getLogger("moodle_bridge.test").warning("hello", extra={"job_id": 5})
+            line = stream.getvalue().strip()
+            if is_json:
+                assert json.loads(line)["job_id"] == 5, (fmt, line)
+            else:
+                assert line.endswith("WARNING moodle_bridge.test hello job_id=5"), (fmt, line)
+    finally:
+        configure_logging("human", "WARNING")
