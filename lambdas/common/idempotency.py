@@ -373,16 +373,16 @@ class IdempotencyStore:
         item.update(attributes)
         self._db.put_item(TableName=self._table, Item=item)
 
+    def put_record(self, key: str, attributes: dict[str, Any]) -> None:
+        """An item without ``expiration``: the table's TTL never removes it (verify records)."""
+        self._db.put_item(TableName=self._table, Item={"id": {"S": key}, **attributes})
+
     def put_company_item(self, key: str, company_id: int, attributes: dict[str, Any]) -> bool:
         """Write ``key`` for ``company_id`` unless another company already holds it (then False).
 
-        For keys in a namespace shared by every company (certificate verification codes)."""
-        now = int(self._clock())
-        item = {
-            "id": {"S": key},
-            "company_id": {"N": str(int(company_id))},
-            "expiration": {"N": str(now + RETENTION_SECONDS)},
-        }
+        For keys in a namespace shared by every company (certificate verification codes). Like
+        ``put_record``, the item has no ``expiration``: the table's TTL never removes it."""
+        item = {"id": {"S": key}, "company_id": {"N": str(int(company_id))}}
         item.update(attributes)
         try:
             self._db.put_item(

@@ -3,9 +3,11 @@
 * ``POST /v1/batches``: a signed contract envelope holding an email_batch or certificate_batch.
   The signature (docs/callback-auth.md) names the company; the batch must belong to it. Valid
   batches go to the jobs or certificates queue unchanged.
-* ``GET /v1/certificates/verify/{code}``: public verification of a certificate code. Codes carry
-  at least 60 bits (12 of 36 characters); every wrong code counts against the caller's address,
-  and past ``VERIFY_FAILURES_PER_WINDOW`` in a window that caller gets 429, not everyone.
+* ``GET /v1/certificates/verify/{code}``: public verification of a certificate code: an HTML page
+  in the learner's language for browsers (the QR code), JSON for ``Accept: application/json``
+  or ``?format=json``; a revoked certificate answers ``valid: false`` with ``revoked_at``. Codes
+  carry at least 60 bits (12 of 36 characters); every wrong code counts against the caller's
+  address, and past ``VERIFY_FAILURES_PER_WINDOW`` in a window that caller gets 429, not everyone.
 * ``POST /v1/unsubscribe/{token}``: RFC 8058 one-click unsubscribe. The token is signed and bound
   to (company, recipient, campaign) (``offload_contract.unsubscribe``); only a genuine token
   records anything, under ``unsub#c<company>#<campaign>#<recipient>``.
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lambdas.certificates import verification
 from lambdas.common.idempotency import IdempotencyStore
 from offload_contract import ContractError, decode_message, encode_message, validate
 from offload_contract.limits import SQS_HEADROOM_BYTES, SQS_MAX_MESSAGE_BYTES
@@ -94,16 +97,18 @@ class Intake:
         if item is None:
             self.store.add_failure(failures, VERIFY_WINDOW_SECONDS)
             return Answer(404, {"valid": False})
-        return Answer(
-            200,
-            {
-                "valid": True,
-                "code": code,
-                "learner_name": item["learner_name"]["S"],
-                "course_name": item["course_name"]["S"],
-                "completed_at": int(item["completed_at"]["N"]),
-            },
-        )
+        return Answer(200, verification.facts(code, item))
+
+    def verify_page(self, code: str, accept_language: str = "", source: str = "") -> tuple[int, str]:
+        """The human verify page (HTML) and its status: 200 valid or revoked, 404 unknown, 429 when
+        this caller has guessed too many wrong codes (the same count as the JSON answer)."""
+        failures = self._failure_key(source)
+        if self.store.failures(failures) >= VERIFY_FAILURES_PER_WINDOW:
+            return 429, verification.page(code, None, accept_language)
+        item = self.store.get_item(f"cert#{code}") if CODE.match(code) else None
+        if item is None:
+            self.store.add_failure(failures, VERIFY_WINDOW_SECONDS)
+        return (404 if item is None else 200), verification.page(code, item, accept_language)
 
     def unsubscribe(self, token: str) -> Answer:
         try:

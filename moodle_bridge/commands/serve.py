@@ -25,7 +25,8 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
     if not config.keys.keysets:
         raise ConfigError("keys.keysets (MRCO_KEYSETS) is required to verify callbacks")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not logging.getLogger().handlers:  # called outside the CLI (which configures logging)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     engine, tables = open_database(config)
     settings = receiver_server_settings(config)
     app = create_app(
@@ -40,6 +41,7 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
         host=args.host or config.callbacks.bind_host,
         port=args.port or config.callbacks.bind_port,
         settings=settings,
+        log_config=None,  # uvicorn's lines go through the bridge's format (human or JSON)
     )
     uvicorn.Server(server_config).run()
     return 0
