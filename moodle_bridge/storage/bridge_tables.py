@@ -27,6 +27,7 @@ TABLE_NAMES = (
     "mrcloud_suppressions",
     "mrcloud_result_reports",
     "mrcloud_certificates",
+    "mrcloud_dash_sessions",
 )
 
 
@@ -48,6 +49,7 @@ class BridgeTables:
     suppressions: sa.Table
     result_reports: sa.Table
     certificates: sa.Table
+    dash_sessions: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -262,6 +264,24 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclcert_comuse_ix", "companyid", "userid"),
     )
 
+    # Added in schema version 5: dashboard sessions (moodle_bridge.web.auth). The cookie holds a
+    # random id; only its SHA-256 is stored. ``principal`` is the rights last read from Moodle.
+    dash_sessions = sa.Table(
+        f"{p}mrcloud_dash_sessions",
+        m,
+        _id(),
+        sa.Column("sessionhash", sa.String(64), nullable=False, unique=True),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("companyid", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("principal", sa.Text, nullable=False),
+        sa.Column("csrftoken", sa.String(64), nullable=False),
+        sa.Column("sourceaddress", sa.String(45), nullable=True),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.Column("timechecked", UNIXTIME, nullable=False),
+        sa.Column("timeexpires", UNIXTIME, nullable=False),
+        sa.Index(f"{p}mrcldashsess_tim_ix", "timeexpires"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -275,4 +295,5 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         suppressions,
         result_reports,
         certificates,
+        dash_sessions,
     )
