@@ -170,6 +170,7 @@ def _session(request: Request) -> tuple[Session, str]:
     state = _state(request)
     sid = request.cookies.get(COOKIE, "")
     now = state.now()
+    refused: AccessRefused | None = None
     with state.engine.begin() as conn:
         session = load_session(conn, state.tables, sid, now=now)
         if session is None:
@@ -178,6 +179,7 @@ def _session(request: Request) -> tuple[Session, str]:
             try:
                 principal = state.directory.resolve(conn, session.principal.user_id, session.company_hint)
             except AccessRefused as exc:
+                refused = exc
                 end_session(conn, state.tables, sid)
                 audit.record(
                     conn,
@@ -189,9 +191,11 @@ def _session(request: Request) -> tuple[Session, str]:
                     source=_source(request),
                     detail={"reason": str(exc)},
                 )
-                raise SignedOut(f"Your access to the dashboard has ended: {exc}.") from None
-            refresh_session(conn, state.tables, sid, principal, now=now)
-            session = Session(principal, session.csrf, session.company_hint, now, session.expires)
+            else:
+                refresh_session(conn, state.tables, sid, principal, now=now)
+                session = Session(principal, session.csrf, session.company_hint, now, session.expires)
+    if refused is not None:  # after the commit: the session is gone and the revocation audited
+        raise SignedOut(f"Your access to the dashboard has ended: {refused}.")
     return session, sid
 
 
