@@ -39,7 +39,7 @@ class World:
     jobs: dict[str, int] = field(default_factory=dict)
 
 
-def build_world(engine: sa.Engine, prefix: str = "mdl_") -> World:
+def build_world(engine: sa.Engine, prefix: str = "mdl_", *, now: int = NOW) -> World:
     iomad = create_iomad_schema(engine, prefix)
     seeded = seed_iomad(engine, iomad, SeedSpec(companies=2, users_per_company=8, child_departments=1))
     migrate(engine, prefix)
@@ -74,7 +74,10 @@ def build_world(engine: sa.Engine, prefix: str = "mdl_") -> World:
             )
         )
         conn.execute(cu.insert().values(companyid=c1, userid=dept_manager, managertype=2, departmentid=child))
+        # Moodle's "99" (the site's zone); the stand-in's SQLite default keeps its quotes.
+        conn.execute(user.update().values(timezone="99"))
         conn.execute(user.update().where(user.c.id == ADMIN_ID).values(timezone="Europe/Paris"))
+        conn.execute(user.update().where(user.c.id == dept_manager).values(timezone="Asia/Kolkata"))
     world = World(
         tables, iomad, [c1, c2], ADMIN_ID, managers, dept_manager, child,
         {c: sorted(v) for c, v in learners.items()}, sorted(dept_learners),
@@ -83,18 +86,19 @@ def build_world(engine: sa.Engine, prefix: str = "mdl_") -> World:
     with engine.begin() as conn:
         statuses = ["delivered", "delivered", "bounced", "failed", "failed", "queued", "queued", "queued"]
         world.jobs["sending"] = add_job(
-            conn, tables, c1, world.learners[c1], statuses, job_status="processing"
+            conn, tables, c1, world.learners[c1], statuses, job_status="processing", now=now
         )
-        world.jobs["done"] = add_job(conn, tables, c1, world.learners[c1][:3], ["delivered"] * 3,
-                                     job_status="completed")  # fmt: skip
-        world.jobs["other"] = add_job(conn, tables, c2, world.learners[c2][:3], ["queued"] * 3)
+        world.jobs["done"] = add_job(
+            conn, tables, c1, world.learners[c1][:3], ["delivered"] * 3, job_status="completed", now=now
+        )
+        world.jobs["other"] = add_job(conn, tables, c2, world.learners[c2][:3], ["queued"] * 3, now=now)
         conn.execute(
             tables.suppressions.insert(),
             [
                 {"companyid": c1, "address": "bounced1@example.org", "reason": "bounce", "source": "ses",
-                 "timecreated": NOW},
+                 "timecreated": now},
                 {"companyid": c2, "address": "other2@example.org", "reason": "complaint", "source": "ses",
-                 "timecreated": NOW},
+                 "timecreated": now},
             ],
         )  # fmt: skip
     return world
@@ -108,15 +112,16 @@ def add_job(
     statuses: list[str],
     *,
     job_status: str = "queued",
+    now: int = NOW,
 ) -> int:
     """A submitted job with one batch; recipient i is user ``users[i % len(users)]``."""
     job_id = int(
         conn.execute(
             tables.jobs.insert().values(
                 companyid=company, jobtype="email", source="iomad", provider="aws", status=job_status,
-                templatename="user_create", recipientstotal=len(statuses), timecreated=NOW - 600,
-                timemodified=NOW, timesubmitted=NOW - 540,
-                timecompleted=NOW - 60 if job_status == "completed" else None,
+                templatename="user_create", recipientstotal=len(statuses), timecreated=now - 600,
+                timemodified=now, timesubmitted=now - 540,
+                timecompleted=now - 60 if job_status == "completed" else None,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
     )  # fmt: skip
@@ -124,7 +129,7 @@ def add_job(
         conn.execute(
             tables.batches.insert().values(
                 jobid=job_id, companyid=company, batchkey=f"j{job_id}-a1-1", attempt=1, status="submitted",
-                target="sqs", recipientcount=len(statuses), timecreated=NOW - 540, timesubmitted=NOW - 540,
+                target="sqs", recipientcount=len(statuses), timecreated=now - 540, timesubmitted=now - 540,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
     )  # fmt: skip
@@ -140,10 +145,10 @@ def add_job(
                 "providermessageid": f"m-{job_id}-{i}" if status in ("delivered", "bounced") else None,
                 "errorcode": {"bounced": "bounce_permanent", "failed": "MessageRejected"}.get(status),
                 "errormessage": "Email address is not verified." if status == "failed" else None,
-                "timecreated": NOW - 600, "timemodified": NOW - 30, "timefinal": NOW - 30 if final else None,
+                "timecreated": now - 600, "timemodified": now - 30, "timefinal": now - 30 if final else None,
             }
         )  # fmt: skip
     conn.execute(tables.recipients.insert(), rows)
     job = {"id": job_id, "companyid": company, "status": job_status, "timecompleted": None}
-    refresh_jobs(conn, tables, {job_id: job}, now=NOW, actor="test", recompute_status=False)
+    refresh_jobs(conn, tables, {job_id: job}, now=now, actor="test", recompute_status=False)
     return job_id

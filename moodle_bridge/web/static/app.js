@@ -29,9 +29,9 @@
       if (bar) {
         bar.max = job.total || 1;
         bar.value = job.total ? job.done : 1;
-        bar.textContent = job.percent + "%";
+        bar.textContent = job.percent.toFixed(1) + "%";
       }
-      setText(el, "percent", job.percent + "%");
+      setText(el, "percent", job.percent.toFixed(1) + "%");
       setText(el, "done", fmt(job.done));
       setText(el, "total", fmt(job.total));
       setText(el, "rate", job.rate_per_minute === null ? "–" : job.rate_per_minute.toFixed(1));
