@@ -148,6 +148,11 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclreci_bat_ix", "batchid"),
         sa.Index(f"{p}mrclreci_ema_ix", "emailid"),
         sa.Index(f"{p}mrclreci_pro_ix", "providermessageid"),
+        # Added in schema version 6, for the dashboard: a department manager's recipients (by user)
+        # and the recipient search (address or name, by prefix) without scanning a whole job.
+        sa.Index(f"{p}mrclreci_jobuse_ix", "jobid", "userid", "status"),
+        sa.Index(f"{p}mrclreci_jobadd_ix", "jobid", "address"),
+        sa.Index(f"{p}mrclreci_jobful_ix", "jobid", "fullname"),
     )
 
     batches = sa.Table(

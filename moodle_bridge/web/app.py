@@ -28,13 +28,13 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 import sqlalchemy as sa
 from starlette.applications import Starlette
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, MutableHeaders
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS
@@ -106,6 +106,7 @@ class DashboardState:
     templates: jinja2.Environment = field(init=False)
     base: str = field(init=False)
     secure_cookie: bool = True
+    figures: q.FiguresCache = field(default_factory=q.FiguresCache)
 
     def __post_init__(self) -> None:
         self.base = urlsplit(self.config.dashboard.public_url).path.rstrip("/")
@@ -380,7 +381,7 @@ def _progress_json(row: Any, now: int) -> dict[str, Any]:
         "eta_seconds": p.eta_seconds,
         "eta": _duration(p.eta_seconds) if p.eta_seconds is not None else DASH,
         "terminal": p.terminal,
-        "counters": {c: int(getattr(row, c)) for c in ("recipientstotal", *q.COUNTER_BUCKETS)},
+        "counters": {c: int(getattr(row, c)) for c in ("recipientstotal", *q.COUNTERS)},
     }
 
 
@@ -411,12 +412,11 @@ def job_page(request: Request) -> Response:
     now = state.now()
     with state.engine.connect() as conn:
         job = _job_or_404(conn, state, who, job_id)
-        counts = q.status_counts(conn, state.tables, state.directory, who, job)
-        groups = q.failure_groups(conn, state.tables, state.directory, who, job)
+        figures = state.figures.get(conn, state.tables, state.directory, who, job)
+        counts, groups, batches = figures.counts, figures.groups, figures.batches
         recipients, more = q.recipients_page(
             conn, state.tables, state.directory, who, job, search=search, status=status, after_id=after
         )
-        batches = q.batch_count(conn, state.tables, job_id)
         a = state.tables.audit_log
         events = conn.execute(
             sa.select(a.c.timecreated, a.c.actor, a.c.action)
@@ -803,9 +803,15 @@ def suppressions_csv(request: Request) -> Response:
             after = int(rows[-1].id)
     with state.engine.begin() as conn:
         audit.record(
-            conn, state.tables, actor=who.actor, action=SUPPRESSIONS_EXPORTED, now=state.now(),
-            companyid=who.company_id, source=_source(request), detail={"rows": len(out)},
-        )  # fmt: skip
+            conn,
+            state.tables,
+            actor=who.actor,
+            action=SUPPRESSIONS_EXPORTED,
+            now=state.now(),
+            companyid=who.company_id,
+            source=_source(request),
+            detail={"rows": len(out)},
+        )
     return StreamingResponse(
         _csv_stream(iter(out), ("company_id", "address", "reason", "source", "time")),
         media_type="text/csv; charset=utf-8",
@@ -833,10 +839,15 @@ async def suppression_remove(request: Request) -> Response:
         had = remove_suppression(conn, state.tables, company, address)
         if had is not None:
             audit.record(
-                conn, state.tables, actor=who.actor, action=SUPPRESSION_REMOVED, now=state.now(),
-                companyid=company, source=_source(request),
+                conn,
+                state.tables,
+                actor=who.actor,
+                action=SUPPRESSION_REMOVED,
+                now=state.now(),
+                companyid=company,
+                source=_source(request),
                 detail={"address": address.lower(), "was": had, "reason": why},
-            )  # fmt: skip
+            )
     if had is None:
         return _redirect(state, "/suppressions", error=f"{address} is not on the list.")
     return _redirect(state, "/suppressions", message=f"{address} removed from the suppression list.")
@@ -871,9 +882,14 @@ def audit_page(request: Request) -> Response:
         rows, more = q.audit_page(conn, state.tables, who, filters)
     entries = [(r, _detail_text(r.detail)) for r in rows]
     return _render(
-        request, session, "audit.html", entries=entries, more=more,
-        next_before=rows[-1].id if rows and more else None, f=raw,
-    )  # fmt: skip
+        request,
+        session,
+        "audit.html",
+        entries=entries,
+        more=more,
+        next_before=rows[-1].id if rows and more else None,
+        f=raw,
+    )
 
 
 def _detail_text(detail: str | None) -> str:
@@ -891,17 +907,35 @@ def _detail_text(detail: str | None) -> str:
 # -- app ----------------------------------------------------------------------------------------
 
 
-class SecurityHeaders(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if not request.url.path.startswith("/static/"):
-            response.headers["Cache-Control"] = "no-store"
-        return response
+class SecurityHeaders:
+    """Pure ASGI middleware: security headers on every response, and ``Server-Timing: app;dur=``
+    (milliseconds from the request to the response head, i.e. the handler's whole work for a page;
+    the benchmark reads it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Cross-Origin-Opener-Policy"] = "same-origin"
+                if not static:
+                    headers["Cache-Control"] = "no-store"
+                headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _errors(app: Starlette) -> None:

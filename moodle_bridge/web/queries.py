@@ -9,6 +9,8 @@ job's counters or one ``GROUP BY status`` on the ``(jobid, status)`` index. Writ
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,8 @@ from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.web.auth import MoodleDirectory, Principal
 
 PAGE_SIZE = 50
+#: Job counter columns in a job row (re-exported for the app).
+COUNTERS = COUNTER_BUCKETS
 #: Statuses a recipient row can have, in the order the job page lists them.
 STATUS_ORDER = (
     "pending",
@@ -71,10 +75,6 @@ class JobFilters:
     date_from: int | None = None  # unix seconds, inclusive
     date_to: int | None = None  # unix seconds, exclusive
     before_id: int | None = None  # keyset paging: jobs with a smaller id
-
-
-def _final_sum(j: sa.Table) -> sa.ColumnElement[Any]:
-    return sum((j.c[c] for c in COUNTER_BUCKETS), sa.literal(0))  # type: ignore[return-value]
 
 
 @dataclass
@@ -139,7 +139,7 @@ def list_jobs(
     if f.before_id is not None:
         query = query.where(j.c.id < f.before_id)
     rows = conn.execute(query.order_by(j.c.id.desc()).limit(PAGE_SIZE + 1)).all()
-    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+    return list(rows[:PAGE_SIZE]), len(rows) > PAGE_SIZE
 
 
 def get_job(conn: sa.Connection, tables: BridgeTables, who: Principal, job_id: int) -> Any | None:
@@ -152,12 +152,13 @@ def get_job(conn: sa.Connection, tables: BridgeTables, who: Principal, job_id: i
 
 
 def _recipient_scope(
-    tables: BridgeTables, directory: MoodleDirectory, who: Principal, job: Any
+    conn: sa.Connection, tables: BridgeTables, directory: MoodleDirectory, who: Principal, job: Any
 ) -> list[sa.ColumnElement[bool]]:
     r = tables.recipients
     where: list[sa.ColumnElement[bool]] = [r.c.jobid == int(job.id)]
-    if who.department_ids or who.role == "department_manager":
-        where.append(r.c.userid.in_(directory.department_users(int(job.companyid), who.department_ids)))
+    if who.role == "department_manager":
+        users = directory.department_users(conn, int(job.companyid), who.department_ids)
+        where.append(r.c.userid.in_(users) if users else sa.false())
     return where
 
 
@@ -167,10 +168,63 @@ def status_counts(
     r = tables.recipients
     rows = conn.execute(
         sa.select(r.c.status, sa.func.count())
-        .where(*_recipient_scope(tables, directory, who, job))
+        .where(*_recipient_scope(conn, tables, directory, who, job))
         .group_by(r.c.status)
     ).all()
     return {str(s): int(n) for s, n in rows}
+
+
+@dataclass(frozen=True)
+class JobFigures:
+    counts: dict[str, int]
+    groups: list[tuple[str, str, int]]
+    batches: int
+
+
+class FiguresCache:
+    """Per-status counts, failure reasons and batch count of a job, for ``ttl`` seconds at most.
+
+    The key holds the job's ``timemodified`` and counters, which every writer of its recipients
+    rewrites (``refresh_jobs``), so a change shows on the next view; the TTL bounds what a change
+    within the same second could hide. Reloading a 50,000-recipient job's page then costs no scan.
+    """
+
+    def __init__(self, ttl: float = 10.0, size: int = 256) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._items: dict[tuple[Any, ...], tuple[float, JobFigures]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        conn: sa.Connection,
+        tables: BridgeTables,
+        directory: MoodleDirectory,
+        who: Principal,
+        job: Any,
+    ) -> JobFigures:
+        scope = who.department_ids if who.role == "department_manager" else ()
+        key = (
+            int(job.id),
+            int(job.timemodified),
+            *(int(getattr(job, c)) for c in ("recipientstotal", *COUNTER_BUCKETS)),
+            scope,
+        )
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        figures = JobFigures(
+            status_counts(conn, tables, directory, who, job),
+            failure_groups(conn, tables, directory, who, job),
+            batch_count(conn, tables, int(job.id)),
+        )
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.clear()
+            self._items[key] = (now, figures)
+        return figures
 
 
 @dataclass
@@ -249,7 +303,7 @@ def failure_groups(
     r = tables.recipients
     rows = conn.execute(
         sa.select(r.c.status, r.c.errorcode, sa.func.count().label("n"))
-        .where(*_recipient_scope(tables, directory, who, job), r.c.status.in_(FAILURE_STATUSES))
+        .where(*_recipient_scope(conn, tables, directory, who, job), r.c.status.in_(FAILURE_STATUSES))
         .group_by(r.c.status, r.c.errorcode)
         .order_by(sa.desc("n"))
         .limit(30)
@@ -278,6 +332,15 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _starts_with(conn: sa.Connection, column: sa.ColumnElement[Any], text: str) -> sa.ColumnElement[bool]:
+    """Case-insensitive "begins with" that MariaDB answers from an index (its collation ignores
+    case; ``lower()`` would defeat the index). PostgreSQL: ILIKE; SQLite's LIKE ignores ASCII case."""
+    pattern = _like(text)[1:]  # no leading wildcard
+    if conn.dialect.name == "postgresql":
+        return column.ilike(pattern, escape="\\")
+    return column.like(pattern, escape="\\")
+
+
 def recipients_page(
     conn: sa.Connection,
     tables: BridgeTables,
@@ -289,24 +352,25 @@ def recipients_page(
     status: str = "",
     after_id: int = 0,
 ) -> tuple[list[Any], bool]:
+    """One page of a job's recipients in id order. ``search``: address or name beginning with it
+    (two index range scans on (jobid, address) / (jobid, fullname), merged)."""
     r = tables.recipients
-    where = _recipient_scope(tables, directory, who, job)
+    where = _recipient_scope(conn, tables, directory, who, job)
     if status:
         where.append(r.c.status == status)
-    if search:
-        pattern = _like(search.strip().lower()[:100])
-        where.append(
-            sa.or_(
-                sa.func.lower(r.c.address).like(pattern, escape="\\"),
-                sa.func.lower(r.c.fullname).like(pattern, escape="\\"),
-            )
-        )
     if after_id:
         where.append(r.c.id > after_id)
-    rows = conn.execute(
-        sa.select(*(r.c[c] for c in RECIPIENT_COLUMNS)).where(*where).order_by(r.c.id).limit(PAGE_SIZE + 1)
-    ).all()
-    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+    columns = [r.c[c] for c in RECIPIENT_COLUMNS]
+    term = search.strip()[:100]
+    if term:
+        by_address = sa.select(*columns).where(*where, _starts_with(conn, r.c.address, term))
+        by_name = sa.select(*columns).where(*where, _starts_with(conn, r.c.fullname, term))
+        parts = [q.order_by(r.c.id).limit(PAGE_SIZE + 1).subquery() for q in (by_address, by_name)]
+        merged = sa.union(*(sa.select(part) for part in parts)).subquery()
+        rows = conn.execute(sa.select(merged).order_by(merged.c.id).limit(PAGE_SIZE + 1)).all()
+    else:
+        rows = conn.execute(sa.select(*columns).where(*where).order_by(r.c.id).limit(PAGE_SIZE + 1)).all()
+    return list(rows[:PAGE_SIZE]), len(rows) > PAGE_SIZE
 
 
 def iter_recipients(
@@ -323,7 +387,7 @@ def iter_recipients(
     r = tables.recipients
     last = 0
     while True:
-        where = [*_recipient_scope(tables, directory, who, job), r.c.id > last]
+        where = [*_recipient_scope(conn, tables, directory, who, job), r.c.id > last]
         if statuses:
             where.append(r.c.status.in_(statuses))
         rows = conn.execute(
@@ -368,7 +432,7 @@ def suppressions_page(
     if after_id:
         where.append(s.c.id > after_id)
     rows = conn.execute(sa.select(s).where(*where).order_by(s.c.id).limit(limit + 1)).all()
-    return rows[:limit], len(rows) > limit
+    return list(rows[:limit]), len(rows) > limit
 
 
 @dataclass(frozen=True)
@@ -403,7 +467,7 @@ def audit_page(
     if f.before_id is not None:
         where.append(a.c.id < f.before_id)
     rows = conn.execute(sa.select(a).where(*where).order_by(a.c.id.desc()).limit(PAGE_SIZE + 1)).all()
-    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+    return list(rows[:PAGE_SIZE]), len(rows) > PAGE_SIZE
 
 
 def day_bounds(day: str, tz: dt.tzinfo) -> tuple[int, int]:

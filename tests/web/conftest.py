@@ -31,8 +31,8 @@ class Site:
     config: BridgeConfig
     client: Callable[[], TestClient]
 
-    def token(self, user: int, company: int = 0, **kw: int) -> str:
-        return dashboard_token.sign(SHARED_KEY, user, company, now=int(self.clock.now), **kw)
+    def token(self, user: int, company: int = 0, lifetime: int = 60) -> str:
+        return dashboard_token.sign(SHARED_KEY, user, company, now=int(self.clock.now), lifetime=lifetime)
 
     def signed_in(self, user: int, company: int = 0) -> TestClient:
         client = self.client()

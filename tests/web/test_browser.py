@@ -147,13 +147,26 @@ def test_sign_in_watch_progress_and_act(browser: Any, served: Served) -> None:
         for n, start in enumerate(range(0, len(ids), 8)):
             time.sleep(1.0)
             results = [
-                {"job_id": str(job), "recipient_id": str(i), "status": "sent", "attempts": 1,
-                 "occurred_at": int(time.time()), "provider_message_id": f"ses-{i}"}
+                {
+                    "job_id": str(job),
+                    "recipient_id": str(i),
+                    "status": "sent",
+                    "attempts": 1,
+                    "occurred_at": int(time.time()),
+                    "provider_message_id": f"ses-{i}",
+                }
                 for i in ids[start : start + 8]
-            ]  # fmt: skip
-            batch = {"type": "result_batch", "contract_version": 1, "report_id": f"browser-{job}-{n}",
-                     "company_id": c1, "reporter": "email_sender", "created_at": int(time.time()),
-                     "batch_id": batch_key, "results": results}  # fmt: skip
+            ]
+            batch = {
+                "type": "result_batch",
+                "contract_version": 1,
+                "report_id": f"browser-{job}-{n}",
+                "company_id": c1,
+                "reporter": "email_sender",
+                "created_at": int(time.time()),
+                "batch_id": batch_key,
+                "results": results,
+            }
             with served.engine.begin() as conn:
                 ingest_result_batch(conn, w.tables, batch, company_id=c1, now=int(time.time()), actor="test")
 

@@ -79,10 +79,17 @@ def build_world(engine: sa.Engine, prefix: str = "mdl_", *, now: int = NOW) -> W
         conn.execute(user.update().where(user.c.id == ADMIN_ID).values(timezone="Europe/Paris"))
         conn.execute(user.update().where(user.c.id == dept_manager).values(timezone="Asia/Kolkata"))
     world = World(
-        tables, iomad, [c1, c2], ADMIN_ID, managers, dept_manager, child,
-        {c: sorted(v) for c, v in learners.items()}, sorted(dept_learners),
+        tables,
+        iomad,
+        [c1, c2],
+        ADMIN_ID,
+        managers,
+        dept_manager,
+        child,
+        {c: sorted(v) for c, v in learners.items()},
+        sorted(dept_learners),
         [s.reveal() for s in seeded.passwords.values()],
-    )  # fmt: skip
+    )
     with engine.begin() as conn:
         statuses = ["delivered", "delivered", "bounced", "failed", "failed", "queued", "queued", "queued"]
         world.jobs["sending"] = add_job(
@@ -95,12 +102,22 @@ def build_world(engine: sa.Engine, prefix: str = "mdl_", *, now: int = NOW) -> W
         conn.execute(
             tables.suppressions.insert(),
             [
-                {"companyid": c1, "address": "bounced1@example.org", "reason": "bounce", "source": "ses",
-                 "timecreated": now},
-                {"companyid": c2, "address": "other2@example.org", "reason": "complaint", "source": "ses",
-                 "timecreated": now},
+                {
+                    "companyid": c1,
+                    "address": "bounced1@example.org",
+                    "reason": "bounce",
+                    "source": "ses",
+                    "timecreated": now,
+                },
+                {
+                    "companyid": c2,
+                    "address": "other2@example.org",
+                    "reason": "complaint",
+                    "source": "ses",
+                    "timecreated": now,
+                },
             ],
-        )  # fmt: skip
+        )
     return world
 
 
@@ -118,36 +135,60 @@ def add_job(
     job_id = int(
         conn.execute(
             tables.jobs.insert().values(
-                companyid=company, jobtype="email", source="iomad", provider="aws", status=job_status,
-                templatename="user_create", recipientstotal=len(statuses), timecreated=now - 600,
-                timemodified=now, timesubmitted=now - 540,
+                companyid=company,
+                jobtype="email",
+                source="iomad",
+                provider="aws",
+                status=job_status,
+                templatename="user_create",
+                recipientstotal=len(statuses),
+                timecreated=now - 600,
+                timemodified=now,
+                timesubmitted=now - 540,
                 timecompleted=now - 60 if job_status == "completed" else None,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
-    )  # fmt: skip
+    )
     batch = int(
         conn.execute(
             tables.batches.insert().values(
-                jobid=job_id, companyid=company, batchkey=f"j{job_id}-a1-1", attempt=1, status="submitted",
-                target="sqs", recipientcount=len(statuses), timecreated=now - 540, timesubmitted=now - 540,
+                jobid=job_id,
+                companyid=company,
+                batchkey=f"j{job_id}-a1-1",
+                attempt=1,
+                status="submitted",
+                target="sqs",
+                recipientcount=len(statuses),
+                timecreated=now - 540,
+                timesubmitted=now - 540,
             )
         ).inserted_primary_key[0]  # type: ignore[index]
-    )  # fmt: skip
+    )
     rows: list[dict[str, Any]] = []
     for i, status in enumerate(statuses):
         uid = users[i % len(users)]
         final = status not in ("queued", "pending", "retrying")
         rows.append(
             {
-                "jobid": job_id, "companyid": company, "emailid": None, "userid": uid, "role": "user",
-                "address": f"learner{uid}@example.org", "fullname": f"Learner {uid}", "dedupekey": f"u{uid}-{i}",
-                "status": status, "attempts": 1, "batchid": batch,
+                "jobid": job_id,
+                "companyid": company,
+                "emailid": None,
+                "userid": uid,
+                "role": "user",
+                "address": f"learner{uid}@example.org",
+                "fullname": f"Learner {uid}",
+                "dedupekey": f"u{uid}-{i}",
+                "status": status,
+                "attempts": 1,
+                "batchid": batch,
                 "providermessageid": f"m-{job_id}-{i}" if status in ("delivered", "bounced") else None,
                 "errorcode": {"bounced": "bounce_permanent", "failed": "MessageRejected"}.get(status),
                 "errormessage": "Email address is not verified." if status == "failed" else None,
-                "timecreated": now - 600, "timemodified": now - 30, "timefinal": now - 30 if final else None,
+                "timecreated": now - 600,
+                "timemodified": now - 30,
+                "timefinal": now - 30 if final else None,
             }
-        )  # fmt: skip
+        )
     conn.execute(tables.recipients.insert(), rows)
     job = {"id": job_id, "companyid": company, "status": job_status, "timecompleted": None}
     refresh_jobs(conn, tables, {job_id: job}, now=now, actor="test", recompute_status=False)
