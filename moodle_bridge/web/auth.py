@@ -134,6 +134,8 @@ class MoodleDirectory:
         return {int(x) for x in self._config(conn, "siteadmins").split(",") if x.strip().isdigit()}
 
     def user_timezone(self, conn: sa.Connection, raw: str | None) -> str:
+        """Moodle's rule: ``forcetimezone``, else the user's zone, else the site's (``99``: unset)."""
+        raw = (raw or "").strip().strip("'")
         forced = self._config(conn, "forcetimezone")
         if forced and forced != "99":
             return forced

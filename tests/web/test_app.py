@@ -296,3 +296,36 @@ def test_progress_json_moves_with_the_job_and_is_scoped(site: Site) -> None:
         refresh_jobs(conn, w.tables, lock_jobs(conn, w.tables, [w.jobs["sending"]]), now=NOW, actor="test")
     after = client.get("/progress.json", params={"ids": ids}).json()["jobs"][0]
     assert (after["done"], after["percent"], after["terminal"]) == (8, 100.0, True)
+
+
+def test_sign_out_ends_the_session_and_headers_are_strict(site: Site) -> None:
+    w = site.world
+    client = site.signed_in(w.admin)
+    page = client.get("/")
+    for name, value in (
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Cache-Control", "no-store"),
+    ):
+        assert page.headers[name] == value
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
+    out = client.post("/signout", data={"csrf": _csrf(page.text)})
+    assert out.status_code == 200 and "signed out" in out.text
+    s = w.tables.dash_sessions
+    with site.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(s)).scalar() == 0
+    assert client.get("/").status_code == 401
+
+
+def test_job_figures_follow_a_change_at_once(site: Site) -> None:
+    w = site.world
+    client = site.signed_in(w.admin)
+    job = w.jobs["sending"]
+    before = client.get(f"/jobs/{job}").text
+    assert 'rstatus=pending">pending' not in before
+    token = _csrf(before)
+    client.post(f"/jobs/{job}/retry", data={"csrf": token})
+    after = client.get(f"/jobs/{job}").text  # within the cache's lifetime, same clock second
+    assert 'rstatus=pending">pending</a></td><td class="num">2<' in after
