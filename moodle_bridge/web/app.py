@@ -65,6 +65,13 @@ from moodle_bridge.web.auth import (
     load_session,
     refresh_session,
 )
+from moodle_bridge.web.certificates import (
+    CertificateStoreMissing,
+    ObjectReader,
+    S3Certificates,
+    file_name,
+    zip_stream,
+)
 from offload_contract import dashboard_token
 
 log = logging.getLogger("moodle_bridge.web")
@@ -83,6 +90,8 @@ RECIPIENTS_EXPORTED = "recipient_list_downloaded"
 ERRORS_EXPORTED = "error_report_downloaded"
 SUPPRESSIONS_EXPORTED = "suppressions_downloaded"
 SUPPRESSION_REMOVED = "suppression_removed"
+CERTIFICATE_DOWNLOADED = "certificate_downloaded"
+CERTIFICATES_ZIPPED = "certificates_downloaded"
 
 
 class NotFound(Exception):
@@ -107,6 +116,12 @@ class DashboardState:
     base: str = field(init=False)
     secure_cookie: bool = True
     figures: q.FiguresCache = field(default_factory=q.FiguresCache)
+    certificate_store: ObjectReader | None = None
+
+    def certificates(self) -> ObjectReader:
+        if self.certificate_store is None:
+            self.certificate_store = S3Certificates(self.config)
+        return self.certificate_store
 
     def __post_init__(self) -> None:
         self.base = urlsplit(self.config.dashboard.public_url).path.rstrip("/")
@@ -627,6 +642,103 @@ def _fmt_iso(tz: dt.tzinfo) -> Callable[[int | None], str]:
     return fmt
 
 
+# -- certificates -------------------------------------------------------------------------------
+
+
+def certificates_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    after = _int(request.query_params.get("after"), minimum=1) or 0
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        rows, more = q.certificates_page(conn, state.tables, state.directory, who, job, after_id=after)
+    return _render(
+        request,
+        session,
+        "certificates.html",
+        job=job,
+        rows=rows,
+        more=more,
+        next_after=rows[-1].id if rows and more else None,
+        configured=bool(state.certificate_store or state.config.aws.content_bucket),
+    )
+
+
+def _audit_download(request: Request, who: Principal, job: Any, action: str, detail: dict[str, Any]) -> None:
+    state = _state(request)
+    with state.engine.begin() as conn:
+        audit.record(
+            conn,
+            state.tables,
+            actor=who.actor,
+            action=action,
+            now=state.now(),
+            companyid=int(job.companyid),
+            jobid=int(job.id),
+            source=_source(request),
+            detail=detail,
+        )
+
+
+def certificate_download(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    rid = int(request.path_params["recipient_id"])
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        row = q.certificate_of(conn, state.tables, state.directory, who, job, rid)
+    if row is None:
+        raise NotFound()
+    try:
+        chunks = state.certificates().open(str(row.artifactkey))
+        first = next(chunks, b"")  # fetch now, so a missing object answers an error page, not half a file
+    except CertificateStoreMissing as exc:
+        return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
+    except Exception as exc:  # botocore ClientError and connection errors: name them, no traceback
+        log.warning("certificate %s of job %s unavailable: %s", rid, job_id, type(exc).__name__)
+        return _render(
+            request, session, "error.html", status=502, title="Unavailable",
+            message="The certificate could not be read from the certificate store.",
+        )  # fmt: skip
+    _audit_download(request, who, job, CERTIFICATE_DOWNLOADED, {"recipient": rid})
+
+    def body() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
+    return StreamingResponse(
+        body(),
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{file_name(row)}"'},
+    )
+
+
+def certificates_zip(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        rows = list(q.iter_recipients(conn, state.tables, state.directory, who, job, with_artifact=True))
+    if not rows:
+        raise NotFound()
+    try:
+        store = state.certificates()
+    except CertificateStoreMissing as exc:
+        return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
+    _audit_download(request, who, job, CERTIFICATES_ZIPPED, {"certificates": len(rows)})
+    return StreamingResponse(
+        zip_stream(store, rows),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-certificates.zip"'},
+    )
+
+
 # -- company settings ---------------------------------------------------------------------------
 
 
@@ -1001,6 +1113,9 @@ def create_app(
         Route("/", jobs_page),
         Route("/progress.json", progress),
         Route("/jobs/{job_id:int}", job_page),
+        Route("/jobs/{job_id:int}/certificates", certificates_page),
+        Route("/jobs/{job_id:int}/certificates.zip", certificates_zip),
+        Route("/jobs/{job_id:int}/certificates/{recipient_id:int}.pdf", certificate_download),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
         Route("/jobs/{job_id:int}/{kind:str}.csv", job_csv),
         Route("/settings", settings_page),

@@ -381,6 +381,7 @@ def iter_recipients(
     job: Any,
     *,
     statuses: tuple[str, ...] = (),
+    with_artifact: bool = False,
     chunk: int = 2000,
 ) -> Iterator[Any]:
     """Every recipient the person may see, in id order, read in chunks (for CSV exports)."""
@@ -390,6 +391,8 @@ def iter_recipients(
         where = [*_recipient_scope(conn, tables, directory, who, job), r.c.id > last]
         if statuses:
             where.append(r.c.status.in_(statuses))
+        if with_artifact:
+            where.append(r.c.artifactkey.is_not(None))
         rows = conn.execute(
             sa.select(*(r.c[c] for c in RECIPIENT_COLUMNS), r.c.emailid)
             .where(*where)
@@ -400,6 +403,40 @@ def iter_recipients(
         if len(rows) < chunk:
             return
         last = int(rows[-1].id)
+
+
+def certificates_page(
+    conn: sa.Connection,
+    tables: BridgeTables,
+    directory: MoodleDirectory,
+    who: Principal,
+    job: Any,
+    *,
+    after_id: int = 0,
+) -> tuple[list[Any], bool]:
+    """Recipients of the job whose certificate was stored, in id order."""
+    r = tables.recipients
+    where = [*_recipient_scope(conn, tables, directory, who, job), r.c.artifactkey.is_not(None)]
+    if after_id:
+        where.append(r.c.id > after_id)
+    rows = conn.execute(
+        sa.select(r.c.id, r.c.address, r.c.fullname, r.c.status, r.c.timefinal, r.c.artifactkey)
+        .where(*where)
+        .order_by(r.c.id)
+        .limit(PAGE_SIZE + 1)
+    ).all()
+    return list(rows[:PAGE_SIZE]), len(rows) > PAGE_SIZE
+
+
+def certificate_of(
+    conn: sa.Connection, tables: BridgeTables, directory: MoodleDirectory, who: Principal, job: Any, rid: int
+) -> Any | None:
+    r = tables.recipients
+    return conn.execute(
+        sa.select(r.c.id, r.c.address, r.c.artifactkey).where(
+            *_recipient_scope(conn, tables, directory, who, job), r.c.id == rid, r.c.artifactkey.is_not(None)
+        )
+    ).first()
 
 
 def is_active(status: str) -> bool:

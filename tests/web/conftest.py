@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 import sqlalchemy as sa
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from moodle_bridge.config import BridgeConfig, DashboardConfig
@@ -30,6 +31,7 @@ class Site:
     clock: Clock
     config: BridgeConfig
     client: Callable[[], TestClient]
+    app: Starlette
 
     def token(self, user: int, company: int = 0, lifetime: int = 60) -> str:
         return dashboard_token.sign(SHARED_KEY, user, company, now=int(self.clock.now), lifetime=lifetime)
@@ -75,4 +77,4 @@ def _site(engine: sa.Engine) -> Site:
     def client() -> TestClient:
         return TestClient(app, base_url="https://testserver", follow_redirects=False)
 
-    return Site(engine, world, clock, config, client)
+    return Site(engine, world, clock, config, client, app)
