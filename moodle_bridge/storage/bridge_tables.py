@@ -27,6 +27,8 @@ TABLE_NAMES = (
     "mrcloud_suppressions",
     "mrcloud_result_reports",
     "mrcloud_certificates",
+    "mrcloud_campaigns",
+    "mrcloud_campaign_ledger",
     "mrcloud_dash_sessions",
 )
 
@@ -49,6 +51,8 @@ class BridgeTables:
     suppressions: sa.Table
     result_reports: sa.Table
     certificates: sa.Table
+    campaigns: sa.Table
+    campaign_ledger: sa.Table
     dash_sessions: sa.Table
 
 
@@ -148,7 +152,7 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclreci_bat_ix", "batchid"),
         sa.Index(f"{p}mrclreci_ema_ix", "emailid"),
         sa.Index(f"{p}mrclreci_pro_ix", "providermessageid"),
-        # Added in schema version 6, for the dashboard: a department manager's recipients (by user)
+        # Added in schema version 7, for the dashboard: a department manager's recipients (by user)
         # and the recipient search (address or name, by prefix) without scanning a whole job.
         sa.Index(f"{p}mrclreci_jobuse_ix", "jobid", "userid", "status"),
         sa.Index(f"{p}mrclreci_jobadd_ix", "jobid", "address"),
@@ -269,7 +273,36 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclcert_comuse_ix", "companyid", "userid"),
     )
 
-    # Added in schema version 5: dashboard sessions (moodle_bridge.web.auth). The cookie holds a
+    campaigns = sa.Table(
+        f"{p}mrcloud_campaigns",
+        m,
+        _id(),
+        sa.Column("companyid", sa.BigInteger, nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),  # active | paused
+        sa.Column("rule", sa.Text, nullable=False),  # the validated rule as JSON (no secrets)
+        sa.Column("createdby", sa.String(100), nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.Column("timemodified", UNIXTIME, nullable=False),
+        sa.Column("timelastrun", UNIXTIME, nullable=True),
+        sa.Index(f"{p}mrclcamp_comsta_ix", "companyid", "status"),
+    )
+
+    # One row per (campaign, user, cycle): written in the same transaction as the job's
+    # recipients, so a reminder is planned once per cycle whatever crashes or overlaps.
+    campaign_ledger = sa.Table(
+        f"{p}mrcloud_campaign_ledger",
+        m,
+        _id(),
+        sa.Column("campaignid", ID, nullable=False),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("cycle", sa.BigInteger, nullable=False),
+        sa.Column("jobid", ID, nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.UniqueConstraint("campaignid", "userid", "cycle", name=f"{p}mrclcampledg_camusecyc_uix"),
+    )
+
+    # Added in schema version 6: dashboard sessions (moodle_bridge.web.auth). The cookie holds a
     # random id; only its SHA-256 is stored. ``principal`` is the rights last read from Moodle.
     dash_sessions = sa.Table(
         f"{p}mrcloud_dash_sessions",
@@ -300,5 +333,7 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         suppressions,
         result_reports,
         certificates,
+        campaigns,
+        campaign_ledger,
         dash_sessions,
     )

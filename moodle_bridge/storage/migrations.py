@@ -146,12 +146,18 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         5,
+        "re-engagement campaigns and their per-user ledger",
+        _create_tables("campaigns", "campaign_ledger"),
+        adds_tables=("campaigns", "campaign_ledger"),
+    ),
+    Step(
+        6,
         "dashboard sessions (moodle_bridge.web.auth)",
         _create_tables("dash_sessions"),
         adds_tables=("dash_sessions",),
     ),
     Step(
-        6,
+        7,
         "recipient indexes for the dashboard: by user (department managers), address and name search",
         _add_indexes(
             ("recipients", "mrclreci_jobuse_ix"),
