@@ -2,7 +2,7 @@
 
 The dashboard runs on uvicorn on loopback, over the seeded site; results arrive through the same
 ingestion code the callback receiver uses while the page is open. Screenshots of the main pages are
-written to docs/img/ (shown in docs/dashboard.md). Playwright's own browser downloads are never
+taken on every run (see ``IMG``). Playwright's own browser downloads are never
 used: the browser is /usr/bin/chromium (scripts/bootstrap.sh installs it).
 """
 
@@ -35,7 +35,9 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("MRCO_CHROMIUM", "/usr/bin/chromium")
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
-IMG = ROOT / "docs" / "img"
+#: Screenshots go to build/screenshots/ on every run; MRCO_UPDATE_SCREENSHOTS=1 refreshes the
+#: committed set in docs/img/ (shown in docs/dashboard.md) instead.
+IMG = ROOT / "docs" / "img" if os.environ.get("MRCO_UPDATE_SCREENSHOTS") else ROOT / "build" / "screenshots"
 
 if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():  # pragma: no cover - bootstrap installs it
     pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh)", allow_module_level=True)
