@@ -478,6 +478,7 @@ def job_page(request: Request) -> Response:
         msg=p.get("msg", ""),
         err=p.get("err", ""),
         department_view=bool(who.role == "department_manager"),
+        retry_permanent_option=RETRY_KNOWS_PERMANENT,
     )
 
 
@@ -523,9 +524,12 @@ async def job_action(request: Request) -> Response:
     return _redirect(state, f"/jobs/{job_id}", message=message)
 
 
+#: Whether job control's retry tells permanent failures apart (then it skips them unless asked).
+RETRY_KNOWS_PERMANENT = "include_permanent" in inspect.signature(retry_failed).parameters
+
+
 def _retry_options(form: FormData) -> dict[str, Any]:
-    """Options job_control's retry understands (``include_permanent`` once it distinguishes them)."""
-    if "include_permanent" in inspect.signature(retry_failed).parameters:
+    if RETRY_KNOWS_PERMANENT:
         return {"include_permanent": form.get("include_permanent") == "1"}
     return {}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from moodle_bridge.web.app import RETRY_KNOWS_PERMANENT
 from tests.web.conftest import Site
 from tests.web.world import NOW
 
@@ -146,6 +147,8 @@ def test_job_page_counts_add_up_and_show_rates_and_cost(site: Site) -> None:
     assert total and int(total.group(1)) == 8
     assert "MessageRejected" in page and "bounce_permanent" in page
     assert "SES review at 5.00%" in page and "Gmail/Yahoo spam 0.30%" in page
+    # The "also permanent failures" box only where job control can tell permanent failures apart.
+    assert ("also permanent failures" in page) is RETRY_KNOWS_PERMANENT
     assert "33.33%" in page  # 1 bounce over 3 accepted messages
     assert "Cost estimate" in page and "$0.0005" in page  # 5 SES messages at $0.10 per 1,000
     # The admin's Moodle time zone is Europe/Paris.

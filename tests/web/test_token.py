@@ -121,3 +121,12 @@ def test_php_random_token_verifies_in_python_and_refuses_bad_input() -> None:
     assert (signin.user_id, signin.company_id, signin.expires) == (42, 3, 1_800_000_060)
     assert out["errors"] == ["refused", "refused", "refused"]
     assert out["url"].startswith("https://x.example/dash/signin?token=")
+
+
+def test_clock_skew_is_tolerated_up_to_five_seconds() -> None:
+    secret = VECTORS["shared_secret"]
+    ahead = tok.sign(secret, 5, 1, now=1_000 + 5)  # Moodle's clock 5 s ahead of the dashboard's
+    assert tok.verify(secret, ahead, now=1_000).expires == 1_065
+    too_far = tok.sign(secret, 5, 1, now=1_000 + 6)
+    with pytest.raises(tok.TokenError, match="too_long"):
+        tok.verify(secret, too_far, now=1_000)
