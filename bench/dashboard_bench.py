@@ -339,7 +339,7 @@ def main() -> int:
         worst = 0.0
         for name, (c, path) in pages.items():
             stats = _time(c, path, REQUESTS)
-            worst = max(worst, stats["p95_ms"])
+            worst = max(worst, stats["p95_ms"])  # every page here, figures cache on
             figures["pages"].append({"name": name, **stats})
             print(
                 f"{name:48s} p50 {stats['p50_ms']:7.1f} ms  p95 {stats['p95_ms']:7.1f} ms"
@@ -362,12 +362,18 @@ def main() -> int:
         figures["baseline_naive"] = [{"name": k, **_time_fn(fn, REQUESTS)} for k, fn in naive.items()]
         for row in figures["baseline_naive"]:
             print(f"naive {row['name']:42s} p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms")
+        cold = max(p["p95_ms"] for p in figures["pages"] if p["name"].endswith("no figures cache"))
         figures["worst_p95_ms"] = worst
+        figures["worst_p95_ms_no_figures_cache"] = cold
         figures["goal_p95_ms"] = GOAL_MS
-        figures["goal_met"] = worst <= GOAL_MS
+        figures["goal_met_with_cache"] = worst <= GOAL_MS
+        figures["goal_met_without_cache"] = cold <= GOAL_MS
         figures["load_average"] = os.getloadavg()[0]
         written = write_results("dashboard", figures)
-        print(f"worst p95 {worst:.1f} ms (goal {GOAL_MS} ms); written to {written}")
+        print(
+            f"worst p95 {worst:.1f} ms, {cold:.1f} ms without the figures cache (goal {GOAL_MS} ms); "
+            f"{written}"
+        )
         return 0
     finally:
         engine.dispose()
