@@ -38,7 +38,12 @@ def test_demo_prints_a_link_and_keeps_the_dashboard_running(tmp_path: Path) -> N
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True).start()
+
+    def pump() -> None:
+        for line in process.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     seen: list[str] = []
     links: list[str] = []
     try:
