@@ -63,6 +63,7 @@ from moodle_bridge.web.auth import (
     create_session,
     end_session,
     load_session,
+    purge_sessions,
     refresh_session,
 )
 from moodle_bridge.web.certificates import (
@@ -275,6 +276,7 @@ def signin(request: Request) -> Response:
         if not burnt:
             raise dashboard_token.TokenError("replayed", "this sign-in link was already used")
         with state.engine.begin() as conn:
+            purge_sessions(conn, state.tables, now=now)  # expired ones, on the timeexpires index
             principal = state.directory.resolve(conn, signin_data.user_id, signin_data.company_id)
             sid, session = create_session(
                 conn,

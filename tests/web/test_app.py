@@ -332,3 +332,14 @@ def test_job_figures_follow_a_change_at_once(site: Site) -> None:
     client.post(f"/jobs/{job}/retry", data={"csrf": token})
     after = client.get(f"/jobs/{job}").text  # within the cache's lifetime, same clock second
     assert 'rstatus=pending">pending</a></td><td class="num">2<' in after
+
+
+def test_sessions_expire_and_are_purged_at_the_next_sign_in(site: Site) -> None:
+    w = site.world
+    old = site.signed_in(w.admin)
+    site.clock.now += site.config.dashboard.session_seconds + 1
+    assert old.get("/").status_code == 401
+    site.signed_in(w.admin)
+    s = w.tables.dash_sessions
+    with site.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(s)).scalar() == 1

@@ -25,7 +25,6 @@ $string['sharedkey'] = 'Shared key';
 $string['sharedkey_desc'] = 'The same value as dashboard.shared_key (MRCO_DASHBOARD_KEY) on the bridge: base64url of at least 32 random bytes. Sign-in links are signed with it.';
 $string['notconfigured'] = 'The cloud mail dashboard is not configured yet: set its URL and shared key in Site administration > Plugins > Local plugins > ManiReports Cloud Offload.';
 $string['badkey'] = 'The shared key of the cloud mail dashboard is not valid (base64url of at least 32 bytes).';
-$string['privacy:metadata'] = 'The plugin stores no personal data. It sends the user id and company id, signed, to the dashboard when the user opens it.';
 $string['privacy:metadata:dashboard'] = 'The external dashboard receives the user id and company id.';
 $string['privacy:metadata:dashboard:userid'] = 'The id of the user opening the dashboard.';
 $string['privacy:metadata:dashboard:companyid'] = 'The IOMAD company the user is working in.';
