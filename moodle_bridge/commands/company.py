@@ -15,6 +15,7 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
 from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
+from moodle_bridge.transports.capabilities import worker_check
 
 
 def _onoff(value: str) -> bool:
@@ -75,6 +76,21 @@ def _line(s: CompanySettings, global_on: bool) -> str:
     )
 
 
+def cloudflare_refusal(settings: CompanySettings, config: BridgeConfig) -> str | None:
+    """One line when the company would route a job type to a Worker that cannot process it."""
+    if settings.provider != "cloudflare" or not settings.cloudenabled:
+        return None
+    wanted = [
+        t for t, on in (("email", settings.allowemail), ("certificate", settings.allowcertificates)) if on
+    ]
+    check = worker_check(config)
+    for job_type in wanted:
+        line = check(settings.companyid, job_type)
+        if line is not None:
+            return f"{line}; not saved (turn {job_type} jobs off for this company, or use --provider aws)"
+    return None
+
+
 def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     try:
@@ -127,7 +143,15 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 if value is not None:
                     changes[attr] = value
             try:
-                updated = change_company_settings(conn, repo, args.companyid, changes, actor=actor, now=now())
+                updated = change_company_settings(
+                    conn,
+                    repo,
+                    args.companyid,
+                    changes,
+                    actor=actor,
+                    now=now(),
+                    check=lambda settings: cloudflare_refusal(settings, config),
+                )
             except SettingsError as exc:
                 return fail(str(exc))
             global_on = repo.offload_enabled(conn)

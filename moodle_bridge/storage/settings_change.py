@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -64,8 +64,11 @@ def change_company_settings(
     actor: str,
     now: int,
     source: str | None = None,
+    check: Callable[[CompanySettings], str | None] | None = None,
 ) -> CompanySettings:
-    """Apply ``changes`` (CompanySettings attributes) and audit what differs."""
+    """Apply ``changes`` (CompanySettings attributes) and audit what differs. ``check`` may refuse
+    the result with one line (e.g. a Worker that cannot take the company's job types); nothing is
+    saved then."""
     checked = validate_changes(changes)
     before = repo.get_settings(conn, company_id)
     current = before or CompanySettings(companyid=company_id)
@@ -73,6 +76,9 @@ def change_company_settings(
         updated = replace(current, **checked)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+    refused = check(updated) if check is not None else None
+    if refused:
+        raise SettingsError(refused)
     repo.save_settings(conn, updated, actor)
     diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
     if before is None or diff:

@@ -36,6 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moodle_bridge.commands.company import cloudflare_refusal
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS
 from moodle_bridge.results.iomad_link import IomadQueue
@@ -822,6 +823,7 @@ async def settings_save(request: Request) -> Response:
                 actor=who.actor,
                 now=state.now(),
                 source=_source(request),
+                check=lambda settings: cloudflare_refusal(settings, state.config),
             )
     except SettingsError as exc:
         return settings_page_error(request, f"Not saved: {exc}.")
