@@ -343,3 +343,17 @@ def test_sessions_expire_and_are_purged_at_the_next_sign_in(site: Site) -> None:
     s = w.tables.dash_sessions
     with site.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(s)).scalar() == 1
+
+
+def test_settings_refuse_a_worker_that_cannot_take_the_jobs(site: Site) -> None:
+    w = site.world
+    c1 = w.companies[0]
+    client = site.signed_in(w.managers[c1], c1)
+    token = _csrf(client.get("/settings").text)
+    form = {"csrf": token, "cloud": "1", "emails": "1", "threshold": "0", "provider": "cloudflare",
+            "cert_template": "default"}  # fmt: skip
+    refused = client.post(f"/settings/{c1}", data=form)
+    assert refused.status_code == 400 and "not saved" in refused.text
+    s = w.tables.company_settings
+    with site.engine.connect() as conn:
+        assert conn.execute(sa.select(s).where(s.c.companyid == c1)).first() is None
