@@ -31,7 +31,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import JobHeader, email_content_key, reference_for, rendered_content
+from moodle_bridge.pipeline.batching import (
+    JobHeader,
+    email_content_key,
+    reference_for,
+    rendered_content,
+    sealed_if_secret,
+)
 from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
 from moodle_bridge.pipeline.outbox import BuildError, job_header_for
 from moodle_bridge.pipeline.routing import CompanySettings, Decision, could_offload, decide
@@ -305,6 +311,8 @@ class ClaimPass:
             return "has_attachment"
         if plan.email.templatename in PASSWORD_TEMPLATES and self.box is None:
             return "no_password_key"
+        if plan.email.templatename in PASSWORD_TEMPLATES and self.config.keys.seal_root() is None:
+            return "no_seal_key"
         return None
 
     # -- one chunk, one transaction ----------------------------------------------------------------
@@ -371,7 +379,8 @@ class ClaimPass:
                     if rcp.contentkey and rcp.status == "pending":
                         bucket = contents.setdefault(key, {})
                         if rcp.contentkey not in bucket:
-                            bucket[rcp.contentkey] = self._content(plan, rcp.contentkey)
+                            jobid = job_for(cid, jobtype)[0].jobid
+                            bucket[rcp.contentkey] = self._content(plan, rcp.contentkey, jobid)
             for plan in released:
                 cid = plan.email.companyid
                 if cid not in settings:
@@ -475,11 +484,19 @@ class ClaimPass:
             **plan.sender.columns(),
         }
 
-    def _content(self, plan: RowPlan, key: str) -> dict[str, Any]:
+    def _content(self, plan: RowPlan, key: str, jobid: int) -> dict[str, Any]:
         body = plan.email.body
         if key.endswith("r") and plan.password is not None:
             body = redact(body, plan.password)
-        return rendered_content(plan.email.subject, body, plan.sender.from_name, plan.sender.reply_to)
+        content = rendered_content(plan.email.subject, body, plan.sender.from_name, plan.sender.reply_to)
+        return sealed_if_secret(
+            content,
+            holds_password=plan.email.templatename in PASSWORD_TEMPLATES and not key.endswith("r"),
+            seal_root=self.config.keys.seal_root(),
+            companyid=plan.email.companyid,
+            jobid=jobid,
+            content_key=key,
+        )
 
     def _recipients(self, plan: RowPlan) -> list[PlannedRecipient]:
         out: list[PlannedRecipient] = []

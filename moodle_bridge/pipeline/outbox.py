@@ -29,10 +29,12 @@ from moodle_bridge.pipeline.batching import (
     encode_batch,
     recipient_entry,
     rendered_content,
+    sealed_if_secret,
     template_content,
 )
 from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.pipeline.worker_templates import WorkerTemplateError, render_entries
+from moodle_bridge.sources.iomad.passwords import PASSWORD_TEMPLATES
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
@@ -114,6 +116,8 @@ class Prefetched:
     #: emailid -> the template's (sender display name, Reply-To) recorded at claim time
     senders: dict[int, tuple[str | None, list[str]]] = field(default_factory=dict)
     passwords: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    #: emailid -> IOMAD template name (password mail leaves sealed)
+    templates: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,6 +201,7 @@ class Outbox:
             emailids = sorted({int(k[1:].rstrip("r")) for _, k in keys})
             pre.rendered = self.iomad.load_rendered(conn, emailids)
             pre.senders = self.repo.claim_senders(conn, emailids)
+            pre.templates = self.repo.claim_templates(conn, emailids)
             redacted: dict[int, list[int]] = {}
             for jobid, key in keys:
                 if key.endswith("r"):
@@ -231,7 +236,17 @@ class Outbox:
                     )
                 body = self.iomad.redact(body, password)
             from_name, reply_to = pre.senders.get(emailid, (None, []))
-            contents[key] = rendered_content(subject, body, from_name, reply_to)
+            try:
+                contents[key] = sealed_if_secret(
+                    rendered_content(subject, body, from_name, reply_to),
+                    holds_password=pre.templates.get(emailid) in PASSWORD_TEMPLATES and not key.endswith("r"),
+                    seal_root=self.config.keys.seal_root(),
+                    companyid=int(job.companyid),
+                    jobid=int(job.id),
+                    content_key=key,
+                )
+            except ValueError as exc:
+                raise BuildError(str(exc)) from None
         return contents
 
     def _passwords(self, conn: sa.Connection, jobid: int, emailids: list[int]) -> dict[int, str]:

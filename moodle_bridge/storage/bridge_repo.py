@@ -157,6 +157,17 @@ class BridgeRepo:
                 out[int(emailid)] = (fromname or None, [a for a in (replyto or "").split(",") if a])
         return out
 
+    def claim_templates(self, conn: sa.Connection, emailids: Sequence[int]) -> dict[int, str]:
+        """emailid -> the IOMAD template name recorded when the row was claimed."""
+        c = self.t.claims.c
+        out: dict[int, str] = {}
+        for part in chunks(list(emailids), CHUNK):
+            for emailid, name in conn.execute(
+                sa.select(c.emailid, c.templatename).where(c.emailid.in_(part))
+            ):
+                out[int(emailid)] = str(name or "")
+        return out
+
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         for group in _by_shape(rows):
             for part in chunks(group, CHUNK):

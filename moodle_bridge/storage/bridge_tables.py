@@ -250,11 +250,14 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         f"{p}mrcloud_result_reports",
         m,
         _id(),
-        sa.Column("reportid", sa.String(64), nullable=False, unique=True),
+        sa.Column("reportid", sa.String(64), nullable=False),
         sa.Column("companyid", sa.BigInteger, nullable=False),
         sa.Column("reporter", sa.String(30), nullable=False),
         sa.Column("resultcount", sa.Integer, nullable=False),
         sa.Column("timereceived", UNIXTIME, nullable=False),
+        # A report id is the sender's idempotency key *within its company*: one company's key must
+        # not be able to pre-claim another company's id (issue 18).
+        sa.UniqueConstraint("companyid", "reportid", name=f"{p}mrcloud_resrep_comprep_uix"),
     )
 
     certificates = sa.Table(

@@ -22,7 +22,9 @@ from moodle_bridge.sources.iomad.passwords import REDACTION
 from moodle_bridge.storage.bridge_repo import PASSWORD_RETRY_WINDOW_SECONDS
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract import validate
-from tests.bridge.conftest import drain, make_config, with_queues
+from offload_contract.sealing import open_content
+from offload_contract.signing import decode_root_secret
+from tests.bridge.conftest import SEAL_ROOT, drain, make_config, with_queues
 from tests.bridge.iomad_world import IomadWorld
 
 PASSWORD = "?4:#F_L3fu"
@@ -74,6 +76,15 @@ def _by_recipient(messages: list[dict]) -> dict[str, tuple[dict, dict]]:
     return {r["to"]: (m, r) for m in messages for r in m["recipients"]}
 
 
+def _opened(message: dict, recipient: dict) -> dict:
+    """The user's sealed copy, opened as the email sender opens it."""
+    content_id = recipient["content_id"]
+    roots = {"s1": decode_root_secret(SEAL_ROOT)}
+    return open_content(
+        roots, message["company_id"], message["job_id"], content_id, message["contents"][content_id]
+    )
+
+
 def test_retry_resubmits_failed_recipients_with_the_same_password_content(
     bridge_engine, db_url, repo, aws, monkeypatch, capsys, caplog
 ) -> None:
@@ -102,7 +113,9 @@ def test_retry_resubmits_failed_recipients_with_the_same_password_content(
     boss_msg, boss = sent1["boss@example.com"]
     _chief_msg, chief = sent1["chief@example.com"]
     assert learner_msg["attempt"] == 1
-    first_learner_content = learner_msg["contents"][learner["content_id"]]
+    sealed = learner_msg["contents"][learner["content_id"]]
+    assert sealed["kind"] == "sealed"  # the user's copy leaves the bridge sealed (docs/security.md)
+    first_learner_content = _opened(learner_msg, learner)
     first_boss_content = boss_msg["contents"][boss["content_id"]]
     assert PASSWORD in first_learner_content["html"]
     assert PASSWORD not in first_boss_content["html"] and REDACTION in first_boss_content["html"]
@@ -133,7 +146,7 @@ def test_retry_resubmits_failed_recipients_with_the_same_password_content(
     learner_msg2, learner2 = sent2["learner@example.com"]
     boss_msg2, boss2 = sent2["boss@example.com"]
     assert learner2["recipient_id"] == learner["recipient_id"]
-    assert learner_msg2["contents"][learner2["content_id"]] == first_learner_content
+    assert _opened(learner_msg2, learner2) == first_learner_content
     assert boss_msg2["contents"][boss2["content_id"]] == first_boss_content
     with bridge_engine.connect() as conn:
         attempts = dict(
