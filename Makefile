@@ -20,7 +20,7 @@ export CDK_DISABLE_VERSION_CHECK := true
 demo: setup
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
-test: setup lint typecheck pytest audit
+test: setup lint typecheck audit pytest
 
 ifneq ($(wildcard cloudflare/package-lock.json),)
 setup: system $(PY_STAMP) $(FONTS_STAMP) $(NODE_STAMP)
