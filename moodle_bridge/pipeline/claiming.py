@@ -36,7 +36,13 @@ from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_s
 from moodle_bridge.pipeline.outbox import BuildError, job_header_for
 from moodle_bridge.pipeline.routing import CompanySettings, could_offload, decide
 from moodle_bridge.sources.iomad.completions import COMPLETION_TEMPLATE, CourseCompletion, select_completions
-from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
+from moodle_bridge.sources.iomad.moodle_lock import (
+    HeldLock,
+    LockLost,
+    LockNotAcquired,
+    lock_still_held,
+    moodle_cron_lock,
+)
 from moodle_bridge.sources.iomad.passwords import (
     PASSWORD_TEMPLATES,
     Secret,
@@ -95,6 +101,10 @@ class ClaimReport:
     jobs: list[int] = field(default_factory=list)
     left_local: Counter[str] = field(default_factory=Counter)
     lock_busy: bool = False
+    #: rows IOMAD's Resend made due again after the bridge had finished them (new generations)
+    resends: int = 0
+    #: Moodle's lock was lost mid-pass: the chunk being claimed was rolled back (I9)
+    lock_lost: bool = False
     #: rows given back to IOMAD at once because no recipient fitted the queue (fallback on)
     restored_too_large: int = 0
     decisions: dict[str, str] = field(default_factory=dict)
@@ -126,6 +136,10 @@ class ClaimPass:
         self.lock_timeout = lock_timeout
         #: Test hook: called inside the chunk transaction after parking (fault injection).
         self.after_park = after_park
+        #: emailid -> send generation of the rows IOMAD's Resend made due again (this pass)
+        self._generations: dict[int, int] = {}
+        #: The connection that holds Moodle's lock and commits the claims, during a pass.
+        self.lock_connection: sa.Connection | None = None
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -142,28 +156,48 @@ class ClaimPass:
         if not candidates:
             return report
         dbname = self.config.database.moodle_dbname or (self.engine.url.database or "")
-        try:
-            with moodle_cron_lock(
-                self.engine, self.iomad, dbname, self.iomad.email_cron_task, self.lock_timeout
-            ):
-                self._claim(global_on, candidates, report, progress)
-        except LockNotAcquired:
-            report.lock_busy = True
+        # One connection holds Moodle's lock AND commits every claim: MySQL named locks and
+        # PostgreSQL advisory locks belong to the session, so a claim can only ever commit
+        # while the session that owns the lock is alive; each chunk also checks ownership
+        # inside its own transaction before it commits (docs/sending.md, I9).
+        with self.engine.connect() as conn:
+            self.lock_connection = conn
+            try:
+                with moodle_cron_lock(
+                    conn, self.iomad, dbname, self.iomad.email_cron_task, self.lock_timeout
+                ) as held:
+                    self._claim(conn, held, global_on, candidates, report, progress)
+            except LockNotAcquired:
+                report.lock_busy = True
+            except LockLost:
+                report.lock_lost = True
+            finally:
+                self.lock_connection = None
         return report
 
     def _claim(
         self,
+        conn: sa.Connection,
+        held: HeldLock,
         global_on: bool,
         settings: Mapping[int, CompanySettings],
         report: ClaimReport,
         progress: Callable[[int, int], None] | None,
     ) -> None:
         at = self.clock()
-        with self.engine.connect() as conn:
+        with conn.begin():
             rows = select_due_emails(conn, self.iomad, at, list(settings), None)
-            seen = self.repo.already_claimed(conn, [r.id for r in rows])
-            rows = [r for r in rows if r.id not in seen]
+            # A row the bridge claimed before is looked at again only when IOMAD's Resend made a
+            # finished row due again: a new, intended send, routed like a fresh row (I10).
+            claimed = self.repo.claim_states(conn, [r.id for r in rows])
+            self._generations = {
+                r.id: claimed[r.id].generation + 1
+                for r in rows
+                if r.id in claimed and claimed[r.id].resent(r.modifiedtime)
+            }
+            rows = [r for r in rows if r.id not in claimed or r.id in self._generations]
             report.considered = len(rows)
+            report.resends = len(self._generations)
             if not rows:
                 return
             expansions = expand_emails(conn, self.iomad, rows)
@@ -202,10 +236,10 @@ class ClaimPass:
         jobs: dict[tuple[int, str], tuple[JobHeader, int]] = {}
         chunk = max(1, self.config.submit.claim_chunk_rows)
         for start in range(0, len(take), chunk):
-            self._claim_chunk(take[start : start + chunk], settings, jobs, report)
+            self._claim_chunk(conn, held, take[start : start + chunk], settings, jobs, report)
             if progress is not None:
                 progress(min(start + chunk, len(take)), len(take))
-        with self.engine.begin() as conn:
+        with conn.begin():
             self.repo.refresh_job_totals(conn, [h.jobid for h, _ in jobs.values()])
             for (cid, jobtype), (header, _seq) in jobs.items():
                 audit.record(
@@ -297,6 +331,8 @@ class ClaimPass:
 
     def _claim_chunk(
         self,
+        conn: sa.Connection,
+        held: HeldLock,
         plans: list[RowPlan],
         settings: Mapping[int, CompanySettings],
         jobs: dict[tuple[int, str], tuple[JobHeader, int]],
@@ -304,7 +340,7 @@ class ClaimPass:
     ) -> None:
         at = self.clock()
         new_jobs: dict[tuple[int, str], tuple[JobHeader, int]] = {}
-        with self.engine.begin() as conn:
+        with conn.begin():
             sendable = [p for p in plans if p.release_reason is None]
             parked = set(park_emails(conn, self.iomad, [p.email.id for p in sendable]))
             if self.after_park is not None:
@@ -377,6 +413,9 @@ class ClaimPass:
                         errormessage=f"left to IOMAD: {problem.detail}"[:1000],
                     )
                 )
+            again = [c["emailid"] for c in claims if c["generation"] > 1]
+            if again:
+                self.repo.forget_claims(conn, again)
             self.repo.insert_claims(conn, claims)
             all_jobs = {**jobs, **new_jobs}
             for key, recipients in planned.items():
@@ -411,6 +450,10 @@ class ClaimPass:
                         conn, header.jobid, recipients, created.rejected, taken
                     )
             new_jobs.update(all_jobs)
+            # Ownership of Moodle's lock is a condition of this commit (I9): checked by this
+            # transaction, so a lock lost to a dead session or an expiry rolls the chunk back.
+            if not lock_still_held(conn, held):
+                raise LockLost("Moodle's lock for IOMAD's email task was lost before the claim committed")
         jobs.update(new_jobs)
         report.claimed += len(taken)
         report.released += len(released)
@@ -447,9 +490,10 @@ class ClaimPass:
         )
         return len(restored)
 
-    @staticmethod
-    def _claim_row(plan: RowPlan, state: str, jobid: int, at: int) -> dict[str, Any]:
+    def _claim_row(self, plan: RowPlan, state: str, jobid: int, at: int) -> dict[str, Any]:
         return {
+            "generation": self._generations.get(plan.email.id, 1),
+            "rowmodified": plan.email.modifiedtime if state == "released" else None,
             "emailid": plan.email.id,
             "companyid": plan.email.companyid,
             "jobid": jobid,
@@ -473,18 +517,31 @@ class ClaimPass:
         is_password_row = e.templatename in PASSWORD_TEMPLATES
         for rcp in plan.expansion.recipients:
             out.append(self._recipient(plan, rcp, is_password_row))
+        # The user's own address is unusable (their row entry is a problem) but the copies go:
+        # the password is then kept on that entry, so the redacted copies can be built at
+        # submit time like any other (the bad row fails alone, at once; the batch goes on).
+        user_secret = (
+            plan.password.reveal()
+            if plan.password is not None and not any(r.role == ROLE_USER for r in plan.expansion.recipients)
+            else None
+        )
         for n, problem in enumerate(plan.expansion.problems):
+            own = problem.role == ROLE_USER and user_secret is not None
             out.append(
                 PlannedRecipient(
                     dedupekey=f"e{e.id}:problem:{n}",
-                    role="problem",
+                    role=ROLE_USER if own else "problem",
                     address="",
+                    userid=e.userid if own else None,
                     emailid=e.id,
                     status="skipped" if problem.code in _SKIP_CODES else "failed",
                     errorcode=problem.code,
                     errormessage=problem.detail[:1000],
+                    secret=user_secret if own else None,
                 )
             )
+            if own:
+                user_secret = None
         return out
 
     def _recipient(self, plan: RowPlan, rcp: ExpandedRecipient, is_password_row: bool) -> PlannedRecipient:

@@ -119,6 +119,12 @@ STEPS: tuple[Step, ...] = (
         _add_columns(("claims", "fromname"), ("claims", "replyto")),
         adds_columns=(("claims", "fromname"), ("claims", "replyto")),
     ),
+    Step(
+        5,
+        "IOMAD's Resend: claims count the row's send generations and keep the row's modifiedtime at release",
+        _add_columns(("claims", "generation"), ("claims", "rowmodified")),
+        adds_columns=(("claims", "generation"), ("claims", "rowmodified")),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version
