@@ -48,6 +48,7 @@ from moodle_bridge.sources.iomad.passwords import (
     Secret,
     find_password,
     load_temporary_passwords,
+    password_from_template,
     redact,
 )
 from moodle_bridge.sources.iomad.queue import QueuedEmail, park_emails, restore_emails, select_due_emails
@@ -305,7 +306,13 @@ class ClaimPass:
         if completion is not None:
             plan.user_jobtype, plan.completion = "certificate", completion
         if row.templatename in PASSWORD_TEMPLATES:
+            # IOMAD <= 5.0: the iomad_temporary preference; 5.1+ (no preference): the text at
+            # {User_Newpassword} in the body, read against the row's own template (docs/iomad.md).
             secret = passwords.get(row.userid)
+            if secret is None or not find_password(row.body, secret):
+                tpl = expansion.headers.template if expansion.headers is not None else None
+                template_body = str(tpl.raw.get("body") or "") if tpl is not None else ""
+                secret = password_from_template(row.body, template_body)
             if secret is not None and find_password(row.body, secret):
                 plan.password = secret
         return plan

@@ -409,6 +409,13 @@ def expand_emails(
         for role, addresses in ((ROLE_TO, tpl.emailtoother_addresses), (ROLE_CC, tpl.emailccother_addresses)):
             for address in addresses:
                 add(role, None, address, "")
+        # "Cc:" entries of the row's own headers that the template does not explain (IOMAD 5.x
+        # Cc's the creating user on a non-reset user_create): a copy, redacted for password mail.
+        if exp.headers is not None:
+            for entry in exp.headers.cc:
+                for address in entry.split(","):
+                    if address.strip() and address.strip().lower() not in seen:
+                        add(ROLE_CC, None, address.strip(), "")
         if e.templatename not in USER_TEMPLATES:
             continue
         if not tpl.disabledmanager:
