@@ -63,7 +63,7 @@ from moodle_bridge.sources.iomad.recipients import (
 from moodle_bridge.sources.iomad.schema import IomadTables
 from moodle_bridge.sources.iomad.template_sender import TemplateSender, template_senders
 from moodle_bridge.storage import audit
-from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.bridge_repo import OFFLOAD_ENABLED_KEY, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.storage.secrets_at_rest import SecretBox
 from offload_contract.limits import QueueLimits
@@ -144,9 +144,31 @@ class ClaimPass:
 
     # -- the pass ----------------------------------------------------------------------------
 
-    def run(self, progress: Callable[[int, int], None] | None = None) -> ClaimReport:
+    def anything_due(self, conn: sa.Connection) -> bool:
+        """One statement: is any IOMAD row of a cloud-enabled company due, with the switch on?
+
+        The idle pass of ``moodle-offload run`` is this and the outbox's due-batch query. A
+        superset of what a pass would take (rows left local stay due until IOMAD sends them),
+        so a False answer is exact: a full pass would claim nothing.
+        """
+        e, s, cfg = self.iomad.email, self.repo.t.company_settings, self.repo.t.config
+        probe = (
+            sa.select(e.c.id)
+            .where(
+                e.c.sent.is_(None),
+                e.c.due < self.clock(),
+                e.c.companyid.in_(sa.select(s.c.companyid).where(s.c.cloudenabled == 1)),
+                sa.exists().where(cfg.c.name == OFFLOAD_ENABLED_KEY, cfg.c.value == "1"),
+            )
+            .limit(1)
+        )
+        return conn.execute(probe).first() is not None
+
+    def run(self, progress: Callable[[int, int], None] | None = None, *, probe: bool = True) -> ClaimReport:
         report = ClaimReport()
         with self.engine.connect() as conn:
+            if probe and not self.anything_due(conn):
+                return report
             global_on = self.repo.offload_enabled(conn)
             settings = self.repo.all_settings(conn)
         candidates = {
