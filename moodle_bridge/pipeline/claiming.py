@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,13 @@ from moodle_bridge.sources.iomad.passwords import (
     password_from_template,
     redact,
 )
-from moodle_bridge.sources.iomad.queue import QueuedEmail, park_emails, restore_emails, select_due_emails
+from moodle_bridge.sources.iomad.queue import (
+    PARKED_DUE_BASE,
+    QueuedEmail,
+    park_emails,
+    restore_emails,
+    select_due_emails,
+)
 from moodle_bridge.sources.iomad.recipients import (
     DUPLICATE_ADDRESS,
     RECIPIENT_UNAVAILABLE,
@@ -127,6 +134,7 @@ class ClaimPass:
         clock: Callable[[], int] = unix_now,
         lock_timeout: float = 0,
         after_park: Callable[[list[int]], None] | None = None,
+        full_probe_seconds: float = 10.0,
     ) -> None:
         self.engine = engine
         self.repo = repo
@@ -137,6 +145,10 @@ class ClaimPass:
         self.lock_timeout = lock_timeout
         #: Test hook: called inside the chunk transaction after parking (fault injection).
         self.after_park = after_park
+        #: the probe's full look at IOMAD's queue: how often, and the highest id it saw
+        self.full_probe_seconds = full_probe_seconds
+        self._watermark: int | None = None
+        self._next_full_probe = 0.0
         #: emailid -> send generation of the rows IOMAD's Resend made due again (this pass)
         self._generations: dict[int, int] = {}
         #: The connection that holds Moodle's lock and commits the claims, during a pass.
@@ -147,21 +159,39 @@ class ClaimPass:
     def anything_due(self, conn: sa.Connection) -> bool:
         """One statement: is any IOMAD row of a cloud-enabled company due, with the switch on?
 
-        The idle pass of ``moodle-offload run`` is this and the outbox's due-batch query. A
-        superset of what a pass would take (rows left local stay due until IOMAD sends them),
-        so a False answer is exact: a full pass would claim nothing.
+        The idle pass of ``moodle-offload run`` is this and the outbox's due-batch query. A hint
+        only (correctness never depends on it): a superset of what a pass would take, so a False
+        answer means a full pass would claim nothing. IOMAD's queue table has no index but its
+        primary key, so a full look is a table scan: a long-lived ClaimPass (the service) looks
+        at the whole table every ``full_probe_seconds`` (that also finds rows IOMAD's Resend made
+        due again) and between those only at rows with a higher id than the last full look saw,
+        a primary-key range.
         """
         e, s, cfg = self.iomad.email, self.repo.t.company_settings, self.repo.t.config
-        probe = (
-            sa.select(e.c.id)
-            .where(
-                e.c.sent.is_(None),
-                e.c.due < self.clock(),
-                e.c.companyid.in_(sa.select(s.c.companyid).where(s.c.cloudenabled == 1)),
-                sa.exists().where(cfg.c.name == OFFLOAD_ENABLED_KEY, cfg.c.value == "1"),
-            )
-            .limit(1)
+        due = sa.and_(
+            e.c.sent.is_(None),
+            e.c.due < self.clock(),
+            e.c.companyid.in_(sa.select(s.c.companyid).where(s.c.cloudenabled == 1)),
+            sa.exists().where(cfg.c.name == OFFLOAD_ENABLED_KEY, cfg.c.value == "1"),
         )
+        now = time.monotonic()
+        if self._watermark is None or now >= self._next_full_probe:
+            first = sa.select(e.c.id).where(due).limit(1).scalar_subquery()
+            top = sa.select(sa.func.max(e.c.id)).scalar_subquery()
+            # Rows queued but not due yet (IOMAD's emaildelay, or queued this very second) keep
+            # the watermark below them, so the cheap look still sees them once they are due.
+            waiting = (
+                sa.select(sa.func.min(e.c.id))
+                .where(e.c.sent.is_(None), e.c.due >= self.clock(), e.c.due < PARKED_DUE_BASE)
+                .scalar_subquery()
+            )
+            found, highest, lowest_waiting = conn.execute(sa.select(first, top, waiting)).one()
+            self._watermark = int(highest or 0)
+            if lowest_waiting is not None:
+                self._watermark = min(self._watermark, int(lowest_waiting) - 1)
+            self._next_full_probe = now + self.full_probe_seconds
+            return found is not None
+        probe = sa.select(e.c.id).where(e.c.id > self._watermark, due).limit(1)
         return conn.execute(probe).first() is not None
 
     def run(self, progress: Callable[[int, int], None] | None = None, *, probe: bool = True) -> ClaimReport:
