@@ -21,6 +21,7 @@ as before and the bridge does not look at them again.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import string
 import time
@@ -58,6 +59,7 @@ from moodle_bridge.sources.iomad.queue import (
     park_emails,
     restore_emails,
     select_due_emails,
+    still_parked,
 )
 from moodle_bridge.sources.iomad.recipients import (
     DUPLICATE_ADDRESS,
@@ -149,6 +151,8 @@ class ClaimPass:
         self.full_probe_seconds = full_probe_seconds
         self._watermark: int | None = None
         self._next_full_probe = 0.0
+        #: rows strict mode's trigger parked at insert, taken by this pass (no park needed)
+        self._preparked: set[int] = set()
         #: emailid -> send generation of the rows IOMAD's Resend made due again (this pass)
         self._generations: dict[int, int] = {}
         #: The connection that holds Moodle's lock and commits the claims, during a pass.
@@ -167,10 +171,19 @@ class ClaimPass:
         due again) and between those only at rows with a higher id than the last full look saw,
         a primary-key range.
         """
-        e, s, cfg = self.iomad.email, self.repo.t.company_settings, self.repo.t.config
+        e, s, cfg, c = self.iomad.email, self.repo.t.company_settings, self.repo.t.config, self.repo.t.claims
+        at = self.clock()
         due = sa.and_(
             e.c.sent.is_(None),
-            e.c.due < self.clock(),
+            sa.or_(
+                e.c.due < at,
+                # parked at insert by strict mode's trigger, not claimed yet
+                sa.and_(
+                    e.c.due >= PARKED_DUE_BASE,
+                    e.c.due < PARKED_DUE_BASE + at,
+                    ~sa.exists().where(c.c.emailid == e.c.id),
+                ),
+            ),
             e.c.companyid.in_(sa.select(s.c.companyid).where(s.c.cloudenabled == 1)),
             sa.exists().where(cfg.c.name == OFFLOAD_ENABLED_KEY, cfg.c.value == "1"),
         )
@@ -240,6 +253,7 @@ class ClaimPass:
         at = self.clock()
         with conn.begin():
             rows = select_due_emails(conn, self.iomad, at, list(settings), None)
+            rows += self._preparked_rows(conn, at, settings)
             # A row the bridge claimed before is looked at again only when IOMAD's Resend made a
             # finished row due again: a new, intended send, routed like a fresh row (I10).
             claimed = self.repo.claim_states(conn, [r.id for r in rows])
@@ -280,12 +294,18 @@ class ClaimPass:
             f"{cid}:{jt}": d.reason for (cid, jt), d in decisions.items() if counts[(cid, jt)]
         }
         take: list[RowPlan] = []
+        give_back: dict[int, int] = {}
         for plan in plans:
             reason = self._local_reason(plan, decisions)
             if reason is None:
                 take.append(plan)
             else:
                 report.left_local[reason] += 1
+                if plan.email.id in self._preparked:
+                    give_back[plan.email.id] = plan.email.due
+        if give_back:  # strict mode parked them at insert; IOMAD sends them as before
+            with conn.begin():
+                restore_emails(conn, self.iomad, give_back)
         jobs: dict[tuple[int, str], tuple[JobHeader, int]] = {}
         chunk = max(1, self.config.submit.claim_chunk_rows)
         for start in range(0, len(take), chunk):
@@ -310,6 +330,39 @@ class ClaimPass:
                     },
                 )
         report.jobs = [h.jobid for h, _ in jobs.values()]
+
+    def _preparked_rows(
+        self, conn: sa.Connection, at: int, settings: Mapping[int, CompanySettings]
+    ) -> list[QueuedEmail]:
+        """Rows strict mode's trigger parked at insert that no claim holds yet, now due.
+
+        Their ``due`` is given as IOMAD queued it (``due - 10**12``). Rows of a company that is
+        no longer a candidate are handed back to IOMAD here (the trigger parked them earlier).
+        One statement when there are none.
+        """
+        self._preparked = set()
+        e, u, c = self.iomad.email, self.iomad.user, self.repo.t.claims
+        query = (
+            sa.select(e)
+            .select_from(e.join(u, e.c.userid == u.c.id))
+            .where(
+                e.c.sent.is_(None),
+                e.c.due >= PARKED_DUE_BASE,
+                e.c.due < PARKED_DUE_BASE + at,
+                u.c.deleted == 0,
+                sa.or_(u.c.suspended == 0, e.c.templatename == "company_suspended"),
+                ~sa.exists().where(c.c.emailid == e.c.id),
+            )
+            .order_by(e.c.id)
+        )
+        rows = [QueuedEmail.from_row(r) for r in conn.execute(query).mappings()]
+        rows = [dataclasses.replace(r, due=r.due - PARKED_DUE_BASE) for r in rows]
+        orphans = {r.id: r.due for r in rows if r.companyid not in settings}
+        if orphans:
+            restore_emails(conn, self.iomad, orphans)
+        mine = [r for r in rows if r.companyid in settings]
+        self._preparked = {r.id for r in mine}
+        return mine
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -401,7 +454,14 @@ class ClaimPass:
         new_jobs: dict[tuple[int, str], tuple[JobHeader, int]] = {}
         with conn.begin():
             sendable = [p for p in plans if p.release_reason is None]
-            parked = set(park_emails(conn, self.iomad, [p.email.id for p in sendable]))
+            fresh = [p.email.id for p in sendable if p.email.id not in self._preparked]
+            parked = set(park_emails(conn, self.iomad, fresh))
+            # Rows strict mode parked at insert: still parked and unsent (locked until commit)?
+            parked |= set(
+                still_parked(
+                    conn, self.iomad, [p.email.id for p in sendable if p.email.id in self._preparked]
+                )
+            )
             if self.after_park is not None:
                 self.after_park(sorted(parked))
             taken = [p for p in sendable if p.email.id in parked]
@@ -453,6 +513,9 @@ class ClaimPass:
                         bucket = contents.setdefault(key, {})
                         if rcp.contentkey not in bucket:
                             bucket[rcp.contentkey] = self._content(plan, rcp.contentkey)
+            preparked_released = {p.email.id: p.email.due for p in released if p.email.id in self._preparked}
+            if preparked_released:  # strict mode parked them at insert: IOMAD's again, as queued
+                restore_emails(conn, self.iomad, preparked_released)
             for plan in released:
                 cid = plan.email.companyid
                 if cid not in settings:

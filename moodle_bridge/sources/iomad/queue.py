@@ -39,6 +39,7 @@ __all__ = [
     "restore_emails",
     "rows_for_send",
     "select_due_emails",
+    "still_parked",
 ]
 
 
@@ -170,6 +171,14 @@ def park_emails(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) ->
         lambda c: queries.parkable_ids(tables, c),
         lambda c: queries.park(tables, c),
     )
+
+
+def still_parked(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) -> list[int]:
+    """The ids among ``ids`` that are parked and unsent, locked for update (strict mode's rows)."""
+    out: list[int] = []
+    for chunk in chunks(ids):
+        out.extend(int(i) for i in conn.execute(queries.parked_ids(tables, chunk)).scalars())
+    return sorted(out)
 
 
 def restore_emails(
