@@ -195,7 +195,14 @@ class ClaimPass:
             # the watermark below them, so the cheap look still sees them once they are due.
             waiting = (
                 sa.select(sa.func.min(e.c.id))
-                .where(e.c.sent.is_(None), e.c.due >= self.clock(), e.c.due < PARKED_DUE_BASE)
+                .where(
+                    e.c.sent.is_(None),
+                    sa.or_(
+                        sa.and_(e.c.due >= at, e.c.due < PARKED_DUE_BASE),
+                        # parked at insert by strict mode, not due yet, not claimed
+                        sa.and_(e.c.due >= PARKED_DUE_BASE + at, ~sa.exists().where(c.c.emailid == e.c.id)),
+                    ),
+                )
                 .scalar_subquery()
             )
             found, highest, lowest_waiting = conn.execute(sa.select(first, top, waiting)).one()

@@ -145,3 +145,33 @@ def test_run_command_serves_callbacks_and_stops_cleanly_on_sigterm(tmp_path: Pat
             proc.communicate()
     assert proc.returncode == 0, out
     assert "stopped after" in out
+
+
+def test_the_cheap_probe_still_sees_rows_queued_before_they_were_due(
+    bridge_engine, db_url, repo, aws
+) -> None:
+    """Between two full looks the probe reads only ids above its watermark; a row queued in the
+    same second as a full look (not due yet, so not found) must stay above it, also when strict
+    mode parked it at insert."""
+    from moodle_bridge.storage.strict_mode import install_strict_mode
+
+    world = _site(bridge_engine, repo)
+    config = with_queues(make_config(db_url), aws)
+    now = [1_900_000_000]
+    service = Service(
+        bridge_engine,
+        config,
+        submitters=build_submitters(config, sqs_client=aws["sqs"]),
+        clock=lambda: now[0],
+    )
+    assert service.claimer is not None
+    first = world.queue("license_allocated", 100, 1, due=now[0])
+    assert service.pass_once(reconcile_now=False).claim.considered == 0  # type: ignore[union-attr]
+    install_strict_mode(bridge_engine, world.tables, "mdl_")
+    second = world.queue("license_allocated", 101, 1, due=now[0])
+    assert world.rows()[second].due >= 10**12
+    assert service.pass_once(reconcile_now=False).claim.considered == 0  # type: ignore[union-attr]
+    now[0] += 1
+    report = service.pass_once(reconcile_now=False)
+    assert report.claim is not None and report.claim.claimed == 2
+    assert {first, second} <= {int(r["content_id"][1:]) for m in drain(aws) for r in m["recipients"]}
