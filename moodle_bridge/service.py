@@ -38,7 +38,8 @@ from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
-from moodle_bridge.transports.targets import Submitter
+from moodle_bridge.transports.capabilities import WorkerCheck
+from moodle_bridge.transports.targets import Submitter, WorkerSubmitter
 
 log = logging.getLogger("moodle_bridge.service")
 
@@ -134,6 +135,10 @@ class Service:
         started = time.monotonic()
         report = PassReport()
         if self.claimer is not None:
+            # The Worker's capabilities are asked afresh each pass (only a pass with rows due
+            # asks at all: the probe comes first), as the tick does.
+            worker = self.submitters.get("worker")
+            self.claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
             report.claim = self.claimer.run()
         report.outbox = self.outbox.submit_due()
         due = started >= self._next_reconcile if reconcile_now is None else reconcile_now
