@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,11 @@ def run_mode(mode: str, bulk: int, trickle: int, rows: int, seed: int, workdir: 
     rng = random.Random(seed)
     site = Site(workdir / f"{mode}.db", strict=mode == "strict")
     result: dict[str, Any] = {"mode": mode}
-    for name, count, arrivals_of in (
+    workloads: list[tuple[str, int, Callable[[], list[int]]]] = [
         ("bulk_upload", bulk, lambda: [0] * rows),
         ("csv_trickle_10_minutes", trickle, lambda: sorted(rng.randint(0, 599) for _ in range(rows))),
-    ):
+    ]
+    for name, count, arrivals_of in workloads:
         outcome = Outcome()
         t0 = time.perf_counter()
         for _ in range(count):
