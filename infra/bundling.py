@@ -30,6 +30,8 @@ PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_
 SOURCE_PACKAGES = ("lambdas", "offload_contract")
 #: Provided by the Lambda runtime; never bundled.
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
+#: Written by scripts/build_certificate_fonts.py; a full bundle without the fonts is refused.
+FONT_MANIFEST = "lambdas/certificates/fonts/manifest.json"
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 
 
@@ -38,9 +40,10 @@ class BundlingError(RuntimeError):
 
 
 def runtime_requirements(root: Path) -> list[str]:
-    """The base dependencies plus the ``lambdas`` extra of pyproject.toml, minus runtime ones."""
+    """The ``lambdas`` extra of pyproject.toml (it names the contract's dependency too), minus
+    runtime ones. The base dependencies are the bridge's and never go into the bundle."""
     project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = [*project.get("dependencies", []), *project["optional-dependencies"]["lambdas"]]
+    requirements = list(project["optional-dependencies"]["lambdas"])
     return [r for r in requirements if _requirement_name(r) not in RUNTIME_PROVIDED]
 
 
@@ -73,6 +76,11 @@ def bundle_hash(root: Path, mode: BundleMode) -> str:
 def build_lambda_asset(root: Path, mode: BundleMode = "full", build_dir: Path | None = None) -> Path:
     """Return the directory of a ready asset, building it only when its inputs changed."""
     build_dir = build_dir or root / "build" / "lambda-assets"
+    if mode == "full" and not (root / FONT_MANIFEST).exists():
+        raise BundlingError(
+            f"{FONT_MANIFEST} is missing: the certificate fonts are built by `make setup` "
+            "(scripts/build_certificate_fonts.py)"
+        )
     target = build_dir / f"{mode}-{bundle_hash(root, mode)}"
     if (target / ".complete").exists():
         return target

@@ -204,6 +204,7 @@ class Receiver:
                 host=host,
                 port=port,
                 log_level="info",
+                log_config=None,  # uvicorn's lines go through the bridge's format (human or JSON)
                 access_log=False,
                 proxy_headers=True,
                 server_header=False,

@@ -57,7 +57,8 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not logging.getLogger().handlers:  # called outside the CLI (which configures logging)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     engine = create_bridge_engine(config.database)
     try:
         check_connection(engine)
