@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
 from moodle_bridge.storage.migrations import (
