@@ -73,9 +73,8 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                     iomad = detect_iomad(conn, config.database.prefix)
                 if args.strict:
                     install_strict_mode(engine, iomad, config.database.prefix)
-                    print(
-                        f"strict mode on: {iomad.email.name} rows of cloud-routed companies are parked at insert"
-                    )
+                    table = iomad.email.name
+                    print(f"strict mode on: {table} rows of cloud-routed companies are parked at insert")
                 else:
                     back = remove_strict_mode(engine, iomad, config.database.prefix)
                     print(
