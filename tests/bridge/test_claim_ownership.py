@@ -145,16 +145,13 @@ def test_lock_taken_over_between_claim_chunks_rolls_the_chunk_back(
     config = with_queues(make_config(db_url, claim_chunk_rows=10), aws)
     sink = RecordingSmtpSink()
     if db_engine_name != "sqlite":  # the site's lock factory: both sides use lock_db
-        import iomad_sim.iomad_cron as cron_module
-        import moodle_bridge.pipeline.claiming as claiming_module
-
-        original = claiming_module.moodle_cron_lock
+        from moodle_bridge.sources.iomad.moodle_lock import moodle_cron_lock
 
         def db_record_lock(*args: Any, **kwargs: Any) -> Any:
-            return original(*args, factory="db_record", **kwargs)
+            return moodle_cron_lock(*args, factory="db_record", **kwargs)
 
-        monkeypatch.setattr(claiming_module, "moodle_cron_lock", db_record_lock)
-        monkeypatch.setattr(cron_module, "moodle_cron_lock", db_record_lock)
+        monkeypatch.setattr("moodle_bridge.pipeline.claiming.moodle_cron_lock", db_record_lock)
+        monkeypatch.setattr("iomad_sim.iomad_cron.moodle_cron_lock", db_record_lock)
     claimer = ClaimPass(bridge_engine, repo, world.tables, config)
     lock_db = world.tables.lock_db
     stolen: list[int] = []
