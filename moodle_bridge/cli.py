@@ -21,6 +21,7 @@ from moodle_bridge.logs import configure_logging
 COMMAND_MODULES = (
     "migrate",
     "tick",
+    "run",
     "company",
     "jobs",
     "serve",

@@ -216,6 +216,10 @@ def run_tick(
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
         if report.claim.lock_busy:
             report.notes.append("IOMAD's email cron holds its lock; claiming again next pass")
+        if report.claim.lock_lost:
+            report.notes.append(
+                "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
+            )
         report.notes.extend(report.claim.refusals)
     outbox = Outbox(
         engine,

@@ -202,6 +202,11 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         # The template's sender display name and Reply-To (moodle_bridge.sources.iomad.template_sender).
         sa.Column("fromname", sa.String(255), nullable=True),
         sa.Column("replyto", sa.String(1333), nullable=True),
+        # Added in schema version 5 (IOMAD's Resend): the how-manieth send of the row this claim
+        # is (IOMAD's report resends by setting sent = NULL on the same row), and the row's
+        # modifiedtime when the bridge released it (a later change means IOMAD sent it since).
+        sa.Column("generation", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("rowmodified", UNIXTIME, nullable=True),
         sa.Index(f"{p}mrclclai_sta_ix", "state"),
         sa.Index(f"{p}mrclclai_job_ix", "jobid"),
     )

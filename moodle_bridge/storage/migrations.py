@@ -213,6 +213,12 @@ STEPS: tuple[Step, ...] = (
         "result report ids are unique per company, not across companies",
         _scope_report_ids_by_company,
     ),
+    Step(
+        9,
+        "IOMAD's Resend: claims count the row's send generations and keep the row's modifiedtime at release",
+        _add_columns(("claims", "generation"), ("claims", "rowmodified")),
+        adds_columns=(("claims", "generation"), ("claims", "rowmodified")),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

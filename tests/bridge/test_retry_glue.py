@@ -201,13 +201,22 @@ def test_retry_of_a_redacted_copy_after_the_password_window_is_refused_not_sent(
         assert repo.clear_final_secrets(conn, at=later) == 1
         retry_failed(conn, T, jobid, actor="test", now=3)
     report = run_tick(bridge_engine, config, submitters=submitters, claim=False)
-    assert report.outbox is not None and report.outbox.submitted == 0 and report.outbox.retried == 1
+    # The copy fails alone and at once (issue 11 item 6): settled, never retried for hours.
+    assert report.outbox is not None and report.outbox.submitted == 0 and report.outbox.retried == 0
+    assert report.outbox.settled == 1
     assert drain(aws) == []
     with bridge_engine.connect() as conn:
-        lasterror = conn.execute(
-            sa.select(T.batches.c.lasterror).where(T.batches.c.jobid == jobid, T.batches.c.attempt == 2)
-        ).scalar_one()
-    assert "no longer kept" in lasterror and PASSWORD not in lasterror
+        status, lasterror = conn.execute(
+            sa.select(T.batches.c.status, T.batches.c.lasterror).where(
+                T.batches.c.jobid == jobid, T.batches.c.attempt == 2
+            )
+        ).one()
+        boss = conn.execute(
+            sa.select(T.recipients).where(T.recipients.c.jobid == jobid, T.recipients.c.role == "manager")
+        ).one()
+    assert status == "abandoned" and "nothing left to send" in lasterror and PASSWORD not in lasterror
+    assert boss.status == "skipped" and boss.errorcode == "password_not_redactable"
+    assert PASSWORD not in (boss.errormessage or "")
 
 
 def test_retry_batch_over_the_queue_limit_is_split_and_sent(
