@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
-from moodle_bridge.storage.migrations import LATEST_VERSION, migrate
+from moodle_bridge.storage.migrations import LATEST_VERSION, STEPS, migrate
 from tests.results.factory import NOW, create_job, make_tables, result, result_batch
 
 
@@ -36,10 +36,14 @@ def test_a_report_id_claimed_by_one_company_does_not_drop_another_companys_repor
     assert again.duplicate_report
 
 
+#: The migration step that re-scopes report ids by company.
+REPORT_IDS_STEP = next(s.version for s in STEPS if "report ids are unique per company" in s.summary)
+
+
 def test_upgrade_rescopes_the_report_id_key_and_keeps_rows(db_url) -> None:
     engine = create_bridge_engine(db_url)
     tables = build_bridge_tables("mdl_")
-    migrate(engine, "mdl_", target=LATEST_VERSION - 1)
+    migrate(engine, "mdl_", target=REPORT_IDS_STEP - 1)
     # Recreate result_reports as every release before this one had it: reportid unique on its own.
     old = sa.MetaData()
     legacy = sa.Table(
@@ -67,7 +71,7 @@ def test_upgrade_rescopes_the_report_id_key_and_keeps_rows(db_url) -> None:
             )
         )
     result = migrate(engine, "mdl_")
-    assert [s.version for s in result.applied] == [LATEST_VERSION]
+    assert [s.version for s in result.applied] == list(range(REPORT_IDS_STEP, LATEST_VERSION + 1))
     rr = tables.result_reports
     with engine.begin() as conn:
         conn.execute(
