@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -36,6 +37,11 @@ def requeue_to(sqs: Any, queue_url: str) -> Any:
 
 @cache
 def sender() -> EmailBatchSender:
+    return build_sender(client)
+
+
+def build_sender(client: Callable[[str], Any]) -> EmailBatchSender:
+    """The sender of one container, from its clients (bench/pacing_bench.py runs one per poller)."""
     s = settings()
     s.require("jobs_queue_url", "results_queue_url", "idempotency_table")
     dynamodb = client("dynamodb")
@@ -57,6 +63,7 @@ def sender() -> EmailBatchSender:
             give_up_seconds=s.crash_window_give_up_seconds,
             probe_interval_seconds=s.crash_window_probe_interval_seconds,
         ),
+        parallel_sends=s.sender_parallel_sends,
     )
 
 
