@@ -251,7 +251,7 @@ def _poller(
             with contextlib.suppress(Exception):
                 if mapping.poll_once():
                     continue
-            time.sleep(0.02)  # the ESM long-polls; an empty receive comes back at once here
+            time.sleep(0.1)  # the ESM long-polls; an empty receive comes back at once here
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
