@@ -27,22 +27,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from moodle_bridge.claiming import ClaimPass
+from iomad_sim import scratch_databases
+from iomad_sim.iomad_cron import run_iomad_email_cron
+from iomad_sim.iomad_schema import create_iomad_schema
+from iomad_sim.iomad_seed import SeedSpec, seed_iomad
+from iomad_sim.smtp_sink import RecordingSmtpSink
 from moodle_bridge.config import BridgeConfig, DatabaseConfig, KeysConfig, SubmitConfig
-from moodle_bridge.iomad_contents import IomadRowContents
-from moodle_bridge.migrations import migrate
-from moodle_bridge.outbox import Outbox
-from moodle_bridge.routing import CompanySettings
-from moodle_bridge.secrets_at_rest import SecretBox
-from moodle_bridge.simulation import scratch_databases
-from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema
-from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from moodle_bridge.pipeline.claiming import ClaimPass
+from moodle_bridge.pipeline.iomad_contents import IomadRowContents
+from moodle_bridge.pipeline.outbox import Outbox
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import StatementCounter, create_bridge_engine
-from moodle_bridge.submission.targets import SqsSubmitter
+from moodle_bridge.storage.migrations import migrate
+from moodle_bridge.storage.secrets_at_rest import SecretBox
+from moodle_bridge.transports.targets import SqsSubmitter
 from offload_contract.signing import generate_root_secret
 
 SERVER = os.environ.get("MRCO_BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/")

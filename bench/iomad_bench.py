@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.queries import PARKED_DUE_BASE
-from moodle_bridge.iomad.queue import mark_emails_sent, park_emails, restore_emails, select_due_emails
-from moodle_bridge.iomad.recipients import expand_emails
-from moodle_bridge.iomad.schema import detect_iomad
-from moodle_bridge.simulation import scratch_databases
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema
-from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
+from iomad_sim import scratch_databases
+from iomad_sim.iomad_schema import create_iomad_schema
+from iomad_sim.iomad_seed import SeedSpec, seed_iomad
+from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
+from moodle_bridge.sources.iomad.queue import mark_emails_sent, park_emails, restore_emails, select_due_emails
+from moodle_bridge.sources.iomad.recipients import expand_emails
+from moodle_bridge.sources.iomad.schema import detect_iomad
 
 SERVERS = {
     "mariadb": os.environ.get("MRCO_BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/"),

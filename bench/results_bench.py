@@ -35,13 +35,13 @@ import sqlalchemy as sa
 import uvicorn
 from sqlalchemy.engine import URL
 
+from iomad_sim import scratch_databases
 from moodle_bridge.config import BridgeConfig, KeysConfig
-from moodle_bridge.iomad.queries import PARKED_DUE_BASE
-from moodle_bridge.iomad.schema import build_iomad_tables
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.receiver import RESULTS_PATH, create_app
-from moodle_bridge.simulation import scratch_databases
+from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
+from moodle_bridge.sources.iomad.schema import build_iomad_tables
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from moodle_bridge.storage.database import StatementCounter, create_bridge_engine
 from offload_contract.codec import encode_message

@@ -16,14 +16,14 @@ from typing import Any
 
 from bench.bridge_bench import CountingSubmitter, _config, _database, _drop, _seed
 from bench.common import write_results
+from iomad_sim.iomad_cron import run_iomad_email_cron
+from iomad_sim.smtp_sink import RecordingSmtpSink
 from moodle_bridge.commands.tick import run_tick
-from moodle_bridge.migrations import migrate
-from moodle_bridge.routing import CompanySettings
-from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import StatementCounter
+from moodle_bridge.storage.migrations import migrate
 
 
 def bench_idle_tick(learners: int, rounds: int) -> dict[str, Any]:

@@ -40,11 +40,11 @@ from rich.table import Table
 from demo.embedded_aws import EmbeddedAws, embedded_aws
 from demo.event_source import EventSourceMapping, Handler, LambdaCrash, LocalQueue, drain
 from demo.ses_emulator import FakeSes, throttle, to_sqs
+from iomad_sim import scratch_databases
+from iomad_sim.iomad_schema import create_iomad_schema
+from iomad_sim.iomad_seed import SeedSpec, seed_iomad
 from moodle_bridge.cli import main as moodle_offload
-from moodle_bridge.iomad.schema import IomadGeneration
-from moodle_bridge.simulation import scratch_databases
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema
-from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
+from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract.signing import generate_root_secret
 

@@ -46,19 +46,19 @@ from demo.__main__ import (
 from demo.embedded_aws import EmbeddedAws, embedded_aws
 from demo.event_source import EventSourceMapping, LambdaCrash, drain
 from demo.ses_emulator import FakeSes, throttle
+from iomad_sim.iomad_cron import CronRun, run_iomad_email_cron
+from iomad_sim.iomad_schema import create_iomad_schema
+from iomad_sim.iomad_seed import SeedSpec, seed_iomad
+from iomad_sim.smtp_sink import RecordingSmtpSink
 from lambdas.email.crash_window import PROBE_TAG
-from moodle_bridge.claiming import ClaimPass
 from moodle_bridge.commands.tick import TickReport, build_submitters, run_tick
 from moodle_bridge.config import BridgeConfig, load_config
-from moodle_bridge.iomad.queue import PARKED_DUE_BASE
-from moodle_bridge.iomad.schema import IomadGeneration
-from moodle_bridge.simulation.iomad_cron import CronRun, run_iomad_email_cron
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema
-from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from moodle_bridge.pipeline.claiming import ClaimPass
+from moodle_bridge.sources.iomad.queue import PARKED_DUE_BASE
+from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
-from moodle_bridge.submission.targets import Submitter
+from moodle_bridge.transports.targets import Submitter
 from offload_contract.signing import generate_root_secret
 
 T = build_bridge_tables(PREFIX)

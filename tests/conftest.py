@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from moodle_bridge.simulation import scratch_databases as databases
+from iomad_sim import scratch_databases as databases
 
 _STATUS: dict[str, databases.ServerStatus] = {}
 

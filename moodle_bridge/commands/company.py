@@ -12,7 +12,7 @@ from typing import Any
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.routing import PROVIDERS, CompanySettings, could_offload
+from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
 

@@ -9,9 +9,16 @@ import sqlalchemy as sa
 
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.migrations import LATEST_VERSION, STEPS, SchemaTooNew, Step, current_version, migrate
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+from moodle_bridge.storage.migrations import (
+    LATEST_VERSION,
+    STEPS,
+    SchemaTooNew,
+    Step,
+    current_version,
+    migrate,
+)
 
 
 def register(subparsers: Any) -> None:

@@ -21,19 +21,19 @@ import jinja2
 import jinja2.sandbox
 import sqlalchemy as sa
 
-from moodle_bridge.batching import template_content, template_content_key
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.iomad.addresses import address_problem
-from moodle_bridge.jobs import (
+from moodle_bridge.pipeline.batching import template_content, template_content_key
+from moodle_bridge.pipeline.jobs import (
     CreatedBatches,
     PlannedRecipient,
     add_recipients,
     skip_suppressed,
     target_for,
 )
-from moodle_bridge.outbox import BuildError, Outbox, job_header_for
-from moodle_bridge.routing import decide
+from moodle_bridge.pipeline.outbox import BuildError, Outbox, job_header_for
+from moodle_bridge.pipeline.routing import decide
+from moodle_bridge.sources.iomad.addresses import address_problem
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now

@@ -9,7 +9,6 @@ human (database unreachable, IOMAD schema missing, tables not migrated) exit 1 w
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,19 +19,21 @@ import boto3
 import sqlalchemy as sa
 from botocore.config import Config as BotoConfig
 
-from moodle_bridge.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig, ConfigError
-from moodle_bridge.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
-from moodle_bridge.iomad_contents import IomadRowContents
-from moodle_bridge.migrations import LATEST_VERSION, current_version
-from moodle_bridge.outbox import Outbox, OutboxReport
-from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.pipeline.claiming import ClaimError, ClaimPass, ClaimReport
+from moodle_bridge.pipeline.iomad_contents import IomadRowContents
+from moodle_bridge.pipeline.outbox import Outbox, OutboxReport
+from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
+from moodle_bridge.results.iomad_link import AdapterQueue
+from moodle_bridge.results.reconcile import ReconcileContext, ReconcileReport, reconcile
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
-from moodle_bridge.submission.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
-from moodle_bridge.ticklock import TickBusy, tick_lock
+from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
+from moodle_bridge.storage.secrets_at_rest import SecretBox
+from moodle_bridge.transports.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
 
 
 def register(subparsers: Any) -> None:
@@ -102,42 +103,19 @@ def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable
 class TickReport:
     claim: ClaimReport | None = None
     outbox: OutboxReport | None = None
-    reconciled: Any = None
+    reconciled: ReconcileReport | None = None
     secrets_cleared: int = 0
     notes: list[str] = field(default_factory=list)
 
 
-def _optional_module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and name.startswith(exc.name):
-            return None
-        raise
-
-
-def reconcile_hook() -> Callable[[Any], Any] | None:
-    """``moodle_bridge.results.reconcile.reconcile`` when the results part is installed."""
-    module = _optional_module("moodle_bridge.results.reconcile")
-    if module is None:
-        return None
-    hook: Callable[[Any], Any] = module.reconcile
-    return hook
-
-
-def reconcile_context(ctx: TickContext) -> Any:
-    """The results part's ``ReconcileContext`` built from this pass (or the pass itself)."""
-    module = _optional_module("moodle_bridge.results.reconcile")
-    factory = getattr(module, "ReconcileContext", None) if module is not None else None
-    if factory is None:
-        return ctx
-    link_module = _optional_module("moodle_bridge.results.iomad_link")
-    link = link_module.AdapterQueue(ctx.iomad) if link_module is not None and ctx.iomad is not None else None
+def reconcile_context(ctx: TickContext) -> ReconcileContext:
+    """The results part's ``ReconcileContext`` built from this pass."""
+    link = AdapterQueue(ctx.iomad) if ctx.iomad is not None else None
     config = ctx.config
     sqs = None
     if config.aws.results_queue_url or config.aws.results_dlq_url:
         sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
-    return factory(engine=ctx.engine, tables=ctx.repo.t, config=config, sqs=sqs, iomad_queue=link)
+    return ReconcileContext(engine=ctx.engine, tables=ctx.repo.t, config=config, sqs=sqs, iomad_queue=link)
 
 
 @dataclass
@@ -220,9 +198,7 @@ def run_tick(
         upload=upload if upload is not None else content_uploader(config),
     )
     report.outbox = outbox.submit_due(progress=progress("submitting batches") if progress else None)
-    hook = reconcile_hook()
-    if hook is not None:
-        report.reconciled = hook(reconcile_context(TickContext(engine, config, repo, iomad, targets, box)))
+    report.reconciled = reconcile(reconcile_context(TickContext(engine, config, repo, iomad, targets, box)))
     with engine.begin() as conn:
         report.secrets_cleared = repo.clear_final_secrets(conn)
     return report
@@ -253,7 +229,7 @@ def summary(report: TickReport) -> str:
     return "; ".join(parts) or "nothing to do"
 
 
-def reconcile_summary(reconciled: Any) -> str:
+def reconcile_summary(reconciled: ReconcileReport) -> str:
     """The reconciliation pass in one clause: counts only (no queue URL, no message content)."""
 
     def count(name: str) -> int:

@@ -1,4 +1,4 @@
-"""How results reach IOMAD's queue table: through the IOMAD adapter (``moodle_bridge.iomad.queue``).
+"""How results reach IOMAD's queue table: through the IOMAD adapter (``moodle_bridge.sources.iomad.queue``).
 
 The results code only needs two operations, so it depends on this small protocol; the real
 implementation delegates to the adapter's ``mark_emails_sent`` and ``restore_emails`` with the
@@ -13,8 +13,8 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queue as iomad_queue
-from moodle_bridge.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
+from moodle_bridge.sources.iomad import queue as iomad_queue
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
 
 
 class IomadQueue(Protocol):

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.batching import message_type_for
+from moodle_bridge.pipeline.batching import message_type_for
 from moodle_bridge.results.ingest import lock_jobs, refresh_jobs
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.settle import settle_rows

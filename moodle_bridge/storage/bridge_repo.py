@@ -1,4 +1,4 @@
-"""All SQL on the bridge's own tables, in one place (IOMAD's SQL is in moodle_bridge.iomad).
+"""All SQL on the bridge's own tables, in one place (IOMAD's SQL is in moodle_bridge.sources.iomad).
 
 Every function takes an open connection, so the caller decides the transaction: the
 claim pass writes claims, jobs, recipients and outbox batches in ONE transaction per chunk.
@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.routing import CompanySettings
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.storage.database import now
 from moodle_bridge.storage.sqlutil import chunks, update_where_in

@@ -154,7 +154,7 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         _id(),
         sa.Column("jobid", sa.BigInteger, nullable=False),
         sa.Column("batchkey", sa.String(64), nullable=False, unique=True),  # contract batch_id
-        # Added in schema version 2 (moodle_bridge.migrations): what the outbox needs to build
+        # Added in schema version 2 (moodle_bridge.storage.migrations): what the outbox needs to build
         # and sign the message without joining the job.
         sa.Column("companyid", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("messagetype", sa.String(20), nullable=False, server_default="email_batch"),
@@ -188,7 +188,7 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("timeclaimed", UNIXTIME, nullable=False),
         sa.Column("timereleased", UNIXTIME, nullable=True),
         sa.Column("timefinal", UNIXTIME, nullable=True),
-        # The template's sender display name and Reply-To (moodle_bridge.iomad.template_sender).
+        # The template's sender display name and Reply-To (moodle_bridge.sources.iomad.template_sender).
         sa.Column("fromname", sa.String(255), nullable=True),
         sa.Column("replyto", sa.String(1333), nullable=True),
         sa.Index(f"{p}mrclclai_sta_ix", "state"),

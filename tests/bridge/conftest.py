@@ -15,10 +15,10 @@ from moto import mock_aws
 from sqlalchemy.engine import URL
 
 from moodle_bridge.config import AwsConfig, BridgeConfig, DatabaseConfig, KeysConfig, SubmitConfig
-from moodle_bridge.migrations import migrate
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
+from moodle_bridge.storage.migrations import migrate
 from offload_contract.signing import generate_root_secret
 
 PASSWORD_KEY = base64.b64encode(bytes(range(32))).decode()

@@ -1,6 +1,6 @@
 """A small IOMAD-shaped database for the bridge's tests (both schema generations).
 
-Built from ``moodle_bridge.iomad.schema.build_iomad_tables`` (the columns the adapter
+Built from ``moodle_bridge.sources.iomad.schema.build_iomad_tables`` (the columns the adapter
 reads), with explicit ids, so it works on SQLite, MariaDB and PostgreSQL alike.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.headers import serialize_headers
-from moodle_bridge.iomad.moodle_lock import db_record_key
-from moodle_bridge.iomad.passwords import encode_iomad_temporary
-from moodle_bridge.iomad.schema import IomadGeneration, IomadTables, build_iomad_tables
+from moodle_bridge.sources.iomad.headers import serialize_headers
+from moodle_bridge.sources.iomad.moodle_lock import db_record_key
+from moodle_bridge.sources.iomad.passwords import encode_iomad_temporary
+from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadTables, build_iomad_tables
 
 ADMIN_ID = 2
 

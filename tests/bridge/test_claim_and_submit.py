@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from moodle_bridge.commands.tick import build_submitters, run_tick
-from moodle_bridge.iomad.queue import PARKED_DUE_BASE
-from moodle_bridge.iomad.schema import IomadGeneration
-from moodle_bridge.routing import CompanySettings
+from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.sources.iomad.queue import PARKED_DUE_BASE
+from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract import validate
 from tests.bridge.conftest import drain, make_config, with_queues
@@ -206,8 +206,8 @@ def test_passwords_never_reach_output_logs_or_the_outbox(tmp_path, monkeypatch, 
     import logging
 
     from moodle_bridge.cli import main
-    from moodle_bridge.migrations import migrate
     from moodle_bridge.storage.database import create_bridge_engine
+    from moodle_bridge.storage.migrations import migrate
     from tests.bridge.conftest import PASSWORD_KEY
 
     caplog.set_level(logging.DEBUG)

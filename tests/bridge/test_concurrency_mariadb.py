@@ -1,6 +1,6 @@
 """No duplicates and no loss while IOMAD's own email cron runs at the same moment (MariaDB).
 
-IOMAD's cron is the simulation in ``moodle_bridge.simulation.iomad_cron``: it takes Moodle's
+IOMAD's cron is the simulation in ``iomad_sim.iomad_cron``: it takes Moodle's
 real task lock (GET_LOCK with Moodle's key), loads ALL due rows, sends each through the
 fan-out to a recording SMTP sink, and rewrites the whole row with ``sent``. The cloud side
 is played by draining the SQS queues and delivering each recipient to the same sink. The
@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from moodle_bridge.claiming import ClaimPass
+from iomad_sim.iomad_cron import run_iomad_email_cron
+from iomad_sim.iomad_schema import create_iomad_schema
+from iomad_sim.iomad_seed import SeedSpec, seed_iomad
+from iomad_sim.smtp_sink import RecordingSmtpSink
 from moodle_bridge.commands.tick import build_submitters, run_tick
-from moodle_bridge.iomad.queue import PARKED_DUE_BASE
-from moodle_bridge.routing import CompanySettings
-from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema
-from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from moodle_bridge.pipeline.claiming import ClaimPass
+from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.sources.iomad.queue import PARKED_DUE_BASE
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from tests.bridge.conftest import drain, make_config, with_queues
 

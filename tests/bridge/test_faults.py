@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from moodle_bridge.claiming import ClaimPass
 from moodle_bridge.commands.tick import build_submitters, run_tick
-from moodle_bridge.iomad.queue import PARKED_DUE_BASE
-from moodle_bridge.iomad_contents import IomadRowContents
-from moodle_bridge.outbox import LEASE_SECONDS, Outbox, backoff_seconds
-from moodle_bridge.routing import CompanySettings
-from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.pipeline.claiming import ClaimPass
+from moodle_bridge.pipeline.iomad_contents import IomadRowContents
+from moodle_bridge.pipeline.outbox import LEASE_SECONDS, Outbox, backoff_seconds
+from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.sources.iomad.queue import PARKED_DUE_BASE
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
-from moodle_bridge.submission.targets import SqsSubmitter, SubmitError
+from moodle_bridge.storage.secrets_at_rest import SecretBox
+from moodle_bridge.transports.targets import SqsSubmitter, SubmitError
 from tests.bridge.conftest import drain, make_config, with_queues
 from tests.bridge.iomad_world import IomadWorld
 
@@ -90,7 +90,7 @@ def test_crash_after_claim_before_submit_is_picked_up_by_the_next_tick(
     config = with_queues(make_config(db_url), aws)
     # claim only, then "die" before the outbox runs
     with bridge_engine.connect() as conn:
-        from moodle_bridge.iomad.schema import detect_iomad
+        from moodle_bridge.sources.iomad.schema import detect_iomad
 
         iomad = detect_iomad(conn, "mdl_")
     ClaimPass(bridge_engine, repo, iomad, config, box=SecretBox(config.password_key_bytes())).run()
@@ -181,7 +181,7 @@ def test_crash_between_accept_and_mark_resubmits_the_same_batch(
     monkeypatch.setattr(repo, "mark_batch_submitted", mark)
     outbox = Outbox(bridge_engine, repo, config, submitters, iomad=IomadRowContents(world.tables))
     with bridge_engine.connect() as conn:
-        from moodle_bridge.iomad.schema import detect_iomad
+        from moodle_bridge.sources.iomad.schema import detect_iomad
 
         iomad = detect_iomad(conn, "mdl_")
     ClaimPass(bridge_engine, repo, iomad, config, box=SecretBox(config.password_key_bytes())).run()

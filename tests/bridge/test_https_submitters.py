@@ -8,7 +8,7 @@ import httpx
 import pytest
 from botocore.credentials import Credentials
 
-from moodle_bridge.submission.targets import ApiGatewaySubmitter, SubmitError, WorkerSubmitter
+from moodle_bridge.transports.targets import ApiGatewaySubmitter, SubmitError, WorkerSubmitter
 from offload_contract.codec import encode_message
 from offload_contract.signing import MemoryNonceStore, Verifier, decode_root_secret, generate_root_secret
 

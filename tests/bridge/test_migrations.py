@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from moodle_bridge.migrations import LATEST_VERSION, STEPS, current_version, migrate
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
+from moodle_bridge.storage.migrations import LATEST_VERSION, STEPS, current_version, migrate
 
 
 def _columns(engine: sa.Engine, table: str) -> set[str]:

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from moodle_bridge.cli import main
 from moodle_bridge.commands.tick import build_submitters, run_tick, summary
-from moodle_bridge.iomad.passwords import REDACTION
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.job_control import retry_failed
-from moodle_bridge.routing import CompanySettings
+from moodle_bridge.sources.iomad.passwords import REDACTION
 from moodle_bridge.storage.bridge_repo import PASSWORD_RETRY_WINDOW_SECONDS
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract import validate

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from moodle_bridge.cli import main
-from moodle_bridge.routing import CompanySettings, decide
+from moodle_bridge.pipeline.routing import CompanySettings, decide
 
 ON = CompanySettings(companyid=1, cloudenabled=True, allowemail=True, allowcertificates=True, threshold=10)
 

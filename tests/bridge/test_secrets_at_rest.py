@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moodle_bridge.secrets_at_rest import SecretBox, SecretError, associated_data
+from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associated_data
 
 
 def test_roundtrip_and_binding() -> None:

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from moodle_bridge.cli import main
+from moodle_bridge.pipeline.ticklock import tick_lock
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
-from moodle_bridge.ticklock import tick_lock
 from offload_contract import validate
 from tests.bridge.conftest import PASSWORD_KEY, drain
 

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from moodle_bridge.cli import main
 from moodle_bridge.commands.submit_list import ListRow, compile_template, create_list_job
 from moodle_bridge.commands.tick import build_submitters, reconcile_summary, run_tick, summary
-from moodle_bridge.iomad.passwords import REDACTION
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.results.suppression import SKIP_CODES, record_suppressions, suppression_counts
-from moodle_bridge.routing import CompanySettings
+from moodle_bridge.sources.iomad.passwords import REDACTION
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from tests.bridge.conftest import drain, make_config, with_queues
 from tests.bridge.iomad_world import IomadWorld

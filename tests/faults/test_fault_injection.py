@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from demo.faults import BridgeKilled, CloudFaults, Pipeline, pipeline
-from moodle_bridge.claiming import ClaimPass
-from moodle_bridge.submission.targets import Submitter
+from moodle_bridge.pipeline.claiming import ClaimPass
+from moodle_bridge.transports.targets import Submitter
 from tests.faults.checks import assert_exactly_once
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def test_bridge_killed_at_each_step_then_the_next_tick_carries_on(point: str) ->
 
 def _tick_after_lease(p: Pipeline) -> Any:
     """A later cron pass: the dead pass's batch lease has run out by then."""
-    from moodle_bridge.outbox import LEASE_SECONDS
+    from moodle_bridge.pipeline.outbox import LEASE_SECONDS
 
     with _clock_shift(LEASE_SECONDS + 1):
         return p.tick()
@@ -92,7 +92,7 @@ def _clock_shift(seconds: int) -> Any:
     import functools
     from unittest import mock
 
-    from moodle_bridge.outbox import Outbox
+    from moodle_bridge.pipeline.outbox import Outbox
     from moodle_bridge.storage.database import now as unix_now
 
     @contextlib.contextmanager
@@ -222,8 +222,7 @@ def test_bridge_killed_around_reconciliation_of_lost_callbacks(when: str) -> Non
         from demo.event_source import drain
 
         drain(p.mappings, timeout_seconds=300, idle_sleep=0.2)
-        real_hook = tick_module.reconcile_hook()
-        assert real_hook is not None
+        from moodle_bridge.results.reconcile import reconcile as real_hook
 
         def dying(ctx: Any) -> Any:
             if when == "before":
@@ -231,7 +230,7 @@ def test_bridge_killed_around_reconciliation_of_lost_callbacks(when: str) -> Non
             real_hook(ctx)
             raise BridgeKilled("killed after reconciling, before clearing secrets")
 
-        with mock.patch.object(tick_module, "reconcile_hook", lambda: dying), pytest.raises(BridgeKilled):
+        with mock.patch.object(tick_module, "reconcile", dying), pytest.raises(BridgeKilled):
             p.tick()
         p.settle()
         v = p.verdict()

@@ -10,9 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.schema import IomadGeneration, IomadTables
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema, metadata_for
-from moodle_bridge.simulation.iomad_seed import SeedResult, SeedSpec, seed_iomad
+from iomad_sim.iomad_schema import create_iomad_schema, metadata_for
+from iomad_sim.iomad_seed import SeedResult, SeedSpec, seed_iomad
+from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadTables
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "iomad437_sample.json").read_text(encoding="utf-8"))
 NOW = 1_795_361_815 + 100

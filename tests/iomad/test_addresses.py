@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moodle_bridge.iomad.addresses import EMPTY, INVALID, address_problem
+from moodle_bridge.sources.iomad.addresses import EMPTY, INVALID, address_problem
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.completions import select_completions
+from moodle_bridge.sources.iomad.completions import select_completions
 from tests.iomad.helpers import NOW, seeded
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moodle_bridge.iomad.headers import Attachment, HeadersError, parse_headers, serialize_headers
-from moodle_bridge.simulation.iomad_seed import template_object
+from iomad_sim.iomad_seed import template_object
+from moodle_bridge.sources.iomad.headers import Attachment, HeadersError, parse_headers, serialize_headers
 from tests.iomad.helpers import SAMPLE, sample_email
 
 

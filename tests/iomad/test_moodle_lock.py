@@ -6,16 +6,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from moodle_bridge.iomad.moodle_lock import (
+from iomad_sim.iomad_cron import run_iomad_email_cron
+from iomad_sim.smtp_sink import RecordingSmtpSink
+from moodle_bridge.sources.iomad.moodle_lock import (
     LockNotAcquired,
     db_record_key,
     moodle_cron_lock,
     mysql_lock_name,
     postgres_lock_keys,
 )
-from moodle_bridge.iomad.queue import select_due_emails
-from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from moodle_bridge.sources.iomad.queue import select_due_emails
 from tests.iomad.helpers import NOW, seeded
 
 TASK = "\\local_email\\task\\cron_task"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moodle_bridge.iomad.passwords import (
+from moodle_bridge.sources.iomad.passwords import (
     IOMAD_RC4_KEY,
     PASSWORD_TEMPLATES,
     REDACTION,

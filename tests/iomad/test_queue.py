@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.queue import (
+from iomad_sim.iomad_seed import SeedResult
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.queue import (
     PARKED_DUE_BASE,
     list_parked,
     mark_emails_sent,
@@ -15,8 +16,7 @@ from moodle_bridge.iomad.queue import (
     restore_mismatches,
     select_due_emails,
 )
-from moodle_bridge.iomad.schema import IomadTables
-from moodle_bridge.simulation.iomad_seed import SeedResult
+from moodle_bridge.sources.iomad.schema import IomadTables
 from tests.iomad.helpers import NOW, count_statements, seeded
 
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import recipients as r
-from moodle_bridge.iomad.headers import serialize_headers
-from moodle_bridge.iomad.queue import QueuedEmail, select_due_emails
-from moodle_bridge.iomad.recipients import expand_emails
-from moodle_bridge.iomad.schema import IomadTables
-from moodle_bridge.simulation.iomad_cron import run_iomad_email_cron
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema, metadata_for
-from moodle_bridge.simulation.iomad_seed import seed_site, template_object
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from iomad_sim.iomad_cron import run_iomad_email_cron
+from iomad_sim.iomad_schema import create_iomad_schema, metadata_for
+from iomad_sim.iomad_seed import seed_site, template_object
+from iomad_sim.smtp_sink import RecordingSmtpSink
+from moodle_bridge.sources.iomad import recipients as r
+from moodle_bridge.sources.iomad.headers import serialize_headers
+from moodle_bridge.sources.iomad.queue import QueuedEmail, select_due_emails
+from moodle_bridge.sources.iomad.recipients import expand_emails
+from moodle_bridge.sources.iomad.schema import IomadTables
 from tests.iomad.helpers import NOW, count_statements, seeded
 
 COMPANY = 1
@@ -349,7 +349,7 @@ def test_simulated_cron_special_users_query() -> None:
 
 
 def test_matches_the_simulated_iomad_cron_on_the_51_schema() -> None:
-    from moodle_bridge.iomad.schema import IomadGeneration, detect_iomad
+    from moodle_bridge.sources.iomad.schema import IomadGeneration, detect_iomad
 
     engine = sa.create_engine("sqlite://")
     seeded(

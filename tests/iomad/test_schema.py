@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.schema import IomadGeneration, IomadSchemaNotFound, detect_iomad
-from moodle_bridge.simulation.iomad_schema import create_iomad_schema
+from iomad_sim.iomad_schema import create_iomad_schema
+from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadSchemaNotFound, detect_iomad
 from tests.iomad.helpers import NOW, seeded
 
 
@@ -90,7 +90,7 @@ def test_not_found_names_what_was_looked_for(db_engine: sa.Engine) -> None:
 def test_queue_is_usable_right_after_detection() -> None:
     engine = sa.create_engine("sqlite://")
     seeded(engine, users_per_company=1)
-    from moodle_bridge.iomad.queue import select_due_emails
+    from moodle_bridge.sources.iomad.queue import select_due_emails
 
     with engine.connect() as conn:
         assert len(select_due_emails(conn, detect_iomad(conn, "mdl_"), NOW, None, None)) == 2
@@ -100,9 +100,9 @@ def test_legacy_45_template_layout_without_lang() -> None:
     """IOMAD 4.5 (after Jan 2025) / 5.0: legacy names, template text moved to *_strings."""
     engine = sa.create_engine("sqlite://")
     tables = create_iomad_schema(engine, template_strings=True)
-    from moodle_bridge.iomad.queue import select_due_emails
-    from moodle_bridge.iomad.recipients import expand_emails
-    from moodle_bridge.simulation.iomad_seed import SeedSpec, seed_iomad
+    from iomad_sim.iomad_seed import SeedSpec, seed_iomad
+    from moodle_bridge.sources.iomad.queue import select_due_emails
+    from moodle_bridge.sources.iomad.recipients import expand_emails
 
     seed_iomad(engine, tables, SeedSpec(users_per_company=2))
     with engine.connect() as conn:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from moodle_bridge.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
-from moodle_bridge.iomad.passwords import load_temporary_passwords
-from moodle_bridge.iomad.queue import PARKED_DUE_BASE, park_emails, select_due_emails
-from moodle_bridge.simulation.iomad_cron import HALF_YEAR, run_iomad_email_cron
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from iomad_sim.iomad_cron import HALF_YEAR, run_iomad_email_cron
+from iomad_sim.smtp_sink import RecordingSmtpSink
+from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
+from moodle_bridge.sources.iomad.passwords import load_temporary_passwords
+from moodle_bridge.sources.iomad.queue import PARKED_DUE_BASE, park_emails, select_due_emails
 from tests.iomad.helpers import NOW, seeded
 
 

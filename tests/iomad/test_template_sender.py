@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from moodle_bridge.iomad.headers import TemplateSettings
-from moodle_bridge.iomad.recipients import IomadUser
-from moodle_bridge.iomad.template_sender import TemplateSender, sender_for
+from moodle_bridge.sources.iomad.headers import TemplateSettings
+from moodle_bridge.sources.iomad.recipients import IomadUser
+from moodle_bridge.sources.iomad.template_sender import TemplateSender, sender_for
 
 PEOPLE = {
     30: IomadUser(30, "support@acme.example", "Help", "Desk", deleted=False, suspended=False),

@@ -221,8 +221,8 @@ SECRET_PASSWORD = "Zq9!TempPass-4471"  # what IOMAD would have in a user_create 
 
 def make_iomad(engine: sa.Engine, prefix: str = "mdl_") -> Any:
     """IOMAD's tables (the adapter's definitions) and the results link to them."""
-    from moodle_bridge.iomad.schema import build_iomad_tables
     from moodle_bridge.results.iomad_link import AdapterQueue
+    from moodle_bridge.sources.iomad.schema import build_iomad_tables
 
     itables = build_iomad_tables(prefix)
     itables.metadata.create_all(engine)
@@ -231,7 +231,7 @@ def make_iomad(engine: sa.Engine, prefix: str = "mdl_") -> Any:
 
 def park_rows(conn: sa.Connection, itables: Any, email_ids: list[int], company_id: int = 7) -> None:
     """Queue rows the way IOMAD does, parked the way bridge core parks claimed rows."""
-    from moodle_bridge.iomad.queries import PARKED_DUE_BASE
+    from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
 
     conn.execute(
         itables.email.insert(),

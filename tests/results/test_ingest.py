@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.queries import PARKED_DUE_BASE
 from moodle_bridge.results.ingest import ScopeError, ingest_result_batch
 from moodle_bridge.results.suppression import filter_suppressed
+from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
 from tests.results.factory import (
     NOW,
     counters_match,

@@ -22,11 +22,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.headers import serialize_headers
-from moodle_bridge.iomad.passwords import Secret, encode_iomad_temporary
-from moodle_bridge.iomad.recipients import KNOWN_TEMPLATES
-from moodle_bridge.iomad.schema import IomadGeneration, IomadTables
-from moodle_bridge.simulation.iomad_schema import metadata_for
+from iomad_sim.iomad_schema import metadata_for
+from moodle_bridge.sources.iomad.headers import serialize_headers
+from moodle_bridge.sources.iomad.passwords import Secret, encode_iomad_temporary
+from moodle_bridge.sources.iomad.recipients import KNOWN_TEMPLATES
+from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadTables
 
 SITE_NAME = "IOMAD Test"
 WWWROOT = "http://localhost"

@@ -15,9 +15,9 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.queries import chunks
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.queries import chunks
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 COMPLETION_TEMPLATE = "completion_course_user"
 

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.queries import chunks
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.queries import chunks
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 #: IOMAD's hard-coded key (company_user::rc4encrypt, 4.1.22 - 5.0).
 IOMAD_RC4_KEY = b"knfgjeingj"

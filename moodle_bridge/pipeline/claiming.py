@@ -30,19 +30,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.batching import JobHeader, email_content_key, reference_for, rendered_content
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.iomad.completions import COMPLETION_TEMPLATE, CourseCompletion, select_completions
-from moodle_bridge.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
-from moodle_bridge.iomad.passwords import (
+from moodle_bridge.pipeline.batching import JobHeader, email_content_key, reference_for, rendered_content
+from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
+from moodle_bridge.pipeline.outbox import BuildError, job_header_for
+from moodle_bridge.pipeline.routing import CompanySettings, could_offload, decide
+from moodle_bridge.sources.iomad.completions import COMPLETION_TEMPLATE, CourseCompletion, select_completions
+from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
+from moodle_bridge.sources.iomad.passwords import (
     PASSWORD_TEMPLATES,
     Secret,
     find_password,
     load_temporary_passwords,
     redact,
 )
-from moodle_bridge.iomad.queue import QueuedEmail, park_emails, restore_emails, select_due_emails
-from moodle_bridge.iomad.recipients import (
+from moodle_bridge.sources.iomad.queue import QueuedEmail, park_emails, restore_emails, select_due_emails
+from moodle_bridge.sources.iomad.recipients import (
     DUPLICATE_ADDRESS,
     RECIPIENT_UNAVAILABLE,
     ROLE_USER,
@@ -50,15 +53,12 @@ from moodle_bridge.iomad.recipients import (
     Expansion,
     expand_emails,
 )
-from moodle_bridge.iomad.schema import IomadTables
-from moodle_bridge.iomad.template_sender import TemplateSender, template_senders
-from moodle_bridge.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
-from moodle_bridge.outbox import BuildError, job_header_for
-from moodle_bridge.routing import CompanySettings, could_offload, decide
-from moodle_bridge.secrets_at_rest import SecretBox
+from moodle_bridge.sources.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad.template_sender import TemplateSender, template_senders
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
+from moodle_bridge.storage.secrets_at_rest import SecretBox
 from offload_contract.limits import QueueLimits
 
 #: Non-fatal problems that mean "this copy is not needed" rather than "this copy failed".

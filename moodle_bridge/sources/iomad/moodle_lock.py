@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 DEFAULT_LOCK_TYPE = "cron"
 MYSQL = "mysql"

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.addresses import address_problem
-from moodle_bridge.iomad.headers import ParsedHeaders, TemplateSettings
-from moodle_bridge.iomad.queries import chunks
-from moodle_bridge.iomad.recipients import IomadUser, load_users
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.addresses import address_problem
+from moodle_bridge.sources.iomad.headers import ParsedHeaders, TemplateSettings
+from moodle_bridge.sources.iomad.queries import chunks
+from moodle_bridge.sources.iomad.recipients import IomadUser, load_users
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 #: SES and the contract allow at most this many Reply-To addresses.
 MAX_REPLY_TO = 10

@@ -1,7 +1,7 @@
 """The outbox's view of IOMAD: rendered rows by id, password redaction, giving rows back.
 
-A thin adapter over ``moodle_bridge.iomad`` (no SQL here: every IOMAD statement lives in
-``moodle_bridge.iomad.queries``).
+A thin adapter over ``moodle_bridge.sources.iomad`` (no SQL here: every IOMAD statement lives in
+``moodle_bridge.sources.iomad.queries``).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.passwords import REDACTION, redact
-from moodle_bridge.iomad.queue import load_rendered, restore_emails
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad.passwords import REDACTION, redact
+from moodle_bridge.sources.iomad.queue import load_rendered, restore_emails
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 
 class IomadRowContents:

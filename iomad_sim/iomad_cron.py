@@ -1,6 +1,6 @@
 """IOMAD's email cron (``\\local_email\\task\\cron_task`` -> ``email_cron()``), reproduced.
 
-Written independently of the bridge's fan-out code (moodle_bridge.iomad.recipients), the way
+Written independently of the bridge's fan-out code (moodle_bridge.sources.iomad.recipients), the way
 the PHP does it: per-row and per-recipient ``get_record`` calls, so tests can compare the
 two. Steps, as in facts section 2.3:
 
@@ -25,13 +25,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.addresses import is_valid_address
-from moodle_bridge.iomad.headers import HeadersError, TemplateSettings, parse_headers
-from moodle_bridge.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
-from moodle_bridge.iomad.recipients import USER_TEMPLATES, template_check_type
-from moodle_bridge.iomad.schema import IomadTables, detect_iomad
-from moodle_bridge.simulation.smtp_sink import RecordingSmtpSink
+from iomad_sim.smtp_sink import RecordingSmtpSink
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.addresses import is_valid_address
+from moodle_bridge.sources.iomad.headers import HeadersError, TemplateSettings, parse_headers
+from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
+from moodle_bridge.sources.iomad.recipients import USER_TEMPLATES, template_check_type
+from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
 
 HALF_YEAR = 6 * 30 * 24 * 60 * 60
 

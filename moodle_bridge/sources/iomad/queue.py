@@ -23,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.queries import PARKED_DUE_BASE, chunks
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE, chunks
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 __all__ = [
     "PARKED_DUE_BASE",

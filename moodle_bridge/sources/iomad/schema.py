@@ -8,7 +8,7 @@ looks at the live database once and builds tables whose *column keys* are always
 names. Callers write ``tables.department.c.company`` and the SQL says ``companyid`` on 5.1+.
 
 Only the columns the bridge reads or writes are declared (SQLAlchemy Core does not need the
-rest); ``moodle_bridge.simulation.iomad_schema`` declares the complete tables for tests.
+rest); ``iomad_sim.iomad_schema`` declares the complete tables for tests.
 """
 
 from __future__ import annotations

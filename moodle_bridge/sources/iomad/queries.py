@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 #: Ids per IN list of the row-locking updates (park/restore/mark): short lock holds.
 CHUNK = 1000

@@ -14,11 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.batching import ID_PLACEHOLDER, JobHeader, message_type_for, pack, recipient_entry
+from moodle_bridge.pipeline.batching import ID_PLACEHOLDER, JobHeader, message_type_for, pack, recipient_entry
 from moodle_bridge.results.suppression import SKIP_CODES, filter_suppressed
-from moodle_bridge.secrets_at_rest import SecretBox, associated_data
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now
+from moodle_bridge.storage.secrets_at_rest import SecretBox, associated_data
 from offload_contract.limits import QueueLimits
 from offload_contract.packing import ContentOffloader, PackItem
 

@@ -1,6 +1,6 @@
 """Submission targets behind one interface, and the outbox that drives them."""
 
-from moodle_bridge.submission.targets import (
+from moodle_bridge.transports.targets import (
     ApiGatewaySubmitter,
     SqsSubmitter,
     SubmitError,

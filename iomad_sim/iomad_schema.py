@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from moodle_bridge.iomad.schema import (
+from moodle_bridge.sources.iomad.schema import (
     DEFAULT_COLUMNS,
     TABLE_CANDIDATES,
     IomadGeneration,

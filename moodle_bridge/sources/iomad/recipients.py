@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from moodle_bridge.iomad import queries
-from moodle_bridge.iomad.addresses import address_problem
-from moodle_bridge.iomad.headers import HeadersError, ParsedHeaders, TemplateSettings, parse_headers
-from moodle_bridge.iomad.passwords import PASSWORD_TEMPLATES
-from moodle_bridge.iomad.queries import COMPANY_SUSPENDED, chunks
-from moodle_bridge.iomad.queue import QueuedEmail
-from moodle_bridge.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad import queries
+from moodle_bridge.sources.iomad.addresses import address_problem
+from moodle_bridge.sources.iomad.headers import HeadersError, ParsedHeaders, TemplateSettings, parse_headers
+from moodle_bridge.sources.iomad.passwords import PASSWORD_TEMPLATES
+from moodle_bridge.sources.iomad.queries import COMPANY_SUSPENDED, chunks
+from moodle_bridge.sources.iomad.queue import QueuedEmail
+from moodle_bridge.sources.iomad.schema import IomadTables
 
 ROLE_USER = "user"
 ROLE_TO = "to"

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from moodle_bridge.batching import (
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.pipeline.batching import (
     JobHeader,
     Sender,
     encode_batch,
@@ -29,13 +30,12 @@ from moodle_bridge.batching import (
     rendered_content,
     template_content,
 )
-from moodle_bridge.config import BridgeConfig
-from moodle_bridge.routing import CompanySettings
-from moodle_bridge.secrets_at_rest import SecretBox, SecretError, associated_data
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
-from moodle_bridge.submission.targets import SubmitError, Submitter
+from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associated_data
+from moodle_bridge.transports.targets import SubmitError, Submitter
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
 
