@@ -24,6 +24,7 @@ MODULES = (
     "lambdas_bench",
     "tick_bench",
     "faults_bench",
+    "pacing_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -46,6 +47,13 @@ def _rows(prefix: str, value: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return [*lines, ""]
+
+
 def summarise() -> str:
     lines = [
         "# Benchmark figures",
@@ -57,8 +65,12 @@ def summarise() -> str:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text("utf-8"))
         name = data.get("benchmark", path.stem) if isinstance(data, dict) else path.stem
-        lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        lines += [f"## {name}", ""]
         body = data.get("figures", data) if isinstance(data, dict) else data
+        if isinstance(body, dict) and isinstance(body.get("rows"), list):  # a table of runs
+            lines += _table(body["rows"])
+            body = {k: v for k, v in body.items() if k != "rows"}
+        lines += ["| figure | value |", "|---|---|"]
         for key, value in _rows("", body):
             if key != "benchmark":
                 lines.append(f"| {key} | {value} |")

@@ -354,10 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             results.append({"name": f"{rate}/{mode}", **row})
             print(json.dumps(results[-1]), flush=True)
-    path = write_results(f"pacing-{args.label}" if args.label != "after" else "pacing", {
-        "latency_model_ms": {"dynamodb": DYNAMODB_MS, "sqs": SQS_MS, "ses_arrival": SES_ARRIVAL_MS, "ses": SES_MS},
-        "rows": results,
-    })  # fmt: skip
+    latency = {"dynamodb": DYNAMODB_MS, "sqs": SQS_MS, "ses_arrival": SES_ARRIVAL_MS, "ses": SES_MS}
+    name = "pacing" if args.label == "after" else f"pacing-{args.label}"
+    path = write_results(name, {"latency_model_ms": latency, "rows": results})
     print(f"wrote {path}")
     return 0 if all(r.get("goal_met", True) for r in results) else 1
 

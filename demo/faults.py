@@ -35,6 +35,7 @@ from demo.__main__ import (
     KEYSET,
     LOCAL_COMPANY,
     PREFIX,
+    SEND_RATE,
     bridge_environment,
     callback_receiver,
     free_port,
@@ -396,7 +397,7 @@ def _is_probe(params: dict[str, Any]) -> bool:
 
 def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
     os.environ.update(p.aws.lambda_environment())
-    os.environ["SES_MAX_SEND_RATE"] = "500"
+    os.environ["SES_MAX_SEND_RATE"] = str(SEND_RATE)
     # Crash-window recipients are looked at again after 5 s instead of a minute (test speed).
     os.environ["CRASH_WINDOW_RECHECK_SECONDS"] = "5"
     from lambdas.common.aws import client  # noqa: PLC0415 - after the environment is set
@@ -568,7 +569,7 @@ def pipeline(
                     root_secret=root,
                     port=port,
                     workdir=work,
-                    ses=FakeSes(region=aws.region, max_send_rate=500.0),
+                    ses=FakeSes(region=aws.region, max_send_rate=float(SEND_RATE)),
                     sink=RecordingSmtpSink(),
                     mappings=[],
                     faults=faults or CloudFaults(),

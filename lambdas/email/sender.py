@@ -98,6 +98,8 @@ class BatchReport:
     stale_resent: int = 0
     stale_waiting: int = 0
     ses_latency_ms: list[float] = field(default_factory=list)
+    #: Per wave: claims, token, SES calls and records (what infra's send_latency_ms stands for).
+    wave_latency_ms: list[float] = field(default_factory=list)
 
     def merge(self, other: BatchReport) -> None:
         """Add a unit's report (made beside the others of its wave) to this one."""
@@ -232,6 +234,7 @@ class EmailBatchSender:
         """Claim, take tokens, send and record, a wave of units at a time (module docstring, 4-5)."""
         waiting: deque[tuple[list[_Prepared], bool]] = deque((unit, False) for unit in units)
         while waiting and remaining_ms() >= self.safety_margin_ms:
+            started = time.perf_counter()
             wave = [waiting.popleft() for _ in range(min(self.parallel_sends, len(waiting)))]
             ready = [unit for unit, claimed in wave if claimed]
             ready += self._claim_units(
@@ -239,6 +242,7 @@ class EmailBatchSender:
             )
             if not ready:
                 continue
+            claimed_ms = (time.perf_counter() - started) * 1000
             deadline = self.clock() + (remaining_ms() - self.safety_margin_ms) / 1000
             try:
                 tokens = self.limiter.take(sum(len(unit) for unit in ready), deadline).tokens
@@ -258,9 +262,12 @@ class EmailBatchSender:
                 else:
                     back.append(unit)
             waiting.extendleft((unit, True) for unit in reversed(back))
+            started = time.perf_counter()
             for unit_report, unit_requeues in self._map(lambda unit: self._send_and_record(batch, unit), go):
                 report.merge(unit_report)
                 requeues.extend(unit_requeues)
+            sent_ms = (time.perf_counter() - started) * 1000  # waits for tokens left out:
+            report.wave_latency_ms.append(claimed_ms + self.limiter.answer_time * 1000 + sent_ms)
         held = [p for unit, claimed in waiting if claimed for p in unit]
         if held:  # claimed for a call that will not be made now
             self.store.release_many([p.key for p in held])

@@ -77,6 +77,8 @@ def process_record(record: SQSRecord, context: LambdaContext) -> None:
     metrics.add_metric(name="EmailsRetrying", unit=MetricUnit.Count, value=report.retrying)
     for latency in report.ses_latency_ms:
         metrics.add_metric(name="SesCallLatency", unit=MetricUnit.Milliseconds, value=latency)
+    for latency in report.wave_latency_ms:  # sizes the sender's concurrency (infra: send_latency_ms)
+        metrics.add_metric(name="SendWaveLatency", unit=MetricUnit.Milliseconds, value=latency)
     logger.info(
         "email batch processed",
         extra={
