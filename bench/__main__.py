@@ -54,6 +54,42 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _pacing_comparison() -> list[str]:
+    """The pacing rows measured on the code before issue 19 beside the current ones (same harness)."""
+    paths = [RESULTS_DIR / "pacing-before.json", RESULTS_DIR / "pacing.json"]
+    if not all(p.exists() for p in paths):
+        return []
+    before, after = (
+        {r["name"]: r for r in json.loads(p.read_text("utf-8"))["figures"]["rows"]} for p in paths
+    )
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "—"
+        if row["name"].startswith("ceiling"):
+            return f"{row['steady_per_second']}/s steady, {row['peak_second']} peak second"
+        return (
+            f"{row['steady_share']:.0%} / {row['end_to_end_share']:.0%} "
+            f"({row['end_to_end_seconds']} s for {row['recipients']}), peak {row['peak_second']}, "
+            f"{row['rate_throttles']} throttled calls, {row['lost']} / {row['duplicated']}"
+        )
+
+    lines = [
+        "## pacing: before and after",
+        "",
+        "Steady share / end-to-end share of the SES rate (end to end: first call reaching SES to the last",
+        "result), the busiest second as SES counted it, calls SES refused for the rate, lost / duplicated",
+        "recipients. Goal: steady ≥ 95 % and end to end ≥ 90 % in every row, peak never over the rate.",
+        "`ceiling` rows: the harness with the rate out of the way (100,000/s, no latency, 8 pollers).",
+        "",
+        "| row | before | after |",
+        "|---|---|---|",
+    ]
+    for name in dict.fromkeys([*before, *after]):
+        lines.append(f"| {name} | {cell(before.get(name))} | {cell(after.get(name))} |")
+    return [*lines, ""]
+
+
 def summarise() -> str:
     lines = [
         "# Benchmark figures",
@@ -61,6 +97,7 @@ def summarise() -> str:
         "Written by `make bench` from `bench/results/*.json`. The machine is shared and noisy (2 vCPU):",
         "compare each figure with the baseline measured beside it in the same run, not across runs.",
         "",
+        *_pacing_comparison(),
     ]
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text("utf-8"))
