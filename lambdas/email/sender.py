@@ -72,7 +72,8 @@ def backoff_delay(attempt: int, throttled: bool, rate_only: bool = False) -> int
     ``rate_only``: SES refused the call for the per-second rate, so the next second has room:
     1-2 s, doubling only if it keeps happening (a rate set above the account's real one)."""
     if rate_only:
-        return min(MAX_SQS_DELAY, 2 ** max(0, attempt - 1) + random.randint(0, 1))  # noqa: S311
+        quick: int = min(MAX_SQS_DELAY, 2 ** max(0, attempt - 1) + random.randint(0, 1))  # noqa: S311
+        return quick
     base = 30 if throttled else 10
     delay: int = min(MAX_SQS_DELAY, base * 2 ** max(0, attempt - 1) + random.randint(0, 10))  # noqa: S311
     return delay
@@ -277,7 +278,7 @@ class EmailBatchSender:
         self, batch: dict[str, Any], unit: list[_Prepared]
     ) -> tuple[BatchReport, list[Requeue]]:
         """One SES call and, right after it, its records (COMPLETED closes the crash window)."""
-        report, requeues = BatchReport(), []
+        report, requeues = BatchReport(), list[Requeue]()
         started = time.perf_counter()
         outcomes = self._send_unit(batch, unit)
         report.ses_latency_ms.append((time.perf_counter() - started) * 1000)
