@@ -67,7 +67,8 @@ def _pacing_comparison() -> list[str]:
         if row is None:
             return "—"
         if row["name"].startswith("ceiling"):
-            return f"{row['steady_per_second']}/s steady, {row['peak_second']} peak second"
+            steady = row.get("steady_per_second", row.get("recipients_per_second"))
+            return f"{steady}/s steady, {row['peak_second']} in the busiest second"
         return (
             f"{row['steady_share']:.0%} / {row['end_to_end_share']:.0%} "
             f"({row['end_to_end_seconds']} s for {row['recipients']}), peak {row['peak_second']}, "

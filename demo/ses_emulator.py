@@ -111,7 +111,7 @@ class FakeSes:
         if getattr(http_response, "status_code", 500) != 200:
             return
         params = context.get("fake_ses_params", {})
-        accepted = self.bulk_sent[context.get("fake_ses_bulk_start", len(self.bulk_sent)) :]  # this call's
+        accepted: list[BulkSent] = context.get("fake_ses_bulk_accepted", [])  # this call's messages
         self._published([(b.message_id, b.to, b.tags) for b in accepted], params)
         if self.accepted is not None:
             self.accepted("SendBulkEmail", params)
@@ -183,8 +183,10 @@ class FakeSes:
             if refused is not None:
                 return refused
         if name == "SendBulkEmail":
-            context["fake_ses_bulk_start"] = len(self.bulk_sent)
-            return self._send_bulk(api_params)
+            accepted: list[BulkSent] = []
+            context["fake_ses_bulk_accepted"] = accepted
+            with self._lock:  # calls arrive side by side; message ids stay unique
+                return self._send_bulk(api_params, accepted)
         return None  # moto handles it
 
     def _count(self, params: dict[str, Any]) -> Any:
@@ -208,7 +210,7 @@ class FakeSes:
                 self.first_accepted = self.clock()
         return None
 
-    def _send_bulk(self, p: dict[str, Any]) -> Any:
+    def _send_bulk(self, p: dict[str, Any], accepted: list[BulkSent]) -> Any:
         template = p.get("DefaultContent", {}).get("Template")
         if not template or not (template.get("TemplateContent") or template.get("TemplateName")):
             return _error(400, "BadRequestException", "DefaultContent.Template is required")
@@ -257,9 +259,9 @@ class FakeSes:
             backend.sent_messages.append(message)
             backend.sent_message_count += len(to)
             tags = {**default_tags, **{t["Name"]: t["Value"] for t in entry.get("ReplacementTags", [])}}
-            self.bulk_sent.append(
-                BulkSent(message.id, to[0], subject, html, text, entry.get("ReplacementHeaders", []), tags)
-            )
+            sent = BulkSent(message.id, to[0], subject, html, text, entry.get("ReplacementHeaders", []), tags)
+            self.bulk_sent.append(sent)
+            accepted.append(sent)
             results.append({"Status": "SUCCESS", "MessageId": message.id})
         return _Http(200), {"BulkEmailEntryResults": results, "ResponseMetadata": {"HTTPStatusCode": 200}}
 

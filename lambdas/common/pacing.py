@@ -94,6 +94,8 @@ class SharedRateLimiter:
             self.answer_time = 0.8 * self.answer_time + 0.2 * max(0.0, now - started)
             if got and now + self.arrival_guard >= second + 1:
                 self.late += got  # SES might count the call in the next second: do not use them
+                if now >= deadline:
+                    raise PacingTimeout("DynamoDB answered too late for every slot before the deadline")
                 continue
             if got:
                 if now < second:
