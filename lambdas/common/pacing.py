@@ -7,7 +7,7 @@ whoever asks. The sender takes them right before its SES calls (after the claims
 second in which those calls will reach SES:
 
 * the slot is ``floor(now + answer + guard)``: ``answer`` is how long DynamoDB takes to answer
-  (measured, a moving average) and ``guard`` bounds the time from that answer until SES counts
+  (measured: a decaying maximum) and ``guard`` (0.2 s) bounds the time from that answer until SES counts
   the call. Near the end of a second that is the next second, and the caller waits for it to
   begin before it calls SES;
 * an answer that comes back too late for its slot (the call could reach SES in the next second)
@@ -29,7 +29,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 #: Default bound on the time from the limiter's answer until SES counts the call (seconds).
-ARRIVAL_GUARD_SECONDS = 0.1
+ARRIVAL_GUARD_SECONDS = 0.2
 
 
 class PacingTimeout(Exception):
@@ -67,7 +67,7 @@ class SharedRateLimiter:
         self._sleep = sleep
         self._partition = partition
         self.arrival_guard = arrival_guard
-        #: Moving average of DynamoDB's answer time for a take (seconds).
+        #: DynamoDB's answer time for a take (seconds): a decaying maximum of the measured ones.
         self.answer_time = 0.01
         self.waits = 0
         #: Tokens booked but not used because the answer came too late for their second.
@@ -91,7 +91,8 @@ class SharedRateLimiter:
             second = math.floor(started + self.answer_time + self.arrival_guard)
             got = self._try(second, wanted)
             now = self._clock()
-            self.answer_time = 0.8 * self.answer_time + 0.2 * max(0.0, now - started)
+            # A decaying maximum: quick to follow a slow answer, slow to trust a fast one.
+            self.answer_time = max(now - started, 0.9 * self.answer_time)
             if got and now + self.arrival_guard >= second + 1:
                 self.late += got  # SES might count the call in the next second: do not use them
                 if now >= deadline:
