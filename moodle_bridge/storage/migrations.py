@@ -95,6 +95,15 @@ def _add_columns(*cols: tuple[str, str]) -> Callable[[sa.Connection, BridgeTable
     return apply
 
 
+def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]:
+    def apply(conn: sa.Connection, tables: BridgeTables) -> None:
+        by_attr = _table_attr(tables)
+        for attr in attrs:
+            by_attr[attr].create(conn, checkfirst=True)
+
+    return apply
+
+
 STEPS: tuple[Step, ...] = (
     Step(
         1,
@@ -118,6 +127,12 @@ STEPS: tuple[Step, ...] = (
         "claimed rows keep their template's sender display name and Reply-To",
         _add_columns(("claims", "fromname"), ("claims", "replyto")),
         adds_columns=(("claims", "fromname"), ("claims", "replyto")),
+    ),
+    Step(
+        5,
+        "re-engagement campaigns and their per-user ledger",
+        _create_tables("campaigns", "campaign_ledger"),
+        adds_tables=("campaigns", "campaign_ledger"),
     ),
 )
 
