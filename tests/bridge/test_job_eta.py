@@ -45,5 +45,5 @@ def test_jobs_show_gives_the_eta_at_the_configured_rate() -> None:
 
 @pytest.mark.parametrize("raw", ["fast", "-1", "20000"])
 def test_a_bad_rate_is_a_clear_configuration_error(raw: str) -> None:
-    with pytest.raises(ConfigError, match="(?i)ses_send_rate"):
+    with pytest.raises(ConfigError, match=r"(?i)ses_send_rate"):
         load_config(environ={"MRCO_SES_SEND_RATE": raw})
