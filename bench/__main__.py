@@ -115,6 +115,13 @@ def summarise() -> str:
         data = json.loads(path.read_text("utf-8"))
         name = data.get("benchmark", path.stem) if isinstance(data, dict) else path.stem
         lines += [f"## {name}", ""]
+        # Optional readable tables: {"title", "columns", "rows"} each, before the raw figures.
+        for table in data.get("tables", []) if isinstance(data, dict) else []:
+            lines += [f"### {table['title']}", ""]
+            lines.append("| " + " | ".join(table["columns"]) + " |")
+            lines.append("|" + "---|" * len(table["columns"]))
+            lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table["rows"]]
+            lines.append("")
         body = data.get("figures", data) if isinstance(data, dict) else data
         if isinstance(body, dict) and isinstance(body.get("rows"), list):  # a table of runs
             lines += _table(body["rows"])

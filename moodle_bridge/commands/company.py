@@ -15,6 +15,7 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
+from moodle_bridge.transports.capabilities import worker_check
 
 
 def _onoff(value: str) -> bool:
@@ -73,6 +74,21 @@ def _line(s: CompanySettings, global_on: bool) -> str:
         f"threshold={s.threshold} fallback={'on' if s.fallbacklocal else 'off'} "
         f"sender={s.senderaddress or '-'}"
     )
+
+
+def cloudflare_refusal(settings: CompanySettings, config: BridgeConfig) -> str | None:
+    """One line when the company would route a job type to a Worker that cannot process it."""
+    if settings.provider != "cloudflare" or not settings.cloudenabled:
+        return None
+    wanted = [
+        t for t, on in (("email", settings.allowemail), ("certificate", settings.allowcertificates)) if on
+    ]
+    check = worker_check(config)
+    for job_type in wanted:
+        line = check(settings.companyid, job_type)
+        if line is not None:
+            return f"{line}; not saved (turn {job_type} jobs off for this company, or use --provider aws)"
+    return None
 
 
 def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
@@ -139,6 +155,9 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 updated = replace(current, **changes)
             except ValueError as exc:
                 return fail(str(exc))
+            refused = cloudflare_refusal(updated, config)
+            if refused:
+                return fail(refused)
             repo.save_settings(conn, updated, actor)
             diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
             audit.record(

@@ -33,6 +33,7 @@ from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
+from moodle_bridge.transports.capabilities import WorkerCheck
 from moodle_bridge.transports.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
 
 
@@ -115,7 +116,21 @@ def reconcile_context(ctx: TickContext) -> ReconcileContext:
     sqs = None
     if config.aws.results_queue_url or config.aws.results_dlq_url:
         sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
-    return ReconcileContext(engine=ctx.engine, tables=ctx.repo.t, config=config, sqs=sqs, iomad_queue=link)
+    worker = ctx.submitters.get("worker")
+    companies: tuple[int, ...] = ()
+    if isinstance(worker, WorkerSubmitter):
+        with ctx.engine.connect() as conn:
+            settings = ctx.repo.all_settings(conn)
+        companies = tuple(sorted(cid for cid, s in settings.items() if s.provider == "cloudflare"))
+    return ReconcileContext(
+        engine=ctx.engine,
+        tables=ctx.repo.t,
+        config=config,
+        sqs=sqs,
+        iomad_queue=link,
+        worker=worker if companies else None,
+        worker_companies=companies,
+    )
 
 
 @dataclass
@@ -185,9 +200,12 @@ def run_tick(
     targets = submitters if submitters is not None else build_submitters(config)
     if claim and iomad is not None:
         claimer = claim_pass_factory(engine, repo, iomad, config, box=box)
+        worker = targets.get("worker")
+        claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
         if report.claim.lock_busy:
             report.notes.append("IOMAD's email cron holds its lock; claiming again next pass")
+        report.notes.extend(report.claim.refusals)
     outbox = Outbox(
         engine,
         repo,

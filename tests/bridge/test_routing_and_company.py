@@ -60,7 +60,7 @@ def test_company_command_sets_shows_and_audits(tmp_path, monkeypatch, capsys) ->
                 "--cloud",
                 "on",
                 "--provider",
-                "cloudflare",
+                "aws",
                 "--threshold",
                 "50",
                 "--certificates",
@@ -78,7 +78,7 @@ def test_company_command_sets_shows_and_audits(tmp_path, monkeypatch, capsys) ->
     assert main(["company", "show", "7"]) == 0
     out = capsys.readouterr().out
     assert "company 7: cloud (email, certificate)" in out
-    assert "provider=cloudflare" in out
+    assert "provider=aws" in out
     assert "threshold=50" in out
     assert main(["company", "show", "8"]) == 0
     assert "no settings row, stays local" in capsys.readouterr().out
