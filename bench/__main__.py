@@ -25,6 +25,9 @@ MODULES = (
     "tick_bench",
     "faults_bench",
     "campaigns_bench",
+    "migration_lock_bench",
+    "dashboard_bench",
+    "receiver_attack_bench",
     "pacing_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

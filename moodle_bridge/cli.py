@@ -12,11 +12,28 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from moodle_bridge.aws_session import install_default_session
 from moodle_bridge.config import ConfigError, load_config
+from moodle_bridge.logs import configure_logging
 
 #: Modules under moodle_bridge.commands, in help order. A missing module is skipped, so
 #: parts can land independently.
-COMMAND_MODULES = ("migrate", "tick", "company", "jobs", "serve", "submit_list", "campaigns")
+COMMAND_MODULES = (
+    "migrate",
+    "tick",
+    "run",
+    "company",
+    "jobs",
+    "serve",
+    "submit_list",
+    "campaigns",
+    "config_check",
+    "uninstall",
+    "dashboard",
+)
+
+#: Long-running commands: they log at INFO by default (one-shot commands at WARNING).
+SERVICE_COMMANDS = ("serve", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config", help="TOML configuration file (default: $MRCO_CONFIG or ./moodle-offload.toml)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "human", "json"),
+        help="log lines: human text, or one JSON object per line (default: log_format, auto: "
+        "human on a terminal, JSON otherwise)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -46,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config)
+        install_default_session(config)
+        service = args.command in SERVICE_COMMANDS
+        configure_logging(
+            args.log_format or config.log_format, config.log_level or ("INFO" if service else "WARNING")
+        )
         code: int = args.handler(args, config)
     except ConfigError as exc:
         print(f"moodle-offload: configuration error: {exc}", file=sys.stderr)

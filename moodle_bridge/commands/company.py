@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
-from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
+from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
 from moodle_bridge.transports.capabilities import worker_check
 
 
@@ -126,8 +126,6 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
     try:
         check_connection(engine)
         with engine.begin() as conn:
-            before = repo.get_settings(conn, args.companyid)
-            current = before or CompanySettings(companyid=args.companyid)
             changes: dict[str, Any] = {}
             for arg, attr in (
                 ("cloud", "cloudenabled"),
@@ -137,38 +135,25 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 ("threshold", "threshold"),
                 ("fallback", "fallbacklocal"),
                 ("cert_template", "certtemplate"),
-            ):
-                value = getattr(args, arg)
-                if value is not None:
-                    changes[attr] = value
-            for arg, attr in (
                 ("sender_address", "senderaddress"),
                 ("sender_name", "sendername"),
                 ("ses_tenant", "sesstenant"),
             ):
                 value = getattr(args, arg)
                 if value is not None:
-                    changes[attr] = value or None
-            if changes.get("senderaddress") and "@" not in changes["senderaddress"]:
-                return fail("--sender-address must be an email address")
+                    changes[attr] = value
             try:
-                updated = replace(current, **changes)
-            except ValueError as exc:
+                updated = change_company_settings(
+                    conn,
+                    repo,
+                    args.companyid,
+                    changes,
+                    actor=actor,
+                    now=now(),
+                    check=lambda settings: cloudflare_refusal(settings, config),
+                )
+            except SettingsError as exc:
                 return fail(str(exc))
-            refused = cloudflare_refusal(updated, config)
-            if refused:
-                return fail(refused)
-            repo.save_settings(conn, updated, actor)
-            diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
-            audit.record(
-                conn,
-                repo.t,
-                actor=actor,
-                action=audit.SETTINGS_CREATED if before is None else audit.SETTINGS_CHANGED,
-                now=now(),
-                companyid=args.companyid,
-                detail=diff,
-            )
             global_on = repo.offload_enabled(conn)
     except DatabaseUnavailable as exc:
         return fail(str(exc))
@@ -188,16 +173,7 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
             if args.state is None:
                 print(f"global switch: {'on' if repo.offload_enabled(conn) else 'off'}")
                 return 0
-            before = repo.offload_enabled(conn)
-            repo.set_offload_enabled(conn, args.state)
-            if before != args.state:
-                audit.record(
-                    conn,
-                    repo.t,
-                    actor=cli_actor(),
-                    action=audit.GLOBAL_SWITCH_ON if args.state else audit.GLOBAL_SWITCH_OFF,
-                    now=now(),
-                )
+            set_global_switch(conn, repo, args.state, actor=cli_actor(), now=now())
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     finally:

@@ -29,6 +29,7 @@ TABLE_NAMES = (
     "mrcloud_certificates",
     "mrcloud_campaigns",
     "mrcloud_campaign_ledger",
+    "mrcloud_dash_sessions",
 )
 
 
@@ -52,6 +53,7 @@ class BridgeTables:
     certificates: sa.Table
     campaigns: sa.Table
     campaign_ledger: sa.Table
+    dash_sessions: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -150,6 +152,11 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclreci_bat_ix", "batchid"),
         sa.Index(f"{p}mrclreci_ema_ix", "emailid"),
         sa.Index(f"{p}mrclreci_pro_ix", "providermessageid"),
+        # Added in schema version 7, for the dashboard: a department manager's recipients (by user)
+        # and the recipient search (address or name, by prefix) without scanning a whole job.
+        sa.Index(f"{p}mrclreci_jobuse_ix", "jobid", "userid", "status"),
+        sa.Index(f"{p}mrclreci_jobadd_ix", "jobid", "address"),
+        sa.Index(f"{p}mrclreci_jobful_ix", "jobid", "fullname"),
     )
 
     batches = sa.Table(
@@ -195,6 +202,11 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         # The template's sender display name and Reply-To (moodle_bridge.sources.iomad.template_sender).
         sa.Column("fromname", sa.String(255), nullable=True),
         sa.Column("replyto", sa.String(1333), nullable=True),
+        # Added in schema version 5 (IOMAD's Resend): the how-manieth send of the row this claim
+        # is (IOMAD's report resends by setting sent = NULL on the same row), and the row's
+        # modifiedtime when the bridge released it (a later change means IOMAD sent it since).
+        sa.Column("generation", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("rowmodified", UNIXTIME, nullable=True),
         sa.Index(f"{p}mrclclai_sta_ix", "state"),
         sa.Index(f"{p}mrclclai_job_ix", "jobid"),
     )
@@ -243,11 +255,14 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         f"{p}mrcloud_result_reports",
         m,
         _id(),
-        sa.Column("reportid", sa.String(64), nullable=False, unique=True),
+        sa.Column("reportid", sa.String(64), nullable=False),
         sa.Column("companyid", sa.BigInteger, nullable=False),
         sa.Column("reporter", sa.String(30), nullable=False),
         sa.Column("resultcount", sa.Integer, nullable=False),
         sa.Column("timereceived", UNIXTIME, nullable=False),
+        # A report id is the sender's idempotency key *within its company*: one company's key must
+        # not be able to pre-claim another company's id (issue 18).
+        sa.UniqueConstraint("companyid", "reportid", name=f"{p}mrcloud_resrep_comprep_uix"),
     )
 
     certificates = sa.Table(
@@ -295,6 +310,24 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.UniqueConstraint("campaignid", "userid", "cycle", name=f"{p}mrclcampledg_camusecyc_uix"),
     )
 
+    # Added in schema version 6: dashboard sessions (moodle_bridge.web.auth). The cookie holds a
+    # random id; only its SHA-256 is stored. ``principal`` is the rights last read from Moodle.
+    dash_sessions = sa.Table(
+        f"{p}mrcloud_dash_sessions",
+        m,
+        _id(),
+        sa.Column("sessionhash", sa.String(64), nullable=False, unique=True),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("companyid", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("principal", sa.Text, nullable=False),
+        sa.Column("csrftoken", sa.String(64), nullable=False),
+        sa.Column("sourceaddress", sa.String(45), nullable=True),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.Column("timechecked", UNIXTIME, nullable=False),
+        sa.Column("timeexpires", UNIXTIME, nullable=False),
+        sa.Index(f"{p}mrcldashsess_tim_ix", "timeexpires"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -310,4 +343,5 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         certificates,
         campaigns,
         campaign_ledger,
+        dash_sessions,
     )

@@ -95,6 +95,22 @@ def _add_columns(*cols: tuple[str, str]) -> Callable[[sa.Connection, BridgeTable
     return apply
 
 
+def _add_indexes(*wanted: tuple[str, str]) -> Callable[[sa.Connection, BridgeTables], None]:
+    """Create indexes (table attribute, name without prefix) the table does not have yet."""
+
+    def apply(conn: sa.Connection, tables: BridgeTables) -> None:
+        by_attr = _table_attr(tables)
+        inspector = sa.inspect(conn)
+        for attr, suffix in wanted:
+            table = by_attr[attr]
+            existing = {ix["name"] for ix in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name and index.name.endswith(suffix) and index.name not in existing:
+                    index.create(conn)
+
+    return apply
+
+
 def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]:
     def apply(conn: sa.Connection, tables: BridgeTables) -> None:
         by_attr = _table_attr(tables)
@@ -102,6 +118,49 @@ def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]
             by_attr[attr].create(conn, checkfirst=True)
 
     return apply
+
+
+def _scope_report_ids_by_company(conn: sa.Connection, tables: BridgeTables) -> None:
+    """Replace the unique key on result_reports.reportid by one on (companyid, reportid).
+
+    Idempotent: a database created at this version already has the composite key. SQLite cannot
+    drop a constraint, so the table is rebuilt there (it holds one small row per report).
+    """
+    table = tables.result_reports
+    inspector = sa.inspect(conn)
+    wanted = {"companyid", "reportid"}
+    uniques = [
+        (u.get("name"), set(u["column_names"])) for u in inspector.get_unique_constraints(table.name)
+    ] + [(i.get("name"), set(i["column_names"])) for i in inspector.get_indexes(table.name) if i["unique"]]
+    if any(cols == wanted for _, cols in uniques) and not any(cols == {"reportid"} for _, cols in uniques):
+        return
+    if conn.dialect.name == "sqlite":
+        old = f"{table.name}_pre_scope"
+        conn.execute(sa.text(f"ALTER TABLE {table.name} RENAME TO {old}"))
+        table.create(conn)
+        names = ", ".join(c.name for c in table.columns)
+        conn.execute(sa.text(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {old}"))
+        conn.execute(sa.text(f"DROP TABLE {old}"))
+        return
+    dropped: set[str] = set()
+    for name, cols in uniques:
+        if cols == {"reportid"} and name and name not in dropped:
+            dropped.add(name)
+            if conn.dialect.name == "postgresql":
+                in_constraints = any(
+                    u.get("name") == name for u in inspector.get_unique_constraints(table.name)
+                )
+                ddl = (
+                    f"ALTER TABLE {table.name} DROP CONSTRAINT {name}"
+                    if in_constraints
+                    else f"DROP INDEX {name}"
+                )
+                conn.execute(sa.text(ddl))
+            else:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} DROP INDEX {name}"))
+    constraint = next(c for c in table.constraints if isinstance(c, sa.UniqueConstraint) and c.name)
+    if not any(cols == wanted for _, cols in uniques):
+        conn.execute(sa.schema.AddConstraint(constraint))
 
 
 STEPS: tuple[Step, ...] = (
@@ -133,6 +192,32 @@ STEPS: tuple[Step, ...] = (
         "re-engagement campaigns and their per-user ledger",
         _create_tables("campaigns", "campaign_ledger"),
         adds_tables=("campaigns", "campaign_ledger"),
+    ),
+    Step(
+        6,
+        "dashboard sessions (moodle_bridge.web.auth)",
+        _create_tables("dash_sessions"),
+        adds_tables=("dash_sessions",),
+    ),
+    Step(
+        7,
+        "recipient indexes for the dashboard: by user (department managers), address and name search",
+        _add_indexes(
+            ("recipients", "mrclreci_jobuse_ix"),
+            ("recipients", "mrclreci_jobadd_ix"),
+            ("recipients", "mrclreci_jobful_ix"),
+        ),
+    ),
+    Step(
+        8,
+        "result report ids are unique per company, not across companies",
+        _scope_report_ids_by_company,
+    ),
+    Step(
+        9,
+        "IOMAD's Resend: claims count the row's send generations and keep the row's modifiedtime at release",
+        _add_columns(("claims", "generation"), ("claims", "rowmodified")),
+        adds_columns=(("claims", "generation"), ("claims", "rowmodified")),
     ),
 )
 
