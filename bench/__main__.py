@@ -28,6 +28,7 @@ MODULES = (
     "migration_lock_bench",
     "dashboard_bench",
     "receiver_attack_bench",
+    "pacing_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -50,6 +51,60 @@ def _rows(prefix: str, value: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _pacing_comparison() -> list[str]:
+    """The pacing rows measured on the code before issue 19 beside the current ones (same harness)."""
+    paths = [
+        RESULTS_DIR / "pacing-before.json",
+        RESULTS_DIR / "pacing.json",
+        RESULTS_DIR / "pacing-rerun.json",
+    ]
+    if not all(p.exists() for p in paths[:2]):
+        return []
+    before, after, rerun = (
+        {r["name"]: r for r in json.loads(p.read_text("utf-8"))["figures"]["rows"]} if p.exists() else {}
+        for p in paths
+    )
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "—"
+        if row["name"].startswith("ceiling"):
+            through = row.get("end_to_end_per_second", row.get("recipients_per_second"))
+            return f"{through}/s end to end, {row['peak_second']} in the busiest second"
+        unfinished = row["recipients"] - row.get("finished", row["recipients"])
+        lost = max(0, row["lost"] - unfinished)  # older files counted the unfinished as lost
+        stopped = f", **{unfinished} unfinished when the time budget ran out**" if unfinished else ""
+        return (
+            f"{row['steady_share']:.0%} / {row['end_to_end_share']:.0%} "
+            f"({row['end_to_end_seconds']} s for {row['recipients']}), peak {row['peak_second']}, "
+            f"{row['rate_throttles']} throttled calls, {lost} / {row['duplicated']}{stopped}"
+        )
+
+    lines = [
+        "## pacing: before and after",
+        "",
+        "Steady share / end-to-end share of the SES rate (end to end: first call reaching SES to the last",
+        "result), the busiest second as SES counted it, calls SES refused for the rate, lost / duplicated",
+        "recipients. Goal: steady ≥ 95 % and end to end ≥ 90 % in every row, peak never over the rate.",
+        "`ceiling` rows: the same harness, latencies and pollers with the rate out of the way (100,000/s).",
+        "`after, rerun`: rows run again alone on a quieter host (`pacing-rerun.json`).",
+        "",
+        "| row | before | after | after, rerun |",
+        "|---|---|---|---|",
+    ]
+    for name in dict.fromkeys([*before, *after]):
+        cells = " | ".join(cell(run.get(name)) for run in (before, after, rerun))
+        lines.append(f"| {name} | {cells} |")
+    return [*lines, ""]
+
+
 def summarise() -> str:
     lines = [
         "# Benchmark figures",
@@ -57,6 +112,7 @@ def summarise() -> str:
         "Written by `make bench` from `bench/results/*.json`. The machine is shared and noisy (2 vCPU):",
         "compare each figure with the baseline measured beside it in the same run, not across runs.",
         "",
+        *_pacing_comparison(),
     ]
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text("utf-8"))
@@ -69,8 +125,11 @@ def summarise() -> str:
             lines.append("|" + "---|" * len(table["columns"]))
             lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table["rows"]]
             lines.append("")
-        lines += ["| figure | value |", "|---|---|"]
         body = data.get("figures", data) if isinstance(data, dict) else data
+        if isinstance(body, dict) and isinstance(body.get("rows"), list):  # a table of runs
+            lines += _table(body["rows"])
+            body = {k: v for k, v in body.items() if k != "rows"}
+        lines += ["| figure | value |", "|---|---|"]
         for key, value in _rows("", body):
             if key != "benchmark":
                 lines.append(f"| {key} | {value} |")

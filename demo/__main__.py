@@ -57,6 +57,10 @@ from offload_contract.signing import decode_root_secret, generate_root_secret
 
 PREFIX = "mdl_"
 CLOUD_COMPANY = 1
+#: The SES account rate (recipients per second) the demo's and the fault harness's SES emulator
+#: enforce, as SES does, and the sender paces to: a production account after one increase (new
+#: production accounts start at 14/s; docs/AWS_SETUP.md).
+SEND_RATE = 200
 LOCAL_COMPANY = 2
 KEYSET = "demo"
 FINAL_STATUSES = ("sent", "delivered", "failed", "bounced", "complained", "skipped", "cancelled", "restored")
@@ -245,7 +249,7 @@ def lambda_mappings(
     aws: EmbeddedAws, faults: FaultPlan, log: Any
 ) -> tuple[list[EventSourceMapping], FakeSes]:
     os.environ.update(aws.lambda_environment())
-    os.environ["SES_MAX_SEND_RATE"] = "500"  # moto has no GetAccount; a production-like quota
+    os.environ["SES_MAX_SEND_RATE"] = str(SEND_RATE)  # what the stack sets from ses_send_rate
     from lambdas.common.aws import client  # noqa: PLC0415 - after the environment is set
     from lambdas.handlers import (  # noqa: PLC0415
         callback_dispatcher,
@@ -254,7 +258,7 @@ def lambda_mappings(
         ses_events,
     )
 
-    ses = FakeSes(region=aws.region, max_send_rate=500.0)
+    ses = FakeSes(region=aws.region, max_send_rate=float(SEND_RATE))  # refuses anything over it
     ses.install(client("sesv2"))
     calls = Counter[str]()
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from demo.__main__ import (
     KEYSET,
     LOCAL_COMPANY,
     PREFIX,
+    SEND_RATE,
     bridge_environment,
     callback_receiver,
     free_port,
@@ -88,7 +90,7 @@ class CloudFaults:
 
     crash_sender_at_start: set[int] = field(default_factory=set)
     crash_sender_mid_batch: set[int] = field(default_factory=set)  # on the 2nd SES call of it
-    #: As mid-batch, but SES accepted the 2nd call before the Lambda died (its answer is lost).
+    #: As mid-batch, but on the 2nd call SES accepted (its answer is lost when the Lambda dies).
     crash_sender_after_ses_accepted: set[int] = field(default_factory=set)
     throttle_ses_calls: range = range(0)
     duplicate_jobs_message_after: set[int] = field(default_factory=set)
@@ -396,7 +398,7 @@ def _is_probe(params: dict[str, Any]) -> bool:
 
 def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
     os.environ.update(p.aws.lambda_environment())
-    os.environ["SES_MAX_SEND_RATE"] = "500"
+    os.environ["SES_MAX_SEND_RATE"] = str(SEND_RATE)
     # Crash-window recipients are looked at again after 5 s instead of a minute (test speed).
     os.environ["CRASH_WINDOW_RECHECK_SECONDS"] = "5"
     from lambdas.common.aws import client  # noqa: PLC0415 - after the environment is set
@@ -412,26 +414,39 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
     _forget_cached_lambda_state(email_sender, certificate_renderer, callback_dispatcher, ses_events)
     p.ses.install(client("sesv2"))
     f, calls = p.faults, p.injected
-    state: dict[str, Any] = {"invocation": 0, "ses_in_invocation": 0, "lost": set()}
+    state: dict[str, Any] = {
+        "invocation": 0,
+        "ses_in_invocation": 0,
+        "accepted_in_invocation": 0,
+        "lost": set(),
+    }
+    lock = threading.Lock()
 
     def ses_fault(operation: str, params: dict[str, Any]) -> Any:
         if operation not in ("SendBulkEmail", "SendEmail") or _is_probe(params):
             return None
-        calls["ses calls"] += 1
-        state["ses_in_invocation"] += 1
+        with lock:  # the sender makes its calls side by side
+            calls["ses calls"] += 1
+            state["ses_in_invocation"] += 1
+            second, number = state["ses_in_invocation"] == 2, calls["ses calls"]
         due = [n for n in f.crash_sender_mid_batch if n <= state["invocation"]]
-        if due and state["ses_in_invocation"] == 2:  # the first invocation from n on with 2+ SES calls
+        if due and second:  # the first invocation from n on with 2+ SES calls
             f.crash_sender_mid_batch.discard(min(due))
             calls["Lambda crash mid-batch (after an SES call of the invocation succeeded)"] += 1
             raise LambdaCrash("injected crash mid-batch")
-        if calls["ses calls"] in f.throttle_ses_calls:
+        if number in f.throttle_ses_calls:
             calls["SES throttling (TooManyRequests)"] += 1
             return throttle()
         return None
 
     def ses_accepted(operation: str, params: dict[str, Any]) -> None:
+        if _is_probe(params):
+            return
+        with lock:  # the sender makes its calls side by side
+            state["accepted_in_invocation"] += 1
+            second = state["accepted_in_invocation"] == 2
         due = [n for n in f.crash_sender_after_ses_accepted if n <= state["invocation"]]
-        if due and state["ses_in_invocation"] == 2 and not _is_probe(params):
+        if due and second:
             f.crash_sender_after_ses_accepted.discard(min(due))
             calls["Lambda crash mid-batch right after SES accepted a call (its answer lost)"] += 1
             raise LambdaCrash("injected crash after SES accepted the call")
@@ -442,7 +457,7 @@ def _lambda_mappings(p: Pipeline) -> list[EventSourceMapping]:
 
     def sender(event: dict[str, Any], context: Any) -> Any:
         state["invocation"] += 1
-        state["ses_in_invocation"] = 0
+        state["ses_in_invocation"] = state["accepted_in_invocation"] = 0
         n = state["invocation"]
         if n in f.crash_sender_at_start:
             calls["Lambda crash at the start of an invocation (SQS redelivers the batch)"] += 1
@@ -568,7 +583,7 @@ def pipeline(
                     root_secret=root,
                     port=port,
                     workdir=work,
-                    ses=FakeSes(region=aws.region, max_send_rate=500.0),
+                    ses=FakeSes(region=aws.region, max_send_rate=float(SEND_RATE)),
                     sink=RecordingSmtpSink(),
                     mappings=[],
                     faults=faults or CloudFaults(),

@@ -5,6 +5,10 @@ with real parameter validation. SendBulkEmail enforces SES's documented rules (t
 required, 1-50 destinations, a verified sender, well-formed replacement data), renders the
 inline template with SES's simple ``{{name}}`` substitution (no HTML escaping, as SES does),
 and records each message in moto's SES backend ``sent_messages`` exactly like SendEmail.
+It enforces the account's MaxSendRate as SES does: recipients are counted in the calendar
+second the call arrives, and a call that would take that second over the rate is refused whole
+with ``TooManyRequestsException`` ("Maximum sending rate exceeded."). Messages to SES's mailbox
+simulator are not counted (SES: they "don't count toward your sending quota").
 It can also inject faults (throttling, rejections, lost connections) into any SESv2 call, and
 publish a ``Send`` event for every message it accepts, shaped as the configuration set's
 EventBridge destination delivers it (``publish``; the stack routes them to the ses-events queue).
@@ -14,7 +18,10 @@ Only ``Send`` is emulated: delivery, bounces and complaints happen beyond any em
 from __future__ import annotations
 
 import json
+import math
 import re
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +75,15 @@ class FakeSes:
     accepted: Callable[[str, dict[str, Any]], None] | None = None
     #: Receives the EventBridge events (``Send``) of the messages of each accepted call.
     publish: Callable[[list[dict[str, Any]]], None] | None = None
+    #: Refuse calls over ``max_send_rate`` recipients per calendar second (as SES does).
+    enforce_rate: bool = True
+    clock: Callable[[], float] = time.time
+    #: Recipients accepted per calendar second (SES's count), and calls refused for the rate.
+    per_second: dict[int, int] = field(default_factory=dict)
+    rate_throttled: int = 0
+    #: When SES first accepted a counted call (the start of a job, as SES sees it).
+    first_accepted: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def install(self, sesv2_client: Any) -> None:
         events = sesv2_client.meta.events
@@ -95,7 +111,7 @@ class FakeSes:
         if getattr(http_response, "status_code", 500) != 200:
             return
         params = context.get("fake_ses_params", {})
-        accepted = self.bulk_sent[context.get("fake_ses_bulk_start", len(self.bulk_sent)) :]  # this call's
+        accepted: list[BulkSent] = context.get("fake_ses_bulk_accepted", [])  # this call's messages
         self._published([(b.message_id, b.to, b.tags) for b in accepted], params)
         if self.accepted is not None:
             self.accepted("SendBulkEmail", params)
@@ -162,12 +178,39 @@ class FakeSes:
                 "SendingEnabled": True,
                 "ResponseMetadata": {"HTTPStatusCode": 200},
             }
+        if name in ("SendEmail", "SendBulkEmail"):
+            refused = self._count(api_params)
+            if refused is not None:
+                return refused
         if name == "SendBulkEmail":
-            context["fake_ses_bulk_start"] = len(self.bulk_sent)
-            return self._send_bulk(api_params)
+            accepted: list[BulkSent] = []
+            context["fake_ses_bulk_accepted"] = accepted
+            with self._lock:  # calls arrive side by side; message ids stay unique
+                return self._send_bulk(api_params, accepted)
         return None  # moto handles it
 
-    def _send_bulk(self, p: dict[str, Any]) -> Any:
+    def _count(self, params: dict[str, Any]) -> Any:
+        """Book the call's recipients in the second it arrives, or refuse it for the rate."""
+        if "BulkEmailEntries" in params:
+            addresses = [a for e in params["BulkEmailEntries"] for a in e["Destination"]["ToAddresses"]]
+        else:
+            d = params.get("Destination") or {}
+            addresses = [*d.get("ToAddresses", []), *d.get("CcAddresses", []), *d.get("BccAddresses", [])]
+        counted = sum(1 for a in addresses if not parseaddr(a)[1].endswith("@simulator.amazonses.com"))
+        if not counted or not self.enforce_rate:
+            return None
+        second = math.floor(self.clock())
+        with self._lock:
+            used = self.per_second.get(second, 0)
+            if used + counted > math.floor(self.max_send_rate):
+                self.rate_throttled += 1
+                return throttle()
+            self.per_second[second] = used + counted
+            if self.first_accepted is None:
+                self.first_accepted = self.clock()
+        return None
+
+    def _send_bulk(self, p: dict[str, Any], accepted: list[BulkSent]) -> Any:
         template = p.get("DefaultContent", {}).get("Template")
         if not template or not (template.get("TemplateContent") or template.get("TemplateName")):
             return _error(400, "BadRequestException", "DefaultContent.Template is required")
@@ -216,13 +259,18 @@ class FakeSes:
             backend.sent_messages.append(message)
             backend.sent_message_count += len(to)
             tags = {**default_tags, **{t["Name"]: t["Value"] for t in entry.get("ReplacementTags", [])}}
-            self.bulk_sent.append(
-                BulkSent(message.id, to[0], subject, html, text, entry.get("ReplacementHeaders", []), tags)
-            )
+            sent = BulkSent(message.id, to[0], subject, html, text, entry.get("ReplacementHeaders", []), tags)
+            self.bulk_sent.append(sent)
+            accepted.append(sent)
             results.append({"Status": "SUCCESS", "MessageId": message.id})
         return _Http(200), {"BulkEmailEntryResults": results, "ResponseMetadata": {"HTTPStatusCode": 200}}
 
     # -- fault helpers ----------------------------------------------------------------------
+    def peak_second(self) -> int:
+        """The most recipients SES accepted in any one calendar second."""
+        with self._lock:
+            return max(self.per_second.values(), default=0)
+
     def sent_count(self) -> int:
         return len(self._backend().sent_messages)
 
@@ -252,6 +300,11 @@ def to_sqs(sqs: Any, queue_url: str) -> Callable[[list[dict[str, Any]]], None]:
 
 def throttle(status: int = 429) -> tuple[_Http, dict[str, Any]]:
     return _error(status, "TooManyRequestsException", "Maximum sending rate exceeded.")
+
+
+def daily_quota(status: int = 429) -> tuple[_Http, dict[str, Any]]:
+    """The 24-hour sending quota is used up (SES's wording; not the per-second rate)."""
+    return _error(status, "TooManyRequestsException", "Daily message quota exceeded.")
 
 
 def rejected(message: str = "Email address is not verified.") -> tuple[_Http, dict[str, Any]]:

@@ -27,6 +27,8 @@ SES_BULK_DESTINATIONS = 50
 #: Lambda SQS event source mapping: MaximumConcurrency must be 2..1000.
 ESM_MIN_CONCURRENCY = 2
 ESM_MAX_CONCURRENCY = 1000
+#: Capacity over the rate the sender's concurrency is sized for (sender_max_concurrency).
+SENDER_HEADROOM = 1.5
 
 
 class ConfigError(ValueError):
@@ -56,9 +58,11 @@ class OffloadConfig:
     env_name: str
     #: The account's SES MaxSendRate (messages per second) this deployment may use.
     ses_send_rate: float = 1.0
-    #: Recipients one email_sender invocation can push to SES per second when unthrottled
-    #: (one SendBulkEmail call of 50 destinations takes roughly 0.5-1 s including rendering).
-    per_invocation_send_rate: float = 50.0
+    #: Measured time of one send wave of the email sender (claims, token, SES call, record), in
+    #: ms: the dashboard's ``SendWaveLatency`` (p90). Sizes the sender's concurrency.
+    send_latency_ms: float = 100.0
+    #: SES calls one sender invocation makes side by side (``SENDER_PARALLEL_SENDS``).
+    sender_parallel_sends: int = 8
     #: Default From address (must belong to a verified identity).
     sender_address: str = "no-reply@example.com"
     #: Optional domain identity with Easy DKIM, and its custom MAIL FROM sub-domain.
@@ -103,8 +107,10 @@ class OffloadConfig:
             raise ConfigError(f"env must be one of {ENVIRONMENTS}, not {self.env_name!r}")
         if not 0 < self.ses_send_rate <= 10_000:
             raise ConfigError("ses_send_rate must be > 0 and <= 10000 (messages per second)")
-        if not 0 < self.per_invocation_send_rate <= 1_000:
-            raise ConfigError("per_invocation_send_rate must be > 0 and <= 1000")
+        if not 1 <= self.send_latency_ms <= 60_000:
+            raise ConfigError("send_latency_ms must be between 1 and 60000 (ms)")
+        if not 1 <= self.sender_parallel_sends <= 64:
+            raise ConfigError("sender_parallel_sends must be between 1 and 64")
         if not _EMAIL.match(self.sender_address):
             raise ConfigError(f"sender_address {self.sender_address!r} is not an e-mail address")
         if self.domain is not None and not _DOMAIN.match(self.domain):
@@ -145,14 +151,21 @@ class OffloadConfig:
         return self.env_name == "prod"
 
     @property
-    def sender_max_concurrency(self) -> int:
-        """ESM MaximumConcurrency of the email sender: ceil(send rate / per-invocation rate).
+    def per_invocation_send_rate(self) -> float:
+        """Single sends one invocation makes per second: parallel sends / send latency (a bulk
+        call carries up to 50 recipients in the same time, so bulk needs no more)."""
+        return self.sender_parallel_sends * 1000 / self.send_latency_ms
 
-        Clamped to the ESM's allowed range 2..1000. The Lambdas pace themselves against the
-        account rate as well (DynamoDB pacing items), so this bound keeps surplus invocations
-        from sitting idle while waiting for send tokens.
+    @property
+    def sender_max_concurrency(self) -> int:
+        """ESM MaximumConcurrency of the email sender:
+        ``ceil(SENDER_HEADROOM x send rate / per-invocation rate)``, clamped to the ESM's 2..1000.
+
+        The headroom makes the invocations able to send faster than the rate, so the shared
+        limiter (DynamoDB pacing items), not the invocations, sets the pace: each second's
+        tokens are used up early and nobody waits on a round trip while tokens go unused.
         """
-        wanted = math.ceil(self.ses_send_rate / self.per_invocation_send_rate)
+        wanted = math.ceil(SENDER_HEADROOM * self.ses_send_rate / self.per_invocation_send_rate)
         return max(ESM_MIN_CONCURRENCY, min(ESM_MAX_CONCURRENCY, wanted))
 
     @property

@@ -59,6 +59,8 @@ class AwsConfig:
     results_dlq_url: str = ""
     content_bucket: str = ""
     api_gateway_url: str = ""
+    #: The SES account's MaxSendRate (recipients/s), as the stack's ses_send_rate: job ETAs.
+    ses_send_rate: float = 0.0
     #: The bridge user's access key (secret sources, docs/INSTALL.md); empty: boto3's default chain.
     access_key_id: str = ""
     secret_access_key: str = ""
@@ -241,6 +243,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_RESULTS_DLQ_URL": ("aws", "results_dlq_url"),
     "MRCO_CONTENT_BUCKET": ("aws", "content_bucket"),
     "MRCO_API_GATEWAY_URL": ("aws", "api_gateway_url"),
+    "MRCO_SES_SEND_RATE": ("aws", "ses_send_rate"),
     "MRCO_CLOUDFLARE_INTAKE_URL": ("cloudflare", "intake_url"),
     "MRCO_AWS_SUBMIT_MODE": ("submit", "aws_mode"),
     "MRCO_MAX_RECIPIENTS": ("submit", "max_recipients"),
@@ -280,6 +283,11 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
             return int(raw)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{name} must be an integer") from exc
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a number") from exc
     return str(raw)
 
 
@@ -442,6 +450,8 @@ def validate_config(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError("submit.aws_mode must be 'sqs' or 'api_gateway'")
     if config.database.site not in ("iomad", "moodle"):
         raise ConfigError("database.site must be 'iomad' or 'moodle'")
+    if not 0 <= config.aws.ses_send_rate <= 10_000:
+        raise ConfigError("aws.ses_send_rate must be between 0 (unknown) and 10000 per second")
     if config.submit.claim_chunk_rows < 1:
         raise ConfigError("submit.claim_chunk_rows must be at least 1")
     if not 1 <= config.submit.concurrency <= 64:

@@ -129,6 +129,7 @@ class OffloadFunctions(Construct):
             "HMAC_SECRET_ARN": keys.secret.secret_arn,
             "SENDER_ADDRESS": config.sender_address,
             "SES_MAX_SEND_RATE": f"{config.ses_send_rate:g}",
+            "SENDER_PARALLEL_SENDS": str(config.sender_parallel_sends),
         }
         for spec in SPECS.values():
             self._create(spec, code, environment, removal)

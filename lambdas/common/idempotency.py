@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -136,8 +136,10 @@ class IdempotencyStore:
         lease_seconds: int,
         attempt: int = 1,
         takeovers: Mapping[str, Claim] | None = None,
+        mapper: Callable[..., Iterable[Claim]] = map,
     ) -> dict[str, Claim]:
-        """Claim each key with its own conditional put (``takeovers``: stale claims to replace).
+        """Claim each key with its own conditional put (``takeovers``: stale claims to replace;
+        ``mapper``: e.g. a thread pool's ``map``, to make the puts side by side).
 
         Not TransactWriteItems: DynamoDB bills a transactional write at twice the units of a
         plain one, a transaction fails as a whole when one recipient was already claimed,
@@ -148,9 +150,9 @@ class IdempotencyStore:
         now = int(self._clock())
         lease_until = now + max(1, lease_seconds)
         stale = takeovers or {}
-        return {
-            key: self.claim_one(key, lease_until, now, attempt, stale.get(key)) for key in dict.fromkeys(keys)
-        }
+        unique = list(dict.fromkeys(keys))
+        claims = mapper(lambda key: self.claim_one(key, lease_until, now, attempt, stale.get(key)), unique)
+        return dict(zip(unique, claims, strict=True))
 
     def claim_one(
         self, key: str, lease_until: int, now: int, attempt: int = 1, takeover: Claim | None = None

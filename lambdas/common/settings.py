@@ -39,6 +39,8 @@ class Settings:
     crash_window_recheck_seconds: int = 60
     crash_window_give_up_seconds: int = 3600
     crash_window_probe_interval_seconds: int = 30
+    #: SES calls the email sender makes side by side (``SENDER_PARALLEL_SENDS``, set by the stack).
+    sender_parallel_sends: int = 8
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -66,6 +68,7 @@ class Settings:
             crash_window_recheck_seconds=int(e.get("CRASH_WINDOW_RECHECK_SECONDS", "60")),
             crash_window_give_up_seconds=int(e.get("CRASH_WINDOW_GIVE_UP_SECONDS", "3600")),
             crash_window_probe_interval_seconds=int(e.get("CRASH_WINDOW_PROBE_INTERVAL_SECONDS", "30")),
+            sender_parallel_sends=max(1, int(e.get("SENDER_PARALLEL_SENDS", "8"))),
         )
 
     def require(self, *names: str) -> None:

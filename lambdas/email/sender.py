@@ -11,13 +11,17 @@ Order of work for a batch:
    altered reference) is a final failure for that recipient only.
 3. Group: recipients sharing a bulk-capable content go through SendBulkEmail (at most 50,
    and at most the per-second rate, per call); the rest through SendEmail (Raw MIME).
-4. Before every SES call, take its destinations from the shared rate limiter, then claim the
-   unit's recipients (INPROGRESS with a lease) and drop any another invocation got first; so
-   a crash leaves claims only on the one unit whose SES call was in flight. Stop starting
-   calls when the invocation nears its timeout and re-queue what is left (unclaimed).
-5. Right after every call, write COMPLETED for what SES accepted or finally refused (this
-   closes the crash window); release claims SES did not accept and re-queue them with
-   backoff; leave claims whose outcome is unknown INPROGRESS.
+4. Send in waves of up to ``parallel_sends`` units: claim the wave's recipients (INPROGRESS
+   with a lease, the puts side by side) and drop any another invocation got first; then take
+   their tokens from the shared rate limiter, booked for the second the calls reach SES
+   (``pacing``; partial takes: units without tokens wait, claimed, for the next second), and
+   make the wave's SES calls side by side. A crash leaves claims only on the wave whose calls
+   were in flight. Stop starting calls when the invocation nears its timeout and re-queue what
+   is left (claims of units that got no tokens are released first).
+5. Right after a wave's calls, write COMPLETED for what SES accepted or finally refused (this
+   closes the crash window); release claims SES did not accept and re-queue them (about a
+   second for a rate throttle, backoff otherwise); leave claims whose outcome is unknown
+   INPROGRESS.
 6. Publish every outcome to the results queue.
 """
 
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +67,14 @@ def untag_value(value: str) -> str:
     return value.replace("@", ":")
 
 
-def backoff_delay(attempt: int, throttled: bool) -> int:
-    """Seconds before a re-queued recipient is tried again (exponential, jittered, ≤ 15 min)."""
+def backoff_delay(attempt: int, throttled: bool, rate_only: bool = False) -> int:
+    """Seconds before a re-queued recipient is tried again (exponential, jittered, ≤ 15 min).
+
+    ``rate_only``: SES refused the call for the per-second rate, so the next second has room:
+    1-2 s, doubling only if it keeps happening (a rate set above the account's real one)."""
+    if rate_only:
+        quick: int = min(MAX_SQS_DELAY, 2 ** max(0, attempt - 1) + random.randint(0, 1))  # noqa: S311
+        return quick
     base = 30 if throttled else 10
     delay: int = min(MAX_SQS_DELAY, base * 2 ** max(0, attempt - 1) + random.randint(0, 10))  # noqa: S311
     return delay
@@ -88,6 +100,14 @@ class BatchReport:
     stale_resent: int = 0
     stale_waiting: int = 0
     ses_latency_ms: list[float] = field(default_factory=list)
+    #: Per wave: claims, token, SES calls and records (what infra's send_latency_ms stands for).
+    wave_latency_ms: list[float] = field(default_factory=list)
+
+    def merge(self, other: BatchReport) -> None:
+        """Add a unit's report (made beside the others of its wave) to this one."""
+        for name, value in vars(other).items():
+            mine = getattr(self, name)
+            setattr(self, name, mine + value)
 
 
 @dataclass
@@ -125,8 +145,14 @@ class EmailBatchSender:
         allow_bulk: bool = True,
         tenants: Mapping[str, str] | None = None,
         crash_window: CrashWindowPolicy | None = None,
+        parallel_sends: int = 8,
         seal_roots: Callable[[], Mapping[str, bytes]] | None = None,
     ) -> None:
+        if parallel_sends < 1:
+            raise ValueError("parallel_sends must be at least 1")
+        #: SES calls (and claims) made side by side per wave; see send_latency in infra/config.py.
+        self.parallel_sends = parallel_sends
+        self._pool: ThreadPoolExecutor | None = None
         self.allow_bulk = allow_bulk
         #: Seal key sets (SEAL_SECRET_ARN), read only when a batch carries a sealed content.
         self.seal_roots = seal_roots
@@ -175,24 +201,7 @@ class EmailBatchSender:
 
         prepared, finals = self._prepare(batch, pending)
         self._finish(batch, finals, requeues, report, takeovers)
-        units = self._group(batch, prepared)
-        deadline_ms = self.safety_margin_ms
-        for index, unit in enumerate(units):
-            if remaining_ms() < deadline_ms:
-                self._defer(batch, [p for u in units[index:] for p in u], requeues, report)
-                break
-            try:
-                self.limiter.acquire(len(unit), self.clock() + (remaining_ms() - deadline_ms) / 1000)
-            except PacingTimeout:
-                self._defer(batch, [p for u in units[index:] for p in u], requeues, report)
-                break
-            owned = self._claim(batch, unit, requeues, report, takeovers)
-            if not owned:
-                continue
-            started = time.perf_counter()
-            outcomes = self._send_unit(batch, owned)
-            report.ses_latency_ms.append((time.perf_counter() - started) * 1000)
-            self._apply(batch, owned, outcomes, requeues, report)
+        self._send_waves(batch, self._group(batch, prepared), remaining_ms, requeues, report, takeovers)
 
         merged: dict[int, Requeue] = {}
         for item in requeues:  # one message per attempt number, at the longest delay
@@ -209,6 +218,112 @@ class EmailBatchSender:
                 cb["key_id"],
             )
         return report
+
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``fn`` over ``items`` side by side (in order; one item runs here, without a thread)."""
+        if len(items) <= 1 or self.parallel_sends == 1:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.parallel_sends, thread_name_prefix="ses")
+        return list(self._pool.map(fn, items))
+
+    def _send_waves(
+        self,
+        batch: dict[str, Any],
+        units: list[list[_Prepared]],
+        remaining_ms: Callable[[], int],
+        requeues: list[Requeue],
+        report: BatchReport,
+        takeovers: dict[str, Claim],
+    ) -> None:
+        """Claim, take tokens, send and record, a wave of units at a time (module docstring, 4-5)."""
+        waiting: deque[tuple[list[_Prepared], bool]] = deque((unit, False) for unit in units)
+        while waiting and remaining_ms() >= self.safety_margin_ms:
+            started = time.perf_counter()
+            wave = [waiting.popleft() for _ in range(min(self.parallel_sends, len(waiting)))]
+            ready = [unit for unit, claimed in wave if claimed]
+            ready += self._claim_units(
+                batch, [unit for unit, claimed in wave if not claimed], requeues, report, takeovers
+            )
+            if not ready:
+                continue
+            claimed_ms = (time.perf_counter() - started) * 1000
+            deadline = self.clock() + (remaining_ms() - self.safety_margin_ms) / 1000
+            try:
+                tokens = self.limiter.take(sum(len(unit) for unit in ready), deadline).tokens
+            except PacingTimeout:
+                waiting.extendleft((unit, True) for unit in reversed(ready))
+                break
+            go: list[list[_Prepared]] = []
+            back: list[list[_Prepared]] = []
+            for unit in ready:
+                if tokens >= len(unit):
+                    go.append(unit)
+                    tokens -= len(unit)
+                elif tokens:  # a partial take: part of a bulk unit now, the rest next second
+                    go.append(self._alone(unit[:tokens]))
+                    back.append(self._alone(unit[tokens:]))
+                    tokens = 0
+                else:
+                    back.append(unit)
+            waiting.extendleft((unit, True) for unit in reversed(back))
+            started = time.perf_counter()
+            for unit_report, unit_requeues in self._map(lambda unit: self._send_and_record(batch, unit), go):
+                report.merge(unit_report)
+                requeues.extend(unit_requeues)
+            sent_ms = (time.perf_counter() - started) * 1000  # waits for tokens left out:
+            report.wave_latency_ms.append(claimed_ms + self.limiter.answer_time * 1000 + sent_ms)
+        held = [p for unit, claimed in waiting if claimed for p in unit]
+        if held:  # claimed for a call that will not be made now
+            self.store.release_many([p.key for p in held])
+        self._defer(batch, [p for unit, _ in waiting for p in unit], requeues, report)
+
+    def _send_and_record(
+        self, batch: dict[str, Any], unit: list[_Prepared]
+    ) -> tuple[BatchReport, list[Requeue]]:
+        """One SES call and, right after it, its records (COMPLETED closes the crash window)."""
+        report, requeues = BatchReport(), list[Requeue]()
+        started = time.perf_counter()
+        outcomes = self._send_unit(batch, unit)
+        report.ses_latency_ms.append((time.perf_counter() - started) * 1000)
+        self._apply(batch, unit, outcomes, requeues, report)
+        return report, requeues
+
+    def _claim_units(
+        self,
+        batch: dict[str, Any],
+        units: list[list[_Prepared]],
+        requeues: list[Requeue],
+        report: BatchReport,
+        takeovers: dict[str, Claim],
+    ) -> list[list[_Prepared]]:
+        """Claim the units' recipients (the puts side by side); the units as far as we own them."""
+        items = [p for unit in units for p in unit]
+        if not items:
+            return []
+        claims = self.store.claim_many(
+            [p.key for p in items], self.lease_seconds, int(batch["attempt"]), takeovers, mapper=self._map
+        )
+        owned_units: list[list[_Prepared]] = []
+        for unit in units:
+            owned: list[_Prepared] = []
+            for item in unit:
+                claim = claims[item.key]
+                if claim.state is ClaimState.CLAIMED:
+                    owned.append(item)
+                else:  # claimed or finished by another invocation since the look-up
+                    self._not_claimed(batch, item.recipient, claim, requeues, report)
+            if owned:
+                owned_units.append(self._alone(owned) if len(owned) < len(unit) else owned)
+        return owned_units
+
+    def _alone(self, unit: list[_Prepared]) -> list[_Prepared]:
+        """A bulk unit cut down to one recipient is sent as a single message."""
+        if len(unit) == 1 and unit[0].bulk is not None:
+            unit[0].bulk = None
+            if unit[0].content["kind"] == "template":
+                self._render(unit[0])
+        return unit
 
     def _decide_stale(
         self,
@@ -275,31 +390,6 @@ class EmailBatchSender:
             )  # fmt: skip
         else:  # pragma: no cover - CLAIMED is handled by the callers
             raise ValueError("a claimed recipient is not reported here")
-
-    def _claim(
-        self,
-        batch: dict[str, Any],
-        unit: list[_Prepared],
-        requeues: list[Requeue],
-        report: BatchReport,
-        takeovers: dict[str, Claim],
-    ) -> list[_Prepared]:
-        """Claim a unit's recipients right before its SES call; keep only those we now own."""
-        claims = self.store.claim_many(
-            [p.key for p in unit], self.lease_seconds, int(batch["attempt"]), takeovers
-        )
-        owned: list[_Prepared] = []
-        for item in unit:
-            claim = claims[item.key]
-            if claim.state is ClaimState.CLAIMED:
-                owned.append(item)
-            else:  # claimed or finished by another invocation since the look-up
-                self._not_claimed(batch, item.recipient, claim, requeues, report)
-        if len(owned) == 1 and owned[0].bulk is not None and len(unit) > 1:
-            owned[0].bulk = None  # alone now: send it as a single message
-            if owned[0].content["kind"] == "template":
-                self._render(owned[0])
-        return owned
 
     # ------------------------------------------------------------------------------------
     def _content(self, batch: dict[str, Any], content_id: str, cache: dict[str, Any]) -> dict[str, Any]:
@@ -486,6 +576,7 @@ class EmailBatchSender:
         retry: list[dict[str, Any]] = []
         unknown: list[dict[str, Any]] = []
         throttled = False
+        rate_only = True
         for item, outcome in zip(unit, outcomes, strict=True):
             rid = item.recipient["recipient_id"]
             if outcome.kind == "sent":
@@ -509,6 +600,7 @@ class EmailBatchSender:
                 report.failed += 1
             elif outcome.kind == "retry":
                 throttled = throttled or outcome.throttled
+                rate_only = rate_only and outcome.rate_throttled
                 report.throttled += int(outcome.throttled)
                 release.append(item.key)
                 retry.append(item.recipient)
@@ -529,7 +621,8 @@ class EmailBatchSender:
             self.store.complete_many(done)  # closes the crash window for these recipients
         if release:
             self.store.release_many(release)
-            requeues.append(Requeue(retry, backoff_delay(attempt, throttled), min(100, attempt + 1)))
+            delay = backoff_delay(attempt, throttled, rate_only)
+            requeues.append(Requeue(retry, delay, min(100, attempt + 1)))
         if unknown:
             requeues.append(
                 Requeue(unknown, min(MAX_SQS_DELAY, self.lease_seconds + 60), min(100, attempt + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,15 @@ RETRYABLE_BULK_STATUSES = {
     "CONFIGURATION_SET_SENDING_PAUSED",
 }
 THROTTLE_BULK_STATUSES = {"ACCOUNT_THROTTLED", "ACCOUNT_DAILY_QUOTA_EXCEEDED"}
+#: Codes that mean "over the per-second rate" (a second later there is room again), unless the
+#: message names the daily quota ("Daily message quota exceeded.").
+RATE_CODES = {"TooManyRequestsException", "ThrottlingException", "Throttling"}
+RATE_BULK_STATUSES = {"ACCOUNT_THROTTLED"}
+
+
+def is_rate_throttle(code: str, message: str) -> bool:
+    """Refused for the per-second send rate: worth another try in about a second."""
+    return (code in RATE_CODES or code in RATE_BULK_STATUSES) and "daily" not in message.lower()
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,11 @@ class Outcome:
     code: str = ""
     message: str = ""
     throttled: bool = False
+
+    @property
+    def rate_throttled(self) -> bool:
+        """Refused for the per-second rate only (retried after about a second)."""
+        return self.throttled and is_rate_throttle(self.code, self.message)
 
 
 @dataclass
@@ -93,6 +108,19 @@ class SesSender:
         self._ses = sesv2
         self._configuration_set = configuration_set
         self.stats = SesCallStats()
+        self._lock = threading.Lock()  # the sender makes calls side by side
+
+    def _count(self, operation: str, destinations: int) -> None:
+        with self._lock:
+            if operation == "SendEmail":
+                self.stats.send_email += 1
+            else:
+                self.stats.send_bulk_email += 1
+            self.stats.destinations += destinations
+
+    def _count_error(self, code: str, n: int) -> None:
+        with self._lock:
+            self.stats.by_code[code] = self.stats.by_code.get(code, 0) + n
 
     def _common(self, tenant: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -103,8 +131,7 @@ class SesSender:
         return params
 
     def send_raw(self, raw: bytes, destination: str, tags: dict[str, str], tenant: str | None) -> Outcome:
-        self.stats.send_email += 1
-        self.stats.destinations += 1
+        self._count("SendEmail", 1)
         try:
             response = self._ses.send_email(
                 Destination={"ToAddresses": [destination]},
@@ -114,7 +141,7 @@ class SesSender:
             )
         except Exception as exc:
             outcome = error_outcome(exc)
-            self.stats.by_code[outcome.code] = self.stats.by_code.get(outcome.code, 0) + 1
+            self._count_error(outcome.code, 1)
             return outcome
         return Outcome("sent", message_id=str(response["MessageId"]))
 
@@ -152,8 +179,7 @@ class SesSender:
         """One SendBulkEmail call; ``entries`` are ready BulkEmailEntry dicts (at most 50)."""
         if not 1 <= len(entries) <= MAX_BULK_DESTINATIONS:
             raise ValueError(f"SendBulkEmail takes 1-{MAX_BULK_DESTINATIONS} destinations")
-        self.stats.send_bulk_email += 1
-        self.stats.destinations += len(entries)
+        self._count("SendBulkEmail", len(entries))
         params: dict[str, Any] = {
             "FromEmailAddress": from_address,
             "DefaultContent": {
@@ -172,7 +198,7 @@ class SesSender:
             response = self._ses.send_bulk_email(**params)
         except Exception as exc:
             outcome = error_outcome(exc)
-            self.stats.by_code[outcome.code] = self.stats.by_code.get(outcome.code, 0) + len(entries)
+            self._count_error(outcome.code, len(entries))
             return [outcome] * len(entries)
         results = response.get("BulkEmailEntryResults", [])
         outcomes: list[Outcome] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -37,6 +38,11 @@ def requeue_to(sqs: Any, queue_url: str) -> Any:
 
 @cache
 def sender() -> EmailBatchSender:
+    return build_sender(client)
+
+
+def build_sender(client: Callable[[str], Any]) -> EmailBatchSender:
+    """The sender of one container, from its clients (bench/pacing_bench.py runs one per poller)."""
     s = settings()
     s.require("jobs_queue_url", "results_queue_url", "idempotency_table")
     dynamodb = client("dynamodb")
@@ -59,6 +65,7 @@ def sender() -> EmailBatchSender:
             give_up_seconds=s.crash_window_give_up_seconds,
             probe_interval_seconds=s.crash_window_probe_interval_seconds,
         ),
+        parallel_sends=s.sender_parallel_sends,
         seal_roots=(lambda: seal_keys.get().roots) if seal_keys is not None else None,
     )
 
@@ -73,6 +80,8 @@ def process_record(record: SQSRecord, context: LambdaContext) -> None:
     metrics.add_metric(name="EmailsRetrying", unit=MetricUnit.Count, value=report.retrying)
     for latency in report.ses_latency_ms:
         metrics.add_metric(name="SesCallLatency", unit=MetricUnit.Milliseconds, value=latency)
+    for latency in report.wave_latency_ms:  # sizes the sender's concurrency (infra: send_latency_ms)
+        metrics.add_metric(name="SendWaveLatency", unit=MetricUnit.Milliseconds, value=latency)
     logger.info(
         "email batch processed",
         extra={

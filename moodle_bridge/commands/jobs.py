@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
+from moodle_bridge.results.eta import eta_seconds, unsent
 from moodle_bridge.results.iomad_link import detect_queue
 from moodle_bridge.results.job_control import (
     JobControlError,
@@ -61,6 +62,17 @@ def _actor() -> str:
 def _overdue(row: Any, config: BridgeConfig, now: int) -> bool:
     deadline = row.timedeadline or (int(row.timecreated) + config.job_deadline_seconds)
     return row.status not in JOB_TERMINAL and int(deadline) < now
+
+
+def _eta(row: Any, config: BridgeConfig) -> dict[str, Any]:
+    """Unsent recipients and the time they take at the account's SES rate (results/eta.py)."""
+    left = unsent({c: getattr(row, c) for c in COUNTER_COLUMNS})
+    rate = config.aws.ses_send_rate
+    return {
+        "unsent": left,
+        "ses_send_rate": rate or None,
+        "eta_seconds": None if row.status in JOB_TERMINAL else eta_seconds(left, rate),
+    }
 
 
 def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
@@ -140,6 +152,7 @@ def _dispatch(args: argparse.Namespace, config: BridgeConfig, engine: sa.Engine,
             "overdue": _overdue(row, config, now),
             "attempt": row.attempt,
             "counters": {c: getattr(row, c) for c in COUNTER_COLUMNS},
+            **_eta(row, config),
             "skipped_by_reason": skipped,
             "created": row.timecreated,
             "submitted": row.timesubmitted,

@@ -23,11 +23,29 @@ def test_cdk_json_holds_valid_dev_and_prod_blocks() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rate", "expected"),
-    [(1, 2), (14, 2), (100, 2), (101, 3), (500, 10), (1_000_000 / 1000, 20), (10_000, 200)],
+    ("rate", "latency_ms", "parallel", "expected"),
+    [
+        (1, 100, 8, 2),  # the ESM's minimum
+        (14, 100, 8, 2),
+        (50, 100, 8, 2),  # 1.5 x 50 / 80 per invocation = 0.94
+        (200, 100, 8, 4),  # 1.5 x 200 / 80 = 3.75
+        (200, 250, 8, 10),  # slower sends need more invocations: 1.5 x 200 / 32 = 9.4
+        (200, 100, 1, 30),  # one call at a time: 1.5 x 200 / 10
+        (1000, 100, 8, 19),
+        (10_000, 2000, 1, 1000),  # the ESM's maximum
+    ],
 )
-def test_sender_concurrency_is_ceil_of_rate_over_per_invocation_rate(rate: float, expected: int) -> None:
-    assert OffloadConfig(env_name="dev", ses_send_rate=rate).sender_max_concurrency == expected
+def test_sender_concurrency_comes_from_rate_latency_and_parallel_sends(
+    rate: float, latency_ms: float, parallel: int, expected: int
+) -> None:
+    config = OffloadConfig(
+        env_name="dev", ses_send_rate=rate, send_latency_ms=latency_ms, sender_parallel_sends=parallel
+    )
+    assert config.per_invocation_send_rate == parallel * 1000 / latency_ms
+    assert config.sender_max_concurrency == expected
+    capacity = config.sender_max_concurrency * config.per_invocation_send_rate
+    if expected not in (2, 1000):  # unclamped: capacity >= 1.5 x rate, and one fewer would not be
+        assert capacity >= 1.5 * rate > (config.sender_max_concurrency - 1) * config.per_invocation_send_rate
 
 
 def test_reserved_concurrency_only_when_asked() -> None:
@@ -53,6 +71,8 @@ def test_file_overrides_context(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         ({"ses_send_rate": 0}, "ses_send_rate"),
+        ({"send_latency_ms": 0}, "send_latency_ms"),
+        ({"sender_parallel_sends": 0}, "sender_parallel_sends"),
         ({"domain": "Not A Domain"}, "domain"),
         ({"sender_address": "nobody"}, "sender_address"),
         ({"callback_mode": "carrier-pigeon"}, "callback_mode"),

@@ -85,7 +85,7 @@ def test_pull_mode_disables_the_dispatcher_mapping_only(prod: Synth) -> None:
 
 def test_sender_concurrency_follows_the_send_rate(prod: Synth) -> None:
     config = prod.stack.config
-    assert config.sender_max_concurrency == 4  # ceil(200 / 50)
+    assert config.sender_max_concurrency == 4  # ceil(1.5 x 200 / (8 parallel sends / 100 ms))
     prod.template.has_resource_properties(
         "AWS::Lambda::Function",
         {"Handler": "lambdas.handlers.email_sender.handler", "ReservedConcurrentExecutions": 4},

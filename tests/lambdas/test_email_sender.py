@@ -5,11 +5,12 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import threading
 from typing import Any
 
 import pytest
 
-from demo.ses_emulator import bad_address, lost_connection, rejected, throttle
+from demo.ses_emulator import bad_address, daily_quota, lost_connection, rejected, throttle
 from lambdas.common.idempotency import IdempotencyStore, send_key
 from lambdas.handlers import email_sender
 from offload_contract import encode_message
@@ -157,13 +158,20 @@ def test_partial_batch_failure_reports_only_the_bad_record(aws: Aws, run) -> Non
     assert aws.ses.sent_count() == 1
 
 
-def test_throttling_burst_requeues_only_affected_recipients_with_backoff(aws: Aws, run) -> None:
+@pytest.mark.parametrize(
+    ("refusal", "wait_ms"),
+    [(throttle, (1, 2_100)), (daily_quota, (29_000, 41_000))],
+    ids=["rate-retried-after-a-second", "daily-quota-waits-long"],
+)
+def test_throttling_burst_requeues_only_affected_recipients_with_backoff(
+    aws: Aws, run, refusal: Any, wait_ms: tuple[int, int]
+) -> None:
     remaining = {"n": 2}
 
     def fault(name: str, params: dict) -> Any:
         if name == "SendEmail" and remaining["n"] > 0:
             remaining["n"] -= 1
-            return throttle()
+            return refusal()
         return None
 
     aws.ses.fault = fault
@@ -177,8 +185,9 @@ def test_throttling_burst_requeues_only_affected_recipients_with_backoff(aws: Aw
         r["data"] = {"x": r["recipient_id"]}
     run(email_batch(recipients, contents))
     assert aws.ses.sent_count() == 1
-    statuses = sorted(r["status"] for r in aws.results())
-    assert statuses == ["retrying", "retrying", "sent"]
+    first = aws.results()
+    assert sorted(r["status"] for r in first) == ["retrying", "retrying", "sent"]
+    throttled = sorted(r["recipient_id"] for r in first if r["status"] == "retrying")  # calls side by side
     requeued = aws.sqs.receive_message(
         QueueUrl=aws.jobs_url, MaxNumberOfMessages=10, AttributeNames=["All"]
     ).get("Messages", [])
@@ -190,13 +199,13 @@ def test_throttling_burst_requeues_only_affected_recipients_with_backoff(aws: Aw
     (message,) = list(queue._messages)
     from moto.core.utils import unix_time_millis
 
-    assert message.delayed_until - unix_time_millis() >= 29_000
+    assert wait_ms[0] <= message.delayed_until - unix_time_millis() <= wait_ms[1]
     body = json.loads(message.body)
     assert body["attempt"] == 2
-    assert sorted(r["recipient_id"] for r in body["recipients"]) == ["r-1", "r-2"]
+    assert sorted(r["recipient_id"] for r in body["recipients"]) == throttled
     run(message.body)
     assert aws.ses.sent_count() == 3
-    assert sorted(r["recipient_id"] for r in aws.results() if r["status"] == "sent") == ["r-1", "r-2"]
+    assert sorted(r["recipient_id"] for r in aws.results() if r["status"] == "sent") == throttled
 
 
 def test_permanent_failures_are_final_with_reason_and_not_retried(aws: Aws, run) -> None:
@@ -441,6 +450,54 @@ class _LambdaDied(BaseException):
     """The invocation dies (timeout, out of memory): nothing after this point runs."""
 
 
+def test_crash_with_calls_side_by_side_leaves_only_unrecorded_calls_in_the_crash_window(
+    aws: Aws, run
+) -> None:
+    """Four single sends in one wave; the Lambda dies in one of them. Each call made is recorded
+    COMPLETED right after it, so only the dead call (and any the dying invocation never started)
+    waits in the crash window; then everyone gets exactly one message."""
+    contents = {
+        f"e-{i}": {"kind": "rendered", "subject": f"S{i}", "html": f"<p>Only {i}</p>"} for i in range(4)
+    }
+    recipients = [
+        {"recipient_id": f"r-{i}", "to": f"u{i}@example.org", "content_id": f"e-{i}"} for i in range(4)
+    ]
+    batch = email_batch(recipients, contents)
+    sender = email_sender.sender()
+    sender.parallel_sends = 4
+    dying = {"to": ""}
+    lock = threading.Lock()
+
+    def fault(name: str, params: dict) -> Any:
+        with lock:
+            if name != "SendEmail" or dying["to"]:
+                return None
+            dying["to"] = params["Destination"]["ToAddresses"][0]
+        raise _LambdaDied()
+
+    aws.ses.fault = fault
+    with pytest.raises(_LambdaDied):
+        run(batch)
+    assert sender._pool is not None
+    sender._pool.shutdown(wait=True)  # the calls already on their way finish (and are recorded)
+    sender._pool = None
+    dead = next(r["recipient_id"] for r in recipients if r["to"] == dying["to"])
+    status = {r["recipient_id"]: _status(aws, r["recipient_id"]) for r in recipients}
+    assert status[dead] == "INPROGRESS"
+    # A call made beside it is recorded right after it; one the dying invocation never started
+    # keeps its claim (the crash window), like the dead one.
+    sent_before = {to for to, _ in aws.ses.single_sent}
+    for r in recipients:
+        assert status[r["recipient_id"]] == ("COMPLETED" if r["to"] in sent_before else "INPROGRESS")
+    stale = [r["recipient_id"] for r in recipients if status[r["recipient_id"]] == "INPROGRESS"]
+    aws.ses.fault = None
+    lease_until = max(_lease_until(aws, rid) for rid in stale)
+    _at(lease_until + 1)
+    IdempotencyStore(aws.dynamodb, "offload-idempotency").advance_send_watermark(lease_until)
+    run(batch)
+    assert _people_sent(aws) == [f"u{i}@example.org" for i in range(4)]  # each exactly once
+
+
 def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run) -> None:
     # Four SES units: a bulk call for r-1/r-2, then single sends for r-3, r-4 and r-5.
     contents = {
@@ -453,6 +510,9 @@ def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run)
     ]
     batch = email_batch(recipients, contents)
     sends = {"n": 0}
+    # One call per wave, so the crash hits a known call; with calls side by side a crash leaves
+    # claims on the wave's units (test_crash_with_calls_side_by_side_...).
+    email_sender.sender().parallel_sends = 1
 
     def fault(name: str, params: dict) -> Any:
         if name.startswith("Send"):

@@ -7,8 +7,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from lambdas.common.pacing import PacingTimeout, SharedRateLimiter, account_send_rate
+from lambdas.email.sender import backoff_delay
+from lambdas.email.ses import is_rate_throttle
 from tests.lambdas.conftest import Aws
 
 
@@ -77,3 +80,115 @@ def test_rate_comes_from_get_account_unless_overridden(aws: Aws) -> None:
     assert account_send_rate(aws.sesv2, None) == 42
     assert account_send_rate(aws.sesv2, 3.9) == 3
     assert [name for name, _ in aws.ses.calls] == ["GetAccount"]
+
+
+def _used(aws: Aws, second: int) -> int:
+    item = aws.dynamodb.get_item(TableName="offload-idempotency", Key={"id": {"S": f"pace#ses#{second}"}})
+    return int(item["Item"]["used"]["N"])
+
+
+def test_takes_are_partial_and_only_a_full_second_waits(aws: Aws) -> None:
+    clock = Clock()  # 1_000_000.0: the start of a second
+    limiter = SharedRateLimiter(aws.dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep)
+    first = limiter.take(10, deadline=clock.now + 60)
+    assert (first.tokens, first.second) == (10, 1_000_000)
+    second = limiter.take(10, deadline=clock.now + 60)  # 4 left: take them now, not next second
+    assert (second.tokens, second.second) == (4, 1_000_000)
+    assert limiter.waits == 0 and _used(aws, 1_000_000) == 14
+    third = limiter.take(10, deadline=clock.now + 60)  # full: the next second
+    assert (third.tokens, third.second) == (10, 1_000_001) and limiter.waits == 1
+    assert clock.now >= 1_000_001
+    limiter.acquire(12, deadline=clock.now + 60)  # exactly 12, across two seconds (4 + 8)
+    assert _used(aws, 1_000_001) == 14 and _used(aws, 1_000_002) == 8
+
+
+def test_near_the_end_of_a_second_the_next_one_is_booked_and_awaited(aws: Aws) -> None:
+    """SES counts a call in the second it arrives: a take 50 ms before a second ends books the next
+    second and returns once it has begun, so the call cannot land in the full one."""
+    clock = Clock()
+    clock.now = 1_000_000.95
+    limiter = SharedRateLimiter(aws.dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep)
+    grant = limiter.take(14, deadline=clock.now + 60)
+    assert grant.second == 1_000_001 and clock.now >= 1_000_001
+    assert _used(aws, 1_000_001) == 14
+    assert (
+        aws.dynamodb.get_item(TableName="offload-idempotency", Key={"id": {"S": "pace#ses#1000000"}}).get(
+            "Item"
+        )
+        is None
+    )
+
+
+def test_an_answer_too_late_for_its_second_is_not_used(aws: Aws) -> None:
+    clock = Clock()
+    clock.now = 1_000_000.5
+
+    class SlowFirstAnswer:
+        """DynamoDB's first answer takes 0.45 s: the booked second is nearly over by then."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def update_item(self, **kwargs: Any) -> Any:
+            self.calls += 1
+            result = aws.dynamodb.update_item(**kwargs)
+            if self.calls == 1:
+                clock.now += 0.45
+            return result
+
+    limiter = SharedRateLimiter(
+        SlowFirstAnswer(), "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep
+    )
+    grant = limiter.take(5, deadline=clock.now + 60)
+    assert limiter.late == 5  # booked in 1_000_000 but answered at .95: SES could count it in the next
+    assert grant.second == 1_000_001 and grant.tokens == 5 and clock.now >= 1_000_001
+
+
+def test_the_emulator_refuses_what_is_over_the_rate_in_the_second_it_arrives(aws: Aws) -> None:
+    now = {"t": 2_000_000.2}
+    aws.ses.max_send_rate = 3
+    aws.ses.clock = lambda: now["t"]
+
+    def send(to: str) -> str:
+        try:
+            aws.sesv2.send_email(
+                FromEmailAddress="noreply@acme.example",
+                Destination={"ToAddresses": [to]},
+                Content={"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}}},
+            )
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return "sent"
+
+    assert [send(f"u{i}@example.org") for i in range(4)] == [
+        "sent",
+        "sent",
+        "sent",
+        "TooManyRequestsException",
+    ]
+    assert send("success@simulator.amazonses.com") == "sent"  # the mailbox simulator is not counted
+    now["t"] = 2_000_001.0
+    assert send("u9@example.org") == "sent"
+    assert aws.ses.per_second == {2_000_000: 3, 2_000_001: 1}
+    assert aws.ses.rate_throttled == 1 and aws.ses.peak_second() == 3
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "rate_only"),
+    [
+        ("TooManyRequestsException", "Maximum sending rate exceeded.", True),
+        ("ThrottlingException", "Maximum sending rate exceeded.", True),
+        ("ACCOUNT_THROTTLED", "", True),
+        ("ThrottlingException", "Daily message quota exceeded.", False),
+        ("ACCOUNT_DAILY_QUOTA_EXCEEDED", "", False),
+        ("LimitExceededException", "", False),
+        ("SendingPausedException", "", False),
+    ],
+)
+def test_only_the_per_second_rate_is_retried_after_about_a_second(
+    code: str, message: str, rate_only: bool
+) -> None:
+    assert is_rate_throttle(code, message) is rate_only
+    if rate_only:
+        assert {backoff_delay(1, True, rate_only=True) for _ in range(50)} <= {1, 2}
+    assert backoff_delay(1, True) >= 30
