@@ -69,6 +69,7 @@ class OffloadStack(Stack):
             queues=self.queues,
             storage=self.storage,
             keys=self.keys,
+            table=self.idempotency,
         )
         self.monitoring = OffloadMonitoring(
             self,
@@ -101,6 +102,10 @@ class OffloadStack(Stack):
                 "bridge: aws.results_dlq_url (reconciliation)",
             ),
             "CertificateBucketName": (self.storage.bucket.bucket_name, "bridge: aws.bucket"),
+            "IdempotencyTableName": (
+                self.idempotency.table.table_name,
+                "bridge: aws.idempotency_table (job cancel records, deadline reconciliation)",
+            ),
             "HmacSecretArn": (self.keys.secret.secret_arn, "bridge: aws.hmac_secret_arn (or copy its value)"),
             "BridgeUserName": (self.bridge.user.user_name, "IAM user for the bridge; create its access key"),
             "ConfigurationSetName": (

@@ -48,6 +48,9 @@ class AwsConfig:
     results_dlq_url: str = ""
     content_bucket: str = ""
     api_gateway_url: str = ""
+    #: The sender's DynamoDB table (stack output ``IdempotencyTableName``): cancel records and the
+    #: deadline reconciliation read/write it (moodle_bridge/transports/cloud_records.py).
+    idempotency_table: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_RESULTS_QUEUE_URL": ("aws", "results_queue_url"),
     "MRCO_RESULTS_DLQ_URL": ("aws", "results_dlq_url"),
     "MRCO_CONTENT_BUCKET": ("aws", "content_bucket"),
+    "MRCO_IDEMPOTENCY_TABLE": ("aws", "idempotency_table"),
     "MRCO_API_GATEWAY_URL": ("aws", "api_gateway_url"),
     "MRCO_CLOUDFLARE_INTAKE_URL": ("cloudflare", "intake_url"),
     "MRCO_AWS_SUBMIT_MODE": ("submit", "aws_mode"),

@@ -12,7 +12,13 @@ from constructs import Construct
 from infra.config import OffloadConfig
 from infra.constructs import retention
 from infra.constructs.queues import OffloadQueues
-from infra.constructs.storage import CERTIFICATES_PREFIX, CONTENTS_PREFIX, CertificateStorage, HmacKeys
+from infra.constructs.storage import (
+    CERTIFICATES_PREFIX,
+    CONTENTS_PREFIX,
+    CertificateStorage,
+    HmacKeys,
+    IdempotencyTable,
+)
 from infra.nag import acknowledge
 from offload_contract.validation import schema_document
 
@@ -20,6 +26,10 @@ STAGE_NAME = "api"
 INTAKE_PATH = "/v1/batches"
 VERIFY_PATH = "/v1/certificates/verify"
 UNSUBSCRIBE_PATH = "/v1/unsubscribe"
+#: The bridge's calls on the sender's table (moodle_bridge/transports/cloud_records.py) and the
+#: item keys it may touch (tests/infra/test_bridge_policy.py derives both from that module).
+BRIDGE_TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem")
+BRIDGE_TABLE_KEYS = ("cancel#*", "send#*")
 
 
 def envelope_model_schema() -> apigw.JsonSchema:
@@ -269,6 +279,7 @@ class BridgeAccess(Construct):
         queues: OffloadQueues,
         storage: CertificateStorage,
         keys: HmacKeys,
+        table: IdempotencyTable | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.user = iam.User(self, "User")
@@ -305,6 +316,19 @@ class BridgeAccess(Construct):
                 resources=[f"{bucket_arn}/{CERTIFICATES_PREFIX}*"],
             ),
         ]
+        if table is not None:
+            # Job control and deadline reconciliation (moodle_bridge/transports/cloud_records.py):
+            # read the sender's per-recipient records and write cancel records and the closing
+            # record of a recipient nobody claimed. Only items whose key starts with these
+            # prefixes (never pacing, nonces, job routes or certificates).
+            statements.append(
+                iam.PolicyStatement(
+                    sid="JobRecords",
+                    actions=list(BRIDGE_TABLE_ACTIONS),
+                    resources=[table.table.table_arn],
+                    conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_TABLE_KEYS)}},
+                )
+            )
         if config.bridge_reads_hmac_secret:
             statements.append(
                 iam.PolicyStatement(

@@ -12,7 +12,9 @@ Order of work for a batch:
 3. Group: recipients sharing a bulk-capable content go through SendBulkEmail (at most 50,
    and at most the per-second rate, per call); the rest through SendEmail (Raw MIME).
 4. Before every SES call, take its destinations from the shared rate limiter, then claim the
-   unit's recipients (INPROGRESS with a lease) and drop any another invocation got first; so
+   unit's recipients (INPROGRESS with a lease) and drop any another invocation got first, then
+   read the job's cancel record (``cancel#<job>``, written by the bridge): once it exists the
+   unit and the rest of the batch are closed ``job_cancelled`` and nothing more is sent; so
    a crash leaves claims only on the one unit whose SES call was in flight. Stop starting
    calls when the invocation nears its timeout and re-queue what is left (unclaimed).
 5. Right after every call, write COMPLETED for what SES accepted or finally refused (this
@@ -48,6 +50,9 @@ from lambdas.results.queue import ResultsQueue
 from offload_contract import validate
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
+#: Error code of a recipient not sent because its job was cancelled (the bridge's
+#: ``states.CANCELLED_IN_CLOUD``; the contract carries it as a permanent failure).
+CANCELLED_CODE = "job_cancelled"
 MAX_SQS_DELAY = 900
 
 
@@ -86,6 +91,8 @@ class BatchReport:
     #: Crash-window recipients proven unsent and sent again / still waiting for proof.
     stale_resent: int = 0
     stale_waiting: int = 0
+    #: Recipients not sent because the bridge cancelled their job (``cancel#<job>``).
+    cancelled: int = 0
     ses_latency_ms: list[float] = field(default_factory=list)
 
 
@@ -185,6 +192,11 @@ class EmailBatchSender:
             owned = self._claim(batch, unit, requeues, report, takeovers)
             if not owned:
                 continue
+            if self.store.job_cancelled(job_id):  # checked right before every SES call
+                self._close_cancelled(
+                    batch, owned, [p for u in units[index + 1 :] for p in u], requeues, report
+                )
+                break
             started = time.perf_counter()
             outcomes = self._send_unit(batch, owned)
             report.ses_latency_ms.append((time.perf_counter() - started) * 1000)
@@ -545,6 +557,32 @@ class EmailBatchSender:
             report.results.append(result)
             report.failed += 1
         self.store.complete_many(done)
+
+    def _close_cancelled(
+        self,
+        batch: dict[str, Any],
+        owned: list[_Prepared],
+        rest: list[_Prepared],
+        requeues: list[Requeue],
+        report: BatchReport,
+    ) -> None:
+        """The bridge cancelled the job: record and report the claimed unit and every later one
+        ``failed``/``job_cancelled`` (the bridge records them cancelled); nothing more is sent."""
+        failure = SendFailure(CANCELLED_CODE, "the job was cancelled before this recipient was sent")
+        done = []
+        for item in owned:
+            result = recipient_result(
+                batch["job_id"], item.recipient["recipient_id"], "failed", int(batch["attempt"]),
+                error_code=failure.code, error_message=str(failure), permanent=True,
+            )  # fmt: skip
+            done.append((item.key, result))
+            report.results.append(result)
+            report.cancelled += 1
+        self.store.complete_many(done)
+        before = report.failed
+        self._finish(batch, [(p.recipient, p.key, failure) for p in rest], requeues, report, {})
+        report.cancelled += report.failed - before
+        report.failed = before
 
     def _defer(
         self, batch: dict[str, Any], items: list[_Prepared], requeues: list[Requeue], report: BatchReport

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, replace
 from typing import Any
 
-from moodle_bridge.commands._common import cli_actor, fail, open_database
+from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.storage import audit
@@ -79,6 +79,7 @@ def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     try:
         check_connection(engine)
+        require_migrated(engine, repo.t)
         with engine.connect() as conn:
             global_on = repo.offload_enabled(conn)
             settings = repo.all_settings(conn)
@@ -109,6 +110,7 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
     actor = cli_actor()
     try:
         check_connection(engine)
+        require_migrated(engine, repo.t)
         with engine.begin() as conn:
             before = repo.get_settings(conn, args.companyid)
             current = before or CompanySettings(companyid=args.companyid)
@@ -165,6 +167,7 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     try:
         check_connection(engine)
+        require_migrated(engine, repo.t)
         with engine.begin() as conn:
             if args.state is None:
                 print(f"global switch: {'on' if repo.offload_enabled(conn) else 'off'}")

@@ -95,6 +95,13 @@ def _add_columns(*cols: tuple[str, str]) -> Callable[[sa.Connection, BridgeTable
     return apply
 
 
+_JOB_COUNTS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("jobs", "recipientsdelivered"),
+    ("jobs", "recipientsfellback"),
+    ("jobs", "timecancelrequested"),
+    ("jobs", "timecancelsignalled"),
+)
+
 STEPS: tuple[Step, ...] = (
     Step(
         1,
@@ -118,6 +125,12 @@ STEPS: tuple[Step, ...] = (
         "claimed rows keep their template's sender display name and Reply-To",
         _add_columns(("claims", "fromname"), ("claims", "replyto")),
         adds_columns=(("claims", "fromname"), ("claims", "replyto")),
+    ),
+    Step(
+        5,
+        "jobs count delivered and fell-back recipients apart; cancellation reaches the cloud",
+        _add_columns(*_JOB_COUNTS_COLUMNS),
+        adds_columns=_JOB_COUNTS_COLUMNS,
     ),
 )
 
