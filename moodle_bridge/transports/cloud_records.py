@@ -66,7 +66,7 @@ class CloudRecords:
         self._table = table
         self._clock = clock
 
-    def request_cancel(self, job_id: int, company_id: int, reason: str) -> None:
+    def request_cancel(self, job_id: int | str, company_id: int, reason: str) -> None:
         """Write (or rewrite) the job's cancel record. Idempotent."""
         now = int(self._clock())
         try:
