@@ -486,7 +486,9 @@ def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
         if signalled.not_told:
             report.errors.append(
                 f"telling the cloud about cancelled jobs {signalled.not_told[:5]}: {signalled.error}; "
-                "their recipients already in the cloud may still be sent (and will be recorded so)"
+                "their recipients already in the cloud may still be sent (and will be recorded so). "
+                "Fix: check aws.idempotency_table, aws.endpoint_url/region, the network and the "
+                "bridge's AWS credentials; every tick tries again"
             )
     except Exception as exc:
         report.errors.append(_step_error("telling the cloud about cancels", exc))
