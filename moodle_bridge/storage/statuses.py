@@ -61,8 +61,12 @@ JOB_CANCELLING: Final = "cancelling"
 JOB_COMPLETED: Final = "completed"
 JOB_PARTIAL_FAILURE: Final = "partial_failure"
 JOB_FAILED: Final = "failed"
+#: Every recipient to be sent went back to IOMAD (an automatic fallback): IOMAD's cron sends them.
+JOB_FELL_BACK: Final = "fell_back"
 JOB_CANCELLED: Final = "cancelled"
-JOB_TERMINAL: Final = frozenset({JOB_COMPLETED, JOB_PARTIAL_FAILURE, JOB_FAILED, JOB_CANCELLED})
+JOB_TERMINAL: Final = frozenset(
+    {JOB_COMPLETED, JOB_PARTIAL_FAILURE, JOB_FAILED, JOB_FELL_BACK, JOB_CANCELLED}
+)
 JOB_CANCEL_STATES: Final = frozenset({JOB_CANCELLING, JOB_CANCELLED})
 
 
@@ -71,24 +75,24 @@ def job_status_for(counts: dict[str, int], current: str) -> str:
     pending, queued or retrying). The one rule for every writer (docs/results.md):
 
     * recipients still in flight: ``processing`` (``cancelling`` stays ``cancelling``);
-    * none in flight: a cancelled/cancelling job is ``cancelled``; otherwise ``completed`` when
-      nothing failed or fell back, ``failed`` when every recipient that was to be sent failed or
-      fell back to IOMAD, else ``partial_failure``. A recipient given back to IOMAD is counted as
-      "fell back" (IOMAD sends it), but the cloud did not deliver it, so the job is not
-      ``completed``.
+    * none in flight: a cancelled/cancelling job is ``cancelled``; otherwise, over the recipients
+      that were to be sent (not skipped, not cancelled): ``completed`` when none failed and not
+      all of them went back to IOMAD, ``fell_back`` when all went back to IOMAD (its cron sends
+      them; nothing failed), ``failed`` when all failed, else ``partial_failure``.
     """
     if counts.get("active", 0) > 0:
         return JOB_CANCELLING if current in JOB_CANCEL_STATES else JOB_PROCESSING
     if current in JOB_CANCEL_STATES:
         return JOB_CANCELLED
-    failed = counts.get("recipientsfailed", 0) + counts.get("recipientsfellback", 0)
+    failed = counts.get("recipientsfailed", 0)
+    fell_back = counts.get("recipientsfellback", 0)
     considered = (
         counts.get("recipientstotal", 0)
         - counts.get("recipientsskipped", 0)
         - counts.get("recipientscancelled", 0)
     )
     if failed == 0:
-        return JOB_COMPLETED
+        return JOB_FELL_BACK if 0 < considered <= fell_back else JOB_COMPLETED
     if failed >= considered:
         return JOB_FAILED
     return JOB_PARTIAL_FAILURE

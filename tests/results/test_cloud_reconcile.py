@@ -235,7 +235,9 @@ def test_an_unreachable_cloud_is_one_line_and_the_pass_goes_on(db_engine: sa.Eng
     )
     report = reconcile(_ctx(db_engine, tables, db, NOW + 20))
     assert report.cancels_not_signalled == 1 and len(report.errors) == 2
-    assert all("\n" not in line and ("check" in line or "Fix" in line) for line in report.errors), report.errors
+    assert all("\n" not in line and ("check" in line or "Fix" in line) for line in report.errors), (
+        report.errors
+    )
     assert "127.0.0.1" not in " ".join(report.errors)
     assert report.nonces_purged == 0 and report.rows_marked_sent == 0  # the later steps ran
 
