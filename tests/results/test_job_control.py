@@ -146,7 +146,8 @@ def test_cancel_waits_for_the_cloud_and_records_what_it_sent(db_engine: sa.Engin
     # Cancelling a job that ended changes nothing and says how it ended.
     with db_engine.connect() as conn:
         before = snapshot(conn, tables)
-    with db_engine.begin() as conn, pytest.raises(JobControlError, match=r"already ended \(cancelled: 2 sent"):
+    ended = r"already ended \(cancelled: 2 sent"
+    with db_engine.begin() as conn, pytest.raises(JobControlError, match=ended):
         cancel_job(conn, tables, job.job_id, actor="cli:admin", now=NOW + 60, queue=queue)
     with db_engine.connect() as conn:
         assert snapshot(conn, tables) == before
