@@ -7,14 +7,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, replace
 from typing import Any
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
+from moodle_bridge.commands.company_checks import company_exists, sender_verified, worker_can_send
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
+from moodle_bridge.results.iomad_link import AdapterQueue
+from moodle_bridge.results.job_control import CancelReport, cancel_open_jobs
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
+
+
+def _stop_jobs(
+    conn: Any, repo: Any, config: BridgeConfig, company_id: int | None, reason: str
+) -> list[CancelReport]:
+    """Cancel the open jobs the switch stops (their rows nobody was reached from go back to IOMAD)."""
+    try:
+        queue = AdapterQueue(detect_iomad(conn, config.database.prefix))
+    except IomadSchemaNotFound:
+        queue = None
+    return cancel_open_jobs(
+        conn, repo.t, actor=cli_actor(), now=now(), reason=reason, company_id=company_id, queue=queue
+    )
+
+
+def _report_stopped(reports: list[CancelReport], engine: Any, repo: Any, config: BridgeConfig) -> int:
+    """Print what turning the switch off did to open jobs; 1 when the cloud could not be told."""
+    if not reports:
+        return 0
+    from moodle_bridge.commands.jobs import tell_cloud  # noqa: PLC0415
+
+    in_cloud = sum(r.in_cloud for r in reports)
+    print(
+        f"{len(reports)} open jobs cancelled: {sum(r.recipients_cancelled for r in reports)} recipients "
+        f"not yet in the cloud cancelled, {sum(r.rows_restored for r in reports)} IOMAD rows given back"
+        + (
+            f"; {in_cloud} recipients already in the cloud are recorded as the cloud reports them"
+            if in_cloud
+            else ""
+        )
+    )
+    problem = tell_cloud(reports, engine, repo.t, config, now())
+    if problem:
+        print(f"moodle-offload: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _onoff(value: str) -> bool:
@@ -108,6 +149,8 @@ def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
 def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     actor = cli_actor()
+    notes: list[str] = []
+    stopped: list[CancelReport] = []
     try:
         check_connection(engine)
         require_migrated(engine, repo.t)
@@ -141,7 +184,22 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 updated = replace(current, **changes)
             except ValueError as exc:
                 return fail(str(exc))
+            exists = company_exists(conn, config, args.companyid)
+            if exists.problem:
+                return fail(exists.problem)
+            if changes.get("provider") == "cloudflare":
+                worker = worker_can_send(config)
+                if worker.problem:
+                    return fail(worker.problem)
+            if changes.get("senderaddress") and updated.provider == "aws":
+                checked = sender_verified(config, str(changes["senderaddress"]))
+                if checked.problem:
+                    return fail(checked.problem)
+                if checked.note:
+                    notes.append(checked.note)
             repo.save_settings(conn, updated, actor)
+            if before is not None and before.cloudenabled and not updated.cloudenabled:
+                stopped = _stop_jobs(conn, repo, config, args.companyid, "the company's cloud was turned off")
             diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
             audit.record(
                 conn,
@@ -153,14 +211,17 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 detail=diff,
             )
             global_on = repo.offload_enabled(conn)
+        code = _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     finally:
         engine.dispose()
     print(_line(updated, global_on))
+    for note in notes:
+        print(f"note: {note}")
     if not global_on:
         print("note: the global switch is off; nothing is offloaded until `company global on`")
-    return 0
+    return code
 
 
 def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
@@ -174,6 +235,7 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
                 return 0
             before = repo.offload_enabled(conn)
             repo.set_offload_enabled(conn, args.state)
+            stopped: list[CancelReport] = []
             if before != args.state:
                 audit.record(
                     conn,
@@ -182,9 +244,11 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
                     action=audit.GLOBAL_SWITCH_ON if args.state else audit.GLOBAL_SWITCH_OFF,
                     now=now(),
                 )
+            if not args.state:
+                stopped = _stop_jobs(conn, repo, config, None, "the global switch was turned off")
+        print(f"global switch: {'on' if args.state else 'off'}")
+        return _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     finally:
         engine.dispose()
-    print(f"global switch: {'on' if args.state else 'off'}")
-    return 0
