@@ -46,6 +46,7 @@ from iomad_sim.iomad_seed import SeedSpec, seed_iomad
 from moodle_bridge.cli import main as moodle_offload
 from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from moodle_bridge.storage.statuses import JOB_TERMINAL
 from offload_contract.signing import generate_root_secret
 
 PREFIX = "mdl_"
@@ -112,6 +113,7 @@ def bridge_environment(
         "MRCO_RESULTS_QUEUE_URL": aws.queue_urls["results"],
         "MRCO_RESULTS_DLQ_URL": aws.dlq_urls["results"],
         "MRCO_CONTENT_BUCKET": aws.bucket,
+        "MRCO_IDEMPOTENCY_TABLE": aws.table,
         "MRCO_CALLBACK_PUBLIC_URL": f"http://127.0.0.1:{port}/callbacks/v1/results",
         "MRCO_CALLBACK_BIND_HOST": "127.0.0.1",
         "MRCO_CALLBACK_BIND_PORT": str(port),
@@ -279,7 +281,7 @@ def open_jobs(engine: sa.Engine) -> int:
             conn.execute(
                 sa.select(sa.func.count())
                 .select_from(t.jobs)
-                .where(t.jobs.c.status.not_in(("completed", "partial_failure", "failed", "cancelled")))
+                .where(t.jobs.c.status.not_in(sorted(JOB_TERMINAL)))
             ).scalar_one()
         )
 

@@ -194,7 +194,7 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
         return Decision(Outcome.IGNORED, "conflicts_with_" + current)
     if status == "failed":
         code = (result.get("error") or {}).get("code")
-        if current in (PENDING, QUEUED, RETRYING) and code == CANCELLED_IN_CLOUD:
+        if current in (PENDING, QUEUED, RETRYING, RENDERED) and code == CANCELLED_IN_CLOUD:
             # The cloud did not send it because the job was cancelled before its SES call.
             return _applied(status=CANCELLED, **_error_fields(result))
         if current in (PENDING, QUEUED, RETRYING, RENDERED):
