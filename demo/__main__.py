@@ -437,9 +437,10 @@ def report(
         f"{'yes' if local_untouched else 'NO'}"
     )
     once = check_exactly_once(ses.sends_by_tags(), reported)
+    verdict = "exactly once each, checked per job and recipient" if once.ok else "MISMATCH"
     console.print(
         f"Emails accepted by the emulated SES: {len(messages)}; recipients reported sent: "
-        f"{once.reported_sent} ({'exactly once each, checked per job and recipient' if once.ok else 'MISMATCH'})"
+        f"{once.reported_sent} ({verdict})"
     )
     for problem in (once.duplicates + once.lost + once.unexpected)[:10]:
         console.print(f"  [red]{problem}[/]")
