@@ -103,3 +103,40 @@ def test_a_job_whose_recipients_all_fail_at_creation_ends(bridge_engine, db_url,
             == counts.total
             == job.recipientstotal
         )
+
+
+def test_certificates_only_offloads_completions_whole(bridge_engine, db_url, repo, aws) -> None:
+    """Cloud on for certificates only: each completion row goes to the cloud whole (the learner's
+    certificate mail and the managers' copies of it); other mail stays with IOMAD."""
+    import time
+
+    from tests.bridge.conftest import drain
+
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    world.add_user(9, "boss@example.com", companyid=1, manager=True)
+    world.add_course(5, "Safety 101")
+    at = int(time.time()) - 120
+    completions = []
+    for uid in range(10, 15):
+        world.add_user(uid, f"u{uid}@example.com", companyid=1)
+        world.complete(uid, 5, 1, at)
+        completions.append(world.queue("completion_course_user", uid, 1, courseid=5, due=at))
+    other = world.queue("license_allocated", 10, 1)
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(
+            conn, CompanySettings(1, cloudenabled=True, allowemail=False, allowcertificates=True), "test"
+        )
+    before = world.rows()
+    config = with_queues(make_config(db_url), aws)
+    report = run_tick(bridge_engine, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+    assert report.claim is not None and report.claim.claimed == 5
+    assert dict(report.claim.left_local) == {"emails_not_allowed": 1}
+    assert world.rows()[other] == before[other]  # plain mail stays with IOMAD
+    certs = drain(aws, "certificates")
+    copies = drain(aws, "jobs")
+    assert sorted(r["to"] for m in certs for r in m["recipients"]) == [
+        f"u{uid}@example.com" for uid in range(10, 15)
+    ]
+    assert sorted(r["to"] for m in copies for r in m["recipients"]) == ["boss@example.com"] * 5
