@@ -30,6 +30,7 @@ UNSUBSCRIBE_PATH = "/v1/unsubscribe"
 #: item keys it may touch (tests/infra/test_bridge_policy.py derives both from that module).
 BRIDGE_TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem")
 BRIDGE_TABLE_KEYS = ("cancel#*", "send#*")
+BRIDGE_SES_ACTIONS = ("ses:GetEmailIdentity",)
 
 
 def envelope_model_schema() -> apigw.JsonSchema:
@@ -329,6 +330,15 @@ class BridgeAccess(Construct):
                     conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_TABLE_KEYS)}},
                 )
             )
+        # `company set --sender-address` asks SES whether the address (or its domain) is a verified
+        # identity before routing a company's mail from it (moodle_bridge/commands/company_checks.py).
+        statements.append(
+            iam.PolicyStatement(
+                sid="CheckSenders",
+                actions=list(BRIDGE_SES_ACTIONS),
+                resources=[Stack.of(self).format_arn(service="ses", resource="identity", resource_name="*")],
+            )
+        )
         if config.bridge_reads_hmac_secret:
             statements.append(
                 iam.PolicyStatement(
@@ -340,6 +350,12 @@ class BridgeAccess(Construct):
         self.policy = iam.Policy(self, "Policy", statements=statements, users=[self.user])
         stack = Stack.of(self)
         bucket_token = f"<{stack.get_logical_id(storage.bucket.node.default_child)}.Arn>"  # type: ignore[arg-type]
+        acknowledge(
+            self.policy,
+            id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ses:<AWS::Region>:<AWS::AccountId>:identity/*]",
+            reason="The bridge reads (never changes) whether a sender address or its domain is a verified "
+            "identity; the address is the admin's input, so no narrower resource is known in advance.",
+        )
         for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX):
             acknowledge(
                 self.policy,
