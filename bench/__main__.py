@@ -24,6 +24,7 @@ MODULES = (
     "lambdas_bench",
     "tick_bench",
     "faults_bench",
+    "campaigns_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

@@ -273,6 +273,9 @@ def iomad_metadata(
         _nn("timezone", sa.String(100), "'99'"),
         _nn("mailformat", TINY, "1"),
         _nn("maildisplay", TINY, "2"),
+        _nn("firstaccess", BIG, "0"),
+        _nn("lastaccess", BIG, "0"),
+        _nn("lastlogin", BIG, "0"),
         _nn("timecreated", BIG, "0"),
         _nn("timemodified", BIG, "0"),
         _c("middlename", sa.String(255)),
@@ -280,6 +283,7 @@ def iomad_metadata(
         sa.UniqueConstraint("mnethostid", "username", name=f"{p}user_mneuse_uix"),
         sa.Index(f"{p}user_del_ix", "deleted"),
         sa.Index(f"{p}user_ema_ix", "email"),
+        sa.Index(f"{p}user_las_ix", "lastaccess"),
     )
     sa.Table(
         f"{p}user_preferences",
@@ -418,7 +422,106 @@ def iomad_metadata(
         _nn("value", TEXT),
         sa.UniqueConstraint("plugin", "name", name=f"{p}confplug_plunam_uix"),
     )
+    _moodle_activity_tables(m, p)
     return m
+
+
+def _moodle_activity_tables(m: sa.MetaData, p: str) -> None:
+    """Moodle core tables that campaigns read: enrolments, access, activity completion, cohorts
+    and the standard log, with Moodle's own indexes (lib/db/install.xml)."""
+    sa.Table(
+        f"{p}enrol",
+        m,
+        _id(),
+        _nn("enrol", sa.String(20), "''"),
+        _nn("status", BIG, "0"),
+        _nn("courseid", BIG),
+        _nn("sortorder", BIG, "0"),
+        _nn("timecreated", BIG, "0"),
+        _nn("timemodified", BIG, "0"),
+        sa.Index(f"{p}enro_enr_ix", "enrol"),
+        sa.Index(f"{p}enro_cou_ix", "courseid"),
+    )
+    sa.Table(
+        f"{p}user_enrolments",
+        m,
+        _id(),
+        _nn("status", BIG, "0"),
+        _nn("enrolid", BIG),
+        _nn("userid", BIG),
+        _nn("timestart", BIG, "0"),
+        _nn("timeend", BIG, "2147483647"),
+        _nn("modifierid", BIG, "0"),
+        _nn("timecreated", BIG, "0"),
+        _nn("timemodified", BIG, "0"),
+        sa.UniqueConstraint("enrolid", "userid", name=f"{p}userenro_enruse_uix"),
+        sa.Index(f"{p}userenro_use_ix", "userid"),
+    )
+    sa.Table(
+        f"{p}user_lastaccess",
+        m,
+        _id(),
+        _nn("userid", BIG, "0"),
+        _nn("courseid", BIG, "0"),
+        _nn("timeaccess", BIG, "0"),
+        sa.UniqueConstraint("userid", "courseid", name=f"{p}userlast_usecou_uix"),
+        sa.Index(f"{p}userlast_use_ix", "userid"),
+        sa.Index(f"{p}userlast_cou_ix", "courseid"),
+    )
+    sa.Table(
+        f"{p}course_modules_completion",
+        m,
+        _id(),
+        _nn("coursemoduleid", BIG),
+        _nn("userid", BIG),
+        _nn("completionstate", TINY),
+        _c("overrideby", BIG),
+        _nn("timemodified", BIG),
+        sa.UniqueConstraint("userid", "coursemoduleid", name=f"{p}courmodicomp_usecou_uix"),
+        sa.Index(f"{p}courmodicomp_cou_ix", "coursemoduleid"),
+    )
+    sa.Table(
+        f"{p}cohort",
+        m,
+        _id(),
+        _nn("contextid", BIG),
+        _nn("name", sa.String(254), "''"),
+        _c("idnumber", sa.String(100)),
+        _nn("visible", TINY, "1"),
+        _nn("timecreated", BIG, "0"),
+        _nn("timemodified", BIG, "0"),
+    )
+    sa.Table(
+        f"{p}cohort_members",
+        m,
+        _id(),
+        _nn("cohortid", BIG, "0"),
+        _nn("userid", BIG, "0"),
+        _nn("timeadded", BIG, "0"),
+        sa.UniqueConstraint("cohortid", "userid", name=f"{p}cohomemb_cohuse_uix"),
+        sa.Index(f"{p}cohomemb_coh_ix", "cohortid"),
+        sa.Index(f"{p}cohomemb_use_ix", "userid"),
+    )
+    sa.Table(
+        f"{p}logstore_standard_log",
+        m,
+        _id(),
+        _nn("eventname", sa.String(255)),
+        _nn("component", sa.String(100)),
+        _nn("action", sa.String(100)),
+        _nn("target", sa.String(100)),
+        _nn("crud", sa.String(1)),
+        _nn("contextid", BIG),
+        _nn("contextlevel", BIG),
+        _nn("contextinstanceid", BIG),
+        _nn("userid", BIG),
+        _c("courseid", BIG),
+        _c("relateduserid", BIG),
+        _nn("timecreated", BIG),
+        sa.Index(f"{p}logsstanlog_tim_ix", "timecreated"),
+        sa.Index(f"{p}logsstanlog_couanotim_ix", "courseid", "timecreated"),
+        sa.Index(f"{p}logsstanlog_useconconcrud_ix", "userid", "contextlevel", "contextinstanceid", "crud"),
+    )
 
 
 def create_iomad_schema(

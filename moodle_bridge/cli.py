@@ -28,7 +28,7 @@ def version() -> str:
 
 #: Modules under moodle_bridge.commands, in help order. A missing module is skipped, so
 #: parts can land independently.
-COMMAND_MODULES = ("migrate", "tick", "company", "jobs", "serve", "submit_list")
+COMMAND_MODULES = ("migrate", "tick", "company", "jobs", "serve", "submit_list", "campaigns")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,6 +71,8 @@ class SubmitConfig:
     sender_name: str = ""
     #: Base URL printed on certificates for verification (the API's /v1/certificates/verify).
     verify_url_base: str = ""
+    #: Base of campaign mail's one-click unsubscribe URLs (the API's /v1/unsubscribe).
+    unsubscribe_url_base: str = ""
     #: IOMAD rows claimed per transaction (claim, park, jobs, recipients, outbox in one go).
     claim_chunk_rows: int = 2000
     #: Batches of a lease group handed to the queue at once (network round trips overlap).
@@ -162,6 +164,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_SENDER_ADDRESS": ("submit", "sender_address"),
     "MRCO_SENDER_NAME": ("submit", "sender_name"),
     "MRCO_VERIFY_URL_BASE": ("submit", "verify_url_base"),
+    "MRCO_UNSUBSCRIBE_URL_BASE": ("submit", "unsubscribe_url_base"),
     "MRCO_CLAIM_CHUNK_ROWS": ("submit", "claim_chunk_rows"),
     "MRCO_SUBMIT_CONCURRENCY": ("submit", "concurrency"),
     "MRCO_JOB_DEADLINE_SECONDS": (None, "job_deadline_seconds"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from offload_contract.codec import encode_message
@@ -71,6 +71,8 @@ class JobHeader:
     ses_tenant: str | None = None
     cert_template: str = "default"
     verify_url_base: str | None = None
+    #: Campaign mail: the one-click unsubscribe URL of a recipient id (RFC 8058).
+    unsubscribe_url: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
     def header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -152,6 +154,7 @@ def recipient_entry(
     contentkey: str | None,
     data: Mapping[str, Any] | None,
     jobtype: str,
+    unsubscribe_url: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"recipient_id": recipient_id}
     if jobtype == "certificate":
@@ -168,6 +171,8 @@ def recipient_entry(
     entry["content_id"] = contentkey
     if data:
         entry["data"] = dict(data)
+    if unsubscribe_url is not None:
+        entry["unsubscribe_url"] = unsubscribe_url(recipient_id)
     return entry
 
 

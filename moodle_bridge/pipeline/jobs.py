@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.pipeline.batching import ID_PLACEHOLDER, JobHeader, message_type_for, pack, recipient_entry
-from moodle_bridge.results.suppression import SKIP_CODES, filter_suppressed
+from moodle_bridge.results.suppression import REASON_UNSUBSCRIBE, SKIP_CODES, filter_suppressed
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now
 from moodle_bridge.storage.secrets_at_rest import SecretBox, associated_data
@@ -51,16 +51,22 @@ class CreatedBatches:
 
 
 def skip_suppressed(
-    conn: sa.Connection, repo: BridgeRepo, companyid: int, planned: Sequence[PlannedRecipient]
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    companyid: int,
+    planned: Sequence[PlannedRecipient],
+    category: str = "transactional",
 ) -> int:
-    """Mark pending recipients the company must not mail (bounced, complained, unsubscribed)
-    ``skipped`` with the reason's code. One query per 500 distinct addresses; returns how many."""
+    """Mark pending recipients the company must not mail ``skipped`` with the reason's code:
+    bounced and complained addresses always; unsubscribed ones only for campaign mail
+    (passwords, licences and completions are never suppressed by a campaign unsubscribe).
+    One query per 500 distinct addresses; returns how many."""
     pending = [p for p in planned if p.status == "pending" and p.address]
     suppressed = filter_suppressed(conn, repo.t, companyid, {p.address for p in pending})
     skipped = 0
     for p in pending:
         reason = suppressed.get(p.address)
-        if reason is None:
+        if reason is None or (reason == REASON_UNSUBSCRIBE and category != "campaign"):
             continue
         p.status, p.errorcode = "skipped", SKIP_CODES.get(reason, f"suppressed_{reason}")[:100]
         p.errormessage = f"address suppressed for this company after a {reason}; not sent"
@@ -95,7 +101,9 @@ def add_recipients(
     pending = [p for p in planned if p.status == "pending"]
     for index, p in enumerate(pending):
         placeholder = f"{index:0{len(ID_PLACEHOLDER)}d}"
-        entry = recipient_entry(placeholder, p.address, p.fullname, p.contentkey, p.data, header.jobtype)
+        entry = recipient_entry(
+            placeholder, p.address, p.fullname, p.contentkey, p.data, header.jobtype, header.unsubscribe_url
+        )
         content = contents.get(p.contentkey) if p.contentkey else None
         items.append(PackItem(entry, p.contentkey if content is not None else None, content))
     packed = pack(header, items, limits, first_seq=first_seq, offload=offload)

@@ -38,6 +38,7 @@ from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associ
 from moodle_bridge.transports.targets import SubmitError, Submitter
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
+from offload_contract.unsubscribe import make_token
 
 
 class IomadContents(Protocol):
@@ -82,7 +83,22 @@ def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: B
         ses_tenant=settings.sesstenant if settings else None,
         cert_template=settings.certtemplate if settings else "default",
         verify_url_base=config.submit.verify_url_base or None,
+        unsubscribe_url=_unsubscribe_urls(job, config) if str(job.category) == "campaign" else None,
     )
+
+
+def _unsubscribe_urls(job: sa.Row[Any], config: BridgeConfig) -> Callable[[str], str]:
+    """Signed one-click unsubscribe URLs for a campaign job's recipients (docs/campaigns.md)."""
+    base = config.submit.unsubscribe_url_base.rstrip("/")
+    if not base:
+        raise BuildError("campaign mail needs submit.unsubscribe_url_base (the API's /v1/unsubscribe URL)")
+    root = config.keys.root_secrets()[config.keys.current]
+    companyid, campaign = int(job.companyid), f"job{int(job.id)}"
+
+    def url(recipient_id: str) -> str:
+        return f"{base}/{make_token(root, config.keys.current, companyid, recipient_id, campaign)}"
+
+    return url
 
 
 @dataclass
@@ -255,6 +271,7 @@ class Outbox:
                 r.contentkey,
                 json.loads(r.data) if r.data else None,
                 str(job.jobtype),
+                header.unsubscribe_url,
             )
             for r in recipients
         ]

@@ -60,15 +60,36 @@ def record_suppressions(
     source: str,
     now: int,
 ) -> int:
-    """Remember (company, address, reason) entries; an address already suppressed keeps its first reason."""
+    """Remember (company, address, reason) entries. An address already suppressed keeps its first
+    reason, except that a bounce or complaint replaces an unsubscribe: an unsubscribe stops only
+    campaign mail, a hard bounce or complaint stops all of it."""
     unique: dict[tuple[int, str], str] = {}
     for company_id, address, reason in entries:
-        unique.setdefault((company_id, normalise(address)), reason)
+        key = (company_id, normalise(address))
+        if unique.get(key) in (None, REASON_UNSUBSCRIBE):
+            unique[key] = reason
     rows = [
         {"companyid": c, "address": a, "reason": r, "source": source[:100], "timecreated": now}
         for (c, a), r in sorted(unique.items())
     ]
-    return insert_ignore(conn, tables.suppressions, rows)
+    inserted = insert_ignore(conn, tables.suppressions, rows)
+    table = tables.suppressions
+    hard: dict[tuple[int, str], list[str]] = {}
+    for (company_id, address), reason in unique.items():
+        if reason != REASON_UNSUBSCRIBE:
+            hard.setdefault((company_id, reason), []).append(address)
+    for (company_id, reason), addresses in sorted(hard.items()):
+        for part in chunks(sorted(addresses)):
+            conn.execute(
+                table.update()
+                .where(
+                    table.c.companyid == company_id,
+                    table.c.address.in_(part),
+                    table.c.reason == REASON_UNSUBSCRIBE,
+                )
+                .values(reason=reason, source=source[:100], timecreated=now)
+            )
+    return inserted
 
 
 def suppression_counts(conn: sa.Connection, tables: BridgeTables, job_id: int) -> dict[str, int]:

@@ -46,6 +46,10 @@ RESULTS_LATE: Final = "results_ignored_after_close"
 RESULT_MESSAGE_QUARANTINED: Final = "result_message_quarantined"
 ROWS_RESTORED: Final = "iomad_rows_restored"
 FALLBACK_WITHHELD: Final = "fallback_withheld"
+CAMPAIGN_CREATED: Final = "campaign_created"
+CAMPAIGN_PAUSED: Final = "campaign_paused"
+CAMPAIGN_RESUMED: Final = "campaign_resumed"
+CAMPAIGN_RUN: Final = "campaign_run"
 
 
 def _clean(value: Any) -> Any:

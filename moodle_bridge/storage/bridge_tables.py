@@ -27,6 +27,8 @@ TABLE_NAMES = (
     "mrcloud_suppressions",
     "mrcloud_result_reports",
     "mrcloud_certificates",
+    "mrcloud_campaigns",
+    "mrcloud_campaign_ledger",
 )
 
 
@@ -48,6 +50,8 @@ class BridgeTables:
     suppressions: sa.Table
     result_reports: sa.Table
     certificates: sa.Table
+    campaigns: sa.Table
+    campaign_ledger: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -269,6 +273,35 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclcert_comuse_ix", "companyid", "userid"),
     )
 
+    campaigns = sa.Table(
+        f"{p}mrcloud_campaigns",
+        m,
+        _id(),
+        sa.Column("companyid", sa.BigInteger, nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),  # active | paused
+        sa.Column("rule", sa.Text, nullable=False),  # the validated rule as JSON (no secrets)
+        sa.Column("createdby", sa.String(100), nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.Column("timemodified", UNIXTIME, nullable=False),
+        sa.Column("timelastrun", UNIXTIME, nullable=True),
+        sa.Index(f"{p}mrclcamp_comsta_ix", "companyid", "status"),
+    )
+
+    # One row per (campaign, user, cycle): written in the same transaction as the job's
+    # recipients, so a reminder is planned once per cycle whatever crashes or overlaps.
+    campaign_ledger = sa.Table(
+        f"{p}mrcloud_campaign_ledger",
+        m,
+        _id(),
+        sa.Column("campaignid", ID, nullable=False),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("cycle", sa.BigInteger, nullable=False),
+        sa.Column("jobid", ID, nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.UniqueConstraint("campaignid", "userid", "cycle", name=f"{p}mrclcampledg_camusecyc_uix"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -282,4 +315,6 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         suppressions,
         result_reports,
         certificates,
+        campaigns,
+        campaign_ledger,
     )

@@ -102,6 +102,16 @@ _JOB_COUNTS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("jobs", "timecancelsignalled"),
 )
 
+
+def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]:
+    def apply(conn: sa.Connection, tables: BridgeTables) -> None:
+        by_attr = _table_attr(tables)
+        for attr in attrs:
+            by_attr[attr].create(conn, checkfirst=True)
+
+    return apply
+
+
 STEPS: tuple[Step, ...] = (
     Step(
         1,
@@ -128,6 +138,12 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         5,
+        "re-engagement campaigns and their per-user ledger",
+        _create_tables("campaigns", "campaign_ledger"),
+        adds_tables=("campaigns", "campaign_ledger"),
+    ),
+    Step(
+        6,
         "jobs count delivered and fell-back recipients apart; cancellation reaches the cloud",
         _add_columns(*_JOB_COUNTS_COLUMNS),
         adds_columns=_JOB_COUNTS_COLUMNS,

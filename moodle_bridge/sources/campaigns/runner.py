@@ -1,0 +1,276 @@
+"""Run a campaign: find its audience, then create one job and its ledger rows in one transaction.
+
+Exactly one reminder per (campaign, user, cycle):
+- the run marks the campaign row first, which serialises overlapping runs;
+- the audience query leaves out users already in the ledger for the cycle;
+- the ledger rows, the job, its recipients and its outbox batches commit together. A bridge
+  killed before the commit leaves nothing behind (the next run plans the same users again); one
+  killed after it leaves a job that the outbox submits exactly once, like any other job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import sqlalchemy as sa
+
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.pipeline.batching import template_content, template_content_key
+from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
+from moodle_bridge.pipeline.outbox import BuildError, job_header_for
+from moodle_bridge.pipeline.routing import decide
+from moodle_bridge.sources.campaigns.audience import AudienceMember, Manager, audience, managers_of
+from moodle_bridge.sources.campaigns.moodle_tables import MoodleActivityTables, build_activity_tables
+from moodle_bridge.sources.campaigns.rules import DAY, CampaignRule, compile_templates, rule_from_json
+from moodle_bridge.sources.iomad.addresses import address_problem
+from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadTables, detect_iomad
+from moodle_bridge.storage import audit
+from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.campaign_repo import CampaignRepo
+from offload_contract.limits import QueueLimits
+
+
+class CampaignError(RuntimeError):
+    """The campaign cannot run now; the message says why and what to do."""
+
+
+@dataclass
+class RunReport:
+    campaignid: int
+    cycle: int
+    audience: int = 0
+    jobid: int | None = None
+    recipients: int = 0
+    pending: int = 0
+    skipped: int = 0
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def moodle_tables_for(iomad: IomadTables) -> MoodleActivityTables:
+    licence = (
+        "companylicense" if iomad.generation is IomadGeneration.LEGACY else "local_iomad_company_licenses"
+    )
+    return build_activity_tables(iomad.prefix, licence)
+
+
+def template_data(
+    member: AudienceMember, rule: CampaignRule, at: int, coursename: str | None
+) -> dict[str, Any]:
+    """The fields a campaign template can use (docs/campaigns.md lists them)."""
+    last = member.lastaccess
+    return {
+        "firstname": member.firstname,
+        "lastname": member.lastname,
+        "fullname": f"{member.firstname} {member.lastname}".strip(),
+        "email": member.email,
+        "coursename": coursename or "",
+        "days_inactive": (at - last) // DAY if last > 0 else None,
+        "deadline": rule.trigger.deadline,
+    }
+
+
+def plan_recipients(
+    rule: CampaignRule,
+    members: list[AudienceMember],
+    managers: dict[int, list[Manager]],
+    templates: tuple[jinja2.Template, ...],
+    contentkey: str,
+    at: int,
+    coursename: str | None,
+) -> list[PlannedRecipient]:
+    planned: list[PlannedRecipient] = []
+    for m in members:
+        data = template_data(m, rule, at, coursename)
+        copies: list[tuple[str, str, str, dict[str, Any]]] = []
+        if rule.recipients in ("user", "both"):
+            copies.append((f"user:{m.userid}", m.email, data["fullname"], {**data, "role": "user"}))
+        if rule.recipients in ("managers", "both"):
+            for mgr in managers.get(m.userid, []):
+                mgr_data = {
+                    **data,
+                    "role": "manager",
+                    "manager_firstname": mgr.firstname,
+                    "manager_lastname": mgr.lastname,
+                }
+                name = f"{mgr.firstname} {mgr.lastname}".strip()
+                copies.append((f"user:{m.userid}:manager:{mgr.userid}", mgr.email, name, mgr_data))
+        for key, address, name, values in copies:
+            p = PlannedRecipient(
+                dedupekey=key,
+                role="campaign",
+                address=address[:254],
+                fullname=name,
+                userid=m.userid,
+                contentkey=contentkey,
+                data=values,
+            )
+            problem = address_problem(address)
+            if problem:
+                p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
+            else:
+                try:
+                    for template in templates:
+                        template.render(**values)
+                except jinja2.TemplateError as exc:
+                    p.status, p.errorcode = "failed", "template_error"
+                    p.errormessage = f"{type(exc).__name__}: {str(exc)[:200]}"
+            planned.append(p)
+    return planned
+
+
+def _course_name(conn: sa.Connection, moodle: MoodleActivityTables, courseid: int | None) -> str | None:
+    if courseid is None:
+        return None
+    value = conn.execute(sa.select(moodle.course.c.fullname).where(moodle.course.c.id == courseid)).scalar()
+    return None if value is None else str(value)
+
+
+def run_campaign(
+    engine: sa.Engine,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    campaignid: int,
+    *,
+    at: int,
+    actor: str,
+    iomad: IomadTables | None = None,
+) -> RunReport:
+    """Plan this cycle's reminders of one campaign; the outbox submits the job afterwards."""
+    campaigns = CampaignRepo(repo.t)
+    with engine.begin() as conn:
+        row = campaigns.get(conn, campaignid)
+        if row is None:
+            raise CampaignError(f"campaign {campaignid} does not exist (see `moodle-offload campaigns list`)")
+        rule = rule_from_json(str(row.rule))
+        report = RunReport(campaignid, rule.cycle(at))
+        if at < rule.start:
+            report.notes.append("the campaign has not started yet")
+            return report
+        if not campaigns.start_run(conn, campaignid, at):
+            raise CampaignError(
+                f"campaign {campaignid} is paused (`moodle-offload campaigns resume {campaignid}`)"
+            )
+        iomad = iomad or detect_iomad(conn, config.database.prefix)
+        moodle = moodle_tables_for(iomad)
+        companyid = int(row.companyid)
+        members = audience(
+            conn, moodle, iomad, repo.t, rule, companyid=companyid, campaignid=campaignid, now=at
+        )
+        report.audience = len(members)
+        if not members:
+            report.notes.append("nobody matches the rule this cycle")
+            return report
+        settings = repo.get_settings(conn, companyid)
+        decision = decide(repo.offload_enabled(conn), settings, "email", len(members))
+        if not decision.offload or settings is None:
+            raise CampaignError(
+                f"company {companyid} is not routed to the cloud for email ({decision.reason}); "
+                "see `moodle-offload company show`"
+            )
+        managers = (
+            managers_of(conn, moodle, iomad, companyid, [m.userid for m in members])
+            if rule.recipients != "user"
+            else {}
+        )
+        template_json = json.dumps(
+            {"subject": rule.template.subject, "html": rule.template.html, "text": rule.template.text}
+        )
+        jobid = repo.create_job(
+            conn,
+            companyid=companyid,
+            jobtype="email",
+            source="campaign",
+            category="campaign",
+            provider=settings.provider,
+            status="pending",
+            templatename=f"campaign:{campaignid}",
+            template=template_json,
+            createdby=actor,
+            timedeadline=at + config.job_deadline_seconds,
+        )
+        job = repo.job(conn, jobid)
+        if job is None:  # pragma: no cover - inserted just above in this transaction
+            raise CampaignError(f"job {jobid} vanished")
+        try:
+            header = job_header_for(job, settings, config)
+        except BuildError as exc:
+            raise CampaignError(str(exc)) from None
+        contentkey = template_content_key(jobid)
+        coursename = _course_name(conn, moodle, rule.trigger.course)
+        planned = plan_recipients(
+            rule, members, managers, compile_templates(rule.template), contentkey, at, coursename
+        )
+        skip_suppressed(conn, repo, companyid, planned, category="campaign")
+        created = add_recipients(
+            conn,
+            repo,
+            header,
+            planned,
+            {contentkey: template_content(template_json)},
+            QueueLimits.for_provider(settings.provider, config.submit.max_recipients),
+            target=target_for(settings.provider, config.submit.aws_mode),
+        )
+        repo.refresh_job_totals(conn, [jobid])
+        campaigns.record_ledger(conn, campaignid, report.cycle, jobid, [m.userid for m in members], at)
+        audit.record(
+            conn,
+            repo.t,
+            actor=actor,
+            action=audit.JOB_CREATED,
+            now=at,
+            companyid=companyid,
+            jobid=jobid,
+            detail={
+                "source": "campaign",
+                "campaign": campaignid,
+                "cycle": report.cycle,
+                "recipients": created.recipients,
+            },
+        )
+        report.jobid = jobid
+        report.recipients = created.recipients
+        report.pending = created.pending
+        report.skipped = sum(1 for p in planned if p.status == "skipped")
+        report.failed = created.recipients - created.pending - report.skipped
+    return report
+
+
+def preview(
+    engine: sa.Engine,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    campaignid: int,
+    *,
+    at: int,
+    userid: int | None = None,
+) -> tuple[int, dict[str, str] | None]:
+    """The audience count now, and one rendered sample mail (subject, html, text); sends nothing."""
+    campaigns = CampaignRepo(repo.t)
+    with engine.connect() as conn:
+        row = campaigns.get(conn, campaignid)
+        if row is None:
+            raise CampaignError(f"campaign {campaignid} does not exist")
+        rule = rule_from_json(str(row.rule))
+        iomad = detect_iomad(conn, config.database.prefix)
+        moodle = moodle_tables_for(iomad)
+        members = audience(
+            conn, moodle, iomad, repo.t, rule, companyid=int(row.companyid), campaignid=campaignid, now=at
+        )
+        sample = next((m for m in members if userid is None or m.userid == userid), None)
+        if sample is None:
+            return len(members), None
+        values = {
+            **template_data(sample, rule, at, _course_name(conn, moodle, rule.trigger.course)),
+            "role": "user",
+        }
+    subject, html, text = compile_templates(rule.template)
+    return len(members), {
+        "to": sample.email,
+        "subject": subject.render(**values),
+        "html": html.render(**values),
+        "text": text.render(**values),
+    }
