@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,8 +231,11 @@ def _transient(exc: sa.exc.DBAPIError) -> bool:
     if exc.connection_invalidated:
         return True
     orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
-    if isinstance(orig, Exception) and "database is locked" in str(orig):
+    if orig is None:
+        return False
+    args = getattr(orig, "args", ())
+    code = getattr(orig, "sqlstate", None) or (args[0] if args else None)
+    if "database is locked" in str(orig):
         return True
     return code in _TRANSIENT_CODES
 
@@ -315,7 +318,7 @@ def _result(job_id: int, rid: int, attempt: int, now: int, code: str, message: s
 
 
 def _ask_cloud(
-    cloud: CloudRecords, job_id: int, rows: list[Any], *, cancelling: bool, overdue: bool, now: int
+    cloud: CloudRecords, job_id: int, rows: Sequence[Any], *, cancelling: bool, overdue: bool, now: int
 ) -> list[dict[str, Any]]:
     """Results for ``rows`` (recipients still in the cloud) from the sender's own records."""
     records = cloud.send_records(job_id, [int(row.id) for row in rows])

@@ -47,8 +47,8 @@ def key_prefixes(path: Path) -> set[str]:
             for ret in ast.walk(node):
                 if isinstance(ret, ast.Return) and isinstance(ret.value, ast.JoinedStr):
                     first = ret.value.values[0]
-                    assert isinstance(first, ast.Constant)
-                    out.add(f"{first.value}*")
+                    assert isinstance(first, ast.Constant) and isinstance(first.value, str)
+                    out.add(first.value + "*")
     return out
 
 

@@ -18,6 +18,7 @@ from moto import mock_aws
 from lambdas.common.idempotency import ClaimState, IdempotencyStore
 from moodle_bridge.config import AwsConfig, BridgeConfig
 from moodle_bridge.results import reconcile as reconcile_module
+from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.results.job_control import cancel_job, job_counts
 from moodle_bridge.results.reconcile import ReconcileContext, reconcile
 from moodle_bridge.transports.cloud_records import CloudRecords, send_key
@@ -263,7 +264,7 @@ def test_one_bad_result_is_stored_or_quarantined_and_reconciliation_goes_on(
             QueueUrl=url, MessageBody=encode_message(result_batch(7, [result(job, 2, "sent")])).decode()
         )
         config = replace(BridgeConfig(), aws=replace(AwsConfig(), results_dlq_url=url))
-        real = reconcile_module.ingest_result_batch
+        real = ingest_result_batch
         calls = {"n": 0}
 
         def once_unstorable(conn: sa.Connection, *args: Any, **kwargs: Any) -> Any:
