@@ -391,10 +391,10 @@ def cancel_open_jobs(
     company_id: int | None = None,
     queue: IomadQueue | None = None,
 ) -> list[CancelReport]:
-    """Cancel every job that has not ended (of ``company_id``, or of every company): what the
-    global switch and a company's cloud switch do when turned off."""
+    """Cancel every job that has not ended and is not being cancelled already (of ``company_id``,
+    or of every company): what the global switch and a company's cloud switch do when turned off."""
     j = tables.jobs
-    query = sa.select(j.c.id).where(j.c.status.not_in(sorted(JOB_TERMINAL)))
+    query = sa.select(j.c.id).where(j.c.status.not_in(sorted(JOB_TERMINAL | JOB_CANCEL_STATES)))
     if company_id is not None:
         query = query.where(j.c.companyid == company_id)
     reports = []

@@ -162,3 +162,53 @@ def test_jobs_list_piped_into_head_and_human_output(site, capsys) -> None:  # no
     assert main(["jobs", "show", "1"]) == 0
     human = capsys.readouterr().out
     assert "created:" in human and " UTC" in human and "{" not in human
+
+
+def test_switching_the_cloud_off_cancels_open_jobs_and_tells_the_cloud(
+    tmp_path, monkeypatch, capsys, aws
+) -> None:
+    from tests.results.factory import create_job
+
+    url = f"sqlite:///{tmp_path / 'moodle.sqlite3'}"
+    engine = sa.create_engine(url)
+    world = IomadWorld.create(engine)
+    world.add_company(7)
+    world.add_company(8)
+    engine.dispose()
+    table = "offload-idempotency"
+    db = boto3.client("dynamodb", region_name="eu-west-1")
+    db.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    monkeypatch.chdir(tmp_path)
+    for key, value in {
+        "MRCO_DATABASE_URL": url,
+        "MRCO_JOBS_QUEUE_URL": aws["jobs"],
+        "MRCO_AWS_REGION": "eu-west-1",
+        "MRCO_IDEMPOTENCY_TABLE": table,
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert main(["migrate"]) == 0
+    assert main(["company", "set", "7", "--cloud", "on"]) == 0
+    assert main(["company", "set", "8", "--cloud", "on"]) == 0
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        seven = create_job(conn, T, company_id=7, recipients=3, email_id_start=None)
+        eight = create_job(conn, T, company_id=8, recipients=2, email_id_start=None, batch_key="b-8")
+    capsys.readouterr()
+    assert main(["company", "set", "7", "--cloud", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "1 open jobs cancelled" in out and "3 recipients already in the cloud" in out
+    assert main(["company", "global", "off"]) == 0
+    assert "1 open jobs cancelled" in capsys.readouterr().out
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(T.jobs))}
+        actions = [a for (a,) in conn.execute(sa.select(T.audit_log.c.action))]
+    engine.dispose()
+    for job in (seven, eight):
+        assert rows[job.job_id].status == "cancelling" and rows[job.job_id].timecancelsignalled is not None
+        assert "Item" in db.get_item(TableName=table, Key={"id": {"S": f"cancel#{job.job_id}"}})
+    assert actions.count("job_cancelled") == 2
