@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY_STAMP   := $(VENV)/.installed
+FONTS_STAMP := lambdas/certificates/fonts/manifest.json
 NODE_STAMP := cloudflare/node_modules/.installed
 CDK_NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
@@ -22,9 +23,9 @@ demo: setup
 test: setup lint typecheck pytest
 
 ifneq ($(wildcard cloudflare/package-lock.json),)
-setup: system $(PY_STAMP) $(NODE_STAMP)
+setup: system $(PY_STAMP) $(FONTS_STAMP) $(NODE_STAMP)
 else
-setup: system $(PY_STAMP)
+setup: system $(PY_STAMP) $(FONTS_STAMP)
 endif
 
 # The pinned CDK CLI (package.json at the root) for `npx cdk synth/deploy`.
@@ -40,6 +41,11 @@ $(PY_STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[bridge,lambdas,infra,dev]'
 	@touch $@
+
+# The certificate renderer's fonts: Noto subsets cut from the Debian packages (a few minutes
+# on first setup; the script skips the work when its manifest is current).
+$(FONTS_STAMP): scripts/build_certificate_fonts.py $(PY_STAMP)
+	$(BIN)/python scripts/build_certificate_fonts.py
 
 $(NODE_STAMP): cloudflare/package.json cloudflare/package-lock.json
 	@node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("Node 20+ is required"); process.exit(1) }'

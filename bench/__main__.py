@@ -58,7 +58,15 @@ def summarise() -> str:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text("utf-8"))
         name = data.get("benchmark", path.stem) if isinstance(data, dict) else path.stem
-        lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        lines += [f"## {name}", ""]
+        # Optional readable tables: {"title", "columns", "rows"} each, before the raw figures.
+        for table in data.get("tables", []) if isinstance(data, dict) else []:
+            lines += [f"### {table['title']}", ""]
+            lines.append("| " + " | ".join(table["columns"]) + " |")
+            lines.append("|" + "---|" * len(table["columns"]))
+            lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table["rows"]]
+            lines.append("")
+        lines += ["| figure | value |", "|---|---|"]
         body = data.get("figures", data) if isinstance(data, dict) else data
         for key, value in _rows("", body):
             if key != "benchmark":

@@ -1,15 +1,31 @@
 <?php
 // Baseline for bench/lambdas_bench.py: the same certificate design rendered with TCPDF,
 // the engine of Moodle's mod_customcert (Debian's php-tcpdf). Usage:
-//   php tcpdf_certificate.php <count> <logo.png> <out.pdf>
+//   php tcpdf_certificate.php <count> <logo.png> <out.pdf> [<name> <course> <font> <bold font> <font dir>]
+// <font> is a TCPDF font name (dejavusans, cid0cs...) or a .ttf file, converted once with
+// TCPDF_FONTS::addTTFfont into <font dir> before the timed loop (as an admin installs a font).
 // Prints JSON: {"count": N, "seconds": wall seconds, "cpu_seconds": ..., "bytes": size of one PDF}.
 require_once('/usr/share/php/tcpdf/tcpdf.php');
 
 $count = intval($argv[1] ?? 20);
 $logo = file_get_contents($argv[2]); // image data ('@' prefix), as mod_customcert passes stored files
 $out = $argv[3];
+$name = $argv[4] ?? 'Zoë Ørsted-Łukasiewicz';
+$course = $argv[5] ?? 'Workplace Safety 101';
+$fontdir = $argv[8] ?? '';
+
+function font_spec(string $font, string $style, string $fontdir): array {
+    if (str_ends_with($font, '.ttf')) {
+        $key = TCPDF_FONTS::addTTFfont($font, 'TrueTypeUnicode', '', 32, $fontdir . '/');
+        return [$key, '', $fontdir . '/' . $key . '.php'];
+    }
+    return [$font, $style, ''];
+}
+$regular = font_spec($argv[6] ?? 'dejavusans', '', $fontdir);
+$bold = font_spec($argv[7] ?? ($argv[6] ?? 'dejavusans'), 'B', $fontdir);
 
 function certificate(string $logo, string $name): string {
+    global $course, $regular, $bold;
     $pdf = new TCPDF('L', 'mm', 'A4', true, 'UTF-8', false);
     $pdf->setPrintHeader(false);
     $pdf->setPrintFooter(false);
@@ -31,13 +47,18 @@ function certificate(string $logo, string $name): string {
         ['This certifies that', 68, 13, '', [0x44, 0x44, 0x44], 10],
         [$name, 80, 34, 'B', [0x11, 0x11, 0x11], 18],
         ['has successfully completed', 104, 13, '', [0x44, 0x44, 0x44], 10],
-        ['Workplace Safety 101', 114, 22, 'B', [0x1F, 0x4E, 0x79], 14],
+        [$course, 114, 22, 'B', [0x1F, 0x4E, 0x79], 14],
         ['Completed on 22 November 2026', 136, 13, '', [0x33, 0x33, 0x33], 10],
         ['Grade: 92%', 145, 13, '', [0x33, 0x33, 0x33], 10],
         ['Acme Training Ltd', 166, 12, '', [0x33, 0x33, 0x33], 10],
     ];
     foreach ($lines as [$text, $y, $size, $style, $color, $h]) {
-        $pdf->SetFont('dejavusans', $style, $size);
+        if ($text === $name || $text === $course) { // the script's font for the learner's texts
+            [$family, $fstyle, $file] = $style === 'B' ? $bold : $regular;
+            $pdf->SetFont($family, $fstyle, $size, $file);
+        } else {
+            $pdf->SetFont('dejavusans', $style, $size);
+        }
         $pdf->SetTextColor($color[0], $color[1], $color[2]);
         $pdf->SetXY(20, $y);
         $pdf->Cell(257, $h, $text, 0, 0, 'C');
@@ -56,7 +77,7 @@ $start = microtime(true);
 $cpu0 = getrusage();
 $bytes = 0;
 for ($i = 0; $i < $count; $i++) {
-    $data = certificate($logo, 'Zoë Ørsted-Łukasiewicz');
+    $data = certificate($logo, $name);
     $bytes = strlen($data);
 }
 $cpu1 = getrusage();

@@ -37,17 +37,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from demo.cloudflare import CallbackFaults, flaky_proxy, report_cloudflare, submit_twice
 from demo.embedded_aws import EmbeddedAws, embedded_aws
 from demo.event_source import EventSourceMapping, Handler, LambdaCrash, LocalQueue, drain
 from demo.ses_emulator import FakeSes, throttle, to_sqs
+from demo.wrangler_dev import WranglerUnavailable, wrangler_dev
 from iomad_sim import scratch_databases
 from iomad_sim.iomad_schema import create_iomad_schema
 from iomad_sim.iomad_seed import SeedSpec, seed_iomad
 from moodle_bridge.cli import main as moodle_offload
+from moodle_bridge.commands.tick import build_submitters, run_tick
+from moodle_bridge.config import load_config
 from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.statuses import JOB_TERMINAL
-from offload_contract.signing import generate_root_secret
+from moodle_bridge.transports.targets import WorkerSubmitter
+from offload_contract.signing import decode_root_secret, generate_root_secret
 
 PREFIX = "mdl_"
 CLOUD_COMPANY = 1
@@ -468,11 +473,26 @@ def main(argv: list[str] | None = None) -> int:
         prog="make demo", description=__doc__.splitlines()[0] if __doc__ else None
     )
     parser.add_argument("--engine", choices=("sqlite", "mariadb", "postgres"), default="sqlite")
-    parser.add_argument("--users", type=int, default=1500, help="learners per company (two companies)")
+    parser.add_argument(
+        "--provider",
+        choices=("aws", "cloudflare"),
+        default="aws",
+        help="aws: embedded AWS and the Lambdas; cloudflare: the Worker under wrangler dev --local",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        help="learners per company (two companies; aws 1500, cloudflare 60)",
+    )
     parser.add_argument("--output", default="demo-output", help="folder for the database, PDFs and logs")
     parser.add_argument("--no-faults", action="store_true", help="run without injected faults")
     parser.add_argument("--keep-db", action="store_true", help="keep the MariaDB/PostgreSQL database")
     args = parser.parse_args(argv)
+    if args.users is None:
+        args.users = 1500 if args.provider == "aws" else 60
+    if args.provider == "cloudflare":
+        return run_cloudflare(args)
     started = time.monotonic()
     output = Path(args.output).resolve()
     shutil.rmtree(output, ignore_errors=True)
@@ -577,6 +597,147 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(1)
                 console.print("[bold]6.[/] Report")
                 ok = report(engine, aws, ses, output, local, faults, started)
+        engine.dispose()
+    return 0 if ok else 1
+
+
+def seed_demo_site(engine: sa.Engine, users: int, now: int) -> dict[int, int]:
+    """Seed the IOMAD site as a CSV upload would; answers the local company's rows (id -> due)."""
+    iomad = create_iomad_schema(engine, PREFIX, IomadGeneration.LEGACY)
+    seeded = seed_iomad(
+        engine,
+        iomad,
+        SeedSpec(
+            companies=2,
+            users_per_company=users,
+            managers_per_company=2,
+            child_departments=2,
+            supervisor_every=25,
+            license_allocated=True,
+            completions_per_company=12,
+            now=now - 60,
+            seed=7,
+        ),
+    )
+    with engine.connect() as conn:
+        local = {
+            int(row.id): int(row.due)
+            for row in conn.execute(
+                sa.text(f"SELECT id, due FROM {PREFIX}email WHERE companyid = :c"), {"c": LOCAL_COMPANY}
+            )
+        }
+        queued = conn.execute(sa.text(f"SELECT count(*) FROM {PREFIX}email")).scalar_one()
+    console.print(
+        f"   {queued:,} rows queued in {PREFIX}email ({len(seeded.learner_ids):,} learners, "
+        f"{len(seeded.completion_ids)} course completions)"
+    )
+    return local
+
+
+def run_cloudflare(args: argparse.Namespace) -> int:
+    """The Cloudflare path end to end (demo/cloudflare.py says what it shows)."""
+    started = time.monotonic()
+    output = Path(args.output).resolve()
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    faults = CallbackFaults(enabled=not args.no_faults)
+    now = int(time.time())
+    root = generate_root_secret()
+    ok = False
+    with moodle_database(args.engine, output, args.keep_db) as db_url:
+        engine = sa.create_engine(db_url)
+        console.print(
+            f"[bold]1.[/] Moodle/IOMAD database on {args.engine}: seeding {args.users * 2:,} learners …"
+        )
+        local = seed_demo_site(engine, args.users, now)
+        keysets = {"current": KEYSET, "keysets": {KEYSET: root}}
+        variables = {"RESULTS_MODE": "push", "PROVIDER_RATES": '{"cloudflare": 500}'}
+        try:
+            dev_context = wrangler_dev(output / "worker", keysets, variables)
+            dev = dev_context.__enter__()
+        except WranglerUnavailable as exc:
+            raise SystemExit(f"demo: {exc}") from None
+        try:
+            console.print(f"[bold]2.[/] The Worker under wrangler dev --local on {dev.base_url}")
+            port = free_port()
+            with flaky_proxy(f"http://127.0.0.1:{port}", faults) as proxy:
+                env = {
+                    "MRCO_DATABASE_URL": db_url,
+                    "MRCO_DB_PREFIX": PREFIX,
+                    "MRCO_MOODLE_DBNAME": "moodle",
+                    "MRCO_SITE": "iomad",
+                    "MRCO_CLOUDFLARE_INTAKE_URL": dev.base_url,
+                    "MRCO_CALLBACK_PUBLIC_URL": f"{proxy}/callbacks/v1/results",
+                    "MRCO_CALLBACK_BIND_HOST": "127.0.0.1",
+                    "MRCO_CALLBACK_BIND_PORT": str(port),
+                    "MRCO_KEYSETS": f"{KEYSET}={root}",
+                    "MRCO_KEYSET_CURRENT": KEYSET,
+                    "MRCO_PASSWORD_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
+                    "MRCO_SENDER_ADDRESS": "noreply@example.org",
+                    "MRCO_SENDER_NAME": "Acme Training",
+                    "MRCO_RETRY_BASE_SECONDS": "1",
+                }
+                os.environ.update(env)
+                console.print(
+                    "[bold]3.[/] moodle-offload migrate; company routing (checked with the Worker); serve"
+                )
+                run_cli("migrate")
+                routing = ["company", "set", str(CLOUD_COMPANY), "--cloud", "on", "--provider", "cloudflare"]
+                routing += ["--emails", "on", "--threshold", "1", "--fallback", "on"]
+                if moodle_offload([*routing, "--certificates", "on"]) != 1:
+                    raise SystemExit(
+                        "demo: the bridge routed certificates to a Worker that cannot render them"
+                    )
+                run_cli(*routing, "--certificates", "off")
+                run_cli("company", "set", str(LOCAL_COMPANY), "--cloud", "off")
+                run_cli("company", "global", "on")
+                with callback_receiver(env, port, output / "receiver.log"):
+                    console.print("[bold]4.[/] moodle-offload tick: claim, create jobs, submit to the Worker")
+                    config = load_config()
+                    submitters = build_submitters(config)
+                    worker = submitters["worker"]
+                    if not isinstance(worker, WorkerSubmitter):
+                        raise SystemExit("demo: the bridge has no Worker submitter")
+                    submitted = submit_twice(worker)
+                    run_tick(engine, config, submitters=submitters)
+                    resubmitted = 0
+                    if faults.enabled and submitted:
+                        # The bridge lost the 202 and submits the same batch again (a fresh nonce).
+                        WorkerSubmitter(dev.base_url, KEYSET, decode_root_secret(root)).submit(*submitted[0])
+                        resubmitted = 1
+                    console.print("[bold]5.[/] The Worker sends; results come back by signed callbacks …")
+                    with Progress(
+                        TextColumn("{task.description}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TimeElapsedColumn(),
+                        console=console,
+                    ) as bar:
+                        final, total = job_progress(engine)
+                        task = bar.add_task("recipients final", total=total, completed=final)
+                        deadline = time.monotonic() + 900
+                        while time.monotonic() < deadline:
+                            time.sleep(2)
+                            run_cli("tick", "--quiet")
+                            final, total = job_progress(engine)
+                            bar.update(task, completed=final, total=total)
+                            if open_jobs(engine) == 0:
+                                break
+                    time.sleep(8)  # let the duplicate submission's consumer run before counting
+                    console.print("[bold]6.[/] Report")
+                    ok = report_cloudflare(
+                        engine,
+                        dev,
+                        console,
+                        CLOUD_COMPANY,
+                        LOCAL_COMPANY,
+                        local,
+                        faults,
+                        resubmitted,
+                        started,
+                    )
+        finally:
+            dev_context.__exit__(None, None, None)
         engine.dispose()
     return 0 if ok else 1
 

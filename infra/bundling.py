@@ -30,6 +30,8 @@ PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_
 SOURCE_PACKAGES = ("lambdas", "offload_contract")
 #: Provided by the Lambda runtime; never bundled.
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
+#: Written by scripts/build_certificate_fonts.py; a full bundle without the fonts is refused.
+FONT_MANIFEST = "lambdas/certificates/fonts/manifest.json"
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 
 
@@ -73,6 +75,11 @@ def bundle_hash(root: Path, mode: BundleMode) -> str:
 def build_lambda_asset(root: Path, mode: BundleMode = "full", build_dir: Path | None = None) -> Path:
     """Return the directory of a ready asset, building it only when its inputs changed."""
     build_dir = build_dir or root / "build" / "lambda-assets"
+    if mode == "full" and not (root / FONT_MANIFEST).exists():
+        raise BundlingError(
+            f"{FONT_MANIFEST} is missing: the certificate fonts are built by `make setup` "
+            "(scripts/build_certificate_fonts.py)"
+        )
     target = build_dir / f"{mode}-{bundle_hash(root, mode)}"
     if (target / ".complete").exists():
         return target

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import fastjsonschema
 
-MESSAGE_TYPES: Final = ("email_batch", "certificate_batch", "result_batch", "envelope")
+MESSAGE_TYPES: Final = ("email_batch", "certificate_batch", "result_batch", "envelope", "capabilities")
 
 
 class ContractError(ValueError):

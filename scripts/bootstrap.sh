@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # pdftoppm renders certificates to PNG in tests; chromium drives dashboard tests;
-# php-tcpdf is the baseline the certificate benchmark compares against.
-PACKAGES=(poppler-utils chromium php-cli php-tcpdf)
+# php-tcpdf is the baseline the certificate benchmark compares against; the Noto fonts are
+# the sources of the certificate renderer's font subsets (scripts/build_certificate_fonts.py).
+PACKAGES=(poppler-utils chromium php-cli php-tcpdf fonts-noto-core fonts-noto-cjk)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

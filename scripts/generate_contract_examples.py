@@ -161,6 +161,20 @@ ENVELOPE: dict[str, Any] = {
 }
 
 
+CAPABILITIES: dict[str, Any] = {
+    "type": "capabilities",
+    "contract_version": 1,
+    "message_types": ["email_batch"],
+    "email": {
+        "content_kinds": ["rendered", "reference"],
+        "categories": ["transactional", "campaign"],
+        "attachments": False,
+        "providers": {"transactional": "cloudflare", "campaign": "ses"},
+    },
+    "results": {"mode": "push", "pull_path": "/v1/results/pull"},
+}
+
+
 def mutated(base: dict[str, Any], path: list[Any], value: Any = None, delete: bool = False) -> dict[str, Any]:
     doc = copy.deepcopy(base)
     target = doc
@@ -280,6 +294,18 @@ def main() -> None:
             "message_type": "envelope",
             "valid": False,
             "message": mutated(ENVELOPE, ["message_type"], "job_status"),
+        },
+        {
+            "name": "capabilities: Cloudflare for transactional mail, SES for campaigns",
+            "message_type": "capabilities",
+            "valid": True,
+            "message": CAPABILITIES,
+        },
+        {
+            "name": "capabilities naming Cloudflare Email Service for campaign mail",
+            "message_type": "capabilities",
+            "valid": False,
+            "message": mutated(CAPABILITIES, ["email", "providers", "campaign"], "cloudflare"),
         },
     ]
     out = ROOT / "offload_contract" / "vectors" / "messages.json"

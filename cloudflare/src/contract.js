@@ -9,7 +9,7 @@ import { Validator } from "@cfworker/json-schema";
 import schemaDocument from "../../offload_contract/schemas/v1/contract.schema.json";
 
 export const CONTRACT_VERSION = 1;
-export const MESSAGE_TYPES = Object.freeze(["email_batch", "certificate_batch", "result_batch", "envelope"]);
+export const MESSAGE_TYPES = Object.freeze(["email_batch", "certificate_batch", "result_batch", "envelope", "capabilities"]);
 
 /** A message does not satisfy the contract. `path` points at the offending field; never the value. */
 export class ContractError extends Error {

@@ -219,3 +219,34 @@ export async function handleIntake(request, env, log = console) {
     return jsonResponse(500, { error: "internal_error", message: "unexpected failure" });
   }
 }
+
+/**
+ * Read and verify a signed request to another route than the intake (capabilities, results
+ * pull). Resolves to {verified, body}; throws IntakeError with the intake's codes.
+ */
+export async function readSignedRequest(request, env, limit = 65_536) {
+  const url = new URL(request.url);
+  const body = await readBody(request, limit);
+  try {
+    const verified = await verifierFor(env).verify(request.method, url.pathname, request.headers, body);
+    return { verified, body };
+  } catch (error) {
+    if (error instanceof SignatureError) {
+      throw new IntakeError(SIGNATURE_STATUS[error.code] ?? 401, error.code, error.detail);
+    }
+    throw error;
+  }
+}
+
+/** Answer an error thrown while serving a route, as the intake does. */
+export function routeErrorResponse(error, log = console) {
+  if (error instanceof IntakeError) return errorResponse(error);
+  if (error instanceof KeysetConfigError) {
+    log.error?.(JSON.stringify({ event: "route_misconfigured", detail: error.message }));
+    return jsonResponse(500, { error: "server_misconfigured", message: "the Worker is not configured" });
+  }
+  log.error?.(JSON.stringify({ event: "route_failed", error: error?.name ?? "Error" }));
+  return jsonResponse(500, { error: "internal_error", message: "unexpected failure" });
+}
+
+export { parseJson };

@@ -326,6 +326,7 @@ describe("nonce store Durable Object", () => {
 describe("queue consumer", () => {
   it("acknowledges a valid message its processor handled, retries one it did not, and one that fails", async () => {
     const seen = [];
+    const original = PROCESSORS.get("email_batch");
     PROCESSORS.set("email_batch", async (batch) => {
       seen.push(batch.batch_id);
       if (batch.batch_id === "b-fail") throw new Error("provider down");
@@ -347,13 +348,13 @@ describe("queue consumer", () => {
       expect(result.retryMessages.map((m) => m.msgId).sort()).toEqual(["fails", "invalid"]);
       expect(seen).toEqual(["b-7-000001", "b-fail"]);
     } finally {
-      PROCESSORS.delete("email_batch");
+      PROCESSORS.set("email_batch", original);
     }
   });
 
   it("retries (so the dead-letter queue keeps) messages it has no processor for", async () => {
-    const batch = createMessageBatch("mrco-email-batches", [
-      { id: "m-1", timestamp: new Date(), attempts: 1, body: example(EMAIL) },
+    const batch = createMessageBatch("mrco-certificate-batches", [
+      { id: "m-1", timestamp: new Date(), attempts: 1, body: example(CERTIFICATE) },
       { id: "m-2", timestamp: new Date(), attempts: 1, body: { type: "garbage" } },
       { id: "m-3", timestamp: new Date(), attempts: 1, body: { type: "constructor" } },
       { id: "m-4", timestamp: new Date(), attempts: 1, body: "not an object" },

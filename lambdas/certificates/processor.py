@@ -8,6 +8,13 @@ are forwarded as an email_batch (PDF by S3 reference) to the jobs queue, so the 
 path (pacing, exactly once per job and recipient) sends the mail and its certificate
 together. Rendering twice is harmless (same key, deterministic PDF); sending twice is
 prevented by the email path's claims.
+
+A recipient whose data cannot be printed (a blank name, a time outside the years 1970-9999,
+characters no shipped font has) fails alone with a permanent error and nothing stored; the
+rest of the batch is rendered and everyone gets a result. An unexpected rendering error
+fails that recipient too (``render_error``, not permanent) and is logged. Only storage errors
+(S3, DynamoDB) fail the whole message; its retry writes the same keys again, so no PDF is
+left behind without a result.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from typing import Any
 from lambdas.certificates.fonts import FontLibrary
 from lambdas.certificates.renderer import render_certificate
 from lambdas.certificates.template import TemplateError, TemplateStore
+from lambdas.certificates.values import CertificateDataError
+from lambdas.certificates.verification import record_item
 from lambdas.common.idempotency import IdempotencyStore
+from lambdas.common.observability import logger
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
 from offload_contract import encode_message, validate
@@ -92,7 +102,28 @@ class CertificateBatchProcessor:
             code = data["verification_code"]
             verify_url = verify_base + code if verify_base else code
             started = time.perf_counter()
-            pdf = render_certificate(template, data, verify_url, self.fonts)
+            try:
+                pdf = render_certificate(template, data, verify_url, self.fonts)
+            except CertificateDataError as exc:
+                # This recipient's data cannot be printed: it fails alone, nothing is stored.
+                message = str(exc) if not exc.detail else f"{exc} ({' '.join(exc.detail)})"
+                report.results.append(
+                    recipient_result(job_id, r["recipient_id"], "failed", attempt, error_code=exc.code,
+                                     error_message=message, permanent=True)
+                )  # fmt: skip
+                report.failed += 1
+                continue
+            except Exception as exc:
+                logger.exception(
+                    "certificate rendering failed",
+                    extra={"job_id": job_id, "recipient_id": r["recipient_id"]},
+                )
+                report.results.append(
+                    recipient_result(job_id, r["recipient_id"], "failed", attempt, error_code="render_error",
+                                     error_message=type(exc).__name__, permanent=False)
+                )  # fmt: skip
+                report.failed += 1
+                continue
             report.render_ms.append((time.perf_counter() - started) * 1000)
             key = certificate_key(company_id, job_id, r["recipient_id"])
             digest = hashlib.sha256(pdf).hexdigest()
@@ -100,17 +131,8 @@ class CertificateBatchProcessor:
                 Bucket=self.bucket, Key=key, Body=pdf, ContentType="application/pdf",
                 ContentDisposition='attachment; filename="certificate.pdf"', **self.sse,
             )  # fmt: skip
-            self.store.put_item(
-                f"cert#{code}",
-                {
-                    "company_id": {"N": str(company_id)},
-                    "job_id": {"S": job_id},
-                    "recipient_id": {"S": r["recipient_id"]},
-                    "key": {"S": key},
-                    "learner_name": {"S": data["learner_name"]},
-                    "course_name": {"S": data["course_name"]},
-                    "completed_at": {"N": str(data["completed_at"])},
-                },
+            self.store.put_record(
+                f"cert#{code}", record_item(company_id, job_id, r["recipient_id"], key, data)
             )
             artifact = {
                 "store": "s3", "bucket": self.bucket, "key": key, "sha256": digest,

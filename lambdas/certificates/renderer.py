@@ -1,125 +1,215 @@
-"""One A4-landscape certificate PDF from a template and a learner's data (fpdf2 + HarfBuzz)."""
+"""One certificate PDF from a template and a learner's data.
+
+The static layer of a template (background, border, logo, signature, fixed text) is drawn
+once per container and kept as finished PDF objects; each certificate adds only what
+changes: the name, course, date, grade, code and QR code. Every character of every field is
+checked against the shipped fonts before anything is drawn, so a name that cannot be
+printed fails that recipient with ``unsupported_characters`` (and the code points) instead
+of printing a different name.
+"""
 
 from __future__ import annotations
 
-import io
-import unicodedata
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fpdf import FPDF
-from fpdf.image_datastructures import ImageCache
-from fpdf.image_parsing import preload_image
+from lambdas.certificates.fonts import Face, FontLibrary, is_ignorable
+from lambdas.certificates.pdf import GlyphFonts, Objects, assemble, num
+from lambdas.certificates.qr import qr_ops
+from lambdas.certificates.template import CertificateTemplate, Element, PreparedImage, rgb
+from lambdas.certificates.text import MM, clean, draw_block, fit
+from lambdas.certificates.values import MAX_TIMESTAMP, CertificateDataError, field_value
 
-from lambdas.certificates.fonts import FontLibrary
-from lambdas.certificates.qr import draw_qr
-from lambdas.certificates.template import CertificateTemplate, Element, rgb
-
-PAGE_W, PAGE_H = 297.0, 210.0
-MIN_FONT_SIZE = 10.0
-
-
-_IMAGE_INFO: dict[bytes, tuple[str, Any]] = {}  # image bytes -> (fpdf2 name, decoded record)
+FIRST_STATIC_OBJECT = 5
+REQUIRED = ("learner_name", "course_name")
+STATIC_CACHE_SIZE = 32
 
 
-def place_image(pdf: FPDF, data: bytes, *, x: float, y: float, w: float, h: float = 0) -> None:
-    """``pdf.image`` with the decoded image (PNG inflate, alpha split) kept per container.
-
-    Each document gets its own copy of fpdf2's image record, so nothing is shared that the
-    output step writes to; only the immutable decoded streams are reused."""
-    cached = _IMAGE_INFO.get(data)
-    if cached is None:
-        name, _, decoded = preload_image(ImageCache(), io.BytesIO(data))
-        cached = (name, decoded if not decoded.get("iccp") else None)
-        if len(_IMAGE_INFO) < 32:
-            _IMAGE_INFO[data] = cached
-    name, info = cached
-    if info is not None and name not in pdf.image_cache.images:
-        record = type(info)(info)
-        record["i"] = len(pdf.image_cache.images) + 1
-        record["usages"] = 0
-        pdf.image_cache.images[name] = record
-    pdf.image(io.BytesIO(data), x=x, y=y, w=w, h=h)
+@dataclass(frozen=True)
+class StaticLayer:
+    blob: bytes
+    offsets: list[tuple[int, int]]
+    next_number: int
+    content: int
+    fonts: str
+    xobjects: str
+    glyphs: dict[tuple[str, int], int]
+    truetype: dict[str, tuple[Face, dict[int, str]]]
 
 
-def needs_shaping(text: str) -> bool:
-    """HarfBuzz (and bidi) only for text that needs it: RTL and CJK scripts, combining marks.
-    Precomposed Latin, Greek and Cyrillic render the same without it, and faster."""
-    return any(ord(ch) >= 0x0590 or unicodedata.combining(ch) for ch in text)
+def _image_objects(objects: Objects, image: PreparedImage) -> int:
+    number = objects.reserve()
+    extra = image.extra
+    if image.smask is not None:
+        mask = objects.reserve()
+        objects.stream(
+            mask,
+            image.smask,
+            b" /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray"
+            b" /BitsPerComponent 8 /Filter /FlateDecode"
+            b" /DecodeParms << /Predictor 15 /Colors 1 /BitsPerComponent 8 /Columns %d >>"
+            % (image.width, image.height, image.width),
+            compress=False,
+        )
+        extra += b" /SMask %d 0 R" % mask
+    objects.stream(number, image.data, b" " + extra, compress=False)
+    return number
 
 
-def field_text(element: Element, data: dict[str, Any]) -> str:
-    if element.field == "static":
-        return element.text
-    value = data.get(element.field)
-    if value is None or value == "":
-        return ""
-    if element.field == "completed_at":
-        value = datetime.fromtimestamp(int(value), tz=UTC).strftime(element.format)
-    return element.prefix + str(value)
+def build_static(template: CertificateTemplate, fonts: FontLibrary) -> StaticLayer:
+    objects = Objects(FIRST_STATIC_OBJECT)
+    glyph_fonts = GlyphFonts(objects, "S")
+    k = MM
+    page_w, page_h = template.page_w * k, template.page_h * k
+    ops: list[str] = []
+    xobjects: list[str] = []
+    if template.background is not None:
+        number = _image_objects(objects, template.background)
+        xobjects.append(f"/Bg {number} 0 R")
+        ops.append(f"q {num(page_w)} 0 0 {num(page_h)} 0 0 cm /Bg Do Q")
+    elif template.background_color.upper() != "#FFFFFF":
+        r, g, b = (c / 255 for c in rgb(template.background_color))
+        ops.append(f"q {num(r)} {num(g)} {num(b)} rg 0 0 {num(page_w)} {num(page_h)} re f Q")
+    border = template.border
+    if border:
+        inset, width = float(border.get("inset", 8)), float(border.get("width", 1.5))
+        rings = [(inset, width, border.get("color", "#000000"))]
+        if border.get("inner_color"):
+            rings.append(
+                (
+                    inset + float(border.get("inner_gap", 3)),
+                    float(border.get("inner_width", 0.5)),
+                    border["inner_color"],
+                )
+            )
+        for ring_inset, ring_width, color in rings:
+            if ring_width <= 0:
+                continue
+            r, g, b = (c / 255 for c in rgb(color))
+            x = ring_inset * k
+            ops.append(
+                f"q {num(r)} {num(g)} {num(b)} RG {num(ring_width * k)} w"
+                f" {num(x)} {num(x)} {num(page_w - 2 * x)} {num(page_h - 2 * x)} re S Q"
+            )
+    for index, placed in enumerate(template.images):
+        number = _image_objects(objects, placed.image)
+        xobjects.append(f"/Im{index} {number} 0 R")
+        ops.append(
+            f"q {num(placed.w * k)} 0 0 {num(placed.h * k)} {num(placed.x * k)}"
+            f" {num(page_h - (placed.y + placed.h) * k)} cm /Im{index} Do Q"
+        )
+    for element in template.elements:
+        if element.field == "static":
+            ops.append(_draw(fonts, glyph_fonts, element, clean(element.text), template))
+    content = objects.reserve()
+    glyph_fonts.write()
+    objects.stream(content, "\n".join(ops).encode())
+    return StaticLayer(
+        objects.blob(), objects.offsets, objects.next, content, glyph_fonts.resources(), " ".join(xobjects),
+        dict(glyph_fonts.written), glyph_fonts.truetype,
+    )  # fmt: skip
+
+
+def _draw(
+    fonts: FontLibrary, glyph_fonts: GlyphFonts, element: Element, text: str, template: CertificateTemplate
+) -> str:
+    block = fit(
+        fonts, text, bold=element.bold, width_mm=element.w, height_mm=element.h, size=element.size,
+        min_size=min(element.min_size, element.size),
+    )  # fmt: skip
+    return draw_block(
+        glyph_fonts, block, x_mm=element.x, y_mm=element.y, w_mm=element.w, h_mm=element.h,
+        align=element.align, color=rgb(element.color), page_h_pt=template.page_h * MM, actual_text=text,
+    )  # fmt: skip
+
+
+class StaticLayers:
+    """Static layers per template, least recently used dropped beyond ``capacity``."""
+
+    def __init__(self, capacity: int = STATIC_CACHE_SIZE) -> None:
+        self._capacity = capacity
+        self._layers: OrderedDict[int, tuple[CertificateTemplate, FontLibrary, StaticLayer]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.builds = 0
+
+    def get(self, template: CertificateTemplate, fonts: FontLibrary) -> StaticLayer:
+        key = id(template)
+        with self._lock:
+            hit = self._layers.get(key)
+            if hit is not None and hit[0] is template and hit[1] is fonts:
+                self._layers.move_to_end(key)
+                return hit[2]
+        layer = build_static(template, fonts)
+        with self._lock:
+            self.builds += 1
+            self._layers[key] = (template, fonts, layer)  # the template is held: its id stays unique
+            self._layers.move_to_end(key)
+            while len(self._layers) > self._capacity:
+                self._layers.popitem(last=False)
+        return layer
+
+
+static_layers = StaticLayers()
+
+
+def certificate_texts(template: CertificateTemplate, data: dict[str, Any], fonts: FontLibrary) -> list[str]:
+    """Each variable element's text, checked: raises CertificateDataError for a blank name or
+    course, a time outside the years 1970-9999, or characters no shipped font has."""
+    for name in REQUIRED:
+        value = clean(str(data.get(name) or ""))
+        if not any(not ch.isspace() and not is_ignorable(ch) for ch in value):  # nothing visible
+            raise CertificateDataError("invalid_certificate_data", f"{name} is blank")
+    texts = [
+        "" if element.field == "static" else clean(field_value(element, data, template))
+        for element in template.elements
+    ]
+    missing = fonts.unsupported("".join(texts))
+    if missing:
+        shown = " ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+        raise CertificateDataError(
+            "unsupported_characters", f"no font for the characters {shown}", detail=missing
+        )
+    return texts
 
 
 def render_certificate(
     template: CertificateTemplate,
     data: dict[str, Any],
     verify_url: str,
-    fonts: FontLibrary | None,
+    fonts: FontLibrary,
     *,
-    install_fonts: Callable[[FPDF, tuple[str, ...]], None] | None = None,
+    layers: StaticLayers | None = None,
 ) -> bytes:
-    """Render the PDF. ``fonts`` is the container's library; ``install_fonts`` overrides it
-    (the benchmark's baseline re-adds fonts per document)."""
-    texts = [field_text(e, data) for e in template.elements]
-    pdf = FPDF(orientation="L", unit="mm", format="A4")
-    pdf.set_auto_page_break(False)
-    pdf.set_margin(0)
-    pdf.set_creation_date(datetime.fromtimestamp(int(data.get("completed_at", 0)), tz=UTC))
-    pdf.set_title("Certificate")
-    pdf.set_producer("ManiReports Cloud Offload")
-    if fonts is None:
-        raise ValueError("the container's font library is required")
-    fallbacks = fonts.fallbacks_for(*texts)
-    if install_fonts is not None:
-        install_fonts(pdf, fallbacks)
-    else:
-        fonts.install(pdf, fallbacks)
-    pdf.add_page()
-
-    if template.background_image is not None:
-        place_image(pdf, template.background_image, x=0, y=0, w=PAGE_W, h=PAGE_H)
-    elif template.background_color.upper() != "#FFFFFF":
-        pdf.set_fill_color(*rgb(template.background_color))
-        pdf.rect(0, 0, PAGE_W, PAGE_H, style="F")
-    if template.border:
-        b = template.border
-        inset, width = float(b.get("inset", 8)), float(b.get("width", 1.5))
-        pdf.set_draw_color(*rgb(b.get("color", "#000000")))
-        pdf.set_line_width(width)
-        pdf.rect(inset, inset, PAGE_W - 2 * inset, PAGE_H - 2 * inset)
-        if b.get("inner_color"):
-            gap = inset + float(b.get("inner_gap", 3))
-            pdf.set_draw_color(*rgb(b["inner_color"]))
-            pdf.set_line_width(float(b.get("inner_width", 0.5)))
-            pdf.rect(gap, gap, PAGE_W - 2 * gap, PAGE_H - 2 * gap)
-    if template.logo_image is not None:
-        x, y, w = template.logo_box
-        place_image(pdf, template.logo_image, x=x, y=y, w=w)
-
+    """The certificate as PDF bytes (deterministic: the same input gives the same bytes)."""
+    texts = certificate_texts(template, data, fonts)
+    static = (layers or static_layers).get(template, fonts)
+    objects = Objects(static.next_number)
+    glyph_fonts = GlyphFonts(objects, "D", static.glyphs, static.truetype)
+    ops: list[str] = []
     for element, text in zip(template.elements, texts, strict=True):
-        if not text:
-            continue
-        pdf.set_text_shaping(use_shaping_engine=needs_shaping(text))
-        style = "B" if element.bold else ""
-        size = element.size
-        pdf.set_font("body", style=style, size=size)
-        while size > MIN_FONT_SIZE and pdf.get_string_width(text) > element.w:
-            size -= 1
-            pdf.set_font_size(size)
-        pdf.set_text_color(*rgb(element.color))
-        pdf.set_xy(element.x, element.y)
-        pdf.cell(element.w, element.h, text, align=element.align)
-
+        if text:
+            ops.append(_draw(fonts, glyph_fonts, element, text, template))
     if template.qr:
-        draw_qr(pdf, verify_url, float(template.qr["x"]), float(template.qr["y"]), float(template.qr["size"]))
-    return bytes(pdf.output())
+        qr = template.qr
+        ops.append(qr_ops(verify_url, float(qr["x"]), float(qr["y"]), float(qr["size"]), template.page_h))
+    content = objects.reserve()
+    glyph_fonts.write()
+    glyph_fonts.write_truetype()
+    objects.stream(content, "\n".join(ops).encode())
+    font_resources = f"{static.fonts} {glyph_fonts.resources()} {glyph_fonts.truetype_resources()}".strip()
+    media = f"[0 0 {num(template.page_w * MM)} {num(template.page_h * MM)}]"
+    page = (
+        f"<< /Type /Page /Parent 2 0 R /MediaBox {media}"
+        f" /Resources << /Font << {font_resources} >> /XObject << {static.xobjects} >> >>"
+        f" /Contents [{static.content} 0 R {content} 0 R] >>"
+    ).encode()
+    stamp = min(max(int(data.get("completed_at", 0)), 0), MAX_TIMESTAMP)
+    created = datetime.fromtimestamp(stamp, tz=UTC).strftime("D:%Y%m%d%H%M%SZ")
+    info = (
+        b"<< /Title (Certificate) /Producer (ManiReports Cloud Offload)"
+        + b" /CreationDate (" + created.encode() + b") >>"
+    )  # fmt: skip
+    return assemble(static.blob, static.offsets, objects, page=page, info=info)

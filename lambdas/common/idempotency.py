@@ -378,6 +378,10 @@ class IdempotencyStore:
         item.update(attributes)
         self._db.put_item(TableName=self._table, Item=item)
 
+    def put_record(self, key: str, attributes: dict[str, Any]) -> None:
+        """An item without ``expiration``: the table's TTL never removes it (verify records)."""
+        self._db.put_item(TableName=self._table, Item={"id": {"S": key}, **attributes})
+
     def get_item(self, key: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = self._db.get_item(TableName=self._table, Key={"id": {"S": key}}).get(
             "Item"

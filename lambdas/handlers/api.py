@@ -19,6 +19,8 @@ from lambdas.results.intake import Answer, Intake
 from offload_contract.signing import Verifier
 
 app = APIGatewayRestResolver()
+#: The verify page loads nothing: no scripts, no images, only its inline style.
+PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 
 @cache
@@ -56,8 +58,31 @@ def submit_batch() -> Response[Any]:
     return _respond(answer)
 
 
+def wants_html() -> bool:
+    """Browsers (a scanned QR code) get the page; ``?format=json`` or a JSON Accept get JSON."""
+    event = app.current_event
+    fmt = (event.query_string_parameters or {}).get("format")
+    if fmt in ("json", "html"):
+        return fmt == "html"
+    accept = (event.headers or {}).get("accept") or (event.headers or {}).get("Accept") or ""
+    return "text/html" in accept
+
+
 @app.get("/v1/certificates/verify/<code>")
 def verify_certificate(code: str) -> Response[Any]:
+    if wants_html():
+        headers = app.current_event.headers or {}
+        language = headers.get("accept-language") or headers.get("Accept-Language") or ""
+        status, html = intake().verify_page(code, language)
+        return Response(
+            status_code=status,
+            content_type="text/html; charset=utf-8",
+            body=html,
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            },
+        )
     return _respond(intake().verify_certificate(code))
 
 

@@ -3,7 +3,9 @@
 * ``POST /v1/batches``: a signed contract envelope holding an email_batch or certificate_batch.
   The signature (docs/callback-auth.md) names the company; the batch must belong to it. Valid
   batches go to the jobs or certificates queue unchanged.
-* ``GET /v1/certificates/verify/{code}``: public verification of a certificate code.
+* ``GET /v1/certificates/verify/{code}``: public verification of a certificate code: an HTML page
+  in the learner's language for browsers (the QR code), JSON for ``Accept: application/json``
+  or ``?format=json``; a revoked certificate answers ``valid: false`` with ``revoked_at``.
 * ``POST /v1/unsubscribe/{token}``: RFC 8058 one-click unsubscribe; records the token.
 """
 
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lambdas.certificates import verification
 from lambdas.common.idempotency import IdempotencyStore
 from offload_contract import ContractError, decode_message, encode_message, validate
 from offload_contract.limits import SQS_HEADROOM_BYTES, SQS_MAX_MESSAGE_BYTES
@@ -69,16 +72,12 @@ class Intake:
         item = self.store.get_item(f"cert#{code}")
         if item is None:
             return Answer(404, {"valid": False})
-        return Answer(
-            200,
-            {
-                "valid": True,
-                "code": code,
-                "learner_name": item["learner_name"]["S"],
-                "course_name": item["course_name"]["S"],
-                "completed_at": int(item["completed_at"]["N"]),
-            },
-        )
+        return Answer(200, verification.facts(code, item))
+
+    def verify_page(self, code: str, accept_language: str = "") -> tuple[int, str]:
+        """The human verify page (HTML) and its status: 200 valid or revoked, 404 unknown."""
+        item = self.store.get_item(f"cert#{code}") if CODE.match(code) else None
+        return (404 if item is None else 200), verification.page(code, item, accept_language)
 
     def unsubscribe(self, token: str) -> Answer:
         if not TOKEN.match(token):

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
-from moodle_bridge.commands.company_checks import company_exists, sender_verified, worker_can_send
+from moodle_bridge.commands.company_checks import company_exists, sender_verified
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.results.iomad_link import AdapterQueue
@@ -20,6 +20,7 @@ from moodle_bridge.results.job_control import CancelReport, cancel_open_jobs
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
+from moodle_bridge.transports.capabilities import worker_check
 
 
 def _stop_jobs(
@@ -116,6 +117,21 @@ def _line(s: CompanySettings, global_on: bool) -> str:
     )
 
 
+def cloudflare_refusal(settings: CompanySettings, config: BridgeConfig) -> str | None:
+    """One line when the company would route a job type to a Worker that cannot process it."""
+    if settings.provider != "cloudflare" or not settings.cloudenabled:
+        return None
+    wanted = [
+        t for t, on in (("email", settings.allowemail), ("certificate", settings.allowcertificates)) if on
+    ]
+    check = worker_check(config)
+    for job_type in wanted:
+        line = check(settings.companyid, job_type)
+        if line is not None:
+            return f"{line}; not saved (turn {job_type} jobs off for this company, or use --provider aws)"
+    return None
+
+
 def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     try:
@@ -187,10 +203,9 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
             exists = company_exists(conn, config, args.companyid)
             if exists.problem:
                 return fail(exists.problem)
-            if changes.get("provider") == "cloudflare":
-                worker = worker_can_send(config)
-                if worker.problem:
-                    return fail(worker.problem)
+            refused = cloudflare_refusal(updated, config)
+            if refused:
+                return fail(refused)
             if changes.get("senderaddress") and updated.provider == "aws":
                 checked = sender_verified(config, str(changes["senderaddress"]))
                 if checked.problem:

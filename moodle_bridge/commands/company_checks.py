@@ -1,9 +1,9 @@
-"""What ``company set`` checks before it saves: the company exists in IOMAD, SES may send from
-the sender address, and the Worker can send mail before a company is routed to Cloudflare.
+"""What ``company set`` checks before it saves: the company exists in IOMAD, and SES may send
+from the sender address. (Whether the Cloudflare Worker can take a job type is asked by
+``transports.capabilities``.)
 
-Each check answers ``None`` (fine), or one line saying what is wrong and what to do. A check
-that cannot reach its service says so in a note and does not block (SES), or blocks (the
-Worker: routing mail to a provider that cannot send holds the mail until cancelled by hand).
+Each check answers a ``Check``: a ``problem`` line saying what is wrong and what to do (the
+command refuses), or a ``note`` when SES could not be asked (the command goes on and says so).
 """
 
 from __future__ import annotations
@@ -11,16 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
-
-#: The Worker's capability document (served by the Worker; docs/cloudflare.md): JSON with a
-#: boolean ``email`` that is true once the Worker can send mail.
-CAPABILITIES_PATH = "/v1/capabilities"
 
 
 @dataclass(frozen=True)
@@ -89,35 +84,4 @@ def sender_verified(config: BridgeConfig, address: str, *, ses: Any = None) -> C
     return Check(
         f"SES has not verified {address} or {domain} in {config.aws.region}: verify the address or its "
         "domain in SES (docs/AWS_SETUP.md), then run this command again"
-    )
-
-
-def worker_can_send(config: BridgeConfig, *, client: httpx.Client | None = None) -> Check:
-    """``--provider cloudflare`` only when the Worker says it can send mail."""
-    intake = config.cloudflare.intake_url
-    if not intake:
-        return Check(
-            "no Cloudflare Worker is configured (cloudflare.intake_url): this company stays on aws. "
-            "Fix: deploy the Worker and set cloudflare.intake_url first"
-        )
-    base = intake.split("/v1/", 1)[0].rstrip("/")
-    try:
-        http = client or httpx.Client(timeout=5)
-        try:
-            response = http.get(base + CAPABILITIES_PATH)
-        finally:
-            if client is None:
-                http.close()
-        document = response.json() if response.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError) as exc:
-        return Check(
-            f"the Cloudflare Worker did not answer {CAPABILITIES_PATH} ({type(exc).__name__}): this company "
-            "stays on aws. Fix: check cloudflare.intake_url and the Worker's deployment"
-        )
-    if isinstance(document, dict) and document.get("email") is True:
-        return Check()
-    return Check(
-        "the Cloudflare Worker cannot send mail yet (its capabilities do not include email): this "
-        "company stays on aws, so no mail is held. Fix: deploy a Worker that can send, then run this "
-        "command again"
     )

@@ -37,6 +37,7 @@ from moodle_bridge.sources.iomad.addresses import address_problem
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
+from moodle_bridge.transports.capabilities import worker_check
 from offload_contract.limits import QueueLimits
 
 _RESERVED = {"email", "name", "fullname", "userid"}
@@ -226,6 +227,10 @@ def create_list_job(
             )
         if settings is None:  # decide() never offloads without settings; keeps mypy informed
             return f"company {companyid} has no settings"
+        if settings.provider == "cloudflare":
+            refused = worker_check(config)(companyid, "list")
+            if refused:
+                return f"{refused}; the list is not submitted"
         template_json = json.dumps({"subject": subject, "html": html, "text": text or ""})
         jobid = repo.create_job(
             conn,

@@ -38,6 +38,7 @@ from moodle_bridge.storage.database import (
 )
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
+from moodle_bridge.transports.capabilities import WorkerCheck
 from moodle_bridge.transports.cloud_records import cloud_records_from_config
 from moodle_bridge.transports.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
 
@@ -121,6 +122,12 @@ def reconcile_context(ctx: TickContext) -> ReconcileContext:
     sqs = None
     if config.aws.results_queue_url or config.aws.results_dlq_url:
         sqs = boto3.client("sqs", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None)
+    worker = ctx.submitters.get("worker")
+    companies: tuple[int, ...] = ()
+    if isinstance(worker, WorkerSubmitter):
+        with ctx.engine.connect() as conn:
+            settings = ctx.repo.all_settings(conn)
+        companies = tuple(sorted(cid for cid, s in settings.items() if s.provider == "cloudflare"))
     return ReconcileContext(
         engine=ctx.engine,
         tables=ctx.repo.t,
@@ -128,6 +135,8 @@ def reconcile_context(ctx: TickContext) -> ReconcileContext:
         sqs=sqs,
         iomad_queue=link,
         cloud=cloud_records_from_config(config),
+        worker=worker if companies else None,
+        worker_companies=companies,
     )
 
 
@@ -198,7 +207,10 @@ def run_tick(
     targets = submitters if submitters is not None else build_submitters(config)
     if claim and iomad is not None:
         claimer = claim_pass_factory(engine, repo, iomad, config, box=box)
+        worker = targets.get("worker")
+        claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
+        report.notes.extend(report.claim.refusals)
     outbox = Outbox(
         engine,
         repo,

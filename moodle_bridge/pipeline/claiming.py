@@ -34,7 +34,7 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.batching import JobHeader, email_content_key, reference_for, rendered_content
 from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
 from moodle_bridge.pipeline.outbox import BuildError, job_header_for
-from moodle_bridge.pipeline.routing import CompanySettings, could_offload, decide
+from moodle_bridge.pipeline.routing import CompanySettings, Decision, could_offload, decide
 from moodle_bridge.sources.iomad.completions import COMPLETION_TEMPLATE, CourseCompletion, select_completions
 from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
 from moodle_bridge.sources.iomad.passwords import (
@@ -98,6 +98,8 @@ class ClaimReport:
     #: rows given back to IOMAD at once because no recipient fitted the queue (fallback on)
     restored_too_large: int = 0
     decisions: dict[str, str] = field(default_factory=dict)
+    #: one line per (company, job type) the Cloudflare Worker cannot process (rows stay with IOMAD)
+    refusals: list[str] = field(default_factory=list)
 
 
 def _dedupe(emailid: int, role: str, address: str) -> str:
@@ -126,6 +128,9 @@ class ClaimPass:
         self.lock_timeout = lock_timeout
         #: Test hook: called inside the chunk transaction after parking (fault injection).
         self.after_park = after_park
+        #: (company id, job type) -> why the Cloudflare Worker cannot take it, or None. Set by
+        #: the tick; without it companies on the Cloudflare provider are routed unchecked.
+        self.worker_check: Callable[[int, str], str | None] | None = None
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -188,6 +193,15 @@ class ClaimPass:
             for cid in settings
             for jt in ("email", "certificate")
         }
+        if self.worker_check is not None:
+            # Never park a row for a Worker that cannot process it: it would be accepted and never sent.
+            for (cid, jt), decision in list(decisions.items()):
+                s = settings.get(cid)
+                if decision.offload and counts[(cid, jt)] and s is not None and s.provider == "cloudflare":
+                    line = self.worker_check(cid, jt)
+                    if line is not None:
+                        decisions[(cid, jt)] = Decision(False, "worker_cannot_process")
+                        report.refusals.append(f"{line}; {jt} jobs stay with IOMAD")
         report.decisions = {
             f"{cid}:{jt}": d.reason for (cid, jt), d in decisions.items() if counts[(cid, jt)]
         }

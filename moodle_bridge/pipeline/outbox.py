@@ -31,6 +31,7 @@ from moodle_bridge.pipeline.batching import (
     template_content,
 )
 from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.pipeline.worker_templates import WorkerTemplateError, render_entries
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
@@ -275,6 +276,11 @@ class Outbox:
             )
             for r in recipients
         ]
+        if str(job.provider) == "cloudflare":
+            try:
+                contents = render_entries(contents, entries)
+            except WorkerTemplateError as exc:
+                raise BuildError(str(exc)) from None
         limits = QueueLimits.for_provider(str(job.provider), self.config.submit.max_recipients)
         body = encode_batch(header, batch.batchkey, contents, entries)
         if len(body) > limits.max_bytes:

@@ -71,6 +71,7 @@ from moodle_bridge.transports.cloud_records import (
     SendRecord,
     cloud_records_from_config,
 )
+from moodle_bridge.transports.targets import SubmitError
 from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message
 from offload_contract.signing import SignatureError, parse_key_id
@@ -99,6 +100,9 @@ class ReconcileContext:
     max_messages: int = MAX_MESSAGES_PER_TICK
     #: The sender's records (``aws.idempotency_table``); None: the cloud cannot be asked or told.
     cloud: CloudRecords | None = None
+    #: The Cloudflare Worker (``WorkerSubmitter``): results it kept are pulled for these companies.
+    worker: Any = None
+    worker_companies: tuple[int, ...] = ()
 
 
 @dataclass
@@ -260,6 +264,73 @@ def drain_results(ctx: ReconcileContext, report: ReconcileReport) -> None:
         for message in messages:
             _handle_message(ctx, url, message, report)
             handled += 1
+
+
+def _apply_pulled(ctx: ReconcileContext, company_id: int, batch: Any, report: ReconcileReport) -> bool:
+    """Ingest one result_batch pulled from the Worker; False when it must be pulled again."""
+    now = int(ctx.clock())
+    try:
+        validate("result_batch", batch)
+    except ContractError as exc:
+        log.warning("worker result moved aside: contract: %s: %s", exc.path, exc.reason)
+        report.messages_quarantined += 1
+        return True
+    if int(batch["company_id"]) != company_id:  # the Worker answered another company's batch
+        log.warning("worker result moved aside: company_mismatch")
+        report.messages_quarantined += 1
+        return True
+    try:
+        with ctx.engine.begin() as conn:
+            outcome = ingest_result_batch(
+                conn, ctx.tables, batch, company_id=company_id, now=now, actor=ACTOR, queue=ctx.iomad_queue
+            )
+    except ScopeError as exc:
+        log.warning("worker result moved aside: %s", exc.code)
+        report.messages_quarantined += 1
+        return True
+    except (ConcurrentChange, sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+        log.info("worker result deferred (%s)", type(exc).__name__)
+        report.messages_deferred += 1
+        return False
+    if outcome.duplicate_report:
+        report.messages_duplicate += 1
+    else:
+        report.messages_applied += 1
+        report.results_applied += outcome.applied
+    return True
+
+
+def drain_worker_results(ctx: ReconcileContext, report: ReconcileReport) -> None:
+    """Pull what the Worker kept (pull mode, or callbacks that never got through), per company.
+
+    Each page is acknowledged on the next request, after its results are committed; a result
+    that must be retried stops the company's drain there, so it is pulled again next tick.
+    """
+    if ctx.worker is None:
+        return
+    for company_id in ctx.worker_companies:
+        handled, ack = 0, None
+        while handled < ctx.max_messages:
+            try:
+                page = ctx.worker.pull_results(company_id, ack)
+            except SubmitError as exc:
+                log.warning("could not pull results from the Worker for company %s: %s", company_id, exc)
+                break
+            entries = page.get("entries") or []
+            if not entries:
+                break
+            done_through = None
+            for entry in entries:
+                if not _apply_pulled(ctx, company_id, entry.get("result_batch"), report):
+                    break
+                done_through = int(entry["seq"])
+                handled += 1
+            if done_through is None:
+                break
+            ack = done_through
+            if len(entries) and done_through != int(entries[-1]["seq"]):
+                ctx.worker.pull_results(company_id, ack, 1)
+                break
 
 
 def flag_overdue(ctx: ReconcileContext, conn: sa.Connection, now: int) -> list[int]:
@@ -481,6 +552,11 @@ def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
     except Exception as exc:
         log.warning("reconcile: draining results failed: %s", type(exc).__name__)
         report.errors.append(_step_error("draining results", exc))
+    try:
+        drain_worker_results(ctx, report)
+    except Exception as exc:
+        log.warning("reconcile: pulling the Worker's results failed: %s", type(exc).__name__)
+        report.errors.append(_step_error("pulling the Worker's results", exc))
     now = int(ctx.clock())
     try:
         signalled = signal_cancels(ctx.engine, ctx.tables, ctx.cloud, now=now)

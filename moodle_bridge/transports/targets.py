@@ -18,6 +18,7 @@ import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
+from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message, encode_message
 from offload_contract.limits import CONTRACT_VERSION
 from offload_contract.signing import derive_company_key, make_key_id, sign_request
@@ -146,10 +147,95 @@ class _SignedHttpsSubmitter:
         return str(message_id or batch_id)
 
 
+#: The Worker's routes under its base URL (cloudflare/src/routes.js).
+WORKER_INTAKE_PATH = "/v1/batches"
+WORKER_CAPABILITIES_PATH = "/v1/capabilities"
+WORKER_PULL_PATH = "/v1/results/pull"
+
+
+def worker_base_url(url: str) -> str:
+    """The Worker's base URL from what the operator gave: the base itself or its intake URL."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError("the Cloudflare Worker URL must be an http(s) URL, e.g. https://offload.example.org")
+    path = parts.path.rstrip("/")
+    if path.endswith(WORKER_INTAKE_PATH):
+        path = path[: -len(WORKER_INTAKE_PATH)]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
 class WorkerSubmitter(_SignedHttpsSubmitter):
-    """The Cloudflare Worker's HTTPS intake (signed with the contract's HMAC headers)."""
+    """The Cloudflare Worker: its HTTPS intake, its capabilities and its results pull route.
+
+    ``url`` may be the Worker's base URL (what docs/cloudflare.md asks for) or its intake URL;
+    every request is signed with the company key of the current key set.
+    """
 
     target = "worker"
+
+    def __init__(
+        self,
+        url: str,
+        keyset: str,
+        root_secret: bytes,
+        *,
+        client: httpx.Client | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        self.base_url = worker_base_url(url)
+        super().__init__(
+            self.base_url + WORKER_INTAKE_PATH, keyset, root_secret, client=client, timeout=timeout
+        )
+
+    def _signed(self, method: str, path: str, company_id: int, body: bytes) -> httpx.Response:
+        full_path = urlsplit(self.base_url).path + path
+        headers = sign_request(
+            derive_company_key(self._root, company_id),
+            make_key_id(self._keyset, company_id),
+            method,
+            full_path,
+            body,
+        )
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            return self._client.request(method, self.base_url + path, content=body or None, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SubmitError(f"worker: {type(exc).__name__}") from None
+
+    def _json(self, response: httpx.Response, what: str) -> Any:
+        if response.status_code != 200:
+            code = ""
+            try:
+                answer = response.json()
+                code = f" {answer.get('error')}" if isinstance(answer, dict) and answer.get("error") else ""
+            except ValueError:
+                pass
+            retryable = response.status_code in (408, 425, 429) or response.status_code >= 500
+            raise SubmitError(f"worker {what}: HTTP {response.status_code}{code}", retryable=retryable)
+        try:
+            return response.json()
+        except ValueError:
+            raise SubmitError(f"worker {what}: the answer is not JSON") from None
+
+    def capabilities(self, company_id: int) -> dict[str, Any]:
+        """What the deployed Worker can process for ``company_id`` (contract ``capabilities``)."""
+        answer = self._json(self._signed("GET", WORKER_CAPABILITIES_PATH, company_id, b""), "capabilities")
+        try:
+            validate("capabilities", answer)
+        except ContractError as exc:
+            raise SubmitError(f"worker capabilities: {exc}", retryable=False) from None
+        return dict(answer)
+
+    def pull_results(
+        self, company_id: int, ack_through: int | None, max_entries: int = 100
+    ) -> dict[str, Any]:
+        """Acknowledge what is committed (``ack_through``) and fetch the next kept result batches."""
+        body = encode_message({"ack_through": ack_through, "max": max_entries})
+        answer = self._json(self._signed("POST", WORKER_PULL_PATH, company_id, body), "results pull")
+        if not isinstance(answer, dict) or not isinstance(answer.get("entries"), list):
+            raise SubmitError("worker results pull: unexpected answer", retryable=False)
+        return dict(answer)
 
 
 class ApiGatewaySubmitter(_SignedHttpsSubmitter):

@@ -55,9 +55,9 @@ def test_company_command_sets_shows_and_audits(tmp_path, monkeypatch, capsys) ->
     IomadWorld.create(world_engine).add_company(7)  # company set refuses companies IOMAD lacks
     world_engine.dispose()
     assert main(["migrate"]) == 0
-    # The Worker cannot send yet (none is configured): refused with one line, nothing saved.
+    # No Worker is configured: refused with one line, nothing saved.
     assert main(["company", "set", "7", "--cloud", "on", "--provider", "cloudflare"]) == 1
-    assert "no Cloudflare Worker is configured" in capsys.readouterr().err
+    assert "Cloudflare Worker URL is not configured" in capsys.readouterr().err
     assert (
         main(
             [

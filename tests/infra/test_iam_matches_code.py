@@ -57,7 +57,7 @@ TRANSACT_ITEM_ACTION = {
 #: Reachable in a handler's import graph, never executed by that handler (action: reason).
 NOT_EXECUTED: dict[str, dict[str, str]] = {
     "certificate_renderer": {
-        "dynamodb:GetItem": "the renderer only writes cert# items (IdempotencyStore.put_item)",
+        "dynamodb:GetItem": "the renderer only writes cert# items (IdempotencyStore.put_record)",
         "dynamodb:BatchGetItem": "the recipient look-up before sending is the sender's",
         "dynamodb:BatchWriteItem": "send claims are the sender's",
         "dynamodb:DeleteItem": "send claims are the sender's",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -13,8 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
-from lambdas.certificates.fonts import FONT_FILES, FontLibrary, font_library
-from lambdas.certificates.renderer import render_certificate
+from lambdas.certificates.fonts import font_library
+from lambdas.certificates.renderer import StaticLayers, render_certificate
 from lambdas.certificates.template import default_template
 from lambdas.handlers import certificate_renderer, email_sender
 from offload_contract import encode_message
@@ -164,20 +165,22 @@ def test_company_template_from_s3_with_background_and_logo(aws: Aws, handlers, t
 
 def test_each_script_finds_its_font() -> None:
     library = font_library()
-    assert library.fallbacks_for("Zoë Ørsted-Łukasiewicz, Żółć") == ()
-    assert library.fallbacks_for("Nguyễn", "Ελένη", "Жанна") == ("ext",)
-    assert library.fallbacks_for("محمد", "שרה") == ("rtl",)
-    assert library.fallbacks_for("李小龍", "さくら") == ("cjk",)
+    assert [f for f, _ in library.itemize("Zoë Ørsted-Łukasiewicz, Żółć")] == ["latin"]
+    assert [f for f, _ in library.itemize("Nguyễn Ελένη Жанна")] == ["latin"]
+    assert [f for f, _ in library.itemize("محمد שרה")] == ["arabic", "hebrew"]
+    assert [f for f, _ in library.itemize("李小龍 さくら 김민준")] == ["cjk"]
+    assert [f for f, _ in library.itemize("अनुराग ராம் สมชาย")] == ["devanagari", "tamil", "thai"]
 
 
-def test_fonts_are_parsed_once_and_reused_across_documents() -> None:
-    library = FontLibrary()
+def test_static_layer_is_built_once_per_template_and_output_is_deterministic() -> None:
+    library = font_library()
+    layers = StaticLayers()
     template = default_template()
     outputs = [
-        render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library)
+        render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library, layers=layers)
         for name in NAMES * 2
     ]
-    assert library.parses == len(FONT_FILES)  # once per font file, not per document
+    assert layers.builds == 1  # once per template, not per document
     assert all(out.startswith(b"%PDF-") for out in outputs)
     assert outputs[0] == outputs[4]  # deterministic: a re-render stores the same bytes
 
@@ -190,12 +193,11 @@ def test_rendered_page_is_not_blank_and_the_name_is_where_the_template_puts_it(
     template = default_template()
     library = font_library()
     element = next(e for e in template.elements if e.field == "learner_name")
+    no_name = dataclasses.replace(template, elements=tuple(e for e in template.elements if e is not element))
     with_name = to_png(
         render_certificate(template, dict(DATA, learner_name=name), "https://v/x", library), tmp_path, "a"
     )
-    without = to_png(
-        render_certificate(template, dict(DATA, learner_name=""), "https://v/x", library), tmp_path, "b"
-    )
+    without = to_png(render_certificate(no_name, DATA, "https://v/x", library), tmp_path, "b")
     dark = sum(with_name.histogram()[:128])
     assert dark > 2_000  # border, title, texts and QR: not a blank page
     diff = ImageChops.difference(with_name, without).point(lambda p: 255 if p > 64 else 0)

@@ -30,6 +30,7 @@ from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadTables, det
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.campaign_repo import CampaignRepo
+from moodle_bridge.transports.capabilities import worker_check
 from offload_contract.limits import QueueLimits
 
 
@@ -171,6 +172,10 @@ def run_campaign(
                 f"company {companyid} is not routed to the cloud for email ({decision.reason}); "
                 "see `moodle-offload company show`"
             )
+        if settings.provider == "cloudflare":
+            refused = worker_check(config)(companyid, "campaign")
+            if refused:
+                raise CampaignError(f"{refused}; the campaign does not run")
         managers = (
             managers_of(conn, moodle, iomad, companyid, [m.userid for m in members])
             if rule.recipients != "user"

@@ -1,0 +1,137 @@
+// The Worker's routes besides the intake (docs/cloudflare.md, "Routes"):
+//
+//   GET  /v1/capabilities              signed (company key): what this Worker can process
+//   POST /v1/results/pull              signed: results kept for the bridge (pull mode, DLQ)
+//   POST /v1/events/ses                SES events via an EventBridge API destination (bearer token)
+//   POST /v1/events/sendgrid           SendGrid Event Webhook (ECDSA signature)
+//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS
+//   GET  /v1/certificates/verify/{code} public: as on AWS (404 until the Worker renders certificates)
+
+import { validate } from "./contract.js";
+import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
+import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
+import { ProviderConfigError, buildProvider, providerRouting } from "./providers.js";
+import { PULL_PATH, pullResults } from "./results.js";
+import { constantTimeEqual } from "./signing.js";
+
+export const CAPABILITIES_PATH = "/v1/capabilities";
+const TOKEN = /^[A-Za-z0-9_-]{16,256}$/;
+const CODE = /^[A-Z0-9]{8,32}$/;
+const EVENT_BODY_LIMIT = 1_048_576;
+
+/** What this deployment can process for `companyId` (contract message "capabilities"). */
+export function capabilities(env, companyId, processors) {
+  const routing = providerRouting(env);
+  // A provider this deployment cannot build (a missing secret or binding) is not offered.
+  const usable = (name) => {
+    if (name === null) return null;
+    try {
+      buildProvider(name, env);
+      return name;
+    } catch (error) {
+      if (error instanceof ProviderConfigError) return null;
+      throw error;
+    }
+  };
+  const transactional = usable(routing.pick("transactional", companyId));
+  const campaign = usable(routing.pick("campaign", companyId));
+  const answer = {
+    type: "capabilities",
+    contract_version: 1,
+    message_types: [...processors.keys()].filter((t) => t === "email_batch" || t === "certificate_batch"),
+    email: {
+      // jinja2 cannot run in workerd: the bridge renders list templates for the Cloudflare path.
+      content_kinds: ["rendered", "reference"],
+      categories: [...(transactional ? ["transactional"] : []), ...(campaign ? ["campaign"] : [])],
+      attachments: false,
+      providers: { transactional, campaign },
+    },
+    results: { mode: env.RESULTS_MODE === "pull" ? "pull" : "push", pull_path: PULL_PATH },
+  };
+  validate("capabilities", answer);
+  return answer;
+}
+
+function publicRecords(env) {
+  return env.PUBLIC_RECORDS.get(env.PUBLIC_RECORDS.idFromName("public"));
+}
+
+async function readLimited(request, limit) {
+  const declared = Number(request.headers.get("content-length") ?? "0");
+  if (declared > limit) throw new IntakeError(413, "body_too_large", `request bodies are limited to ${limit} bytes`);
+  const body = new Uint8Array(await request.arrayBuffer());
+  if (body.byteLength > limit) throw new IntakeError(413, "body_too_large", `request bodies are limited to ${limit} bytes`);
+  return body;
+}
+
+const methodNotAllowed = (allow) => jsonResponse(405, { error: "method_not_allowed", message: `use ${allow}` }, { allow });
+
+/** Answer `request` if it is one of these routes, else null. */
+export async function handleRoute(request, env, { processors } = {}) {
+  const { pathname } = new URL(request.url);
+  try {
+    if (pathname === CAPABILITIES_PATH) {
+      if (request.method !== "GET") return methodNotAllowed("GET");
+      const { verified } = await readSignedRequest(request, env, 0);
+      return jsonResponse(200, capabilities(env, verified.companyId, processors ?? new Map()));
+    }
+    if (pathname === PULL_PATH) {
+      if (request.method !== "POST") return methodNotAllowed("POST");
+      const { verified, body } = await readSignedRequest(request, env);
+      const ask = parseJson(body);
+      if (!ask || typeof ask !== "object" || Array.isArray(ask)) {
+        throw new IntakeError(400, "bad_request", "the body must be a JSON object");
+      }
+      const answer = await pullResults(env, verified.companyId, ask);
+      return jsonResponse(answer.status, answer.body);
+    }
+    if (pathname === "/v1/events/ses") {
+      if (request.method !== "POST") return methodNotAllowed("POST");
+      const expected = env.SES_EVENTS_TOKEN;
+      const given = (request.headers.get("authorization") ?? "").replace(/^Bearer\s+/i, "");
+      if (!expected || !given || !constantTimeEqual(given, expected)) {
+        return jsonResponse(401, { error: "unauthorized", message: "a valid bearer token is required" });
+      }
+      const parsed = parseJson(await readLimited(request, EVENT_BODY_LIMIT));
+      const events = (Array.isArray(parsed) ? parsed : [parsed]).map(normaliseSesEvent);
+      const counts = await applyEvents(env, events);
+      return jsonResponse(200, counts);
+    }
+    if (pathname === "/v1/events/sendgrid") {
+      if (request.method !== "POST") return methodNotAllowed("POST");
+      const body = await readLimited(request, EVENT_BODY_LIMIT);
+      if (!(await verifySendgridSignature(env.SENDGRID_WEBHOOK_PUBLIC_KEY, request.headers, body))) {
+        return jsonResponse(401, { error: "bad_signature", message: "the Event Webhook signature does not verify" });
+      }
+      const parsed = parseJson(body);
+      if (!Array.isArray(parsed)) throw new IntakeError(400, "bad_request", "the Event Webhook posts a JSON array");
+      const counts = await applyEvents(env, parsed.map(normaliseSendgridEvent));
+      return jsonResponse(200, counts);
+    }
+    const unsubscribe = /^\/v1\/unsubscribe\/([^/]+)$/.exec(pathname);
+    if (unsubscribe) {
+      if (request.method !== "POST") return methodNotAllowed("POST");
+      const token = unsubscribe[1];
+      if (!TOKEN.test(token)) return jsonResponse(404, { error: "unknown_token" });
+      await publicRecords(env).unsubscribe(token);
+      return jsonResponse(200, { unsubscribed: true });
+    }
+    const verify = /^\/v1\/certificates\/verify\/([^/]+)$/.exec(pathname);
+    if (verify) {
+      if (request.method !== "GET") return methodNotAllowed("GET");
+      const code = verify[1];
+      const record = CODE.test(code) ? await publicRecords(env).certificate(code) : null;
+      if (!record) return jsonResponse(404, { valid: false });
+      return jsonResponse(200, {
+        valid: true,
+        code,
+        learner_name: record.learner_name,
+        course_name: record.course_name,
+        completed_at: record.completed_at,
+      });
+    }
+    return null;
+  } catch (error) {
+    return routeErrorResponse(error);
+  }
+}

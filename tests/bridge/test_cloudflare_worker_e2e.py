@@ -1,0 +1,216 @@
+"""The bridge against the real Worker under ``wrangler dev --local`` (workerd + Miniflare).
+
+Queues, R2 and Durable Objects are Miniflare's; mail goes through Miniflare's own
+``send_email`` binding (Cloudflare Email Service), which logs every message it is handed, so
+the test can count what each recipient was sent. Results come back by the signed pull route.
+Nothing reaches the network: wrangler runs with telemetry off and local bindings only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import sqlalchemy as sa
+
+from demo.wrangler_dev import WorkerDev, WranglerUnavailable, wrangler_dev
+from moodle_bridge.cli import main
+from moodle_bridge.commands.tick import build_submitters, run_tick
+from moodle_bridge.config import CloudflareConfig, KeysConfig
+from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from moodle_bridge.transports.capabilities import WorkerCheck
+from moodle_bridge.transports.targets import WorkerSubmitter, worker_base_url
+from offload_contract import validate
+from offload_contract.signing import decode_root_secret, generate_root_secret
+from tests.bridge.conftest import make_config
+from tests.bridge.iomad_world import IomadWorld
+
+pytestmark = pytest.mark.workerd
+
+T = build_bridge_tables("mdl_")
+ROOT = generate_root_secret()
+KEYS = KeysConfig(current="k1", keysets={"k1": ROOT})
+
+
+@pytest.fixture
+def db_engine_name() -> str:
+    """One engine is enough here: the Worker is what is under test."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def worker_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerDev]:
+    keysets = {"current": "k1", "keysets": {"k1": ROOT}}
+    try:
+        with wrangler_dev(tmp_path_factory.mktemp("wrangler"), keysets, {"RESULTS_MODE": "pull"}) as dev:
+            yield dev
+    except WranglerUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes") or "did not start" in str(exc):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def test_base_url_and_intake_url_both_reach_the_intake() -> None:
+    assert worker_base_url("https://offload.example.org/") == "https://offload.example.org"
+    assert worker_base_url("https://offload.example.org/v1/batches") == "https://offload.example.org"
+    assert worker_base_url("https://example.org/mrco/") == "https://example.org/mrco"
+    with pytest.raises(ValueError, match="http"):
+        worker_base_url("offload.example.org")
+
+
+def test_capabilities_are_signed_and_answered_by_the_worker(worker_dev: WorkerDev) -> None:
+    worker = WorkerSubmitter(worker_dev.base_url, "k1", decode_root_secret(ROOT))
+    answer = worker.capabilities(7)
+    validate("capabilities", answer)
+    assert answer["message_types"] == ["email_batch"]
+    assert answer["results"]["mode"] == "pull"
+    check = WorkerCheck(worker)
+    assert check(7, "email") is None
+    assert check(7, "certificate") == (
+        "company 7: the Cloudflare Worker does not process certificate jobs (certificate_batch); "
+        "it processes email_batch"
+    )
+    stranger = WorkerSubmitter(worker_dev.base_url, "k1", decode_root_secret(generate_root_secret()))
+    assert "HTTP 401 bad_signature" in (WorkerCheck(stranger)(7, "email") or "")
+
+
+def test_company_set_refuses_what_the_worker_cannot_process(
+    worker_dev: WorkerDev, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("MRCO_DATABASE_URL", f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    monkeypatch.setenv("MRCO_KEYSETS", f"k1={ROOT}")
+    monkeypatch.setenv("MRCO_KEYSET_CURRENT", "k1")
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate"]) == 0
+    capsys.readouterr()
+    argv = ["company", "set", "7", "--cloud", "on", "--provider", "cloudflare", "--certificates", "on"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "URL is not configured" in err[0]
+    monkeypatch.setenv("MRCO_CLOUDFLARE_INTAKE_URL", worker_dev.base_url)
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "company 7: the Cloudflare Worker does not process certificate jobs (certificate_batch)" in line
+    assert line.endswith("not saved (turn certificate jobs off for this company, or use --provider aws)")
+    assert main([*argv[:-1], "off"]) == 0
+    assert "provider=cloudflare" in capsys.readouterr().out
+
+
+def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
+    worker_dev: WorkerDev, bridge_engine, db_url, repo
+) -> None:
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(1)
+    stamp = int(time.time() * 1000)
+    addresses = [f"learner{n}.{stamp}@example.com" for n in range(5)]
+    for n, address in enumerate(addresses):
+        world.add_user(10 + n, address, "Léa", f"Rner{n}", companyid=1)
+    world.add_course(5, "Safety 101")
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(
+            conn,
+            CompanySettings(1, cloudenabled=True, provider="cloudflare", allowcertificates=True),
+            "test",
+        )
+    rows = [
+        world.queue("license_allocated", 10 + n, 1, subject="Licence — ترخيص", body=f"<p>Seat {n}</p>")
+        for n in range(5)
+    ]
+    at = int(time.time()) - 120
+    world.complete(10, 5, 1, at)
+    completion = world.queue("completion_course_user", 10, 1, courseid=5, body="<p>Done</p>", due=at)
+    before = world.rows()
+
+    config = replace(
+        make_config(db_url), keys=KEYS, cloudflare=CloudflareConfig(intake_url=worker_dev.base_url)
+    )
+    submitters = build_submitters(config)
+    worker = submitters["worker"]
+    assert isinstance(worker, WorkerSubmitter)
+    submitted: list[tuple[str, str, int, bytes]] = []
+    submit = worker.submit
+
+    def recording_submit(message_type: str, batch_id: str, company_id: int, body: bytes) -> str:
+        submitted.append((message_type, batch_id, company_id, body))
+        return submit(message_type, batch_id, company_id, body)
+
+    worker.submit = recording_submit  # type: ignore[method-assign]
+    report = run_tick(bridge_engine, config, submitters=submitters)
+    assert report.claim is not None and report.outbox is not None
+    assert report.claim.claimed == 5
+    assert report.outbox.submitted >= 1 and not report.outbox.errors
+    # The certificate row stays with IOMAD, with one clear line (every tick says it again).
+    assert any("does not process certificate jobs" in note for note in report.notes)
+    assert world.rows()[completion] == before[completion]
+
+    # The Worker's queue consumer sends; the next ticks pull the results until all are in.
+    deadline = time.monotonic() + 90
+    statuses: list[str] = []
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        run_tick(bridge_engine, config, claim=False, submitters=submitters)
+        with bridge_engine.connect() as conn:
+            statuses = [r.status for r in conn.execute(sa.select(T.recipients.c.status))]
+        if statuses and all(s == "sent" for s in statuses):
+            break
+    assert statuses == ["sent"] * 5, statuses
+    sent = worker_dev.sent_to()
+    assert {a: sent[a] for a in addresses} == dict.fromkeys(addresses, 1)
+    # The bridge settled IOMAD's rows as sent; the Worker's result log is drained.
+    after = world.rows()
+    assert all(after[eid].sent is not None for eid in rows)
+    assert worker.pull_results(1, None)["entries"] == []
+
+    # The same batch submitted again (the bridge lost the 202) is accepted and sends nobody twice.
+    assert submitted
+    submit(*submitted[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not worker.pull_results(1, None)["entries"]:
+        time.sleep(1)
+    assert {a: worker_dev.sent_to()[a] for a in addresses} == dict.fromkeys(addresses, 1)
+
+
+def test_list_templates_are_rendered_by_the_bridge_for_the_worker(
+    worker_dev: WorkerDev, tmp_path, monkeypatch, capsys
+) -> None:
+    env = {
+        "MRCO_DATABASE_URL": f"sqlite:///{tmp_path / 'moodle.sqlite3'}",
+        "MRCO_SITE": "moodle",
+        "MRCO_KEYSETS": f"k1={ROOT}",
+        "MRCO_KEYSET_CURRENT": "k1",
+        "MRCO_SENDER_ADDRESS": "noreply@example.com",
+        "MRCO_CLOUDFLARE_INTAKE_URL": worker_dev.base_url + "/v1/batches",  # the intake URL works too
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate"]) == 0
+    assert main(["company", "set", "0", "--cloud", "on", "--provider", "cloudflare"]) == 0
+    assert main(["company", "global", "on"]) == 0
+    stamp = int(time.time() * 1000)
+    ann, bob = f"ann.{stamp}@example.com", f"bob.{stamp}@example.com"
+    template = tmp_path / "t.html"
+    template.write_text("<p>Dear {{ name }}, {{ course }} starts soon.</p>", "utf-8")
+    recipients = tmp_path / "r.csv"
+    recipients.write_text(f"email,name,course\n{ann},Ann <b>,Safety & Health\n{bob},Bob,First aid\n", "utf-8")
+    capsys.readouterr()
+    argv = ["submit-list", "--template", str(template), "--subject", "Hello {{ name }}", str(recipients)]
+    assert main(argv) == 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert main(["tick", "--quiet"]) == 0
+        if worker_dev.sent_to()[bob] and worker_dev.sent_to()[ann]:
+            break
+        time.sleep(2)
+    sent = worker_dev.sent_to()
+    assert (sent[ann], sent[bob]) == (1, 1)
+    html = worker_dev.html_to(ann)
+    # Rendered by the bridge exactly as the AWS sender renders: HTML escaped, subject not.
+    assert html == "<p>Dear Ann &lt;b&gt;, Safety &amp; Health starts soon.</p>"
+    assert worker_dev.subject_to(ann) == "Hello Ann <b>"
