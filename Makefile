@@ -39,7 +39,7 @@ system:
 $(PY_STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required (set PYTHON=python3.11)"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[bridge,lambdas,infra,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[lambdas,infra,dev]'
 	@touch $@
 
 # The certificate renderer's fonts: Noto subsets cut from the Debian packages (a few minutes

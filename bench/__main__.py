@@ -25,6 +25,7 @@ MODULES = (
     "tick_bench",
     "faults_bench",
     "campaigns_bench",
+    "migration_lock_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

@@ -40,9 +40,10 @@ class BundlingError(RuntimeError):
 
 
 def runtime_requirements(root: Path) -> list[str]:
-    """The base dependencies plus the ``lambdas`` extra of pyproject.toml, minus runtime ones."""
+    """The ``lambdas`` extra of pyproject.toml (it names the contract's dependency too), minus
+    runtime ones. The base dependencies are the bridge's and never go into the bundle."""
     project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = [*project.get("dependencies", []), *project["optional-dependencies"]["lambdas"]]
+    requirements = list(project["optional-dependencies"]["lambdas"])
     return [r for r in requirements if _requirement_name(r) not in RUNTIME_PROVIDED]
 
 

@@ -89,7 +89,7 @@ class OffloadStack(Stack):
 
     def _outputs(self) -> None:
         outputs = {
-            "ApiBaseUrl": (self.api.base_url, "bridge: aws.api_base_url (api_gateway mode)"),
+            "ApiBaseUrl": (self.api.base_url, "bridge: aws.api_gateway_url (api_gateway mode)"),
             "IntakeUrl": (f"{self.api.base_url}{INTAKE_PATH}", "POST endpoint for signed envelopes (SigV4)"),
             "JobsQueueUrl": (self.queues.jobs.queue.queue_url, "bridge: aws.jobs_queue_url"),
             "CertificatesQueueUrl": (
@@ -101,12 +101,15 @@ class OffloadStack(Stack):
                 self.queues.results.dlq.queue_url,
                 "bridge: aws.results_dlq_url (reconciliation)",
             ),
-            "CertificateBucketName": (self.storage.bucket.bucket_name, "bridge: aws.bucket"),
+            "CertificateBucketName": (self.storage.bucket.bucket_name, "bridge: aws.content_bucket"),
             "IdempotencyTableName": (
                 self.idempotency.table.table_name,
                 "bridge: aws.idempotency_table (job cancel records, deadline reconciliation)",
             ),
-            "HmacSecretArn": (self.keys.secret.secret_arn, "bridge: aws.hmac_secret_arn (or copy its value)"),
+            "HmacSecretArn": (
+                self.keys.secret.secret_arn,
+                "bridge: [secrets] keysets = secretsmanager:<this ARN> (or copy its value)",
+            ),
             "BridgeUserName": (self.bridge.user.user_name, "IAM user for the bridge; create its access key"),
             "ConfigurationSetName": (
                 self.email.configuration_set.configuration_set_name,

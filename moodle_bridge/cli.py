@@ -16,7 +16,9 @@ from importlib import metadata
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from moodle_bridge.aws_session import install_default_session
 from moodle_bridge.config import ConfigError, load_config
+from moodle_bridge.logs import configure_logging
 
 
 def version() -> str:
@@ -28,7 +30,20 @@ def version() -> str:
 
 #: Modules under moodle_bridge.commands, in help order. A missing module is skipped, so
 #: parts can land independently.
-COMMAND_MODULES = ("migrate", "tick", "company", "jobs", "serve", "submit_list", "campaigns")
+COMMAND_MODULES = (
+    "migrate",
+    "tick",
+    "company",
+    "jobs",
+    "serve",
+    "submit_list",
+    "campaigns",
+    "config_check",
+    "uninstall",
+)
+
+#: Long-running commands: they log at INFO by default (one-shot commands at WARNING).
+SERVICE_COMMANDS = ("serve", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="TOML configuration file (default: $MRCO_CONFIG or ./moodle-offload.toml)"
     )
     parser.add_argument("--version", action="version", version=f"moodle-offload {version()}")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "human", "json"),
+        help="log lines: human text, or one JSON object per line (default: log_format, auto: "
+        "human on a terminal, JSON otherwise)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -69,6 +90,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     try:
         config = load_config(args.config)
+        install_default_session(config)
+        service = args.command in SERVICE_COMMANDS
+        configure_logging(
+            args.log_format or config.log_format, config.log_level or ("INFO" if service else "WARNING")
+        )
         code: int = args.handler(args, config)
     except ConfigError as exc:
         print(f"moodle-offload: configuration error: {exc}", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 Every setting and its ``MRCO_*`` variable is documented in docs/bridge.md ("Configuration");
 a test checks that every name in ``ENV_VARS`` appears there. Secrets (key sets, the password
-key) should come from the environment or a file readable only by the Moodle user; they are
-never printed: ``BridgeConfig.describe()`` masks them.
+key, the database password, AWS keys) come from the environment, a file, a systemd credential
+or AWS Secrets Manager / SSM (``moodle_bridge.secret_sources``, docs/INSTALL.md); they are
+never printed: ``BridgeConfig.describe()`` masks them and shows where each came from.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from moodle_bridge.secret_sources import (
+    AWS_CREDENTIAL_NAMES,
+    SECRET_NAMES,
+    AwsAccess,
+    ClientFactory,
+    SecretSourceError,
+    parse_keyset_document,
+    resolve_secret,
+    split_password_keys,
+)
 from offload_contract.limits import DEFAULT_RECIPIENTS_PER_BATCH
 from offload_contract.signing import decode_root_secret
 
@@ -51,6 +62,9 @@ class AwsConfig:
     #: The sender's DynamoDB table (stack output ``IdempotencyTableName``): cancel records and the
     #: deadline reconciliation read/write it (moodle_bridge/transports/cloud_records.py).
     idempotency_table: str = ""
+    #: The bridge user's access key (secret sources, docs/INSTALL.md); empty: boto3's default chain.
+    access_key_id: str = ""
+    secret_access_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,19 +125,29 @@ class BridgeConfig:
     keys: KeysConfig = field(default_factory=KeysConfig)
     #: AES-256-GCM key (base64) for temporary passwords at rest. MRCO_PASSWORD_KEY.
     password_key: str = ""
+    #: Earlier password keys, still used to open passwords sealed before a rotation.
+    password_keys_previous: tuple[str, ...] = ()
+    #: Secret name -> where it came from (never the value), for ``config check``.
+    secret_sources: Mapping[str, str] = field(default_factory=dict)
+    #: The TOML file read, if any.
+    config_file: str = ""
     #: Seconds a job may stay unfinished before reconciliation flags it.
     job_deadline_seconds: int = 6 * 3600
+    #: human (text lines), json (one object per line), auto (human on a terminal, else json).
+    log_format: str = "human"
+    #: DEBUG, INFO, WARNING, ERROR; empty: INFO for the services (serve, run), WARNING otherwise.
+    log_level: str = ""
 
     def password_key_bytes(self) -> bytes:
         if not self.password_key:
             raise ConfigError("password_key (MRCO_PASSWORD_KEY) is required to offload mail with passwords")
-        try:
-            key = base64.b64decode(self.password_key, validate=True)
-        except ValueError as exc:
-            raise ConfigError("password_key must be base64") from exc
-        if len(key) != 32:
-            raise ConfigError("password_key must decode to 32 bytes (AES-256)")
-        return key
+        return _decode_password_key(self.password_key, "password_key")
+
+    def previous_password_keys(self) -> tuple[bytes, ...]:
+        return tuple(
+            _decode_password_key(k, f"previous password key {n}")
+            for n, k in enumerate(self.password_keys_previous, start=1)
+        )
 
     def describe(self) -> dict[str, Any]:
         """Settings for display, with every secret masked."""
@@ -132,6 +156,16 @@ class BridgeConfig:
             value = getattr(self, section.name)
             if section.name == "password_key":
                 out[section.name] = "***" if value else ""
+            elif section.name == "password_keys_previous":
+                out[section.name] = ["***"] * len(value)
+            elif section.name == "secret_sources":
+                out[section.name] = dict(value)
+            elif section.name == "database":
+                out["database"] = {f.name: getattr(value, f.name) for f in fields(value)}
+                out["database"]["url"] = masked_url(value.url)
+            elif section.name == "aws":
+                out["aws"] = {f.name: getattr(value, f.name) for f in fields(value)}
+                out["aws"]["secret_access_key"] = "***" if value.secret_access_key else ""
             elif section.name == "keys":
                 out["keys"] = {"current": value.current, "keysets": dict.fromkeys(value.keysets, "***")}
             elif hasattr(value, "__dataclass_fields__"):
@@ -139,6 +173,26 @@ class BridgeConfig:
             else:
                 out[section.name] = value
         return out
+
+
+def _decode_password_key(text: str, name: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be base64") from exc
+    if len(key) != 32:
+        raise ConfigError(f"{name} must decode to 32 bytes (AES-256)")
+    return key
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password replaced by ``***``."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - keep config importable without it
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split(":", 1)[0] + ":***"
 
 
 # Environment variable -> (section, key). Sections None are top-level fields.
@@ -173,7 +227,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_CALLBACK_BIND_PORT": ("callbacks", "bind_port"),
     "MRCO_RESULTS_MODE": ("callbacks", "results_mode"),
     "MRCO_KEYSET_CURRENT": ("keys", "current"),
-    "MRCO_PASSWORD_KEY": (None, "password_key"),
+    "MRCO_LOG_FORMAT": (None, "log_format"),
+    "MRCO_LOG_LEVEL": (None, "log_level"),
 }
 
 
@@ -192,8 +247,12 @@ def _coerce(current: Any, raw: Any, name: str) -> Any:
 
 def _apply(config: BridgeConfig, section: str | None, key: str, raw: Any, name: str) -> BridgeConfig:
     if section is None:
-        if key not in {f.name for f in fields(config)}:
+        if key not in {f.name for f in fields(config)} or key in ("secret_sources", "config_file"):
             raise ConfigError(f"unknown setting {name}")
+        if key == "password_keys_previous":
+            if not isinstance(raw, list | tuple) or not all(isinstance(k, str) for k in raw):
+                raise ConfigError(f"{name} must be a list of base64 keys")
+            return replace(config, password_keys_previous=tuple(raw))
         return replace(config, **{key: _coerce(getattr(config, key), raw, name)})
     part = getattr(config, section)
     if key not in {f.name for f in fields(part)}:
@@ -206,19 +265,23 @@ def _apply(config: BridgeConfig, section: str | None, key: str, raw: Any, name: 
 
 
 def parse_keysets(text: str) -> dict[str, str]:
-    """Parse MRCO_KEYSETS: comma-separated name=secret pairs."""
-    out: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, secret = pair.partition("=")
-        if not sep or not name.strip() or not secret.strip():
-            raise ConfigError("MRCO_KEYSETS must look like name=secret[,name=secret]")
-        out[name.strip()] = secret.strip()
-    return out
+    """Parse MRCO_KEYSETS: comma-separated name=secret pairs (or the AWS secret's JSON)."""
+    try:
+        return parse_keyset_document(text, "MRCO_KEYSETS")[0]
+    except SecretSourceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> BridgeConfig:
-    """Defaults, then the TOML file (``path``, MRCO_CONFIG, or a default location), then env."""
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    client_factory: ClientFactory | None = None,
+) -> BridgeConfig:
+    """Defaults, then the TOML file (``path``, MRCO_CONFIG, or a default location), then env,
+    then the secrets from their sources (``moodle_bridge.secret_sources``)."""
     env = os.environ if environ is None else environ
+    references: dict[str, str] = {}
     config = BridgeConfig()
     candidate = Path(path) if path else (Path(env["MRCO_CONFIG"]) if env.get("MRCO_CONFIG") else None)
     if candidate is not None and not candidate.is_file():
@@ -230,6 +293,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             document = tomllib.loads(candidate.read_text("utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{candidate}: invalid TOML ({exc})") from None
+        references = _secret_references(document.pop("secrets", {}))
+        config = replace(config, config_file=str(candidate))
         for key, value in document.items():
             if (
                 isinstance(value, Mapping)
@@ -243,9 +308,92 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     for name, (section, key) in ENV_VARS.items():
         if name in env:
             config = _apply(config, section, key, env[name], name)
-    if env.get("MRCO_KEYSETS"):
-        config = replace(config, keys=replace(config.keys, keysets=parse_keysets(env["MRCO_KEYSETS"])))
+    try:
+        config = _resolve_secrets(config, env, references, client_factory)
+    except SecretSourceError as exc:
+        raise ConfigError(str(exc)) from None
     return validate_config(config)
+
+
+def _secret_references(table: Any) -> dict[str, str]:
+    if not isinstance(table, Mapping):
+        raise ConfigError("[secrets] must be a table of name = reference")
+    unknown = sorted(set(table) - set(SECRET_NAMES))
+    if unknown:
+        raise ConfigError(f"[secrets] {unknown[0]}: unknown secret (known: {', '.join(SECRET_NAMES)})")
+    return {str(k): str(v) for k, v in table.items()}
+
+
+def _resolve_secrets(
+    config: BridgeConfig,
+    env: Mapping[str, str],
+    references: Mapping[str, str],
+    client_factory: ClientFactory | None,
+) -> BridgeConfig:
+    sources: dict[str, str] = {}
+    aws = config.aws
+    found = {}
+    for name in AWS_CREDENTIAL_NAMES:
+        access = AwsAccess(config.aws.region, config.aws.endpoint_url)
+        found[name] = resolve_secret(name, env, references, access, client_factory)
+    if found["aws_access_key_id"] is not None:
+        aws = replace(aws, access_key_id=found["aws_access_key_id"].value)
+        sources["aws_access_key_id"] = found["aws_access_key_id"].source
+    if found["aws_secret_access_key"] is not None:
+        aws = replace(aws, secret_access_key=found["aws_secret_access_key"].value)
+        sources["aws_secret_access_key"] = found["aws_secret_access_key"].source
+    if bool(aws.access_key_id) != bool(aws.secret_access_key):
+        raise ConfigError("aws access_key_id and secret_access_key must be set together")
+    config = replace(config, aws=aws)
+    access = AwsAccess(aws.region, aws.endpoint_url, aws.access_key_id, aws.secret_access_key)
+
+    keysets = resolve_secret("keysets", env, references, access, client_factory)
+    if keysets is not None:
+        sets, current = parse_keyset_document(keysets.value, keysets.source)
+        explicit_current = "MRCO_KEYSET_CURRENT" in env or config.keys.current
+        config = replace(
+            config,
+            keys=replace(
+                config.keys,
+                keysets=sets,
+                current=config.keys.current if explicit_current else current,
+            ),
+        )
+        sources["keysets"] = keysets.source
+    elif config.keys.keysets:
+        sources["keysets"] = "configuration file [keys.keysets]"
+
+    password = resolve_secret("password_key", env, references, access, client_factory)
+    text = password.value if password is not None else config.password_key
+    if text:
+        current_key, previous = split_password_keys(text)
+        config = replace(
+            config,
+            password_key=current_key,
+            password_keys_previous=previous or config.password_keys_previous,
+        )
+        sources["password_key"] = password.source if password is not None else "configuration file"
+
+    db_password = resolve_secret("database_password", env, references, access, client_factory)
+    if db_password is not None:
+        config = replace(
+            config,
+            database=replace(config.database, url=_with_password(config.database.url, db_password.value)),
+        )
+        sources["database_password"] = db_password.source
+    return replace(config, secret_sources=sources)
+
+
+def _with_password(url: str, password: str) -> str:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError("database.url is not a valid SQLAlchemy URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        raise ConfigError("database_password is set but database.url is SQLite (no password)")
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def validate_config(config: BridgeConfig) -> BridgeConfig:
@@ -269,4 +417,11 @@ def validate_config(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError(f"keys.keysets: {exc}") from None
     if config.keys.current and config.keys.current not in config.keys.keysets:
         raise ConfigError("keys.current names a key set that is not configured")
+    if config.log_format not in ("human", "json", "auto"):
+        raise ConfigError("log_format must be 'human', 'json' or 'auto'")
+    if config.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+    if config.password_key:
+        config.password_key_bytes()
+        config.previous_password_keys()
     return config

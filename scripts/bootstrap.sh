@@ -5,8 +5,10 @@ set -euo pipefail
 
 # pdftoppm renders certificates to PNG in tests; chromium drives dashboard tests;
 # php-tcpdf is the baseline the certificate benchmark compares against; the Noto fonts are
-# the sources of the certificate renderer's font subsets (scripts/build_certificate_fonts.py).
-PACKAGES=(poppler-utils chromium php-cli php-tcpdf fonts-noto-core fonts-noto-cjk)
+# the sources of the certificate renderer's font subsets (scripts/build_certificate_fonts.py);
+# nginx-light, apache2-bin, logrotate and systemd (systemd-analyze) check the shipped examples
+# under deploy/.
+PACKAGES=(poppler-utils chromium php-cli php-tcpdf fonts-noto-core fonts-noto-cjk nginx-light apache2-bin logrotate systemd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

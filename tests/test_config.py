@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from moodle_bridge.config import ENV_VARS, ConfigError, load_config
+from moodle_bridge.secret_sources import SECRET_NAMES
 from offload_contract.signing import generate_root_secret
 
 
@@ -48,4 +49,4 @@ def test_password_key_must_be_32_bytes() -> None:
 def test_every_environment_variable_is_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "bridge.md").read_text("utf-8")
     documented = set(re.findall(r"\bMRCO_[A-Z0-9_]+\b", doc))
-    assert sorted({*ENV_VARS, "MRCO_KEYSETS", "MRCO_CONFIG"} - documented) == []
+    assert sorted({*ENV_VARS, *SECRET_NAMES.values(), "MRCO_CONFIG"} - documented) == []

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig
+from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import (
     DatabaseUnavailable,
@@ -30,6 +31,13 @@ from moodle_bridge.storage.migrations import (
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("migrate", help="create or upgrade the bridge's tables")
     parser.add_argument("--status", action="store_true", help="show the schema version and exit")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a running tick to finish before changing tables (60)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -53,7 +61,11 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
         def show(step: Step) -> None:
             print(f"applying step {step.version}: {step.summary}")
 
-        result = migrate(engine, config.database.prefix, on_step=show)
+        # No tick between the steps: an ALTER waiting behind a pass's transaction would stall it.
+        with tick_lock(engine, config.database.prefix, args.wait):
+            result = migrate(engine, config.database.prefix, on_step=show)
+    except TickBusy:
+        return fail(f"a tick is still running after {args.wait:g} s; run migrate again, or stop the service")
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     except SchemaTooNew as exc:

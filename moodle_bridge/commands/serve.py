@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
     if not config.keys.keysets:
         raise ConfigError("keys.keysets (MRCO_KEYSETS) is required to verify callbacks")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not logging.getLogger().handlers:  # called outside the CLI (which configures logging)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     engine, tables = open_database(config)
     app = create_app(engine, tables, config, queue=detect_queue(engine, config.database.prefix))
     uvicorn.run(
@@ -32,6 +33,7 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
         host=args.host or config.callbacks.bind_host,
         port=args.port or config.callbacks.bind_port,
         log_level="info",
+        log_config=None,  # uvicorn's lines go through the bridge's format (human or JSON)
         access_log=False,  # our own log lines carry the reason code; the access log adds nothing safe
         proxy_headers=True,
         server_header=False,

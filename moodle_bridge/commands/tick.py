@@ -19,8 +19,10 @@ import boto3
 import sqlalchemy as sa
 from botocore.config import Config as BotoConfig
 
+from moodle_bridge.aws_session import aws_session
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig, ConfigError
+from moodle_bridge.operations.metrics import observe_tick
 from moodle_bridge.pipeline.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.pipeline.iomad_contents import IomadRowContents
 from moodle_bridge.pipeline.outbox import Outbox, OutboxReport
@@ -80,7 +82,7 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
         url = config.aws.api_gateway_url.rstrip("/")
         if not url.endswith("/v1/batches"):
             url += "/v1/batches"
-        credentials = boto3.Session().get_credentials()
+        credentials = aws_session(config).get_credentials()
         out["api_gateway"] = ApiGatewaySubmitter(
             url, config.keys.current, root, region=config.aws.region, credentials=credentials
         )
@@ -195,6 +197,11 @@ def run_tick(
     report = TickReport()
     with engine.connect() as conn:
         version = current_version(conn, tables)
+        if version > LATEST_VERSION:
+            raise ConfigError(
+                f"bridge tables are at schema version {version}, newer than this release knows "
+                f"({LATEST_VERSION}): a downgrade is not supported; install the release that migrated them"
+            )
         if version != LATEST_VERSION:
             raise ConfigError(
                 f"bridge tables are at schema version {version}, this release needs {LATEST_VERSION}: "
@@ -203,7 +210,11 @@ def run_tick(
         iomad: IomadTables | None = None
         if config.database.site == "iomad":
             iomad = detect_iomad(conn, config.database.prefix)
-    box = SecretBox(config.password_key_bytes()) if config.password_key else None
+    box = (
+        SecretBox(config.password_key_bytes(), config.previous_password_keys())
+        if config.password_key
+        else None
+    )
     targets = submitters if submitters is not None else build_submitters(config)
     if claim and iomad is not None:
         claimer = claim_pass_factory(engine, repo, iomad, config, box=box)
@@ -228,6 +239,7 @@ def run_tick(
     finally:  # sealed passwords past their time are cleared whatever reconciliation met
         with engine.begin() as conn:
             report.secrets_cleared = repo.clear_final_secrets(conn)
+    observe_tick(report)  # this process's counters on /metrics (the long-running service)
     return report
 
 

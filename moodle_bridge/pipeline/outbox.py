@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -40,6 +41,8 @@ from moodle_bridge.transports.targets import SubmitError, Submitter
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
 from offload_contract.unsubscribe import make_token
+
+log = logging.getLogger("moodle_bridge.pipeline.outbox")
 
 
 class IomadContents(Protocol):
@@ -431,13 +434,20 @@ class Outbox:
         self, batch: BatchRow, size: int, outcome: str | SubmitError, state: _PassState, report: OutboxReport
     ) -> None:
         """Record what the queue said about one batch."""
+        ids = {"job_id": batch.jobid, "batch_id": batch.batchkey, "company_id": batch.companyid}
         if isinstance(outcome, SubmitError):
+            # INFO, not WARNING: cron's `tick --quiet` stays silent while a queue is down (the
+            # outbox retries; mrco_outbox_batches_failing and the alert rules report it).
+            log.info(
+                "batch not accepted by %s, will retry", batch.target, extra={**ids, "reason": "submit_error"}
+            )
             nexttry = self._failed(batch, str(outcome), report)
             if outcome.retryable and nexttry is not None:
                 state.down[batch.target] = (str(outcome), nexttry)
             return
         state.healthy.add(batch.target)
         self._record_submitted(batch, outcome, size, report)
+        log.info("batch submitted to %s: %d recipients", batch.target, batch.recipientcount, extra=ids)
 
     @staticmethod
     def _send(batch: BatchRow, body: bytes, submitter: Submitter) -> str | SubmitError:

@@ -121,8 +121,19 @@ def _document_text() -> str:
                 "get": {
                     "operationId": "health",
                     "responses": {
-                        "200": {"description": "the database answers"},
+                        "200": {
+                            "description": "the database answers; status ok, or degraded when a queue or "
+                            "intake does not"
+                        },
                         "503": {"description": "the database does not answer"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {"description": "Prometheus text, or OpenMetrics when the Accept header asks"}
                     },
                 }
             },

@@ -32,6 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from moodle_bridge.config import BridgeConfig
+from moodle_bridge.operations.health import HealthProbe
+from moodle_bridge.operations.metrics import CALLBACKS, build_registry, exposition
 from moodle_bridge.results.ingest import ConcurrentChange, ScopeError, ingest_result_batch
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.nonce_store import DatabaseNonceStore
@@ -185,12 +187,19 @@ def _process(
 def _audit_rejection(state: ReceiverState, rejection: Rejection, source: str, header_key: str) -> None:
     authenticated = bool(rejection.key_id)
     key_id = rejection.key_id or (header_key if _KEY_ID_SHAPE.match(header_key) else "")
+    CALLBACKS.labels(outcome="rejected", reason=rejection.code).inc()
     log.warning(
         "callback rejected: status=%s code=%s key=%s source=%s",
         rejection.status,
         rejection.code,
         key_id or "-",
         source,
+        extra={
+            "status": rejection.status,
+            "reason": rejection.code,
+            "key_id": key_id or None,
+            "company_id": rejection.company_id,
+        },
     )
     if not state.should_audit(source, rejection.code, authenticated):
         return
@@ -221,6 +230,7 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     queue: IomadQueue | None = None,
+    health: HealthProbe | None = None,
 ) -> Starlette:
     verifier = Verifier(
         config.keys.root_secrets(),
@@ -249,19 +259,27 @@ def create_app(
                 status_code=rejection.status,
                 headers={"Retry-After": "5"} if rejection.status in (409, 503) else None,
             )
+        CALLBACKS.labels(outcome="accepted", reason="ok").inc()
+        log.info(
+            "callback applied: report %s, %s results",
+            payload["report_id"],
+            payload.get("applied", "?"),
+            extra={"report_id": payload["report_id"], "key_id": header_key},
+        )
         return JSONResponse(payload)
 
-    async def healthz(request: Request) -> Response:
-        def ping() -> bool:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            return True
+    probe = health or HealthProbe(engine, config)
 
-        try:
-            await run_in_threadpool(ping)
-        except sa.exc.SQLAlchemyError:
-            return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+    async def healthz(request: Request) -> Response:
+        """200 ok / 200 degraded (a cloud target does not answer) / 503 (the database does not)."""
+        report = await run_in_threadpool(probe.report)
+        return JSONResponse(report, status_code=503 if report["status"] == "unavailable" else 200)
+
+    registry = build_registry(engine, tables, clock)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(exposition, registry, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -270,6 +288,7 @@ def create_app(
         routes=[
             Route(RESULTS_PATH, results, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ]
     )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine, require_database
+from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 
 
 def open_database(config: BridgeConfig) -> tuple[sa.Engine, BridgeTables]:
@@ -20,6 +21,7 @@ def open_database(config: BridgeConfig) -> tuple[sa.Engine, BridgeTables]:
     try:
         with engine.connect() as conn:
             present = sa.inspect(conn).has_table(tables.jobs.name)
+            version = current_version(conn, tables) if present else 0
     except sa.exc.SQLAlchemyError as exc:
         engine.dispose()
         where = engine.url.render_as_string(hide_password=True)
@@ -28,5 +30,11 @@ def open_database(config: BridgeConfig) -> tuple[sa.Engine, BridgeTables]:
         engine.dispose()
         raise ConfigError(
             f"the bridge tables ({tables.jobs.name}, ...) are missing: run `moodle-offload migrate`"
+        )
+    if version > LATEST_VERSION:
+        engine.dispose()
+        raise ConfigError(
+            f"bridge tables are at schema version {version}, newer than this release knows "
+            f"({LATEST_VERSION}): a downgrade is not supported; install the release that migrated them"
         )
     return engine, tables

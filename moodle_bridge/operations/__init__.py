@@ -1,0 +1,1 @@
+"""Running the bridge as a service: metrics, health, the checks of ``config check``."""
