@@ -26,6 +26,7 @@ MODULES = (
     "faults_bench",
     "campaigns_bench",
     "migration_lock_bench",
+    "dashboard_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

@@ -44,8 +44,9 @@ from demo.ses_emulator import FakeSes, throttle, to_sqs
 from demo.wrangler_dev import WranglerUnavailable, wrangler_dev
 from iomad_sim import scratch_databases
 from iomad_sim.iomad_schema import create_iomad_schema
-from iomad_sim.iomad_seed import SeedSpec, seed_iomad
+from iomad_sim.iomad_seed import ADMIN_ID, SeedSpec, seed_iomad
 from moodle_bridge.cli import main as moodle_offload
+from moodle_bridge.commands.dashboard import signin_url
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.config import load_config
 from moodle_bridge.sources.iomad.schema import IomadGeneration
@@ -143,11 +144,14 @@ def run_cli(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def callback_receiver(env: dict[str, str], port: int, log_path: Path) -> Iterator[None]:
-    """``moodle-offload serve`` in its own process, like the systemd unit in docs/bridge.md."""
+def callback_receiver(
+    env: dict[str, str], port: int, log_path: Path, command: tuple[str, ...] = ("serve",)
+) -> Iterator[None]:
+    """``moodle-offload serve`` (or ``dashboard serve``) in its own process, like the systemd units
+    in docs/bridge.md and docs/dashboard.md."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moodle_bridge", "serve"],
+            [sys.executable, "-m", "moodle_bridge", *command],
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -161,7 +165,9 @@ def callback_receiver(env: dict[str, str], port: int, log_path: Path) -> Iterato
                 except httpx.HTTPError:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"demo: the callback receiver did not start; see {log_path}")
+                    raise SystemExit(
+                        f"demo: `moodle-offload {' '.join(command)}` did not start; see {log_path}"
+                    )
                 time.sleep(0.2)
             yield
         finally:
@@ -170,6 +176,36 @@ def callback_receiver(env: dict[str, str], port: int, log_path: Path) -> Iterato
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def dashboard_environment(port: int) -> dict[str, str]:
+    return {
+        "MRCO_DASHBOARD_KEY": generate_root_secret(),
+        "MRCO_DASHBOARD_URL": f"http://127.0.0.1:{port}",
+        "MRCO_DASHBOARD_BIND_HOST": "127.0.0.1",
+        "MRCO_DASHBOARD_BIND_PORT": str(port),
+    }
+
+
+def print_signin_link(why: str) -> None:
+    """A one-time link for the seeded site admin, as ``moodle-offload dashboard link`` prints it."""
+    url = signin_url(load_config(), user_id=ADMIN_ID)
+    console.print(f"[bold]{why}:[/] open within 60 s (one use): {url}", soft_wrap=True)
+
+
+def keep_dashboard_open() -> None:
+    """Keep the dashboard (and the emulated AWS) up until Ctrl-C; Enter prints a fresh link."""
+    print_signin_link("Sign in to the dashboard")
+    console.print("The dashboard keeps running. Enter: a new sign-in link; Ctrl-C: stop.")
+    try:
+        while True:
+            line = sys.stdin.readline() if sys.stdin.isatty() else ""
+            if line:
+                print_signin_link("New sign-in link")
+            else:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("Dashboard stopped.")
 
 
 def free_port() -> int:
@@ -488,10 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo-output", help="folder for the database, PDFs and logs")
     parser.add_argument("--no-faults", action="store_true", help="run without injected faults")
     parser.add_argument("--keep-db", action="store_true", help="keep the MariaDB/PostgreSQL database")
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also run the dashboard, print a sign-in link, and keep it running until interrupted",
+    )
     args = parser.parse_args(argv)
     if args.users is None:
         args.users = 1500 if args.provider == "aws" else 60
     if args.provider == "cloudflare":
+        if args.dashboard:
+            parser.error("--dashboard runs with the AWS demo (--provider aws) only, for now")
         return run_cloudflare(args)
     started = time.monotonic()
     output = Path(args.output).resolve()
@@ -543,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             port = free_port()
             env = bridge_environment(aws, db_url, root, port, args.engine)
+            dashboard_port = free_port()
+            if args.dashboard:
+                env.update(dashboard_environment(dashboard_port))
             os.environ.update(env)
             console.print("[bold]3.[/] moodle-offload migrate; company routing; serve")
             run_cli("migrate")
@@ -567,6 +613,13 @@ def main(argv: list[str] | None = None) -> int:
             run_cli("company", "global", "on")
             with contextlib.ExitStack() as stack:
                 stack.enter_context(callback_receiver(env, port, output / "receiver.log"))
+                if args.dashboard:
+                    stack.enter_context(
+                        callback_receiver(
+                            env, dashboard_port, output / "dashboard.log", ("dashboard", "serve")
+                        )
+                    )
+                    print_signin_link("Watch the jobs in the dashboard")
                 console.print("[bold]4.[/] moodle-offload tick: claim, create jobs, submit batches")
                 run_cli("tick")
                 lambda_log = stack.enter_context((output / "lambdas.log").open("w", encoding="utf-8"))
@@ -597,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(1)
                 console.print("[bold]6.[/] Report")
                 ok = report(engine, aws, ses, output, local, faults, started)
+                if args.dashboard:
+                    keep_dashboard_open()
         engine.dispose()
     return 0 if ok else 1
 

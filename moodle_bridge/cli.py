@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "campaigns",
     "config_check",
     "uninstall",
+    "dashboard",
 )
 
 #: Long-running commands: they log at INFO by default (one-shot commands at WARNING).

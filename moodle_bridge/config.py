@@ -106,6 +106,19 @@ class CallbackConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    #: Shared with the Moodle plugin local_mrcloud (base64url, >= 32 bytes); signs sign-in links.
+    shared_key: str = ""
+    #: The dashboard's address as users reach it (behind the site's proxy); sign-in links start here.
+    public_url: str = "http://127.0.0.1:8766"
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 8766
+    #: A session lasts this long; rights are re-read from Moodle's tables every ``recheck_seconds``.
+    session_seconds: int = 8 * 3600
+    recheck_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class KeysConfig:
     current: str = ""
     #: key set name -> root secret (base64url, >= 32 bytes). MRCO_KEYSETS="k2026=...,k2025=...".
@@ -123,6 +136,7 @@ class BridgeConfig:
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     callbacks: CallbackConfig = field(default_factory=CallbackConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     #: AES-256-GCM key (base64) for temporary passwords at rest. MRCO_PASSWORD_KEY.
     password_key: str = ""
     #: Earlier password keys, still used to open passwords sealed before a rotation.
@@ -156,6 +170,9 @@ class BridgeConfig:
             value = getattr(self, section.name)
             if section.name == "password_key":
                 out[section.name] = "***" if value else ""
+            elif section.name == "dashboard":
+                out["dashboard"] = {f.name: getattr(value, f.name) for f in fields(value)}
+                out["dashboard"]["shared_key"] = "***" if value.shared_key else ""
             elif section.name == "password_keys_previous":
                 out[section.name] = ["***"] * len(value)
             elif section.name == "secret_sources":
@@ -227,6 +244,12 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_CALLBACK_BIND_PORT": ("callbacks", "bind_port"),
     "MRCO_RESULTS_MODE": ("callbacks", "results_mode"),
     "MRCO_KEYSET_CURRENT": ("keys", "current"),
+    "MRCO_DASHBOARD_KEY": ("dashboard", "shared_key"),
+    "MRCO_DASHBOARD_URL": ("dashboard", "public_url"),
+    "MRCO_DASHBOARD_BIND_HOST": ("dashboard", "bind_host"),
+    "MRCO_DASHBOARD_BIND_PORT": ("dashboard", "bind_port"),
+    "MRCO_DASHBOARD_SESSION_SECONDS": ("dashboard", "session_seconds"),
+    "MRCO_DASHBOARD_RECHECK_SECONDS": ("dashboard", "recheck_seconds"),
     "MRCO_LOG_FORMAT": (None, "log_format"),
     "MRCO_LOG_LEVEL": (None, "log_level"),
 }
@@ -415,6 +438,15 @@ def validate_config(config: BridgeConfig) -> BridgeConfig:
         config.keys.root_secrets()
     except ValueError as exc:
         raise ConfigError(f"keys.keysets: {exc}") from None
+    if config.dashboard.shared_key:
+        try:
+            decode_root_secret(config.dashboard.shared_key)
+        except ValueError as exc:
+            raise ConfigError(f"dashboard.shared_key: {exc}") from None
+    if not 60 <= config.dashboard.recheck_seconds <= config.dashboard.session_seconds:
+        raise ConfigError("dashboard.recheck_seconds must be at least 60 and at most session_seconds")
+    if not config.dashboard.public_url.startswith(("https://", "http://")):
+        raise ConfigError("dashboard.public_url must be an http(s) URL")
     if config.keys.current and config.keys.current not in config.keys.keysets:
         raise ConfigError("keys.current names a key set that is not configured")
     if config.log_format not in ("human", "json", "auto"):

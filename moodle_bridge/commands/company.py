@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
@@ -18,8 +18,8 @@ from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_off
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.job_control import CancelReport, cancel_open_jobs
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
-from moodle_bridge.storage import audit
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
+from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
 from moodle_bridge.transports.capabilities import worker_check
 
 
@@ -171,8 +171,6 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
         check_connection(engine)
         require_migrated(engine, repo.t)
         with engine.begin() as conn:
-            before = repo.get_settings(conn, args.companyid)
-            current = before or CompanySettings(companyid=args.companyid)
             changes: dict[str, Any] = {}
             for arg, attr in (
                 ("cloud", "cloudenabled"),
@@ -182,49 +180,35 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 ("threshold", "threshold"),
                 ("fallback", "fallbacklocal"),
                 ("cert_template", "certtemplate"),
-            ):
-                value = getattr(args, arg)
-                if value is not None:
-                    changes[attr] = value
-            for arg, attr in (
                 ("sender_address", "senderaddress"),
                 ("sender_name", "sendername"),
                 ("ses_tenant", "sesstenant"),
             ):
                 value = getattr(args, arg)
                 if value is not None:
-                    changes[attr] = value or None
-            if changes.get("senderaddress") and "@" not in changes["senderaddress"]:
-                return fail("--sender-address must be an email address")
-            try:
-                updated = replace(current, **changes)
-            except ValueError as exc:
-                return fail(str(exc))
+                    changes[attr] = value
             exists = company_exists(conn, config, args.companyid)
             if exists.problem:
                 return fail(exists.problem)
-            refused = cloudflare_refusal(updated, config)
-            if refused:
-                return fail(refused)
-            if changes.get("senderaddress") and updated.provider == "aws":
+            before = repo.get_settings(conn, args.companyid)
+
+            def check(settings: CompanySettings) -> str | None:
+                refused = cloudflare_refusal(settings, config)
+                if refused or not changes.get("senderaddress") or settings.provider != "aws":
+                    return refused
                 checked = sender_verified(config, str(changes["senderaddress"]))
-                if checked.problem:
-                    return fail(checked.problem)
                 if checked.note:
                     notes.append(checked.note)
-            repo.save_settings(conn, updated, actor)
+                return checked.problem
+
+            try:
+                updated = change_company_settings(
+                    conn, repo, args.companyid, changes, actor=actor, now=now(), check=check
+                )
+            except SettingsError as exc:
+                return fail(str(exc))
             if before is not None and before.cloudenabled and not updated.cloudenabled:
                 stopped = _stop_jobs(conn, repo, config, args.companyid, "the company's cloud was turned off")
-            diff = {k: v for k, v in asdict(updated).items() if before is None or getattr(before, k) != v}
-            audit.record(
-                conn,
-                repo.t,
-                actor=actor,
-                action=audit.SETTINGS_CREATED if before is None else audit.SETTINGS_CHANGED,
-                now=now(),
-                companyid=args.companyid,
-                detail=diff,
-            )
             global_on = repo.offload_enabled(conn)
         code = _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:
@@ -248,17 +232,8 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
             if args.state is None:
                 print(f"global switch: {'on' if repo.offload_enabled(conn) else 'off'}")
                 return 0
-            before = repo.offload_enabled(conn)
-            repo.set_offload_enabled(conn, args.state)
+            set_global_switch(conn, repo, args.state, actor=cli_actor(), now=now())
             stopped: list[CancelReport] = []
-            if before != args.state:
-                audit.record(
-                    conn,
-                    repo.t,
-                    actor=cli_actor(),
-                    action=audit.GLOBAL_SWITCH_ON if args.state else audit.GLOBAL_SWITCH_OFF,
-                    now=now(),
-                )
             if not args.state:
                 stopped = _stop_jobs(conn, repo, config, None, "the global switch was turned off")
         print(f"global switch: {'on' if args.state else 'off'}")

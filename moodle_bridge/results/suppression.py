@@ -101,3 +101,16 @@ def suppression_counts(conn: sa.Connection, tables: BridgeTables, job_id: int) -
         .group_by(r.c.errorcode)
     )
     return {str(code or "unknown"): int(n) for code, n in rows}
+
+
+def remove_suppression(
+    conn: sa.Connection, tables: BridgeTables, company_id: int, address: str
+) -> str | None:
+    """Forget a suppressed address of a company; returns the reason it had, or None if it had none."""
+    table = tables.suppressions
+    where = (table.c.companyid == company_id, table.c.address == normalise(address))
+    reason = conn.execute(sa.select(table.c.reason).where(*where)).scalar()
+    if reason is None:
+        return None
+    conn.execute(table.delete().where(*where))
+    return str(reason)

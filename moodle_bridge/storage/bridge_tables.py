@@ -29,6 +29,7 @@ TABLE_NAMES = (
     "mrcloud_certificates",
     "mrcloud_campaigns",
     "mrcloud_campaign_ledger",
+    "mrcloud_dash_sessions",
 )
 
 
@@ -52,6 +53,7 @@ class BridgeTables:
     certificates: sa.Table
     campaigns: sa.Table
     campaign_ledger: sa.Table
+    dash_sessions: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -157,6 +159,11 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrclreci_bat_ix", "batchid"),
         sa.Index(f"{p}mrclreci_ema_ix", "emailid"),
         sa.Index(f"{p}mrclreci_pro_ix", "providermessageid"),
+        # Added in schema version 7, for the dashboard: a department manager's recipients (by user)
+        # and the recipient search (address or name, by prefix) without scanning a whole job.
+        sa.Index(f"{p}mrclreci_jobuse_ix", "jobid", "userid", "status"),
+        sa.Index(f"{p}mrclreci_jobadd_ix", "jobid", "address"),
+        sa.Index(f"{p}mrclreci_jobful_ix", "jobid", "fullname"),
     )
 
     batches = sa.Table(
@@ -302,6 +309,24 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.UniqueConstraint("campaignid", "userid", "cycle", name=f"{p}mrclcampledg_camusecyc_uix"),
     )
 
+    # Added in schema version 6: dashboard sessions (moodle_bridge.web.auth). The cookie holds a
+    # random id; only its SHA-256 is stored. ``principal`` is the rights last read from Moodle.
+    dash_sessions = sa.Table(
+        f"{p}mrcloud_dash_sessions",
+        m,
+        _id(),
+        sa.Column("sessionhash", sa.String(64), nullable=False, unique=True),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("companyid", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("principal", sa.Text, nullable=False),
+        sa.Column("csrftoken", sa.String(64), nullable=False),
+        sa.Column("sourceaddress", sa.String(45), nullable=True),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.Column("timechecked", UNIXTIME, nullable=False),
+        sa.Column("timeexpires", UNIXTIME, nullable=False),
+        sa.Index(f"{p}mrcldashsess_tim_ix", "timeexpires"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -317,4 +342,5 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         certificates,
         campaigns,
         campaign_ledger,
+        dash_sessions,
     )

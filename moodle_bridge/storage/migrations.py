@@ -103,6 +103,22 @@ _JOB_COUNTS_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _add_indexes(*wanted: tuple[str, str]) -> Callable[[sa.Connection, BridgeTables], None]:
+    """Create indexes (table attribute, name without prefix) the table does not have yet."""
+
+    def apply(conn: sa.Connection, tables: BridgeTables) -> None:
+        by_attr = _table_attr(tables)
+        inspector = sa.inspect(conn)
+        for attr, suffix in wanted:
+            table = by_attr[attr]
+            existing = {ix["name"] for ix in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name and index.name.endswith(suffix) and index.name not in existing:
+                    index.create(conn)
+
+    return apply
+
+
 def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]:
     def apply(conn: sa.Connection, tables: BridgeTables) -> None:
         by_attr = _table_attr(tables)
@@ -144,6 +160,21 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         6,
+        "dashboard sessions (moodle_bridge.web.auth)",
+        _create_tables("dash_sessions"),
+        adds_tables=("dash_sessions",),
+    ),
+    Step(
+        7,
+        "recipient indexes for the dashboard: by user (department managers), address and name search",
+        _add_indexes(
+            ("recipients", "mrclreci_jobuse_ix"),
+            ("recipients", "mrclreci_jobadd_ix"),
+            ("recipients", "mrclreci_jobful_ix"),
+        ),
+    ),
+    Step(
+        8,
         "jobs count delivered and fell-back recipients apart; cancellation reaches the cloud",
         _add_columns(*_JOB_COUNTS_COLUMNS),
         adds_columns=_JOB_COUNTS_COLUMNS,

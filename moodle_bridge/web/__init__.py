@@ -1,0 +1,1 @@
+"""The dashboard (docs/dashboard.md): sign-in through Moodle, jobs, settings, suppressions, audit."""

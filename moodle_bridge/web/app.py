@@ -1,0 +1,1142 @@
+"""The dashboard: a Starlette app with server-rendered pages (docs/dashboard.md).
+
+Sign-in only through a one-time token signed by Moodle's ``local_mrcloud`` plugin (or
+``moodle-offload dashboard link``); rights come from Moodle's tables (``web/auth.py``). Every route
+checks the session and the company scope on the server: a job, certificate or setting of another
+company answers 404 exactly like one that does not exist. POSTs carry the session's CSRF token.
+Pages work without JavaScript; ``static/app.js`` only refreshes progress figures by polling JSON.
+Nothing rendered or exported contains a message body, template data or a temporary password: the
+queries never select ``data``, ``secret`` or IOMAD's ``body``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hmac
+import inspect
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import jinja2
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.datastructures import FormData, MutableHeaders
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from moodle_bridge.commands.company import cloudflare_refusal
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.pipeline.routing import PROVIDERS
+from moodle_bridge.results.iomad_link import IomadQueue
+from moodle_bridge.results.job_control import (
+    JobControlError,
+    cancel_job,
+    error_rows,
+    retry_failed,
+    write_error_csv,
+)
+from moodle_bridge.results.nonce_store import DatabaseNonceStore
+from moodle_bridge.results.suppression import remove_suppression
+from moodle_bridge.storage import audit
+from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
+from moodle_bridge.web import queries as q
+from moodle_bridge.web.auth import (
+    ROLE_LABELS,
+    TOKEN_KEY_ID,
+    AccessRefused,
+    MoodleDirectory,
+    Principal,
+    Session,
+    create_session,
+    end_session,
+    load_session,
+    purge_sessions,
+    refresh_session,
+)
+from moodle_bridge.web.certificates import (
+    CertificateStoreMissing,
+    ObjectReader,
+    S3Certificates,
+    file_name,
+    zip_stream,
+)
+from offload_contract import dashboard_token
+
+log = logging.getLogger("moodle_bridge.web")
+HERE = Path(__file__).resolve().parent
+COOKIE = "mrcloud_session"
+DASH = "\u2013"  # shown for a missing value
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+# Audit actions written by the dashboard (besides job_control's and the settings' own).
+SIGNED_IN = "dashboard_signed_in"
+SIGNIN_REFUSED = "dashboard_signin_refused"
+ACCESS_REVOKED = "dashboard_access_revoked"
+RECIPIENTS_EXPORTED = "recipient_list_downloaded"
+ERRORS_EXPORTED = "error_report_downloaded"
+SUPPRESSIONS_EXPORTED = "suppressions_downloaded"
+SUPPRESSION_REMOVED = "suppression_removed"
+CERTIFICATE_DOWNLOADED = "certificate_downloaded"
+CERTIFICATES_ZIPPED = "certificates_downloaded"
+
+
+class NotFound(Exception):
+    pass
+
+
+class SignedOut(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass
+class DashboardState:
+    engine: sa.Engine
+    tables: BridgeTables
+    directory: MoodleDirectory
+    config: BridgeConfig
+    queue: IomadQueue | None
+    clock: Callable[[], float] = time.time
+    templates: jinja2.Environment = field(init=False)
+    base: str = field(init=False)
+    secure_cookie: bool = True
+    figures: q.FiguresCache = field(default_factory=q.FiguresCache)
+    certificate_store: ObjectReader | None = None
+
+    def certificates(self) -> ObjectReader:
+        if self.certificate_store is None:
+            self.certificate_store = S3Certificates(self.config)
+        return self.certificate_store
+
+    def __post_init__(self) -> None:
+        self.base = urlsplit(self.config.dashboard.public_url).path.rstrip("/")
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.templates.filters["num"] = lambda n: f"{int(n):,}"
+        self.templates.filters["pct"] = lambda x: DASH if x is None else f"{x:.2%}"
+
+    def now(self) -> int:
+        return int(self.clock())
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _state(request: Request) -> DashboardState:
+    state: DashboardState = request.app.state.dashboard
+    return state
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _fmt_time(tz: dt.tzinfo) -> Callable[[int | None], str]:
+    def fmt(epoch: int | None) -> str:
+        if not epoch:
+            return DASH
+        return dt.datetime.fromtimestamp(int(epoch), tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    return fmt
+
+
+def _duration(seconds: int | float | None) -> str:
+    if seconds is None:
+        return DASH
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def _int(value: str | None, *, minimum: int = 0) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if number >= minimum else None
+
+
+def _session(request: Request) -> tuple[Session, str]:
+    """The signed-in session, its rights re-read from Moodle when older than ``recheck_seconds``."""
+    state = _state(request)
+    sid = request.cookies.get(COOKIE, "")
+    now = state.now()
+    refused: AccessRefused | None = None
+    with state.engine.begin() as conn:
+        session = load_session(conn, state.tables, sid, now=now)
+        if session is None:
+            raise SignedOut("You are not signed in. Open the dashboard from Moodle.")
+        if now - session.checked >= state.config.dashboard.recheck_seconds:
+            try:
+                principal = state.directory.resolve(conn, session.principal.user_id, session.company_hint)
+            except AccessRefused as exc:
+                refused = exc
+                end_session(conn, state.tables, sid)
+                audit.record(
+                    conn,
+                    state.tables,
+                    actor=session.principal.actor,
+                    action=ACCESS_REVOKED,
+                    now=now,
+                    companyid=session.principal.company_id,
+                    source=_source(request),
+                    detail={"reason": str(exc)},
+                )
+            else:
+                refresh_session(conn, state.tables, sid, principal, now=now)
+                session = Session(principal, session.csrf, session.company_hint, now, session.expires)
+    if refused is not None:  # after the commit: the session is gone and the revocation audited
+        raise SignedOut(f"Your access to the dashboard has ended: {refused}.")
+    return session, sid
+
+
+def _render(
+    request: Request, session: Session | None, name: str, status: int = 200, **context: Any
+) -> Response:
+    state = _state(request)
+    who = session.principal if session else None
+    tz = who.tz() if who else dt.UTC
+    template = state.templates.get_template(name)
+    html = template.render(
+        base=state.base,
+        who=who,
+        role_label=ROLE_LABELS.get(who.role, "") if who else "",
+        csrf=session.csrf if session else "",
+        t=_fmt_time(tz),
+        duration=_duration,
+        qs=lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")}),
+        path=request.url.path,
+        **context,
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+async def _form(request: Request, session: Session) -> FormData:
+    """The POSTed form, after its CSRF token matched the session's."""
+    form = await request.form()
+    token = str(form.get("csrf", ""))
+    if not token or not hmac.compare_digest(token, session.csrf):
+        raise PermissionError("the form is out of date or did not come from the dashboard; reload the page")
+    return form
+
+
+def _job_or_404(conn: sa.Connection, state: DashboardState, who: Principal, job_id: int) -> Any:
+    job = q.get_job(conn, state.tables, who, job_id)
+    if job is None:
+        raise NotFound()
+    return job
+
+
+def _redirect(state: DashboardState, path: str, message: str = "", error: str = "") -> RedirectResponse:
+    params = urlencode({k: v for k, v in (("msg", message), ("err", error)) if v})
+    return RedirectResponse(f"{state.base}{path}" + (f"?{params}" if params else ""), status_code=303)
+
+
+# -- sign-in ------------------------------------------------------------------------------------
+
+
+def signin(request: Request) -> Response:
+    state = _state(request)
+    token = request.query_params.get("token", "")
+    now = state.now()
+    key = state.config.dashboard.shared_key
+    try:
+        if not key:
+            raise dashboard_token.TokenError("not_configured", "the dashboard has no shared key configured")
+        signin_data = dashboard_token.verify(key, token, now=now)
+        burnt = DatabaseNonceStore(state.engine, state.tables).remember(
+            TOKEN_KEY_ID, signin_data.jti, signin_data.expires + 120
+        )
+        if not burnt:
+            raise dashboard_token.TokenError("replayed", "this sign-in link was already used")
+        with state.engine.begin() as conn:
+            purge_sessions(conn, state.tables, now=now)  # expired ones, on the timeexpires index
+            principal = state.directory.resolve(conn, signin_data.user_id, signin_data.company_id)
+            sid, session = create_session(
+                conn,
+                state.tables,
+                principal,
+                company_hint=signin_data.company_id,
+                now=now,
+                lifetime=state.config.dashboard.session_seconds,
+                source=_source(request),
+            )
+            audit.record(
+                conn,
+                state.tables,
+                actor=principal.actor,
+                action=SIGNED_IN,
+                now=now,
+                companyid=principal.company_id,
+                source=_source(request),
+                detail={"role": principal.role},
+            )
+    except (dashboard_token.TokenError, AccessRefused) as exc:
+        code = exc.code if isinstance(exc, dashboard_token.TokenError) else "no_rights"
+        message = exc.detail if isinstance(exc, dashboard_token.TokenError) else str(exc)
+        with state.engine.begin() as conn:
+            audit.record(
+                conn,
+                state.tables,
+                actor="dashboard:anonymous",
+                action=SIGNIN_REFUSED,
+                now=now,
+                source=_source(request),
+                detail={"reason": code},
+            )
+        return _render(request, None, "refused.html", status=403, message=message, code=code)
+    # A same-site page, so the SameSite=Strict cookie is sent on the next request; the token leaves
+    # the address bar at once and is never sent as a Referer (Referrer-Policy: no-referrer).
+    response = _render(request, session, "signed_in.html")
+    response.set_cookie(
+        COOKIE,
+        sid,
+        max_age=state.config.dashboard.session_seconds,
+        path=state.base or "/",
+        secure=state.secure_cookie,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+async def signout(request: Request) -> Response:
+    state = _state(request)
+    session, sid = _session(request)
+    await _form(request, session)
+    with state.engine.begin() as conn:
+        end_session(conn, state.tables, sid)
+    response = _render(request, None, "refused.html", status=200, message="You are signed out.", code="")
+    response.delete_cookie(COOKIE, path=state.base or "/")
+    return response
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+def _job_filters(request: Request, who: Principal) -> tuple[q.JobFilters, dict[str, str]]:
+    p = request.query_params
+    raw = {k: p.get(k, "").strip() for k in ("company", "type", "status", "from", "to", "before")}
+    tz = who.tz()
+    date_from = date_to = None
+    try:
+        if raw["from"]:
+            date_from = q.day_bounds(raw["from"], tz)[0]
+        if raw["to"]:
+            date_to = q.day_bounds(raw["to"], tz)[1]
+    except ValueError:
+        raw["from"] = raw["to"] = ""
+    filters = q.JobFilters(
+        company=_int(raw["company"]),
+        jobtype=raw["type"] if raw["type"] in q.JOB_TYPES else None,
+        status=raw["status"] if raw["status"] in q.JOB_STATUSES else None,
+        date_from=date_from,
+        date_to=date_to,
+        before_id=_int(raw["before"], minimum=1),
+    )
+    return filters, raw
+
+
+def jobs_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    filters, raw = _job_filters(request, who)
+    now = state.now()
+    with state.engine.connect() as conn:
+        rows, more = q.list_jobs(conn, state.tables, who, filters)
+    jobs = [(row, q.progress_of(row, now)) for row in rows]
+    return _render(
+        request,
+        session,
+        "jobs.html",
+        jobs=jobs,
+        more=more,
+        next_before=rows[-1].id if rows and more else None,
+        f=raw,
+        statuses=q.JOB_STATUSES,
+        types=q.JOB_TYPES,
+        msg=request.query_params.get("msg", ""),
+    )
+
+
+def _progress_json(row: Any, now: int) -> dict[str, Any]:
+    p = q.progress_of(row, now)
+    return {
+        "id": int(row.id),
+        "status": p.status,
+        "total": p.total,
+        "done": p.done,
+        "percent": p.percent,
+        "rate_per_minute": None if p.rate_per_minute is None else round(p.rate_per_minute, 1),
+        "eta_seconds": p.eta_seconds,
+        "eta": _duration(p.eta_seconds) if p.eta_seconds is not None else DASH,
+        "terminal": p.terminal,
+        "counters": {c: int(getattr(row, c)) for c in ("recipientstotal", *q.COUNTERS)},
+    }
+
+
+def progress(request: Request) -> Response:
+    """JSON progress of up to 50 jobs (``?ids=1,2,3``) the person may see, for the polling script."""
+    state = _state(request)
+    session, _ = _session(request)
+    ids = [int(x) for x in request.query_params.get("ids", "").split(",") if x.strip().isdigit()][:50]
+    now = state.now()
+    out = []
+    if ids:
+        j = state.tables.jobs
+        with state.engine.connect() as conn:
+            rows = conn.execute(sa.select(j).where(j.c.id.in_(ids))).all()
+        out = [_progress_json(r, now) for r in rows if session.principal.sees_company(int(r.companyid))]
+    return JSONResponse({"jobs": out}, headers={"Cache-Control": "no-store"})
+
+
+def job_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    p = request.query_params
+    search = p.get("q", "").strip()[:100]
+    status = p.get("rstatus", "") if p.get("rstatus", "") in q.STATUS_ORDER else ""
+    after = _int(p.get("after"), minimum=1) or 0
+    now = state.now()
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        figures = state.figures.get(conn, state.tables, state.directory, who, job)
+        counts, groups, batches = figures.counts, figures.groups, figures.batches
+        recipients, more = q.recipients_page(
+            conn, state.tables, state.directory, who, job, search=search, status=status, after_id=after
+        )
+        a = state.tables.audit_log
+        events = conn.execute(
+            sa.select(a.c.timecreated, a.c.actor, a.c.action)
+            .where(a.c.jobid == job_id)
+            .order_by(a.c.id.desc())
+            .limit(10)
+        ).all()
+    prog = q.progress_of(job, now)
+    start = job.timesubmitted or job.timecreated
+    end = job.timecompleted or now
+    elapsed = max(int(end) - int(start), 0)
+    return _render(
+        request,
+        session,
+        "job.html",
+        job=job,
+        prog=prog,
+        counts=[(s, counts.get(s, 0)) for s in q.STATUS_ORDER if counts.get(s, 0)],
+        counted=sum(counts.values()),
+        dlv=q.deliverability(counts),
+        cost=q.cost_estimate(counts, batches, str(job.jobtype)),
+        groups=groups,
+        recipients=recipients,
+        more=more,
+        next_after=recipients[-1].id if recipients and more else None,
+        search=search,
+        rstatus=status,
+        statuses=q.STATUS_ORDER,
+        elapsed=elapsed,
+        throughput=(prog.done / (elapsed / 60)) if elapsed and prog.done else None,
+        limits={
+            "bounce": q.SES_BOUNCE_LIMIT,
+            "complaint": q.SES_COMPLAINT_LIMIT,
+            "spam": q.MAILBOX_SPAM_LIMIT,
+        },
+        prices={
+            "ses": q.SES_PER_1000,
+            "req": q.LAMBDA_PER_MILLION_REQUESTS,
+            "gbs": q.LAMBDA_PER_GB_SECOND,
+            "mem": q.LAMBDA_MEMORY_GB,
+            "sec": q.LAMBDA_SECONDS_PER_BATCH,
+        },
+        events=events,
+        msg=p.get("msg", ""),
+        err=p.get("err", ""),
+        department_view=bool(who.role == "department_manager"),
+        retry_permanent_option=RETRY_KNOWS_PERMANENT,
+    )
+
+
+async def job_action(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    action = request.path_params["action"]
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    now = state.now()
+    try:
+        with state.engine.begin() as conn:
+            _job_or_404(conn, state, who, job_id)
+            if action == "retry":
+                report = retry_failed(
+                    conn,
+                    state.tables,
+                    job_id,
+                    actor=who.actor,
+                    now=now,
+                    max_recipients=state.config.submit.max_recipients,
+                    **_retry_options(form),
+                )
+                message = (
+                    f"Attempt {report.attempt}: {report.recipients} failed recipients go out again "
+                    f"in {len(report.batches)} batches with the next tick."
+                )
+            elif action == "cancel":
+                cancelled = cancel_job(
+                    conn, state.tables, job_id, actor=who.actor, now=now, queue=state.queue
+                )
+                message = (
+                    f"Cancelled: {cancelled.recipients_cancelled} recipients, {cancelled.batches_abandoned} "
+                    f"batches not sent, {cancelled.rows_restored} IOMAD rows given back to IOMAD."
+                )
+            else:
+                raise NotFound()
+    except JobControlError as exc:
+        return _redirect(state, f"/jobs/{job_id}", error=str(exc))
+    return _redirect(state, f"/jobs/{job_id}", message=message)
+
+
+#: Whether job control's retry tells permanent failures apart (then it skips them unless asked).
+RETRY_KNOWS_PERMANENT = "include_permanent" in inspect.signature(retry_failed).parameters
+
+
+def _retry_options(form: FormData) -> dict[str, Any]:
+    if RETRY_KNOWS_PERMANENT:
+        return {"include_permanent": form.get("include_permanent") == "1"}
+    return {}
+
+
+def _csv_stream(rows: Iterator[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode("utf-8")
+
+
+def _csv_cell(value: Any) -> Any:
+    """Spreadsheet formula neutralisation, as job_control's error report does."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+RECIPIENT_CSV = (
+    "recipient_id",
+    "job_id",
+    "address",
+    "name",
+    "role",
+    "status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "iomad_email_id",
+    "time_created",
+    "time_final",
+)
+
+
+def job_csv(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    kind = request.path_params["kind"]
+    if kind not in ("errors", "recipients"):
+        raise NotFound()
+    now = state.now()
+    iso = _fmt_iso(who.tz())
+    conn = state.engine.connect()
+    try:
+        job = _job_or_404(conn, state, who, job_id)
+        if kind == "errors" and who.role != "department_manager":
+            rows = list(error_rows(conn, state.tables, job_id))
+            buffer = io.StringIO()
+            write_error_csv(rows, buffer)
+            body: Any = [buffer.getvalue().encode("utf-8")]
+            count = len(rows)
+            action = ERRORS_EXPORTED
+        else:
+            statuses = (*q.FAILURE_STATUSES, "skipped", "cancelled") if kind == "errors" else ()
+            recipients = list(
+                q.iter_recipients(conn, state.tables, state.directory, who, job, statuses=statuses)
+            )
+            count = len(recipients)
+            body = _csv_stream(
+                (
+                    {
+                        "recipient_id": r.id,
+                        "job_id": job_id,
+                        "address": r.address,
+                        "name": r.fullname,
+                        "role": r.role,
+                        "status": r.status,
+                        "error_code": r.errorcode or "",
+                        "error_message": r.errormessage or "",
+                        "attempts": r.attempts,
+                        "iomad_email_id": r.emailid if r.emailid is not None else "",
+                        "time_created": iso(r.timecreated),
+                        "time_final": iso(r.timefinal),
+                    }
+                    for r in recipients
+                ),
+                RECIPIENT_CSV,
+            )
+            action = ERRORS_EXPORTED if kind == "errors" else RECIPIENTS_EXPORTED
+    finally:
+        conn.close()
+    with state.engine.begin() as wconn:
+        audit.record(
+            wconn,
+            state.tables,
+            actor=who.actor,
+            action=action,
+            now=now,
+            companyid=int(job.companyid),
+            jobid=job_id,
+            source=_source(request),
+            detail={"rows": count},
+        )
+    name = f"job-{job_id}-{'errors' if kind == 'errors' else 'recipients'}.csv"
+    return StreamingResponse(
+        iter(body),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _fmt_iso(tz: dt.tzinfo) -> Callable[[int | None], str]:
+    def fmt(epoch: int | None) -> str:
+        return dt.datetime.fromtimestamp(int(epoch), tz).isoformat() if epoch else ""
+
+    return fmt
+
+
+# -- certificates -------------------------------------------------------------------------------
+
+
+def certificates_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    after = _int(request.query_params.get("after"), minimum=1) or 0
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        rows, more = q.certificates_page(conn, state.tables, state.directory, who, job, after_id=after)
+    return _render(
+        request,
+        session,
+        "certificates.html",
+        job=job,
+        rows=rows,
+        more=more,
+        next_after=rows[-1].id if rows and more else None,
+        configured=bool(state.certificate_store or state.config.aws.content_bucket),
+    )
+
+
+def _audit_download(request: Request, who: Principal, job: Any, action: str, detail: dict[str, Any]) -> None:
+    state = _state(request)
+    with state.engine.begin() as conn:
+        audit.record(
+            conn,
+            state.tables,
+            actor=who.actor,
+            action=action,
+            now=state.now(),
+            companyid=int(job.companyid),
+            jobid=int(job.id),
+            source=_source(request),
+            detail=detail,
+        )
+
+
+def certificate_download(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    rid = int(request.path_params["recipient_id"])
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        row = q.certificate_of(conn, state.tables, state.directory, who, job, rid)
+    if row is None:
+        raise NotFound()
+    try:
+        chunks = state.certificates().open(str(row.artifactkey))
+        first = next(chunks, b"")  # fetch now, so a missing object answers an error page, not half a file
+    except CertificateStoreMissing as exc:
+        return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
+    except Exception as exc:  # botocore ClientError and connection errors: name them, no traceback
+        log.warning("certificate %s of job %s unavailable: %s", rid, job_id, type(exc).__name__)
+        return _render(
+            request, session, "error.html", status=502, title="Unavailable",
+            message="The certificate could not be read from the certificate store.",
+        )  # fmt: skip
+    _audit_download(request, who, job, CERTIFICATE_DOWNLOADED, {"recipient": rid})
+
+    def body() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
+    return StreamingResponse(
+        body(),
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{file_name(row)}"'},
+    )
+
+
+def certificates_zip(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        rows = list(q.iter_recipients(conn, state.tables, state.directory, who, job, with_artifact=True))
+    if not rows:
+        raise NotFound()
+    try:
+        store = state.certificates()
+    except CertificateStoreMissing as exc:
+        return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
+    _audit_download(request, who, job, CERTIFICATES_ZIPPED, {"certificates": len(rows)})
+    return StreamingResponse(
+        zip_stream(store, rows),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-certificates.zip"'},
+    )
+
+
+# -- company settings ---------------------------------------------------------------------------
+
+
+def _settings_company(request: Request, who: Principal) -> int | None:
+    if who.company_id is not None:
+        return who.company_id
+    return _int(request.query_params.get("company"))
+
+
+def settings_page(request: Request, *, error: str = "", status: int = 200) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    company = _settings_company(request, who)
+    repo = BridgeRepo(state.tables)
+    with state.engine.connect() as conn:
+        global_on = repo.offload_enabled(conn)
+        current = repo.get_settings(conn, company) if company is not None else None
+        others = repo.all_settings(conn) if who.is_admin else {}
+    return _render(
+        request,
+        session,
+        "settings.html",
+        status=status,
+        company=company,
+        current=current,
+        global_on=global_on,
+        others=others,
+        providers=PROVIDERS,
+        msg=request.query_params.get("msg", ""),
+        err=error or request.query_params.get("err", ""),
+    )
+
+
+def _onoff(form: FormData, name: str) -> bool:
+    return form.get(name) == "1"
+
+
+async def settings_save(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    company = _int(str(request.path_params["company"]))
+    if company is None or not who.sees_company(company):
+        raise NotFound()
+    threshold_raw = str(form.get("threshold", "")).strip()
+    try:
+        threshold = int(threshold_raw)
+        if threshold < 0:
+            raise ValueError
+    except ValueError:
+        return settings_page_error(request, "Not saved: the threshold must be a whole number of 0 or more.")
+    changes = {
+        "cloudenabled": _onoff(form, "cloud"),
+        "allowemail": _onoff(form, "emails"),
+        "allowcertificates": _onoff(form, "certificates"),
+        "fallbacklocal": _onoff(form, "fallback"),
+        "threshold": threshold,
+        "provider": str(form.get("provider", "")),
+        "senderaddress": str(form.get("sender_address", "")),
+        "sendername": str(form.get("sender_name", "")),
+        "sesstenant": str(form.get("ses_tenant", "")),
+        "certtemplate": str(form.get("cert_template", "")).strip() or "default",
+    }
+    try:
+        with state.engine.begin() as conn:
+            change_company_settings(
+                conn,
+                BridgeRepo(state.tables),
+                company,
+                changes,
+                actor=who.actor,
+                now=state.now(),
+                source=_source(request),
+                check=lambda settings: cloudflare_refusal(settings, state.config),
+            )
+    except SettingsError as exc:
+        return settings_page_error(request, f"Not saved: {exc}.")
+    suffix = f"?company={company}&" if who.is_admin else "?"
+    return RedirectResponse(
+        f"{state.base}/settings{suffix}{urlencode({'msg': 'Settings saved.'})}", status_code=303
+    )
+
+
+def settings_page_error(request: Request, message: str) -> Response:
+    return settings_page(request, error=message, status=400)
+
+
+async def global_switch(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    form = await _form(request, session)
+    if not who.is_admin:
+        raise NotFound()
+    enabled = form.get("enabled") == "1"
+    with state.engine.begin() as conn:
+        set_global_switch(
+            conn, BridgeRepo(state.tables), enabled, actor=who.actor, now=state.now(), source=_source(request)
+        )
+    return _redirect(state, "/settings", message=f"Global switch is {'on' if enabled else 'off'}.")
+
+
+# -- suppressions -------------------------------------------------------------------------------
+
+
+def suppressions_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    p = request.query_params
+    search, reason = p.get("q", "").strip()[:100], p.get("reason", "")
+    company = _int(p.get("company"))
+    with state.engine.connect() as conn:
+        rows, more = q.suppressions_page(
+            conn,
+            state.tables,
+            who,
+            company=company,
+            search=search,
+            reason=reason,
+            after_id=_int(p.get("after"), minimum=1) or 0,
+        )
+    return _render(
+        request,
+        session,
+        "suppressions.html",
+        rows=rows,
+        more=more,
+        next_after=rows[-1].id if rows and more else None,
+        search=search,
+        reason=reason,
+        company=company,
+        msg=p.get("msg", ""),
+        err=p.get("err", ""),
+    )
+
+
+def suppressions_csv(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    p = request.query_params
+    company = _int(p.get("company"))
+    iso = _fmt_iso(who.tz())
+    out: list[dict[str, Any]] = []
+    with state.engine.connect() as conn:
+        after = 0
+        while True:
+            rows, more = q.suppressions_page(
+                conn,
+                state.tables,
+                who,
+                company=company,
+                search=p.get("q", ""),
+                reason=p.get("reason", ""),
+                after_id=after,
+                limit=5000,
+            )
+            out.extend(
+                {
+                    "company_id": r.companyid,
+                    "address": r.address,
+                    "reason": r.reason,
+                    "source": r.source,
+                    "time": iso(r.timecreated),
+                }
+                for r in rows
+            )
+            if not more:
+                break
+            after = int(rows[-1].id)
+    with state.engine.begin() as conn:
+        audit.record(
+            conn,
+            state.tables,
+            actor=who.actor,
+            action=SUPPRESSIONS_EXPORTED,
+            now=state.now(),
+            companyid=who.company_id,
+            source=_source(request),
+            detail={"rows": len(out)},
+        )
+    return StreamingResponse(
+        _csv_stream(iter(out), ("company_id", "address", "reason", "source", "time")),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="suppressions.csv"'},
+    )
+
+
+async def suppression_remove(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    company = _int(str(form.get("company", "")))
+    address = str(form.get("address", "")).strip()
+    why = str(form.get("why", "")).strip()
+    if company is None or not who.sees_company(company):
+        raise NotFound()
+    if not why or len(why) > 200:
+        return _redirect(
+            state, "/suppressions", error="Say why the address may be mailed again (up to 200 characters)."
+        )
+    with state.engine.begin() as conn:
+        had = remove_suppression(conn, state.tables, company, address)
+        if had is not None:
+            audit.record(
+                conn,
+                state.tables,
+                actor=who.actor,
+                action=SUPPRESSION_REMOVED,
+                now=state.now(),
+                companyid=company,
+                source=_source(request),
+                detail={"address": address.lower(), "was": had, "reason": why},
+            )
+    if had is None:
+        return _redirect(state, "/suppressions", error=f"{address} is not on the list.")
+    return _redirect(state, "/suppressions", message=f"{address} removed from the suppression list.")
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+
+def audit_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    p = request.query_params
+    raw = {k: p.get(k, "").strip() for k in ("actor", "action", "company", "job", "from", "to", "before")}
+    tz = who.tz()
+    try:
+        date_from = q.day_bounds(raw["from"], tz)[0] if raw["from"] else None
+        date_to = q.day_bounds(raw["to"], tz)[1] if raw["to"] else None
+    except ValueError:
+        date_from = date_to = None
+        raw["from"] = raw["to"] = ""
+    filters = q.AuditFilters(
+        actor=raw["actor"][:100],
+        action=raw["action"][:64],
+        company=_int(raw["company"]),
+        job=_int(raw["job"], minimum=1),
+        date_from=date_from,
+        date_to=date_to,
+        before_id=_int(raw["before"], minimum=1),
+    )
+    with state.engine.connect() as conn:
+        rows, more = q.audit_page(conn, state.tables, who, filters)
+    entries = [(r, _detail_text(r.detail)) for r in rows]
+    return _render(
+        request,
+        session,
+        "audit.html",
+        entries=entries,
+        more=more,
+        next_before=rows[-1].id if rows and more else None,
+        f=raw,
+    )
+
+
+def _detail_text(detail: str | None) -> str:
+    if not detail:
+        return ""
+    try:
+        data = json.loads(detail)
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(data.items()))
+    return str(data)
+
+
+# -- app ----------------------------------------------------------------------------------------
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: security headers on every response, and ``Server-Timing: app;dur=``
+    (milliseconds from the request to the response head, i.e. the handler's whole work for a page;
+    the benchmark reads it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Cross-Origin-Opener-Policy"] = "same-origin"
+                if not static:
+                    headers["Cache-Control"] = "no-store"
+                headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _errors(app: Starlette) -> None:
+    async def not_found(request: Request, exc: Exception) -> Response:
+        try:
+            session, _ = _session(request)
+        except SignedOut:
+            session = None
+        return _render(
+            request,
+            session,
+            "error.html",
+            status=404,
+            title="Not found",
+            message="There is no such page, or it is not yours to see.",
+        )
+
+    async def signed_out(request: Request, exc: Exception) -> Response:
+        message = exc.message if isinstance(exc, SignedOut) else "You are not signed in."
+        response = _render(request, None, "refused.html", status=401, message=message, code="signed_out")
+        response.delete_cookie(COOKIE, path=_state(request).base or "/")
+        return response
+
+    async def forbidden(request: Request, exc: Exception) -> Response:
+        return _render(request, None, "error.html", status=403, title="Refused", message=str(exc))
+
+    app.add_exception_handler(NotFound, not_found)
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(SignedOut, signed_out)
+    app.add_exception_handler(PermissionError, forbidden)
+
+
+def healthz(request: Request) -> Response:
+    state = _state(request)
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError:
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(
+    engine: sa.Engine,
+    tables: BridgeTables,
+    config: BridgeConfig,
+    *,
+    queue: IomadQueue | None = None,
+    directory: MoodleDirectory | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    state = DashboardState(
+        engine=engine,
+        tables=tables,
+        directory=directory or MoodleDirectory(engine, config.database.prefix),
+        config=config,
+        queue=queue,
+        clock=clock,
+    )
+    routes = [
+        Route("/signin", signin),
+        Route("/signout", signout, methods=["POST"]),
+        Route("/", jobs_page),
+        Route("/progress.json", progress),
+        Route("/jobs/{job_id:int}", job_page),
+        Route("/jobs/{job_id:int}/certificates", certificates_page),
+        Route("/jobs/{job_id:int}/certificates.zip", certificates_zip),
+        Route("/jobs/{job_id:int}/certificates/{recipient_id:int}.pdf", certificate_download),
+        Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
+        Route("/jobs/{job_id:int}/{kind:str}.csv", job_csv),
+        Route("/settings", settings_page),
+        Route("/settings/global", global_switch, methods=["POST"]),
+        Route("/settings/{company:int}", settings_save, methods=["POST"]),
+        Route("/suppressions", suppressions_page),
+        Route("/suppressions.csv", suppressions_csv),
+        Route("/suppressions/remove", suppression_remove, methods=["POST"]),
+        Route("/audit", audit_page),
+        Route("/healthz", healthz),
+        Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    app.state.dashboard = state
+    _errors(app)
+    return app
