@@ -15,12 +15,12 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export WRANGLER_SEND_METRICS := false
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: demo test lint typecheck pytest bench setup system format clean
+.PHONY: demo test lint typecheck pytest audit bench setup system format clean
 
 demo: setup
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
-test: setup lint typecheck pytest
+test: setup lint typecheck audit pytest
 
 ifneq ($(wildcard cloudflare/package-lock.json),)
 setup: system $(PY_STAMP) $(FONTS_STAMP) $(NODE_STAMP)
@@ -66,6 +66,11 @@ typecheck: $(PY_STAMP)
 
 pytest: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# Dependency advisories (pip-audit, npm audit): reports, says clearly when the advisory services are
+# unreachable, and fails only with AUDIT_STRICT=1 and a known vulnerability (docs/security.md).
+audit: setup
+	$(BIN)/python scripts/dependency_audit.py
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -27,6 +27,7 @@ MODULES = (
     "campaigns_bench",
     "migration_lock_bench",
     "dashboard_bench",
+    "receiver_attack_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

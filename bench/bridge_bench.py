@@ -77,7 +77,11 @@ def _drop(url: URL) -> None:
 def _config(engine: sa.Engine) -> BridgeConfig:
     return BridgeConfig(
         database=DatabaseConfig(url=engine.url.render_as_string(hide_password=False)),
-        keys=KeysConfig(current="bench", keysets={"bench": generate_root_secret()}),
+        keys=KeysConfig(
+            current="bench",
+            keysets={"bench": generate_root_secret()},
+            seal_keysets={"s1": generate_root_secret()},
+        ),
         submit=replace(SubmitConfig(), sender_address="noreply@example.com"),
         password_key=base64.b64encode(os.urandom(32)).decode("ascii"),
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -38,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from demo.cloudflare import CallbackFaults, flaky_proxy, report_cloudflare, submit_twice
-from demo.embedded_aws import EmbeddedAws, embedded_aws
+from demo.embedded_aws import SEAL_KEYSET, EmbeddedAws, embedded_aws
 from demo.event_source import EventSourceMapping, Handler, LambdaCrash, LocalQueue, drain
 from demo.ses_emulator import FakeSes, throttle, to_sqs
 from demo.wrangler_dev import WranglerUnavailable, wrangler_dev
@@ -125,6 +126,7 @@ def bridge_environment(
         "MRCO_CALLBACK_BIND_PORT": str(port),
         "MRCO_KEYSETS": f"{KEYSET}={root_secret}",
         "MRCO_KEYSET_CURRENT": KEYSET,
+        "MRCO_SEAL_KEYSETS": f"{SEAL_KEYSET}={aws.seal_root}",
         "MRCO_PASSWORD_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
         "MRCO_SENDER_ADDRESS": aws.sender,
         "MRCO_SENDER_NAME": "Acme Training",
@@ -706,7 +708,12 @@ def run_cloudflare(args: argparse.Namespace) -> int:
         )
         local = seed_demo_site(engine, args.users, now)
         keysets = {"current": KEYSET, "keysets": {KEYSET: root}}
-        variables = {"RESULTS_MODE": "push", "PROVIDER_RATES": '{"cloudflare": 500}'}
+        seal_root = generate_root_secret()  # password mail travels sealed; only the Worker's sender opens it
+        variables = {
+            "RESULTS_MODE": "push",
+            "PROVIDER_RATES": '{"cloudflare": 500}',
+            "SEAL_KEYSETS": json.dumps({"current": SEAL_KEYSET, "keysets": {SEAL_KEYSET: seal_root}}),
+        }
         try:
             dev_context = wrangler_dev(output / "worker", keysets, variables)
             dev = dev_context.__enter__()
@@ -727,6 +734,7 @@ def run_cloudflare(args: argparse.Namespace) -> int:
                     "MRCO_CALLBACK_BIND_PORT": str(port),
                     "MRCO_KEYSETS": f"{KEYSET}={root}",
                     "MRCO_KEYSET_CURRENT": KEYSET,
+                    "MRCO_SEAL_KEYSETS": f"{SEAL_KEYSET}={seal_root}",
                     "MRCO_PASSWORD_KEY": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
                     "MRCO_SENDER_ADDRESS": "noreply@example.org",
                     "MRCO_SENDER_NAME": "Acme Training",

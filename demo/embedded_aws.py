@@ -22,9 +22,11 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from offload_contract.limits import SQS_MAX_MESSAGE_BYTES
+from offload_contract.signing import generate_root_secret
 
 REGION = "eu-west-1"
 QUEUES = ("jobs", "certificates", "results", "ses-events")
+SEAL_KEYSET = "s1"
 
 
 @dataclass
@@ -36,6 +38,8 @@ class EmbeddedAws:
     bucket: str = "mrco-demo-certificates"
     table: str = "mrco-demo-idempotency"
     secret_arn: str = ""
+    seal_secret_arn: str = ""
+    seal_root: str = field(default="", repr=False)
     configuration_set: str = "mrco-demo"
     sender: str = "noreply@acme.example"
 
@@ -88,6 +92,13 @@ class EmbeddedAws:
             Name="mrco-demo-hmac-keys",
             SecretString=json.dumps({"current": keyset, "keysets": {keyset: root_secret_b64}}),
         )["ARN"]
+        # The seal key set (offload_contract/sealing.py): the bridge seals password mail under it,
+        # only the email sender opens it (the stack grants it to nobody else).
+        self.seal_root = generate_root_secret()
+        self.seal_secret_arn = secrets.create_secret(
+            Name="mrco-demo-seal-keys",
+            SecretString=json.dumps({"current": SEAL_KEYSET, "keysets": {SEAL_KEYSET: self.seal_root}}),
+        )["ARN"]
         ses = self.client("ses")
         ses.verify_email_identity(EmailAddress=self.sender)
         ses.verify_domain_identity(Domain=self.sender.split("@", 1)[1])
@@ -115,6 +126,7 @@ class EmbeddedAws:
             "CONTENT_BUCKET": self.bucket,
             "CONFIGURATION_SET_NAME": self.configuration_set,
             "HMAC_SECRET_ARN": self.secret_arn,
+            "SEAL_SECRET_ARN": self.seal_secret_arn,
             "SENDER_ADDRESS": self.sender,
             "VERIFY_URL_BASE": "https://offload.example/v1/certificates/verify",
             "UNSUBSCRIBE_URL_BASE": "https://offload.example/v1/unsubscribe",

@@ -81,6 +81,10 @@ class OffloadConfig:
     #: Tighter throttling of the two public routes (verify, unsubscribe).
     public_rate_limit: float = 10.0
     public_burst_limit: int = 20
+    #: Per-client throttling of the public routes: a WAF web ACL with a rate-based rule (requests per
+    #: source address per 5 minutes). Costs money (docs/AWS_SETUP.md); off means stage throttling only.
+    public_waf: bool = True
+    public_waf_limit_per_5min: int = 300
     #: Alarm when the oldest jobs/certificates message is older than this.
     backlog_alarm_minutes: int = 60
     #: Days after which certificate PDFs move to Standard-IA, and contents/ objects expire.
@@ -122,6 +126,8 @@ class OffloadConfig:
             <= 0
         ):
             raise ConfigError("api_* and public_* rate and burst limits must be positive")
+        if not 10 <= self.public_waf_limit_per_5min <= 2_000_000_000:
+            raise ConfigError("public_waf_limit_per_5min must be between 10 and 2e9 (WAF rate-based rules)")
         if self.backlog_alarm_minutes < 1:
             raise ConfigError("backlog_alarm_minutes must be >= 1")
         if self.certificate_ia_after_days < 30 or self.content_expire_after_days < 1:

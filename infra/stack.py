@@ -16,7 +16,7 @@ from infra.constructs.email import EmailSending
 from infra.constructs.functions import OffloadFunctions, queue_timeouts
 from infra.constructs.monitoring import OffloadMonitoring
 from infra.constructs.queues import OffloadQueues
-from infra.constructs.storage import CertificateStorage, HmacKeys, IdempotencyTable
+from infra.constructs.storage import INITIAL_SEAL_KEYSET, CertificateStorage, HmacKeys, IdempotencyTable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +39,10 @@ class OffloadStack(Stack):
         self.storage = CertificateStorage(self, "Storage", config=config, removal=removal)
         self.idempotency = IdempotencyTable(self, "Idempotency", removal=removal)
         self.keys = HmacKeys(self, "HmacKeys", removal=removal)
+        # Readable by the email sender and the bridge only: password mail travels sealed under it.
+        self.seal_keys = HmacKeys(
+            self, "SealKeys", removal=removal, label="seal", initial_keyset=INITIAL_SEAL_KEYSET
+        )
         self.email = EmailSending(self, "Email", config=config, ses_events=self.queues.ses_events)
 
         code = lambda_.Code.from_asset(str(build_lambda_zip(PROJECT_ROOT, bundle_mode)))
@@ -51,6 +55,7 @@ class OffloadStack(Stack):
             storage=self.storage,
             table=self.idempotency,
             keys=self.keys,
+            seal_keys=self.seal_keys,
             email=self.email,
             removal=removal,
         )
@@ -69,6 +74,7 @@ class OffloadStack(Stack):
             queues=self.queues,
             storage=self.storage,
             keys=self.keys,
+            seal_keys=self.seal_keys,
             table=self.idempotency,
         )
         self.monitoring = OffloadMonitoring(
@@ -109,6 +115,10 @@ class OffloadStack(Stack):
             "HmacSecretArn": (
                 self.keys.secret.secret_arn,
                 "bridge: [secrets] keysets = secretsmanager:<this ARN> (or copy its value)",
+            ),
+            "SealSecretArn": (
+                self.seal_keys.secret.secret_arn,
+                "bridge: MRCO_SEAL_KEYSETS (copy the seal key set; only the email sender reads it in AWS)",
             ),
             "BridgeUserName": (self.bridge.user.user_name, "IAM user for the bridge; create its access key"),
             "ConfigurationSetName": (

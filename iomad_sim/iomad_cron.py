@@ -30,10 +30,43 @@ from moodle_bridge.sources.iomad import queries
 from moodle_bridge.sources.iomad.addresses import is_valid_address
 from moodle_bridge.sources.iomad.headers import HeadersError, TemplateSettings, parse_headers
 from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
-from moodle_bridge.sources.iomad.recipients import USER_TEMPLATES, template_check_type
+from moodle_bridge.sources.iomad.recipients import template_check_type
 from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
 
 HALF_YEAR = 6 * 30 * 24 * 60 * 60
+
+#: IOMAD's ``EmailTemplate::is_user_template()`` array as PHP sees it (4.3.7 and 5.x alike):
+#: string keys are user templates; the microlearning entries have numeric keys, so
+#: ``!empty($usertemplates[$name])`` never matches them. Kept apart from the bridge's own list
+#: so the tests compare two readings of IOMAD.
+_IS_USER_TEMPLATE_ARRAY: dict[object, str] = {
+    "completion_course_user": "completion_course_user",
+    "course_not_started_warning": "course_not_started_warning",
+    "completion_warn_user": "completion_warn_user",
+    "expiry_warn_user": "expiry_warn_user",
+    "license_allocated": "license_allocated",
+    "license_removed": "license_removed",
+    0: "microlearning_nugget_scheduled",
+    1: "microlearning_nugget_reminder1",
+    2: "microlearning_nugget_reminder2",
+    "password_update": "password_update",
+    "user_added_to_course": "user_added_to_course",
+    "user_create": "user_create",
+    "user_deleted": "user_deleted",
+    "user_programcompleted": "user_programcompleted",
+    "user_promoted": "user_promoted",
+    "user_removed_from_event": "user_removed_from_event",
+    "user_reset": "user_reset",
+    "user_signed_up_for_event": "user_signed_up_for_event",
+    "user_signed_up_to_waitlist": "user_signed_up_to_waitlist",
+    "user_suspended": "user_suspended",
+    "user_unsuspended": "user_unsuspended",
+}
+
+
+def is_user_template(name: str) -> bool:
+    """``!empty($usertemplates[$templatename])``."""
+    return bool(_IS_USER_TEMPLATE_ARRAY.get(name))
 
 
 @dataclass
@@ -184,7 +217,7 @@ def _send_to_user(
     targets.append(lambda: users_of(template.emailcc_ids))
     targets.append(lambda: [a for a in template.emailtoother_addresses if is_valid_address(a)])
     targets.append(lambda: [a for a in template.emailccother_addresses if is_valid_address(a)])
-    if str(email["templatename"]) in USER_TEMPLATES:
+    if is_user_template(str(email["templatename"])):
         if not template.disabledmanager:
             targets.append(lambda: users_of(_get_my_managers(conn, t, int(email["userid"]))))
         if not template.disabledsupervisor:

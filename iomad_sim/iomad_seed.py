@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from iomad_sim.iomad_schema import metadata_for
 from moodle_bridge.sources.iomad.headers import serialize_headers
 from moodle_bridge.sources.iomad.passwords import Secret, encode_iomad_temporary
-from moodle_bridge.sources.iomad.recipients import KNOWN_TEMPLATES
 from moodle_bridge.sources.iomad.schema import IomadGeneration, IomadTables
+from moodle_bridge.sources.iomad.templates import ALL_TEMPLATES
 
 SITE_NAME = "IOMAD Test"
 WWWROOT = "http://localhost"
@@ -346,7 +346,7 @@ def _seed(conn: sa.Connection, tables: IomadTables, spec: SeedSpec) -> SeedResul
                 "emailprofileid": 1 if spec.supervisor_every else None,
             }
         )
-        for name in sorted(KNOWN_TEMPLATES):
+        for name in sorted(ALL_TEMPLATES):
             row: dict[str, object] = {"id": template_id, "companyid": cid, "name": name}
             if tables.template_has_lang:
                 row["lang"] = "en"

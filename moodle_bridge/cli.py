@@ -33,6 +33,7 @@ def version() -> str:
 COMMAND_MODULES = (
     "migrate",
     "tick",
+    "run",
     "company",
     "jobs",
     "serve",

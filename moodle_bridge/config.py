@@ -124,8 +124,21 @@ class KeysConfig:
     #: key set name -> root secret (base64url, >= 32 bytes). MRCO_KEYSETS="k2026=...,k2025=...".
     keysets: Mapping[str, str] = field(default_factory=dict)
 
+    #: Seal key sets: the user's own copy of a password mail leaves the bridge encrypted under
+    #: them (offload_contract/sealing.py); only the email sender can read them in the cloud.
+    #: MRCO_SEAL_KEYSETS="s2026=...", MRCO_SEAL_KEYSET_CURRENT.
+    seal_current: str = ""
+    seal_keysets: Mapping[str, str] = field(default_factory=dict)
+
     def root_secrets(self) -> dict[str, bytes]:
         return {name: decode_root_secret(value) for name, value in self.keysets.items()}
+
+    def seal_root(self) -> tuple[str, bytes] | None:
+        """(name, root) of the current seal key set, or None when sealing is not configured."""
+        if not self.seal_keysets:
+            return None
+        name = self.seal_current or next(iter(self.seal_keysets))
+        return name, decode_root_secret(self.seal_keysets[name])
 
 
 @dataclass(frozen=True)
@@ -184,7 +197,12 @@ class BridgeConfig:
                 out["aws"] = {f.name: getattr(value, f.name) for f in fields(value)}
                 out["aws"]["secret_access_key"] = "***" if value.secret_access_key else ""
             elif section.name == "keys":
-                out["keys"] = {"current": value.current, "keysets": dict.fromkeys(value.keysets, "***")}
+                out["keys"] = {
+                    "current": value.current,
+                    "keysets": dict.fromkeys(value.keysets, "***"),
+                    "seal_current": value.seal_current,
+                    "seal_keysets": dict.fromkeys(value.seal_keysets, "***"),
+                }
             elif hasattr(value, "__dataclass_fields__"):
                 out[section.name] = {f.name: getattr(value, f.name) for f in fields(value)}
             else:
@@ -244,6 +262,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_CALLBACK_BIND_PORT": ("callbacks", "bind_port"),
     "MRCO_RESULTS_MODE": ("callbacks", "results_mode"),
     "MRCO_KEYSET_CURRENT": ("keys", "current"),
+    "MRCO_SEAL_KEYSET_CURRENT": ("keys", "seal_current"),
     "MRCO_DASHBOARD_KEY": ("dashboard", "shared_key"),
     "MRCO_DASHBOARD_URL": ("dashboard", "public_url"),
     "MRCO_DASHBOARD_BIND_HOST": ("dashboard", "bind_host"),
@@ -280,10 +299,10 @@ def _apply(config: BridgeConfig, section: str | None, key: str, raw: Any, name: 
     part = getattr(config, section)
     if key not in {f.name for f in fields(part)}:
         raise ConfigError(f"unknown setting {name}")
-    if section == "keys" and key == "keysets":
+    if section == "keys" and key in ("keysets", "seal_keysets"):
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{name} must be a table of key set name = root secret")
-        return replace(config, keys=replace(part, keysets={str(k): str(v) for k, v in raw.items()}))
+        return replace(config, keys=replace(part, **{key: {str(k): str(v) for k, v in raw.items()}}))
     return replace(config, **{section: replace(part, **{key: _coerce(getattr(part, key), raw, name)})})
 
 
@@ -335,6 +354,9 @@ def load_config(
         config = _resolve_secrets(config, env, references, client_factory)
     except SecretSourceError as exc:
         raise ConfigError(str(exc)) from None
+    if env.get("MRCO_SEAL_KEYSETS"):
+        sealing = parse_keysets(env["MRCO_SEAL_KEYSETS"])
+        config = replace(config, keys=replace(config.keys, seal_keysets=sealing))
     return validate_config(config)
 
 
@@ -449,6 +471,12 @@ def validate_config(config: BridgeConfig) -> BridgeConfig:
         raise ConfigError("dashboard.public_url must be an http(s) URL")
     if config.keys.current and config.keys.current not in config.keys.keysets:
         raise ConfigError("keys.current names a key set that is not configured")
+    try:
+        config.keys.seal_root()
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"keys.seal_keysets: {exc}") from None
+    if config.keys.seal_current and config.keys.seal_current not in config.keys.seal_keysets:
+        raise ConfigError("keys.seal_current names a seal key set that is not configured")
     if config.log_format not in ("human", "json", "auto"):
         raise ConfigError("log_format must be 'human', 'json' or 'auto'")
     if config.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR"):

@@ -16,6 +16,11 @@ SQS_MAX_MESSAGE_BYTES = 1_048_576
 #: Message attributes and the SQS envelope count towards the limit; keep room.
 SQS_HEADROOM_BYTES = 8_192
 
+#: The largest signed result callback body the contract allows: a result_batch must fit one SQS
+#: message (it is kept on the results queue for reconciliation), plus the envelope around it.
+ENVELOPE_OVERHEAD_BYTES = 1_024
+MAX_SIGNED_RESULT_BODY_BYTES = SQS_MAX_MESSAGE_BYTES + ENVELOPE_OVERHEAD_BYTES
+
 #: Cloudflare Queues: 128 KB per message. We read KB as 1,000 bytes to stay on the safe
 #: side, and keep headroom for the queue's own serialisation.
 CLOUDFLARE_MAX_MESSAGE_BYTES = 128_000

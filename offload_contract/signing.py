@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -30,6 +31,11 @@ DEFAULT_WINDOW_SECONDS: Final = 300
 #: HKDF salt: fixed, public, names the purpose so keys never collide with other uses.
 KDF_SALT: Final = b"manireports-cloud-offload"
 MIN_ROOT_SECRET_BYTES: Final = 32
+#: A nonce outlives the last second its timestamp is accepted (timestamp + window) by this much,
+#: so clock steps between servers sharing a nonce store cannot reopen the window.
+NONCE_MARGIN_SECONDS: Final = 60
+#: Derived company keys kept in memory (LRU). Key ids come from unauthenticated headers.
+KEY_CACHE_SIZE: Final = 1024
 
 _KEY_ID = re.compile(r"^([a-z0-9-]{1,16})\.c([0-9]{1,19})$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -175,12 +181,35 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     raise SignatureError("missing_header", f"{name} is required")
 
 
-class Verifier:
-    """Checks signed requests: key, ±window clock skew, body hash, HMAC, then the nonce.
+def nonce_expiry(timestamp: int, window_seconds: int) -> int:
+    """When a nonce may be forgotten: after the last second its timestamp can still be accepted.
 
-    The nonce is recorded only after the signature is valid, so unauthenticated traffic
-    cannot fill the store. Nonces are kept for twice the window, which covers every
-    timestamp the window still accepts.
+    ``|now - timestamp| <= window`` accepts up to ``timestamp + window`` inclusive; stores treat
+    ``expires_at <= now`` as expired, so the nonce must live strictly beyond that second.
+    """
+    return timestamp + window_seconds + NONCE_MARGIN_SECONDS
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """Headers that carry a valid signature over their claimed body digest; body not read yet."""
+
+    key_id: str
+    keyset: str
+    company_id: int
+    timestamp: int
+    nonce: str
+    claimed_digest: str
+
+
+class Verifier:
+    """Checks signed requests: key, ±window clock skew, HMAC, body hash, then the nonce.
+
+    The HMAC covers the *claimed* body digest, so it is checked from the headers alone
+    (``verify_headers``) before a byte of the body is read: unauthenticated callers cannot make
+    a receiver buffer their bodies. ``complete`` then compares the body's real digest (constant
+    time) and records the nonce, only for authenticated requests, so junk cannot fill the store.
+    A nonce is kept until its timestamp can no longer be accepted, plus a margin (``nonce_expiry``).
     """
 
     def __init__(
@@ -190,16 +219,23 @@ class Verifier:
         *,
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
+        key_cache_size: int = KEY_CACHE_SIZE,
     ) -> None:
         self._roots = dict(root_secrets)
         self._nonces = nonce_store
         self._window = window_seconds
         self._clock = clock
-        self._key_cache: dict[str, bytes] = {}
+        self._key_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._key_cache_size = max(1, key_cache_size)
+
+    @property
+    def key_cache_len(self) -> int:
+        return len(self._key_cache)
 
     def key_for(self, key_id: str) -> bytes:
         cached = self._key_cache.get(key_id)
         if cached is not None:
+            self._key_cache.move_to_end(key_id)
             return cached
         keyset, company_id = parse_key_id(key_id)
         root = self._roots.get(keyset)
@@ -207,9 +243,12 @@ class Verifier:
             raise SignatureError("unknown_key", "the key set named in the key id is not configured")
         key = derive_company_key(root, company_id)
         self._key_cache[key_id] = key
+        while len(self._key_cache) > self._key_cache_size:
+            self._key_cache.popitem(last=False)
         return key
 
-    def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> VerifiedRequest:
+    def verify_headers(self, method: str, path: str, headers: Mapping[str, str]) -> PendingRequest:
+        """Everything that needs no body: shape, clock window, key set, and the HMAC."""
         key_id = _header(headers, HEADER_KEY_ID)
         raw_timestamp = _header(headers, HEADER_TIMESTAMP)
         nonce = _header(headers, HEADER_NONCE)
@@ -232,15 +271,27 @@ class Verifier:
             raise SignatureError(
                 "stale_timestamp", f"timestamp is more than {self._window}s from server time"
             )
-        key = self.key_for(key_id)
-        actual_digest = hashlib.sha256(body).hexdigest()
-        if not hmac.compare_digest(actual_digest, claimed_digest):
-            raise SignatureError("body_hash_mismatch", "body does not match its SHA-256 header")
+        if keyset not in self._roots:
+            raise SignatureError("unknown_key", "the key set named in the key id is not configured")
         expected = compute_signature(
-            key, canonical_string(method, path, key_id, timestamp, nonce, actual_digest)
+            self.key_for(key_id), canonical_string(method, path, key_id, timestamp, nonce, claimed_digest)
         )
         if not hmac.compare_digest(expected, signature[len(SIGNATURE_PREFIX) :]):
             raise SignatureError("bad_signature", "signature does not match")
-        if not self._nonces.remember(key_id, nonce, now + 2 * self._window):
+        return PendingRequest(key_id, keyset, company_id, timestamp, nonce, claimed_digest)
+
+    def complete(self, pending: PendingRequest, body_sha256: str) -> VerifiedRequest:
+        """Compare the received body's digest with the signed one, then record the nonce."""
+        if not hmac.compare_digest(body_sha256, pending.claimed_digest):
+            raise SignatureError("body_hash_mismatch", "body does not match its SHA-256 header")
+        if not self._nonces.remember(
+            pending.key_id, pending.nonce, nonce_expiry(pending.timestamp, self._window)
+        ):
             raise SignatureError("replayed_nonce", "this nonce was already used")
-        return VerifiedRequest(key_id, keyset, company_id, timestamp, nonce)
+        return VerifiedRequest(
+            pending.key_id, pending.keyset, pending.company_id, pending.timestamp, pending.nonce
+        )
+
+    def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> VerifiedRequest:
+        pending = self.verify_headers(method, path, headers)
+        return self.complete(pending, hashlib.sha256(body).hexdigest())

@@ -187,6 +187,15 @@ def mutated(base: dict[str, Any], path: list[Any], value: Any = None, delete: bo
     return doc
 
 
+#: A fixed sealed content (offload_contract/sealing.py): the shape only, not openable here.
+SEALED = {
+    "kind": "sealed",
+    "key_id": "s2026.c7",
+    "nonce": "AAECAwQFBgcICQoL",
+    "ciphertext": "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ",
+}
+
+
 def main() -> None:
     examples = [
         {
@@ -306,6 +315,24 @@ def main() -> None:
             "message_type": "capabilities",
             "valid": False,
             "message": mutated(CAPABILITIES, ["email", "providers", "campaign"], "cloudflare"),
+        },
+        {
+            "name": "email batch whose password mail is sealed",
+            "message_type": "email_batch",
+            "valid": True,
+            "message": mutated(EMAIL_BATCH, ["contents", "e-1"], SEALED),
+        },
+        {
+            "name": "sealed content with a plaintext field beside the ciphertext",
+            "message_type": "email_batch",
+            "valid": False,
+            "message": mutated(EMAIL_BATCH, ["contents", "e-1"], {**SEALED, "html": "<p>password: x</p>"}),
+        },
+        {
+            "name": "sealed content with a malformed nonce",
+            "message_type": "email_batch",
+            "valid": False,
+            "message": mutated(EMAIL_BATCH, ["contents", "e-1"], {**SEALED, "nonce": "short"}),
         },
     ]
     out = ROOT / "offload_contract" / "vectors" / "messages.json"

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from offload_contract.codec import encode_message  # noqa: E402
+from offload_contract.sealing import seal_content  # noqa: E402
 from offload_contract.signing import (  # noqa: E402
     canonical_string,
     compute_signature,
@@ -125,6 +126,7 @@ def main() -> None:
             "length": 32,
         },
         "window_seconds": 300,
+        "nonce_margin_seconds": 60,
         "cases": [
             case(
                 "ascii envelope",
@@ -231,6 +233,17 @@ def main() -> None:
                 "expect_error": "replayed_nonce",
             },
             {
+                # Stamped 300 s ahead, first seen at once, replayed when the same timestamp is exactly
+                # 300 s old: still inside the window, so the nonce must still be remembered.
+                "name": "replay at the far edge of the window (first seen 300 s early, replayed 600 s later)",
+                "base_case": 0,
+                "mutate": {},
+                "replay": True,
+                "first_now": 1795361600,
+                "now": 1795362200,
+                "expect_error": "replayed_nonce",
+            },
+            {
                 "name": "uppercase hex signature",
                 "base_case": 0,
                 "mutate": {"signature_upper": True},
@@ -247,6 +260,23 @@ def main() -> None:
         "okm_hex": "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
     }
     vectors["rfc5869_case1"] = rfc5869
+    sealed_content = {
+        "kind": "rendered",
+        "subject": "Votre compte — حسابك",
+        "html": "<p>username: zoë</br>password: Xq7#mP2v!Lw9</p>",
+    }
+    vectors["sealing"] = {
+        "description": "A sealed content (offload_contract/sealing.py) with a fixed nonce: Python seals to "
+        "exactly this, the Worker opens it; changing company, job or content id must fail.",
+        "root_secret_b64url": b64url(ROOT_SECRET_A),
+        "keyset": "s1",
+        "company_id": 7,
+        "job_id": "j-7",
+        "content_id": "e-1",
+        "content": sealed_content,
+        "nonce_hex": bytes(range(12)).hex(),
+        "sealed": seal_content(ROOT_SECRET_A, "s1", 7, "j-7", "e-1", sealed_content, nonce=bytes(range(12))),
+    }
     out = ROOT / "offload_contract" / "vectors" / "signing.json"
     out.write_text(json.dumps(vectors, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out.relative_to(ROOT)}")

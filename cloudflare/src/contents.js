@@ -2,6 +2,7 @@
 // and its plain-text part (the content's own, or generated from the HTML as the AWS sender
 // does in lambdas/email/text.py).
 
+import { SealError, openContent } from "./sealing.js";
 import { sha256Hex } from "./signing.js";
 
 /** A content cannot be used for this recipient: final, with a stable code (never the data). */
@@ -107,11 +108,11 @@ export async function fetchReference(bucket, ref) {
   } catch {
     throw new ContentError("reference_invalid", "stored content is not UTF-8 JSON");
   }
-  if (!content || typeof content !== "object" || !["rendered", "template"].includes(content.kind)) {
+  if (!content || typeof content !== "object" || !["rendered", "template", "sealed"].includes(content.kind)) {
     throw new ContentError("reference_invalid", "stored content must be a rendered or template content");
   }
   if (typeof content.subject !== "string" || typeof content.html !== "string") {
-    throw new ContentError("reference_invalid", "stored content lacks subject or html");
+    if (content.kind !== "sealed") throw new ContentError("reference_invalid", "stored content lacks subject or html");
   }
   return content;
 }
@@ -121,11 +122,20 @@ export async function fetchReference(bucket, ref) {
  * cannot run in workerd (no eval), so the bridge renders list templates before a batch goes
  * to the Worker; a template that arrives anyway fails its recipients with template_unsupported.
  */
-export async function resolveContents(batch, bucket) {
+export async function resolveContents(batch, bucket, sealRoots = null) {
   const out = {};
   for (const [id, content] of Object.entries(batch.contents)) {
     try {
-      const resolved = content.kind === "reference" ? await fetchReference(bucket, content.ref) : content;
+      let resolved = content.kind === "reference" ? await fetchReference(bucket, content.ref) : content;
+      if (resolved.kind === "sealed") {
+        // A password mail: opened in memory right before sending (docs/security.md).
+        try {
+          resolved = await openContent(sealRoots, batch.company_id, batch.job_id, id, resolved);
+        } catch (error) {
+          if (error instanceof SealError) throw new ContentError(error.code, error.message);
+          throw error;
+        }
+      }
       if (resolved.kind !== "rendered") {
         throw new ContentError(
           "template_unsupported",

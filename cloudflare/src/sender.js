@@ -3,6 +3,7 @@
 // (docs/lambdas.md, "Exactly once"; docs/cloudflare.md, "Sending").
 
 import { resolveContents } from "./contents.js";
+import { parseKeysets } from "./keysets.js";
 import { COMPLETED, INPROGRESS, indexShardName } from "./ledger.js";
 import { buildProvider, providerRate, providerRouting } from "./providers.js";
 import { publishResults } from "./results.js";
@@ -101,7 +102,7 @@ export async function processEmailBatch(batch, env, deps = {}) {
 
   const routing = providerRouting(env);
   const providerName = routing.pick(batch.category, batch.company_id);
-  const contents = await resolveContents(batch, env.OFFLOAD_BUCKET);
+  const contents = await resolveContents(batch, env.OFFLOAD_BUCKET, sealRoots(env));
   const existing = await ledger.lookup(batch.recipients.map((r) => r.recipient_id));
   const results = [];
   const requeues = []; // {recipient, attempt, delay}
@@ -345,3 +346,13 @@ export async function processEmailBatch(batch, env, deps = {}) {
 }
 
 export { INPROGRESS };
+
+/** The SEAL_KEYSETS secret's roots, or null when it is not set (sealed contents then fail). */
+function sealRoots(env) {
+  if (typeof env.SEAL_KEYSETS !== "string" || env.SEAL_KEYSETS.trim() === "") return null;
+  try {
+    return parseKeysets(env.SEAL_KEYSETS).roots;
+  } catch {
+    return null;
+  }
+}

@@ -14,6 +14,18 @@ export const SIGNATURE_PREFIX = "v1=";
 
 /** Accept a request whose timestamp is within this many seconds of our clock. */
 export const DEFAULT_WINDOW_SECONDS = 300;
+/** A nonce outlives the last second its timestamp is accepted by this much (see nonceExpiry). */
+export const NONCE_MARGIN_SECONDS = 60;
+/** Derived company keys kept per isolate (LRU); key ids come from unauthenticated headers. */
+export const KEY_CACHE_SIZE = 1024;
+
+/**
+ * When a nonce may be forgotten: `|now - timestamp| <= window` accepts up to `timestamp + window`
+ * inclusive and stores treat `expiresAt <= now` as expired, so the nonce must live beyond it.
+ */
+export function nonceExpiry(timestamp, windowSeconds) {
+  return timestamp + windowSeconds + NONCE_MARGIN_SECONDS;
+}
 /** HKDF salt: fixed, public, names the purpose so keys never collide with other uses. */
 export const KDF_SALT = "manireports-cloud-offload";
 export const MIN_ROOT_SECRET_BYTES = 32;
@@ -274,8 +286,8 @@ function normaliseRoots(rootSecrets) {
 /**
  * Checks signed requests: well-formed headers, ±window clock skew, known key set, body
  * hash, HMAC, then the nonce. The nonce is recorded only after the signature is valid, so
- * unauthenticated traffic cannot fill the store. Nonces are kept for twice the window,
- * which covers every timestamp the window still accepts.
+ * unauthenticated traffic cannot fill the store. A nonce is kept until its timestamp can no
+ * longer be accepted, plus a margin (nonceExpiry); derived keys are cached LRU, bounded.
  */
 export class Verifier {
   constructor(rootSecrets, nonceStore, { windowSeconds = DEFAULT_WINDOW_SECONDS, clock } = {}) {
@@ -291,7 +303,11 @@ export class Verifier {
 
   async keyFor(keyId) {
     const cached = this.keyCache.get(keyId);
-    if (cached) return cached;
+    if (cached) {
+      this.keyCache.delete(keyId); // re-insert: Map keeps insertion order, so this is LRU
+      this.keyCache.set(keyId, cached);
+      return cached;
+    }
     const { keyset, company } = parseKeyId(keyId);
     const root = this.roots.get(keyset);
     if (root === undefined) {
@@ -299,6 +315,7 @@ export class Verifier {
     }
     const key = await importHmacKey(await deriveCompanyKey(root, company));
     this.keyCache.set(keyId, key);
+    while (this.keyCache.size > KEY_CACHE_SIZE) this.keyCache.delete(this.keyCache.keys().next().value);
     return key;
   }
 
@@ -343,7 +360,7 @@ export class Verifier {
     const canonical = canonicalString(method, path, keyId, timestamp, nonce, actualDigest);
     const valid = await crypto.subtle.verify("HMAC", key, hexToBytes(signatureHex), encoder.encode(canonical));
     if (!valid) throw new SignatureError("bad_signature", "signature does not match");
-    if (!(await this.nonces.remember(keyId, nonce, now + 2 * this.window))) {
+    if (!(await this.nonces.remember(keyId, nonce, nonceExpiry(timestamp, this.window)))) {
       throw new SignatureError("replayed_nonce", "this nonce was already used");
     }
     return { keyId, keyset, company, companyId, timestamp, nonce };

@@ -12,6 +12,7 @@ import {
   MemoryNonceStore,
   SCHEME,
   SignatureError,
+  KEY_CACHE_SIZE,
   Verifier,
   base64ToBytes,
   bytesToHex,
@@ -141,8 +142,15 @@ describe.each(vectors.rejections.map((r) => [r.name, r]))("rejection vector: %s"
     }
     if ("key_id" in r.mutate) headers[HEADER_KEY_ID] = r.mutate.key_id;
     if (r.mutate.signature_upper) headers[HEADER_SIGNATURE] = "v1=" + headers[HEADER_SIGNATURE].slice(3).toUpperCase();
-    const verifier = verifierAt(r.now);
-    if (r.replay) await verifier.verify(method, path, headers, body);
+    let now = r.first_now ?? r.now;
+    const verifier = new Verifier(rootsOf(CASES), new MemoryNonceStore(() => now), {
+      clock: () => now,
+      windowSeconds: vectors.window_seconds,
+    });
+    if (r.replay) {
+      await verifier.verify(method, path, headers, body);
+      now = r.now;
+    }
     expect(await codeOf(verifier.verify(method, path, headers, body))).toBe(r.expect_error);
   });
 });
@@ -250,7 +258,7 @@ describe("verification details", () => {
     expect(await codeOf(verifierAt(c.timestamp, store).verify(method, path, forged, body))).toBe("bad_signature");
     expect(calls).toEqual([]);
     await verifierAt(c.timestamp, store).verify(method, path, headers, body);
-    expect(calls).toEqual([[c.key_id, c.nonce, c.timestamp + 600]]);
+    expect(calls).toEqual([[c.key_id, c.nonce, c.timestamp + vectors.window_seconds + vectors.nonce_margin_seconds]]);
   });
 
   it("scopes nonces per key id and forgets them after twice the window", async () => {
@@ -272,6 +280,18 @@ describe("verification details", () => {
     const verifier = new Verifier({ live: root }, new MemoryNonceStore());
     expect((await verifier.verify("POST", "/v1/batches", headers, body)).companyId).toBe(99);
     expect(newNonce()).not.toBe(newNonce());
+  });
+
+  it("keeps the derived-key cache bounded (LRU); unknown key sets never enter it", async () => {
+    const root = decodeRootSecret(CASES[0].root_secret_b64url);
+    const verifier = new Verifier({ k1: root }, new MemoryNonceStore());
+    for (let company = 0; company < KEY_CACHE_SIZE + 50; company++) await verifier.keyFor(`k1.c${company}`);
+    expect(verifier.keyCache.size).toBe(KEY_CACHE_SIZE);
+    for (let company = 0; company < 50; company++) {
+      expect(await codeOf(verifier.keyFor(`nope.c${company}`))).toBe("unknown_key");
+    }
+    expect(verifier.keyCache.size).toBe(KEY_CACHE_SIZE);
+    expect(verifier.keyCache.has("k1.c0")).toBe(false); // the oldest went first
   });
 
   it("refuses short or invalid root secrets, and bad key set names", () => {

@@ -7,6 +7,7 @@ from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from infra.config import OffloadConfig
@@ -156,7 +157,67 @@ class OffloadApi(Construct):
                 request_parameters={"method.request.path.token": True},
             )
         )
-        self._acknowledge()
+        self.web_acl = self._public_web_acl(config) if config.public_waf else None
+        self._acknowledge(config)
+
+    def _public_web_acl(self, config: OffloadConfig) -> wafv2.CfnWebACL:
+        """Per-client throttling of the public routes (the stage throttle is shared by everyone).
+
+        One rate-based rule: a source address that sends more than ``public_waf_limit_per_5min``
+        verify or unsubscribe requests in 5 minutes is blocked (403) until it slows down; other
+        clients are unaffected. The signed intake is left to IAM and the stage throttle."""
+
+        def starts_with(path: str) -> wafv2.CfnWebACL.StatementProperty:
+            return wafv2.CfnWebACL.StatementProperty(
+                byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+                    field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+                    positional_constraint="STARTS_WITH",
+                    search_string=f"/{STAGE_NAME}{path}/",
+                    text_transformations=[
+                        wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")
+                    ],
+                )
+            )
+
+        def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+            return wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=False
+            )
+
+        acl = wafv2.CfnWebACL(
+            self,
+            "PublicRoutesAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=visibility("offload-public-acl"),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="PublicRoutesPerClient",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            aggregate_key_type="IP",
+                            limit=config.public_waf_limit_per_5min,
+                            evaluation_window_sec=300,
+                            scope_down_statement=wafv2.CfnWebACL.StatementProperty(
+                                or_statement=wafv2.CfnWebACL.OrStatementProperty(
+                                    statements=[starts_with(VERIFY_PATH), starts_with(UNSUBSCRIBE_PATH)]
+                                )
+                            ),
+                        )
+                    ),
+                    visibility_config=visibility("offload-public-per-client"),
+                )
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self,
+            "PublicRoutesAclAssociation",
+            resource_arn=self.api.deployment_stage.stage_arn,
+            web_acl_arn=acl.attr_arn,
+        )
+        return acl
 
     @property
     def base_url(self) -> str:
@@ -237,16 +298,17 @@ class OffloadApi(Construct):
             )
         return role
 
-    def _acknowledge(self) -> None:
-        acknowledge(
-            self.api,
-            id="AwsSolutions-APIG3",
-            reason=(
-                "No WAF web ACL by default (from USD 5/month + per-request): the intake is IAM-signed, "
-                "the public routes take opaque HMAC tokens, and the stage is throttled. Attach a WAF "
-                "ACL to the stage where the threat model calls for it (docs/AWS_SETUP.md)."
-            ),
-        )
+    def _acknowledge(self, config: OffloadConfig) -> None:
+        if not config.public_waf:
+            acknowledge(
+                self.api,
+                id="AwsSolutions-APIG3",
+                reason=(
+                    "public_waf is off in this deployment's configuration: the public routes are "
+                    "throttled per stage only, and one client can exhaust that throttle for everyone "
+                    "(docs/security.md). The intake is IAM-signed."
+                ),
+            )
         for method, why in (
             (
                 self.verify_method,
@@ -255,7 +317,7 @@ class OffloadApi(Construct):
             (
                 self.unsubscribe_method,
                 "RFC 8058 one-click unsubscribe is POSTed by mail clients without credentials; "
-                "the token is HMAC-signed.",
+                "the token is HMAC-signed and bound to company, recipient and campaign.",
             ),
         ):
             acknowledge(method, id="AwsSolutions-APIG4", reason=why)
@@ -280,6 +342,7 @@ class BridgeAccess(Construct):
         queues: OffloadQueues,
         storage: CertificateStorage,
         keys: HmacKeys,
+        seal_keys: HmacKeys,
         table: IdempotencyTable | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -344,7 +407,7 @@ class BridgeAccess(Construct):
                 iam.PolicyStatement(
                     sid="ReadHmacKeys",
                     actions=["secretsmanager:GetSecretValue"],
-                    resources=[keys.secret.secret_arn],
+                    resources=[keys.secret.secret_arn, seal_keys.secret.secret_arn],
                 )
             )
         self.policy = iam.Policy(self, "Policy", statements=statements, users=[self.user])

@@ -106,6 +106,7 @@ class OffloadFunctions(Construct):
         storage: CertificateStorage,
         table: IdempotencyTable,
         keys: HmacKeys,
+        seal_keys: HmacKeys,
         email: EmailSending,
         removal: RemovalPolicy,
     ) -> None:
@@ -131,6 +132,8 @@ class OffloadFunctions(Construct):
         }
         for spec in SPECS.values():
             self._create(spec, code, environment, removal)
+        # Only the sender opens sealed password mail (offload_contract/sealing.py).
+        self.functions["email_sender"].add_environment("SEAL_SECRET_ARN", seal_keys.secret.secret_arn)
         if email.tenants:
             # Not in the agreed list: tells the sender which SES tenant sends for which company.
             self.functions["email_sender"].add_environment(
@@ -221,11 +224,20 @@ class OffloadFunctions(Construct):
             items("BatchGetItem", "GetItem", "UpdateItem"),
             send_to(queues.results),
         )
+        self._allow(
+            "email_sender",
+            iam.PolicyStatement(
+                sid="ReadSealKeys",
+                actions=["secretsmanager:GetSecretValue"],
+                resources=[seal_keys.secret.secret_arn],
+            ),
+        )
         self._allow("callback_dispatcher", read_keys)
         self._allow(
             "api",
-            # Nonces and unsubscribe tokens (PutItem), certificate verification (GetItem).
-            items("GetItem", "PutItem"),
+            # Nonces and unsubscribe records (PutItem), certificate verification (GetItem), the
+            # per-source count of wrong verification codes (UpdateItem).
+            items("GetItem", "PutItem", "UpdateItem"),
             read_keys,
             send_to(queues.jobs, queues.certificates),
         )

@@ -98,8 +98,12 @@ class IdempotencyTable(Construct):
         )
 
 
+#: The first seal key set (offload_contract/sealing.py): password mail is sealed under it.
+INITIAL_SEAL_KEYSET = "s1"
+
+
 class HmacKeys(Construct):
-    """The HMAC key-set secret, generated at deploy time, in the contract's JSON shape.
+    """A key-set secret (HMAC signing, or sealing), generated at deploy time, in the contract's shape.
 
     Secrets Manager can only generate a value into a top-level key, but the contract wants
     ``{"current": "k1", "keysets": {"k1": "<root>"}}``. So a seed secret is generated first
@@ -107,14 +111,24 @@ class HmacKeys(Construct):
     ``{{resolve:secretsmanager:...}}`` reference is in the template, never the value.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, removal: RemovalPolicy) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        removal: RemovalPolicy,
+        label: str = "HMAC",
+        initial_keyset: str = INITIAL_KEYSET,
+    ) -> None:
         super().__init__(scope, construct_id)
         self.seed = secretsmanager.Secret(
             self,
             "RootSeed",
-            description="ManiReports Offload: generated root for the first HMAC key set (read by nobody).",
+            description=(
+                f"ManiReports Offload: generated root for the first {label} key set (read by nobody)."
+            ),
             generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template='{"keyset": "' + INITIAL_KEYSET + '"}',
+                secret_string_template='{"keyset": "' + initial_keyset + '"}',
                 generate_string_key="root",
                 password_length=ROOT_SECRET_LENGTH,
                 exclude_punctuation=True,
@@ -127,10 +141,12 @@ class HmacKeys(Construct):
         self.secret = secretsmanager.Secret(
             self,
             "Keys",
-            description="ManiReports Offload: HMAC key sets {current, keysets{name: base64url root}}.",
+            description=(
+                f"ManiReports Offload: {label} key sets {{current, keysets{{name: base64url root}}}}."
+            ),
             secret_string_value=SecretValue.unsafe_plain_text(
                 Fn.join(
-                    "", ['{"current":"', INITIAL_KEYSET, '","keysets":{"', INITIAL_KEYSET, '":"', root, '"}}']
+                    "", ['{"current":"', initial_keyset, '","keysets":{"', initial_keyset, '":"', root, '"}}']
                 )
             ),
             removal_policy=removal,
@@ -140,9 +156,9 @@ class HmacKeys(Construct):
                 secret,
                 id="AwsSolutions-SMG4",
                 reason=(
-                    "HMAC key sets are rotated by adding a new key set and switching 'current' "
+                    f"{label} key sets are rotated by adding a new key set and switching 'current' "
                     "(docs/AWS_SETUP.md), because the bridge and the Lambdas must both hold a key "
-                    "set before it signs anything; a single-value rotation Lambda would break "
-                    "verification of in-flight requests."
+                    "set before it is used; a single-value rotation Lambda would break in-flight "
+                    "requests and messages."
                 ),
             )

@@ -131,9 +131,18 @@ class CertificateBatchProcessor:
                 Bucket=self.bucket, Key=key, Body=pdf, ContentType="application/pdf",
                 ContentDisposition='attachment; filename="certificate.pdf"', **self.sse,
             )  # fmt: skip
-            self.store.put_record(
-                f"cert#{code}", record_item(company_id, job_id, r["recipient_id"], key, data)
+            owned = self.store.put_company_item(
+                f"cert#{code}", company_id, record_item(company_id, job_id, r["recipient_id"], key, data)
             )
+            if not owned:  # another company's certificate holds this code: never overwrite it
+                report.results.append(
+                    recipient_result(job_id, r["recipient_id"], "failed", attempt,
+                                     error_code="verification_code_taken",
+                                     error_message="the verification code belongs to another company",
+                                     permanent=True)
+                )  # fmt: skip
+                report.failed += 1
+                continue
             artifact = {
                 "store": "s3", "bucket": self.bucket, "key": key, "sha256": digest,
                 "bytes": len(pdf), "content_type": "application/pdf",

@@ -1,6 +1,7 @@
 """Exactly-once bookkeeping per (job, recipient) in DynamoDB (design: docs/lambdas.md).
 
-One item per recipient, ``id = send#<job_id>#<recipient_id>``:
+One item per recipient, ``id = send#c<company_id>#<job_id>#<recipient_id>``: scoped by company, so
+one company's batch can never pre-claim (or read the outcome of) another company's recipient:
 
 * ``INPROGRESS`` is written with a conditional put *before* the SES call. It carries the
   owner's token and a lease (``lease_until``) tied to the function timeout.
@@ -67,8 +68,12 @@ class Claim:
     settled_by_event: bool = False
 
 
-def send_key(job_id: str, recipient_id: str) -> str:
-    return f"send#{job_id}#{recipient_id}"
+def send_key(company_id: int, job_id: str, recipient_id: str) -> str:
+    return f"send#c{int(company_id)}#{job_id}#{recipient_id}"
+
+
+def job_key(company_id: int, job_id: str) -> str:
+    return f"job#c{int(company_id)}#{job_id}"
 
 
 def _is_condition_failure(exc: ClientError) -> bool:
@@ -358,7 +363,7 @@ class IdempotencyStore:
         self._db.put_item(
             TableName=self._table,
             Item={
-                "id": {"S": f"job#{job_id}"},
+                "id": {"S": job_key(company_id, job_id)},
                 "company_id": {"N": str(company_id)},
                 "callback_url": {"S": callback_url},
                 "key_id": {"S": key_id},
@@ -366,8 +371,9 @@ class IdempotencyStore:
             },
         )
 
-    def job_route(self, job_id: str) -> tuple[int, str, str] | None:
-        item = self._db.get_item(TableName=self._table, Key={"id": {"S": f"job#{job_id}"}}).get("Item")
+    def job_route(self, company_id: int, job_id: str) -> tuple[int, str, str] | None:
+        key = {"id": {"S": job_key(company_id, job_id)}}
+        item = self._db.get_item(TableName=self._table, Key=key).get("Item")
         if item is None:
             return None
         return int(item["company_id"]["N"]), item["callback_url"]["S"], item["key_id"]["S"]
@@ -381,6 +387,42 @@ class IdempotencyStore:
     def put_record(self, key: str, attributes: dict[str, Any]) -> None:
         """An item without ``expiration``: the table's TTL never removes it (verify records)."""
         self._db.put_item(TableName=self._table, Item={"id": {"S": key}, **attributes})
+
+    def put_company_item(self, key: str, company_id: int, attributes: dict[str, Any]) -> bool:
+        """Write ``key`` for ``company_id`` unless another company already holds it (then False).
+
+        For keys in a namespace shared by every company (certificate verification codes). Like
+        ``put_record``, the item has no ``expiration``: the table's TTL never removes it."""
+        item = {"id": {"S": key}, "company_id": {"N": str(int(company_id))}}
+        item.update(attributes)
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(id) OR company_id = :company",
+                ExpressionAttributeValues={":company": {"N": str(int(company_id))}},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def add_failure(self, key: str, window_seconds: int) -> int:
+        """Count one failure under ``key`` (kept for ``window_seconds``); the new count."""
+        now = int(self._clock())
+        answer = self._db.update_item(
+            TableName=self._table,
+            Key={"id": {"S": key}},
+            UpdateExpression="ADD failures :one SET expiration = if_not_exists(expiration, :exp)",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(now + window_seconds)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["failures"]["N"])
+
+    def failures(self, key: str) -> int:
+        item = self.get_item(key)
+        return int(item["failures"]["N"]) if item is not None and "failures" in item else 0
 
     def get_item(self, key: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = self._db.get_item(TableName=self._table, Key={"id": {"S": key}}).get(

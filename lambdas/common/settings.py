@@ -18,6 +18,8 @@ class Settings:
     content_bucket: str = ""
     configuration_set_name: str = ""
     hmac_secret_arn: str = ""
+    #: The seal key sets (offload_contract/sealing.py); only the email sender may read them.
+    seal_secret_arn: str = ""
     sender_address: str = ""
     ses_max_send_rate: float | None = None
     verify_url_base: str = ""
@@ -51,6 +53,7 @@ class Settings:
             content_bucket=e.get("CONTENT_BUCKET", "") or e.get("CERTIFICATE_BUCKET", ""),
             configuration_set_name=e.get("CONFIGURATION_SET_NAME", ""),
             hmac_secret_arn=e.get("HMAC_SECRET_ARN", ""),
+            seal_secret_arn=e.get("SEAL_SECRET_ARN", ""),
             sender_address=e.get("SENDER_ADDRESS", ""),
             ses_max_send_rate=float(rate) if rate else None,
             verify_url_base=e.get("VERIFY_URL_BASE", ""),

@@ -2,7 +2,7 @@
 
 Order of work for a batch:
 
-1. Validate; look every recipient up (read-only, ``send#<job>#<recipient>``). Recipients
+1. Validate; look every recipient up (read-only, ``send#c<company>#<job>#<recipient>``). Recipients
    already COMPLETED are reported again from the stored result, never resent; those held by
    another invocation are re-queued; stale ones (left in the crash window) are sent again
    once the SES Send watermark proves SES never accepted them, looked at again later while
@@ -48,6 +48,7 @@ from lambdas.email.text import html_to_text
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
 from offload_contract import validate
+from offload_contract.sealing import SealError, open_content
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 #: Error code of a recipient not sent because its job was cancelled (the bridge's
@@ -131,8 +132,11 @@ class EmailBatchSender:
         allow_bulk: bool = True,
         tenants: Mapping[str, str] | None = None,
         crash_window: CrashWindowPolicy | None = None,
+        seal_roots: Callable[[], Mapping[str, bytes]] | None = None,
     ) -> None:
         self.allow_bulk = allow_bulk
+        #: Seal key sets (SEAL_SECRET_ARN), read only when a batch carries a sealed content.
+        self.seal_roots = seal_roots
         self.crash_window = crash_window or CrashWindowPolicy()
         self.probe = SendEventProbe(store, ses, self.crash_window)
         #: The deployment's SES tenant per company id (SES_TENANT_NAMES); wins over the batch's.
@@ -160,7 +164,7 @@ class EmailBatchSender:
             self._routes_known.add(job_id)
 
         recipients = batch["recipients"]
-        keys = [send_key(job_id, r["recipient_id"]) for r in recipients]
+        keys = [send_key(batch["company_id"], job_id, r["recipient_id"]) for r in recipients]
         # Read-only: nothing is claimed before its own SES call (docs/lambdas.md, crash window).
         known = self.store.lookup_many(keys, int(batch["attempt"]))
         requeues: list[Requeue] = []
@@ -320,9 +324,22 @@ class EmailBatchSender:
                     content = self.fetcher.content(content["ref"])
                 except ContentError as exc:
                     raise SendFailure(exc.code, str(exc)) from None
+            if content["kind"] == "sealed":
+                content = self._open_sealed(batch, content_id, content)
             cache[content_id] = content
         result: dict[str, Any] = cache[content_id]
         return result
+
+    def _open_sealed(self, batch: dict[str, Any], content_id: str, sealed: dict[str, Any]) -> dict[str, Any]:
+        """A password mail's body, decrypted in memory right before it is rendered; never stored."""
+        if self.seal_roots is None:
+            raise SendFailure("seal_key_unavailable", "this sender has no seal key set (SEAL_SECRET_ARN)")
+        try:
+            return open_content(
+                self.seal_roots(), int(batch["company_id"]), str(batch["job_id"]), content_id, sealed
+            )
+        except SealError as exc:
+            raise SendFailure(exc.code, str(exc)) from None
 
     def _prepare(
         self, batch: dict[str, Any], claimed: list[tuple[dict[str, Any], str]]

@@ -35,6 +35,7 @@ def intake() -> Intake:
         jobs_url=s.jobs_queue_url,
         certificates_url=s.certificates_queue_url,
         store=IdempotencyStore(dynamodb, s.idempotency_table),
+        roots=keys.roots,
     )
 
 
@@ -73,7 +74,7 @@ def verify_certificate(code: str) -> Response[Any]:
     if wants_html():
         headers = app.current_event.headers or {}
         language = headers.get("accept-language") or headers.get("Accept-Language") or ""
-        status, html = intake().verify_page(code, language)
+        status, html = intake().verify_page(code, language, _source_ip())
         return Response(
             status_code=status,
             content_type="text/html; charset=utf-8",
@@ -83,7 +84,13 @@ def verify_certificate(code: str) -> Response[Any]:
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
             },
         )
-    return _respond(intake().verify_certificate(code))
+    return _respond(intake().verify_certificate(code, _source_ip()))
+
+
+def _source_ip() -> str:
+    """The caller's address as API Gateway saw it: wrong verification codes are counted per address."""
+    identity = (app.current_event.get("requestContext") or {}).get("identity") or {}
+    return str(identity.get("sourceIp") or "")
 
 
 @app.post("/v1/unsubscribe/<token>")

@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from lambdas.common.aws import client
 from lambdas.common.idempotency import IdempotencyStore
+from lambdas.common.keys import SecretKeySets
 from lambdas.common.observability import MetricUnit, logger, metrics, tracer
 from lambdas.common.pacing import SharedRateLimiter, account_send_rate
 from lambdas.common.settings import settings
@@ -41,6 +42,7 @@ def sender() -> EmailBatchSender:
     dynamodb = client("dynamodb")
     rate = account_send_rate(client("sesv2"), s.ses_max_send_rate)
     logger.info("SES send rate", extra={"max_send_rate": rate})
+    seal_keys = SecretKeySets(client("secretsmanager"), s.seal_secret_arn) if s.seal_secret_arn else None
     return EmailBatchSender(
         store=IdempotencyStore(dynamodb, s.idempotency_table),
         limiter=SharedRateLimiter(dynamodb, s.idempotency_table, rate),
@@ -57,6 +59,7 @@ def sender() -> EmailBatchSender:
             give_up_seconds=s.crash_window_give_up_seconds,
             probe_interval_seconds=s.crash_window_probe_interval_seconds,
         ),
+        seal_roots=(lambda: seal_keys.get().roots) if seal_keys is not None else None,
     )
 
 

@@ -141,14 +141,15 @@ class SesEventProcessor:
         self.store = store
         self.results = results
         self.clock = clock
-        self._routes: dict[str, tuple[int, str, str] | None] = {}
+        self._routes: dict[tuple[int, str], tuple[int, str, str] | None] = {}
 
-    def route(self, job_id: str) -> tuple[int, str, str] | None:
-        if job_id not in self._routes or self._routes[job_id] is None:
+    def route(self, company_id: int, job_id: str) -> tuple[int, str, str] | None:
+        key = (company_id, job_id)
+        if key not in self._routes or self._routes[key] is None:
             if len(self._routes) > 10_000:
                 self._routes.clear()
-            self._routes[job_id] = self.store.job_route(job_id)
-        return self._routes[job_id]
+            self._routes[key] = self.store.job_route(company_id, job_id)
+        return self._routes[key]
 
     def process(self, records: Sequence[tuple[str, Any]]) -> EventReport:
         """Map a whole SQS batch of events, ``(record id, EventBridge event)`` each.
@@ -204,7 +205,7 @@ class SesEventProcessor:
             detail = _send_detail(event)
             tagged = None if detail is None else tagged_recipient(detail)
             if tagged is not None:
-                keys.append(send_key(tagged[0], tagged[1]))
+                keys.append(send_key(tagged[2], tagged[0], tagged[1]))
         return keys
 
     def _map(
@@ -226,7 +227,7 @@ class SesEventProcessor:
         if result["status"] == "sent":
             # Normally the sender already reported it; only a claim left in the crash window
             # is settled (and reported) from here.
-            key = send_key(job_id, recipient_id)
+            key = send_key(company_id, job_id, recipient_id)
             claim = claims.get(key)
             if claim is None or (claim.state is ClaimState.COMPLETED and not claim.settled_by_event):
                 return None  # completed and reported by the sender (or not ours to settle)
@@ -235,7 +236,7 @@ class SesEventProcessor:
                 return None
             report.settled += 1
             result = settled
-        route = self.route(job_id)
+        route = self.route(company_id, job_id)
         if route is None or route[0] != company_id:
             report.unroutable += 1
             return None

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from moodle_bridge.commands._common import fail
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import (
     DatabaseUnavailable,
@@ -26,6 +27,7 @@ from moodle_bridge.storage.migrations import (
     current_version,
     migrate,
 )
+from moodle_bridge.storage.strict_mode import install_strict_mode, remove_strict_mode
 
 
 def register(subparsers: Any) -> None:
@@ -37,6 +39,18 @@ def register(subparsers: Any) -> None:
         default=60,
         metavar="SECONDS",
         help="wait up to SECONDS for a running tick to finish before changing tables (60)",
+    )
+    strict = parser.add_mutually_exclusive_group()
+    strict.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict mode: install the trigger that parks cloud-routed IOMAD rows at insert "
+        "(needs the TRIGGER privilege; see docs/sending.md)",
+    )
+    strict.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="remove strict mode's trigger and hand the rows it parked back to IOMAD",
     )
     parser.set_defaults(handler=run)
 
@@ -64,8 +78,22 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
         # No tick between the steps: an ALTER waiting behind a pass's transaction would stall it.
         with tick_lock(engine, config.database.prefix, args.wait):
             result = migrate(engine, config.database.prefix, on_step=show)
+            if getattr(args, "strict", False) or getattr(args, "no_strict", False):
+                with engine.connect() as conn:
+                    iomad = detect_iomad(conn, config.database.prefix)
+                if args.strict:
+                    install_strict_mode(engine, iomad, config.database.prefix)
+                    table = iomad.email.name
+                    print(f"strict mode on: {table} rows of cloud-routed companies are parked at insert")
+                else:
+                    back = remove_strict_mode(engine, iomad, config.database.prefix)
+                    print(
+                        f"strict mode off: trigger removed, {back} parked unclaimed rows handed back to IOMAD"
+                    )
     except TickBusy:
         return fail(f"a tick is still running after {args.wait:g} s; run migrate again, or stop the service")
+    except IomadSchemaNotFound as exc:
+        return fail(f"strict mode needs the IOMAD queue table: {exc}")
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     except SchemaTooNew as exc:

@@ -12,6 +12,7 @@ from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.results.iomad_link import detect_queue
 from moodle_bridge.results.receiver import create_app
 from moodle_bridge.results.runtime import open_database
+from moodle_bridge.results.server import receiver_server_settings, uvicorn_config
 
 
 def register(subparsers: Any) -> None:
@@ -27,15 +28,20 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
     if not logging.getLogger().handlers:  # called outside the CLI (which configures logging)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     engine, tables = open_database(config)
-    app = create_app(engine, tables, config, queue=detect_queue(engine, config.database.prefix))
-    uvicorn.run(
+    settings = receiver_server_settings(config)
+    app = create_app(
+        engine,
+        tables,
+        config,
+        queue=detect_queue(engine, config.database.prefix),
+        body_timeout_seconds=settings.body_timeout_seconds,
+    )
+    server_config = uvicorn_config(
         app,
         host=args.host or config.callbacks.bind_host,
         port=args.port or config.callbacks.bind_port,
-        log_level="info",
+        settings=settings,
         log_config=None,  # uvicorn's lines go through the bridge's format (human or JSON)
-        access_log=False,  # our own log lines carry the reason code; the access log adds nothing safe
-        proxy_headers=True,
-        server_header=False,
     )
+    uvicorn.Server(server_config).run()
     return 0

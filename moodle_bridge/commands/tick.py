@@ -221,6 +221,10 @@ def run_tick(
         worker = targets.get("worker")
         claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
+        if report.claim.lock_lost:
+            report.notes.append(
+                "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
+            )
         report.notes.extend(report.claim.refusals)
     outbox = Outbox(
         engine,

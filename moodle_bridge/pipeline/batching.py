@@ -20,6 +20,7 @@ from typing import Any
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
 from offload_contract.packing import ContentOffloader, PackItem, PackResult, pack_batches
+from offload_contract.sealing import seal_content
 from offload_contract.signing import make_key_id
 
 #: Bytes kept free in every packed batch, so that a header rebuilt at submit time (a new
@@ -107,6 +108,27 @@ def rendered_content(
     if reply_to:
         content["reply_to"] = list(reply_to)[:10]
     return content
+
+
+def sealed_if_secret(
+    content: dict[str, Any],
+    *,
+    holds_password: bool,
+    seal_root: tuple[str, bytes] | None,
+    companyid: int,
+    jobid: int,
+    content_key: str,
+) -> dict[str, Any]:
+    """The user's own copy of a password mail leaves the bridge sealed (offload_contract/sealing.py).
+
+    Claim-time packing and submit-time building both go through here, so a batch is sized with
+    the sealed form (its size depends only on the plaintext's size)."""
+    if not holds_password:
+        return content
+    if seal_root is None:
+        raise ValueError("a password mail needs a seal key set (MRCO_SEAL_KEYSETS) to leave the bridge")
+    keyset, root = seal_root
+    return seal_content(root, keyset, companyid, str(jobid), content_key, content)
 
 
 def template_content(template_json: str) -> dict[str, Any]:

@@ -21,8 +21,10 @@ as before and the bridge does not look at them again.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import string
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,20 +33,40 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import JobHeader, email_content_key, reference_for, rendered_content
+from moodle_bridge.pipeline.batching import (
+    JobHeader,
+    email_content_key,
+    reference_for,
+    rendered_content,
+    sealed_if_secret,
+)
 from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
 from moodle_bridge.pipeline.outbox import BuildError, job_header_for
 from moodle_bridge.pipeline.routing import CompanySettings, Decision, could_offload, decide
 from moodle_bridge.sources.iomad.completions import COMPLETION_TEMPLATE, CourseCompletion, select_completions
-from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
+from moodle_bridge.sources.iomad.moodle_lock import (
+    HeldLock,
+    LockLost,
+    LockNotAcquired,
+    lock_still_held,
+    moodle_cron_lock,
+)
 from moodle_bridge.sources.iomad.passwords import (
     PASSWORD_TEMPLATES,
     Secret,
     find_password,
     load_temporary_passwords,
+    password_from_template,
     redact,
 )
-from moodle_bridge.sources.iomad.queue import QueuedEmail, park_emails, restore_emails, select_due_emails
+from moodle_bridge.sources.iomad.queue import (
+    PARKED_DUE_BASE,
+    QueuedEmail,
+    park_emails,
+    restore_emails,
+    select_due_emails,
+    still_parked,
+)
 from moodle_bridge.sources.iomad.recipients import (
     DUPLICATE_ADDRESS,
     RECIPIENT_UNAVAILABLE,
@@ -56,7 +78,7 @@ from moodle_bridge.sources.iomad.recipients import (
 from moodle_bridge.sources.iomad.schema import IomadTables
 from moodle_bridge.sources.iomad.template_sender import TemplateSender, template_senders
 from moodle_bridge.storage import audit
-from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.bridge_repo import OFFLOAD_ENABLED_KEY, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.storage.secrets_at_rest import SecretBox
 from offload_contract.limits import QueueLimits
@@ -95,6 +117,10 @@ class ClaimReport:
     jobs: list[int] = field(default_factory=list)
     left_local: Counter[str] = field(default_factory=Counter)
     lock_busy: bool = False
+    #: rows IOMAD's Resend made due again after the bridge had finished them (new generations)
+    resends: int = 0
+    #: Moodle's lock was lost mid-pass: the chunk being claimed was rolled back (I9)
+    lock_lost: bool = False
     #: rows given back to IOMAD at once because no recipient fitted the queue (fallback on)
     restored_too_large: int = 0
     decisions: dict[str, str] = field(default_factory=dict)
@@ -118,6 +144,7 @@ class ClaimPass:
         clock: Callable[[], int] = unix_now,
         lock_timeout: float = 0,
         after_park: Callable[[list[int]], None] | None = None,
+        full_probe_seconds: float = 10.0,
     ) -> None:
         self.engine = engine
         self.repo = repo
@@ -128,15 +155,81 @@ class ClaimPass:
         self.lock_timeout = lock_timeout
         #: Test hook: called inside the chunk transaction after parking (fault injection).
         self.after_park = after_park
+        #: the probe's full look at IOMAD's queue: how often, and the highest id it saw
+        self.full_probe_seconds = full_probe_seconds
+        self._watermark: int | None = None
+        self._next_full_probe = 0.0
+        #: rows strict mode's trigger parked at insert, taken by this pass (no park needed)
+        self._preparked: set[int] = set()
+        #: emailid -> send generation of the rows IOMAD's Resend made due again (this pass)
+        self._generations: dict[int, int] = {}
+        #: The connection that holds Moodle's lock and commits the claims, during a pass.
+        self.lock_connection: sa.Connection | None = None
         #: (company id, job type) -> why the Cloudflare Worker cannot take it, or None. Set by
         #: the tick; without it companies on the Cloudflare provider are routed unchecked.
         self.worker_check: Callable[[int, str], str | None] | None = None
 
     # -- the pass ----------------------------------------------------------------------------
 
-    def run(self, progress: Callable[[int, int], None] | None = None) -> ClaimReport:
+    def anything_due(self, conn: sa.Connection) -> bool:
+        """One statement: is any IOMAD row of a cloud-enabled company due, with the switch on?
+
+        The idle pass of ``moodle-offload run`` is this and the outbox's due-batch query. A hint
+        only (correctness never depends on it): a superset of what a pass would take, so a False
+        answer means a full pass would claim nothing. IOMAD's queue table has no index but its
+        primary key, so a full look is a table scan: a long-lived ClaimPass (the service) looks
+        at the whole table every ``full_probe_seconds`` (that also finds rows IOMAD's Resend made
+        due again) and between those only at rows with a higher id than the last full look saw,
+        a primary-key range.
+        """
+        e, s, cfg, c = self.iomad.email, self.repo.t.company_settings, self.repo.t.config, self.repo.t.claims
+        at = self.clock()
+        due = sa.and_(
+            e.c.sent.is_(None),
+            sa.or_(
+                e.c.due < at,
+                # parked at insert by strict mode's trigger, not claimed yet
+                sa.and_(
+                    e.c.due >= PARKED_DUE_BASE,
+                    e.c.due < PARKED_DUE_BASE + at,
+                    ~sa.exists().where(c.c.emailid == e.c.id),
+                ),
+            ),
+            e.c.companyid.in_(sa.select(s.c.companyid).where(s.c.cloudenabled == 1)),
+            sa.exists().where(cfg.c.name == OFFLOAD_ENABLED_KEY, cfg.c.value == "1"),
+        )
+        now = time.monotonic()
+        if self._watermark is None or now >= self._next_full_probe:
+            first = sa.select(e.c.id).where(due).limit(1).scalar_subquery()
+            top = sa.select(sa.func.max(e.c.id)).scalar_subquery()
+            # Rows queued but not due yet (IOMAD's emaildelay, or queued this very second) keep
+            # the watermark below them, so the cheap look still sees them once they are due.
+            waiting = (
+                sa.select(sa.func.min(e.c.id))
+                .where(
+                    e.c.sent.is_(None),
+                    sa.or_(
+                        sa.and_(e.c.due >= at, e.c.due < PARKED_DUE_BASE),
+                        # parked at insert by strict mode, not due yet, not claimed
+                        sa.and_(e.c.due >= PARKED_DUE_BASE + at, ~sa.exists().where(c.c.emailid == e.c.id)),
+                    ),
+                )
+                .scalar_subquery()
+            )
+            found, highest, lowest_waiting = conn.execute(sa.select(first, top, waiting)).one()
+            self._watermark = int(highest or 0)
+            if lowest_waiting is not None:
+                self._watermark = min(self._watermark, int(lowest_waiting) - 1)
+            self._next_full_probe = now + self.full_probe_seconds
+            return found is not None
+        probe = sa.select(e.c.id).where(e.c.id > self._watermark, due).limit(1)
+        return conn.execute(probe).first() is not None
+
+    def run(self, progress: Callable[[int, int], None] | None = None, *, probe: bool = True) -> ClaimReport:
         report = ClaimReport()
         with self.engine.connect() as conn:
+            if probe and not self.anything_due(conn):
+                return report
             global_on = self.repo.offload_enabled(conn)
             settings = self.repo.all_settings(conn)
         candidates = {
@@ -147,28 +240,49 @@ class ClaimPass:
         if not candidates:
             return report
         dbname = self.config.database.moodle_dbname or (self.engine.url.database or "")
-        try:
-            with moodle_cron_lock(
-                self.engine, self.iomad, dbname, self.iomad.email_cron_task, self.lock_timeout
-            ):
-                self._claim(global_on, candidates, report, progress)
-        except LockNotAcquired:
-            report.lock_busy = True
+        # One connection holds Moodle's lock AND commits every claim: MySQL named locks and
+        # PostgreSQL advisory locks belong to the session, so a claim can only ever commit
+        # while the session that owns the lock is alive; each chunk also checks ownership
+        # inside its own transaction before it commits (docs/sending.md, I9).
+        with self.engine.connect() as conn:
+            self.lock_connection = conn
+            try:
+                with moodle_cron_lock(
+                    conn, self.iomad, dbname, self.iomad.email_cron_task, self.lock_timeout
+                ) as held:
+                    self._claim(conn, held, global_on, candidates, report, progress)
+            except LockNotAcquired:
+                report.lock_busy = True
+            except LockLost:
+                report.lock_lost = True
+            finally:
+                self.lock_connection = None
         return report
 
     def _claim(
         self,
+        conn: sa.Connection,
+        held: HeldLock,
         global_on: bool,
         settings: Mapping[int, CompanySettings],
         report: ClaimReport,
         progress: Callable[[int, int], None] | None,
     ) -> None:
         at = self.clock()
-        with self.engine.connect() as conn:
+        with conn.begin():
             rows = select_due_emails(conn, self.iomad, at, list(settings), None)
-            seen = self.repo.already_claimed(conn, [r.id for r in rows])
-            rows = [r for r in rows if r.id not in seen]
+            rows += self._preparked_rows(conn, at, settings)
+            # A row the bridge claimed before is looked at again only when IOMAD's Resend made a
+            # finished row due again: a new, intended send, routed like a fresh row (I10).
+            claimed = self.repo.claim_states(conn, [r.id for r in rows])
+            self._generations = {
+                r.id: claimed[r.id].generation + 1
+                for r in rows
+                if r.id in claimed and claimed[r.id].resent(r.modifiedtime)
+            }
+            rows = [r for r in rows if r.id not in claimed or r.id in self._generations]
             report.considered = len(rows)
+            report.resends = len(self._generations)
             if not rows:
                 return
             expansions = expand_emails(conn, self.iomad, rows)
@@ -206,19 +320,25 @@ class ClaimPass:
             f"{cid}:{jt}": d.reason for (cid, jt), d in decisions.items() if counts[(cid, jt)]
         }
         take: list[RowPlan] = []
+        give_back: dict[int, int] = {}
         for plan in plans:
             reason = self._local_reason(plan, decisions)
             if reason is None:
                 take.append(plan)
             else:
                 report.left_local[reason] += 1
+                if plan.email.id in self._preparked:
+                    give_back[plan.email.id] = plan.email.due
+        if give_back:  # strict mode parked them at insert; IOMAD sends them as before
+            with conn.begin():
+                restore_emails(conn, self.iomad, give_back)
         jobs: dict[tuple[int, str], tuple[JobHeader, int]] = {}
         chunk = max(1, self.config.submit.claim_chunk_rows)
         for start in range(0, len(take), chunk):
-            self._claim_chunk(take[start : start + chunk], settings, jobs, report)
+            self._claim_chunk(conn, held, take[start : start + chunk], settings, jobs, report)
             if progress is not None:
                 progress(min(start + chunk, len(take)), len(take))
-        with self.engine.begin() as conn:
+        with conn.begin():
             self.repo.refresh_job_totals(conn, [h.jobid for h, _ in jobs.values()])
             for (cid, jobtype), (header, _seq) in jobs.items():
                 audit.record(
@@ -236,6 +356,39 @@ class ClaimPass:
                     },
                 )
         report.jobs = [h.jobid for h, _ in jobs.values()]
+
+    def _preparked_rows(
+        self, conn: sa.Connection, at: int, settings: Mapping[int, CompanySettings]
+    ) -> list[QueuedEmail]:
+        """Rows strict mode's trigger parked at insert that no claim holds yet, now due.
+
+        Their ``due`` is given as IOMAD queued it (``due - 10**12``). Rows of a company that is
+        no longer a candidate are handed back to IOMAD here (the trigger parked them earlier).
+        One statement when there are none.
+        """
+        self._preparked = set()
+        e, u, c = self.iomad.email, self.iomad.user, self.repo.t.claims
+        query = (
+            sa.select(e)
+            .select_from(e.join(u, e.c.userid == u.c.id))
+            .where(
+                e.c.sent.is_(None),
+                e.c.due >= PARKED_DUE_BASE,
+                e.c.due < PARKED_DUE_BASE + at,
+                u.c.deleted == 0,
+                sa.or_(u.c.suspended == 0, e.c.templatename == "company_suspended"),
+                ~sa.exists().where(c.c.emailid == e.c.id),
+            )
+            .order_by(e.c.id)
+        )
+        rows = [QueuedEmail.from_row(r) for r in conn.execute(query).mappings()]
+        rows = [dataclasses.replace(r, due=r.due - PARKED_DUE_BASE) for r in rows]
+        orphans = {r.id: r.due for r in rows if r.companyid not in settings}
+        if orphans:
+            restore_emails(conn, self.iomad, orphans)
+        mine = [r for r in rows if r.companyid in settings]
+        self._preparked = {r.id for r in mine}
+        return mine
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -284,7 +437,13 @@ class ClaimPass:
         if completion is not None:
             plan.user_jobtype, plan.completion = "certificate", completion
         if row.templatename in PASSWORD_TEMPLATES:
+            # IOMAD <= 5.0: the iomad_temporary preference; 5.1+ (no preference): the text at
+            # {User_Newpassword} in the body, read against the row's own template (docs/iomad.md).
             secret = passwords.get(row.userid)
+            if secret is None or not find_password(row.body, secret):
+                tpl = expansion.headers.template if expansion.headers is not None else None
+                template_body = str(tpl.raw.get("body") or "") if tpl is not None else ""
+                secret = password_from_template(row.body, template_body)
             if secret is not None and find_password(row.body, secret):
                 plan.password = secret
         return plan
@@ -304,12 +463,16 @@ class ClaimPass:
             return "has_attachment"
         if plan.email.templatename in PASSWORD_TEMPLATES and self.box is None:
             return "no_password_key"
+        if plan.email.templatename in PASSWORD_TEMPLATES and self.config.keys.seal_root() is None:
+            return "no_seal_key"
         return None
 
     # -- one chunk, one transaction ----------------------------------------------------------------
 
     def _claim_chunk(
         self,
+        conn: sa.Connection,
+        held: HeldLock,
         plans: list[RowPlan],
         settings: Mapping[int, CompanySettings],
         jobs: dict[tuple[int, str], tuple[JobHeader, int]],
@@ -317,9 +480,16 @@ class ClaimPass:
     ) -> None:
         at = self.clock()
         new_jobs: dict[tuple[int, str], tuple[JobHeader, int]] = {}
-        with self.engine.begin() as conn:
+        with conn.begin():
             sendable = [p for p in plans if p.release_reason is None]
-            parked = set(park_emails(conn, self.iomad, [p.email.id for p in sendable]))
+            fresh = [p.email.id for p in sendable if p.email.id not in self._preparked]
+            parked = set(park_emails(conn, self.iomad, fresh))
+            # Rows strict mode parked at insert: still parked and unsent (locked until commit)?
+            parked |= set(
+                still_parked(
+                    conn, self.iomad, [p.email.id for p in sendable if p.email.id in self._preparked]
+                )
+            )
             if self.after_park is not None:
                 self.after_park(sorted(parked))
             taken = [p for p in sendable if p.email.id in parked]
@@ -370,7 +540,11 @@ class ClaimPass:
                     if rcp.contentkey and rcp.status == "pending":
                         bucket = contents.setdefault(key, {})
                         if rcp.contentkey not in bucket:
-                            bucket[rcp.contentkey] = self._content(plan, rcp.contentkey)
+                            jobid = job_for(cid, jobtype)[0].jobid
+                            bucket[rcp.contentkey] = self._content(plan, rcp.contentkey, jobid)
+            preparked_released = {p.email.id: p.email.due for p in released if p.email.id in self._preparked}
+            if preparked_released:  # strict mode parked them at insert: IOMAD's again, as queued
+                restore_emails(conn, self.iomad, preparked_released)
             for plan in released:
                 cid = plan.email.companyid
                 if cid not in settings:
@@ -390,6 +564,9 @@ class ClaimPass:
                         errormessage=f"left to IOMAD: {problem.detail}"[:1000],
                     )
                 )
+            again = [c["emailid"] for c in claims if c["generation"] > 1]
+            if again:
+                self.repo.forget_claims(conn, again)
             self.repo.insert_claims(conn, claims)
             all_jobs = {**jobs, **new_jobs}
             for key, recipients in planned.items():
@@ -424,6 +601,10 @@ class ClaimPass:
                         conn, header.jobid, recipients, created.rejected, taken
                     )
             new_jobs.update(all_jobs)
+            # Ownership of Moodle's lock is a condition of this commit (I9): checked by this
+            # transaction, so a lock lost to a dead session or an expiry rolls the chunk back.
+            if not lock_still_held(conn, held):
+                raise LockLost("Moodle's lock for IOMAD's email task was lost before the claim committed")
         jobs.update(new_jobs)
         report.claimed += len(taken)
         report.released += len(released)
@@ -460,9 +641,10 @@ class ClaimPass:
         )
         return len(restored)
 
-    @staticmethod
-    def _claim_row(plan: RowPlan, state: str, jobid: int, at: int) -> dict[str, Any]:
+    def _claim_row(self, plan: RowPlan, state: str, jobid: int, at: int) -> dict[str, Any]:
         return {
+            "generation": self._generations.get(plan.email.id, 1),
+            "rowmodified": plan.email.modifiedtime if state == "released" else None,
             "emailid": plan.email.id,
             "companyid": plan.email.companyid,
             "jobid": jobid,
@@ -474,11 +656,19 @@ class ClaimPass:
             **plan.sender.columns(),
         }
 
-    def _content(self, plan: RowPlan, key: str) -> dict[str, Any]:
+    def _content(self, plan: RowPlan, key: str, jobid: int) -> dict[str, Any]:
         body = plan.email.body
         if key.endswith("r") and plan.password is not None:
             body = redact(body, plan.password)
-        return rendered_content(plan.email.subject, body, plan.sender.from_name, plan.sender.reply_to)
+        content = rendered_content(plan.email.subject, body, plan.sender.from_name, plan.sender.reply_to)
+        return sealed_if_secret(
+            content,
+            holds_password=plan.email.templatename in PASSWORD_TEMPLATES and not key.endswith("r"),
+            seal_root=self.config.keys.seal_root(),
+            companyid=plan.email.companyid,
+            jobid=jobid,
+            content_key=key,
+        )
 
     def _recipients(self, plan: RowPlan) -> list[PlannedRecipient]:
         out: list[PlannedRecipient] = []
@@ -486,18 +676,31 @@ class ClaimPass:
         is_password_row = e.templatename in PASSWORD_TEMPLATES
         for rcp in plan.expansion.recipients:
             out.append(self._recipient(plan, rcp, is_password_row))
+        # The user's own address is unusable (their row entry is a problem) but the copies go:
+        # the password is then kept on that entry, so the redacted copies can be built at
+        # submit time like any other (the bad row fails alone, at once; the batch goes on).
+        user_secret = (
+            plan.password.reveal()
+            if plan.password is not None and not any(r.role == ROLE_USER for r in plan.expansion.recipients)
+            else None
+        )
         for n, problem in enumerate(plan.expansion.problems):
+            own = problem.role == ROLE_USER and user_secret is not None
             out.append(
                 PlannedRecipient(
                     dedupekey=f"e{e.id}:problem:{n}",
-                    role="problem",
+                    role=ROLE_USER if own else "problem",
                     address="",
+                    userid=e.userid if own else None,
                     emailid=e.id,
                     status="skipped" if problem.code in _SKIP_CODES else "failed",
                     errorcode=problem.code,
                     errormessage=problem.detail[:1000],
+                    secret=user_secret if own else None,
                 )
             )
+            if own:
+                user_secret = None
         return out
 
     def _recipient(self, plan: RowPlan, rcp: ExpandedRecipient, is_password_row: bool) -> PlannedRecipient:

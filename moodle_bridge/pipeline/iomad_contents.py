@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 
 from moodle_bridge.sources.iomad.passwords import REDACTION, redact
-from moodle_bridge.sources.iomad.queue import load_rendered, restore_emails
+from moodle_bridge.sources.iomad.queue import load_rendered, restore_emails, rows_for_send
 from moodle_bridge.sources.iomad.schema import IomadTables
 
 
@@ -21,6 +21,11 @@ class IomadRowContents:
 
     def load_rendered(self, conn: sa.Connection, emailids: list[int]) -> dict[int, tuple[str, str]]:
         return load_rendered(conn, self.tables, emailids)
+
+    def load_for_send(
+        self, conn: sa.Connection, emailids: list[int]
+    ) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+        return rows_for_send(conn, self.tables, emailids)
 
     def redact(self, body: str, password: str | None) -> str:
         # Without the password the copy is never built: claiming records it skipped

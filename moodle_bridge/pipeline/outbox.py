@@ -29,10 +29,12 @@ from moodle_bridge.pipeline.batching import (
     encode_batch,
     recipient_entry,
     rendered_content,
+    sealed_if_secret,
     template_content,
 )
 from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.pipeline.worker_templates import WorkerTemplateError, render_entries
+from moodle_bridge.sources.iomad.passwords import PASSWORD_TEMPLATES
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
@@ -50,6 +52,11 @@ class IomadContents(Protocol):
 
     def load_rendered(self, conn: sa.Connection, emailids: list[int]) -> dict[int, tuple[str, str]]:
         """emailid -> (subject, body) as IOMAD queued them."""
+
+    def load_for_send(
+        self, conn: sa.Connection, emailids: list[int]
+    ) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+        """(emailid -> (subject, body) of rows still parked and unsent, emailid -> row state)."""
 
     def redact(self, body: str, password: str | None) -> str:
         """The body with the temporary password removed."""
@@ -114,6 +121,26 @@ class Prefetched:
     #: emailid -> the template's (sender display name, Reply-To) recorded at claim time
     senders: dict[int, tuple[str | None, list[str]]] = field(default_factory=dict)
     passwords: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    #: emailid -> IOMAD template name (password mail leaves sealed)
+    templates: dict[int, str] = field(default_factory=dict)
+    #: emailid -> parked | sent | due | gone (``sources.iomad.queue.rows_for_send``)
+    row_states: dict[int, str] = field(default_factory=dict)
+
+
+#: Why a recipient is settled instead of sent, by the state of its IOMAD row (I9, I4).
+_ROW_SETTLEMENT: dict[str, tuple[str, str, str]] = {
+    "sent": (
+        "skipped",
+        "iomad_already_sent",
+        "IOMAD's row was already sent (by IOMAD's cron) before the cloud sent it; not sent twice",
+    ),
+    "gone": ("skipped", "iomad_row_gone", "IOMAD deleted the row before the cloud sent it; not sent"),
+    "due": (
+        "restored",
+        "iomad_row_unparked",
+        "the row is back on IOMAD's path (no longer parked); IOMAD sends it",
+    ),
+}
 
 
 @dataclass
@@ -124,6 +151,9 @@ class OutboxReport:
     restored_rows: int = 0
     #: batches over the queue limit split in two (both halves go at the next pass)
     split: int = 0
+    #: recipients settled instead of sent: their IOMAD row is no longer parked and unsent, or
+    #: their redacted copy cannot be built (each alone, with its reason; never the whole batch)
+    settled: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -195,8 +225,22 @@ class Outbox:
             if self.iomad is None:
                 raise BuildError("IOMAD contents requested but no IOMAD schema is available")
             emailids = sorted({int(k[1:].rstrip("r")) for _, k in keys})
-            pre.rendered = self.iomad.load_rendered(conn, emailids)
+            pre.rendered, pre.row_states = self.iomad.load_for_send(conn, emailids)
+            # A row the bridge itself finished (claim completed, row marked sent by us) may still
+            # have copies retried by a person (``jobs retry``): those are the bridge's to send.
+            unparked = [e for e, state in pre.row_states.items() if state != "parked"]
+            if unparked:
+                finished = {
+                    e for e, c in self.repo.claim_states(conn, unparked).items() if c.state == "completed"
+                }
+                for e in finished:
+                    if pre.row_states[e] == "sent":
+                        pre.row_states[e] = "parked"
+                if finished:
+                    more = self.iomad.load_rendered(conn, sorted(finished))
+                    pre.rendered.update(more)
             pre.senders = self.repo.claim_senders(conn, emailids)
+            pre.templates = self.repo.claim_templates(conn, emailids)
             redacted: dict[int, list[int]] = {}
             for jobid, key in keys:
                 if key.endswith("r"):
@@ -231,7 +275,17 @@ class Outbox:
                     )
                 body = self.iomad.redact(body, password)
             from_name, reply_to = pre.senders.get(emailid, (None, []))
-            contents[key] = rendered_content(subject, body, from_name, reply_to)
+            try:
+                contents[key] = sealed_if_secret(
+                    rendered_content(subject, body, from_name, reply_to),
+                    holds_password=pre.templates.get(emailid) in PASSWORD_TEMPLATES and not key.endswith("r"),
+                    seal_root=self.config.keys.seal_root(),
+                    companyid=int(job.companyid),
+                    jobid=int(job.id),
+                    content_key=key,
+                )
+            except ValueError as exc:
+                raise BuildError(str(exc)) from None
         return contents
 
     def _passwords(self, conn: sa.Connection, jobid: int, emailids: list[int]) -> dict[int, str]:
@@ -377,6 +431,8 @@ class Outbox:
                 pre = self.prefetch(conn, [b for b in group if b.id in held])
         except BuildError:
             pre = None  # each batch then reports its own error below
+        if pre is not None:
+            held = held - self._settle_unsendable([b for b in group if b.id in held], pre, report)
         overlapping: list[tuple[BatchRow, bytes, Submitter]] = []
         for batch in group:
             if batch.id not in held:
@@ -395,6 +451,62 @@ class Outbox:
         futures = [pool.submit(self._send, batch, body, target) for batch, body, target in overlapping]
         for (batch, body, _target), future in zip(overlapping, futures, strict=True):
             self._settle(batch, len(body), future.result(), state, report)
+
+    def _settle_unsendable(self, batches: list[BatchRow], pre: Prefetched, report: OutboxReport) -> set[int]:
+        """Settle, each alone, the recipients that must not be sent; returns the batches emptied.
+
+        - the IOMAD row is no longer parked and unsent (sent by IOMAD, deleted, or back on
+          IOMAD's path): ownership of the row is a condition of every send (I9);
+        - a redacted copy whose temporary password is no longer kept (``password_not_redactable``).
+
+        The rest of each batch goes on as usual; a batch left with nobody is closed at once.
+        """
+        by_outcome: dict[tuple[str, str, str], list[int]] = {}
+        released: set[int] = set()
+        emptied: set[int] = set()
+        for batch in batches:
+            rows = pre.recipients.get(batch.id, [])
+            keep = []
+            for r in rows:
+                key = str(r.contentkey or "")
+                outcome: tuple[str, str, str] | None = None
+                if key.startswith("e") and r.status == "pending":
+                    emailid = int(key[1:].rstrip("r"))
+                    state = pre.row_states.get(emailid, "parked")
+                    if state != "parked":
+                        outcome = _ROW_SETTLEMENT[state]
+                        if state == "due":
+                            released.add(emailid)
+                    elif key.endswith("r") and (int(r.jobid), emailid) not in pre.passwords:
+                        outcome = (
+                            "skipped",
+                            "password_not_redactable",
+                            "copy of a password email whose password is not kept; not sent, to avoid "
+                            "leaking it",
+                        )
+                if outcome is None:
+                    keep.append(r)
+                else:
+                    by_outcome.setdefault(outcome, []).append(int(r.id))
+            if len(keep) != len(rows):
+                pre.recipients[batch.id] = keep
+                if not keep:
+                    emptied.add(batch.id)
+        if not by_outcome:
+            return emptied
+        with self.engine.begin() as conn:
+            for (status, code, message), ids in by_outcome.items():
+                report.settled += self.repo.set_recipients_status(
+                    conn, ids, status, errorcode=code, errormessage=message, only_from=["pending"]
+                )
+            if released:
+                self.repo.set_claims_state(conn, sorted(released), "released")
+            for batchid in sorted(emptied):
+                self.repo.mark_batch_abandoned(
+                    conn, batchid, "nothing left to send: every recipient was settled"
+                )
+            self.repo.refresh_job_totals(conn, sorted({b.jobid for b in batches}))
+        return emptied
 
     def _defer(self, batch: BatchRow, error: str, nexttry: int, report: OutboxReport) -> None:
         """The target already failed in this pass: wait with it instead of timing out again."""

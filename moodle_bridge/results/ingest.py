@@ -196,7 +196,9 @@ def ingest_result_batch(
 
     outcome = IngestResult(jobs=sorted(jobs))
     rr = tables.result_reports
-    seen = conn.execute(sa.select(rr.c.id).where(rr.c.reportid == batch["report_id"])).first()
+    seen = conn.execute(
+        sa.select(rr.c.id).where(rr.c.companyid == company_id, rr.c.reportid == batch["report_id"])
+    ).first()
     if seen is not None:
         outcome.duplicate_report = True
         outcome.duplicates = len(results)

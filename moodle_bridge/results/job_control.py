@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -618,9 +619,22 @@ def error_rows(conn: sa.Connection, tables: BridgeTables, job_id: int) -> Iterat
         }
 
 
+#: C0/C1 controls (terminal escape sequences, NUL, line breaks) and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value: str) -> str:
+    """Untrusted provider text made safe for a terminal: every control character becomes a space."""
+    return _CONTROL.sub(" ", value)
+
+
 def _csv_safe(value: Any) -> Any:
-    """Neutralise spreadsheet formulas (OWASP CSV injection): provider messages are untrusted text."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """Provider messages are untrusted text: strip control characters (escape sequences would run in
+    the terminal that prints the report), then neutralise spreadsheet formulas (OWASP CSV injection)."""
+    if not isinstance(value, str):
+        return value
+    value = clean_text(value)
+    if value[:1] in ("=", "+", "-", "@"):
         return "'" + value
     return value
 

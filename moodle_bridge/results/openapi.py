@@ -109,10 +109,14 @@ def _document_text() -> str:
                             "replayed_nonce)"
                         ),
                         "403": _error("a job or the report's company is outside the key's company"),
+                        "408": _error("the body did not arrive within the body deadline"),
                         "409": _error("the same report is being applied concurrently; retry"),
-                        "413": _error("the body is larger than the configured limit"),
+                        "413": _error("the body is larger than the configured (or the contract's) limit"),
                         "415": _error("Content-Type is not application/json"),
-                        "422": _error("the envelope or result_batch violates the contract (field named)"),
+                        "422": _error(
+                            "the envelope or result_batch violates the contract (field named), or a text "
+                            "holds NUL or an unpaired surrogate"
+                        ),
                         "503": _error("a concurrent update got in the way; retry"),
                     },
                 }

@@ -3,11 +3,15 @@
 ``POST /callbacks/v1/results`` takes a signed ``envelope`` whose message is a ``result_batch``.
 Checks, in order, each failing with a 4xx and changing nothing but the audit log:
 
-1. body size: ``Content-Length`` above the limit, or a streamed body passing it -> 413;
-2. signature (``offload_contract.signing.Verifier``, nonces in the database) -> 401 + stable code;
-3. JSON, envelope and result_batch contract -> 400 / 422 naming the field (never its value);
-4. company scope: the report's company and every job belong to the key's company -> 403;
-5. ingestion in one transaction -> 200 with counts (503 if a concurrent writer got in the way).
+1. ``Content-Length`` above the limit (at most what the contract allows) -> 413, before reading;
+2. the signature headers, key id and HMAC (over the claimed body digest) -> 401 + stable code,
+   *before a byte of the body is read*, so strangers cannot make the receiver buffer anything;
+3. the body, streamed within a deadline (408) and the size limit (413), hashed as it arrives;
+   its digest must match the signed one, then the nonce is recorded (401 otherwise);
+4. JSON (depth-bounded), envelope and result_batch contract, text without NUL or lone
+   surrogates -> 400 / 422 naming the field (never its value);
+5. company scope: the report's company and every job belong to the key's company -> 403;
+6. ingestion in one transaction -> 200 with counts (503 if a concurrent writer got in the way).
 
 Rejections are logged and audited with the reason code, key id and source address, never the body.
 Audit rows for unauthenticated failures are rate-limited per (source, reason) so junk traffic cannot
@@ -16,6 +20,8 @@ flood the table.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import re
 import threading
@@ -42,7 +48,8 @@ from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message
-from offload_contract.signing import HEADER_KEY_ID, SignatureError, Verifier
+from offload_contract.limits import MAX_SIGNED_RESULT_BODY_BYTES
+from offload_contract.signing import HEADER_KEY_ID, PendingRequest, SignatureError, Verifier
 
 log = logging.getLogger("moodle_bridge.results.receiver")
 
@@ -50,6 +57,11 @@ RESULTS_PATH = "/callbacks/v1/results"
 _KEY_ID_SHAPE = re.compile(r"^[a-z0-9-]{1,16}\.c[0-9]{1,19}$")
 #: One audit row per (source, reason) per this many seconds for unauthenticated rejections.
 AUDIT_THROTTLE_SECONDS = 60
+#: Whole body within this many seconds of the request head (ReceiverServerSettings overrides it).
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+#: Deepest JSON nesting a result_batch envelope needs is 5; anything past this is refused (400).
+MAX_JSON_DEPTH = 32
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 class Rejection(Exception):
@@ -72,6 +84,7 @@ class ReceiverState:
     max_body_bytes: int
     clock: Callable[[], float]
     queue: IomadQueue | None
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     _throttle: dict[tuple[str, str], float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,21 +102,73 @@ class ReceiverState:
             return True
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not declared.isdigit() or len(declared) > 19:
             raise Rejection(400, "bad_content_length", "Content-Length must be a decimal number")
         if int(declared) > limit:
             raise Rejection(413, "body_too_large", f"the body exceeds {limit} bytes")
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> tuple[bytes, str]:
+    """The body and its SHA-256, read within ``timeout`` seconds and ``limit`` bytes."""
     chunks: list[bytes] = []
+    digest = hashlib.sha256()
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejection(413, "body_too_large", f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejection(413, "body_too_large", f"the body exceeds {limit} bytes")
+                digest.update(chunk)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejection(408, "body_timeout", f"the body did not arrive within {timeout:g} s") from None
+    return b"".join(chunks), digest.hexdigest()
+
+
+def _json_depth_ok(body: bytes, limit: int) -> bool:
+    """True when brackets nest at most ``limit`` deep (strings skipped), checked before parsing."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def _bad_text_path(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding NUL or a lone surrogate, if any."""
+    if isinstance(value, str):
+        return path or "/" if _BAD_TEXT.search(value) else None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_text_path(item, f"{path}/{i}")
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _BAD_TEXT.search(key):
+                return path or "/"
+            found = _bad_text_path(item, f"{path}/{key}")
+            if found is not None:
+                return found
+    return None
 
 
 def _raw_path(request: Request) -> str:
@@ -113,17 +178,23 @@ def _raw_path(request: Request) -> str:
     return str(request.url.path)
 
 
-def _process(
-    state: ReceiverState, method: str, path: str, headers: dict[str, str], body: bytes
-) -> dict[str, Any]:
+def _process(state: ReceiverState, pending: PendingRequest, digest: str, body: bytes) -> dict[str, Any]:
     try:
-        verified = state.verifier.verify(method, path, headers, body)
+        verified = state.verifier.complete(pending, digest)
     except SignatureError as exc:
         raise Rejection(401, exc.code, exc.detail) from None
     key_id, company_id = verified.key_id, verified.company_id
+    if not _json_depth_ok(body, MAX_JSON_DEPTH):
+        raise Rejection(
+            400,
+            "invalid_json",
+            f"JSON nests deeper than {MAX_JSON_DEPTH}",
+            key_id=key_id,
+            company_id=company_id,
+        )
     try:
         envelope = decode_message(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise Rejection(
             400, "invalid_json", "the body is not UTF-8 JSON", key_id=key_id, company_id=company_id
         ) from None
@@ -138,6 +209,15 @@ def _process(
                 company_id=company_id,
             )
         validate("result_batch", envelope["message"])
+        bad_text = _bad_text_path(envelope)
+        if bad_text is not None:
+            raise Rejection(
+                422,
+                "invalid_text",
+                f"envelope at {bad_text}: text must not contain NUL or unpaired surrogates",
+                key_id=key_id,
+                company_id=company_id,
+            )
     except ContractError as exc:
         where = exc.path if exc.message_type == "envelope" else f"message/{exc.path}"
         raise Rejection(
@@ -171,6 +251,11 @@ def _process(
         )
         raise Rejection(
             503, "retry_later", "concurrent update, retry", key_id=key_id, company_id=company_id
+        ) from None
+    except sa.exc.DataError:
+        # A value the database refuses (encoding, range): the client's data, not a server fault.
+        raise Rejection(
+            422, "invalid_value", "a value cannot be stored", key_id=key_id, company_id=company_id
         ) from None
     except sa.exc.IntegrityError:
         # The same report_id committed by a concurrent request between our check and insert.
@@ -231,14 +316,17 @@ def create_app(
     clock: Callable[[], float] = time.time,
     queue: IomadQueue | None = None,
     health: HealthProbe | None = None,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
 ) -> Starlette:
+    """The receiver app. The body limit is the smaller of the configured one and the contract's."""
     verifier = Verifier(
         config.keys.root_secrets(),
         DatabaseNonceStore(engine, tables, clock),
         window_seconds=config.callbacks.window_seconds,
         clock=clock,
     )
-    state = ReceiverState(engine, tables, verifier, config.callbacks.max_body_bytes, clock, queue)
+    max_body = min(config.callbacks.max_body_bytes, MAX_SIGNED_RESULT_BODY_BYTES)
+    state = ReceiverState(engine, tables, verifier, max_body, clock, queue, body_timeout_seconds)
 
     async def results(request: Request) -> Response:
         source = request.client.host if request.client else ""
@@ -247,17 +335,24 @@ def create_app(
             content_type = request.headers.get("content-type", "")
             if content_type.split(";")[0].strip().lower() != "application/json":
                 raise Rejection(415, "unsupported_media_type", "Content-Type must be application/json")
-            body = await _read_body(request, state.max_body_bytes)
-            headers = dict(request.headers.items())
-            payload = await run_in_threadpool(
-                _process, state, request.method, _raw_path(request), headers, body
-            )
+            _check_declared_length(request, state.max_body_bytes)
+            try:
+                pending = state.verifier.verify_headers(
+                    request.method, _raw_path(request), dict(request.headers.items())
+                )
+            except SignatureError as exc:
+                raise Rejection(401, exc.code, exc.detail) from None
+            body, digest = await _read_body(request, state.max_body_bytes, state.body_timeout_seconds)
+            payload = await run_in_threadpool(_process, state, pending, digest, body)
         except Rejection as rejection:
             await run_in_threadpool(_audit_rejection, state, rejection, source, header_key)
+            headers = {"Retry-After": "5"} if rejection.status in (409, 503) else {}
+            if rejection.status in (401, 408, 413, 415):
+                headers["Connection"] = "close"  # the body may be unread: do not wait for it
             return JSONResponse(
                 {"status": "rejected", "error": rejection.code, "detail": rejection.detail},
                 status_code=rejection.status,
-                headers={"Retry-After": "5"} if rejection.status in (409, 503) else None,
+                headers=headers,
             )
         CALLBACKS.labels(outcome="accepted", reason="ok").inc()
         log.info(

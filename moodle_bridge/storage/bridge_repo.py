@@ -57,6 +57,30 @@ def _by_shape(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 @dataclass(frozen=True)
+class ClaimState:
+    state: str  # claimed | released | completed
+    generation: int
+    rowmodified: int | None
+    timereleased: int | None
+
+    def resent(self, row_modifiedtime: int) -> bool:
+        """Whether a due row with this finished claim is a new, intended send (IOMAD's Resend).
+
+        - ``completed``: the bridge marked the row sent; only a Resend makes it due again.
+        - ``released``: the row went back to IOMAD; it is a Resend only once IOMAD has sent it
+          since (its cron rewrites ``modifiedtime``), else it is still IOMAD's to send.
+        - ``claimed``: the bridge's own row (parked): never a resend.
+        """
+        if self.state == "completed":
+            return True
+        if self.state != "released":
+            return False
+        if self.rowmodified is not None:
+            return row_modifiedtime != self.rowmodified
+        return self.timereleased is not None and row_modifiedtime > self.timereleased
+
+
+@dataclass(frozen=True)
 class BatchRow:
     id: int
     jobid: int
@@ -152,6 +176,30 @@ class BridgeRepo:
             )
         return out
 
+    def claim_states(self, conn: sa.Connection, emailids: Sequence[int]) -> dict[int, ClaimState]:
+        """emailid -> the bridge's claim of the row (rows never claimed are absent)."""
+        c = self.t.claims.c
+        out: dict[int, ClaimState] = {}
+        for part in chunks(list(emailids), CHUNK):
+            for row in conn.execute(
+                sa.select(c.emailid, c.state, c.generation, c.rowmodified, c.timereleased).where(
+                    c.emailid.in_(part)
+                )
+            ):
+                out[int(row.emailid)] = ClaimState(
+                    str(row.state),
+                    int(row.generation or 1),
+                    None if row.rowmodified is None else int(row.rowmodified),
+                    None if row.timereleased is None else int(row.timereleased),
+                )
+        return out
+
+    def forget_claims(self, conn: sa.Connection, emailids: Sequence[int]) -> None:
+        """Drop finished claims of rows IOMAD's Resend made due again (the new claim replaces them)."""
+        c = self.t.claims
+        for part in chunks(list(emailids), CHUNK):
+            conn.execute(c.delete().where(c.c.emailid.in_(part), c.c.state != "claimed"))
+
     def claim_senders(
         self, conn: sa.Connection, emailids: Sequence[int]
     ) -> dict[int, tuple[str | None, list[str]]]:
@@ -164,6 +212,17 @@ class BridgeRepo:
             )
             for emailid, fromname, replyto in conn.execute(query):
                 out[int(emailid)] = (fromname or None, [a for a in (replyto or "").split(",") if a])
+        return out
+
+    def claim_templates(self, conn: sa.Connection, emailids: Sequence[int]) -> dict[int, str]:
+        """emailid -> the IOMAD template name recorded when the row was claimed."""
+        c = self.t.claims.c
+        out: dict[int, str] = {}
+        for part in chunks(list(emailids), CHUNK):
+            for emailid, name in conn.execute(
+                sa.select(c.emailid, c.templatename).where(c.emailid.in_(part))
+            ):
+                out[int(emailid)] = str(name or "")
         return out
 
     def insert_claims(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:

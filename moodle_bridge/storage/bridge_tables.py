@@ -209,6 +209,11 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         # The template's sender display name and Reply-To (moodle_bridge.sources.iomad.template_sender).
         sa.Column("fromname", sa.String(255), nullable=True),
         sa.Column("replyto", sa.String(1333), nullable=True),
+        # Added in schema version 5 (IOMAD's Resend): the how-manieth send of the row this claim
+        # is (IOMAD's report resends by setting sent = NULL on the same row), and the row's
+        # modifiedtime when the bridge released it (a later change means IOMAD sent it since).
+        sa.Column("generation", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("rowmodified", UNIXTIME, nullable=True),
         sa.Index(f"{p}mrclclai_sta_ix", "state"),
         sa.Index(f"{p}mrclclai_job_ix", "jobid"),
     )
@@ -257,11 +262,14 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         f"{p}mrcloud_result_reports",
         m,
         _id(),
-        sa.Column("reportid", sa.String(64), nullable=False, unique=True),
+        sa.Column("reportid", sa.String(64), nullable=False),
         sa.Column("companyid", sa.BigInteger, nullable=False),
         sa.Column("reporter", sa.String(30), nullable=False),
         sa.Column("resultcount", sa.Integer, nullable=False),
         sa.Column("timereceived", UNIXTIME, nullable=False),
+        # A report id is the sender's idempotency key *within its company*: one company's key must
+        # not be able to pre-claim another company's id (issue 18).
+        sa.UniqueConstraint("companyid", "reportid", name=f"{p}mrcloud_resrep_comprep_uix"),
     )
 
     certificates = sa.Table(

@@ -40,7 +40,9 @@ def create_bridge_engine(config: DatabaseConfig | str | URL, **overrides: Any) -
     """An engine with the per-dialect settings the bridge relies on."""
     raw = config.url if isinstance(config, DatabaseConfig) else config
     url = make_url(raw)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    # hide_parameters: a failed statement's message (logged, or raised into a traceback) never
+    # carries its bound values, which include addresses, bounce texts and sealed secrets.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True, "hide_parameters": True}
     backend = url.get_backend_name()
     if backend in ("mysql", "mariadb"):
         if "charset" not in url.query:

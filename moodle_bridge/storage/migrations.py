@@ -128,6 +128,49 @@ def _create_tables(*attrs: str) -> Callable[[sa.Connection, BridgeTables], None]
     return apply
 
 
+def _scope_report_ids_by_company(conn: sa.Connection, tables: BridgeTables) -> None:
+    """Replace the unique key on result_reports.reportid by one on (companyid, reportid).
+
+    Idempotent: a database created at this version already has the composite key. SQLite cannot
+    drop a constraint, so the table is rebuilt there (it holds one small row per report).
+    """
+    table = tables.result_reports
+    inspector = sa.inspect(conn)
+    wanted = {"companyid", "reportid"}
+    uniques = [
+        (u.get("name"), set(u["column_names"])) for u in inspector.get_unique_constraints(table.name)
+    ] + [(i.get("name"), set(i["column_names"])) for i in inspector.get_indexes(table.name) if i["unique"]]
+    if any(cols == wanted for _, cols in uniques) and not any(cols == {"reportid"} for _, cols in uniques):
+        return
+    if conn.dialect.name == "sqlite":
+        old = f"{table.name}_pre_scope"
+        conn.execute(sa.text(f"ALTER TABLE {table.name} RENAME TO {old}"))
+        table.create(conn)
+        names = ", ".join(c.name for c in table.columns)
+        conn.execute(sa.text(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {old}"))
+        conn.execute(sa.text(f"DROP TABLE {old}"))
+        return
+    dropped: set[str] = set()
+    for name, cols in uniques:
+        if cols == {"reportid"} and name and name not in dropped:
+            dropped.add(name)
+            if conn.dialect.name == "postgresql":
+                in_constraints = any(
+                    u.get("name") == name for u in inspector.get_unique_constraints(table.name)
+                )
+                ddl = (
+                    f"ALTER TABLE {table.name} DROP CONSTRAINT {name}"
+                    if in_constraints
+                    else f"DROP INDEX {name}"
+                )
+                conn.execute(sa.text(ddl))
+            else:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} DROP INDEX {name}"))
+    constraint = next(c for c in table.constraints if isinstance(c, sa.UniqueConstraint) and c.name)
+    if not any(cols == wanted for _, cols in uniques):
+        conn.execute(sa.schema.AddConstraint(constraint))
+
+
 STEPS: tuple[Step, ...] = (
     Step(
         1,
@@ -175,6 +218,17 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         8,
+        "result report ids are unique per company, not across companies",
+        _scope_report_ids_by_company,
+    ),
+    Step(
+        9,
+        "IOMAD's Resend: claims count the row's send generations and keep the row's modifiedtime at release",
+        _add_columns(("claims", "generation"), ("claims", "rowmodified")),
+        adds_columns=(("claims", "generation"), ("claims", "rowmodified")),
+    ),
+    Step(
+        10,
         "jobs count delivered and fell-back recipients apart; cancellation reaches the cloud",
         _add_columns(*_JOB_COUNTS_COLUMNS),
         adds_columns=_JOB_COUNTS_COLUMNS,

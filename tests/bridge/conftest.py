@@ -24,12 +24,21 @@ from offload_contract.signing import generate_root_secret
 PASSWORD_KEY = base64.b64encode(bytes(range(32))).decode()
 
 
+#: The seal key set of the bridge tests (offload_contract/sealing.py): tests open sealed contents with it.
+SEAL_ROOT = generate_root_secret()
+
+
 def make_config(url: URL | str, **submit: Any) -> BridgeConfig:
     return BridgeConfig(
         database=DatabaseConfig(
             url=url if isinstance(url, str) else url.render_as_string(hide_password=False)
         ),
-        keys=KeysConfig(current="k1", keysets={"k1": generate_root_secret()}),
+        keys=KeysConfig(
+            current="k1",
+            keysets={"k1": generate_root_secret()},
+            seal_current="s1",
+            seal_keysets={"s1": SEAL_ROOT},
+        ),
         submit=replace(SubmitConfig(), sender_address="noreply@example.com", **submit),
         password_key=PASSWORD_KEY,
     )

@@ -19,7 +19,9 @@ from moodle_bridge.sources.iomad.queue import PARKED_DUE_BASE
 from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract import validate
-from tests.bridge.conftest import drain, make_config, with_queues
+from offload_contract.sealing import open_content
+from offload_contract.signing import decode_root_secret
+from tests.bridge.conftest import SEAL_ROOT, drain, make_config, with_queues
 from tests.bridge.iomad_world import IomadWorld
 
 PASSWORD = "?4:#F_L3fu"
@@ -75,9 +77,16 @@ def test_tick_claims_routes_and_submits(bridge_engine, db_url, repo, aws) -> Non
     sent = {(r["to"], r["content_id"]): m for m in messages for r in m["recipients"]}
     assert ("learner@example.com", f"e{e_create}") in sent
     assert ("boss@example.com", f"e{e_create}r") in sent
-    user_copy = sent[("learner@example.com", f"e{e_create}")]["contents"][f"e{e_create}"]
+    user_batch = sent[("learner@example.com", f"e{e_create}")]
+    user_copy = user_batch["contents"][f"e{e_create}"]
     manager_copy = sent[("boss@example.com", f"e{e_create}r")]["contents"][f"e{e_create}r"]
-    assert PASSWORD in user_copy["html"]
+    # The user's own copy leaves sealed: no queue ever holds the password in plaintext.
+    assert user_copy["kind"] == "sealed"
+    assert not any(PASSWORD in json.dumps(m, ensure_ascii=False) for m in messages)
+    opened = open_content(
+        {"s1": decode_root_secret(SEAL_ROOT)}, 1, user_batch["job_id"], f"e{e_create}", user_copy
+    )
+    assert PASSWORD in opened["html"]
     assert PASSWORD not in manager_copy["html"]
     assert "********" in manager_copy["html"]
     assert ("boss@example.com", f"e{e_badaddr}") in sent
@@ -226,6 +235,7 @@ def test_passwords_never_reach_output_logs_or_the_outbox(tmp_path, monkeypatch, 
         "MRCO_KEYSET_CURRENT": "k1",
         "MRCO_SENDER_ADDRESS": "noreply@example.com",
         "MRCO_PASSWORD_KEY": PASSWORD_KEY,
+        "MRCO_SEAL_KEYSETS": "s1=" + "B" * 43,
         "MRCO_JOBS_QUEUE_URL": aws["jobs"] + "-missing",
         "MRCO_AWS_REGION": "eu-west-1",
     }.items():

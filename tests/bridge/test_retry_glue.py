@@ -22,7 +22,9 @@ from moodle_bridge.sources.iomad.passwords import REDACTION
 from moodle_bridge.storage.bridge_repo import PASSWORD_RETRY_WINDOW_SECONDS
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from offload_contract import validate
-from tests.bridge.conftest import drain, make_config, with_queues
+from offload_contract.sealing import open_content
+from offload_contract.signing import decode_root_secret
+from tests.bridge.conftest import SEAL_ROOT, drain, make_config, with_queues
 from tests.bridge.iomad_world import IomadWorld
 
 PASSWORD = "?4:#F_L3fu"
@@ -78,6 +80,15 @@ def _by_recipient(messages: list[dict]) -> dict[str, tuple[dict, dict]]:
     return {r["to"]: (m, r) for m in messages for r in m["recipients"]}
 
 
+def _opened(message: dict, recipient: dict) -> dict:
+    """The user's sealed copy, opened as the email sender opens it."""
+    content_id = recipient["content_id"]
+    roots = {"s1": decode_root_secret(SEAL_ROOT)}
+    return open_content(
+        roots, message["company_id"], message["job_id"], content_id, message["contents"][content_id]
+    )
+
+
 def test_retry_resubmits_failed_recipients_with_the_same_password_content(
     bridge_engine, db_url, repo, aws, monkeypatch, capsys, caplog
 ) -> None:
@@ -106,7 +117,9 @@ def test_retry_resubmits_failed_recipients_with_the_same_password_content(
     boss_msg, boss = sent1["boss@example.com"]
     _chief_msg, chief = sent1["chief@example.com"]
     assert learner_msg["attempt"] == 1
-    first_learner_content = learner_msg["contents"][learner["content_id"]]
+    sealed = learner_msg["contents"][learner["content_id"]]
+    assert sealed["kind"] == "sealed"  # the user's copy leaves the bridge sealed (docs/security.md)
+    first_learner_content = _opened(learner_msg, learner)
     first_boss_content = boss_msg["contents"][boss["content_id"]]
     assert PASSWORD in first_learner_content["html"]
     assert PASSWORD not in first_boss_content["html"] and REDACTION in first_boss_content["html"]
@@ -137,7 +150,7 @@ def test_retry_resubmits_failed_recipients_with_the_same_password_content(
     learner_msg2, learner2 = sent2["learner@example.com"]
     boss_msg2, boss2 = sent2["boss@example.com"]
     assert learner2["recipient_id"] == learner["recipient_id"]
-    assert learner_msg2["contents"][learner2["content_id"]] == first_learner_content
+    assert _opened(learner_msg2, learner2) == first_learner_content
     assert boss_msg2["contents"][boss2["content_id"]] == first_boss_content
     with bridge_engine.connect() as conn:
         attempts = dict(
@@ -192,13 +205,22 @@ def test_retry_of_a_redacted_copy_after_the_password_window_is_refused_not_sent(
         assert repo.clear_final_secrets(conn, at=later) == 1
         retry_failed(conn, T, jobid, actor="test", now=3)
     report = run_tick(bridge_engine, config, submitters=submitters, claim=False)
-    assert report.outbox is not None and report.outbox.submitted == 0 and report.outbox.retried == 1
+    # The copy fails alone and at once (issue 11 item 6): settled, never retried for hours.
+    assert report.outbox is not None and report.outbox.submitted == 0 and report.outbox.retried == 0
+    assert report.outbox.settled == 1
     assert drain(aws) == []
     with bridge_engine.connect() as conn:
-        lasterror = conn.execute(
-            sa.select(T.batches.c.lasterror).where(T.batches.c.jobid == jobid, T.batches.c.attempt == 2)
-        ).scalar_one()
-    assert "no longer kept" in lasterror and PASSWORD not in lasterror
+        status, lasterror = conn.execute(
+            sa.select(T.batches.c.status, T.batches.c.lasterror).where(
+                T.batches.c.jobid == jobid, T.batches.c.attempt == 2
+            )
+        ).one()
+        boss = conn.execute(
+            sa.select(T.recipients).where(T.recipients.c.jobid == jobid, T.recipients.c.role == "manager")
+        ).one()
+    assert status == "abandoned" and "nothing left to send" in lasterror and PASSWORD not in lasterror
+    assert boss.status == "skipped" and boss.errorcode == "password_not_redactable"
+    assert PASSWORD not in (boss.errormessage or "")
 
 
 def test_retry_batch_over_the_queue_limit_is_split_and_sent(

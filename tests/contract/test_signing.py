@@ -84,9 +84,12 @@ def test_rejection_vectors(rejection: dict) -> None:
         headers[signing.HEADER_KEY_ID] = mutate["key_id"]
     if mutate.get("signature_upper"):
         headers[signing.HEADER_SIGNATURE] = "v1=" + headers[signing.HEADER_SIGNATURE][3:].upper()
-    verifier = _verifier(rejection["now"])
+    clock = [rejection.get("first_now", rejection["now"])]
+    roots = {c["keyset"]: signing.decode_root_secret(c["root_secret_b64url"]) for c in CASES}
+    verifier = Verifier(roots, MemoryNonceStore(clock=lambda: clock[0]), clock=lambda: clock[0])
     if rejection.get("replay"):
         verifier.verify(method, path, headers, body)
+        clock[0] = rejection["now"]
     if rejection["expect_error"] is None:
         verifier.verify(method, path, headers, body)
         return
@@ -153,3 +156,60 @@ def test_round_trip_any_body(body: bytes, company: int, path: str) -> None:
         {"k1": root}, MemoryNonceStore(clock=lambda: 2_000_000_000), clock=lambda: 2_000_000_000
     )
     assert verifier.verify("POST", path, headers, body).company_id == company
+
+
+def test_key_cache_is_bounded_lru_and_unknown_key_sets_never_enter_it() -> None:
+    roots = {"k1": bytes(range(32))}
+    verifier = Verifier(roots, MemoryNonceStore(), key_cache_size=8)
+    for company in range(1_000):  # every distinct key id an unauthenticated request may name
+        verifier.key_for(f"k1.c{company}")
+    assert verifier.key_cache_len == 8
+    for company in range(1_000):
+        with pytest.raises(SignatureError):
+            verifier.key_for(f"nope.c{company}")
+    assert verifier.key_cache_len == 8
+    # Recently used ids survive; the key is always the derived one.
+    hot = verifier.key_for("k1.c1")
+    for company in range(2, 9):
+        verifier.key_for(f"k1.c{1000 + company}")
+    assert verifier.key_for("k1.c1") is hot
+    assert hot == signing.derive_company_key(roots["k1"], 1)
+
+
+def test_signature_is_checked_from_headers_before_the_body() -> None:
+    """verify_headers needs no body: a stranger's request is refused before it is read."""
+    method, path, headers, body = _request(CASES[0])
+    verifier = _verifier(CASES[0]["timestamp"])
+    pending = verifier.verify_headers(method, path, headers)
+    forged = dict(headers, **{signing.HEADER_SIGNATURE: "v1=" + "0" * 64})
+    with pytest.raises(SignatureError) as info:
+        verifier.verify_headers(method, path, forged)
+    assert info.value.code == "bad_signature"
+    import hashlib
+
+    with pytest.raises(SignatureError) as info:
+        verifier.complete(pending, hashlib.sha256(body + b" ").hexdigest())
+    assert info.value.code == "body_hash_mismatch"
+    assert verifier.complete(pending, hashlib.sha256(body).hexdigest()).company_id == CASES[0]["company_id"]
+
+
+def test_sealing_vector_byte_for_byte_and_bound_to_company_job_and_content() -> None:
+    from offload_contract.sealing import SealError, open_content, seal_content
+
+    v = VECTORS["sealing"]
+    root = signing.decode_root_secret(v["root_secret_b64url"])
+    sealed = seal_content(
+        root,
+        v["keyset"],
+        v["company_id"],
+        v["job_id"],
+        v["content_id"],
+        v["content"],
+        nonce=bytes.fromhex(v["nonce_hex"]),
+    )
+    assert sealed == v["sealed"]
+    roots = {v["keyset"]: root}
+    assert open_content(roots, v["company_id"], v["job_id"], v["content_id"], v["sealed"]) == v["content"]
+    for company, job, content_id in ((8, v["job_id"], v["content_id"]), (7, "j-8", "e-1"), (7, "j-7", "e-2")):
+        with pytest.raises(SealError):
+            open_content(roots, company, job, content_id, v["sealed"])

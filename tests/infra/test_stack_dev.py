@@ -84,8 +84,16 @@ def test_every_main_queue_redrives_to_its_own_dlq(dev: Synth) -> None:
         assert props["RedrivePolicy"]["maxReceiveCount"] == 5
         targets.add(props["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0])
     assert len(targets) == 4 and targets.isdisjoint(with_redrive)
-    for dlq in targets:
-        assert queues[dlq]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+    day = 24 * 3600
+    for logical_id, resource in with_redrive.items():
+        props = resource["Properties"]
+        dlq = queues[props["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]]["Properties"]
+        if logical_id.startswith(("QueuesJobs", "QueuesCertificates")):
+            # Mail bodies: consumed within 2 days, gone from the DLQ 4 days after the first enqueue.
+            assert props["MessageRetentionPeriod"] == 2 * day, logical_id
+            assert dlq["MessageRetentionPeriod"] == 4 * day, logical_id
+        else:
+            assert dlq["MessageRetentionPeriod"] == 14 * day, logical_id
 
 
 def test_every_queue_denies_plain_http(dev: Synth) -> None:
@@ -172,19 +180,38 @@ def test_no_wildcard_actions_and_star_resources_only_where_aws_has_no_resource_t
             assert set(actions) <= allowed_star, actions
 
 
-def test_hmac_secret_is_readable_only_by_signers_and_verifiers(dev: Synth) -> None:
-    secret = next(k for k in dev.resources("AWS::SecretsManager::Secret") if k.startswith("HmacKeys5"))
+def _secret_readers(dev: Synth, prefix: str) -> set[str]:
+    secret = next(
+        k
+        for k in dev.resources("AWS::SecretsManager::Secret")
+        if k.startswith(prefix) and "RootSeed" not in k
+    )
     role_to_function = _role_to_function(dev)
     readers = set()
     for logical_id, statement in statements(dev.raw):
         if "secretsmanager:GetSecretValue" in as_list(statement["Action"]):
-            assert as_list(statement["Resource"]) == [{"Ref": secret}]
+            if {"Ref": secret} not in as_list(statement["Resource"]):
+                continue
             props = dev.raw["Resources"][logical_id]["Properties"]
             for role in props.get("Roles", []):
                 readers.add(role_to_function[role["Ref"]])
             readers.update("bridge-user" for _ in props.get("Users", []))
+    return readers
+
+
+def test_hmac_secret_is_readable_only_by_signers_and_verifiers(dev: Synth) -> None:
     # The dispatcher signs callbacks, the API verifies intake; sender and renderer never read it.
-    assert readers == {"callback_dispatcher", "api", "bridge-user"}
+    assert _secret_readers(dev, "HmacKeys5") == {"callback_dispatcher", "api", "bridge-user"}
+
+
+def test_seal_secret_is_readable_only_by_the_email_sender_and_the_bridge(dev: Synth) -> None:
+    assert _secret_readers(dev, "SealKeys") == {"email_sender", "bridge-user"}
+    senders = [
+        f["Properties"]["Environment"]["Variables"]
+        for f in dev.resources("AWS::Lambda::Function").values()
+        if "SEAL_SECRET_ARN" in f["Properties"]["Environment"]["Variables"]
+    ]
+    assert len(senders) == 1
 
 
 def test_hmac_secret_value_is_generated_at_deploy_time_not_in_the_template(dev: Synth) -> None:
@@ -436,3 +463,18 @@ def test_outputs_name_every_bridge_setting(dev: Synth) -> None:
         "ConfigurationSetName",
         "AlarmTopicArn",
     } <= set(dev.raw["Outputs"])
+
+
+def test_public_routes_are_throttled_per_client_by_a_waf_rate_rule(dev: Synth, config: OffloadConfig) -> None:
+    (acl,) = dev.resources("AWS::WAFv2::WebACL").values()
+    (rule,) = acl["Properties"]["Rules"]
+    rate = rule["Statement"]["RateBasedStatement"]
+    assert rule["Action"] == {"Block": {}}
+    assert rate["AggregateKeyType"] == "IP" and rate["Limit"] == config.public_waf_limit_per_5min
+    paths = {
+        s["ByteMatchStatement"]["SearchString"]
+        for s in rate["ScopeDownStatement"]["OrStatement"]["Statements"]
+    }
+    assert paths == {"/api/v1/certificates/verify/", "/api/v1/unsubscribe/"}
+    (association,) = dev.resources("AWS::WAFv2::WebACLAssociation").values()
+    assert "restapis" in json.dumps(association["Properties"]["ResourceArn"])

@@ -105,7 +105,7 @@ def test_certificate_verification_and_one_click_unsubscribe(configured: Aws) -> 
 
     store = IdempotencyStore(configured.dynamodb, "offload-idempotency")
     store.put_item(
-        "cert#AB12CD34EF",
+        "cert#AB12CD34EF56",
         {
             "learner_name": {"S": "محمد"},
             "course_name": {"S": "Safety"},
@@ -115,20 +115,26 @@ def test_certificate_verification_and_one_click_unsubscribe(configured: Aws) -> 
     )
     resource = "/v1/certificates/verify/{code}"
     status, answer = call(
-        rest_event("GET", "/prod/v1/certificates/verify/AB12CD34EF", resource, params={"code": "AB12CD34EF"})
+        rest_event(
+            "GET", "/prod/v1/certificates/verify/AB12CD34EF56", resource, params={"code": "AB12CD34EF56"}
+        )
     )
     assert status == 200 and answer["learner_name"] == "محمد" and "key" not in answer
     assert (
         call(
-            rest_event("GET", "/prod/v1/certificates/verify/NOPE1234", resource, params={"code": "NOPE1234"})
+            rest_event(
+                "GET", "/prod/v1/certificates/verify/NOPE12345678", resource, params={"code": "NOPE12345678"}
+            )
         )[0]
         == 404
     )
-    token = "tok-abcdefghijklmnop"
+    from offload_contract.unsubscribe import make_token
+
+    token = make_token(decode_root_secret(ROOT), "k2026", 7, "r-1", "j-9")
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     path = f"/prod/v1/unsubscribe/{token}"
     event = rest_event(
         "POST", path, "/v1/unsubscribe/{token}", b"List-Unsubscribe=One-Click", form, {"token": token}
     )
     assert call(event) == (200, {"unsubscribed": True})
-    assert store.get_item(f"unsub#{token}") is not None
+    assert store.get_item("unsub#c7#j-9#r-1") is not None

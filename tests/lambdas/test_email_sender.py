@@ -282,7 +282,7 @@ def test_content_over_ses_size_limit_is_a_final_failure(aws: Aws, run) -> None:
 
 def _status(aws: Aws, recipient_id: str) -> str | None:
     item = aws.dynamodb.get_item(
-        TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", recipient_id)}}
+        TableName="offload-idempotency", Key={"id": {"S": send_key(7, "j-7-000001", recipient_id)}}
     ).get("Item")
     return None if item is None else str(item["status"]["S"])
 
@@ -308,7 +308,7 @@ def _people_sent(aws: Aws) -> list[str]:
 
 def _lease_until(aws: Aws, recipient_id: str) -> int:
     item = aws.dynamodb.get_item(
-        TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", recipient_id)}}
+        TableName="offload-idempotency", Key={"id": {"S": send_key(7, "j-7-000001", recipient_id)}}
     )["Item"]
     return int(item["lease_until"]["N"])
 
@@ -414,7 +414,7 @@ def test_out_of_time_defers_without_sending(aws: Aws, run) -> None:
     (message,) = aws.drain(aws.jobs_url)
     assert json.loads(message["Body"])["attempt"] == 1
     store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
-    claims = store.claim_many([send_key("j-7-000001", "r-1")], 60)
+    claims = store.claim_many([send_key(7, "j-7-000001", "r-1")], 60)
     assert next(iter(claims.values())).state.value == "claimed"  # deferred units hold no claim
 
 
@@ -470,7 +470,7 @@ def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run)
     status = {
         rid: (
             aws.dynamodb.get_item(
-                TableName="offload-idempotency", Key={"id": {"S": send_key("j-7-000001", rid)}}
+                TableName="offload-idempotency", Key={"id": {"S": send_key(7, "j-7-000001", rid)}}
             ).get("Item")
             or {}
         )

@@ -72,7 +72,7 @@ def test_bounce_complaint_delivery_reject_and_rendering_failure_are_reported(aws
 def test_send_event_settles_a_claim_left_in_the_crash_window(aws: Aws) -> None:
     store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
     store.remember_job("j-7-000001", 7, CALLBACK["url"], CALLBACK["key_id"])
-    key = send_key("j-7-000001", "r-1")
+    key = send_key(7, "j-7-000001", "r-1")
     store.claim_many([key], 600)  # the sender claimed, SES accepted, then the sender died
     run(event("Send", "r-1"))
     (result,) = aws.results()
@@ -84,7 +84,7 @@ def test_send_event_settles_a_claim_left_in_the_crash_window(aws: Aws) -> None:
     assert aws.results() == [result]
     # Ordinary Send events, for claims the sender completed and reported itself, report nothing.
     sent = {"job_id": "j-7-000001", "recipient_id": "r-2", "status": "sent", "attempts": 1}
-    store.complete_many([(send_key("j-7-000001", "r-2"), {**sent, "occurred_at": 1})])
+    store.complete_many([(send_key(7, "j-7-000001", "r-2"), {**sent, "occurred_at": 1})])
     run(event("Send", "r-2"))
     assert aws.results() == []
 
@@ -122,7 +122,7 @@ def test_a_failed_aggregated_write_fails_exactly_the_records_behind_it(
     store = IdempotencyStore(aws.dynamodb, "offload-idempotency")
     store.remember_job("j-7-000001", 7, CALLBACK["url"], CALLBACK["key_id"])
     store.remember_job("j-7-000003", 7, "https://other.example/cb", CALLBACK["key_id"])
-    key = send_key("j-7-000001", "r-2")
+    key = send_key(7, "j-7-000001", "r-2")
     store.claim_many([key], 600)  # left in the crash window
     real_send = aws.sqs.send_message_batch
 
@@ -176,7 +176,7 @@ def test_the_send_watermark_moves_forward_only_after_a_whole_batch_is_handled(
     # A crash-window claim whose Send event fails to settle (DynamoDB error): the record is
     # redelivered, and the newer Send events of the same batch must not move the watermark,
     # or a sender could resend the claim before its event settles it.
-    store.claim_many([send_key("j-7-000001", "r-2")], 600)
+    store.claim_many([send_key(7, "j-7-000001", "r-2")], 600)
     real = IdempotencyStore.complete_if_in_progress
 
     def failing(key: str, result: dict[str, Any]) -> Any:

@@ -178,7 +178,10 @@ def test_oversized_bodies_are_refused_before_reading(db_engine: sa.Engine) -> No
             for _ in range(10):
                 yield b" " * 500
 
-        chunked = client.post(RESULTS_PATH, content=stream(), headers={"Content-Type": "application/json"})
+        # Unsigned: refused from its headers, before the body is read.
+        unsigned = client.post(RESULTS_PATH, content=stream(), headers={"Content-Type": "application/json"})
+        assert unsigned.status_code == 401
+        chunked = client.post(RESULTS_PATH, content=stream(), headers=signed(b" " * 5_000))
         assert chunked.status_code == 413
         assert (
             client.post(RESULTS_PATH, content=b"{}", headers={"Content-Type": "text/plain"}).status_code

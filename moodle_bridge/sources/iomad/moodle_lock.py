@@ -27,7 +27,7 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,11 +45,57 @@ class LockNotAcquired(RuntimeError):
     """Somebody else (normally Moodle's cron running the task) holds the lock."""
 
 
+class LockLost(RuntimeError):
+    """The lock this process took is no longer held by it (its session ended, it expired, it was
+    released): whatever the caller was about to commit under it must be rolled back."""
+
+
 @dataclass(frozen=True)
 class HeldLock:
     factory: str
     resource: str
     key: str  # what identifies the lock in the engine (name, "locktype:token" or lock_db key)
+    #: db_record factory: the owner token written into ``lock_db`` (None for the other factories)
+    token: str | None = None
+    lock_db: sa.Table | None = None
+    maxlifetime: int = 86400
+
+
+def lock_still_held(conn: sa.Connection, held: HeldLock) -> bool:
+    """Whether ``conn``'s session still owns ``held``: one statement, run inside the caller's
+    transaction so that ownership is checked by the transaction that commits.
+
+    - MySQL/MariaDB: ``IS_USED_LOCK(name) = CONNECTION_ID()`` (named locks belong to a session);
+    - PostgreSQL: the advisory lock is granted to ``pg_backend_pid()`` in ``pg_locks``;
+    - db_record: the ``lock_db`` row still carries our token; its ``expires`` is renewed by the
+      same UPDATE, which also locks the row until the caller commits, so nobody can take the
+      lock over between this check and the commit.
+    """
+    if held.factory == MYSQL:
+        got = conn.execute(
+            sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"), {"name": held.key}
+        ).scalar()
+        return bool(got)
+    if held.factory == POSTGRES:
+        locktype, token = (int(x) for x in held.key.split(":"))
+        got = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND classid::bigint = :classid"
+                " AND objid::bigint = :objid AND objsubid = 2"
+            ),
+            {"classid": locktype & 0xFFFFFFFF, "objid": token},
+        ).scalar()
+        return bool(got)
+    if held.lock_db is None or held.token is None:
+        return False
+    now = int(time.time())
+    renewed = conn.execute(
+        sa.update(held.lock_db)
+        .where(held.lock_db.c.resourcekey == held.key, held.lock_db.c.owner == held.token)
+        .values(expires=now + held.maxlifetime)
+    ).rowcount
+    return renewed == 1
 
 
 def mysql_lock_name(dbname: str, prefix: str, resource: str, locktype: str = DEFAULT_LOCK_TYPE) -> str:
@@ -177,6 +223,15 @@ def _db_release(conn: sa.Connection, lock_db: sa.Table, token: str) -> None:
     _commit(conn)
 
 
+def _release_quietly(release: Callable[[], None], conn: sa.Connection) -> None:
+    """Release, unless the session is already gone (then the server has released it)."""
+    try:
+        release()
+    except sa.exc.DBAPIError as exc:
+        if not (exc.connection_invalidated or conn.invalidated or conn.closed):
+            raise
+
+
 @contextmanager
 def moodle_cron_lock(
     bind: sa.Engine | sa.Connection,
@@ -193,6 +248,9 @@ def moodle_cron_lock(
 
     Raises LockNotAcquired when it cannot be had within ``timeout_seconds`` (0: one try, like
     Moodle's cron runner). ``factory`` overrides the engine's default (``$CFG->lock_factory``).
+    Given a Connection, the lock belongs to that connection's session: a caller that also
+    commits its work on that connection can never commit after losing the lock to a dead
+    session (the session's transaction dies with it); ``lock_still_held`` checks it explicitly.
     """
     prefix = _prefix(tables_or_prefix)
     own_conn = isinstance(bind, sa.Engine)
@@ -210,7 +268,7 @@ def moodle_cron_lock(
             try:
                 yield HeldLock(kind, resource, name)
             finally:
-                _mysql_release(conn, name)
+                _release_quietly(lambda: _mysql_release(conn, name), conn)
         elif kind == POSTGRES:
             keys = postgres_lock_keys(dbname, prefix, resource, locktype)
             if not _pg_acquire(conn, keys, timeout_seconds):
@@ -218,7 +276,7 @@ def moodle_cron_lock(
             try:
                 yield HeldLock(kind, resource, f"{keys[0]}:{keys[1]}")
             finally:
-                _pg_release(conn, keys)
+                _release_quietly(lambda: _pg_release(conn, keys), conn)
         else:
             lock_db = _lock_db_table(tables_or_prefix)
             key = db_record_key(resource, locktype)
@@ -226,9 +284,9 @@ def moodle_cron_lock(
             if not _db_acquire(conn, lock_db, key, token, timeout_seconds, maxlifetime):
                 raise LockNotAcquired(f"Moodle {locktype} lock for {resource} is held by another process")
             try:
-                yield HeldLock(DB_RECORD, resource, key)
+                yield HeldLock(DB_RECORD, resource, key, token, lock_db, maxlifetime)
             finally:
-                _db_release(conn, lock_db, token)
+                _release_quietly(lambda: _db_release(conn, lock_db, token), conn)
     finally:
         if own_conn:
             conn.close()

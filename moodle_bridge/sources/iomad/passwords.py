@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 from collections.abc import Iterable, Mapping
 
 import sqlalchemy as sa
@@ -200,3 +201,48 @@ def redact(text: str, password: str | Secret, replacement: str = REDACTION) -> s
 def passwords_in_bodies(bodies: Mapping[int, str], passwords: Mapping[int, Secret]) -> dict[int, bool]:
     """email id -> whether its body contains the given password (both keyed by email id)."""
     return {eid: (eid in passwords and find_password(body, passwords[eid])) for eid, body in bodies.items()}
+
+
+#: IOMAD's EmailVars placeholder for the temporary password (local/email/lib/vars.php).
+PASSWORD_PLACEHOLDER = "{User_Newpassword}"  # noqa: S105 - a placeholder name
+_PLACEHOLDER = re.compile(r"\{[A-Za-z][A-Za-z0-9_]*\}")
+
+
+def password_from_template(body: str, template_body: str) -> Secret | None:
+    """The temporary password at the position of ``{User_Newpassword}`` in the rendered body.
+
+    IOMAD 5.1+ no longer keeps the password anywhere but the rendered body. The row's headers
+    hold the template IOMAD rendered it from (``template.body``, placeholders and all). The
+    rendered body must match that template literally, each placeholder standing for some
+    text; the password is the text at the password placeholder. Accepted only when the
+    reading is unambiguous (the shortest and the longest consistent readings agree, every
+    occurrence of the placeholder gives the same value) and the value has no white space;
+    anything else gives None, and copies of the row to others are then not sent.
+    """
+    if not template_body or PASSWORD_PLACEHOLDER not in template_body:
+        return None
+    found: set[str] = set()
+    for lazy in (True, False):
+        parts: list[str] = []
+        last = 0
+        names: list[str] = []
+        for m in _PLACEHOLDER.finditer(template_body):
+            parts.append(re.escape(template_body[last : m.start()]))
+            names.append(m.group(0))
+            parts.append("(.*?)" if lazy else "(.*)")
+            last = m.end()
+        parts.append(re.escape(template_body[last:]))
+        # IOMAD appends the signature (after a separator) to the rendered template body.
+        match = re.match("".join(parts), body, re.DOTALL)
+        if match is None:
+            return None
+        values = {match.group(i + 1) for i, name in enumerate(names) if name == PASSWORD_PLACEHOLDER}
+        if len(values) != 1:
+            return None
+        found |= values
+    if len(found) != 1:
+        return None
+    value = found.pop()
+    if not value or any(c.isspace() for c in value):
+        return None
+    return Secret(value)

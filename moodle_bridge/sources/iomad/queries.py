@@ -194,6 +194,12 @@ def rendered_contents(t: IomadTables, ids: Sequence[int]) -> sa.Select[Any]:
     return sa.select(e.c.id, e.c.subject, e.c.body).where(e.c.id.in_(ids))
 
 
+def rows_for_send(t: IomadTables, ids: Sequence[int]) -> sa.Select[Any]:
+    """(id, subject, body, sent, due) of the given rows: the outbox sends only parked unsent rows."""
+    e = t.email
+    return sa.select(e.c.id, e.c.subject, e.c.body, e.c.sent, e.c.due).where(e.c.id.in_(ids))
+
+
 def parked_rows(t: IomadTables, company_ids: Collection[int] | None = None) -> sa.Select[Any]:
     """(id, original due) of every parked unsent row: recovery when the claims table is lost."""
     e = t.email

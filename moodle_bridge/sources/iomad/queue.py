@@ -37,7 +37,9 @@ __all__ = [
     "original_due",
     "park_emails",
     "restore_emails",
+    "rows_for_send",
     "select_due_emails",
+    "still_parked",
 ]
 
 
@@ -126,6 +128,37 @@ def load_rendered(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) 
     return out
 
 
+#: Where a row stands for the outbox (``rows_for_send``).
+ROW_PARKED = "parked"  # the bridge's: unsent and parked
+ROW_SENT = "sent"  # final: IOMAD's cron (or the bridge) already sent it
+ROW_DUE = "due"  # unsent and not parked: on IOMAD's path again
+ROW_GONE = "gone"  # deleted (IOMAD deletes unsent rows itself, e.g. on unenrolment)
+
+
+def rows_for_send(
+    conn: sa.Connection, tables: IomadTables, ids: Iterable[int]
+) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+    """Subject and body of the rows that are still parked and unsent, and every row's state.
+
+    One statement per chunk. The outbox builds a recipient's mail only from a row in the
+    first dict; any other row's recipients are settled with the state as the reason.
+    """
+    wanted = list(ids)
+    contents: dict[int, tuple[str, str]] = {}
+    states: dict[int, str] = dict.fromkeys(wanted, ROW_GONE)
+    for chunk in chunks(wanted, queries.READ_CHUNK):
+        for row in conn.execute(queries.rows_for_send(tables, chunk)):
+            eid = int(row.id)
+            if row.sent is not None:
+                states[eid] = ROW_SENT
+            elif int(row.due or 0) < PARKED_DUE_BASE:
+                states[eid] = ROW_DUE
+            else:
+                states[eid] = ROW_PARKED
+                contents[eid] = (str(row.subject or ""), str(row.body or ""))
+    return contents, states
+
+
 def park_emails(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) -> list[int]:
     """Park unsent rows so IOMAD's cron skips them; returns the ids parked by this call.
 
@@ -138,6 +171,14 @@ def park_emails(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) ->
         lambda c: queries.parkable_ids(tables, c),
         lambda c: queries.park(tables, c),
     )
+
+
+def still_parked(conn: sa.Connection, tables: IomadTables, ids: Iterable[int]) -> list[int]:
+    """The ids among ``ids`` that are parked and unsent, locked for update (strict mode's rows)."""
+    out: list[int] = []
+    for chunk in chunks(ids):
+        out.extend(int(i) for i in conn.execute(queries.parked_ids(tables, chunk)).scalars())
+    return sorted(out)
 
 
 def restore_emails(

@@ -41,6 +41,12 @@ from moodle_bridge.sources.iomad.passwords import PASSWORD_TEMPLATES
 from moodle_bridge.sources.iomad.queries import COMPANY_SUSPENDED, chunks
 from moodle_bridge.sources.iomad.queue import QueuedEmail
 from moodle_bridge.sources.iomad.schema import IomadTables
+from moodle_bridge.sources.iomad.templates import (
+    ALL_TEMPLATES,
+    USER_TEMPLATES,
+    known_templates,
+    template_generation,
+)
 
 ROLE_USER = "user"
 ROLE_TO = "to"
@@ -48,84 +54,9 @@ ROLE_CC = "cc"
 ROLE_MANAGER = "manager"
 ROLE_SUPERVISOR = "supervisor"
 
-#: IOMAD's ``is_user_template()`` list. The microlearning_* entries there have numeric keys,
-#: so ``!empty($usertemplates[$name])`` never matches them: they are not user templates.
-USER_TEMPLATES = frozenset(
-    {
-        "completion_course_user",
-        "course_not_started_warning",
-        "completion_warn_user",
-        "expiry_warn_user",
-        "license_allocated",
-        "license_removed",
-        "password_update",
-        "user_added_to_course",
-        "user_create",
-        "user_deleted",
-        "user_programcompleted",
-        "user_promoted",
-        "user_removed_from_event",
-        "user_reset",
-        "user_signed_up_for_event",
-        "user_suspended",
-        "user_unsuspended",
-    }
-)
-
-#: The 49 templates of ``local_email::get_templates()`` (facts section 2.5).
-KNOWN_TEMPLATES = frozenset(
-    {
-        "admin_deleted",
-        "advertise_classroom_based_course",
-        "approval",
-        "company_licenseassigned",
-        "company_suspended",
-        "company_unsuspended",
-        "completion_course_supervisor",
-        "completion_course_user",
-        "completion_digest_manager",
-        "completion_expiry_warn_supervisor",
-        "completion_warn_supervisor",
-        "completion_warn_user",
-        "course_classroom_approval",
-        "course_classroom_approval_request",
-        "course_classroom_approved",
-        "course_classroom_denied",
-        "course_classroom_manager_denied",
-        "course_not_started_warning",
-        "expire",
-        "expiring_digest_manager",
-        "expiry_warn_user",
-        "invoice_ordercomplete",
-        "invoice_ordercomplete_admin",
-        "license_allocated",
-        "license_reminder",
-        "license_removed",
-        "licensepoolexpiring",
-        "licensepoolwarning",
-        "microlearning_nugget_reminder1",
-        "microlearning_nugget_reminder2",
-        "microlearning_nugget_scheduled",
-        "password_update",
-        "trainingevent_not_selected",
-        "user_added_to_course",
-        "user_create",
-        "user_deleted",
-        "user_programcompleted",
-        "user_promoted",
-        "user_removed_from_event",
-        "user_removed_from_event_teacher",
-        "user_removed_from_event_waitlist",
-        "user_reset",
-        "user_signed_up_for_event",
-        "user_signed_up_for_event_reminder",
-        "user_signed_up_for_event_teacher",
-        "user_signed_up_to_waitlist",
-        "user_suspended",
-        "user_unsuspended",
-        "warning_digest_manager",
-    }
-)
+#: Kept for callers of earlier releases: every template name of any generation. The fan-out
+#: itself checks the detected generation's list (``templates.known_templates``).
+KNOWN_TEMPLATES = ALL_TEMPLATES
 
 # Problem codes. FATAL ones mean the row must not be sent by the bridge (leave it to IOMAD).
 EMPTY_ADDRESS = "empty_address"
@@ -161,6 +92,8 @@ SUPERVISOR_TEMPLATE_TYPE = 2
 class Problem:
     code: str
     detail: str
+    #: the recipient role the problem is about (address problems), else None
+    role: str | None = None
 
     @property
     def fatal(self) -> bool:
@@ -263,7 +196,8 @@ def expand_emails(
     if not emails:
         return result
 
-    # 1. headers (CPU only)
+    # 1. headers (CPU only); template names as the detected generation has them
+    known = known_templates(t)
     templates: dict[int, TemplateSettings | None] = {}
     parsed_cache: dict[str | None, ParsedHeaders | HeadersError] = {}  # rows of a template share headers
     for e in emails:
@@ -282,10 +216,12 @@ def expand_emails(
         parsed = cached
         exp.headers = parsed
         templates[e.id] = parsed.template
-        if e.templatename not in KNOWN_TEMPLATES:
+        if e.templatename not in known:
             exp.problems.append(
                 Problem(
-                    UNKNOWN_TEMPLATE, f"email {e.id}: template {e.templatename!r} is not an IOMAD template"
+                    UNKNOWN_TEMPLATE,
+                    f"email {e.id}: template {e.templatename!r} is not an IOMAD "
+                    f"{template_generation(t)} template",
                 )
             )
 
@@ -408,7 +344,9 @@ def expand_emails(
             if problem is not None:
                 _exp.problems.append(
                     Problem(
-                        problem, f"email {_eid}: {role} recipient ({who}) has an {problem.replace('_', ' ')}"
+                        problem,
+                        f"email {_eid}: {role} recipient ({who}) has an {problem.replace('_', ' ')}",
+                        role,
                     )
                 )
                 return
@@ -471,6 +409,13 @@ def expand_emails(
         for role, addresses in ((ROLE_TO, tpl.emailtoother_addresses), (ROLE_CC, tpl.emailccother_addresses)):
             for address in addresses:
                 add(role, None, address, "")
+        # "Cc:" entries of the row's own headers that the template does not explain (IOMAD 5.x
+        # Cc's the creating user on a non-reset user_create): a copy, redacted for password mail.
+        if exp.headers is not None:
+            for entry in exp.headers.cc:
+                for address in entry.split(","):
+                    if address.strip() and address.strip().lower() not in seen:
+                        add(ROLE_CC, None, address.strip(), "")
         if e.templatename not in USER_TEMPLATES:
             continue
         if not tpl.disabledmanager:
