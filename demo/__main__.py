@@ -52,6 +52,7 @@ from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.config import load_config
 from moodle_bridge.sources.iomad.schema import IomadGeneration
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from moodle_bridge.storage.statuses import JOB_TERMINAL
 from moodle_bridge.transports.targets import WorkerSubmitter
 from offload_contract.signing import decode_root_secret, generate_root_secret
 
@@ -123,6 +124,7 @@ def bridge_environment(
         "MRCO_RESULTS_QUEUE_URL": aws.queue_urls["results"],
         "MRCO_RESULTS_DLQ_URL": aws.dlq_urls["results"],
         "MRCO_CONTENT_BUCKET": aws.bucket,
+        "MRCO_IDEMPOTENCY_TABLE": aws.table,
         "MRCO_CALLBACK_PUBLIC_URL": f"http://127.0.0.1:{port}/callbacks/v1/results",
         "MRCO_CALLBACK_BIND_HOST": "127.0.0.1",
         "MRCO_CALLBACK_BIND_PORT": str(port),
@@ -326,7 +328,7 @@ def open_jobs(engine: sa.Engine) -> int:
             conn.execute(
                 sa.select(sa.func.count())
                 .select_from(t.jobs)
-                .where(t.jobs.c.status.not_in(("completed", "partial_failure", "failed", "cancelled")))
+                .where(t.jobs.c.status.not_in(sorted(JOB_TERMINAL)))
             ).scalar_one()
         )
 
@@ -341,6 +343,55 @@ def download_certificates(aws: EmbeddedAws, folder: Path) -> list[Path]:
             s3.download_file(aws.bucket, obj["Key"], str(target))
             paths.append(target)
     return paths
+
+
+@dataclass
+class ExactlyOnce:
+    """The demo's check, per (job, recipient) like the fault harness's oracle: totals alone would
+    let one duplicate hide one loss."""
+
+    messages: int = 0
+    reported_sent: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicates or self.lost or self.unexpected)
+
+
+def check_exactly_once(
+    sends: list[tuple[str, dict[str, str]]], reported: list[tuple[int, int, str]]
+) -> ExactlyOnce:
+    """``sends``: (to, SES tags) of every accepted message; ``reported``: (job id, recipient id,
+    status) of every recipient. A recipient reported sent/delivered/bounced/complained needs
+    exactly one message; any other recipient none."""
+    from lambdas.email.crash_window import PROBE_TAG  # noqa: PLC0415
+
+    per_key: Counter[tuple[str, str]] = Counter()
+    for _to, tags in sends:
+        if PROBE_TAG in tags:
+            continue  # the Send-event probe to SES's mailbox simulator, not mail to a person
+        per_key[
+            (tags.get("job_id", "?").replace("@", ":"), tags.get("recipient_id", "?").replace("@", ":"))
+        ] += 1
+    out = ExactlyOnce(messages=sum(per_key.values()))
+    for job_id, recipient_id, status in reported:
+        n = per_key.pop((str(job_id), str(recipient_id)), 0)
+        label = f"job {job_id} recipient {recipient_id} ({status})"
+        if status in ("sent", "delivered", "bounced", "complained"):
+            out.reported_sent += 1
+            if n == 0:
+                out.lost.append(label)
+            elif n > 1:
+                out.duplicates.append(f"{label}: {n} messages")
+        elif n:
+            out.unexpected.append(f"{label}: {n} messages")
+    out.unexpected.extend(
+        f"job {j} recipient {r}: {n} messages, unknown to the bridge" for (j, r), n in per_key.items()
+    )
+    return out
 
 
 def report(
@@ -391,6 +442,12 @@ def report(
             .select_from(t.recipients)
             .where(t.recipients.c.artifactkey.is_not(None))
         ).scalar_one()
+        reported = [
+            (int(j), int(r), str(st))
+            for j, r, st in conn.execute(
+                sa.select(t.recipients.c.jobid, t.recipients.c.id, t.recipients.c.status)
+            )
+        ]
         secrets_left = conn.execute(
             sa.select(sa.func.count())
             .select_from(t.recipients)
@@ -414,7 +471,6 @@ def report(
     certificates = download_certificates(aws, output / "certificates")
     messages = ses.sent_messages()
     local_untouched = all(row.sent is None and row.due == seeded_local.get(row.id) for row in local_rows)
-    sent_total = sum(c["sent"] + c["delivered"] for c in counts.values())
 
     console.print(
         f"Jobs: {len(jobs_rows)} ({', '.join(f'#{j.id} {j.jobtype} {j.status}' for j in jobs_rows)})"
@@ -427,11 +483,14 @@ def report(
         f"Company 2 (local): {len(local_rows)} rows left to IOMAD untouched: "
         f"{'yes' if local_untouched else 'NO'}"
     )
-    duplicates = len(messages) - sent_total  # every recipient is one SES message: more means a duplicate
+    once = check_exactly_once(ses.sends_by_tags(), reported)
+    verdict = "exactly once each, checked per job and recipient" if once.ok else "MISMATCH"
     console.print(
-        f"Emails accepted by the emulated SES: {len(messages)}; recipients reported sent: {sent_total} "
-        f"({'exactly once each' if duplicates == 0 else 'MISMATCH'})"
+        f"Emails accepted by the emulated SES: {len(messages)}; recipients reported sent: "
+        f"{once.reported_sent} ({verdict})"
     )
+    for problem in (once.duplicates + once.lost + once.unexpected)[:10]:
+        console.print(f"  [red]{problem}[/]")
     console.print(
         f"Certificates rendered: {rendered}; PDFs in {output / 'certificates'} ({len(certificates)} files)"
     )
@@ -440,7 +499,7 @@ def report(
         console.print(f"Fault injected: {line}")
     console.print(f"Time taken: {time.monotonic() - started:.1f} s")
     ok = (
-        duplicates == 0
+        once.ok
         and local_untouched
         and secrets_left == 0
         and cloud_rows[1] == cloud_rows[0]

@@ -75,6 +75,7 @@ class OffloadStack(Stack):
             storage=self.storage,
             keys=self.keys,
             seal_keys=self.seal_keys,
+            table=self.idempotency,
         )
         self.monitoring = OffloadMonitoring(
             self,
@@ -107,6 +108,10 @@ class OffloadStack(Stack):
                 "bridge: aws.results_dlq_url (reconciliation)",
             ),
             "CertificateBucketName": (self.storage.bucket.bucket_name, "bridge: aws.content_bucket"),
+            "IdempotencyTableName": (
+                self.idempotency.table.table_name,
+                "bridge: aws.idempotency_table (job cancel records, deadline reconciliation)",
+            ),
             "HmacSecretArn": (
                 self.keys.secret.secret_arn,
                 "bridge: [secrets] keysets = secretsmanager:<this ARN> (or copy its value)",

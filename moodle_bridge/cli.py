@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from moodle_bridge.aws_session import install_default_session
 from moodle_bridge.config import ConfigError, load_config
 from moodle_bridge.logs import configure_logging
+
+
+def version() -> str:
+    try:
+        return metadata.version("manireports-cloud-offload")
+    except metadata.PackageNotFoundError:  # running from a source tree without installing
+        return "unknown (not installed)"
+
 
 #: Modules under moodle_bridge.commands, in help order. A missing module is skipped, so
 #: parts can land independently.
@@ -43,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", help="TOML configuration file (default: $MRCO_CONFIG or ./moodle-offload.toml)"
     )
+    parser.add_argument("--version", action="version", version=f"moodle-offload {version()}")
     parser.add_argument(
         "--log-format",
         choices=("auto", "human", "json"),
@@ -62,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -78,10 +101,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"moodle-offload: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (BotoCoreError, ClientError) as exc:
+        print(f"moodle-offload: {aws_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("moodle-offload: interrupted", file=sys.stderr)
         return 130
+    sys.stdout.flush()
     return code
+
+
+def aws_error_line(exc: BaseException) -> str:
+    """One line naming an AWS failure and its fix (no URL query, body or secret)."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "error")
+        return (
+            f"AWS refused the call ({code}); check the bridge's AWS credentials, region and the names "
+            "in [aws]"
+        )
+    return (
+        f"the AWS endpoint could not be reached ({type(exc).__name__}); check aws.endpoint_url, aws.region "
+        "and the network"
+    )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ class AwsConfig:
     api_gateway_url: str = ""
     #: The SES account's MaxSendRate (recipients/s), as the stack's ses_send_rate: job ETAs.
     ses_send_rate: float = 0.0
+    #: The sender's DynamoDB table (stack output ``IdempotencyTableName``): cancel records and the
+    #: deadline reconciliation read/write it (moodle_bridge/transports/cloud_records.py).
+    idempotency_table: str = ""
     #: The bridge user's access key (secret sources, docs/INSTALL.md); empty: boto3's default chain.
     access_key_id: str = ""
     secret_access_key: str = ""
@@ -242,6 +245,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_RESULTS_QUEUE_URL": ("aws", "results_queue_url"),
     "MRCO_RESULTS_DLQ_URL": ("aws", "results_dlq_url"),
     "MRCO_CONTENT_BUCKET": ("aws", "content_bucket"),
+    "MRCO_IDEMPOTENCY_TABLE": ("aws", "idempotency_table"),
     "MRCO_API_GATEWAY_URL": ("aws", "api_gateway_url"),
     "MRCO_SES_SEND_RATE": ("aws", "ses_send_rate"),
     "MRCO_CLOUDFLARE_INTAKE_URL": ("cloudflare", "intake_url"),

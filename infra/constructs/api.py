@@ -13,7 +13,13 @@ from constructs import Construct
 from infra.config import OffloadConfig
 from infra.constructs import retention
 from infra.constructs.queues import OffloadQueues
-from infra.constructs.storage import CERTIFICATES_PREFIX, CONTENTS_PREFIX, CertificateStorage, HmacKeys
+from infra.constructs.storage import (
+    CERTIFICATES_PREFIX,
+    CONTENTS_PREFIX,
+    CertificateStorage,
+    HmacKeys,
+    IdempotencyTable,
+)
 from infra.nag import acknowledge
 from offload_contract.validation import schema_document
 
@@ -21,6 +27,11 @@ STAGE_NAME = "api"
 INTAKE_PATH = "/v1/batches"
 VERIFY_PATH = "/v1/certificates/verify"
 UNSUBSCRIBE_PATH = "/v1/unsubscribe"
+#: The bridge's calls on the sender's table (moodle_bridge/transports/cloud_records.py) and the
+#: item keys it may touch (tests/infra/test_bridge_policy.py derives both from that module).
+BRIDGE_TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem")
+BRIDGE_TABLE_KEYS = ("cancel#*", "send#*")
+BRIDGE_SES_ACTIONS = ("ses:GetEmailIdentity",)
 
 
 def envelope_model_schema() -> apigw.JsonSchema:
@@ -332,6 +343,7 @@ class BridgeAccess(Construct):
         storage: CertificateStorage,
         keys: HmacKeys,
         seal_keys: HmacKeys,
+        table: IdempotencyTable | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.user = iam.User(self, "User")
@@ -368,6 +380,28 @@ class BridgeAccess(Construct):
                 resources=[f"{bucket_arn}/{CERTIFICATES_PREFIX}*"],
             ),
         ]
+        if table is not None:
+            # Job control and deadline reconciliation (moodle_bridge/transports/cloud_records.py):
+            # read the sender's per-recipient records and write cancel records and the closing
+            # record of a recipient nobody claimed. Only items whose key starts with these
+            # prefixes (never pacing, nonces, job routes or certificates).
+            statements.append(
+                iam.PolicyStatement(
+                    sid="JobRecords",
+                    actions=list(BRIDGE_TABLE_ACTIONS),
+                    resources=[table.table.table_arn],
+                    conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_TABLE_KEYS)}},
+                )
+            )
+        # `company set --sender-address` asks SES whether the address (or its domain) is a verified
+        # identity before routing a company's mail from it (moodle_bridge/commands/company_checks.py).
+        statements.append(
+            iam.PolicyStatement(
+                sid="CheckSenders",
+                actions=list(BRIDGE_SES_ACTIONS),
+                resources=[Stack.of(self).format_arn(service="ses", resource="identity", resource_name="*")],
+            )
+        )
         if config.bridge_reads_hmac_secret:
             statements.append(
                 iam.PolicyStatement(
@@ -379,6 +413,12 @@ class BridgeAccess(Construct):
         self.policy = iam.Policy(self, "Policy", statements=statements, users=[self.user])
         stack = Stack.of(self)
         bucket_token = f"<{stack.get_logical_id(storage.bucket.node.default_child)}.Arn>"  # type: ignore[arg-type]
+        acknowledge(
+            self.policy,
+            id="AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ses:<AWS::Region>:<AWS::AccountId>:identity/*]",
+            reason="The bridge reads (never changes) whether a sender address or its domain is a verified "
+            "identity; the address is the admin's input, so no narrower resource is known in advance.",
+        )
         for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX):
             acknowledge(
                 self.policy,

@@ -15,6 +15,9 @@ one company's batch can never pre-claim (or read the outcome of) another company
   completes it with the message id when SES did accept it. A stale item may be *taken over*
   (claimed again, conditioned on the dead owner's token and lease) only once the events
   processor has proved that no such event is coming: ``lambdas/email/crash_window.py``.
+* ``cancel#<job_id>`` is written by the bridge when a person (or the global/company switch)
+  cancels the job; the sender reads it before every SES call and closes the job's remaining
+  recipients as ``failed``/``job_cancelled`` instead of sending them.
 * ``watermark#ses-send`` holds the newest ``mail.timestamp`` of the SES ``Send`` events the
   events processor has fully handled; ``probe#ses-send`` spaces out the probe messages that
   move it on when no other mail is being sent.
@@ -347,6 +350,14 @@ class IdempotencyStore:
                 raise
             return False
         return True
+
+    # -- cancellation (written by the bridge: moodle_bridge/transports/cloud_records.py) -----
+    def job_cancelled(self, job_id: str) -> bool:
+        """True once the bridge wrote ``cancel#<job_id>``: no further SES call for the job."""
+        item = self._db.get_item(
+            TableName=self._table, Key={"id": {"S": f"cancel#{job_id}"}}, ConsistentRead=True
+        ).get("Item")
+        return item is not None
 
     # -- job routing (where results of a job go; used by the SES event processor) ----------
     def remember_job(self, job_id: str, company_id: int, callback_url: str, key_id: str) -> None:

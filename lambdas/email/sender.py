@@ -15,7 +15,9 @@ Order of work for a batch:
    with a lease, the puts side by side) and drop any another invocation got first; then take
    their tokens from the shared rate limiter, booked for the second the calls reach SES
    (``pacing``; partial takes: units without tokens wait, claimed, for the next second), and
-   make the wave's SES calls side by side. A crash leaves claims only on the wave whose calls
+   make the wave's SES calls side by side. Right before those calls, read the job's cancel record
+   (``cancel#<job>``, written by the bridge): once it exists the wave and the rest of the batch
+   are closed ``job_cancelled`` and nothing more is sent. A crash leaves claims only on the wave whose calls
    were in flight. Stop starting calls when the invocation nears its timeout and re-queue what
    is left (claims of units that got no tokens are released first).
 5. Right after a wave's calls, write COMPLETED for what SES accepted or finally refused (this
@@ -55,6 +57,9 @@ from offload_contract import validate
 from offload_contract.sealing import SealError, open_content
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
+#: Error code of a recipient not sent because its job was cancelled (the bridge's
+#: ``states.CANCELLED_IN_CLOUD``; the contract carries it as a permanent failure).
+CANCELLED_CODE = "job_cancelled"
 MAX_SQS_DELAY = 900
 
 
@@ -99,6 +104,8 @@ class BatchReport:
     #: Crash-window recipients proven unsent and sent again / still waiting for proof.
     stale_resent: int = 0
     stale_waiting: int = 0
+    #: Recipients not sent because the bridge cancelled their job (``cancel#<job>``).
+    cancelled: int = 0
     ses_latency_ms: list[float] = field(default_factory=list)
     #: Per wave: claims, token, SES calls and records (what infra's send_latency_ms stands for).
     wave_latency_ms: list[float] = field(default_factory=list)
@@ -267,6 +274,13 @@ class EmailBatchSender:
                 else:
                     back.append(unit)
             waiting.extendleft((unit, True) for unit in reversed(back))
+            if self.store.job_cancelled(batch["job_id"]):  # read right before every wave's SES calls
+                owned = [p for unit in go for p in unit] + [
+                    p for unit, claimed in waiting if claimed for p in unit
+                ]
+                rest = [p for unit, claimed in waiting if not claimed for p in unit]
+                self._close_cancelled(batch, owned, rest, requeues, report)
+                return
             started = time.perf_counter()
             for unit_report, unit_requeues in self._map(lambda unit: self._send_and_record(batch, unit), go):
                 report.merge(unit_report)
@@ -655,6 +669,32 @@ class EmailBatchSender:
             report.results.append(result)
             report.failed += 1
         self.store.complete_many(done)
+
+    def _close_cancelled(
+        self,
+        batch: dict[str, Any],
+        owned: list[_Prepared],
+        rest: list[_Prepared],
+        requeues: list[Requeue],
+        report: BatchReport,
+    ) -> None:
+        """The bridge cancelled the job: record and report the claimed unit and every later one
+        ``failed``/``job_cancelled`` (the bridge records them cancelled); nothing more is sent."""
+        failure = SendFailure(CANCELLED_CODE, "the job was cancelled before this recipient was sent")
+        done = []
+        for item in owned:
+            result = recipient_result(
+                batch["job_id"], item.recipient["recipient_id"], "failed", int(batch["attempt"]),
+                error_code=failure.code, error_message=str(failure), permanent=True,
+            )  # fmt: skip
+            done.append((item.key, result))
+            report.results.append(result)
+            report.cancelled += 1
+        self.store.complete_many(done)
+        before = report.failed
+        self._finish(batch, [(p.recipient, p.key, failure) for p in rest], requeues, report, {})
+        report.cancelled += report.failed - before
+        report.failed = before
 
     def _defer(
         self, batch: dict[str, Any], items: list[_Prepared], requeues: list[Requeue], report: BatchReport

@@ -96,6 +96,7 @@ def process_record(record: SQSRecord, context: LambdaContext) -> None:
             "throttled": report.throttled,
             "replayed": report.replayed,
             "deferred": report.deferred,
+            "cancelled": report.cancelled,
             "crash_window_resent": report.stale_resent,
             "crash_window_waiting": report.stale_waiting,
         },

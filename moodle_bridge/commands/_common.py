@@ -8,10 +8,10 @@ import sys
 
 import sqlalchemy as sa
 
-from moodle_bridge.config import BridgeConfig
+from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
-from moodle_bridge.storage.database import create_bridge_engine
+from moodle_bridge.storage.database import create_bridge_engine, require_database
 
 
 def cli_actor() -> str:
@@ -23,7 +23,23 @@ def cli_actor() -> str:
     return f"cli:{user}"
 
 
+def require_migrated(engine: sa.Engine, tables: BridgeTables) -> None:
+    """One line telling the admin to run ``migrate`` when the bridge's tables are missing or old."""
+    from moodle_bridge.storage.migrations import LATEST_VERSION, current_version  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        version = current_version(conn, tables)
+    if version == 0:
+        raise ConfigError("the bridge's tables do not exist yet: run `moodle-offload migrate` first")
+    if version < LATEST_VERSION:
+        raise ConfigError(
+            f"the bridge's tables are at schema version {version}, this release needs {LATEST_VERSION}: "
+            "run `moodle-offload migrate`"
+        )
+
+
 def open_database(config: BridgeConfig) -> tuple[sa.Engine, BridgeTables, BridgeRepo]:
+    require_database(config.database)
     engine = create_bridge_engine(config.database)
     tables = build_bridge_tables(config.database.prefix)
     return engine, tables, BridgeRepo(tables)

@@ -7,15 +7,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from typing import Any
 
-from moodle_bridge.commands._common import cli_actor, fail, open_database
+from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
+from moodle_bridge.commands.company_checks import company_exists, sender_verified
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
+from moodle_bridge.results.iomad_link import AdapterQueue
+from moodle_bridge.results.job_control import CancelReport, cancel_open_jobs
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
 from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
 from moodle_bridge.transports.capabilities import worker_check
+
+
+def _stop_jobs(
+    conn: Any, repo: Any, config: BridgeConfig, company_id: int | None, reason: str
+) -> list[CancelReport]:
+    """Cancel the open jobs the switch stops (their rows nobody was reached from go back to IOMAD)."""
+    try:
+        queue = AdapterQueue(detect_iomad(conn, config.database.prefix))
+    except IomadSchemaNotFound:
+        queue = None
+    return cancel_open_jobs(
+        conn, repo.t, actor=cli_actor(), now=now(), reason=reason, company_id=company_id, queue=queue
+    )
+
+
+def _report_stopped(reports: list[CancelReport], engine: Any, repo: Any, config: BridgeConfig) -> int:
+    """Print what turning the switch off did to open jobs; 1 when the cloud could not be told."""
+    if not reports:
+        return 0
+    from moodle_bridge.commands.jobs import tell_cloud  # noqa: PLC0415
+
+    in_cloud = sum(r.in_cloud for r in reports)
+    print(
+        f"{len(reports)} open jobs cancelled: {sum(r.recipients_cancelled for r in reports)} recipients "
+        f"not yet in the cloud cancelled, {sum(r.rows_restored for r in reports)} IOMAD rows given back"
+        + (
+            f"; {in_cloud} recipients already in the cloud are recorded as the cloud reports them"
+            if in_cloud
+            else ""
+        )
+    )
+    problem = tell_cloud(reports, engine, repo.t, config, now())
+    if problem:
+        print(f"moodle-offload: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _onoff(value: str) -> bool:
@@ -95,6 +136,7 @@ def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     try:
         check_connection(engine)
+        require_migrated(engine, repo.t)
         with engine.connect() as conn:
             global_on = repo.offload_enabled(conn)
             settings = repo.all_settings(conn)
@@ -123,8 +165,11 @@ def run_show(args: argparse.Namespace, config: BridgeConfig) -> int:
 def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     actor = cli_actor()
+    notes: list[str] = []
+    stopped: list[CancelReport] = []
     try:
         check_connection(engine)
+        require_migrated(engine, repo.t)
         with engine.begin() as conn:
             changes: dict[str, Any] = {}
             for arg, attr in (
@@ -142,41 +187,58 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 value = getattr(args, arg)
                 if value is not None:
                     changes[attr] = value
+            exists = company_exists(conn, config, args.companyid)
+            if exists.problem:
+                return fail(exists.problem)
+            before = repo.get_settings(conn, args.companyid)
+
+            def check(settings: CompanySettings) -> str | None:
+                refused = cloudflare_refusal(settings, config)
+                if refused or not changes.get("senderaddress") or settings.provider != "aws":
+                    return refused
+                checked = sender_verified(config, str(changes["senderaddress"]))
+                if checked.note:
+                    notes.append(checked.note)
+                return checked.problem
+
             try:
                 updated = change_company_settings(
-                    conn,
-                    repo,
-                    args.companyid,
-                    changes,
-                    actor=actor,
-                    now=now(),
-                    check=lambda settings: cloudflare_refusal(settings, config),
+                    conn, repo, args.companyid, changes, actor=actor, now=now(), check=check
                 )
             except SettingsError as exc:
                 return fail(str(exc))
+            if before is not None and before.cloudenabled and not updated.cloudenabled:
+                stopped = _stop_jobs(conn, repo, config, args.companyid, "the company's cloud was turned off")
             global_on = repo.offload_enabled(conn)
+        code = _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     finally:
         engine.dispose()
     print(_line(updated, global_on))
+    for note in notes:
+        print(f"note: {note}")
     if not global_on:
         print("note: the global switch is off; nothing is offloaded until `company global on`")
-    return 0
+    return code
 
 
 def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
     engine, _tables, repo = open_database(config)
     try:
         check_connection(engine)
+        require_migrated(engine, repo.t)
         with engine.begin() as conn:
             if args.state is None:
                 print(f"global switch: {'on' if repo.offload_enabled(conn) else 'off'}")
                 return 0
             set_global_switch(conn, repo, args.state, actor=cli_actor(), now=now())
+            stopped: list[CancelReport] = []
+            if not args.state:
+                stopped = _stop_jobs(conn, repo, config, None, "the global switch was turned off")
+        print(f"global switch: {'on' if args.state else 'off'}")
+        return _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     finally:
         engine.dispose()
-    print(f"global switch: {'on' if args.state else 'off'}")
-    return 0

@@ -12,7 +12,13 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    require_database,
+    uses_default_database,
+)
 from moodle_bridge.storage.migrations import (
     LATEST_VERSION,
     STEPS,
@@ -50,6 +56,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, config: BridgeConfig) -> int:
+    # The built-in default URL names ./moodle-offload.sqlite3: never create it by accident.
+    # A SQLite URL the admin configured may name a new file (a fresh test database).
+    if uses_default_database(config.database) or args.status:
+        require_database(config.database)
     engine = create_bridge_engine(config.database)
     try:
         check_connection(engine)

@@ -32,10 +32,16 @@ from moodle_bridge.results.reconcile import ReconcileContext, ReconcileReport, r
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    require_database,
+)
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
 from moodle_bridge.transports.capabilities import WorkerCheck
+from moodle_bridge.transports.cloud_records import cloud_records_from_config
 from moodle_bridge.transports.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
 
 
@@ -130,6 +136,7 @@ def reconcile_context(ctx: TickContext) -> ReconcileContext:
         config=config,
         sqs=sqs,
         iomad_queue=link,
+        cloud=cloud_records_from_config(config),
         worker=worker if companies else None,
         worker_companies=companies,
     )
@@ -214,8 +221,6 @@ def run_tick(
         worker = targets.get("worker")
         claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
-        if report.claim.lock_busy:
-            report.notes.append("IOMAD's email cron holds its lock; claiming again next pass")
         if report.claim.lock_lost:
             report.notes.append(
                 "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
@@ -231,16 +236,22 @@ def run_tick(
         upload=upload if upload is not None else content_uploader(config),
     )
     report.outbox = outbox.submit_due(progress=progress("submitting batches") if progress else None)
-    report.reconciled = reconcile(reconcile_context(TickContext(engine, config, repo, iomad, targets, box)))
-    with engine.begin() as conn:
-        report.secrets_cleared = repo.clear_final_secrets(conn)
+    try:
+        report.reconciled = reconcile(
+            reconcile_context(TickContext(engine, config, repo, iomad, targets, box))
+        )
+    finally:  # sealed passwords past their time are cleared whatever reconciliation met
+        with engine.begin() as conn:
+            report.secrets_cleared = repo.clear_final_secrets(conn)
     observe_tick(report)  # this process's counters on /metrics (the long-running service)
     return report
 
 
 def summary(report: TickReport) -> str:
     parts = []
-    if report.claim is not None:
+    if report.claim is not None and report.claim.lock_busy:
+        parts.append("claiming skipped: IOMAD's email cron holds its lock (due rows are claimed next pass)")
+    elif report.claim is not None:
         c = report.claim
         parts.append(
             f"claimed {c.claimed} of {c.considered} due rows ({c.recipients} recipients, {c.batches} batches"
@@ -278,10 +289,47 @@ def reconcile_summary(reconciled: ReconcileReport) -> str:
         f", {count('rows_marked_sent')} IOMAD rows settled, {count('rows_restored')} restored"
     )
     deferred = count("messages_deferred")
-    return text + (f", {deferred} messages deferred" if deferred else "")
+    text += f", {deferred} messages deferred" if deferred else ""
+    if count("cancels_signalled"):
+        text += f", {count('cancels_signalled')} cancels sent to the cloud"
+    if count("settled_from_cloud"):
+        text += f", {count('settled_from_cloud')} recipients settled from the cloud's records"
+    return text
+
+
+def problems(report: TickReport) -> list[str]:
+    """Lines for what needs a person after this pass, each with its cause and its fix. cron mails
+    them to the admin: ``tick`` prints them even with ``--quiet`` and exits 1."""
+    out: list[str] = []
+    if report.outbox is not None and report.outbox.errors:
+        o = report.outbox
+        first = o.errors[0]
+        if o.abandoned:
+            out.append(
+                f"{o.abandoned} batches were abandoned after the job deadline ({first}); their rows went "
+                "back to IOMAD where possible, the rest are failed (see `jobs list`). Fix: check the queue "
+                "settings ([aws] queue URLs, credentials) and `jobs retry`"
+            )
+        failed = len(o.errors) - o.abandoned
+        if failed > 0:
+            out.append(
+                f"{failed} batches could not be submitted ({first}); they are retried with backoff. Fix: "
+                "check the queue URL in [aws], the network and the bridge's AWS credentials"
+            )
+    if report.reconciled is not None:
+        r = report.reconciled
+        out.extend(getattr(r, "errors", []) or [])
+        if r.messages_quarantined:
+            out.append(
+                f"{r.messages_quarantined} result messages could not be applied and were moved aside "
+                "(audit log: result_message_quarantined); reconciliation went on. Fix: read the audit "
+                "entries; the messages stay in the results queue until its retention ends"
+            )
+    return out
 
 
 def run(args: argparse.Namespace, config: BridgeConfig) -> int:
+    require_database(config.database)
     engine = create_bridge_engine(config.database)
     try:
         check_connection(engine)
@@ -302,11 +350,15 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
     except ClaimError as exc:
         return fail(f"cannot claim: {exc}")
     except sa.exc.SQLAlchemyError as exc:
-        return fail(f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}")
+        return fail(
+            f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}; check the "
+            "database server and run the tick again"
+        )
     finally:
         engine.dispose()
     if not args.quiet:
         print(f"moodle-offload tick: {summary(report)}")
-        for error in report.outbox.errors[:5] if report.outbox else []:
-            print(f"  {error}")
-    return 0
+    trouble = problems(report)
+    for line in trouble:
+        print(f"moodle-offload tick: {line}", file=sys.stderr)
+    return 1 if trouble else 0

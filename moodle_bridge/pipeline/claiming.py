@@ -301,8 +301,7 @@ class ClaimPass:
         for plan in plans:
             if plan.release_reason is None and plan.expansion.sendable:
                 for rcp in plan.expansion.recipients:
-                    jobtype = plan.user_jobtype if rcp.role == ROLE_USER else "email"
-                    counts[(plan.email.companyid, jobtype)] += 1
+                    counts[(plan.email.companyid, routing_type(plan, rcp.role))] += 1
         decisions = {
             (cid, jt): decide(global_on, settings.get(cid), jt, counts[(cid, jt)])
             for cid in settings
@@ -454,7 +453,7 @@ class ClaimPass:
         if plan.release_reason is not None:
             return None  # recorded and released below
         cid = plan.email.companyid
-        jobtypes = {plan.user_jobtype if r.role == ROLE_USER else "email" for r in plan.expansion.recipients}
+        jobtypes = {routing_type(plan, r.role) for r in plan.expansion.recipients}
         for jobtype in sorted(jobtypes) or ["email"]:
             decision = decisions.get((cid, jobtype))
             if decision is None or not decision.offload:
@@ -738,6 +737,17 @@ class ClaimPass:
                 "completionid": c.completion_id,
             }
         return p
+
+
+def routing_type(plan: RowPlan, role: str) -> str:
+    """The job type a recipient counts as when routing its row (docs/sending.md, "Threshold
+    counting"): every recipient of a completion row whose certificate the company offloads
+    counts as ``certificate``: the managers' and To/Cc copies are copies of the same completion
+    mail, so a company with the cloud on for certificates only offloads its completions whole.
+    Every other recipient counts as ``email``."""
+    if plan.user_jobtype == "certificate" or role == ROLE_USER:
+        return plan.user_jobtype
+    return "email"
 
 
 class ClaimError(RuntimeError):

@@ -615,31 +615,47 @@ class Outbox:
     def _fall_back(self, conn: sa.Connection, batch: BatchRow) -> int:
         """Recipients of a batch the queue never accepted: back to IOMAD, or failed and surfaced.
 
-        A row goes back to IOMAD only when none of its recipients reached the cloud (else IOMAD
-        would send those a second copy); otherwise its unsent recipients fail with
-        ``submit_abandoned`` (under-sending, surfaced, never over-sending).
+        A row goes back to IOMAD only when none of its recipients can have been sent by the cloud
+        (else IOMAD would send those a second copy); otherwise its unsent recipients fail with
+        ``submit_abandoned`` (under-sending, surfaced, never over-sending). Each recipient is
+        recorded as what really happens to it: ``restored`` when IOMAD sends its row (also when
+        an earlier fallback already gave the row back), ``failed`` when nobody will. Recipients of
+        a row given back that wait in other batches are restored too (IOMAD sends them), and
+        batches left with nobody to send are abandoned; the job ends when nobody is in flight.
         """
         recipients = [r for r in self.repo.batch_recipients(conn, batch.id) if r.status == "pending"]
         settings = self.repo.get_settings(conn, batch.companyid)
         fallback = settings.fallbacklocal if settings else True
-        r = self.repo.t.recipients
+        r, c, b = self.repo.t.recipients, self.repo.t.claims, self.repo.t.batches
         emailids = sorted({int(x.emailid) for x in recipients if x.emailid is not None})
         reached: set[int] = set()
+        released: set[int] = set()
         if emailids:
+            # Statuses meaning the cloud has (or may have) sent that recipient.
+            maybe_sent = ("queued", "retrying", "sent", "rendered", "delivered", "bounced", "complained")
             reached = {
                 int(e)
                 for e in conn.execute(
                     sa.select(r.c.emailid)
-                    .where(r.c.emailid.in_(emailids), r.c.batchid != batch.id, r.c.status != "pending")
+                    .where(r.c.emailid.in_(emailids), r.c.status.in_(maybe_sent))
                     .distinct()
                 ).scalars()
             }
-        restorable = [e for e in emailids if e not in reached] if fallback and self.iomad else []
+            released = {
+                int(e)
+                for e in conn.execute(
+                    sa.select(c.c.emailid).where(c.c.emailid.in_(emailids), c.c.state == "released")
+                ).scalars()
+            }
+        restorable = (
+            [e for e in emailids if e not in reached and e not in released] if fallback and self.iomad else []
+        )
         restored: list[int] = []
         if restorable and self.iomad is not None:
             restored = self.iomad.restore(conn, self.repo.original_dues(conn, restorable))
             self.repo.set_claims_state(conn, restored, "released")
-        back = [int(x.id) for x in recipients if x.emailid is not None and int(x.emailid) in set(restored)]
+        back_rows = set(restored) | released
+        back = [int(x.id) for x in recipients if x.emailid is not None and int(x.emailid) in back_rows]
         rest = [int(x.id) for x in recipients if int(x.id) not in set(back)]
         self.repo.set_recipients_status(
             conn,
@@ -655,5 +671,28 @@ class Outbox:
             errorcode="submit_abandoned",
             errormessage="the queue did not accept the batch before the deadline",
         )
+        if restored:
+            others = [
+                int(x)
+                for x in conn.execute(
+                    sa.select(r.c.id).where(
+                        r.c.jobid == batch.jobid, r.c.emailid.in_(restored), r.c.status == "pending"
+                    )
+                ).scalars()
+            ]
+            self.repo.set_recipients_status(
+                conn,
+                others,
+                "restored",
+                errorcode="submit_abandoned",
+                errormessage="another part of its IOMAD row could not be queued; IOMAD sends it",
+                only_from=("pending",),
+            )
+            empty = sa.select(r.c.id).where(r.c.batchid == b.c.id, r.c.status == "pending")
+            conn.execute(
+                b.update()
+                .where(b.c.jobid == batch.jobid, b.c.status == "pending", ~sa.exists(empty))
+                .values(status="abandoned", lasterror="nobody left to send: IOMAD sends the rows")
+            )
         self.repo.refresh_job_totals(conn, [batch.jobid])
         return len(restored)

@@ -36,7 +36,6 @@ from moodle_bridge.results.states import (
     COUNTER_COLUMNS,
     FINAL_STATUSES,
     JOB_TERMINAL,
-    RESTORED,
     Outcome,
     RecipientView,
     decide,
@@ -112,7 +111,7 @@ def recount(conn: sa.Connection, tables: BridgeTables, job_ids: Iterable[int]) -
     """Counter values (plus ``active``) per job, counted from the recipient rows."""
     r = tables.recipients
     ids = sorted(set(job_ids))
-    out = {job_id: dict.fromkeys((*COUNTER_COLUMNS, "active", "restored"), 0) for job_id in ids}
+    out = {job_id: dict.fromkeys((*COUNTER_COLUMNS, "active"), 0) for job_id in ids}
     for part in chunks(ids):
         rows = conn.execute(
             sa.select(r.c.jobid, r.c.status, sa.func.count())
@@ -124,8 +123,6 @@ def recount(conn: sa.Connection, tables: BridgeTables, job_ids: Iterable[int]) -
             counts["recipientstotal"] += int(n)
             if status in ACTIVE_STATUSES:
                 counts["active"] += int(n)
-            elif status == RESTORED:
-                counts["restored"] += int(n)
             for column, bucket in COUNTER_BUCKETS.items():
                 if status in bucket:
                     counts[column] += int(n)

@@ -8,22 +8,39 @@
    with its SQS message id and hidden for 12 hours, so it never blocks the queue.
 2. Flag jobs past their deadline (``timedeadline``, else ``timecreated + job_deadline_seconds``):
    the status stays, an audit entry is written once and ``jobs list`` shows them as overdue.
-3. Settle IOMAD rows whose recipients are all final but whose claim is still open (mark sent, or
+3. Tell the cloud about cancelled jobs it has not heard of yet (``job_control.signal_cancels``).
+4. Ask the cloud's own records (the sender's per-recipient items, ``transports.cloud_records``)
+   about recipients still in the cloud of a cancelled job (every tick) or of a job past its
+   deadline: a recipient the sender completed gets the result the sender stored (``sent`` with
+   its message id, or its failure); one nobody claimed is closed in the cloud first (a
+   conditional put, so a late delivery of its batch replays instead of sending), then recorded
+   ``cancelled`` (cancelled job) or ``failed``/``never_processed`` (its IOMAD row then goes back
+   to IOMAD by the fallback rule); one claimed but never completed past the deadline is
+   ``failed``/``outcome_unknown`` with the reason. Ingested like any result report.
+5. Settle IOMAD rows whose recipients are all final but whose claim is still open (mark sent, or
    restore to IOMAD when the fallback rule says so; see ``settle``).
-4. Purge expired callback nonces.
+6. Purge expired callback nonces.
+
+Each step runs on its own: a step that fails (the cloud unreachable, a database error) is
+reported in ``errors`` with one line, and the next steps still run. A queue message that
+cannot be stored (whatever the reason) is quarantined and the drain goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3  # type: ignore[import-untyped,unused-ignore]
 import sqlalchemy as sa
-from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
+from botocore.exceptions import (  # type: ignore[import-untyped,unused-ignore]
+    BotoCoreError,
+    ClientError,
+)
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.results.ingest import (
@@ -34,11 +51,26 @@ from moodle_bridge.results.ingest import (
     refresh_jobs,
 )
 from moodle_bridge.results.iomad_link import AdapterQueue, IomadQueue
+from moodle_bridge.results.job_control import signal_cancels
 from moodle_bridge.results.nonce_store import purge_expired
 from moodle_bridge.results.settle import CLAIM_CLAIMED, settle_rows
-from moodle_bridge.results.states import ACTIVE_STATUSES, JOB_TERMINAL
+from moodle_bridge.results.states import (
+    ACTIVE_STATUSES,
+    CANCELLED_IN_CLOUD,
+    JOB_CANCELLING,
+    JOB_TERMINAL,
+    NEVER_PROCESSED,
+    QUEUED,
+    RETRYING,
+)
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
+from moodle_bridge.transports.cloud_records import (
+    CloudRecords,
+    CloudUnavailable,
+    SendRecord,
+    cloud_records_from_config,
+)
 from moodle_bridge.transports.targets import SubmitError
 from offload_contract import ContractError, validate
 from offload_contract.codec import decode_message
@@ -66,6 +98,8 @@ class ReconcileContext:
     #: The IOMAD link (``iomad_link.detect_queue``); None on a plain Moodle site.
     iomad_queue: IomadQueue | None = None
     max_messages: int = MAX_MESSAGES_PER_TICK
+    #: The sender's records (``aws.idempotency_table``); None: the cloud cannot be asked or told.
+    cloud: CloudRecords | None = None
     #: The Cloudflare Worker (``WorkerSubmitter``): results it kept are pulled for these companies.
     worker: Any = None
     worker_companies: tuple[int, ...] = ()
@@ -83,6 +117,13 @@ class ReconcileReport:
     rows_marked_sent: int = 0
     rows_restored: int = 0
     nonces_purged: int = 0
+    #: Jobs whose cancel the cloud was told about in this pass / could not be told about.
+    cancels_signalled: int = 0
+    cancels_not_signalled: int = 0
+    #: Recipients settled from the cloud's own records (sent, cancelled, failed with a reason).
+    settled_from_cloud: int = 0
+    #: One line per step that failed in this pass (cause and what to do).
+    errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -158,9 +199,23 @@ def _handle_message(
         _quarantine(ctx, url, message, exc.code, now)
         report.messages_quarantined += 1
         return
-    except (ConcurrentChange, sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+    except ConcurrentChange as exc:
         log.info("result message %s deferred (%s)", message.get("MessageId"), type(exc).__name__)
         report.messages_deferred += 1
+        return
+    except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+        if not _transient(exc):
+            _quarantine(ctx, url, message, f"unstorable: {type(exc).__name__}", now)
+            report.messages_quarantined += 1
+            return
+        log.info("result message %s deferred (%s)", message.get("MessageId"), type(exc).__name__)
+        report.messages_deferred += 1
+        return
+    except (sa.exc.StatementError, UnicodeError, ValueError, TypeError, KeyError) as exc:
+        # One bad message (text an engine cannot store, a shape ingestion cannot read) must not
+        # stop every later tick: it is moved aside and the drain goes on.
+        _quarantine(ctx, url, message, f"unstorable: {type(exc).__name__}", now)
+        report.messages_quarantined += 1
         return
     # Committed: now, and only now, the message may go.
     ctx.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
@@ -169,6 +224,24 @@ def _handle_message(
     else:
         report.messages_applied += 1
         report.results_applied += outcome.applied
+
+
+#: Driver error codes that mean "try again": lock wait timeout, deadlock (MariaDB), serialization
+#: failure and deadlock (PostgreSQL), and a lost connection. Anything else is the message's fault.
+_TRANSIENT_CODES = frozenset({1205, 1213, 2006, 2013, "40001", "40P01", "08006", "08003", "57P01"})
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if orig is None:
+        return False
+    args = getattr(orig, "args", ())
+    code = getattr(orig, "sqlstate", None) or (args[0] if args else None)
+    if "database is locked" in str(orig):
+        return True
+    return code in _TRANSIENT_CODES
 
 
 def drain_results(ctx: ReconcileContext, report: ReconcileReport) -> None:
@@ -304,6 +377,129 @@ def settle_open_rows(ctx: ReconcileContext, conn: sa.Connection, now: int) -> tu
     return len(settled.marked_sent), len(settled.restored)
 
 
+def _result(job_id: int, rid: int, attempt: int, now: int, code: str, message: str) -> dict[str, Any]:
+    return {
+        "job_id": str(job_id),
+        "recipient_id": str(rid),
+        "status": "failed",
+        "attempts": max(1, attempt),
+        "occurred_at": now,
+        "error": {"code": code, "message": message, "permanent": True},
+    }
+
+
+def _ask_cloud(
+    cloud: CloudRecords, job_id: int, rows: Sequence[Any], *, cancelling: bool, overdue: bool, now: int
+) -> list[dict[str, Any]]:
+    """Results for ``rows`` (recipients still in the cloud) from the sender's own records."""
+    records = cloud.send_records(job_id, [int(row.id) for row in rows])
+    results: list[dict[str, Any]] = []
+    for row in rows:
+        rid = int(row.id)
+        record: SendRecord | None = records.get(rid)
+        if record is None:
+            if cancelling:
+                closing = _result(
+                    job_id,
+                    rid,
+                    int(row.attempts),
+                    now,
+                    CANCELLED_IN_CLOUD,
+                    "the job was cancelled before the cloud sent this recipient",
+                )
+            elif overdue:
+                closing = _result(
+                    job_id,
+                    rid,
+                    int(row.attempts),
+                    now,
+                    NEVER_PROCESSED,
+                    "the cloud accepted the batch but never processed this recipient "
+                    "before the job's deadline; it was closed in the cloud",
+                )
+            else:
+                continue
+            record = cloud.close_unclaimed(job_id, rid, closing)
+            if record is None:
+                results.append(closing)
+                continue
+        if record.state == "completed" and record.result:
+            result = dict(record.result)
+            result["job_id"], result["recipient_id"] = str(job_id), str(rid)
+            result.setdefault("occurred_at", now)
+            results.append(result)
+        elif overdue and record.lease_until < now:
+            results.append(
+                _result(
+                    job_id,
+                    rid,
+                    int(row.attempts),
+                    now,
+                    "outcome_unknown",
+                    "the sender claimed this recipient but never recorded whether SES accepted it "
+                    "(it stopped inside its SES call); not resent to avoid a duplicate",
+                )
+            )
+    return results
+
+
+def resolve_in_cloud(ctx: ReconcileContext, report: ReconcileReport, now: int) -> None:
+    """Step 4 of the module docstring: settle recipients still in the cloud from its records."""
+    if ctx.cloud is None:
+        return
+    j, r = ctx.tables.jobs, ctx.tables.recipients
+    deadline = sa.func.coalesce(j.c.timedeadline, j.c.timecreated + ctx.config.job_deadline_seconds)
+    in_cloud = sa.select(r.c.id).where(r.c.jobid == j.c.id, r.c.status.in_((QUEUED, RETRYING)))
+    with ctx.engine.connect() as conn:
+        jobs = conn.execute(
+            sa.select(j.c.id, j.c.companyid, j.c.status, (deadline < now).label("overdue"))
+            .where(
+                j.c.provider == "aws",
+                j.c.status.not_in(sorted(JOB_TERMINAL)),
+                sa.or_(j.c.status == JOB_CANCELLING, deadline < now),
+                sa.exists(in_cloud),
+            )
+            .order_by(j.c.id)
+        ).all()
+    for job in jobs:
+        job_id = int(job.id)
+        with ctx.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(r.c.id, r.c.attempts)
+                .where(r.c.jobid == job_id, r.c.status.in_((QUEUED, RETRYING)))
+                .order_by(r.c.id)
+            ).all()
+        results = _ask_cloud(
+            ctx.cloud,
+            job_id,
+            rows,
+            cancelling=job.status == JOB_CANCELLING,
+            overdue=bool(job.overdue),
+            now=now,
+        )
+        for start in range(0, len(results), 5000):
+            batch = {
+                "type": "result_batch",
+                "contract_version": 1,
+                "report_id": f"reconcile-{job_id}-{uuid.uuid4().hex}",
+                "company_id": int(job.companyid),
+                "reporter": "email_sender",
+                "created_at": now,
+                "results": results[start : start + 5000],
+            }
+            with ctx.engine.begin() as conn:
+                outcome = ingest_result_batch(
+                    conn,
+                    ctx.tables,
+                    batch,
+                    company_id=int(job.companyid),
+                    now=now,
+                    actor=ACTOR,
+                    queue=ctx.iomad_queue,
+                )
+            report.settled_from_cloud += outcome.applied
+
+
 def context_from_tick(tick: Any) -> ReconcileContext:
     """Adapt bridge core's ``TickContext`` (engine, config, repo, iomad, ...) to ours."""
     config: BridgeConfig = tick.config
@@ -322,7 +518,28 @@ def context_from_tick(tick: Any) -> ReconcileContext:
         config=config,
         sqs=sqs,
         iomad_queue=AdapterQueue(iomad) if iomad is not None else None,
+        cloud=cloud_records_from_config(config),
     )
+
+
+def _step_error(step: str, exc: BaseException) -> str:
+    """One line naming the step, the cause and the fix (no URL, body or secret)."""
+    if isinstance(exc, CloudUnavailable):
+        cause = str(exc)
+    elif isinstance(exc, ClientError):
+        cause = f"AWS refused the call: {exc.response.get('Error', {}).get('Code', 'error')}"
+    elif isinstance(exc, BotoCoreError):
+        cause = f"AWS endpoint unreachable ({type(exc).__name__})"
+    elif isinstance(exc, sa.exc.SQLAlchemyError):
+        cause = f"database error: {type(exc).__name__}"
+    else:
+        cause = f"{type(exc).__name__}"
+    fix = (
+        "check aws.endpoint_url/region, the network and the bridge's AWS credentials"
+        if isinstance(exc, CloudUnavailable | ClientError | BotoCoreError)
+        else "check the database; the next tick tries again"
+    )
+    return f"{step}: {cause}; {fix}"
 
 
 def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
@@ -330,11 +547,40 @@ def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
     if not isinstance(ctx, ReconcileContext):
         ctx = context_from_tick(ctx)
     report = ReconcileReport()
-    drain_results(ctx, report)
-    drain_worker_results(ctx, report)
+    try:
+        drain_results(ctx, report)
+    except Exception as exc:
+        log.warning("reconcile: draining results failed: %s", type(exc).__name__)
+        report.errors.append(_step_error("draining results", exc))
+    try:
+        drain_worker_results(ctx, report)
+    except Exception as exc:
+        log.warning("reconcile: pulling the Worker's results failed: %s", type(exc).__name__)
+        report.errors.append(_step_error("pulling the Worker's results", exc))
     now = int(ctx.clock())
-    with ctx.engine.begin() as conn:
-        report.jobs_flagged_overdue = flag_overdue(ctx, conn, now)
-        report.rows_marked_sent, report.rows_restored = settle_open_rows(ctx, conn, now)
-        report.nonces_purged = purge_expired(conn, ctx.tables, now)
+    try:
+        signalled = signal_cancels(ctx.engine, ctx.tables, ctx.cloud, now=now)
+        report.cancels_signalled = len(signalled.told)
+        report.cancels_not_signalled = len(signalled.not_told)
+        if signalled.not_told:
+            report.errors.append(
+                f"telling the cloud about cancelled jobs {signalled.not_told[:5]}: {signalled.error}; "
+                "their recipients already in the cloud may still be sent (and will be recorded so). "
+                "Fix: check aws.idempotency_table, aws.endpoint_url/region, the network and the "
+                "bridge's AWS credentials; every tick tries again"
+            )
+    except Exception as exc:
+        report.errors.append(_step_error("telling the cloud about cancels", exc))
+    try:
+        resolve_in_cloud(ctx, report, now)
+    except Exception as exc:
+        log.warning("reconcile: asking the cloud failed: %s", type(exc).__name__)
+        report.errors.append(_step_error("asking the cloud about unfinished recipients", exc))
+    try:
+        with ctx.engine.begin() as conn:
+            report.jobs_flagged_overdue = flag_overdue(ctx, conn, now)
+            report.rows_marked_sent, report.rows_restored = settle_open_rows(ctx, conn, now)
+            report.nonces_purged = purge_expired(conn, ctx.tables, now)
+    except sa.exc.SQLAlchemyError as exc:
+        report.errors.append(_step_error("settling rows", exc))
     return report

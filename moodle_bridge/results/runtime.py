@@ -10,11 +10,12 @@ import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
-from moodle_bridge.storage.database import create_bridge_engine
+from moodle_bridge.storage.database import create_bridge_engine, require_database
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 
 
 def open_database(config: BridgeConfig) -> tuple[sa.Engine, BridgeTables]:
+    require_database(config.database)
     engine = create_bridge_engine(config.database)
     tables = build_bridge_tables(config.database.prefix)
     try:

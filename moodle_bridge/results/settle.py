@@ -6,7 +6,8 @@ supervisors). The rule, per row, once none of its recipients is pending, queued 
 * nobody was reached (no sent/delivered/bounced/complained/rendered recipient) and either some
   recipient was cancelled, or some failed and the company's ``fallbacklocal`` is on
   -> **restore** the row: IOMAD's own cron sends it (to everybody) as if we had never claimed it;
-  the failed recipients become ``restored``, the claim ``released``.
+  the failed and cancelled recipients become ``restored`` ("fell back to IOMAD"), the claim
+  ``released``.
 * otherwise -> **mark the row sent**: the claim is ``completed``. If some recipients failed while
   others were reached, restoring would mail the reached ones twice, so the failures stay visible
   (job counters, error CSV) and a ``fallback_withheld`` audit entry says so.
@@ -121,13 +122,15 @@ def settle_rows(
         released = {"state": CLAIM_RELEASED, "timereleased": now, "timefinal": now}
         update_where_in(conn, c, c.c.emailid, report.restored, released, c.c.state == CLAIM_CLAIMED)
         for part in chunks(report.restored):
+            # IOMAD's cron now sends the row to all of them: failed and cancelled recipients
+            # alike "fell back to IOMAD" (their error code keeps why).
             for (jobid,) in conn.execute(
-                sa.select(r.c.jobid).where(r.c.emailid.in_(part), r.c.status == FAILED)
+                sa.select(r.c.jobid).where(r.c.emailid.in_(part), r.c.status.in_((FAILED, CANCELLED)))
             ):
                 report.restored_recipients[int(jobid)] = report.restored_recipients.get(int(jobid), 0) + 1
             conn.execute(
                 r.update()
-                .where(r.c.emailid.in_(part), r.c.status == FAILED)
+                .where(r.c.emailid.in_(part), r.c.status.in_((FAILED, CANCELLED)))
                 .values(status=RESTORED, timemodified=now, secret=None)
             )
         if queue is not None:

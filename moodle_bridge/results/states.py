@@ -22,6 +22,17 @@ from moodle_bridge.storage.statuses import (
     DELIVERED,
     FAILED,
     FINAL_STATUSES,
+    JOB_CANCEL_STATES,
+    JOB_CANCELLED,
+    JOB_CANCELLING,
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_FELL_BACK,
+    JOB_PARTIAL_FAILURE,
+    JOB_PENDING,
+    JOB_PROCESSING,
+    JOB_QUEUED,
+    JOB_TERMINAL,
     PENDING,
     QUEUED,
     REACHED_STATUSES,
@@ -30,6 +41,7 @@ from moodle_bridge.storage.statuses import (
     RETRYING,
     SENT,
     SKIPPED,
+    job_status_for,
 )
 
 #: The recipient vocabulary lives in ``moodle_bridge.storage.statuses`` (shared with bridge core);
@@ -45,6 +57,17 @@ __all__ = [
     "DELIVERED",
     "FAILED",
     "FINAL_STATUSES",
+    "JOB_CANCELLED",
+    "JOB_CANCELLING",
+    "JOB_CANCEL_STATES",
+    "JOB_COMPLETED",
+    "JOB_FAILED",
+    "JOB_FELL_BACK",
+    "JOB_PARTIAL_FAILURE",
+    "JOB_PENDING",
+    "JOB_PROCESSING",
+    "JOB_QUEUED",
+    "JOB_TERMINAL",
     "PENDING",
     "QUEUED",
     "REACHED_STATUSES",
@@ -53,17 +76,20 @@ __all__ = [
     "RETRYING",
     "SENT",
     "SKIPPED",
+    "job_status_for",
 ]
 
-# Job statuses.
-JOB_PENDING: Final = "pending"
-JOB_QUEUED: Final = "queued"
-JOB_PROCESSING: Final = "processing"
-JOB_COMPLETED: Final = "completed"
-JOB_PARTIAL_FAILURE: Final = "partial_failure"
-JOB_FAILED: Final = "failed"
-JOB_CANCELLED: Final = "cancelled"
-JOB_TERMINAL: Final = frozenset({JOB_COMPLETED, JOB_PARTIAL_FAILURE, JOB_FAILED, JOB_CANCELLED})
+#: The sender's error code for a recipient it did not send because its job was cancelled
+#: (lambdas/email/sender.py); the bridge records such a recipient ``cancelled``, not failed.
+CANCELLED_IN_CLOUD: Final = "job_cancelled"
+#: Reconciliation's code for a recipient the cloud accepted but never claimed by the deadline:
+#: the bridge wrote a closing record in the cloud first (the sender replays it, never sends),
+#: so the recipient is failed and its IOMAD row goes back to IOMAD by the fallback rule.
+NEVER_PROCESSED: Final = "never_processed"
+#: Closed statuses a provider's word can still overturn: a recipient cancelled (or given back
+#: to IOMAD) while its batch was in the cloud may have been sent before the cancel arrived.
+#: ``skipped`` recipients were never handed to anyone, so nothing can be reported for them.
+SENDABLE_AFTER_CLOSE: Final = frozenset({CANCELLED, RESTORED})
 
 DISPATCH_RESULTS: Final = frozenset({"sent", "failed", "retrying", "rendered"})
 EVENT_RESULTS: Final = frozenset({"delivered", "bounced", "complained", "rejected"})
@@ -104,9 +130,22 @@ def _applied(**changes: Any) -> Decision:
     return Decision(Outcome.APPLIED, "", tuple(sorted(changes.items())))
 
 
+def storable_text(value: str | None) -> str | None:
+    """Provider text made storable on every engine: NUL (PostgreSQL refuses it in text) and lone
+    surrogates (not encodable as UTF-8, so MariaDB's driver refuses them) become U+FFFD."""
+    if value is None:
+        return None
+    if "\x00" not in value and not any("\ud800" <= ch <= "\udfff" for ch in value):
+        return value
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+
+
 def _error_fields(result: dict[str, Any]) -> dict[str, Any]:
     error = result.get("error") or {}
-    return {"errorcode": error.get("code"), "errormessage": (error.get("message") or "")[:1000]}
+    return {
+        "errorcode": storable_text(error.get("code")),
+        "errormessage": storable_text((error.get("message") or "")[:1000]),
+    }
 
 
 def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int | None) -> Decision:
@@ -131,6 +170,10 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
     if result_batch_rowid is not None and result_batch_rowid != view.batchid:
         return Decision(Outcome.IGNORED, "stale_attempt")
     if current in CLOSED_STATUSES:
+        if status == "sent" and current in SENDABLE_AFTER_CLOSE:
+            # The cloud sent it before the cancel reached it: what was sent is recorded as sent
+            # (with its message id, so its bounces still reach the suppression list).
+            return _applied(status=SENT, providermessageid=message_id)
         return Decision(Outcome.IGNORED, f"recipient_{current}")
     if status == "sent":
         if current in (PENDING, QUEUED, RETRYING, RENDERED):
@@ -150,6 +193,10 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
             return Decision(Outcome.DUPLICATE)
         return Decision(Outcome.IGNORED, "conflicts_with_" + current)
     if status == "failed":
+        code = (result.get("error") or {}).get("code")
+        if current in (PENDING, QUEUED, RETRYING, RENDERED) and code == CANCELLED_IN_CLOUD:
+            # The cloud did not send it because the job was cancelled before its SES call.
+            return _applied(status=CANCELLED, **_error_fields(result))
         if current in (PENDING, QUEUED, RETRYING, RENDERED):
             return _applied(status=FAILED, **_error_fields(result))
         if current == FAILED:
@@ -169,7 +216,7 @@ def _decide_event(
     view: RecipientView, result: dict[str, Any], status: str, message_id: str | None
 ) -> Decision:
     current = view.status
-    if current in CLOSED_STATUSES:
+    if current in CLOSED_STATUSES and not (current in SENDABLE_AFTER_CLOSE and status != "rejected"):
         return Decision(Outcome.IGNORED, f"recipient_{current}")
     extra: dict[str, Any] = {}
     if message_id is not None and view.providermessageid is None:
@@ -194,24 +241,3 @@ def _decide_event(
     if status == DELIVERED:
         return _applied(status=DELIVERED, **extra)
     return _applied(status=status, **_error_fields(result) if result.get("error") else {}, **extra)
-
-
-def job_status_for(counts: dict[str, int], current: str) -> str:
-    """The job status after results were applied, from its recipient counts (``COUNTER_COLUMNS``,
-    ``active``: still pending, queued or retrying, and ``restored``). Cancelled stays cancelled.
-
-    A recipient that failed in the cloud and was handed back to IOMAD still counts as a failure of
-    the job: the cloud did not deliver it.
-    """
-    if current == JOB_CANCELLED:
-        return current
-    if counts["active"] > 0:
-        return JOB_PROCESSING
-    failed = counts["recipientsfailed"] + counts["restored"]
-    cancelled_only = counts["recipientscancelled"] - counts["restored"]
-    considered = counts["recipientstotal"] - counts["recipientsskipped"] - cancelled_only
-    if failed == 0:
-        return JOB_COMPLETED
-    if failed >= considered:
-        return JOB_FAILED
-    return JOB_PARTIAL_FAILURE

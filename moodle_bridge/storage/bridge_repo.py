@@ -15,10 +15,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.storage.database import now
 from moodle_bridge.storage.sqlutil import chunks, update_where_in
-from moodle_bridge.storage.statuses import COUNTER_BUCKETS, FINAL_STATUSES, RESENDABLE_STATUSES
+from moodle_bridge.storage.statuses import (
+    ACTIVE_STATUSES,
+    COUNTER_BUCKETS,
+    FINAL_STATUSES,
+    JOB_CANCEL_STATES,
+    JOB_TERMINAL,
+    RESENDABLE_STATUSES,
+    job_status_for,
+)
 
 OFFLOAD_ENABLED_KEY = "offload_enabled"
 #: Rows per executemany / IN (...) list: small enough for every engine's parameter limit.
@@ -267,21 +276,47 @@ class BridgeRepo:
     def job(self, conn: sa.Connection, jobid: int) -> sa.Row[Any] | None:
         return conn.execute(sa.select(self.t.jobs).where(self.t.jobs.c.id == jobid)).first()
 
-    def refresh_job_totals(self, conn: sa.Connection, jobids: Iterable[int]) -> None:
-        """Recount the job's recipients by status (one grouped query per job)."""
-        r = self.t.recipients.c
-        for jobid in set(jobids):
+    def refresh_job_totals(
+        self, conn: sa.Connection, jobids: Iterable[int], actor: str = "cron"
+    ) -> list[int]:
+        """Recount the job's recipients by status (one grouped query per job); a job none of whose
+        recipients is still in flight gets its final status (``statuses.job_status_for``), so a job
+        whose recipients all failed at creation or all went back to IOMAD ends too. Returns the
+        jobs that ended now."""
+        r, j = self.t.recipients.c, self.t.jobs.c
+        ended: list[int] = []
+        for jobid in sorted(set(jobids)):
             by_status = {
                 str(status): int(n)
                 for status, n in conn.execute(
                     sa.select(r.status, sa.func.count()).where(r.jobid == jobid).group_by(r.status)
                 )
             }
-            counts = {
+            counts: dict[str, int] = {
                 column: sum(by_status.get(s, 0) for s in statuses)
                 for column, statuses in COUNTER_BUCKETS.items()
             }
-            self.update_job(conn, jobid, recipientstotal=sum(by_status.values()), **counts)
+            counts["recipientstotal"] = sum(by_status.values())
+            values: dict[str, Any] = dict(counts)
+            active = sum(by_status.get(s, 0) for s in ACTIVE_STATUSES)
+            job = conn.execute(sa.select(j.status, j.companyid).where(j.id == jobid)).first()
+            if job is not None and active == 0 and counts["recipientstotal"] > 0:
+                status = job_status_for({**counts, "active": 0}, str(job.status))
+                if status != job.status and job.status not in JOB_TERMINAL:
+                    values.update(status=status, timecompleted=now())
+                    ended.append(jobid)
+                    audit.record(
+                        conn,
+                        self.t,
+                        actor=actor,
+                        action=audit.JOB_COMPLETED,
+                        now=now(),
+                        companyid=int(job.companyid),
+                        jobid=jobid,
+                        detail={"status": status, **counts},
+                    )
+            self.update_job(conn, jobid, **values)
+        return ended
 
     # -- recipients ------------------------------------------------------------------------
 
@@ -461,9 +496,16 @@ class BridgeRepo:
         return [BatchRow(*row) for row in rows]
 
     def due_batches(self, conn: sa.Connection, at: int, limit: int) -> list[BatchRow]:
-        b = self.t.batches
+        """Pending batches due now, never those of a job being cancelled (job control)."""
+        b, j = self.t.batches, self.t.jobs
+        stopped = sa.select(j.c.id).where(j.c.status.in_(sorted(JOB_CANCEL_STATES)))
         return self.batch_rows(
-            conn, b.c.status == "pending", b.c.nexttry <= at, order_by=(b.c.nexttry, b.c.id), limit=limit
+            conn,
+            b.c.status == "pending",
+            b.c.nexttry <= at,
+            b.c.jobid.not_in(stopped),
+            order_by=(b.c.nexttry, b.c.id),
+            limit=limit,
         )
 
     def pending_batch_count(self, conn: sa.Connection) -> int:

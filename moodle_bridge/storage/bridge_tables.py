@@ -99,7 +99,8 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("category", sa.String(20), nullable=False, server_default="transactional"),
         sa.Column("provider", sa.String(20), nullable=False),  # aws | cloudflare
         sa.Column("status", sa.String(20), nullable=False),
-        # pending -> queued -> processing -> completed | partial_failure | failed | cancelled
+        # pending -> queued -> processing -> completed | partial_failure | failed
+        #                      \-> cancelling -> cancelled   (docs/results.md)
         sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
         sa.Column("templatename", sa.String(100), nullable=True),
         sa.Column("template", sa.Text, nullable=True),  # jinja2 source (JSON) for list jobs
@@ -110,6 +111,12 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("recipientscomplained", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("recipientsskipped", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("recipientscancelled", sa.BigInteger, nullable=False, server_default="0"),
+        # Added in schema version 5 (issue 12): separate counts, and cancellation reaching the cloud.
+        sa.Column("recipientsdelivered", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("recipientsfellback", sa.BigInteger, nullable=False, server_default="0"),
+        # When a cancel was requested, and when the cloud acknowledged it (cancel record written).
+        sa.Column("timecancelrequested", UNIXTIME, nullable=True),
+        sa.Column("timecancelsignalled", UNIXTIME, nullable=True),
         sa.Column("createdby", sa.String(100), nullable=False, server_default=""),
         sa.Column("lasterror", sa.Text, nullable=True),
         sa.Column("timecreated", UNIXTIME, nullable=False),

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from moodle_bridge.config import DatabaseConfig
+from moodle_bridge.config import ConfigError, DatabaseConfig
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -105,3 +106,32 @@ class StatementCounter:
     def measure(self) -> Iterator[StatementCounter]:
         self.reset()
         yield self
+
+
+def missing_sqlite_file(config: DatabaseConfig) -> str | None:
+    """The path of a configured SQLite database file that does not exist (connecting would
+    silently create an empty one), else None."""
+    url = make_url(config.url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return None if Path(url.database).exists() else url.database
+
+
+def uses_default_database(config: DatabaseConfig) -> bool:
+    return config.url == DatabaseConfig().url
+
+
+def require_database(config: DatabaseConfig) -> None:
+    """Refuse to work on a SQLite file that does not exist instead of creating an empty one."""
+    path = missing_sqlite_file(config)
+    if path is None:
+        return
+    if uses_default_database(config):
+        raise ConfigError(
+            "no database is configured (no configuration file was found and database.url is the "
+            "built-in default): set database.url in moodle-offload.toml (or MRCO_DATABASE_URL, or pass "
+            "--config) to Moodle's database"
+        )
+    raise ConfigError(
+        f"the database file {path} does not exist: check database.url, then run `moodle-offload migrate`"
+    )

@@ -95,6 +95,14 @@ def _add_columns(*cols: tuple[str, str]) -> Callable[[sa.Connection, BridgeTable
     return apply
 
 
+_JOB_COUNTS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("jobs", "recipientsdelivered"),
+    ("jobs", "recipientsfellback"),
+    ("jobs", "timecancelrequested"),
+    ("jobs", "timecancelsignalled"),
+)
+
+
 def _add_indexes(*wanted: tuple[str, str]) -> Callable[[sa.Connection, BridgeTables], None]:
     """Create indexes (table attribute, name without prefix) the table does not have yet."""
 
@@ -218,6 +226,12 @@ STEPS: tuple[Step, ...] = (
         "IOMAD's Resend: claims count the row's send generations and keep the row's modifiedtime at release",
         _add_columns(("claims", "generation"), ("claims", "rowmodified")),
         adds_columns=(("claims", "generation"), ("claims", "rowmodified")),
+    ),
+    Step(
+        10,
+        "jobs count delivered and fell-back recipients apart; cancellation reaches the cloud",
+        _add_columns(*_JOB_COUNTS_COLUMNS),
+        adds_columns=_JOB_COUNTS_COLUMNS,
     ),
 )
 

@@ -32,17 +32,67 @@ REACHED_STATUSES: Final = frozenset({SENT, RENDERED, DELIVERED, BOUNCED, COMPLAI
 CLOSED_STATUSES: Final = frozenset({SKIPPED, CANCELLED, RESTORED})
 
 #: Job counter column -> recipient statuses it counts. ``recipientstotal`` counts every row.
-#: Used by bridge core's ``BridgeRepo.refresh_job_totals`` and by results ingestion alike:
-#: a restored recipient was handed back to IOMAD, so it counts with the cancelled ones.
+#: Used by bridge core's ``BridgeRepo.refresh_job_totals`` and by results ingestion alike.
+#: The buckets are disjoint and cover every final status, so the eight counts plus the
+#: recipients still in flight (pending, queued, retrying) always add up to the total. A
+#: recipient handed back to IOMAD (``restored``) is "fell back", never "cancelled".
 COUNTER_BUCKETS: Final[dict[str, frozenset[str]]] = {
-    "recipientssent": frozenset({SENT, RENDERED, DELIVERED}),
+    "recipientssent": frozenset({SENT, RENDERED}),
+    "recipientsdelivered": frozenset({DELIVERED}),
     "recipientsfailed": frozenset({FAILED}),
     "recipientsbounced": frozenset({BOUNCED}),
     "recipientscomplained": frozenset({COMPLAINED}),
     "recipientsskipped": frozenset({SKIPPED}),
-    "recipientscancelled": frozenset({CANCELLED, RESTORED}),
+    "recipientsfellback": frozenset({RESTORED}),
+    "recipientscancelled": frozenset({CANCELLED}),
 }
 COUNTER_COLUMNS: Final = ("recipientstotal", *COUNTER_BUCKETS)
 #: Statuses from which a recipient's copy may still be (re)built and sent: ``failed`` can be
 #: retried by a person (``jobs retry``).
 RESENDABLE_STATUSES: Final = ACTIVE_STATUSES | {FAILED}
+
+# Job statuses.
+JOB_PENDING: Final = "pending"  # created; no batch accepted by the queue yet
+JOB_QUEUED: Final = "queued"  # a batch was accepted
+JOB_PROCESSING: Final = "processing"  # results are arriving
+#: A person (or the global/company switch) cancelled it while some recipients were in the cloud:
+#: the cloud was told, and their results (sent, or cancelled by the sender) are still awaited.
+JOB_CANCELLING: Final = "cancelling"
+JOB_COMPLETED: Final = "completed"
+JOB_PARTIAL_FAILURE: Final = "partial_failure"
+JOB_FAILED: Final = "failed"
+#: Every recipient to be sent went back to IOMAD (an automatic fallback): IOMAD's cron sends them.
+JOB_FELL_BACK: Final = "fell_back"
+JOB_CANCELLED: Final = "cancelled"
+JOB_TERMINAL: Final = frozenset(
+    {JOB_COMPLETED, JOB_PARTIAL_FAILURE, JOB_FAILED, JOB_FELL_BACK, JOB_CANCELLED}
+)
+JOB_CANCEL_STATES: Final = frozenset({JOB_CANCELLING, JOB_CANCELLED})
+
+
+def job_status_for(counts: dict[str, int], current: str) -> str:
+    """The job status from its recipient counts (``COUNTER_COLUMNS`` plus ``active``: still
+    pending, queued or retrying). The one rule for every writer (docs/results.md):
+
+    * recipients still in flight: ``processing`` (``cancelling`` stays ``cancelling``);
+    * none in flight: a cancelled/cancelling job is ``cancelled``; otherwise, over the recipients
+      that were to be sent (not skipped, not cancelled): ``completed`` when none failed and not
+      all of them went back to IOMAD, ``fell_back`` when all went back to IOMAD (its cron sends
+      them; nothing failed), ``failed`` when all failed, else ``partial_failure``.
+    """
+    if counts.get("active", 0) > 0:
+        return JOB_CANCELLING if current in JOB_CANCEL_STATES else JOB_PROCESSING
+    if current in JOB_CANCEL_STATES:
+        return JOB_CANCELLED
+    failed = counts.get("recipientsfailed", 0)
+    fell_back = counts.get("recipientsfellback", 0)
+    considered = (
+        counts.get("recipientstotal", 0)
+        - counts.get("recipientsskipped", 0)
+        - counts.get("recipientscancelled", 0)
+    )
+    if failed == 0:
+        return JOB_FELL_BACK if 0 < considered <= fell_back else JOB_COMPLETED
+    if failed >= considered:
+        return JOB_FAILED
+    return JOB_PARTIAL_FAILURE

@@ -243,9 +243,10 @@ def test_passwords_never_reach_output_logs_or_the_outbox(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert main(["company", "global", "on"]) == 0
     assert main(["company", "set", "1", "--cloud", "on"]) == 0
-    assert main(["tick"]) == 0  # the queue does not exist: the batch stays pending, with an error
+    # The queue does not exist: the batch stays pending, and cron mails the admin (exit 1, one line).
+    assert main(["tick"]) == 1
     captured = capsys.readouterr()
-    assert "to retry" in captured.out
+    assert "to retry" in captured.out and "Fix:" in captured.err
     everything = captured.out + captured.err + caplog.text
     with engine.connect() as conn:
         for table in (T.batches, T.jobs, T.claims, T.audit_log):

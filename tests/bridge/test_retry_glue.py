@@ -44,7 +44,11 @@ def _results(jobid: int, outcomes: dict[str, str], report_id: str) -> dict[str, 
         if status == "sent":
             item["provider_message_id"] = f"ses-{report_id}-{rid}"
         else:
-            item["error"] = {"code": "MessageRejected", "message": "no", "permanent": True}
+            item["error"] = {
+                "code": "TRANSIENT_FAILURE",
+                "message": "gave up after 8 attempts",
+                "permanent": True,
+            }
         items.append(item)
     return {
         "type": "result_batch",

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from moodle_bridge.cli import main
 from moodle_bridge.pipeline.routing import CompanySettings, decide
+from tests.bridge.iomad_world import IomadWorld
 
 ON = CompanySettings(companyid=1, cloudenabled=True, allowemail=True, allowcertificates=True, threshold=10)
 
@@ -50,7 +51,13 @@ def test_company_command_sets_shows_and_audits(tmp_path, monkeypatch, capsys) ->
     url = f"sqlite:///{tmp_path / 'b.sqlite3'}"
     monkeypatch.setenv("MRCO_DATABASE_URL", url)
     monkeypatch.chdir(tmp_path)
+    world_engine = sa.create_engine(url)
+    IomadWorld.create(world_engine).add_company(7)  # company set refuses companies IOMAD lacks
+    world_engine.dispose()
     assert main(["migrate"]) == 0
+    # No Worker is configured: refused with one line, nothing saved.
+    assert main(["company", "set", "7", "--cloud", "on", "--provider", "cloudflare"]) == 1
+    assert "Cloudflare Worker URL is not configured" in capsys.readouterr().err
     assert (
         main(
             [
@@ -103,6 +110,7 @@ def test_company_command_sets_shows_and_audits(tmp_path, monkeypatch, capsys) ->
 @pytest.mark.sqlite
 def test_company_command_rejects_bad_values(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MRCO_DATABASE_URL", f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    monkeypatch.setenv("MRCO_SITE", "moodle")
     assert main(["migrate"]) == 0
     with pytest.raises(SystemExit):
         main(["company", "set", "1", "--threshold", "-3"])

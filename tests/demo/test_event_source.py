@@ -88,3 +88,25 @@ def test_the_in_memory_queue_redelivers_after_the_visibility_timeout_and_dead_le
     assert [m["Body"] for m in queue.dead_letters] == ["b"]  # after max_receive receives
     depth = queue.get_queue_attributes(QueueUrl="q", AttributeNames=["All"])["Attributes"]
     assert depth["ApproximateNumberOfMessages"] == depth["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_the_demo_check_counts_per_job_and_recipient() -> None:
+    """One duplicate plus one loss keep the totals equal; the per-recipient check still fails."""
+    from demo.__main__ import check_exactly_once
+
+    reported = [(1, 10, "sent"), (1, 11, "delivered"), (1, 12, "cancelled"), (2, 20, "restored")]
+    good = [("a", {"job_id": "1", "recipient_id": "10"}), ("b", {"job_id": "1", "recipient_id": "11"})]
+    assert check_exactly_once(good, reported).ok
+    twice_and_lost = [
+        ("a", {"job_id": "1", "recipient_id": "10"}),
+        ("a", {"job_id": "1", "recipient_id": "10"}),
+    ]
+    check = check_exactly_once(twice_and_lost, reported)
+    assert check.messages == check.reported_sent == 2  # the old totals check would pass
+    assert not check.ok and check.duplicates and check.lost
+    cancelled_but_sent = [*good, ("c", {"job_id": "1", "recipient_id": "12"})]
+    assert check_exactly_once(cancelled_but_sent, reported).unexpected
+    from lambdas.email.crash_window import PROBE_TAG
+
+    probe = [*good, ("success@simulator.amazonses.com", {PROBE_TAG: "1"})]
+    assert check_exactly_once(probe, reported).ok

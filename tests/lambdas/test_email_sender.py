@@ -560,3 +560,41 @@ def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run)
     sent = aws.ses.sent_count()
     run(batch)  # a further redelivery sends nothing more
     assert aws.ses.sent_count() == sent
+
+
+def test_a_cancel_record_stops_the_batch_before_its_next_ses_call(aws: Aws, run) -> None:
+    """The bridge writes ``cancel#<job>`` (moodle_bridge.transports.cloud_records); the sender reads
+    it before every SES call: the unit in progress and the rest are closed ``job_cancelled``, and a
+    redelivery replays that, never sends."""
+    from moodle_bridge.transports.cloud_records import CloudRecords
+
+    contents = {
+        f"e-{i}": {"kind": "rendered", "subject": f"S{i}", "html": f"<p>Only {i}</p>"} for i in (1, 2, 3)
+    }
+    recipients = [
+        {"recipient_id": f"r-{i}", "to": f"u{i}@example.org", "content_id": f"e-{i}"} for i in (1, 2, 3)
+    ]
+    batch = email_batch(recipients, contents)
+    sends = {"n": 0}
+
+    def fault(name: str, params: dict) -> Any:
+        if name.startswith("Send"):
+            sends["n"] += 1
+            if sends["n"] == 1:  # a person cancels while the first message is being sent
+                CloudRecords(aws.dynamodb, "offload-idempotency").request_cancel("j-7-000001", 7, "cancelled")
+        return None
+
+    aws.ses.fault = fault
+    run(batch)
+    results = {r["recipient_id"]: r for r in aws.results()}
+    assert results["r-1"]["status"] == "sent"
+    assert {rid: (r["status"], r["error"]["code"]) for rid, r in results.items() if rid != "r-1"} == {
+        "r-2": ("failed", "job_cancelled"),
+        "r-3": ("failed", "job_cancelled"),
+    }
+    assert _people_sent(aws) == ["u1@example.org"]
+    run(batch)  # redelivered: replays, sends nothing more
+    assert _people_sent(aws) == ["u1@example.org"]
+    assert {r["recipient_id"]: r["status"] for r in aws.results()} == {
+        "r-1": "sent", "r-2": "failed", "r-3": "failed",
+    }  # fmt: skip

@@ -173,7 +173,7 @@ def test_fallback_restores_only_rows_nobody_received(db_engine: sa.Engine) -> No
     assert rows[row_b][0] == NOW + 30 and rows[row_b][1] < PARKED_DUE_BASE  # marked sent
     assert claims == {row_a: "released", row_b: "completed"}
     assert _statuses(db_engine, tables, job) == ["restored", "restored", "sent", "failed"]
-    assert row.status == "partial_failure" and row.recipientsfailed == 1 and row.recipientscancelled == 2
+    assert row.status == "partial_failure" and row.recipientsfailed == 1 and row.recipientsfellback == 2
     assert {"iomad_rows_restored", "fallback_withheld", "job_completed"} <= set(audit)
 
 

@@ -133,7 +133,7 @@ def test_overdue_flag_settle_sweep_and_nonce_purge(db_engine: sa.Engine) -> None
         assert email_state(conn, itables)[settled.email_ids[0]][0] is None  # back with IOMAD
         assert counters_match(conn, tables) == []
         job_row = conn.execute(sa.select(tables.jobs).where(tables.jobs.c.id == settled.job_id)).one()
-    assert job_row.status == "failed" and job_row.recipientscancelled == 2
+    assert job_row.status == "fell_back" and job_row.recipientsfellback == 2
     # Flagged once only; the status of the stuck job stays.
     assert reconcile(ctx).jobs_flagged_overdue == []
     with db_engine.connect() as conn:

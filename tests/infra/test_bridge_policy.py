@@ -1,0 +1,92 @@
+"""The bridge's IAM user may make exactly the DynamoDB and SES calls its code makes, on exactly
+the item keys it builds (issue 12: cancel records and deadline reconciliation; sender checks).
+
+The calls are derived from the code (AST: method calls named like an operation of the service,
+botocore's model), the key prefixes from the literal prefixes of the key builders, so a new call
+or key fails this test until the stack grants it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore import xform_name
+
+from infra.constructs.api import BRIDGE_SES_ACTIONS, BRIDGE_TABLE_ACTIONS, BRIDGE_TABLE_KEYS
+from tests.infra.support import ROOT, Synth, as_list, synthesize
+
+pytestmark = pytest.mark.cdk
+
+CODE = {
+    "dynamodb": ROOT / "moodle_bridge/transports/cloud_records.py",
+    "sesv2": ROOT / "moodle_bridge/commands/company_checks.py",
+}
+PREFIX = {"dynamodb": "dynamodb", "sesv2": "ses"}
+
+
+def called_actions(service: str, path: Path) -> set[str]:
+    names = {
+        xform_name(op): op for op in botocore.session.get_session().get_service_model(service).operation_names
+    }
+    tree = ast.parse(path.read_text("utf-8"))
+    return {
+        f"{PREFIX[service]}:{names[node.func.attr]}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in names
+    }
+
+
+def key_prefixes(path: Path) -> set[str]:
+    """Literal prefixes of the f-strings the key builders (``*_key``) return."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.FunctionDef) and node.name.endswith("_key"):
+            for ret in ast.walk(node):
+                if isinstance(ret, ast.Return) and isinstance(ret.value, ast.JoinedStr):
+                    first = ret.value.values[0]
+                    assert isinstance(first, ast.Constant) and isinstance(first.value, str)
+                    out.add(first.value + "*")
+    return out
+
+
+def test_the_code_makes_exactly_the_declared_calls() -> None:
+    assert called_actions("dynamodb", CODE["dynamodb"]) == set(BRIDGE_TABLE_ACTIONS)
+    assert key_prefixes(CODE["dynamodb"]) == set(BRIDGE_TABLE_KEYS)
+    assert called_actions("sesv2", CODE["sesv2"]) == set(BRIDGE_SES_ACTIONS)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synthesize(tmp_path_factory.mktemp("bridge-policy"), "dev")
+
+
+def _bridge_statements(dev: Synth) -> dict[str, dict[str, Any]]:
+    policies = [
+        p["Properties"] for p in dev.resources("AWS::IAM::Policy").values() if p["Properties"].get("Users")
+    ]
+    assert len(policies) == 1
+    return {s["Sid"]: s for s in policies[0]["PolicyDocument"]["Statement"]}
+
+
+def test_the_stack_grants_the_bridge_exactly_those(dev: Synth) -> None:
+    by_sid = _bridge_statements(dev)
+    records = by_sid["JobRecords"]
+    assert set(as_list(records["Action"])) == set(BRIDGE_TABLE_ACTIONS)
+    assert set(records["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == set(
+        BRIDGE_TABLE_KEYS
+    )
+    table_arn = as_list(records["Resource"])
+    assert len(table_arn) == 1 and "Fn::GetAtt" in table_arn[0]
+    senders = by_sid["CheckSenders"]
+    assert set(as_list(senders["Action"])) == set(BRIDGE_SES_ACTIONS)
+    assert "IdempotencyTableName" in dev.raw["Outputs"]
+    # Nothing else on the table: no pacing, nonces, routes or certificates for the bridge.
+    assert not any(
+        a.startswith("dynamodb:")
+        for sid, s in by_sid.items()
+        if sid != "JobRecords"
+        for a in as_list(s["Action"])
+    )
