@@ -147,9 +147,8 @@ def _show(s: JobSummary, skipped: dict[str, int], events: list[Any], eta: dict[s
         print(f"  {label + ':':<20}{value:>8}")
     if eta.get("eta_seconds") is not None:
         minutes = eta["eta_seconds"] / 60
-        print(
-            f"time left:  about {minutes:.0f} min for {eta['unsent']} unsent at {eta['ses_send_rate']:g}/s (SES rate)"
-        )
+        rate = eta["ses_send_rate"]
+        print(f"time left:  about {minutes:.0f} min for {eta['unsent']} unsent at {rate:g}/s (the SES rate)")
     if skipped:
         print("skipped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
     if s.attention:
