@@ -132,17 +132,7 @@ def _show(s: JobSummary, skipped: dict[str, int], events: list[Any], eta: dict[s
         told = when(s.cancel_signalled) if s.cancel_signalled else "not yet"
         print(f"cancelled:  {when(s.cancel_requested)} (cloud told: {told})")
     print(f"recipients: {c.total}")
-    for label, value in (
-        ("sent", c.sent),
-        ("delivered", c.delivered),
-        ("failed", c.failed),
-        ("bounced", c.bounced),
-        ("complained", c.complained),
-        ("skipped", c.skipped),
-        ("fell back to IOMAD", c.fell_back),
-        ("cancelled", c.cancelled),
-        ("in flight", c.in_flight),
-    ):
+    for label, value in c.labelled():
         print(f"  {label + ':':<20}{value:>8}")
     if eta.get("eta_seconds") is not None:
         minutes = eta["eta_seconds"] / 60
