@@ -16,32 +16,26 @@ from moodle_bridge.commands.company_checks import company_exists, sender_verifie
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS, CompanySettings, could_offload
 from moodle_bridge.results.iomad_link import AdapterQueue
-from moodle_bridge.results.job_control import CancelReport, cancel_open_jobs
+from moodle_bridge.results.job_control import CancelReport
+from moodle_bridge.results.switches import change_company, switch_global, tell_cloud
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
-from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
+from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.transports.capabilities import worker_check
 
 
-def _stop_jobs(
-    conn: Any, repo: Any, config: BridgeConfig, company_id: int | None, reason: str
-) -> list[CancelReport]:
-    """Cancel the open jobs the switch stops (their rows nobody was reached from go back to IOMAD)."""
+def _queue(conn: Any, config: BridgeConfig) -> AdapterQueue | None:
+    """IOMAD's mail queue, where cancelled jobs' unsent rows go back (None without IOMAD)."""
     try:
-        queue = AdapterQueue(detect_iomad(conn, config.database.prefix))
+        return AdapterQueue(detect_iomad(conn, config.database.prefix))
     except IomadSchemaNotFound:
-        queue = None
-    return cancel_open_jobs(
-        conn, repo.t, actor=cli_actor(), now=now(), reason=reason, company_id=company_id, queue=queue
-    )
+        return None
 
 
 def _report_stopped(reports: list[CancelReport], engine: Any, repo: Any, config: BridgeConfig) -> int:
     """Print what turning the switch off did to open jobs; 1 when the cloud could not be told."""
     if not reports:
         return 0
-    from moodle_bridge.commands.jobs import tell_cloud  # noqa: PLC0415
-
     in_cloud = sum(r.in_cloud for r in reports)
     print(
         f"{len(reports)} open jobs cancelled: {sum(r.recipients_cancelled for r in reports)} recipients "
@@ -52,7 +46,7 @@ def _report_stopped(reports: list[CancelReport], engine: Any, repo: Any, config:
             else ""
         )
     )
-    problem = tell_cloud(reports, engine, repo.t, config, now())
+    problem = tell_cloud(reports, engine, repo.t, config, now()).problem
     if problem:
         print(f"moodle-offload: {problem}", file=sys.stderr)
         return 1
@@ -190,7 +184,6 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
             exists = company_exists(conn, config, args.companyid)
             if exists.problem:
                 return fail(exists.problem)
-            before = repo.get_settings(conn, args.companyid)
 
             def check(settings: CompanySettings) -> str | None:
                 refused = cloudflare_refusal(settings, config)
@@ -202,13 +195,18 @@ def run_set(args: argparse.Namespace, config: BridgeConfig) -> int:
                 return checked.problem
 
             try:
-                updated = change_company_settings(
-                    conn, repo, args.companyid, changes, actor=actor, now=now(), check=check
+                updated, stopped = change_company(
+                    conn,
+                    repo,
+                    args.companyid,
+                    changes,
+                    actor=actor,
+                    now=now(),
+                    queue=_queue(conn, config),
+                    check=check,
                 )
             except SettingsError as exc:
                 return fail(str(exc))
-            if before is not None and before.cloudenabled and not updated.cloudenabled:
-                stopped = _stop_jobs(conn, repo, config, args.companyid, "the company's cloud was turned off")
             global_on = repo.offload_enabled(conn)
         code = _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:
@@ -232,10 +230,9 @@ def run_global(args: argparse.Namespace, config: BridgeConfig) -> int:
             if args.state is None:
                 print(f"global switch: {'on' if repo.offload_enabled(conn) else 'off'}")
                 return 0
-            set_global_switch(conn, repo, args.state, actor=cli_actor(), now=now())
-            stopped: list[CancelReport] = []
-            if not args.state:
-                stopped = _stop_jobs(conn, repo, config, None, "the global switch was turned off")
+            stopped = switch_global(
+                conn, repo, args.state, actor=cli_actor(), now=now(), queue=_queue(conn, config)
+            )
         print(f"global switch: {'on' if args.state else 'off'}")
         return _report_stopped(stopped, engine, repo, config)
     except DatabaseUnavailable as exc:

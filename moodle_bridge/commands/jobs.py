@@ -29,14 +29,13 @@ from moodle_bridge.results.job_control import (
     job_summary,
     list_jobs,
     retry_failed,
-    signal_cancels,
     write_error_csv,
 )
 from moodle_bridge.results.runtime import open_database
 from moodle_bridge.results.suppression import suppression_counts
+from moodle_bridge.results.switches import tell_cloud
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.statuses import COUNTER_COLUMNS, JOB_TERMINAL
-from moodle_bridge.transports.cloud_records import cloud_records_from_config
 
 
 def register(subparsers: Any) -> None:
@@ -133,17 +132,7 @@ def _show(s: JobSummary, skipped: dict[str, int], events: list[Any], eta: dict[s
         told = when(s.cancel_signalled) if s.cancel_signalled else "not yet"
         print(f"cancelled:  {when(s.cancel_requested)} (cloud told: {told})")
     print(f"recipients: {c.total}")
-    for label, value in (
-        ("sent", c.sent),
-        ("delivered", c.delivered),
-        ("failed", c.failed),
-        ("bounced", c.bounced),
-        ("complained", c.complained),
-        ("skipped", c.skipped),
-        ("fell back to IOMAD", c.fell_back),
-        ("cancelled", c.cancelled),
-        ("in flight", c.in_flight),
-    ):
+    for label, value in c.labelled():
         print(f"  {label + ':':<20}{value:>8}")
     if eta.get("eta_seconds") is not None:
         minutes = eta["eta_seconds"] / 60
@@ -266,23 +255,6 @@ def _dispatch(args: argparse.Namespace, config: BridgeConfig, engine: sa.Engine,
     raise JobControlError(f"unknown action {args.jobs_action}")  # pragma: no cover
 
 
-def tell_cloud(
-    reports: list[CancelReport], engine: sa.Engine, tables: Any, config: BridgeConfig, now: int
-) -> str | None:
-    """Write the cancel records of ``reports``' jobs; None when done, else one line why not."""
-    waiting = [r.job_id for r in reports if r.provider == "aws" and r.in_cloud]
-    if not waiting:
-        return None
-    result = signal_cancels(engine, tables, cloud_records_from_config(config), now=now, job_ids=waiting)
-    if not result.not_told:
-        return None
-    return (
-        f"the cloud could not be told ({result.error}); recipients already in the cloud may still be "
-        "sent and will be recorded as sent. Fix: set aws.idempotency_table (stack output "
-        "IdempotencyTableName) and check AWS access; every tick tries again"
-    )
-
-
 def _report_cancel(
     report: CancelReport, engine: sa.Engine, tables: Any, config: BridgeConfig, now: int
 ) -> int:
@@ -296,7 +268,7 @@ def _report_cancel(
             f"  {report.in_cloud} recipients were already in the cloud: those it sent are recorded as "
             "sent, the rest as cancelled, as its records come in (every tick)"
         )
-    problem = tell_cloud([report], engine, tables, config, now)
+    problem = tell_cloud([report], engine, tables, config, now).problem
     if problem:
         print(f"moodle-offload jobs: {problem}", file=sys.stderr)
         return 1

@@ -446,22 +446,25 @@ class JobCounts:
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def labelled(self) -> tuple[tuple[str, int], ...]:
+        """Every count with the words a person reads, in display order (they add up to ``total``)."""
+        return (
+            ("sent", self.sent),
+            ("delivered", self.delivered),
+            ("failed", self.failed),
+            ("bounced", self.bounced),
+            ("complained", self.complained),
+            ("skipped", self.skipped),
+            ("fell back to IOMAD", self.fell_back),
+            ("cancelled", self.cancelled),
+            ("in flight", self.in_flight),
+        )
+
 
 def describe_counts(counts: dict[str, int] | JobCounts) -> str:
     """``12 sent, 3 failed, 1 fell back to IOMAD`` (non-zero counts only)."""
     c = counts if isinstance(counts, JobCounts) else JobCounts.from_recount(counts)
-    labels = (
-        ("sent", c.sent),
-        ("delivered", c.delivered),
-        ("failed", c.failed),
-        ("bounced", c.bounced),
-        ("complained", c.complained),
-        ("skipped", c.skipped),
-        ("fell back to IOMAD", c.fell_back),
-        ("cancelled", c.cancelled),
-        ("in flight", c.in_flight),
-    )
-    parts = [f"{n} {label}" for label, n in labels if n]
+    parts = [f"{n} {label}" for label, n in c.labelled() if n]
     return ", ".join(parts) or f"{c.total} recipients"
 
 

@@ -68,6 +68,18 @@ JOB_TERMINAL: Final = frozenset(
     {JOB_COMPLETED, JOB_PARTIAL_FAILURE, JOB_FAILED, JOB_FELL_BACK, JOB_CANCELLED}
 )
 JOB_CANCEL_STATES: Final = frozenset({JOB_CANCELLING, JOB_CANCELLED})
+#: Every job status, in the order a job can pass through them (filters and listings use this).
+JOB_STATUSES: Final = (
+    JOB_PENDING,
+    JOB_QUEUED,
+    JOB_PROCESSING,
+    JOB_CANCELLING,
+    JOB_COMPLETED,
+    JOB_PARTIAL_FAILURE,
+    JOB_FAILED,
+    JOB_FELL_BACK,
+    JOB_CANCELLED,
+)
 
 
 def job_status_for(counts: dict[str, int], current: str) -> str:

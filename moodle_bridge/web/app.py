@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hmac
-import inspect
 import io
 import json
 import logging
@@ -41,6 +40,7 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.job_control import (
+    CancelReport,
     JobControlError,
     cancel_job,
     error_rows,
@@ -48,11 +48,13 @@ from moodle_bridge.results.job_control import (
     write_error_csv,
 )
 from moodle_bridge.results.nonce_store import DatabaseNonceStore
+from moodle_bridge.results.states import JOB_STATUSES  # the one list of job statuses (jobs filter)
 from moodle_bridge.results.suppression import remove_suppression
+from moodle_bridge.results.switches import CloudNotice, change_company, switch_global, tell_cloud
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables
-from moodle_bridge.storage.settings_change import SettingsError, change_company_settings, set_global_switch
+from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.web import queries as q
 from moodle_bridge.web.auth import (
     ROLE_LABELS,
@@ -231,6 +233,7 @@ def _render(
         csrf=session.csrf if session else "",
         t=_fmt_time(tz),
         duration=_duration,
+        eta_text=_eta_text,
         qs=lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")}),
         path=request.url.path,
         **context,
@@ -356,7 +359,7 @@ def _job_filters(request: Request, who: Principal) -> tuple[q.JobFilters, dict[s
     filters = q.JobFilters(
         company=_int(raw["company"]),
         jobtype=raw["type"] if raw["type"] in q.JOB_TYPES else None,
-        status=raw["status"] if raw["status"] in q.JOB_STATUSES else None,
+        status=raw["status"] if raw["status"] in JOB_STATUSES else None,
         date_from=date_from,
         date_to=date_to,
         before_id=_int(raw["before"], minimum=1),
@@ -372,7 +375,7 @@ def jobs_page(request: Request) -> Response:
     now = state.now()
     with state.engine.connect() as conn:
         rows, more = q.list_jobs(conn, state.tables, who, filters)
-    jobs = [(row, q.progress_of(row, now)) for row in rows]
+    jobs = [(row, q.progress_of(row, now, state.config.aws.ses_send_rate)) for row in rows]
     return _render(
         request,
         session,
@@ -381,14 +384,14 @@ def jobs_page(request: Request) -> Response:
         more=more,
         next_before=rows[-1].id if rows and more else None,
         f=raw,
-        statuses=q.JOB_STATUSES,
+        statuses=JOB_STATUSES,
         types=q.JOB_TYPES,
         msg=request.query_params.get("msg", ""),
     )
 
 
-def _progress_json(row: Any, now: int) -> dict[str, Any]:
-    p = q.progress_of(row, now)
+def _progress_json(row: Any, now: int, send_rate: float) -> dict[str, Any]:
+    p = q.progress_of(row, now, send_rate)
     return {
         "id": int(row.id),
         "status": p.status,
@@ -397,7 +400,7 @@ def _progress_json(row: Any, now: int) -> dict[str, Any]:
         "percent": p.percent,
         "rate_per_minute": None if p.rate_per_minute is None else round(p.rate_per_minute, 1),
         "eta_seconds": p.eta_seconds,
-        "eta": _duration(p.eta_seconds) if p.eta_seconds is not None else DASH,
+        "eta": _eta_text(p),
         "terminal": p.terminal,
         "counters": {c: int(getattr(row, c)) for c in ("recipientstotal", *q.COUNTERS)},
     }
@@ -414,7 +417,8 @@ def progress(request: Request) -> Response:
         j = state.tables.jobs
         with state.engine.connect() as conn:
             rows = conn.execute(sa.select(j).where(j.c.id.in_(ids))).all()
-        out = [_progress_json(r, now) for r in rows if session.principal.sees_company(int(r.companyid))]
+        rate = state.config.aws.ses_send_rate
+        out = [_progress_json(r, now, rate) for r in rows if session.principal.sees_company(int(r.companyid))]
     return JSONResponse({"jobs": out}, headers={"Cache-Control": "no-store"})
 
 
@@ -442,7 +446,7 @@ def job_page(request: Request) -> Response:
             .order_by(a.c.id.desc())
             .limit(10)
         ).all()
-    prog = q.progress_of(job, now)
+    prog = q.progress_of(job, now, state.config.aws.ses_send_rate)
     start = job.timesubmitted or job.timecreated
     end = job.timecompleted or now
     elapsed = max(int(end) - int(start), 0)
@@ -481,7 +485,6 @@ def job_page(request: Request) -> Response:
         msg=p.get("msg", ""),
         err=p.get("err", ""),
         department_view=bool(who.role == "department_manager"),
-        retry_permanent_option=RETRY_KNOWS_PERMANENT,
     )
 
 
@@ -506,12 +509,18 @@ async def job_action(request: Request) -> Response:
                     actor=who.actor,
                     now=now,
                     max_recipients=state.config.submit.max_recipients,
-                    **_retry_options(form),
+                    include_permanent=form.get("include_permanent") == "1",
                 )
                 message = (
                     f"Attempt {report.attempt}: {report.recipients} failed recipients go out again "
                     f"in {len(report.batches)} batches with the next tick."
                 )
+                if report.left_failed:
+                    message += (
+                        f" {report.left_failed} failed recipients were left as they are: their failure "
+                        'is permanent (see the error report); tick "also permanent failures" to retry '
+                        "them too."
+                    )
             elif action == "cancel":
                 cancelled = cancel_job(
                     conn, state.tables, job_id, actor=who.actor, now=now, queue=state.queue
@@ -524,17 +533,40 @@ async def job_action(request: Request) -> Response:
                 raise NotFound()
     except JobControlError as exc:
         return _redirect(state, f"/jobs/{job_id}", error=str(exc))
+    if action == "cancel":
+        # Like `jobs cancel`: the cancel record is written in the cloud now, after the commit.
+        notice = tell_cloud([cancelled], state.engine, state.tables, state.config, now)
+        message = " ".join(filter(None, [message, _cloud_text([cancelled], notice)]))
+        if notice.problem:
+            return _redirect(state, f"/jobs/{job_id}", message=message, error=f"Note: {notice.problem}.")
     return _redirect(state, f"/jobs/{job_id}", message=message)
 
 
-#: Whether job control's retry tells permanent failures apart (then it skips them unless asked).
-RETRY_KNOWS_PERMANENT = "include_permanent" in inspect.signature(retry_failed).parameters
+def _cloud_text(reports: list[CancelReport], notice: CloudNotice) -> str:
+    """One sentence on what the cloud was told about cancelled jobs with recipients in it."""
+    in_cloud = sum(r.in_cloud for r in reports)
+    if notice.told:
+        return (
+            f"The cloud was told at once: {in_cloud} recipients already there are not sent from now on; "
+            "those it sent before are recorded as sent when its records come in."
+        )
+    if notice.not_told:
+        return (
+            f"The cloud was not told yet: every tick tries again; {in_cloud} recipients already there "
+            "may still be sent and are then recorded as sent."
+        )
+    if in_cloud:
+        return f"{in_cloud} recipients already in the cloud are recorded as the cloud reports them."
+    return ""
 
 
-def _retry_options(form: FormData) -> dict[str, Any]:
-    if RETRY_KNOWS_PERMANENT:
-        return {"include_permanent": form.get("include_permanent") == "1"}
-    return {}
+def _eta_text(p: q.Progress) -> str:
+    """The ETA at the account's SES rate; "rate unknown" when ``aws.ses_send_rate`` is not set."""
+    if p.terminal or p.total <= p.done:
+        return DASH
+    if p.eta_seconds is None:
+        return "rate unknown"
+    return _duration(p.eta_seconds)
 
 
 def _csv_stream(rows: Iterator[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[bytes]:
@@ -813,23 +845,42 @@ async def settings_save(request: Request) -> Response:
         "sesstenant": str(form.get("ses_tenant", "")),
         "certtemplate": str(form.get("cert_template", "")).strip() or "default",
     }
+    now = state.now()
     try:
         with state.engine.begin() as conn:
-            change_company_settings(
+            _, stopped = change_company(
                 conn,
                 BridgeRepo(state.tables),
                 company,
                 changes,
                 actor=who.actor,
-                now=state.now(),
+                now=now,
+                queue=state.queue,
                 source=_source(request),
                 check=lambda settings: cloudflare_refusal(settings, state.config),
             )
     except SettingsError as exc:
         return settings_page_error(request, f"Not saved: {exc}.")
+    message, problem = _stopped_text(state, stopped, now)
     suffix = f"?company={company}&" if who.is_admin else "?"
-    return RedirectResponse(
-        f"{state.base}/settings{suffix}{urlencode({'msg': 'Settings saved.'})}", status_code=303
+    params = {"msg": " ".join(filter(None, ["Settings saved.", message]))}
+    if problem:
+        params["err"] = problem
+    return RedirectResponse(f"{state.base}/settings{suffix}{urlencode(params)}", status_code=303)
+
+
+def _stopped_text(state: DashboardState, stopped: list[CancelReport], now: int) -> tuple[str, str]:
+    """What turning a switch off did to open jobs (as `company set --cloud off` prints), and the
+    cloud's problem if it could not be told."""
+    if not stopped:
+        return "", ""
+    notice = tell_cloud(stopped, state.engine, state.tables, state.config, now)
+    text = (
+        f"{len(stopped)} open jobs cancelled: {sum(r.recipients_cancelled for r in stopped)} recipients "
+        f"not yet in the cloud cancelled, {sum(r.rows_restored for r in stopped)} IOMAD rows given back."
+    )
+    return " ".join(filter(None, [text, _cloud_text(stopped, notice)])), (
+        f"Note: {notice.problem}." if notice.problem else ""
     )
 
 
@@ -845,11 +896,24 @@ async def global_switch(request: Request) -> Response:
     if not who.is_admin:
         raise NotFound()
     enabled = form.get("enabled") == "1"
+    now = state.now()
     with state.engine.begin() as conn:
-        set_global_switch(
-            conn, BridgeRepo(state.tables), enabled, actor=who.actor, now=state.now(), source=_source(request)
+        stopped = switch_global(
+            conn,
+            BridgeRepo(state.tables),
+            enabled,
+            actor=who.actor,
+            now=now,
+            queue=state.queue,
+            source=_source(request),
         )
-    return _redirect(state, "/settings", message=f"Global switch is {'on' if enabled else 'off'}.")
+    message, problem = _stopped_text(state, stopped, now)
+    return _redirect(
+        state,
+        "/settings",
+        message=" ".join(filter(None, [f"Global switch is {'on' if enabled else 'off'}.", message])),
+        error=problem,
+    )
 
 
 # -- suppressions -------------------------------------------------------------------------------

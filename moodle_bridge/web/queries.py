@@ -17,11 +17,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from moodle_bridge.results.eta import eta_seconds, unsent
 from moodle_bridge.results.states import (
     ACTIVE_STATUSES,
     BOUNCED,
     COMPLAINED,
     COUNTER_BUCKETS,
+    COUNTER_COLUMNS,
     DELIVERED,
     FAILED,
     JOB_TERMINAL,
@@ -50,7 +52,6 @@ STATUS_ORDER = (
     "cancelled",
     "restored",
 )
-JOB_STATUSES = ("pending", "queued", "processing", "completed", "partial_failure", "failed", "cancelled")
 JOB_TYPES = ("email", "certificate")
 FAILURE_STATUSES = (FAILED, BOUNCED, COMPLAINED, RESTORED)
 
@@ -94,8 +95,10 @@ class Progress:
         return self.status in JOB_TERMINAL
 
 
-def progress_of(row: Any, now: int) -> Progress:
-    """Progress from the job's counters: done = recipients in a final status; rate since submission."""
+def progress_of(row: Any, now: int, send_rate: float = 0.0) -> Progress:
+    """Progress from the job's counters: done = recipients in a final status; the observed rate since
+    submission; the ETA of the unsent recipients at the SES account's ``send_rate`` (``results/eta.py``,
+    as ``jobs show``), None when the rate is unknown (0) or the job ended."""
     total = int(row.recipientstotal)
     done = min(total, sum(int(getattr(row, c)) for c in COUNTER_BUCKETS))
     start = row.timesubmitted or row.timecreated
@@ -103,8 +106,8 @@ def progress_of(row: Any, now: int) -> Progress:
     minutes = max((int(end) - int(start)) / 60.0, 1 / 60)
     rate = done / minutes if done else None
     eta = None
-    if rate and row.status not in JOB_TERMINAL and done < total:
-        eta = int((total - done) / rate * 60)
+    if row.status not in JOB_TERMINAL:
+        eta = eta_seconds(unsent({c: getattr(row, c) for c in COUNTER_COLUMNS}), send_rate)
     return Progress(total, done, str(row.status), rate, eta)
 
 

@@ -9,14 +9,11 @@ import pytest
 from moodle_bridge.commands.jobs import _eta
 from moodle_bridge.config import ConfigError, load_config
 from moodle_bridge.results.eta import eta_seconds, unsent
+from moodle_bridge.storage.statuses import COUNTER_COLUMNS
 
 
 def _job(status: str = "processing", **counters: int) -> SimpleNamespace:
-    columns = dict.fromkeys(
-        ("recipientstotal", "recipientssent", "recipientsfailed", "recipientsbounced",
-         "recipientscomplained", "recipientsskipped", "recipientscancelled"),
-        0,
-    )  # fmt: skip
+    columns = dict.fromkeys(COUNTER_COLUMNS, 0)
     return SimpleNamespace(status=status, **{**columns, **counters})
 
 

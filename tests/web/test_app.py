@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import boto3  # type: ignore[import-untyped,unused-ignore]
+import pytest
 import sqlalchemy as sa
+from moto import mock_aws
+from starlette.testclient import TestClient
 
-from moodle_bridge.web.app import RETRY_KNOWS_PERMANENT
+from moodle_bridge.results.switches import COMPANY_OFF_REASON, GLOBAL_OFF_REASON
+from moodle_bridge.storage.statuses import JOB_STATUSES
+from moodle_bridge.web.app import create_app
 from tests.web.conftest import Site
 from tests.web.world import NOW
 
+TABLE = "offload-idempotency"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -154,8 +164,9 @@ def test_job_page_counts_add_up_and_show_rates_and_cost(site: Site) -> None:
     assert total and int(total.group(1)) == 8
     assert "MessageRejected" in page and "bounce_permanent" in page
     assert "SES review at 5.00%" in page and "Gmail/Yahoo spam 0.30%" in page
-    # The "also permanent failures" box only where job control can tell permanent failures apart.
-    assert ("also permanent failures" in page) is RETRY_KNOWS_PERMANENT
+    # Retry offers "also permanent failures", unchecked by default.
+    box = re.search(r'<input type="checkbox" name="include_permanent" value="1"[^>]*>', page)
+    assert box and "checked" not in box.group(0) and "also permanent failures" in page
     assert "33.33%" in page  # 1 bounce over 3 accepted messages
     assert "Cost estimate" in page and "$0.0005" in page  # 5 SES messages at $0.10 per 1,000
     # The admin's Moodle time zone is Europe/Paris.
@@ -293,7 +304,9 @@ def test_progress_json_moves_with_the_job_and_is_scoped(site: Site) -> None:
     assert [j["id"] for j in data] == [w.jobs["sending"]]
     before = data[0]
     assert (before["done"], before["total"], before["terminal"]) == (5, 8, False)
-    assert before["rate_per_minute"] > 0 and before["eta_seconds"] > 0
+    # No SES rate configured: no ETA is guessed (issue 12's results/eta.py, as `jobs show`).
+    assert before["rate_per_minute"] > 0 and before["eta_seconds"] is None
+    assert before["eta"] == "rate unknown"
     r = w.tables.recipients
     with site.engine.begin() as conn:
         conn.execute(
@@ -364,3 +377,181 @@ def test_settings_refuse_a_worker_that_cannot_take_the_jobs(site: Site) -> None:
     s = w.tables.company_settings
     with site.engine.connect() as conn:
         assert conn.execute(sa.select(s).where(s.c.companyid == c1)).first() is None
+
+
+# -- issue 12 job control through the dashboard ----------------------------------------------------
+
+
+def _with_config(site: Site, **aws: Any) -> Site:
+    """The same site served by an app whose ``[aws]`` settings differ (``aws``)."""
+    config = replace(site.config, aws=replace(site.config.aws, **aws))
+    app = create_app(site.engine, site.world.tables, config, clock=site.clock)
+
+    def client() -> TestClient:
+        return TestClient(app, base_url="https://testserver", follow_redirects=False)
+
+    return replace(site, config=config, app=app, client=client)
+
+
+def _job_status(site: Site, job_id: int) -> str:
+    j = site.world.tables.jobs
+    with site.engine.connect() as conn:
+        return str(conn.execute(sa.select(j.c.status).where(j.c.id == job_id)).scalar())
+
+
+def test_job_status_filter_offers_every_job_status(site: Site) -> None:
+    w = site.world
+    client = site.signed_in(w.admin)
+    page = client.get("/").text
+    select = re.search(r'<select name="status">(.*?)</select>', page)
+    assert select
+    offered = re.findall(r"<option[^>]*>([a-z_]+)</option>", select.group(1))
+    assert offered == ["any", *JOB_STATUSES]
+    assert {"cancelling", "fell_back"} <= set(JOB_STATUSES)
+    j = w.tables.jobs
+    with site.engine.begin() as conn:
+        conn.execute(j.update().where(j.c.id == w.jobs["done"]).values(status="fell_back"))
+    listed = client.get("/", params={"status": "fell_back"}).text
+    assert f'/jobs/{w.jobs["done"]}"' in listed and f'/jobs/{w.jobs["sending"]}"' not in listed
+
+
+def test_retry_leaves_permanent_failures_unless_asked(site: Site) -> None:
+    w = site.world
+    c1 = w.companies[0]
+    client = site.signed_in(w.managers[c1], c1)
+    job = w.jobs["sending"]
+    token = _csrf(client.get(f"/jobs/{job}").text)
+    # Both failures are MessageRejected (permanent): the box is unchecked, nothing is retried.
+    refused = client.post(f"/jobs/{job}/retry", data={"csrf": token})
+    assert refused.status_code == 303
+    shown = client.get(refused.headers["location"]).text
+    assert "a retry cannot" in shown and "cure" in shown
+    r = w.tables.recipients
+    with site.engine.connect() as conn:
+        statuses = list(conn.execute(sa.select(r.c.status).where(r.c.jobid == job)).scalars())
+    assert statuses.count("failed") == 2 and "pending" not in statuses
+    assert _audit(site, "job_retried") == []
+    # One curable failure (the queue was unavailable): only it goes out again, the other is named.
+    with site.engine.begin() as conn:
+        first = conn.execute(
+            sa.select(sa.func.min(r.c.id)).where(r.c.jobid == job, r.c.status == "failed")
+        ).scalar()
+        conn.execute(r.update().where(r.c.id == first).values(errorcode="submit_abandoned"))
+    retried = client.post(f"/jobs/{job}/retry", data={"csrf": token})
+    shown = client.get(retried.headers["location"]).text
+    assert "1 failed recipients go out again" in shown and "1 failed recipients were left" in shown
+    with site.engine.connect() as conn:
+        statuses = list(conn.execute(sa.select(r.c.status).where(r.c.jobid == job)).scalars())
+    assert statuses.count("failed") == 1 and statuses.count("pending") == 1
+
+
+@pytest.fixture
+def dynamodb() -> Iterator[Any]:
+    with mock_aws():
+        db = boto3.client("dynamodb", region_name="eu-west-1")
+        db.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield db
+
+
+def _cancel_record(db: Any, job_id: int) -> bool:
+    return "Item" in db.get_item(TableName=TABLE, Key={"id": {"S": f"cancel#{job_id}"}})
+
+
+def test_cancel_writes_the_cancel_record_at_once_like_the_cli(site: Site, dynamodb: Any) -> None:
+    cloudy = _with_config(site, idempotency_table=TABLE, region="eu-west-1")
+    w = site.world
+    c1 = w.companies[0]
+    client = cloudy.signed_in(w.managers[c1], c1)
+    job = w.jobs["sending"]
+    token = _csrf(client.get(f"/jobs/{job}").text)
+    cancelled = client.post(f"/jobs/{job}/cancel", data={"csrf": token})
+    shown = client.get(cancelled.headers["location"]).text
+    assert "The cloud was told at once" in shown and "alert" not in shown
+    assert _cancel_record(dynamodb, job)
+    j = w.tables.jobs
+    with site.engine.connect() as conn:
+        assert conn.execute(sa.select(j.c.timecancelsignalled).where(j.c.id == job)).scalar() == NOW
+
+
+def test_cancel_without_cloud_records_says_the_cloud_was_not_told(site: Site) -> None:
+    w = site.world
+    c1 = w.companies[0]
+    client = site.signed_in(w.managers[c1], c1)
+    job = w.jobs["sending"]
+    token = _csrf(client.get(f"/jobs/{job}").text)
+    cancelled = client.post(f"/jobs/{job}/cancel", data={"csrf": token})
+    shown = client.get(cancelled.headers["location"]).text
+    assert "The cloud was not told yet: every tick tries again" in shown
+    assert "aws.idempotency_table is not set" in shown
+    assert _job_status(site, job) == "cancelling"
+
+
+def _settings_form(token: str, *, cloud: bool) -> dict[str, str]:
+    form = {
+        "csrf": token,
+        "emails": "1",
+        "certificates": "1",
+        "fallback": "1",
+        "threshold": "0",
+        "provider": "aws",
+        "sender_address": "",
+        "cert_template": "default",
+    }
+    if cloud:
+        form["cloud"] = "1"
+    return form
+
+
+def test_company_cloud_off_cancels_its_open_jobs_like_the_cli(site: Site, dynamodb: Any) -> None:
+    cloudy = _with_config(site, idempotency_table=TABLE, region="eu-west-1")
+    w = site.world
+    c1 = w.companies[0]
+    client = cloudy.signed_in(w.managers[c1], c1)
+    token = _csrf(client.get("/settings").text)
+    assert client.post(f"/settings/{c1}", data=_settings_form(token, cloud=True)).status_code == 303
+    assert _job_status(site, w.jobs["sending"]) == "processing"  # turning it on stops nothing
+    off = client.post(f"/settings/{c1}", data=_settings_form(token, cloud=False))
+    assert off.status_code == 303
+    shown = client.get(off.headers["location"]).text
+    assert "1 open jobs cancelled" in shown and "The cloud was told at once" in shown
+    assert _job_status(site, w.jobs["sending"]) == "cancelling"
+    assert _job_status(site, w.jobs["other"]) == "queued"  # another company's job is untouched
+    assert _cancel_record(dynamodb, w.jobs["sending"])
+    reasons = [json.loads(x.detail)["reason"] for x in _audit(site, "job_cancelled")]
+    assert reasons == [COMPANY_OFF_REASON]
+
+
+def test_global_switch_off_cancels_every_open_job(site: Site) -> None:
+    w = site.world
+    admin = site.signed_in(w.admin)
+    token = _csrf(admin.get("/settings").text)
+    off = admin.post("/settings/global", data={"csrf": token, "enabled": "0"})
+    assert off.status_code == 303
+    shown = admin.get(off.headers["location"]).text
+    assert "Global switch is off. 2 open jobs cancelled" in shown
+    assert "aws.idempotency_table is not set" in shown  # said plainly: the cloud was not told
+    assert _job_status(site, w.jobs["sending"]) == "cancelling"
+    assert _job_status(site, w.jobs["other"]) == "cancelling"
+    assert _job_status(site, w.jobs["done"]) == "completed"
+    reasons = {json.loads(x.detail)["reason"] for x in _audit(site, "job_cancelled")}
+    assert reasons == {GLOBAL_OFF_REASON}
+
+
+def test_eta_uses_the_ses_send_rate_when_configured(site: Site) -> None:
+    paced = _with_config(site, ses_send_rate=0.5)
+    w = site.world
+    c1 = w.companies[0]
+    client = paced.signed_in(w.managers[c1], c1)
+    job = w.jobs["sending"]
+    data = client.get("/progress.json", params={"ids": str(job)}).json()["jobs"][0]
+    # 3 recipients still queued at 0.5/s: 6 s (results/eta.py), whatever the observed rate.
+    assert data["eta_seconds"] == 6
+    page = client.get(f"/jobs/{job}").text
+    assert f'data-field="eta">{data["eta"]}<' in page and "rate unknown" not in page
+    unknown = site.signed_in(w.managers[c1], c1).get(f"/jobs/{job}").text
+    assert 'data-field="eta">rate unknown<' in unknown
