@@ -28,9 +28,10 @@ INTAKE_PATH = "/v1/batches"
 VERIFY_PATH = "/v1/certificates/verify"
 UNSUBSCRIBE_PATH = "/v1/unsubscribe"
 #: The bridge's calls on the sender's table (moodle_bridge/transports/cloud_records.py) and the
-#: item keys it may touch (tests/infra/test_bridge_policy.py derives both from that module).
+#: item keys it may touch (tests/infra/test_bridge_policy.py derives both from that module and the
+#: key builders it imports from offload_contract/cloud_keys.py).
 BRIDGE_TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem")
-BRIDGE_TABLE_KEYS = ("cancel#*", "send#*")
+BRIDGE_TABLE_KEYS = ("cancel#*", "send#c*")
 BRIDGE_SES_ACTIONS = ("ses:GetEmailIdentity",)
 
 

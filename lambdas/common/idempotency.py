@@ -1,7 +1,9 @@
 """Exactly-once bookkeeping per (job, recipient) in DynamoDB (design: docs/lambdas.md).
 
-One item per recipient, ``id = send#c<company_id>#<job_id>#<recipient_id>``: scoped by company, so
-one company's batch can never pre-claim (or read the outcome of) another company's recipient:
+One item per recipient, ``id = send#c<company_id>#<job_id>#<recipient_id>`` (the format is
+``offload_contract.cloud_keys``, shared with the bridge, which reads and closes these items): scoped
+by company, so one company's batch can never pre-claim (or read the outcome of) another company's
+recipient:
 
 * ``INPROGRESS`` is written with a conditional put *before* the SES call. It carries the
   owner's token and a lease (``lease_until``) tied to the function timeout.
@@ -39,6 +41,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from offload_contract.cloud_keys import cancel_key
+
 RETENTION_SECONDS = 35 * 24 * 3600  # longer than any bridge job lifetime and the SQS retention
 BATCH_WRITE_CHUNK = 25
 BATCH_GET_CHUNK = 100  # BatchGetItem's limit per call
@@ -66,10 +70,6 @@ class Claim:
     lease_until: int = 0
     #: For COMPLETED: True when the SES ``Send`` event settled it (not the sender).
     settled_by_event: bool = False
-
-
-def send_key(company_id: int, job_id: str, recipient_id: str) -> str:
-    return f"send#c{int(company_id)}#{job_id}#{recipient_id}"
 
 
 def job_key(company_id: int, job_id: str) -> str:
@@ -355,7 +355,7 @@ class IdempotencyStore:
     def job_cancelled(self, job_id: str) -> bool:
         """True once the bridge wrote ``cancel#<job_id>``: no further SES call for the job."""
         item = self._db.get_item(
-            TableName=self._table, Key={"id": {"S": f"cancel#{job_id}"}}, ConsistentRead=True
+            TableName=self._table, Key={"id": {"S": cancel_key(job_id)}}, ConsistentRead=True
         ).get("Item")
         return item is not None
 

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore, send_key
+from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore
 from lambdas.common.pacing import PacingTimeout, SharedRateLimiter
 from lambdas.email.contents import ContentError, ObjectFetcher
 from lambdas.email.crash_window import CrashWindowPolicy, SendEventProbe, StaleDecision, decide, given_up
@@ -54,6 +54,7 @@ from lambdas.email.text import html_to_text
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
 from offload_contract import validate
+from offload_contract.cloud_keys import send_key
 from offload_contract.sealing import SealError, open_content
 
 ONE_CLICK = "List-Unsubscribe=One-Click"

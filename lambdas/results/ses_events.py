@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore, send_key
+from lambdas.common.idempotency import Claim, ClaimState, IdempotencyStore
 from lambdas.email.sender import untag_value
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
+from offload_contract.cloud_keys import send_key
 
 IGNORED = {"Open", "Click", "DeliveryDelay", "Subscription"}
 

@@ -389,10 +389,17 @@ def _result(job_id: int, rid: int, attempt: int, now: int, code: str, message: s
 
 
 def _ask_cloud(
-    cloud: CloudRecords, job_id: int, rows: Sequence[Any], *, cancelling: bool, overdue: bool, now: int
+    cloud: CloudRecords,
+    company_id: int,
+    job_id: int,
+    rows: Sequence[Any],
+    *,
+    cancelling: bool,
+    overdue: bool,
+    now: int,
 ) -> list[dict[str, Any]]:
     """Results for ``rows`` (recipients still in the cloud) from the sender's own records."""
-    records = cloud.send_records(job_id, [int(row.id) for row in rows])
+    records = cloud.send_records(company_id, job_id, [int(row.id) for row in rows])
     results: list[dict[str, Any]] = []
     for row in rows:
         rid = int(row.id)
@@ -419,7 +426,7 @@ def _ask_cloud(
                 )
             else:
                 continue
-            record = cloud.close_unclaimed(job_id, rid, closing)
+            record = cloud.close_unclaimed(company_id, job_id, rid, closing)
             if record is None:
                 results.append(closing)
                 continue
@@ -471,6 +478,7 @@ def resolve_in_cloud(ctx: ReconcileContext, report: ReconcileReport, now: int) -
             ).all()
         results = _ask_cloud(
             ctx.cloud,
+            int(job.companyid),
             job_id,
             rows,
             cancelling=job.status == JOB_CANCELLING,

@@ -1,7 +1,8 @@
 """The bridge's view of the email sender's own records in DynamoDB (``aws.idempotency_table``).
 
-The sender keeps one item per (job, recipient), ``send#<job>#<recipient>`` (lambdas/common/
-idempotency.py). The bridge uses the same table for two things, and nothing else:
+The sender keeps one item per (job, recipient), ``send#c<company>#<job>#<recipient>``
+(lambdas/common/idempotency.py); both sides take the key from ``offload_contract.cloud_keys``.
+The bridge uses the same table for two things, and nothing else:
 
 * **cancel**: ``cancel#<job>`` tells every sender invocation to stop: it reads the item before
   each SES call and closes the job's remaining recipients as ``failed``/``job_cancelled``
@@ -25,6 +26,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from offload_contract.cloud_keys import cancel_key, send_key
+
 #: Same retention as the sender's records (lambdas/common/idempotency.py RETENTION_SECONDS).
 RETENTION_SECONDS = 35 * 24 * 3600
 BATCH_GET_CHUNK = 100
@@ -44,14 +47,6 @@ class SendRecord:
     #: ``failed`` with its error).
     result: dict[str, Any] | None = None
     lease_until: int = 0
-
-
-def cancel_key(job_id: int | str) -> str:
-    return f"cancel#{job_id}"
-
-
-def send_key(job_id: int | str, recipient_id: int | str) -> str:
-    return f"send#{job_id}#{recipient_id}"
 
 
 def _why(exc: Exception) -> str:
@@ -83,11 +78,13 @@ class CloudRecords:
         except (ClientError, BotoCoreError) as exc:
             raise CloudUnavailable(f"cannot write the cancel record: {_why(exc)}") from None
 
-    def send_records(self, job_id: int, recipient_ids: Sequence[int]) -> dict[int, SendRecord]:
+    def send_records(
+        self, company_id: int, job_id: int | str, recipient_ids: Sequence[int | str]
+    ) -> dict[int | str, SendRecord]:
         """The sender's record per recipient (absent: never claimed). Consistent reads."""
-        keys = {send_key(job_id, rid): rid for rid in recipient_ids}
+        keys = {send_key(company_id, job_id, rid): rid for rid in recipient_ids}
         now = int(self._clock())
-        out: dict[int, SendRecord] = {}
+        out: dict[int | str, SendRecord] = {}
         names = list(keys)
         try:
             for start in range(0, len(names), BATCH_GET_CHUNK):
@@ -111,13 +108,15 @@ class CloudRecords:
             raise CloudUnavailable(f"cannot read the sender's records: {_why(exc)}") from None
         return out
 
-    def close_unclaimed(self, job_id: int, recipient_id: int, result: dict[str, Any]) -> SendRecord | None:
+    def close_unclaimed(
+        self, company_id: int, job_id: int | str, recipient_id: int | str, result: dict[str, Any]
+    ) -> SendRecord | None:
         """Write the sender's closing record for a recipient nobody claimed, so it is never sent.
 
         Returns None when this call closed it, else the record that got there first (the sender
         claimed it in the meantime: its outcome is then the sender's)."""
         now = int(self._clock())
-        key = send_key(job_id, recipient_id)
+        key = send_key(company_id, job_id, recipient_id)
         try:
             self._db.put_item(
                 TableName=self._table,
@@ -136,7 +135,7 @@ class CloudRecords:
                 raise CloudUnavailable(f"cannot close a recipient in the cloud: {_why(exc)}") from None
         except BotoCoreError as exc:
             raise CloudUnavailable(f"cannot close a recipient in the cloud: {_why(exc)}") from None
-        return self.send_records(job_id, [recipient_id]).get(recipient_id)
+        return self.send_records(company_id, job_id, [recipient_id]).get(recipient_id)
 
 
 def _record(item: dict[str, Any], now: int) -> SendRecord:

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from lambdas.common.idempotency import IdempotencyStore, job_key, send_key
+from lambdas.common.idempotency import IdempotencyStore, job_key
 from lambdas.handlers import email_sender
 from offload_contract import encode_message
+from offload_contract.cloud_keys import send_key
 from tests.lambdas.conftest import Aws, FakeContext, email_batch, sqs_event
 
 CONTENTS = {"e-1": {"kind": "rendered", "subject": "Hi", "html": "<p>Hi</p>"}}

@@ -285,12 +285,6 @@ def test_cancel_after_submit_stops_sending_and_records_what_was_sent() -> None:
     assert_exactly_once(v)
 
 
-@pytest.mark.xfail(
-    reason="after merging issue 11 (feat/engine-iomad), recipients of lost batches are given back to "
-    "IOMAD by another path before reconciliation closes them in the cloud, so the late messages are "
-    "sent too (duplicates with IOMAD); passed before that merge. Lead: see the issue 12 report.",
-    strict=False,
-)
 def test_accepted_but_never_processed_is_settled_after_the_deadline() -> None:
     """The queue accepts every batch and then nothing comes back (the sender is dead for the
     first messages, which are lost). After the job deadline reconciliation asks the sender's own

@@ -1,5 +1,6 @@
 """The bridge's IAM user may make exactly the DynamoDB and SES calls its code makes, on exactly
-the item keys it builds (issue 12: cancel records and deadline reconciliation; sender checks).
+the item keys it builds with offload_contract/cloud_keys.py, shared with the sender (issue 12:
+cancel records and deadline reconciliation; sender checks).
 
 The calls are derived from the code (AST: method calls named like an operation of the service,
 botocore's model), the key prefixes from the literal prefixes of the key builders, so a new call
@@ -39,11 +40,25 @@ def called_actions(service: str, path: Path) -> set[str]:
     }
 
 
-def key_prefixes(path: Path) -> set[str]:
-    """Literal prefixes of the f-strings the key builders (``*_key``) return."""
+KEYS = ROOT / "offload_contract/cloud_keys.py"
+
+
+def key_builders(path: Path) -> set[str]:
+    """The key builders (``*_key``) the bridge's module imports from ``offload_contract.cloud_keys``."""
+    return {
+        alias.name
+        for node in ast.walk(ast.parse(path.read_text("utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.module == "offload_contract.cloud_keys"
+        for alias in node.names
+        if alias.name.endswith("_key")
+    }
+
+
+def key_prefixes(path: Path, builders: set[str]) -> set[str]:
+    """Literal prefixes of the f-strings the key builders named ``builders`` return."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-        if isinstance(node, ast.FunctionDef) and node.name.endswith("_key"):
+        if isinstance(node, ast.FunctionDef) and node.name in builders:
             for ret in ast.walk(node):
                 if isinstance(ret, ast.Return) and isinstance(ret.value, ast.JoinedStr):
                     first = ret.value.values[0]
@@ -54,7 +69,9 @@ def key_prefixes(path: Path) -> set[str]:
 
 def test_the_code_makes_exactly_the_declared_calls() -> None:
     assert called_actions("dynamodb", CODE["dynamodb"]) == set(BRIDGE_TABLE_ACTIONS)
-    assert key_prefixes(CODE["dynamodb"]) == set(BRIDGE_TABLE_KEYS)
+    builders = key_builders(CODE["dynamodb"])
+    assert builders == {"cancel_key", "send_key"}
+    assert key_prefixes(KEYS, builders) == set(BRIDGE_TABLE_KEYS)
     assert called_actions("sesv2", CODE["sesv2"]) == set(BRIDGE_SES_ACTIONS)
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from demo.ses_emulator import bad_address, daily_quota, lost_connection, rejected, throttle
-from lambdas.common.idempotency import IdempotencyStore, send_key
+from lambdas.common.idempotency import IdempotencyStore
 from lambdas.handlers import email_sender
 from offload_contract import encode_message
+from offload_contract.cloud_keys import send_key
 from tests.lambdas.conftest import Aws, FakeContext, email_batch, sqs_event
 
 RENDERED = {
@@ -598,3 +599,36 @@ def test_a_cancel_record_stops_the_batch_before_its_next_ses_call(aws: Aws, run)
     assert {r["recipient_id"]: r["status"] for r in aws.results()} == {
         "r-1": "sent", "r-2": "failed", "r-3": "failed",
     }  # fmt: skip
+
+
+def test_a_recipient_the_bridge_closed_is_never_sent_when_its_batch_turns_up_late(aws: Aws, run) -> None:
+    """After a job's deadline the bridge closes a recipient nobody claimed (moodle_bridge.transports.
+    cloud_records ``close_unclaimed``) and gives its row back to IOMAD. The bridge and the sender must
+    name that record the same way (offload_contract.cloud_keys): when the lost batch is delivered
+    late, the sender replays the bridge's closing result for it and sends only the others."""
+    from moodle_bridge.transports.cloud_records import CloudRecords
+
+    contents = {
+        f"e-{i}": {"kind": "rendered", "subject": f"S{i}", "html": f"<p>Only {i}</p>"} for i in (1, 2, 3)
+    }
+    recipients = [
+        {"recipient_id": f"r-{i}", "to": f"u{i}@example.org", "content_id": f"e-{i}"} for i in (1, 2, 3)
+    ]
+    batch = email_batch(recipients, contents)
+    closing = {
+        "job_id": "j-7-000001",
+        "recipient_id": "r-2",
+        "status": "failed",
+        "attempts": 1,
+        "occurred_at": 1795361990,
+        "error": {"code": "never_processed", "message": "closed by the bridge", "permanent": True},
+    }
+    bridge = CloudRecords(aws.dynamodb, "offload-idempotency")
+    assert bridge.close_unclaimed(7, "j-7-000001", "r-2", closing) is None  # the bridge closed it
+    assert bridge.send_records(7, "j-7-000001", ["r-2"])["r-2"].result == closing
+    run(batch)  # the lost batch turns up
+    results = {r["recipient_id"]: r for r in aws.results()}
+    assert (results["r-2"]["status"], results["r-2"]["error"]["code"]) == ("failed", "never_processed")
+    assert _people_sent(aws) == ["u1@example.org", "u3@example.org"]
+    # Another company's closing record for the same ids does not touch company 7's recipients.
+    assert bridge.send_records(8, "j-7-000001", ["r-1", "r-2"]) == {}

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from lambdas.common.idempotency import IdempotencyStore, send_key
+from lambdas.common.idempotency import IdempotencyStore
 from lambdas.handlers import ses_events
+from offload_contract.cloud_keys import send_key
 from tests.lambdas.conftest import CALLBACK, Aws, FakeContext, sqs_event
 
 

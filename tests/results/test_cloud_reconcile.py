@@ -21,8 +21,9 @@ from moodle_bridge.results import reconcile as reconcile_module
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.results.job_control import cancel_job, job_counts
 from moodle_bridge.results.reconcile import ReconcileContext, reconcile
-from moodle_bridge.transports.cloud_records import CloudRecords, send_key
+from moodle_bridge.transports.cloud_records import CloudRecords
 from offload_contract import validate
+from offload_contract.cloud_keys import send_key as senders_key
 from offload_contract.codec import encode_message
 from tests.results.factory import (
     NOW,
@@ -37,6 +38,7 @@ from tests.results.factory import (
 )
 
 TABLE = "offload-idempotency"
+COMPANY = 7  # create_job's default company
 DEADLINE = 3600
 
 
@@ -65,7 +67,7 @@ def _sent_record(db: Any, job_id: int, rid: int, message_id: str) -> None:
     db.put_item(
         TableName=TABLE,
         Item={
-            "id": {"S": send_key(job_id, rid)},
+            "id": {"S": senders_key(COMPANY, str(job_id), str(rid))},
             "status": {"S": "COMPLETED"},
             "result": {"S": json.dumps(sent)},
         },
@@ -76,7 +78,7 @@ def _in_progress(db: Any, job_id: int, rid: int, lease_until: int) -> None:
     db.put_item(
         TableName=TABLE,
         Item={
-            "id": {"S": send_key(job_id, rid)},
+            "id": {"S": senders_key(COMPANY, str(job_id), str(rid))},
             "status": {"S": "INPROGRESS"},
             "token": {"S": "dead-owner"},
             "lease_until": {"N": str(lease_until)},
@@ -145,7 +147,7 @@ def test_cancel_after_submit_settles_from_the_senders_records(db_engine: sa.Engi
     assert pmid == "ses-sent-before-cancel" and status == "cancelling"
     # The sender can never send a recipient the bridge closed: its claim replays the closing record.
     store = IdempotencyStore(cloud, TABLE, clock=lambda: NOW + 30)
-    claim = store.claim_one(f"send#{job.job_id}#{r1}", NOW + 900, NOW + 30, attempt=1)
+    claim = store.claim_one(senders_key(COMPANY, str(job.job_id), str(r1)), NOW + 900, NOW + 30, attempt=1)
     assert claim.state is ClaimState.COMPLETED and claim.result is not None
     assert claim.result["error"]["code"] == "job_cancelled"
     assert store.job_cancelled(str(job.job_id))
@@ -204,7 +206,8 @@ def test_accepted_but_never_processed_is_settled_after_the_deadline(db_engine: s
     # The recipients closed in the cloud stay closed for the sender.
     store = IdempotencyStore(cloud, TABLE, clock=lambda: NOW + DEADLINE + 70)
     for index in (1, 2, 3):
-        claim = store.claim_one(f"send#{job.job_id}#{rid[index]}", NOW + DEADLINE + 900, NOW + DEADLINE + 70)
+        key = senders_key(COMPANY, str(job.job_id), str(rid[index]))
+        claim = store.claim_one(key, NOW + DEADLINE + 900, NOW + DEADLINE + 70)
         assert claim.state is ClaimState.COMPLETED
         assert claim.result is not None
         validate(
