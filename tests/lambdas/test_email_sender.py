@@ -563,42 +563,44 @@ def test_crash_mid_batch_leaves_claims_only_on_the_unit_in_flight(aws: Aws, run)
     assert aws.ses.sent_count() == sent
 
 
-def test_a_cancel_record_stops_the_batch_before_its_next_ses_call(aws: Aws, run) -> None:
+@pytest.mark.parametrize("side_by_side", [1, 2])
+def test_a_cancel_record_stops_the_batch_before_its_next_ses_call(aws: Aws, run, side_by_side: int) -> None:
     """The bridge writes ``cancel#<job>`` (moodle_bridge.transports.cloud_records); the sender reads
-    it before every SES call: the unit in progress and the rest are closed ``job_cancelled``, and a
-    redelivery replays that, never sends."""
+    it right before every wave of SES calls: the calls already in flight complete, the rest are
+    closed ``job_cancelled``, and a redelivery replays that, never sends."""
+    from lambdas.handlers import email_sender
     from moodle_bridge.transports.cloud_records import CloudRecords
 
-    contents = {
-        f"e-{i}": {"kind": "rendered", "subject": f"S{i}", "html": f"<p>Only {i}</p>"} for i in (1, 2, 3)
-    }
-    recipients = [
-        {"recipient_id": f"r-{i}", "to": f"u{i}@example.org", "content_id": f"e-{i}"} for i in (1, 2, 3)
-    ]
+    email_sender.sender().parallel_sends = side_by_side  # one call per wave, or two side by side
+
+    ids = range(1, 5)
+    contents = {f"e-{i}": {"kind": "rendered", "subject": f"S{i}", "html": f"<p>Only {i}</p>"} for i in ids}
+    recipients = [{"recipient_id": f"r-{i}", "to": f"u{i}@example.org", "content_id": f"e-{i}"} for i in ids]
     batch = email_batch(recipients, contents)
     sends = {"n": 0}
 
     def fault(name: str, params: dict) -> Any:
         if name.startswith("Send"):
             sends["n"] += 1
-            if sends["n"] == 1:  # a person cancels while the first message is being sent
+            if sends["n"] == 1:  # a person cancels while the first wave is being sent
                 CloudRecords(aws.dynamodb, "offload-idempotency").request_cancel("j-7-000001", 7, "cancelled")
         return None
 
     aws.ses.fault = fault
     run(batch)
+    first_wave = {f"r-{i}" for i in range(1, side_by_side + 1)}
     results = {r["recipient_id"]: r for r in aws.results()}
-    assert results["r-1"]["status"] == "sent"
-    assert {rid: (r["status"], r["error"]["code"]) for rid, r in results.items() if rid != "r-1"} == {
-        "r-2": ("failed", "job_cancelled"),
-        "r-3": ("failed", "job_cancelled"),
-    }
-    assert _people_sent(aws) == ["u1@example.org"]
+    assert {rid for rid, r in results.items() if r["status"] == "sent"} == first_wave
+    assert {
+        rid: (r["status"], r["error"]["code"]) for rid, r in results.items() if rid not in first_wave
+    } == {f"r-{i}": ("failed", "job_cancelled") for i in range(side_by_side + 1, 5)}
+    sent_to = sorted(f"u{i}@example.org" for i in range(1, side_by_side + 1))
+    assert _people_sent(aws) == sent_to
     run(batch)  # redelivered: replays, sends nothing more
-    assert _people_sent(aws) == ["u1@example.org"]
+    assert _people_sent(aws) == sent_to
     assert {r["recipient_id"]: r["status"] for r in aws.results()} == {
-        "r-1": "sent", "r-2": "failed", "r-3": "failed",
-    }  # fmt: skip
+        f"r-{i}": ("sent" if f"r-{i}" in first_wave else "failed") for i in ids
+    }
 
 
 def test_a_recipient_the_bridge_closed_is_never_sent_when_its_batch_turns_up_late(aws: Aws, run) -> None:
