@@ -84,6 +84,7 @@ def test_company_set_refuses_what_the_worker_cannot_process(
     monkeypatch.setenv("MRCO_DATABASE_URL", f"sqlite:///{tmp_path / 'b.sqlite3'}")
     monkeypatch.setenv("MRCO_KEYSETS", f"k1={ROOT}")
     monkeypatch.setenv("MRCO_KEYSET_CURRENT", "k1")
+    monkeypatch.setenv("MRCO_SITE", "moodle")  # no IOMAD here: company ids are not checked against it
     monkeypatch.chdir(tmp_path)
     assert main(["migrate"]) == 0
     capsys.readouterr()

@@ -122,9 +122,9 @@ def test_bounced_address_is_skipped_in_later_jobs_of_the_same_company_only(
 
     monkeypatch.setenv("MRCO_DATABASE_URL", config.database.url)
     capsys.readouterr()
-    assert main(["jobs", "show", str(job2)]) == 0
+    assert main(["jobs", "show", str(job2), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["counters"]["recipientsskipped"] == 1
+    assert shown["counts"]["skipped"] == 1
     assert shown["skipped_by_reason"] == {SKIP_CODES["bounce"]: 1}
 
 
