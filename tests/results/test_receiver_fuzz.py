@@ -107,7 +107,7 @@ def result_batches(draw: st.DrawFn, jobs: list[Any]) -> tuple[int, dict[str, Any
                 "code": "E1",
                 # NUL and lone surrogates are refused with 422 by design (tests/attacks/test_poison_results.py).
                 "message": draw(
-                    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=30)
+                    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
                 ),
                 "permanent": draw(st.booleans()),
             }
