@@ -105,7 +105,7 @@ def result_batches(draw: st.DrawFn, jobs: list[Any]) -> tuple[int, dict[str, Any
         if status in ("failed", "retrying", "rejected"):
             item["error"] = {
                 "code": "E1",
-                # NUL and lone surrogates are refused with 422 by design (tests/attacks/test_poison_results.py).
+                # NUL and lone surrogates are refused with 422 by design (tests/attacks/).
                 "message": draw(
                     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
                 ),
