@@ -18,12 +18,24 @@ export const TEST_KEYSETS = JSON.stringify({
   },
 });
 
+// The certificate renderer's assets, as deployment uploads them to R2 (scripts/upload-renderer-assets.sh);
+// tests seed Miniflare's R2 from this binding (test/helpers.js seedRendererAssets). Built by `make setup`.
+const RENDERER_ASSETS = JSON.stringify(
+  Object.fromEntries(
+    [
+      ["renderer/fonts/latin-Regular.ttf", "../lambdas/certificates/fonts/latin-Regular.ttf"],
+      ["renderer/fonts/latin-Bold.ttf", "../lambdas/certificates/fonts/latin-Bold.ttf"],
+      ["renderer/templates/default-logo.png", "../lambdas/certificates/templates/default-logo.png"],
+    ].map(([key, file]) => [key, readFileSync(new URL(file, import.meta.url)).toString("base64")]),
+  ),
+);
+
 export default defineConfig({
   plugins: [
     cloudflareTest({
       wrangler: { configPath: "./wrangler.jsonc" },
       miniflare: {
-        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS },
+        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS, TEST_RENDERER_ASSETS: RENDERER_ASSETS },
       },
     }),
   ],
