@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+import { RENDERER_ASSETS, assetPath } from "./scripts/renderer-assets.mjs";
 
 // Python-packed, Python-signed submissions written by tests/test_cloudflare_worker.py; the
 // cross-language test is skipped when vitest runs on its own.
@@ -18,16 +19,10 @@ export const TEST_KEYSETS = JSON.stringify({
   },
 });
 
-// The certificate renderer's assets, as deployment uploads them to R2 (scripts/upload-renderer-assets.sh);
+// The certificate renderer's assets, as deployment uploads them to R2 (scripts/renderer-assets.mjs);
 // tests seed Miniflare's R2 from this binding (test/helpers.js seedRendererAssets). Built by `make setup`.
-const RENDERER_ASSETS = JSON.stringify(
-  Object.fromEntries(
-    [
-      ["renderer/fonts/latin-Regular.ttf", "../lambdas/certificates/fonts/latin-Regular.ttf"],
-      ["renderer/fonts/latin-Bold.ttf", "../lambdas/certificates/fonts/latin-Bold.ttf"],
-      ["renderer/templates/default-logo.png", "../lambdas/certificates/templates/default-logo.png"],
-    ].map(([key, file]) => [key, readFileSync(new URL(file, import.meta.url)).toString("base64")]),
-  ),
+const RENDERER_ASSETS_B64 = JSON.stringify(
+  Object.fromEntries(Object.entries(RENDERER_ASSETS).map(([key, file]) => [key, readFileSync(assetPath(file)).toString("base64")])),
 );
 
 export default defineConfig({
@@ -35,7 +30,7 @@ export default defineConfig({
     cloudflareTest({
       wrangler: { configPath: "./wrangler.jsonc" },
       miniflare: {
-        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS, TEST_RENDERER_ASSETS: RENDERER_ASSETS },
+        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS, TEST_RENDERER_ASSETS: RENDERER_ASSETS_B64 },
       },
     }),
   ],

@@ -143,9 +143,80 @@ export function clean(text) {
   return out.split(" ").filter(Boolean).join(" ");
 }
 
+/**
+ * The TrueType font with every glyph padded to 4 bytes (long `loca`), so fontkit's subsetter
+ * keeps its glyphs. fontkit writes a subset's `loca` in the short format (offsets / 2) when it
+ * is small, which is only right when every glyph has an even length; fontTools (which builds
+ * the shipped fonts, scripts/build_certificate_fonts.py) leaves glyphs unpadded, and such a
+ * subset draws most glyphs blank. Fonts that are already padded come back unchanged.
+ */
+export function padGlyphs(input) {
+  const bytes = input instanceof Uint8Array ? input : new Uint8Array(input);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const numTables = view.getUint16(4);
+  const tables = new Map();
+  for (let i = 0; i < numTables; i++) {
+    const at = 12 + 16 * i;
+    const tag = String.fromCharCode(...bytes.subarray(at, at + 4));
+    tables.set(tag, { tag, offset: view.getUint32(at + 8), length: view.getUint32(at + 12) });
+  }
+  const head = tables.get("head");
+  const loca = tables.get("loca");
+  const glyf = tables.get("glyf");
+  if (!head || !loca || !glyf) return bytes; // not a TrueType-outline font: nothing to pad
+  const longLoca = view.getInt16(head.offset + 50) === 1;
+  const numGlyphs = view.getUint16(tables.get("maxp").offset + 4);
+  const offsets = Array.from({ length: numGlyphs + 1 }, (_, i) =>
+    longLoca ? view.getUint32(loca.offset + 4 * i) : view.getUint16(loca.offset + 2 * i) * 2,
+  );
+  if (offsets.every((o) => o % 4 === 0) && longLoca) return bytes;
+  const pad4 = (n) => (n + 3) & ~3;
+  let glyfLength = 0;
+  for (let g = 0; g < numGlyphs; g++) glyfLength += pad4(offsets[g + 1] - offsets[g]);
+  const newGlyf = new Uint8Array(glyfLength);
+  const newLoca = new Uint8Array(4 * (numGlyphs + 1));
+  const locaView = new DataView(newLoca.buffer);
+  let position = 0;
+  for (let g = 0; g < numGlyphs; g++) {
+    locaView.setUint32(4 * g, position);
+    newGlyf.set(bytes.subarray(glyf.offset + offsets[g], glyf.offset + offsets[g + 1]), position);
+    position += pad4(offsets[g + 1] - offsets[g]);
+  }
+  locaView.setUint32(4 * numGlyphs, position);
+  const newHead = bytes.slice(head.offset, head.offset + head.length);
+  new DataView(newHead.buffer).setInt16(50, 1); // indexToLocFormat: long
+  new DataView(newHead.buffer).setUint32(8, 0); // checkSumAdjustment: not kept (nothing reads it)
+  const data = new Map([...tables.values()].map((t) => [t.tag, bytes.subarray(t.offset, t.offset + t.length)]));
+  data.set("glyf", newGlyf);
+  data.set("loca", newLoca);
+  data.set("head", newHead);
+  const tags = [...data.keys()].sort();
+  let size = 12 + 16 * tags.length;
+  for (const tag of tags) size += pad4(data.get(tag).length);
+  const out = new Uint8Array(size);
+  const outView = new DataView(out.buffer);
+  out.set(bytes.subarray(0, 12));
+  let at = 12 + 16 * tags.length;
+  tags.forEach((tag, i) => {
+    const table = data.get(tag);
+    const record = 12 + 16 * i;
+    for (let c = 0; c < 4; c++) out[record + c] = tag.charCodeAt(c);
+    out.set(table, at);
+    let sum = 0;
+    for (let j = 0; j < pad4(table.length); j += 4) sum = (sum + outView.getUint32(at + j)) >>> 0;
+    outView.setUint32(record + 4, sum);
+    outView.setUint32(record + 8, at);
+    outView.setUint32(record + 12, table.length);
+    at += pad4(table.length);
+  });
+  return out;
+}
+
 /** The fonts the Worker renders with: one family, regular and bold (TrueType bytes). */
 export class CertificateFonts {
-  constructor(regularBytes, boldBytes) {
+  constructor(regular, bold) {
+    const regularBytes = padGlyphs(regular);
+    const boldBytes = padGlyphs(bold);
     this.regularBytes = regularBytes;
     this.boldBytes = boldBytes;
     this.regular = fontkit.create(regularBytes);
@@ -158,6 +229,18 @@ export class CertificateFonts {
       [boldBytes, this.bold],
     ]);
     this.fontkit = { create: (bytes) => parsed.get(bytes) ?? fontkit.create(bytes) };
+  }
+
+  /** What the fonts draw, as sorted inclusive [first, last] code point ranges. */
+  codePointRanges() {
+    const points = [...this.covered].sort((a, b) => a - b);
+    const ranges = [];
+    for (const cp of points) {
+      const last = ranges.at(-1);
+      if (last && cp === last[1] + 1) last[1] = cp;
+      else ranges.push([cp, cp]);
+    }
+    return ranges;
   }
 
   /** Code points (`U+XXXX`) these fonts cannot draw, in order of first use. */

@@ -32,7 +32,7 @@ import defaultTemplateDocument from "../../lambdas/certificates/templates/defaul
 
 export const LEASE_SECONDS = 120;
 export const MAX_QUEUE_DELAY_SECONDS = 900;
-/** Where deployment puts the renderer's assets in the OFFLOAD_BUCKET (cloudflare/scripts/upload-renderer-assets.sh). */
+/** Where deployment puts the renderer's assets in the OFFLOAD_BUCKET (cloudflare/scripts/renderer-assets.mjs). */
 export const RENDERER_PREFIX = "renderer/";
 export const FONT_KEYS = { regular: "renderer/fonts/latin-Regular.ttf", bold: "renderer/fonts/latin-Bold.ttf" };
 export const DEFAULT_IMAGE_PREFIX = "renderer/templates/";
@@ -44,7 +44,7 @@ export const RENDERED_SCRIPTS = Object.freeze(["Latn", "Grek", "Cyrl"]);
 
 export class RendererAssetsMissing extends Error {
   constructor(key) {
-    super(`the renderer asset ${key} is not in the OFFLOAD_BUCKET (run cloudflare/scripts/upload-renderer-assets.sh)`);
+    super(`the renderer asset ${key} is not in the OFFLOAD_BUCKET (deploy them: node cloudflare/scripts/renderer-assets.mjs --remote)`);
     this.name = "RendererAssetsMissing";
   }
 }
@@ -79,11 +79,15 @@ export async function loadFonts(bucket) {
   return fontCache.fonts;
 }
 
-/** True when the renderer's fonts are deployed (the capabilities answer offers certificates only then). */
-export async function rendererReady(bucket) {
-  if (!bucket) return false;
+/**
+ * The code point ranges the renderer draws, or null when its fonts are not deployed (the
+ * capabilities answer offers certificates only then).
+ */
+export async function rendererCoverage(bucket) {
+  if (!bucket) return null;
   const heads = await Promise.all(Object.values(FONT_KEYS).map((key) => bucket.head(key)));
-  return heads.every((head) => head !== null);
+  if (heads.some((head) => head === null)) return null;
+  return (await loadFonts(bucket)).codePointRanges();
 }
 
 /**

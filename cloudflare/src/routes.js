@@ -7,7 +7,7 @@
 //   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS
 //   GET  /v1/certificates/verify/{code} public: as on AWS, for the certificates this Worker rendered
 
-import { RENDERED_SCRIPTS, rendererReady } from "./certificates.js";
+import { RENDERED_SCRIPTS, rendererCoverage } from "./certificates.js";
 import { validate } from "./contract.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
 import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
@@ -22,9 +22,10 @@ const EVENT_BODY_LIMIT = 1_048_576;
 
 /**
  * What this deployment can process for `companyId` (contract message "capabilities").
- * `certificatesReady`: the renderer's fonts are in R2 (certificate_batch is offered only then).
+ * `coverage`: the renderer's code point ranges, null when its fonts are not in R2
+ * (certificate_batch is offered only with them).
  */
-export function capabilities(env, companyId, processors, { certificatesReady = false } = {}) {
+export function capabilities(env, companyId, processors, { coverage = null } = {}) {
   const routing = providerRouting(env);
   // A provider this deployment cannot build (a missing secret or binding) is not offered.
   const usable = (name) => {
@@ -42,7 +43,7 @@ export function capabilities(env, companyId, processors, { certificatesReady = f
   const answer = {
     type: "capabilities",
     contract_version: 1,
-    message_types: [...processors.keys()].filter((t) => t === "email_batch" || (t === "certificate_batch" && certificatesReady && transactional)),
+    message_types: [...processors.keys()].filter((t) => t === "email_batch" || (t === "certificate_batch" && coverage !== null && transactional)),
     email: {
       // jinja2 cannot run in workerd: the bridge renders list templates for the Cloudflare path.
       content_kinds: ["rendered", "reference"],
@@ -55,7 +56,7 @@ export function capabilities(env, companyId, processors, { certificatesReady = f
   };
   if (answer.message_types.includes("certificate_batch")) {
     // The scripts its fonts draw; a certificate needing another one is routed elsewhere by the bridge.
-    answer.certificates = { scripts: [...RENDERED_SCRIPTS] };
+    answer.certificates = { scripts: [...RENDERED_SCRIPTS], code_points: coverage };
   }
   validate("capabilities", answer);
   return answer;
@@ -82,8 +83,8 @@ export async function handleRoute(request, env, { processors } = {}) {
     if (pathname === CAPABILITIES_PATH) {
       if (request.method !== "GET") return methodNotAllowed("GET");
       const { verified } = await readSignedRequest(request, env, 0);
-      const certificatesReady = await rendererReady(env.OFFLOAD_BUCKET);
-      return jsonResponse(200, capabilities(env, verified.companyId, processors ?? new Map(), { certificatesReady }));
+      const coverage = await rendererCoverage(env.OFFLOAD_BUCKET);
+      return jsonResponse(200, capabilities(env, verified.companyId, processors ?? new Map(), { coverage }));
     }
     if (pathname === PULL_PATH) {
       if (request.method !== "POST") return methodNotAllowed("POST");

@@ -195,7 +195,11 @@ describe("capabilities with the renderer deployed", () => {
     const body = await (await worker.fetch(await signedRequest("/v1/capabilities", undefined, { method: "GET" }), env)).json();
     validate("capabilities", body);
     expect(body.message_types).toEqual(["email_batch", "certificate_batch"]);
-    expect(body.certificates).toEqual({ scripts: ["Latn", "Grek", "Cyrl"] });
+    expect(body.certificates.scripts).toEqual(["Latn", "Grek", "Cyrl"]);
+    // Exactly what the fonts draw: Latin, Greek and Cyrillic letters, not Arabic or Hebrew.
+    const covers = (cp) => body.certificates.code_points.some(([lo, hi]) => lo <= cp && cp <= hi);
+    expect(["A", "ë", "Ł", "Ω", "Ж", "ş"].every((ch) => covers(ch.codePointAt(0)))).toBe(true);
+    expect(["م", "ש", "中"].some((ch) => covers(ch.codePointAt(0)))).toBe(false);
     expect(body.email.attachments).toBe(true);
   });
 
