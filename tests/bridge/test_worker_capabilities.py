@@ -29,7 +29,7 @@ def test_email_list_and_campaign_jobs_go_when_the_worker_takes_them() -> None:
         assert refusal(CAPABILITIES, job_type) is None
 
 
-CERTIFICATES = next(
+CERTIFICATES: dict[str, Any] = next(
     e["message"]
     for e in EXAMPLES
     if e["message_type"] == "capabilities"
