@@ -31,6 +31,12 @@ import { sha256Hex } from "./signing.js";
 import defaultTemplateDocument from "../../lambdas/certificates/templates/default.json";
 
 export const LEASE_SECONDS = 120;
+/**
+ * Most recipients rendered per queue message: about 47 ms of CPU each (docs/benchmarks.md,
+ * worker_certificates), so 100 stay well inside the Workers' default 30 s of CPU per
+ * invocation; the rest of a larger batch goes back on the queue at once as its own message.
+ */
+export const MAX_RENDERS_PER_MESSAGE = 100;
 export const MAX_QUEUE_DELAY_SECONDS = 900;
 /** Where deployment puts the renderer's assets in the OFFLOAD_BUCKET (cloudflare/scripts/renderer-assets.mjs). */
 export const RENDERER_PREFIX = "renderer/";
@@ -168,9 +174,25 @@ export function mailBatch(batch, recipients) {
   return message;
 }
 
+/** Largest forwarded email_batch (the bridge packs Cloudflare batches to the same size). */
+export const MAIL_BATCH_LIMIT_BYTES = 120_000;
+
+/** Forward the mail as email_batch messages within the queue's size limit (halved until they fit). */
+async function sendMail(env, batch, recipients) {
+  const message = mailBatch(batch, recipients);
+  const size = new TextEncoder().encode(JSON.stringify(message)).byteLength;
+  if (size > MAIL_BATCH_LIMIT_BYTES && recipients.length > 1) {
+    const half = Math.ceil(recipients.length / 2);
+    await sendMail(env, batch, recipients.slice(0, half));
+    await sendMail(env, batch, recipients.slice(half));
+    return;
+  }
+  await env.EMAIL_QUEUE.send(message, { contentType: "json" });
+}
+
 /**
  * Render one certificate_batch. `deps` (tests): clock (unix seconds), beforeRender(recipient)
- * / afterStore(recipient) (throw to simulate a crash). Returns {results, rendered, requeued,
+ * / afterStore(recipient) (throw to simulate a crash), maxRenders. Returns {results, rendered, requeued,
  * forwarded}. Throws when fonts, R2 or a Durable Object fail: the queue redelivers the batch.
  */
 export async function processCertificateBatch(batch, env, deps = {}) {
@@ -192,7 +214,14 @@ export async function processCertificateBatch(batch, env, deps = {}) {
   let rendered = 0;
   let delay = 0;
 
-  const existing = await ledger.lookup(batch.recipients.map((r) => r.recipient_id));
+  const most = deps.maxRenders ?? MAX_RENDERS_PER_MESSAGE;
+  const mine = batch.recipients.slice(0, most);
+  const rest = batch.recipients.slice(most);
+  if (rest.length) {
+    // Queued first: if this invocation dies, its own message is redelivered and the rest is not lost.
+    await env.CERTIFICATE_QUEUE.send({ ...batch, recipients: rest }, { contentType: "json" });
+  }
+  const existing = await ledger.lookup(mine.map((r) => r.recipient_id));
   let loaded = null; // {template, images} | {error}
   const template = async () => {
     if (loaded === null) {
@@ -206,7 +235,7 @@ export async function processCertificateBatch(batch, env, deps = {}) {
     return loaded;
   };
 
-  for (const recipient of batch.recipients) {
+  for (const recipient of mine) {
     const id = recipient.recipient_id;
     const code = recipient.certificate.verification_code;
     const verifyUrl = verifyBase ? verifyBase + code : code;
@@ -310,6 +339,6 @@ export async function processCertificateBatch(batch, env, deps = {}) {
   if (results.length) {
     await publishResults(env, { companyId: batch.company_id, callback: batch.callback, batchId: batch.batch_id, results, reporter: "certificate_renderer" });
   }
-  if (mail.length) await env.EMAIL_QUEUE.send(mailBatch(batch, mail), { contentType: "json" });
-  return { results, rendered, requeued: requeue.length, forwarded: mail.length };
+  if (mail.length) await sendMail(env, batch, mail);
+  return { results, rendered, requeued: requeue.length, forwarded: mail.length, deferred: rest.length };
 }

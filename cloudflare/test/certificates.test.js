@@ -108,6 +108,34 @@ describe("certificate_batch consumer", () => {
     expect(queues.email.sent).toEqual([]);
   });
 
+  it("renders at most maxRenders recipients per message and queues the rest as its own message", async () => {
+    const { testEnv, queues, certificates } = certEnv();
+    const batch = certificateBatch({ n: 3, delivery: "store_only" });
+    const report = await processCertificateBatch(batch, testEnv, { maxRenders: 2 });
+    expect(report).toMatchObject({ rendered: 2, deferred: 1 });
+    expect(certificates.sent.map((m) => m.body.recipients.map((r) => r.recipient_id))).toEqual([["r-3"]]);
+    validate("certificate_batch", certificates.sent[0].body);
+    await processCertificateBatch(certificates.sent[0].body, testEnv, { maxRenders: 2 });
+    expect(publishedResults(queues.results).map((r) => r.recipient_id)).toEqual(["r-1", "r-2", "r-3"]);
+  });
+
+  it("splits the forwarded mail to fit the queue's message size", async () => {
+    const { testEnv, queues } = certEnv();
+    const batch = certificateBatch({ n: 4 });
+    // Each recipient with its own 40 KB completion mail: four do not fit one queue message.
+    batch.contents = {};
+    batch.recipients.forEach((r, i) => {
+      r.content_id = `c-${i + 1}`;
+      batch.contents[r.content_id] = { kind: "rendered", subject: "Your certificate", html: `<p>${"x".repeat(40_000)}</p>` };
+    });
+    await processCertificateBatch(batch, testEnv);
+    const sizes = queues.email.sent.map((m) => new TextEncoder().encode(JSON.stringify(m.body)).byteLength);
+    expect(sizes.length).toBeGreaterThan(1);
+    expect(sizes.every((n) => n <= 120_000)).toBe(true);
+    expect(queues.email.sent.flatMap((m) => m.body.recipients.map((r) => r.recipient_id))).toEqual(["r-1", "r-2", "r-3", "r-4"]);
+    for (const m of queues.email.sent) expect(Object.keys(m.body.contents).sort()).toEqual(m.body.recipients.map((r) => r.content_id).sort());
+  });
+
   it("a redelivered batch renders nothing again: completed recipients are reported from the ledger", async () => {
     const { testEnv, queues, bucket } = certEnv();
     const batch = certificateBatch({ n: 3 });
