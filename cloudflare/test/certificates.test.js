@@ -101,6 +101,35 @@ describe("certificate_batch consumer", () => {
     expect(new Uint8Array(attachment.content)).toEqual(stored);
   });
 
+  it("SES and SendGrid carry the PDF too (base64); an altered PDF fails its recipient, nothing sent", async () => {
+    const b64 = (bytes) => btoa(String.fromCharCode(...bytes));
+    for (const provider of ["ses", "sendgrid"]) {
+      const { testEnv, queues, ses, sendgrid, fetchImpl } = certEnv({ PROVIDERS: JSON.stringify({ transactional: provider }) });
+      const batch = certificateBatch({ n: 2 });
+      await processCertificateBatch(batch, testEnv);
+      const mail = queues.email.sent[0].body;
+      // r-2's stored PDF is replaced after rendering: it no longer matches the reported SHA-256.
+      await env.OFFLOAD_BUCKET.put(mail.recipients[1].attachments[0].ref.key, new TextEncoder().encode("%PDF-altered"));
+      queues.results.sent.length = 0;
+      await processEmailBatch(mail, testEnv, { fetchImpl });
+      const results = publishedResults(queues.results);
+      expect(results.map((r) => [r.recipient_id, r.status, r.error?.code])).toEqual([
+        ["r-1", "sent", undefined],
+        ["r-2", "failed", "reference_mismatch"],
+      ]);
+      const stored = new Uint8Array(await (await env.OFFLOAD_BUCKET.get(mail.recipients[0].attachments[0].ref.key)).arrayBuffer());
+      const accepted = (provider === "ses" ? ses : sendgrid).accepted;
+      expect(accepted).toHaveLength(1);
+      if (provider === "ses") {
+        expect(accepted[0].payload.Content.Simple.Attachments).toEqual([
+          { RawContent: b64(stored), FileName: "certificate.pdf", ContentType: "application/pdf", ContentDisposition: "ATTACHMENT" },
+        ]);
+      } else {
+        expect(accepted[0].payload.attachments).toEqual([{ content: b64(stored), filename: "certificate.pdf", type: "application/pdf", disposition: "attachment" }]);
+      }
+    }
+  });
+
   it("store_only stores and reports without mail", async () => {
     const { testEnv, queues } = certEnv();
     const report = await processCertificateBatch(certificateBatch({ n: 1, delivery: "store_only" }), testEnv);
