@@ -213,6 +213,51 @@ describe("certificate_batch consumer", () => {
     expect(queues.email.sent[0].body.recipients.map((r) => r.recipient_id)).toEqual(["r-1"]);
   });
 
+  it("reads a company template (and its images) from R2 under the S3 keys; static texts are checked too", async () => {
+    const { testEnv, queues } = certEnv();
+    const document = {
+      page: { size: "Letter", orientation: "portrait" },
+      elements: [
+        { field: "static", text: "Diploma", y: 30, size: 30 },
+        { field: "learner_name", y: 60, h: 20, size: 24 },
+      ],
+      qr: { x: 20, y: 200, size: 30 },
+    };
+    await env.OFFLOAD_BUCKET.put("templates/company-7/diploma.json", JSON.stringify(document));
+    await env.OFFLOAD_BUCKET.put("templates/company-7/arabic.json", JSON.stringify({ ...document, elements: [{ field: "static", text: "شهادة", y: 30 }] }));
+    const batch = { ...certificateBatch({ n: 1, delivery: "store_only" }), template_id: "diploma" };
+    await processCertificateBatch(batch, testEnv);
+    const [diploma] = publishedResults(queues.results);
+    expect(diploma.status).toBe("rendered");
+    const pdf = text(new Uint8Array(await (await env.OFFLOAD_BUCKET.get(diploma.artifact.key)).arrayBuffer()));
+    const [, width, height] = /\/MediaBox \[\s*0 0 ([\d.]+) ([\d.]+)\s*\]/.exec(pdf);
+    expect([Math.round(Number(width)), Math.round(Number(height))]).toEqual([612, 792]); // Letter, portrait
+    queues.results.sent.length = 0;
+    await processCertificateBatch({ ...certificateBatch({ n: 1, delivery: "store_only" }), template_id: "arabic" }, testEnv);
+    expect(publishedResults(queues.results)[0]).toMatchObject({ status: "failed", error: { code: "unsupported_characters" } });
+  });
+
+  it("the QR code's URL comes from VERIFY_URL_BASE when the batch has none", async () => {
+    const { testEnv, queues } = certEnv({ VERIFY_URL_BASE: "https://verify.example.org/c/" });
+    const batch = certificateBatch({ n: 1 });
+    delete batch.verify_url_base;
+    await processCertificateBatch(batch, testEnv);
+    const code = batch.recipients[0].certificate.verification_code;
+    expect(queues.email.sent[0].body.recipients[0].data.certificate_url).toBe(`https://verify.example.org/c/${code}`);
+  });
+
+  it("attachments over 4,000,000 bytes fail their recipient before any provider call", async () => {
+    const { testEnv, queues, cloudflare } = certEnv();
+    const batch = certificateBatch({ n: 1 });
+    await processCertificateBatch(batch, testEnv);
+    const mail = queues.email.sent[0].body;
+    mail.recipients[0].attachments[0].ref.bytes = 4_000_001;
+    queues.results.sent.length = 0;
+    await processEmailBatch(mail, testEnv);
+    expect(publishedResults(queues.results)[0]).toMatchObject({ status: "failed", error: { code: "attachments_too_large" } });
+    expect(cloudflare.accepted).toEqual([]);
+  });
+
   it("an unknown template fails the batch's recipients with template_missing", async () => {
     const { testEnv, queues } = certEnv();
     const batch = { ...certificateBatch({ n: 2 }), template_id: "no-such-template" };
@@ -258,6 +303,12 @@ describe("capabilities with the renderer deployed", () => {
     expect(["A", "ë", "Ł", "Ω", "Ж", "ş"].every((ch) => covers(ch.codePointAt(0)))).toBe(true);
     expect(["م", "ש", "中"].some((ch) => covers(ch.codePointAt(0)))).toBe(false);
     expect(body.email.attachments).toBe(true);
+  });
+
+  it("does not offer certificates without a transactional provider to mail them", async () => {
+    const noProvider = { ...env, PROVIDERS: JSON.stringify({ transactional: "sendgrid" }) }; // no SENDGRID_API_KEY
+    const body = await (await worker.fetch(await signedRequest("/v1/capabilities", undefined, { method: "GET" }), noProvider)).json();
+    expect(body.message_types).toEqual(["email_batch"]);
   });
 
   it("does not offer certificates when the fonts are not in R2", async () => {
