@@ -32,7 +32,7 @@ import defaultTemplateDocument from "../../lambdas/certificates/templates/defaul
 
 export const LEASE_SECONDS = 120;
 /**
- * Most recipients rendered per queue message: about 47 ms of CPU each (docs/benchmarks.md,
+ * Most recipients rendered per queue message: about 50 ms of CPU each (docs/benchmarks.md,
  * worker_certificates), so 100 stay well inside the Workers' default 30 s of CPU per
  * invocation; the rest of a larger batch goes back on the queue at once as its own message.
  */
