@@ -221,7 +221,7 @@ def ingest_result_batch(
         if rid is not None:
             wanted[rid] = parse_row_id(item["job_id"]) or 0
     # Only the columns the state machine needs (the driver parses every value it is sent).
-    columns = [r.c.id, r.c.jobid, r.c.emailid, r.c.status, r.c.batchid, r.c.providermessageid]
+    columns = [r.c.id, r.c.jobid, r.c.emailid, r.c.status, r.c.batchid, r.c.providermessageid, r.c.errorcode]
     if any(item["status"] == "rendered" for item in results):
         columns.append(r.c.artifactkey)
     rows: dict[int, dict[str, Any]] = {}
@@ -243,7 +243,11 @@ def ingest_result_batch(
             continue
         row = found
         view = RecipientView(
-            str(row["status"]), row["batchid"], row["providermessageid"], row.get("artifactkey")
+            str(row["status"]),
+            row["batchid"],
+            row["providermessageid"],
+            row.get("artifactkey"),
+            row["errorcode"],
         )
         decision = decide(view, item, batch_rowid)
         if decision.outcome is Outcome.APPLIED:

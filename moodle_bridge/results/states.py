@@ -93,10 +93,15 @@ NEVER_PROCESSED: Final = "never_processed"
 #: Closed statuses a provider's word can still overturn: a recipient cancelled (or given back
 #: to IOMAD) while its batch was in the cloud may have been sent before the cancel arrived.
 #: ``skipped`` recipients were never handed to anyone, so nothing can be reported for them.
-#: Only a recipient closed before the provider's word about it arrived can be reopened: one that
-#: already has a provider message id was closed knowing that send (sent, then rejected, then
-#: given back to IOMAD), so a replay of that send's results is old news (``reopens_on_send``).
+#: Only a recipient the bridge closed on its own can be reopened (``reopens_on_send``).
 SENDABLE_AFTER_CLOSE: Final = frozenset({CANCELLED, RESTORED})
+#: Error codes the bridge writes when it closes a recipient without the cloud's word on that
+#: attempt, while the cloud may still hold it: a cancel racing a submitter that holds its batch
+#: (job control), a batch the queue may have accepted though the bridge saw no answer (outbox).
+#: A recipient closed on the cloud's word (a failure, the sender's own cancel, a never-processed
+#: closing record) or one that already has a message id (sent, then rejected, then given back)
+#: is not reopened by a later or replayed report: that would contradict what the cloud said.
+CLOSED_BY_BRIDGE_CODES: Final = frozenset({"job_cancelled", "submit_abandoned"})
 
 DISPATCH_RESULTS: Final = frozenset({"sent", "failed", "retrying", "rendered"})
 EVENT_RESULTS: Final = frozenset({"delivered", "bounced", "complained", "rejected"})
@@ -119,11 +124,16 @@ class RecipientView:
     batchid: int | None
     providermessageid: str | None
     artifactkey: str | None = None
+    errorcode: str | None = None
 
 
 def reopens_on_send(view: RecipientView) -> bool:
     """A provider's word that it sent the mail reopens this closed recipient (see above)."""
-    return view.status in SENDABLE_AFTER_CLOSE and view.providermessageid is None
+    return (
+        view.status in SENDABLE_AFTER_CLOSE
+        and view.providermessageid is None
+        and view.errorcode in CLOSED_BY_BRIDGE_CODES
+    )
 
 
 @dataclass(frozen=True)
