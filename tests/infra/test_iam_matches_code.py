@@ -83,7 +83,7 @@ S3_PREFIXES: dict[str, dict[str, set[str]]] = {
 }
 #: (module, literal prefix of an object key it builds) for the renderer's S3 prefixes.
 RENDERER_KEY_LITERALS = {
-    ("lambdas/certificates/template.py", "templates/company-"),
+    ("certificate_render/template.py", "templates/company-"),
     ("lambdas/certificates/processor.py", "certificates/company-"),
 }
 
