@@ -714,6 +714,8 @@ def certificates_page(request: Request) -> Response:
         more=more,
         next_after=rows[-1].id if rows and more else None,
         configured=bool(state.certificate_store or state.config.aws.content_bucket),
+        msg=request.query_params.get("msg", ""),
+        err=request.query_params.get("err", ""),
     )
 
 

@@ -55,7 +55,8 @@ def revocable(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
             Item={"id": {"S": f"cert#{CODE}"}, **record_item(c1, str(job), str(rid), key, data)},
         )
         with Served(engine, world) as served:
-            served.server.config.app.state.dashboard.verification_records = CertificateRecords(db, TABLE)
+            app: Any = served.server.config.app
+            app.state.dashboard.verification_records = CertificateRecords(db, TABLE)
             yield served, job, db
     engine.dispose()
 
@@ -102,6 +103,14 @@ def test_a_company_manager_revokes_and_reinstates_with_a_reason(browser: Any, re
         ("certificate_revoked", "issued in error"), ("certificate_reinstated", "confirmed by HR")
     ]  # fmt: skip
     assert all(r.actor.startswith("dashboard:") for r in rows)
+    # The cloud no longer holds the record: the page says so and nothing changes.
+    db.delete_item(TableName=TABLE, Key={"id": {"S": f"cert#{CODE}"}})
+    page.get_by_placeholder("reason").fill("again")
+    page.get_by_role("button", name=re.compile("^Revoke")).click()
+    page.wait_for_url(re.compile(r"/certificates\?err="))
+    assert page.get_by_text(f"the cloud holds no verification record {CODE} for company {c1}").is_visible()
+    with served.engine.connect() as conn:
+        assert conn.execute(sa.select(w.tables.certificates.c.timerevoked)).scalar_one() is None
 
 
 def test_a_department_manager_sees_no_form_and_a_forged_post_changes_nothing(
