@@ -16,6 +16,7 @@ from infra.constructs.queues import OffloadQueues
 from infra.constructs.storage import (
     CERTIFICATES_PREFIX,
     CONTENTS_PREFIX,
+    TEMPLATES_PREFIX,
     CertificateStorage,
     HmacKeys,
     IdempotencyTable,
@@ -33,6 +34,12 @@ UNSUBSCRIBE_PATH = "/v1/unsubscribe"
 BRIDGE_TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem")
 BRIDGE_TABLE_KEYS = ("cancel#*", "send#c*")
 BRIDGE_SES_ACTIONS = ("ses:GetEmailIdentity",)
+#: Revocation (moodle_bridge/transports/certificate_records.py): a conditional update of the
+#: verification records only (tests/infra/test_bridge_policy.py derives both from that module).
+BRIDGE_CERTIFICATE_ACTIONS = ("dynamodb:UpdateItem",)
+BRIDGE_CERTIFICATE_KEYS = ("cert#*",)
+#: `certificates template set|show|preview` read and write the templates the renderer reads.
+BRIDGE_TEMPLATE_ACTIONS = ("s3:GetObject", "s3:PutObject")
 
 
 def envelope_model_schema() -> apigw.JsonSchema:
@@ -165,7 +172,7 @@ class OffloadApi(Construct):
         """Per-client throttling of the public routes (the stage throttle is shared by everyone).
 
         One rate-based rule: a source address that sends more than ``public_waf_limit_per_5min``
-        verify or unsubscribe requests in 5 minutes is blocked (403) until it slows down; other
+        verify or unsubscribe requests in 5 minutes is answered 429 until it slows down; other
         clients are unaffected. The signed intake is left to IAM and the stage throttle."""
 
         def starts_with(path: str) -> wafv2.CfnWebACL.StatementProperty:
@@ -195,7 +202,11 @@ class OffloadApi(Construct):
                 wafv2.CfnWebACL.RuleProperty(
                     name="PublicRoutesPerClient",
                     priority=0,
-                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    action=wafv2.CfnWebACL.RuleActionProperty(
+                        block=wafv2.CfnWebACL.BlockActionProperty(
+                            custom_response=wafv2.CfnWebACL.CustomResponseProperty(response_code=429)
+                        )
+                    ),
                     statement=wafv2.CfnWebACL.StatementProperty(
                         rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
                             aggregate_key_type="IP",
@@ -380,6 +391,11 @@ class BridgeAccess(Construct):
                 actions=["s3:GetObject"],
                 resources=[f"{bucket_arn}/{CERTIFICATES_PREFIX}*"],
             ),
+            iam.PolicyStatement(
+                sid="CertificateTemplates",
+                actions=list(BRIDGE_TEMPLATE_ACTIONS),
+                resources=[f"{bucket_arn}/{TEMPLATES_PREFIX}*"],
+            ),
         ]
         if table is not None:
             # Job control and deadline reconciliation (moodle_bridge/transports/cloud_records.py):
@@ -392,6 +408,18 @@ class BridgeAccess(Construct):
                     actions=list(BRIDGE_TABLE_ACTIONS),
                     resources=[table.table.table_arn],
                     conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_TABLE_KEYS)}},
+                )
+            )
+            # Certificate revocation: only verification records, only UpdateItem (conditional on the
+            # record existing and belonging to the company, so nothing is created).
+            statements.append(
+                iam.PolicyStatement(
+                    sid="RevokeCertificates",
+                    actions=list(BRIDGE_CERTIFICATE_ACTIONS),
+                    resources=[table.table.table_arn],
+                    conditions={
+                        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_CERTIFICATE_KEYS)}
+                    },
                 )
             )
         # `company set --sender-address` asks SES whether the address (or its domain) is a verified
@@ -420,7 +448,7 @@ class BridgeAccess(Construct):
             reason="The bridge reads (never changes) whether a sender address or its domain is a verified "
             "identity; the address is the admin's input, so no narrower resource is known in advance.",
         )
-        for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX):
+        for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX, TEMPLATES_PREFIX):
             acknowledge(
                 self.policy,
                 id=f"AwsSolutions-IAM5[Resource::{bucket_token}/{prefix}*]",

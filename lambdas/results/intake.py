@@ -7,7 +7,9 @@
   in the learner's language for browsers (the QR code), JSON for ``Accept: application/json``
   or ``?format=json``; a revoked certificate answers ``valid: false`` with ``revoked_at``. Codes
   carry at least 60 bits (12 of 36 characters); every wrong code counts against the caller's
-  address, and past ``VERIFY_FAILURES_PER_WINDOW`` in a window that caller gets 429, not everyone.
+  address, and past ``VERIFY_FAILURES_PER_WINDOW`` in a window that caller gets 429, not everyone;
+  every request (right code or wrong) counts too, and past ``VERIFY_REQUESTS_PER_WINDOW`` a minute
+  that caller gets 429 as well.
 * ``POST /v1/unsubscribe/{token}``: RFC 8058 one-click unsubscribe. The token is signed and bound
   to (company, recipient, campaign) (``offload_contract.unsubscribe``); only a genuine token
   records anything, under ``unsub#c<company>#<campaign>#<recipient>``.
@@ -24,6 +26,7 @@ from typing import Any
 from lambdas.certificates import verification
 from lambdas.common.idempotency import IdempotencyStore
 from offload_contract import ContractError, decode_message, encode_message, validate
+from offload_contract.cloud_keys import verification_key
 from offload_contract.limits import SQS_HEADROOM_BYTES, SQS_MAX_MESSAGE_BYTES
 from offload_contract.signing import SignatureError, Verifier
 from offload_contract.unsubscribe import TokenError, verify_token
@@ -33,6 +36,10 @@ CODE = re.compile(r"^[A-Z0-9]{12,32}$")
 #: Wrong verification codes one source address may try per window before it gets 429.
 VERIFY_FAILURES_PER_WINDOW = 20
 VERIFY_WINDOW_SECONDS = 600
+#: Verify requests (page or JSON, right or wrong code) one source address may make per window:
+#: a fixed-window counter per client in the table, so one client's flood answers 429 to it alone.
+VERIFY_REQUESTS_PER_WINDOW = 60
+VERIFY_REQUEST_WINDOW_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -89,11 +96,19 @@ class Intake:
         window = int(self.clock()) // VERIFY_WINDOW_SECONDS
         return f"vfail#{source or 'unknown'}#{window}"
 
+    def _over_request_limit(self, source: str) -> bool:
+        """Count this request against its client's window; True past the limit."""
+        window = int(self.clock()) // VERIFY_REQUEST_WINDOW_SECONDS
+        count = self.store.add_failure(f"vreq#{source or 'unknown'}#{window}", VERIFY_REQUEST_WINDOW_SECONDS)
+        return count > VERIFY_REQUESTS_PER_WINDOW
+
     def verify_certificate(self, code: str, source: str = "") -> Answer:
+        if self._over_request_limit(source):
+            return Answer(429, {"error": "too_many_requests"})
         failures = self._failure_key(source)
         if self.store.failures(failures) >= VERIFY_FAILURES_PER_WINDOW:
             return Answer(429, {"error": "too_many_wrong_codes"})
-        item = self.store.get_item(f"cert#{code}") if CODE.match(code) else None
+        item = self.store.get_item(verification_key(code)) if CODE.match(code) else None
         if item is None:
             self.store.add_failure(failures, VERIFY_WINDOW_SECONDS)
             return Answer(404, {"valid": False})
@@ -101,11 +116,14 @@ class Intake:
 
     def verify_page(self, code: str, accept_language: str = "", source: str = "") -> tuple[int, str]:
         """The human verify page (HTML) and its status: 200 valid or revoked, 404 unknown, 429 when
-        this caller has guessed too many wrong codes (the same count as the JSON answer)."""
+        this caller has guessed too many wrong codes (the same count as the JSON answer) or made too
+        many requests in the last window."""
+        if self._over_request_limit(source):
+            return 429, verification.page(code, None, accept_language)
         failures = self._failure_key(source)
         if self.store.failures(failures) >= VERIFY_FAILURES_PER_WINDOW:
             return 429, verification.page(code, None, accept_language)
-        item = self.store.get_item(f"cert#{code}") if CODE.match(code) else None
+        item = self.store.get_item(verification_key(code)) if CODE.match(code) else None
         if item is None:
             self.store.add_failure(failures, VERIFY_WINDOW_SECONDS)
         return (404 if item is None else 200), verification.page(code, item, accept_language)

@@ -470,7 +470,7 @@ def test_public_routes_are_throttled_per_client_by_a_waf_rate_rule(dev: Synth, c
     (acl,) = dev.resources("AWS::WAFv2::WebACL").values()
     (rule,) = acl["Properties"]["Rules"]
     rate = rule["Statement"]["RateBasedStatement"]
-    assert rule["Action"] == {"Block": {}}
+    assert rule["Action"] == {"Block": {"CustomResponse": {"ResponseCode": 429}}}
     assert rate["AggregateKeyType"] == "IP" and rate["Limit"] == config.public_waf_limit_per_5min
     paths = {
         s["ByteMatchStatement"]["SearchString"]
