@@ -110,6 +110,7 @@ class OffloadApi(Construct):
                     for path, method in (
                         (f"{VERIFY_PATH}/{{code}}", "GET"),
                         (f"{UNSUBSCRIBE_PATH}/{{token}}", "POST"),
+                        (f"{UNSUBSCRIBE_PATH}/{{token}}", "GET"),
                     )
                 },
             ),
