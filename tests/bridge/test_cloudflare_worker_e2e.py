@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -26,6 +27,7 @@ from moodle_bridge.transports.capabilities import WorkerCheck
 from moodle_bridge.transports.targets import WorkerSubmitter, worker_base_url
 from offload_contract import validate
 from offload_contract.signing import decode_root_secret, generate_root_secret
+from offload_contract.unsubscribe import campaign_for_job, make_token, page, page_security_policy
 from tests.bridge.conftest import make_config
 from tests.bridge.iomad_world import IomadWorld
 
@@ -215,3 +217,62 @@ def test_list_templates_are_rendered_by_the_bridge_for_the_worker(
     # Rendered by the bridge exactly as the AWS sender renders: HTML escaped, subject not.
     assert html == "<p>Dear Ann &lt;b&gt;, Safety &amp; Health starts soon.</p>"
     assert worker_dev.subject_to(ann) == "Hello Ann <b>"
+
+
+def test_an_unsubscribe_on_the_worker_reaches_the_bridge_with_the_next_tick(
+    worker_dev: WorkerDev, bridge_engine, db_url, repo
+) -> None:
+    """A link the bridge signed, opened on the real Worker: the page is the AWS page byte for byte
+    and records nothing; the confirmed POST is kept for the bridge (the Worker never sent this job,
+    so it has no route to call back), and one tick puts the address in the company's suppression
+    list for campaign mail, leaving the recipient's delivery status alone."""
+    world = IomadWorld.create(bridge_engine)
+    world.add_company(2)
+    address = f"quits.{int(time.time() * 1000)}@example.com"
+    now = int(time.time())
+    with bridge_engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(2, cloudenabled=True, provider="cloudflare"), "test")
+        stamps = {"timecreated": now, "timemodified": now}
+        jobid = conn.execute(
+            T.jobs.insert().values(
+                companyid=2, jobtype="email", source="campaign", provider="cloudflare", category="campaign",
+                status="completed", recipientstotal=1, recipientssent=1, **stamps,
+            )
+        ).inserted_primary_key[0]  # fmt: skip
+        rid = conn.execute(
+            T.recipients.insert().values(
+                jobid=jobid, companyid=2, userid=10, role="user", address=address, dedupekey="u10",
+                status="sent", attempts=1, **stamps,
+            )
+        ).inserted_primary_key[0]  # fmt: skip
+    token = make_token(decode_root_secret(ROOT), "k1", 2, str(rid), campaign_for_job(int(jobid)))
+    link = f"{worker_dev.base_url}/v1/unsubscribe/{token}"
+
+    shown = httpx.get(link, headers={"Accept": "text/html"}, timeout=30)
+    assert (shown.status_code, shown.text) == (200, page("confirm"))
+    assert shown.headers["content-security-policy"] == page_security_policy()
+    *rest, tag = token.split(".")
+    other_tag = ("B" if tag[0] == "A" else "A") + tag[1:]
+    forged_link = f"{worker_dev.base_url}/v1/unsubscribe/{'.'.join([*rest, other_tag])}"
+    forged = httpx.post(forged_link, content=b"List-Unsubscribe=One-Click", timeout=30)
+    assert (forged.status_code, forged.json()) == (404, {"error": "unknown_token"})
+    clicked = httpx.post(
+        link,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert (clicked.status_code, clicked.json()) == (200, {"unsubscribed": True})
+
+    config = replace(
+        make_config(db_url), keys=KEYS, cloudflare=CloudflareConfig(intake_url=worker_dev.base_url)
+    )
+    report = run_tick(bridge_engine, config, claim=False, submitters=build_submitters(config))
+    assert report.reconciled is not None
+    s, r = T.suppressions, T.recipients
+    with bridge_engine.connect() as conn:
+        assert conn.execute(sa.select(s.c.companyid, s.c.address, s.c.reason)).all() == [
+            (2, address, "unsubscribe")
+        ]
+        assert conn.execute(sa.select(r.c.status).where(r.c.id == rid)).scalar() == "sent"
