@@ -236,13 +236,13 @@ def _campaign_recipient(engine: sa.Engine, repo: Any, company: int) -> tuple[int
                 companyid=company, jobtype="email", source="campaign", provider="cloudflare",
                 category="campaign", status="completed", recipientstotal=1, recipientssent=1, **stamps,
             )
-        ).inserted_primary_key[0]  # fmt: skip
+        ).inserted_primary_key[0]  # type: ignore[index]  # fmt: skip
         rid = conn.execute(
             T.recipients.insert().values(
                 jobid=jobid, companyid=company, userid=10, role="user", address=address, dedupekey="u10",
                 status="sent", attempts=1, **stamps,
             )
-        ).inserted_primary_key[0]  # fmt: skip
+        ).inserted_primary_key[0]  # type: ignore[index]  # fmt: skip
     token = make_token(decode_root_secret(ROOT), "k1", company, str(rid), campaign_for_job(int(jobid)))
     return int(rid), address, token
 
