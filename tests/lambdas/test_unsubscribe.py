@@ -129,3 +129,24 @@ def test_a_results_queue_that_refuses_the_report_gets_503_and_nothing_is_recorde
     response = request("POST", V["token"], html=True)
     assert (response["statusCode"], response["body"]) == (503, page("unavailable"))
     assert unsub_items(configured) == []
+
+
+def test_in_push_mode_a_report_without_a_route_fails_in_the_dispatcher_so_it_goes_to_the_dlq(
+    configured: Aws,
+) -> None:
+    """No route (a link clicked after the job's route expired): the dispatcher refuses the message,
+    SQS redrives it to the results DLQ, and the bridge's tick drains the DLQ in push mode."""
+    from lambdas.handlers import callback_dispatcher
+    from tests.lambdas.conftest import sqs_event
+
+    callback_dispatcher.dispatcher.cache_clear()
+    assert one_click(V["token"]) == (200, {"unsubscribed": True})
+    [message] = configured.drain(configured.results_url)
+    event = sqs_event(message["Body"], source_arn="arn:aws:sqs:eu-west-1:123456789012:offload-results")
+    event["Records"][0]["messageAttributes"] = {
+        name: {"stringValue": value["StringValue"], "dataType": "String"}
+        for name, value in message["MessageAttributes"].items()
+    }
+    assert callback_dispatcher.handler(event, FakeContext()) == {
+        "batchItemFailures": [{"itemIdentifier": "m-0"}]
+    }
