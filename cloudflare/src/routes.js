@@ -4,7 +4,8 @@
 //   POST /v1/results/pull              signed: results kept for the bridge (pull mode, DLQ)
 //   POST /v1/events/ses                SES events via an EventBridge API destination (bearer token)
 //   POST /v1/events/sendgrid           SendGrid Event Webhook (ECDSA signature)
-//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS
+//   GET  /v1/unsubscribe/{token}       public: the unsubscribe page (a confirm button), as on AWS
+//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js)
 //   GET  /v1/certificates/verify/{code} public: as on AWS (404 until the Worker renders certificates);
 //                                      throttled per client address (VERIFY_LIMITER, 429)
 
@@ -14,9 +15,9 @@ import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResp
 import { ProviderConfigError, buildProvider, providerRouting } from "./providers.js";
 import { PULL_PATH, pullResults } from "./results.js";
 import { constantTimeEqual } from "./signing.js";
+import { UNSUBSCRIBE_PATH, handleUnsubscribe } from "./unsubscribe.js";
 
 export const CAPABILITIES_PATH = "/v1/capabilities";
-const TOKEN = /^[A-Za-z0-9_-]{16,256}$/;
 const CODE = /^[A-Z0-9]{8,32}$/;
 const EVENT_BODY_LIMIT = 1_048_576;
 
@@ -123,14 +124,8 @@ export async function handleRoute(request, env, { processors } = {}) {
       const counts = await applyEvents(env, parsed.map(normaliseSendgridEvent));
       return jsonResponse(200, counts);
     }
-    const unsubscribe = /^\/v1\/unsubscribe\/([^/]+)$/.exec(pathname);
-    if (unsubscribe) {
-      if (request.method !== "POST") return methodNotAllowed("POST");
-      const token = unsubscribe[1];
-      if (!TOKEN.test(token)) return jsonResponse(404, { error: "unknown_token" });
-      await publicRecords(env).unsubscribe(token);
-      return jsonResponse(200, { unsubscribed: true });
-    }
+    const unsubscribe = UNSUBSCRIBE_PATH.exec(pathname);
+    if (unsubscribe) return await handleUnsubscribe(request, env, unsubscribe[1]);
     const verify = /^\/v1\/certificates\/verify\/([^/]+)$/.exec(pathname);
     if (verify) {
       if (request.method !== "GET") return methodNotAllowed("GET");

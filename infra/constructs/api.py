@@ -117,6 +117,7 @@ class OffloadApi(Construct):
                     for path, method in (
                         (f"{VERIFY_PATH}/{{code}}", "GET"),
                         (f"{UNSUBSCRIBE_PATH}/{{token}}", "POST"),
+                        (f"{UNSUBSCRIBE_PATH}/{{token}}", "GET"),
                     )
                 },
             ),
@@ -154,16 +155,21 @@ class OffloadApi(Construct):
                 request_parameters={"method.request.path.code": True},
             )
         )
-        self.unsubscribe_method = (
-            v1.add_resource("unsubscribe")
-            .add_resource("{token}")
-            .add_method(
-                "POST",
-                integration,
-                authorization_type=apigw.AuthorizationType.NONE,
-                request_validator=params_validator,
-                request_parameters={"method.request.path.token": True},
-            )
+        unsubscribe = v1.add_resource("unsubscribe").add_resource("{token}")
+        self.unsubscribe_method = unsubscribe.add_method(
+            "POST",
+            integration,
+            authorization_type=apigw.AuthorizationType.NONE,
+            request_validator=params_validator,
+            request_parameters={"method.request.path.token": True},
+        )
+        # The human page (a confirm button; a GET changes nothing, since mail scanners fetch links).
+        self.unsubscribe_page_method = unsubscribe.add_method(
+            "GET",
+            integration,
+            authorization_type=apigw.AuthorizationType.NONE,
+            request_validator=params_validator,
+            request_parameters={"method.request.path.token": True},
         )
         self.web_acl = self._public_web_acl(config) if config.public_waf else None
         self._acknowledge(config)
@@ -330,6 +336,11 @@ class OffloadApi(Construct):
                 self.unsubscribe_method,
                 "RFC 8058 one-click unsubscribe is POSTed by mail clients without credentials; "
                 "the token is HMAC-signed and bound to company, recipient and campaign.",
+            ),
+            (
+                self.unsubscribe_page_method,
+                "The unsubscribe page is opened from a mail link without credentials; it only shows a "
+                "confirm button (a GET records nothing) and refuses tokens that are not HMAC-signed.",
             ),
         ):
             acknowledge(method, id="AwsSolutions-APIG4", reason=why)

@@ -106,6 +106,11 @@ CLOSED_BY_BRIDGE_CODES: Final = frozenset({"job_cancelled", "submit_abandoned"})
 DISPATCH_RESULTS: Final = frozenset({"sent", "failed", "retrying", "rendered"})
 EVENT_RESULTS: Final = frozenset({"delivered", "bounced", "complained", "rejected"})
 
+#: A recipient confirmed the campaign's one-click unsubscribe (offload_contract/unsubscribe.py). It
+#: is about the address, not the message: ``decide_unsubscribe`` says what it does, ``decide`` never
+#: sees it, and the recipient's delivery status is left as it is.
+UNSUBSCRIBED: Final = "unsubscribed"
+
 #: Provider-event precedence: a later event only moves a recipient "up" this ladder.
 _EVENT_RANK: Final = {SENT: 1, RENDERED: 1, DELIVERED: 2, BOUNCED: 3, COMPLAINED: 4}
 
@@ -232,6 +237,19 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
             return Decision(Outcome.DUPLICATE)
         return Decision(Outcome.IGNORED, "conflicts_with_" + current)
     return Decision(Outcome.IGNORED, "unknown_status")  # pragma: no cover - the schema forbids it
+
+
+def decide_unsubscribe(job_category: str, suppressed_as: str | None) -> Decision:
+    """What an ``unsubscribed`` result does. It never changes the recipient row: it is *applied* by
+    suppressing the address for the company's campaign mail (reason ``unsubscribe``), a
+    *duplicate* when the address is already suppressed (for any reason: a bounce or complaint
+    already stops everything), and *ignored* for a job that is not campaign mail (only campaign
+    jobs carry unsubscribe links, so a transactional job can never be the source)."""
+    if job_category != "campaign":
+        return Decision(Outcome.IGNORED, "not_campaign")
+    if suppressed_as is not None:
+        return Decision(Outcome.DUPLICATE)
+    return Decision(Outcome.APPLIED)
 
 
 def _decide_event(
