@@ -3,7 +3,7 @@
 The Worker's renderer module (cloudflare/src/certificate-renderer.js: pdf-lib, @pdf-lib/fontkit
 subset fonts, qrcode-generator) runs under Node via cloudflare/scripts/render-certificate.mjs
 (V8, the engine workerd embeds; Node's own CPU counters, user + system). The Lambda renderer
-(lambdas/certificates) renders the same recipient with the same default template in this
+(certificate_render) renders the same recipient with the same default template in this
 process. Rounds alternate between the two so both see the same machine; the least disturbed
 round of each is kept. Only the scripts the Worker draws (Latin, Greek, Cyrillic) are measured:
 the others stay with IOMAD on the Cloudflare path (docs/cloudflare.md, the script rule).
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, environment
-from lambdas.certificates.fonts import FontLibrary
-from lambdas.certificates.renderer import render_certificate
-from lambdas.certificates.template import default_template
+from certificate_render.fonts import FontLibrary
+from certificate_render.renderer import render_certificate
+from certificate_render.template import default_template
 
 WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "cloudflare" / "scripts" / "render-certificate.mjs"
 VERIFY = "https://offload.example/v1/certificates/verify/AB12CD34EF"

@@ -16,7 +16,7 @@ import { CertificateDataError, CertificateFonts, parseTemplate, renderCertificat
 import { RENDERER_ASSETS, assetPath } from "./renderer-assets.mjs";
 
 const asset = (key) => new Uint8Array(readFileSync(assetPath(RENDERER_ASSETS[key])));
-const DEFAULT_TEMPLATE = JSON.parse(readFileSync(assetPath("../lambdas/certificates/templates/default.json"), "utf-8"));
+const DEFAULT_TEMPLATE = JSON.parse(readFileSync(assetPath("../certificate_render/templates/default.json"), "utf-8"));
 
 function load(jobPath) {
   const job = JSON.parse(readFileSync(jobPath, "utf-8"));

@@ -6,7 +6,7 @@
 //   node scripts/renderer-assets.mjs --local --persist-to <state>   # wrangler dev's local R2
 //
 // The fonts are built by `make setup` (scripts/build_certificate_fonts.py) from Debian's Noto
-// packages into lambdas/certificates/fonts/, the same files the Lambda ships.
+// packages into certificate_render/fonts/, the same files the Lambda ships.
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -15,9 +15,9 @@ export const BUCKET = "mrco-offload";
 
 /** R2 key -> file (relative to cloudflare/). Keys match FONT_KEYS and DEFAULT_IMAGE_PREFIX in src/certificates.js. */
 export const RENDERER_ASSETS = Object.freeze({
-  "renderer/fonts/latin-Regular.ttf": "../lambdas/certificates/fonts/latin-Regular.ttf",
-  "renderer/fonts/latin-Bold.ttf": "../lambdas/certificates/fonts/latin-Bold.ttf",
-  "renderer/templates/default-logo.png": "../lambdas/certificates/templates/default-logo.png",
+  "renderer/fonts/latin-Regular.ttf": "../certificate_render/fonts/latin-Regular.ttf",
+  "renderer/fonts/latin-Bold.ttf": "../certificate_render/fonts/latin-Bold.ttf",
+  "renderer/templates/default-logo.png": "../certificate_render/templates/default-logo.png",
 });
 
 export function assetPath(file) {

@@ -1,5 +1,5 @@
 // One certificate PDF from a template JSON and a learner's data: the Worker's counterpart of
-// lambdas/certificates/renderer.py, drawing the same design from the same template document
+// certificate_render/renderer.py, drawing the same design from the same template document
 // (layout in millimetres from the top left; text fitted to its box by the same rules: one
 // line, shrunk by at most 20 %, else wrapped, down to min_size).
 //

@@ -28,7 +28,7 @@ import {
 } from "./certificate-renderer.js";
 import { publishResults } from "./results.js";
 import { sha256Hex } from "./signing.js";
-import defaultTemplateDocument from "../../lambdas/certificates/templates/default.json";
+import defaultTemplateDocument from "../../certificate_render/templates/default.json";
 
 export const LEASE_SECONDS = 120;
 /**

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from lambdas.certificates.fonts import font_library
-from lambdas.certificates.renderer import render_certificate
-from lambdas.certificates.template import default_document, default_template, parse_template
+from certificate_render.fonts import font_library
+from certificate_render.renderer import render_certificate
+from certificate_render.template import default_document, default_template, parse_template
 
 WORKER_DIR = Path(__file__).resolve().parents[2] / "cloudflare"
 SCRIPT = WORKER_DIR / "scripts" / "render-certificate.mjs"
