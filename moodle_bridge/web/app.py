@@ -55,6 +55,7 @@ from moodle_bridge.results.switches import CloudNotice, change_company, switch_g
 from moodle_bridge.storage import audit, certificate_repo
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.dash_sessions import purge_sessions
 from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
@@ -71,7 +72,6 @@ from moodle_bridge.web.auth import (
     create_session,
     end_session,
     load_session,
-    purge_sessions,
     refresh_session,
 )
 from moodle_bridge.web.certificates import (
