@@ -719,7 +719,8 @@ def run_cloudflare(args: argparse.Namespace) -> int:
             "SEAL_KEYSETS": json.dumps({"current": SEAL_KEYSET, "keysets": {SEAL_KEYSET: seal_root}}),
         }
         try:
-            dev_context = wrangler_dev(output / "worker", keysets, variables)
+            # The certificate renderer's fonts and logo go into the local R2 first, as at deploy time.
+            dev_context = wrangler_dev(output / "worker", keysets, variables, renderer_assets=True)
             dev = dev_context.__enter__()
         except WranglerUnavailable as exc:
             raise SystemExit(f"demo: {exc}") from None
@@ -751,11 +752,7 @@ def run_cloudflare(args: argparse.Namespace) -> int:
                 run_cli("migrate")
                 routing = ["company", "set", str(CLOUD_COMPANY), "--cloud", "on", "--provider", "cloudflare"]
                 routing += ["--emails", "on", "--threshold", "1", "--fallback", "on"]
-                if moodle_offload([*routing, "--certificates", "on"]) != 1:
-                    raise SystemExit(
-                        "demo: the bridge routed certificates to a Worker that cannot render them"
-                    )
-                run_cli(*routing, "--certificates", "off")
+                run_cli(*routing, "--certificates", "on")
                 run_cli("company", "set", str(LOCAL_COMPANY), "--cloud", "off")
                 run_cli("company", "global", "on")
                 with callback_receiver(env, port, output / "receiver.log"):
