@@ -258,7 +258,8 @@ def test_admin_pages_screenshots_and_accessibility(browser: Any, served: Served)
     audit_page.goto(link)
     audit_page.wait_for_url(re.compile(r"/$"))
     problems = {}
-    for path in ("/", f"/jobs/{w.jobs['done']}", "/settings?company=1", "/suppressions", "/audit"):
+    pages = ("/", f"/jobs/{w.jobs['done']}", "/settings?company=1", "/suppressions", "/audit", "/campaigns")
+    for path in (*pages, "/campaigns/new"):
         audit_page.goto(served.url + path)
         audit_page.add_script_tag(path=str(AXE))
         result = audit_page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
