@@ -51,9 +51,7 @@ def _campaign(site: Site, campaign_id: int) -> Any:
         return CampaignRepo(site.world.tables).get(conn, campaign_id)
 
 
-@pytest.fixture
-def cloud_site(site: Site) -> Site:
-    """Both companies routed to the cloud, with what a campaign job needs to be built."""
+def _route_to_cloud(site: Site) -> Site:
     repo = BridgeRepo(site.world.tables)
     with site.engine.begin() as conn:
         repo.set_offload_enabled(conn, True)
@@ -62,6 +60,29 @@ def cloud_site(site: Site) -> Site:
     state = site.app.state.dashboard
     state.config = with_campaign_sending(state.config)
     return site
+
+
+@pytest.fixture
+def cloud_site(site: Site) -> Site:
+    """Both companies routed to the cloud, with what a campaign job needs to be built (SQLite)."""
+    return _route_to_cloud(site)
+
+
+def test_run_now_and_the_cycle_figures_on_every_engine(site_on: Site) -> None:
+    """The campaign pages' own SQL (the per-cycle figures) on SQLite, MariaDB and PostgreSQL."""
+    site = _route_to_cloud(site_on)
+    w = site.world
+    c1 = w.companies[0]
+    manager = site.signed_in(w.managers[c1], c1)
+    campaign = _create(manager, every_days="0", max_reminders="1")
+    assert manager.post(f"/campaigns/{campaign}/run-now", data={"csrf": _csrf(manager)}).status_code == 303
+    members = len(w.learners[c1]) + 2
+    with site.engine.connect() as conn:
+        (figures,) = CampaignRepo(w.tables).cycles(conn, campaign)
+    assert (figures.cycle, figures.users, figures.recipients, figures.sent) == (0, members, members, 0)
+    assert [status for _, status in figures.jobs] == ["pending"]
+    page = manager.get(f"/campaigns/{campaign}")
+    assert '<tr data-cycle="0">' in page.text and ">0 users<" in page.text
 
 
 def _create(client: TestClient, **changes: str) -> int:
