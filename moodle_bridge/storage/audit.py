@@ -50,6 +50,10 @@ CAMPAIGN_CREATED: Final = "campaign_created"
 CAMPAIGN_PAUSED: Final = "campaign_paused"
 CAMPAIGN_RESUMED: Final = "campaign_resumed"
 CAMPAIGN_RUN: Final = "campaign_run"
+SCHEDULE_CREATED: Final = "schedule_created"
+SCHEDULE_PAUSED: Final = "schedule_paused"
+SCHEDULE_RESUMED: Final = "schedule_resumed"
+SCHEDULE_RUN: Final = "schedule_run"
 
 
 def _clean(value: Any) -> Any:
