@@ -363,7 +363,7 @@ def test_the_service_loop_fires_due_schedules(site: Site, bridge) -> None:
     from moodle_bridge.service import Service
 
     people(site)
-    repo, engine = bridge["repo"], site.engine
+    engine = site.engine
     create(bridge, engine)
     service = Service(
         engine,
@@ -389,3 +389,102 @@ def test_preview_shows_what_would_be_sent_and_sends_nothing(site: Site, bridge) 
     assert jobs_of(engine, repo) == []
     with engine.connect() as conn:
         assert ScheduleRepo(repo.t).runs(conn, sid) == []
+
+
+def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkeypatch, capsys, aws) -> None:
+    import boto3
+
+    from moodle_bridge.cli import main
+    from tests.bridge.conftest import PASSWORD_KEY
+
+    url = f"sqlite:///{tmp_path / 'moodle.sqlite3'}"
+    site = Site(sa.create_engine(url))
+    people(site)
+    meta = sa.MetaData()
+    plugin = sa.Table(
+        "mdl_manireports_schedules",
+        meta,
+        sa.Column("id", ID, primary_key=True, autoincrement=True),
+        sa.Column("userid", sa.BigInteger, nullable=False, server_default="2"),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("reporttype", sa.String(100), nullable=False),
+        sa.Column("format", sa.String(10), nullable=False, server_default="csv"),
+        sa.Column("frequency", sa.String(20), nullable=False, server_default="daily"),
+        sa.Column("enabled", sa.SmallInteger, nullable=False, server_default="1"),
+    )
+    meta.create_all(site.engine)
+    with site.engine.begin() as conn:
+        conn.execute(
+            plugin.insert(),
+            [
+                {"name": "Plugin completions", "reporttype": "course_completion"},
+                {"name": "SCORM", "reporttype": "scorm_summary"},
+            ],
+        )
+        conn.execute(site.t["company"].update().where(site.t["company"].c.id == 1).values(timezone="Asia/Tokyo"))
+    site.engine.dispose()
+    boto3.client("s3", region_name="eu-west-1").create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    for key, value in {
+        "MRCO_DATABASE_URL": url,
+        "MRCO_KEYSETS": "k1=" + "A" * 43,
+        "MRCO_KEYSET_CURRENT": "k1",
+        "MRCO_SENDER_ADDRESS": "noreply@example.com",
+        "MRCO_PASSWORD_KEY": PASSWORD_KEY,
+        "MRCO_JOBS_QUEUE_URL": aws["jobs"],
+        "MRCO_AWS_REGION": "eu-west-1",
+        "MRCO_CONTENT_BUCKET": BUCKET,
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert main(["migrate"]) == 0
+    assert main(["company", "set", "1", "--cloud", "on"]) == 0
+    assert main(["company", "global", "on"]) == 0
+    capsys.readouterr()
+    create_args = ["schedules", "create", "--company", "1", "--report", "completions", "--days", "3650"]
+    assert main([*create_args, "--name", "All completions", "--format", "xlsx", "--time", "06:30"]) == 0
+    out = capsys.readouterr().out
+    assert "schedule 1 created (active), daily at 06:30 Asia/Tokyo" in out  # the company's zone
+    assert main([*create_args, "--name", "x", "--timezone", "Mars/Base"]) == 1
+    assert "not an IANA time zone" in capsys.readouterr().err
+    assert main(["schedules", "create", "--company", "1", "--from-manireports", "2"]) == 1
+    assert "'scorm_summary' has no bridge report" in capsys.readouterr().err
+    assert main(["schedules", "create", "--company", "1", "--from-manireports", "1", "--action", "report"]) == 1
+    # The plugin row's action_type (default email) wins, and an email schedule needs a campaign.
+    assert "an email schedule needs --campaign" in capsys.readouterr().err
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE mdl_manireports_schedules SET action_type = 'report' WHERE id = 1"))
+    assert main(["schedules", "create", "--company", "1", "--from-manireports", "1"]) == 0
+    assert "schedule 2 created" in capsys.readouterr().out
+    assert main(["schedules", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "All completions" in out and "Plugin completions" in out
+    assert "manireports_schedules 2: SCORM (scorm_summary" in out
+
+    assert main(["schedules", "preview", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "would send now: 3 rows" in out and "recipients: 1" in out and "To: u30@example.com" in out
+    assert "Attachment: completions.xlsx: 3 rows" in out
+    assert main(["schedules", "run-now", "1"]) == 0
+    assert "queued, job 1 with 1 recipients (3 rows)" in capsys.readouterr().out
+    assert main(["schedules", "pause", "1"]) == 0
+    assert main(["schedules", "run-now", "1"]) == 1
+    assert "is paused" in capsys.readouterr().err
+    assert main(["schedules", "resume", "1"]) == 0
+    capsys.readouterr()
+    assert main(["schedules", "show", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "active" and shown["runs"][-1]["outcome"] == "queued"
+    with engine.connect() as conn:
+        actions = [a for (a,) in conn.execute(sa.text("SELECT action FROM mdl_mrcloud_audit_log ORDER BY id"))]
+        linked = conn.execute(sa.text("SELECT manireportsid, report FROM mdl_mrcloud_schedules WHERE id = 2")).one()
+    engine.dispose()
+    assert [a for a in actions if a.startswith("schedule")] == [
+        "schedule_created",
+        "schedule_created",
+        "schedule_run",
+        "schedule_paused",
+        "schedule_resumed",
+    ]
+    assert tuple(linked) == (1, "completions")
