@@ -13,8 +13,8 @@ from moodle_bridge.sources.schedules.timing import Recurrence, TimingError
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
 
 
-def utc(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp())
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp())
 
 
 def local(slot: int, zone: str = "America/New_York") -> str:
@@ -78,7 +78,7 @@ def test_each_recurrence_picks_its_days(
     frequency: str, start: dt.date, interval: int, expected: list[str]
 ) -> None:
     r = Recurrence(frequency, start, 9 * 60, "UTC", custom_interval=interval)
-    cursor, days = utc(2026, 1, 1) - 1, []
+    cursor, days = utc(2026, 1, 1) - 1, list[str]()
     while len(days) < 6:
         cursor = r.next_slot(cursor) or 0
         if cursor >= utc(2026, 5, 1) or frequency == "monthly":

@@ -124,7 +124,7 @@ def xlsx_text(body: bytes) -> str:
 
 def jobs_of(engine: sa.Engine, repo: Any) -> list[Any]:
     with engine.connect() as conn:
-        return conn.execute(sa.select(repo.t.jobs).order_by(repo.t.jobs.c.id)).all()
+        return list(conn.execute(sa.select(repo.t.jobs).order_by(repo.t.jobs.c.id)).all())
 
 
 def test_a_report_fires_once_per_slot_with_its_file_by_reference(site: Site, bridge, aws) -> None:
@@ -297,7 +297,7 @@ def test_an_email_schedule_runs_its_campaign_with_the_schedule_suppressions(site
     assert (run.slot, run.outcome, run.jobid) == (SLOT1, "queued", fired.jobid)
 
 
-REFUSED = [
+REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"action_type": "certificate"}, "certificate is not built yet"),
     ({"cloud_preference": "local"}, "local .* is not built yet"),
     ({"report": "everything"}, "report must be one of"),
@@ -421,7 +421,9 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
                 {"name": "SCORM", "reporttype": "scorm_summary"},
             ],
         )
-        conn.execute(site.t["company"].update().where(site.t["company"].c.id == 1).values(timezone="Asia/Tokyo"))
+        conn.execute(
+            site.t["company"].update().where(site.t["company"].c.id == 1).values(timezone="Asia/Tokyo")
+        )
     site.engine.dispose()
     boto3.client("s3", region_name="eu-west-1").create_bucket(
         Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
@@ -449,7 +451,9 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
     assert "not an IANA time zone" in capsys.readouterr().err
     assert main(["schedules", "create", "--company", "1", "--from-manireports", "2"]) == 1
     assert "'scorm_summary' has no bridge report" in capsys.readouterr().err
-    assert main(["schedules", "create", "--company", "1", "--from-manireports", "1", "--action", "report"]) == 1
+    assert (
+        main(["schedules", "create", "--company", "1", "--from-manireports", "1", "--action", "report"]) == 1
+    )
     # The plugin row's action_type (default email) wins, and an email schedule needs a campaign.
     assert "an email schedule needs --campaign" in capsys.readouterr().err
     engine = sa.create_engine(url)
@@ -477,8 +481,12 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "active" and shown["runs"][-1]["outcome"] == "queued"
     with engine.connect() as conn:
-        actions = [a for (a,) in conn.execute(sa.text("SELECT action FROM mdl_mrcloud_audit_log ORDER BY id"))]
-        linked = conn.execute(sa.text("SELECT manireportsid, report FROM mdl_mrcloud_schedules WHERE id = 2")).one()
+        actions = [
+            a for (a,) in conn.execute(sa.text("SELECT action FROM mdl_mrcloud_audit_log ORDER BY id"))
+        ]
+        linked = conn.execute(
+            sa.text("SELECT manireportsid, report FROM mdl_mrcloud_schedules WHERE id = 2")
+        ).one()
     engine.dispose()
     assert [a for a in actions if a.startswith("schedule")] == [
         "schedule_created",
