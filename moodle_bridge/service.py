@@ -8,7 +8,8 @@ claim pass every few seconds shrinks that window to seconds. Each pass:
    the full pass take Moodle's lock and claim (docs/sending.md, I1/I9);
 2. **outbox**: one statement for due batches; submits them when there are any;
 3. **reconcile** (results queue, overdue jobs, settling rows) and the secrets sweep, every
-   ``reconcile_every`` seconds rather than every pass.
+   ``reconcile_every`` seconds rather than every pass. On the same period, before the outbox,
+   due schedules fire (one indexed SELECT when none is due; docs/schedules.md).
 
 An idle pass is therefore two statements (measured by ``bench.tick_bench``). The signed
 callback receiver (``moodle_bridge.results.receiver.create_app``, mounted as is) runs in the

@@ -226,7 +226,7 @@ REPORT_BATCH: dict[str, Any] = {
                     "ref": {
                         "store": "s3",
                         "bucket": "offload-contents",
-                        "key": "reports/company-7/schedule-3/1780380000.xlsx",
+                        "key": "contents/company-7/schedule-3/1780380000.xlsx",
                         "sha256": "5" * 64,
                         "bytes": 5312,
                         "content_type": XLSX,

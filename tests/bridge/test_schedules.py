@@ -174,6 +174,14 @@ def test_a_report_fires_once_per_slot_with_its_file_by_reference(site: Site, bri
     assert len(json.dumps(batch)) < len(body) + 4000  # the file is named, never carried
     assert recipient["data"]["rows"] == 2
 
+    # Down for four days: the latest missed slot fires once, the three before it are skipped.
+    with engine.begin() as conn:  # as the first run left it (the stale-view check above reset it)
+        ScheduleRepo(repo.t).set_next(conn, sid, lastslot=SLOT1, nextrun=SLOT1 + DAY)
+    [late] = run_due(engine, repo, bridge["config"], at=SLOT1 + 4 * DAY + 60, upload=bridge["upload"])
+    assert (late.outcome, late.slot) == ("queued", SLOT1 + 4 * DAY)
+    assert "3 earlier missed slot(s) skipped" in late.notes[0]
+    assert run_due(engine, repo, bridge["config"], at=SLOT1 + 4 * DAY + 120, upload=bridge["upload"]) == []
+
 
 def test_dont_send_if_empty_routing_and_a_failing_bucket(site: Site, bridge) -> None:
     site.user(30, managertype=1, lastaccess=T0)
@@ -184,7 +192,7 @@ def test_dont_send_if_empty_routing_and_a_failing_bucket(site: Site, bridge) -> 
     assert reports_[empty].outcome == "empty" and reports_[empty].jobid is None
     assert reports_[sent_empty].outcome == "queued"
     csv_body = bridge["s3"].get_object(
-        Bucket=BUCKET, Key=f"reports/company-1/schedule-{sent_empty}/{SLOT1}.csv"
+        Bucket=BUCKET, Key=f"contents/company-1/schedule-{sent_empty}/{SLOT1}.csv"
     )
     assert csv_body["Body"].read().decode() == "user id,first name,last name,email,course,completed\r\n"
 
@@ -250,10 +258,11 @@ def test_the_other_reports_read_moodle_and_the_bridge(site: Site, bridge) -> Non
     assert runs[not_started].rows == 1 and runs[expiring].rows == 1
 
     def body(sid: int, slot: int = SLOT1) -> str:
-        key = f"reports/company-1/schedule-{sid}/{slot}.csv"
+        key = f"contents/company-1/schedule-{sid}/{slot}.csv"
         return str(bridge["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read().decode())
 
     assert "First14" in body(not_started) and "First10" not in body(not_started)
+    assert "2026-05-02 13:00" in body(not_started)  # enrolled T0 - 30 days, in London time
     assert "Safety seats" in body(expiring) and "First14" in body(expiring) and "Later" not in body(expiring)
 
     # The mail the offload sent: the two report jobs above, one manager each, as queued now.
@@ -310,10 +319,13 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"action_type": "email", "report": None, "campaignid": 99}, "campaign 99 does not exist"),
     ({"companyid": 9}, "company 9 has no settings"),
     ({"name": "  "}, "--name must not be empty"),
+    ({"companyid": 2}, "the Worker sends no attachments"),
 ]
 
 
 def test_a_schedule_that_cannot_run_is_refused_at_create_naming_the_field(site: Site, bridge) -> None:
+    with site.engine.begin() as conn:
+        bridge["repo"].save_settings(conn, CompanySettings(2, cloudenabled=True, provider="cloudflare"), "t")
     for changes, message in REFUSED:
         with pytest.raises(ScheduleError, match=message):
             create(bridge, site.engine, **changes)
@@ -496,3 +508,59 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
         "schedule_resumed",
     ]
     assert tuple(linked) == (1, "completions")
+
+
+def test_report_mail_skips_bounced_managers_but_not_campaign_unsubscribes(site: Site, bridge) -> None:
+    from moodle_bridge.results.suppression import record_suppressions
+
+    people(site)
+    site.user(31, managertype=1, lastaccess=T0)
+    repo, engine = bridge["repo"], site.engine
+    with engine.begin() as conn:
+        record_suppressions(
+            conn,
+            repo.t,
+            [(1, "u30@example.com", "bounce"), (1, "u31@example.com", "unsubscribe")],
+            source="t",
+            now=T0,
+        )
+    create(bridge, engine)
+    [fired] = run_due(engine, repo, bridge["config"], at=SLOT1, upload=bridge["upload"])
+    r = repo.t.recipients
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(r.c.address, r.c.status).where(r.c.jobid == fired.jobid).order_by(r.c.address)
+        )
+        assert [tuple(x) for x in rows] == [("u30@example.com", "skipped"), ("u31@example.com", "pending")]
+
+
+def test_a_report_over_the_row_cap_is_cut_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reports, "MAX_ROWS", 2)
+    table = reports._table(("n",), [(1,), (2,), (3,)])
+    assert table.truncated and reports.render(table, "csv").decode().splitlines() == [
+        "n",
+        "1",
+        "2",
+        "(cut at 2 rows)",
+    ]
+
+
+def test_the_zone_is_the_company_s_else_the_creator_s_else_the_site_s(site: Site) -> None:
+    from moodle_bridge.sources.schedules.runner import resolve_timezone
+
+    site.user(40, lastaccess=T0)
+    with site.engine.begin() as conn:
+        conn.execute(
+            site.t["user"].update().where(site.t["user"].c.id == 40).values(timezone="America/Chicago")
+        )
+        assert resolve_timezone(conn, "mdl_", site.iomad, 1, None) == "UTC"  # nothing set anywhere
+        conn.execute(site.t["config"].insert(), [{"name": "timezone", "value": "Europe/Madrid"}])
+        assert resolve_timezone(conn, "mdl_", site.iomad, 1, None) == "Europe/Madrid"
+        assert resolve_timezone(conn, "mdl_", site.iomad, 1, 40) == "America/Chicago"
+        conn.execute(site.t["config"].insert(), [{"name": "forcetimezone", "value": "Asia/Kolkata"}])
+        assert resolve_timezone(conn, "mdl_", site.iomad, 1, 40) == "Asia/Kolkata"
+        company = site.t["company"]
+        conn.execute(company.update().where(company.c.id == 1).values(timezone="Pacific/Auckland"))
+        assert resolve_timezone(conn, "mdl_", site.iomad, 1, 40) == "Pacific/Auckland"
+        conn.execute(company.update().where(company.c.id == 1).values(timezone="99"))
+        assert resolve_timezone(conn, "mdl_", site.iomad, 1, None) == "Europe/Madrid"

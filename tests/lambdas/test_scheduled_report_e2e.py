@@ -10,8 +10,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from lambdas.email.contents import ContentError, ObjectFetcher
 from lambdas.handlers import email_sender
 from moodle_bridge.commands.tick import attachment_uploader, build_submitters
 from moodle_bridge.config import AwsConfig
@@ -77,3 +79,9 @@ def test_a_scheduled_report_runs_end_to_end(aws: Aws, db_engine: sa.Engine, db_u
     stored = aws.s3.get_object(Bucket=ENV["CONTENT_BUCKET"], Key=attachment_key(row, SLOT1))["Body"].read()
     assert body == stored
     assert "First10" in xlsx_text(body) and "First11" in xlsx_text(body)
+
+    # The sender checks what it fetched: a file that is not the one the message names is refused.
+    altered = {**named["ref"], "sha256": "0" * 64}
+    with pytest.raises(ContentError) as refused:
+        ObjectFetcher(aws.s3, ENV["CONTENT_BUCKET"]).fetch(altered)
+    assert refused.value.code == "reference_mismatch"

@@ -298,7 +298,7 @@ def _report_data(
 
 
 def attachment_key(row: Any, slot: int) -> str:
-    return f"reports/company-{int(row.companyid)}/schedule-{int(row.id)}/{slot}.{row.format}"
+    return f"contents/company-{int(row.companyid)}/schedule-{int(row.id)}/{slot}.{row.format}"
 
 
 def _fire_report(
