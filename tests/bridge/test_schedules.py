@@ -564,3 +564,27 @@ def test_the_zone_is_the_company_s_else_the_creator_s_else_the_site_s(site: Site
         assert resolve_timezone(conn, "mdl_", site.iomad, 1, 40) == "Pacific/Auckland"
         conn.execute(company.update().where(company.c.id == 1).values(timezone="99"))
         assert resolve_timezone(conn, "mdl_", site.iomad, 1, None) == "Europe/Madrid"
+
+
+def test_the_tick_fires_due_schedules_before_its_outbox(site: Site, bridge) -> None:
+    import time
+
+    from moodle_bridge.commands.tick import run_tick
+
+    people(site)
+    now = int(time.time())
+    start = dt.datetime.fromtimestamp(now - 5 * DAY, dt.UTC).date().isoformat()
+    with site.engine.begin() as conn:
+        create_schedule(
+            conn,
+            bridge["repo"],
+            report_values(timezone="UTC", startdate=start, timeofday=0, reportdays=3650),
+            actor="test",
+            at=now - 3 * DAY,
+        )
+    report = run_tick(site.engine, bridge["config"], claim=False, report_upload=bridge["upload"])
+    assert [r.outcome for r in report.schedules] == ["queued"]
+    assert report.outbox is not None and report.outbox.submitted == 1
+    assert (
+        run_tick(site.engine, bridge["config"], claim=False, report_upload=bridge["upload"]).schedules == []
+    )
