@@ -588,3 +588,49 @@ def test_the_tick_fires_due_schedules_before_its_outbox(site: Site, bridge) -> N
     assert (
         run_tick(site.engine, bridge["config"], claim=False, report_upload=bridge["upload"]).schedules == []
     )
+
+
+def test_two_bridges_firing_the_same_slot_at_once_send_it_once(site: Site, bridge) -> None:
+    """Bridge A holds its uncommitted run row (uploading) while bridge B, which read the schedule
+    before A's commit, tries to take the same slot: B waits on the unique key and gives up."""
+    import threading
+
+    people(site)
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    sid = create(bridge, engine)
+    a_holds_slot, b_taking = threading.Event(), threading.Event()
+    real_take = ScheduleRepo.take_slot
+    outcomes: dict[str, str] = {}
+
+    def take_slot(self: ScheduleRepo, conn: sa.Connection, scheduleid: int, slot: int, at: int) -> int:
+        if threading.current_thread().name == "bridge-b":
+            b_taking.set()
+        return real_take(self, conn, scheduleid, slot, at)
+
+    def upload_a(key: str, body: bytes, content_type: str) -> None:
+        a_holds_slot.set()
+        b_taking.wait(30)  # an event, not a sleep: B is about to insert the same slot
+        bridge["upload"](key, body, content_type)
+
+    def bridge_a() -> None:
+        outcomes["a"] = run_schedule(engine, repo, config, sid, at=SLOT1, actor="a", upload=upload_a).outcome
+
+    def bridge_b() -> None:
+        a_holds_slot.wait(30)
+        outcomes["b"] = run_schedule(
+            engine, repo, config, sid, at=SLOT1, actor="b", upload=bridge["upload"]
+        ).outcome
+
+    with mock.patch.object(ScheduleRepo, "take_slot", take_slot):
+        threads = [
+            threading.Thread(target=bridge_a, name="bridge-a"),
+            threading.Thread(target=bridge_b, name="bridge-b"),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert outcomes == {"a": "queued", "b": "already_fired"}
+    assert len(jobs_of(engine, repo)) == 1
+    with engine.connect() as conn:
+        assert [r.outcome for r in ScheduleRepo(repo.t).runs(conn, sid)] == ["queued"]
