@@ -54,6 +54,9 @@ SCHEDULE_CREATED: Final = "schedule_created"
 SCHEDULE_PAUSED: Final = "schedule_paused"
 SCHEDULE_RESUMED: Final = "schedule_resumed"
 SCHEDULE_RUN: Final = "schedule_run"
+CERTIFICATE_REVOKED: Final = "certificate_revoked"
+CERTIFICATE_REINSTATED: Final = "certificate_reinstated"
+CERTIFICATE_TEMPLATE_SET: Final = "certificate_template_set"
 
 
 def _clean(value: Any) -> Any:
