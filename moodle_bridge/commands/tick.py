@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.reconcile import ReconcileContext, ReconcileReport, reconcile
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
+from moodle_bridge.sources.schedules.runner import ScheduleRunReport, run_due
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import (
@@ -108,12 +110,32 @@ def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable
     return upload
 
 
+def attachment_uploader(
+    config: BridgeConfig, *, s3_client: Any = None
+) -> Callable[[str, bytes, str], None] | None:
+    """Puts a scheduled report's file into the content bucket (SSE-KMS), or None without a bucket."""
+    if not config.aws.content_bucket:
+        return None
+    client = s3_client or boto3.client(
+        "s3", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
+    )
+    bucket = config.aws.content_bucket
+
+    def upload(key: str, body: bytes, content_type: str) -> None:
+        client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, ServerSideEncryption="aws:kms"
+        )
+
+    return upload
+
+
 @dataclass
 class TickReport:
     claim: ClaimReport | None = None
     outbox: OutboxReport | None = None
     reconciled: ReconcileReport | None = None
     secrets_cleared: int = 0
+    schedules: list[ScheduleRunReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -188,6 +210,7 @@ def run_tick(
     claim: bool = True,
     submitters: dict[str, Submitter] | None = None,
     upload: Callable[[str, bytes], None] | None = None,
+    report_upload: Callable[[str, bytes, str], None] | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
     claim_pass_factory: Callable[..., ClaimPass] = ClaimPass,
 ) -> TickReport:
@@ -228,6 +251,17 @@ def run_tick(
                 "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
             )
         report.notes.extend(report.claim.refusals)
+    if iomad is not None:  # schedules fire before the outbox, so this pass submits their jobs
+        report.schedules = run_due(
+            engine,
+            repo,
+            config,
+            at=int(time.time()),
+            upload=report_upload if report_upload is not None else attachment_uploader(config),
+            iomad=iomad,
+        )
+        failed = [r for r in report.schedules if r.outcome == "failed"]
+        report.notes.extend(f"schedule {r.scheduleid}: {'; '.join(r.notes)}" for r in failed)
     outbox = Outbox(
         engine,
         repo,

@@ -27,6 +27,7 @@ from moodle_bridge.pipeline.batching import (
     JobHeader,
     Sender,
     encode_batch,
+    job_attachments,
     recipient_entry,
     rendered_content,
     sealed_if_secret,
@@ -95,6 +96,7 @@ def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: B
         cert_template=settings.certtemplate if settings else "default",
         verify_url_base=config.submit.verify_url_base or None,
         unsubscribe_url=_unsubscribe_urls(job, config) if str(job.category) == "campaign" else None,
+        attachments=job_attachments(job.template) if str(job.jobtype) == "email" else (),
     )
 
 
@@ -330,6 +332,7 @@ class Outbox:
                 json.loads(r.data) if r.data else None,
                 str(job.jobtype),
                 header.unsubscribe_url,
+                header.attachments,
             )
             for r in recipients
         ]
