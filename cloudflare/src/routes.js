@@ -8,11 +8,13 @@
 //   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js)
 //   GET  /v1/certificates/verify/{code} public: as on AWS, for the certificates this Worker rendered;
 //                                      throttled per client address (VERIFY_LIMITER, 429)
+//   PUT/GET /v1/objects/{key}          signed: the company's own R2 objects (objects.js)
 
 import { RENDERED_SCRIPTS, rendererCoverage } from "./certificates.js";
 import { validate } from "./contract.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
 import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
+import { OBJECTS_PREFIX, handleObject } from "./objects.js";
 import { ProviderConfigError, buildProvider, providerRouting } from "./providers.js";
 import { PULL_PATH, pullResults } from "./results.js";
 import { constantTimeEqual } from "./signing.js";
@@ -135,6 +137,7 @@ export async function handleRoute(request, env, { processors } = {}) {
       const counts = await applyEvents(env, parsed.map(normaliseSendgridEvent));
       return jsonResponse(200, counts);
     }
+    if (pathname.startsWith(OBJECTS_PREFIX)) return await handleObject(request, env);
     const unsubscribe = UNSUBSCRIBE_PATH.exec(pathname);
     if (unsubscribe) return await handleUnsubscribe(request, env, unsubscribe[1]);
     const verify = /^\/v1\/certificates\/verify\/([^/]+)$/.exec(pathname);
