@@ -3,7 +3,8 @@
 ``template set`` validates with the renderer's own code (certificate_render/template.py: schema,
 colours, sizes, boxes, time zone, language, images decoded and capped) before anything is
 written, then stores the JSON and its images where the renderer reads them (AWS: the
-certificate bucket ``aws.content_bucket``, ``templates/company-<id>/``). ``preview`` renders a PDF
+certificate bucket ``aws.content_bucket``, ``templates/company-<id>/``; Cloudflare: the Worker's R2
+under the same keys, through its signed object route). ``preview`` renders a PDF
 and a PNG (poppler's ``pdftoppm``) locally and sends nothing. The renderer needs the
 ``certificates`` extra (``pip install 'moodle-offload[certificates]'``) and the built fonts.
 """
@@ -31,6 +32,12 @@ from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
     certificate_records_from_config,
     template_s3_client,
+)
+from moodle_bridge.transports.worker_objects import (
+    WorkerObjectError,
+    WorkerTemplateClient,
+    worker_image_refusal,
+    worker_objects,
 )
 
 #: Sample data for ``preview`` when no user is named (any of it can be overridden).
@@ -94,6 +101,8 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
         return _preview(args, config)
     except TemplateError as exc:
         return fail(f"{exc.code}: {exc}")
+    except WorkerObjectError as exc:  # the Worker's R2 (Cloudflare companies): one line, no body
+        return fail(str(exc))
 
 
 def _provider(config: BridgeConfig, company_id: int) -> str:
@@ -106,14 +115,23 @@ def _provider(config: BridgeConfig, company_id: int) -> str:
 
 
 def _store(config: BridgeConfig, company_id: int) -> Any:
-    """The company's template store in the cloud (AWS only: the bridge never writes the Worker's R2)."""
+    """The company's template store in the cloud: the certificate bucket (AWS) or the Worker's
+    R2 through its signed object route (Cloudflare); the same validation either way."""
     from certificate_render.template import TemplateStore  # noqa: PLC0415
 
     provider = _provider(config, company_id)
+    if provider == "cloudflare":
+        objects = worker_objects(config)
+        if objects is None:
+            raise ConfigError(
+                f"company {company_id} uses provider 'cloudflare': its templates are stored in the "
+                "Worker's R2, and the Worker URL (cloudflare.intake_url / MRCO_CLOUDFLARE_INTAKE_URL) "
+                "or the current key set is not configured"
+            )
+        return TemplateStore(WorkerTemplateClient(objects), "r2")
     if provider != "aws":
         raise ConfigError(
-            f"company {company_id} uses provider {provider!r}: certificate templates are stored for AWS only "
-            "(docs/lambdas.md, Templates)"
+            f"company {company_id} uses provider {provider!r}: it has no certificate template store"
         )
     if not config.aws.content_bucket:
         raise ConfigError(
@@ -148,6 +166,8 @@ def _set(args: argparse.Namespace, config: BridgeConfig) -> int:
     from certificate_render.template import parse_template  # noqa: PLC0415
 
     parse_template(document, images)  # refused here, before the cloud is asked anything
+    if _provider(config, args.company) == "cloudflare" and (why := worker_image_refusal(images)):
+        return fail(f"template_invalid: {why}")
     # AWS errors end the command with one line (moodle_bridge/cli.py); the images go first and
     # the JSON last, so a half-stored template is never one the renderer reads.
     _store(config, args.company).put(args.company, args.template_id, document, images)

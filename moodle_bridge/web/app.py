@@ -90,6 +90,7 @@ from moodle_bridge.web.certificates import (
     CertificateStoreMissing,
     ObjectReader,
     S3Certificates,
+    WorkerCertificates,
     file_name,
     zip_stream,
 )
@@ -138,6 +139,8 @@ class DashboardState:
     secure_cookie: bool = True
     figures: q.FiguresCache = field(default_factory=q.FiguresCache)
     certificate_store: ObjectReader | None = None
+    #: Where a Cloudflare job's certificates are read (the Worker's R2); from the config when unset.
+    worker_certificate_store: ObjectReader | None = None
     #: The cloud's verification records (revocation); from aws.idempotency_table when unset.
     verification_records: VerificationRecords | None = None
 
@@ -146,7 +149,12 @@ class DashboardState:
             self.verification_records = certificate_records_from_config(self.config)
         return self.verification_records
 
-    def certificates(self) -> ObjectReader:
+    def certificates(self, provider: str = "aws") -> ObjectReader:
+        """The store a job's PDFs are in: the Worker's R2 for Cloudflare jobs, else S3."""
+        if provider == "cloudflare":
+            if self.worker_certificate_store is None:
+                self.worker_certificate_store = WorkerCertificates(self.config)
+            return self.worker_certificate_store
         if self.certificate_store is None:
             self.certificate_store = S3Certificates(self.config)
         return self.certificate_store
@@ -759,7 +767,7 @@ def certificate_download(request: Request) -> Response:
     if row is None:
         raise NotFound()
     try:
-        chunks = state.certificates().open(str(row.artifactkey))
+        chunks = state.certificates(str(job.provider)).open(str(row.artifactkey))
         first = next(chunks, b"")  # fetch now, so a missing object answers an error page, not half a file
     except CertificateStoreMissing as exc:
         return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
@@ -831,7 +839,7 @@ def certificates_zip(request: Request) -> Response:
     if not rows:
         raise NotFound()
     try:
-        store = state.certificates()
+        store = state.certificates(str(job.provider))
     except CertificateStoreMissing as exc:
         return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
     _audit_download(request, who, job, CERTIFICATES_ZIPPED, {"certificates": len(rows)})
