@@ -29,7 +29,11 @@ from moodle_bridge.cli import main
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.config import BridgeConfig, CloudflareConfig, KeysConfig
 from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.sources.campaigns.rules import DAY
+from moodle_bridge.sources.schedules.runner import attachment_key, create_schedule, run_due
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
+from moodle_bridge.storage.migrations import migrate
+from moodle_bridge.storage.schedule_repo import ScheduleRepo
 from moodle_bridge.transports.targets import Submitter, WorkerSubmitter
 from moodle_bridge.transports.worker_objects import WorkerObjectError, WorkerObjects, key_company
 from moodle_bridge.web.certificates import WorkerCertificates, zip_stream
@@ -42,6 +46,8 @@ from offload_contract.signing import (
 )
 from tests.bridge.conftest import make_config
 from tests.bridge.iomad_world import IomadWorld
+from tests.bridge.test_campaigns import Site
+from tests.bridge.test_schedules import SLOT1, T0, report_values
 
 pytestmark = pytest.mark.workerd
 
@@ -304,3 +310,37 @@ def test_a_template_set_for_a_cloudflare_company_is_used_by_the_workers_renderer
     )
     with pytest.raises(WorkerObjectError, match="404"):
         b"".join(zip_stream(store, [missing]))
+
+
+def test_a_scheduled_report_for_a_cloudflare_company_is_mailed_with_its_file_from_r2(
+    worker_dev: WorkerDev, db_engine: sa.Engine, db_url: Any, repo: Any
+) -> None:
+    """The report file goes into the Worker's R2 through the object route (store r2); the Worker
+    reads it back, checks its size and SHA-256 (a mismatch would fail the recipient) and mails it
+    to the company manager once."""
+    site = Site(db_engine)
+    migrate(site.engine, "mdl_")
+    boss = f"boss.{time.time_ns()}@example.com"
+    site.user(30, managertype=1, lastaccess=T0, email=boss)
+    for uid in (10, 11):
+        site.user(uid, lastaccess=T0)
+        site.enrol(uid, T0 - 60 * DAY, started=T0 - 50 * DAY, done=T0 - DAY)
+    with site.engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True, provider="cloudflare"), "test")
+        sid = create_schedule(conn, repo, report_values(format="csv"), actor="test", at=T0)
+    config = _config(db_url, worker_dev)
+    [fired] = run_due(site.engine, repo, config, at=SLOT1 + 60, upload=None)
+    assert (fired.outcome, fired.rows, fired.recipients) == ("queued", 2, 1), fired.notes
+    with site.engine.connect() as conn:
+        row = ScheduleRepo(repo.t).get(conn, sid)
+        (job,) = conn.execute(sa.select(repo.t.jobs)).all()
+    key = attachment_key(row, SLOT1)
+    stored = _objects(worker_dev).get(key)
+    assert stored is not None and b"First10" in stored and b"First11" in stored
+    (attachment,) = json.loads(job.template)["attachments"]
+    assert attachment["ref"]["store"] == "r2" and attachment["ref"]["key"] == key
+
+    submitters = build_submitters(config)
+    assert _until_sent(site.engine, config, submitters, 1) == ["sent"]
+    assert worker_dev.sent_to()[boss] == 1
