@@ -53,7 +53,7 @@ async function putObject(request, env) {
   const contentType = (request.headers.get("content-type") ?? "application/octet-stream").trim();
   if (!CONTENT_TYPE.test(contentType)) throw new IntakeError(400, "bad_content_type", "Content-Type must be printable ASCII, at most 255 characters");
   const sha256 = await sha256Hex(body);
-  // R2 checks the digest too, so a body altered on its way into storage is refused there.
+  // R2 is given the digest too (its put option), to check what it stores.
   await bucketOf(env).put(key, body, { httpMetadata: { contentType }, sha256 });
   return jsonResponse(200, { key, sha256, bytes: body.byteLength, content_type: contentType });
 }
