@@ -32,6 +32,7 @@ from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
     certificate_records_from_config,
     template_s3_client,
+    worker_certificate_records,
 )
 from moodle_bridge.transports.worker_objects import (
     WorkerObjectError,
@@ -78,7 +79,9 @@ def register(subparsers: Any) -> None:
         ("revoke", "mark a certificate revoked"),
         ("unrevoke", "reinstate a revoked certificate"),
     ):
-        sub = actions.add_parser(verb, help=f"{text}: the public verify page says so at once (AWS)")
+        sub = actions.add_parser(
+            verb, help=f"{text}: the public verify page says so at once (AWS and the Worker)"
+        )
         sub.add_argument("code", help="the verification code printed on the certificate")
         sub.add_argument(
             "--reason", required=True, help="why (kept in the audit log and, for revoke, the cloud)"
@@ -275,6 +278,7 @@ def _revoke(args: argparse.Namespace, config: BridgeConfig, *, revoke: bool) -> 
             engine,
             tables,
             certificate_records_from_config(config),
+            worker_records=worker_certificate_records(config),
             code=args.code,
             revoke=revoke,
             reason=args.reason,

@@ -72,6 +72,7 @@ from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
     certificate_records_from_config,
+    worker_certificate_records,
 )
 from moodle_bridge.web import queries as q
 from moodle_bridge.web.auth import (
@@ -812,6 +813,7 @@ async def certificate_revocation(request: Request) -> Response:
             state.engine,
             state.tables,
             state.verification(),
+            worker_records=worker_certificate_records(state.config),
             code=row.verifycode,
             revoke=revoke,
             reason=str(form.get("reason", "")),

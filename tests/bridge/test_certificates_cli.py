@@ -323,7 +323,8 @@ def test_revocation_refuses_unknown_codes_missing_records_other_providers_and_bl
             ["NOTRENDERED1", "--reason", "x"],
             "the cloud holds no verification record NOTRENDERED1 for company 7",
         ),
-        (["WORKERCERT01", "--reason", "x"], "provider 'cloudflare' cannot be revoked yet"),
+        # The Worker revokes too (tests/bridge/test_worker_objects_e2e.py); no Worker URL here.
+        (["WORKERCERT01", "--reason", "x"], "the Worker's verification record cannot be changed"),
         (["VALIDCODE001", "--reason", "  "], "a reason is required"),
     ]
     for args, message in cases:

@@ -48,6 +48,7 @@ from tests.bridge.conftest import make_config
 from tests.bridge.iomad_world import IomadWorld
 from tests.bridge.test_campaigns import Site
 from tests.bridge.test_schedules import SLOT1, T0, report_values
+from tests.web.world import add_job
 
 pytestmark = pytest.mark.workerd
 
@@ -311,6 +312,31 @@ def test_a_template_set_for_a_cloudflare_company_is_used_by_the_workers_renderer
     with pytest.raises(WorkerObjectError, match="404"):
         b"".join(zip_stream(store, [missing]))
 
+    # Revoked and reinstated from the bridge (`certificates revoke`): the Worker's verify route says so.
+    engine = sa.create_engine(env["MRCO_DATABASE_URL"])
+    with engine.begin() as conn:
+        jobid = add_job(conn, T, company, [50], ["rendered"])
+        conn.execute(
+            T.jobs.update().where(T.jobs.c.id == jobid).values(jobtype="certificate", provider="cloudflare")
+        )
+        rid = conn.execute(sa.select(T.recipients.c.id).where(T.recipients.c.jobid == jobid)).scalar_one()
+        conn.execute(
+            T.certificates.insert().values(companyid=company, userid=50, recipientid=rid, verifycode=code)
+        )
+    engine.dispose()
+    link = f"{worker_dev.base_url}/v1/certificates/verify/{code}"
+    assert httpx.get(link, timeout=30).json()["valid"] is True
+    assert main(["certificates", "revoke", code, "--reason", "issued in error"]) == 0
+    assert f"certificate {code} (company {company}" in capsys.readouterr().out
+    revoked = httpx.get(link, timeout=30).json()
+    assert revoked["valid"] is False and isinstance(revoked["revoked_at"], int)
+    assert main(["certificates", "unrevoke", code, "--reason", "confirmed"]) == 0
+    assert httpx.get(link, timeout=30).json()["valid"] is True
+    # Another company's key cannot revoke it: the Worker answers 404 and nothing changes.
+    other = WorkerSubmitter(worker_dev.base_url, "k1", decode_root_secret(ROOT))
+    assert other.set_certificate_revoked(company + 1, code, "not mine") is False
+    assert httpx.get(link, timeout=30).json()["valid"] is True
+
 
 def test_a_scheduled_report_for_a_cloudflare_company_is_mailed_with_its_file_from_r2(
     worker_dev: WorkerDev, db_engine: sa.Engine, db_url: Any, repo: Any
@@ -321,14 +347,16 @@ def test_a_scheduled_report_for_a_cloudflare_company_is_mailed_with_its_file_fro
     site = Site(db_engine)
     migrate(site.engine, "mdl_")
     boss = f"boss.{time.time_ns()}@example.com"
-    site.user(30, managertype=1, lastaccess=T0, email=boss)
+    # Company 2: the Worker is shared by this module's tests and keeps (job, recipient) ids per
+    # company exactly once, and each test's bridge database starts its ids at 1.
+    site.user(30, company=2, managertype=1, lastaccess=T0, email=boss)
     for uid in (10, 11):
-        site.user(uid, lastaccess=T0)
+        site.user(uid, company=2, lastaccess=T0)
         site.enrol(uid, T0 - 60 * DAY, started=T0 - 50 * DAY, done=T0 - DAY)
     with site.engine.begin() as conn:
         repo.set_offload_enabled(conn, True)
-        repo.save_settings(conn, CompanySettings(1, cloudenabled=True, provider="cloudflare"), "test")
-        sid = create_schedule(conn, repo, report_values(format="csv"), actor="test", at=T0)
+        repo.save_settings(conn, CompanySettings(2, cloudenabled=True, provider="cloudflare"), "test")
+        sid = create_schedule(conn, repo, report_values(companyid=2, format="csv"), actor="test", at=T0)
     config = _config(db_url, worker_dev)
     [fired] = run_due(site.engine, repo, config, at=SLOT1 + 60, upload=None)
     assert (fired.outcome, fired.rows, fired.recipients) == ("queued", 2, 1), fired.notes
