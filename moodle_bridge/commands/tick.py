@@ -93,27 +93,11 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     return out
 
 
-def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
-    """Puts contents too large for a batch into the content bucket (SSE-KMS), or None."""
-    if not config.aws.content_bucket:
-        return None
-    client = s3_client or boto3.client(
-        "s3", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
-    )
-    bucket = config.aws.content_bucket
-
-    def upload(key: str, body: bytes) -> None:
-        client.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
-        )
-
-    return upload
-
-
 def attachment_uploader(
     config: BridgeConfig, *, s3_client: Any = None
 ) -> Callable[[str, bytes, str], None] | None:
-    """Puts a scheduled report's file into the content bucket (SSE-KMS), or None without a bucket."""
+    """Puts an object (a scheduled report's file, a content too large for a batch) into the content
+    bucket (SSE-KMS), or None without a bucket."""
     if not config.aws.content_bucket:
         return None
     client = s3_client or boto3.client(
@@ -127,6 +111,14 @@ def attachment_uploader(
         )
 
     return upload
+
+
+def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a batch into the content bucket as JSON, or None."""
+    put = attachment_uploader(config, s3_client=s3_client)
+    if put is None:
+        return None
+    return lambda key, body: put(key, body, "application/json")
 
 
 @dataclass
