@@ -59,15 +59,17 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _pacing_comparison() -> list[str]:
-    """The pacing rows measured on the code before issue 19 beside the current ones (same harness)."""
+    """The pacing rows: the code before issue 19, the pollers as threads of one process, and the
+    pollers as separate processes (``pacing.json``) with the harness's ceiling of the same run."""
     paths = [
         RESULTS_DIR / "pacing-before.json",
-        RESULTS_DIR / "pacing.json",
+        RESULTS_DIR / "pacing-threads.json",
         RESULTS_DIR / "pacing-rerun.json",
+        RESULTS_DIR / "pacing.json",
     ]
     if not all(p.exists() for p in paths[:2]):
         return []
-    before, after, rerun = (
+    before, threads, rerun, processes = (
         {r["name"]: r for r in json.loads(p.read_text("utf-8"))["figures"]["rows"]} if p.exists() else {}
         for p in paths
     )
@@ -87,21 +89,33 @@ def _pacing_comparison() -> list[str]:
             f"{row['rate_throttles']} throttled calls, {lost} / {row['duplicated']}{stopped}"
         )
 
+    def ceiling(row: dict[str, Any] | None) -> str:
+        if row is None or "harness_ceiling_per_second" not in row:
+            return "—"
+        through = row["harness_ceiling_per_second"]
+        if row["harness_limited"]:
+            return f"{through}/s: **below rate / 0.9, the harness may be the limit**"
+        return f"{through}/s ({through / row['rate']:.1f} times the rate)"
+
     lines = [
         "## pacing: before and after",
         "",
         "Steady share / end-to-end share of the SES rate (end to end: first call reaching SES to the last",
         "result), the busiest second as SES counted it, calls SES refused for the rate, lost / duplicated",
         "recipients. Goal: steady ≥ 95 % and end to end ≥ 90 % in every row, peak never over the rate.",
-        "`ceiling` rows: the same harness, latencies and pollers with the rate out of the way (100,000/s).",
-        "`after, rerun`: rows run again alone on a quieter host (`pacing-rerun.json`).",
+        "`before`: the code before issue 19. `threads`: the pollers as threads of one Python process",
+        "(`pacing-threads.json`; `rerun`: rows run again alone on a quieter host, `pacing-rerun.json`).",
+        "`processes`: each poller its own OS process, moto servers on loopback, SES's per-second count",
+        "shared across the processes (`pacing.json`). `ceiling` rows, and the last column: the same",
+        "harness, latencies and pollers in the same run with the rate out of the way (100,000/s),",
+        "recipients per second end to end for the row's poller count and mode.",
         "",
-        "| row | before | after | after, rerun |",
-        "|---|---|---|---|",
+        "| row | before | threads | threads, rerun | processes | harness ceiling (processes, same run) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys([*before, *after]):
-        cells = " | ".join(cell(run.get(name)) for run in (before, after, rerun))
-        lines.append(f"| {name} | {cells} |")
+    for name in dict.fromkeys([*before, *threads, *processes]):
+        cells = " | ".join(cell(run.get(name)) for run in (before, threads, rerun, processes))
+        lines.append(f"| {name} | {cells} | {ceiling(processes.get(name))} |")
     return [*lines, ""]
 
 
