@@ -45,7 +45,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkContext
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -56,7 +57,6 @@ from moto.ses.models import ses_backends
 from bench.common import write_results
 from demo.event_source import EventSourceMapping, LambdaContext
 from demo.ses_emulator import FakeSes, SharedRateCount
-from infra.config import OffloadConfig
 from offload_contract import decode_message, encode_message
 
 DYNAMODB_MS = 5.0
@@ -156,6 +156,8 @@ class Aws:
     """What the sender needs, in moto servers on loopback (one process per group of services)."""
 
     endpoints: dict[str, str] = field(default_factory=dict)
+    #: The moto server processes (their CPU time counts in the harness's cost per recipient).
+    server_pids: list[int] = field(default_factory=list)
     queue_urls: dict[str, str] = field(default_factory=dict)
     table: str = "offload-idempotency"
     region: str = REGION
@@ -200,7 +202,7 @@ class Aws:
 
 
 @contextlib.contextmanager
-def moto_servers(context: BaseContext) -> Iterator[Aws]:
+def moto_servers(context: ForkContext) -> Iterator[Aws]:
     """Start one moto server process per ``SERVER_GROUPS`` entry; stop them afterwards."""
     ports = context.Queue()
     servers = [context.Process(target=_serve, args=(ports,), daemon=True) for _ in SERVER_GROUPS]
@@ -211,7 +213,7 @@ def moto_servers(context: BaseContext) -> Iterator[Aws]:
         endpoints = {
             service: url for group, url in zip(SERVER_GROUPS, urls, strict=True) for service in group
         }
-        yield Aws(endpoints={**endpoints, "*": urls[-1]})
+        yield Aws(endpoints={**endpoints, "*": urls[-1]}, server_pids=[s.pid for s in servers if s.pid])
     finally:
         for server in servers:
             server.terminate()
@@ -285,17 +287,18 @@ def _poller(
     )
     signals.reports.put(("ready",))  # a warm container: built before the clock starts
     signals.start.wait()
+    cpu_at_start = time.process_time()
     while not signals.stop.is_set():
         with contextlib.suppress(Exception):
             if mapping.poll_once():
                 continue
         time.sleep(0.1)  # the ESM long-polls; an empty receive comes back at once here
-    signals.reports.put(("sent", ses.sends_by_tags()))
+    signals.reports.put(("sent", ses.sends_by_tags(), time.process_time() - cpu_at_start))
 
 
 def run_row(
     aws: Aws,
-    context: BaseContext,
+    context: ForkContext,
     rate: int,
     mode: str,
     recipients: int,
@@ -335,6 +338,7 @@ def run_row(
         process.start()
     for _ in processes:
         signals.reports.get(timeout=300)  # ("ready",)
+    cpu_before = _cpu_seconds(aws.server_pids) + time.process_time()
     signals.start.set()
     tally, started = Tally(), time.time()
     budget = budget_s if budget_s is not None else 120 + 3 * recipients / rate
@@ -344,6 +348,7 @@ def run_row(
             if kind == "results":
                 tally.add(*report)
     signals.stop.set()
+    cpu = _cpu_seconds(aws.server_pids) + time.process_time() - cpu_before
     sent: list[tuple[str, dict[str, str]]] = []
     reported = 0
     while reported < pollers:
@@ -352,10 +357,26 @@ def run_row(
             tally.add(*report)  # an invocation that ended after the stop
         elif kind == "sent":
             sent += report[0]
+            cpu += report[1]
             reported += 1
     for process in processes:
         process.join(timeout=30)
-    return summarise(signals.rate_count, sent, rate, mode, recipients, pollers, tally)
+    row = summarise(signals.rate_count, sent, rate, mode, recipients, pollers, tally)
+    row["harness_cpu_ms_per_recipient"] = round(1000 * cpu / recipients, 2)
+    # With both cores to itself and nothing but CPU in the way (the latencies are sleeps).
+    row["cpu_bound_per_second_on_2_free_cores"] = round(2 * recipients / max(cpu, 1e-9), 1)
+    row["load_average_1m"] = round(os.getloadavg()[0], 1)
+    return row
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
 
 
 def summarise(
@@ -406,6 +427,8 @@ ROWS = [(14, "bulk", 1000), (14, "single", 1000), (50, "bulk", 3000), (50, "sing
 
 def _pollers(rate: int) -> int:
     """The sender concurrency the stack deploys for ``rate`` (default send latency and parallelism)."""
+    from infra.config import OffloadConfig  # noqa: PLC0415 - loads the CDK (a node process): only here
+
     return OffloadConfig(env_name="dev", ses_send_rate=rate).sender_max_concurrency
 
 
