@@ -5,7 +5,7 @@
 
 The parts are the project's own, each poller in its own OS process as each Lambda container is:
 moto on loopback (``SERVER_GROUPS``: DynamoDB in one moto server process, SQS and SES in another;
-each serves one request at a time, as ``demo/embedded_aws.py`` does, so DynamoDB's per-item
+moto in each handles one request at a time, as in ``demo/embedded_aws.py``, so DynamoDB's per-item
 atomicity holds), the SES emulator refusing any call that would take a calendar second over the
 rate (``TooManyRequestsException``, counted where the call *arrives*, in a ``SharedRateCount``
 that every poller process books in, so the rate is the account's across processes), the real
@@ -138,15 +138,24 @@ SERVER_GROUPS = (("dynamodb",), ("sqs", "ses", "sesv2"))
 
 
 def _serve(ports: Any) -> None:
-    """A moto server process: one request at a time, as embedded_aws serves the demo (moto's
-    backends are not thread-safe; AWS services are atomic per request)."""
+    """A moto server process. Its threads read and answer requests side by side (HTTP/1.1, kept-alive
+    connections), but moto handles one request at a time, as embedded_aws serves the demo: moto's
+    backends are not thread-safe, and AWS services are atomic per request."""
     import logging  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: PLC0415
     from werkzeug.serving import make_server  # noqa: PLC0415
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=False)
+    moto = DomainDispatcherApplication(create_backend_app)
+    one_at_a_time = threading.Lock()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        with one_at_a_time:
+            return list(moto(environ, start_response))  # the whole answer inside the lock
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     ports.put(server.server_port)
     server.serve_forever()
 
