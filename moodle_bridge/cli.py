@@ -39,9 +39,11 @@ COMMAND_MODULES = (
     "serve",
     "submit_list",
     "campaigns",
+    "schedules",
     "config_check",
     "uninstall",
     "dashboard",
+    "certificates",
 )
 
 #: Long-running commands: they log at INFO by default (one-shot commands at WARNING).

@@ -174,6 +174,46 @@ CAPABILITIES: dict[str, Any] = {
     "results": {"mode": "push", "pull_path": "/v1/results/pull"},
 }
 
+LATIN_GREEK_CYRILLIC = ((32, 126), (160, 591), (768, 879), (880, 1023), (1024, 1327), (7680, 7935))
+#: A Worker with the certificate renderer deployed: the scripts and code points its fonts draw.
+CERTIFICATE_CAPABILITIES: dict[str, Any] = {
+    "type": "capabilities",
+    "contract_version": 1,
+    "message_types": ["email_batch", "certificate_batch"],
+    "email": {
+        "content_kinds": ["rendered", "reference"],
+        "categories": ["transactional"],
+        "attachments": True,
+        "providers": {"transactional": "cloudflare", "campaign": None},
+    },
+    "certificates": {
+        "scripts": ["Latn", "Grek", "Cyrl"],
+        "code_points": [[lo, hi] for lo, hi in LATIN_GREEK_CYRILLIC],
+    },
+    "results": {"mode": "pull", "pull_path": "/v1/results/pull"},
+}
+
+
+#: What the cloud reports when a recipient confirms a campaign unsubscribe (lambdas/results/intake.py,
+#: cloudflare/src/unsubscribe.js): one result naming the job and recipient of the signed token.
+UNSUBSCRIBE_RESULT: dict[str, Any] = {
+    "type": "result_batch",
+    "contract_version": 1,
+    "report_id": "unsub-c7-job12-34",
+    "company_id": 7,
+    "reporter": "unsubscribe",
+    "created_at": 1795361990,
+    "results": [
+        {
+            "job_id": "12",
+            "recipient_id": "34",
+            "status": "unsubscribed",
+            "attempts": 1,
+            "occurred_at": 1795361990,
+        }
+    ],
+}
+
 
 def mutated(base: dict[str, Any], path: list[Any], value: Any = None, delete: bool = False) -> dict[str, Any]:
     doc = copy.deepcopy(base)
@@ -194,6 +234,49 @@ SEALED = {
     "nonce": "AAECAwQFBgcICQoL",
     "ciphertext": "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ",
 }
+
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+#: A scheduled report for a company manager (docs/schedules.md): the file is named by reference
+#: to the content bucket, never carried in the message.
+REPORT_BATCH: dict[str, Any] = {
+    **copy.deepcopy(EMAIL_BATCH),
+    "batch_id": "j41-a1-b0",
+    "job_id": "41",
+    "contents": {
+        "t41": {
+            "kind": "template",
+            "engine": "jinja2",
+            "subject": "{{ schedule }}: {{ rows }} rows",
+            "html": "<p>Hello {{ firstname }}, the report is attached.</p>",
+        }
+    },
+    "recipients": [
+        {
+            "recipient_id": "9001",
+            "to": "manager@acme.example",
+            "name": "Maria Manager",
+            "content_id": "t41",
+            "data": {"firstname": "Maria", "schedule": "Weekly completions", "rows": 2},
+            "attachments": [
+                {
+                    "filename": "completions-2026-06-02.xlsx",
+                    "content_type": XLSX,
+                    "ref": {
+                        "store": "s3",
+                        "bucket": "offload-contents",
+                        "key": "contents/company-7/schedule-3/1780380000.xlsx",
+                        "sha256": "5" * 64,
+                        "bytes": 5312,
+                        "content_type": XLSX,
+                    },
+                }
+            ],
+        }
+    ],
+}
+_ATTACHMENT = ["recipients", 0, "attachments", 0]
 
 
 def main() -> None:
@@ -287,6 +370,18 @@ def main() -> None:
             "message": mutated(RESULT_BATCH, ["results", 0, "status"], "maybe"),
         },
         {
+            "name": "unsubscribe confirmed by a recipient of campaign job 12",
+            "message_type": "result_batch",
+            "valid": True,
+            "message": UNSUBSCRIBE_RESULT,
+        },
+        {
+            "name": "unsubscribe from a reporter outside the enum",
+            "message_type": "result_batch",
+            "valid": False,
+            "message": mutated(UNSUBSCRIBE_RESULT, ["reporter"], "unsubscribe_page"),
+        },
+        {
             "name": "negative company id",
             "message_type": "result_batch",
             "valid": False,
@@ -317,6 +412,18 @@ def main() -> None:
             "message": mutated(CAPABILITIES, ["email", "providers", "campaign"], "cloudflare"),
         },
         {
+            "name": "capabilities with the certificate renderer (Latin, Greek, Cyrillic) and attachments",
+            "message_type": "capabilities",
+            "valid": True,
+            "message": CERTIFICATE_CAPABILITIES,
+        },
+        {
+            "name": "capabilities whose certificate renderer does not say which code points it draws",
+            "message_type": "capabilities",
+            "valid": False,
+            "message": mutated(CERTIFICATE_CAPABILITIES, ["certificates", "code_points"], delete=True),
+        },
+        {
             "name": "email batch whose password mail is sealed",
             "message_type": "email_batch",
             "valid": True,
@@ -333,6 +440,24 @@ def main() -> None:
             "message_type": "email_batch",
             "valid": False,
             "message": mutated(EMAIL_BATCH, ["contents", "e-1"], {**SEALED, "nonce": "short"}),
+        },
+        {
+            "name": "scheduled report batch: the file travels by reference",
+            "message_type": "email_batch",
+            "valid": True,
+            "message": REPORT_BATCH,
+        },
+        {
+            "name": "attachment carried inline instead of by reference",
+            "message_type": "email_batch",
+            "valid": False,
+            "message": mutated(REPORT_BATCH, [*_ATTACHMENT, "data"], "UEsDBBQAAAAIAA=="),
+        },
+        {
+            "name": "attachment without its stored object",
+            "message_type": "email_batch",
+            "valid": False,
+            "message": mutated(REPORT_BATCH, [*_ATTACHMENT, "ref"], delete=True),
         },
     ]
     out = ROOT / "offload_contract" / "vectors" / "messages.json"

@@ -102,7 +102,14 @@ def add_recipients(
     for index, p in enumerate(pending):
         placeholder = f"{index:0{len(ID_PLACEHOLDER)}d}"
         entry = recipient_entry(
-            placeholder, p.address, p.fullname, p.contentkey, p.data, header.jobtype, header.unsubscribe_url
+            placeholder,
+            p.address,
+            p.fullname,
+            p.contentkey,
+            p.data,
+            header.jobtype,
+            header.unsubscribe_url,
+            header.attachments,
         )
         content = contents.get(p.contentkey) if p.contentkey else None
         items.append(PackItem(entry, p.contentkey if content is not None else None, content))

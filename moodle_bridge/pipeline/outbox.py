@@ -27,6 +27,7 @@ from moodle_bridge.pipeline.batching import (
     JobHeader,
     Sender,
     encode_batch,
+    job_attachments,
     recipient_entry,
     rendered_content,
     sealed_if_secret,
@@ -42,7 +43,7 @@ from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associ
 from moodle_bridge.transports.targets import SubmitError, Submitter
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
-from offload_contract.unsubscribe import make_token
+from offload_contract.unsubscribe import campaign_for_job, make_token
 
 log = logging.getLogger("moodle_bridge.pipeline.outbox")
 
@@ -95,6 +96,7 @@ def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: B
         cert_template=settings.certtemplate if settings else "default",
         verify_url_base=config.submit.verify_url_base or None,
         unsubscribe_url=_unsubscribe_urls(job, config) if str(job.category) == "campaign" else None,
+        attachments=job_attachments(job.template) if str(job.jobtype) == "email" else (),
     )
 
 
@@ -104,7 +106,7 @@ def _unsubscribe_urls(job: sa.Row[Any], config: BridgeConfig) -> Callable[[str],
     if not base:
         raise BuildError("campaign mail needs submit.unsubscribe_url_base (the API's /v1/unsubscribe URL)")
     root = config.keys.root_secrets()[config.keys.current]
-    companyid, campaign = int(job.companyid), f"job{int(job.id)}"
+    companyid, campaign = int(job.companyid), campaign_for_job(int(job.id))
 
     def url(recipient_id: str) -> str:
         return f"{base}/{make_token(root, config.keys.current, companyid, recipient_id, campaign)}"
@@ -330,6 +332,7 @@ class Outbox:
                 json.loads(r.data) if r.data else None,
                 str(job.jobtype),
                 header.unsubscribe_url,
+                header.attachments,
             )
             for r in recipients
         ]

@@ -37,6 +37,7 @@ from moodle_bridge.storage.statuses import (
     PENDING,
     QUEUED,
     REACHED_STATUSES,
+    RECIPIENT_STATUSES,
     RENDERED,
     RESTORED,
     RETRYING,
@@ -73,6 +74,7 @@ __all__ = [
     "PENDING",
     "QUEUED",
     "REACHED_STATUSES",
+    "RECIPIENT_STATUSES",
     "RENDERED",
     "RESTORED",
     "RETRYING",
@@ -91,10 +93,23 @@ NEVER_PROCESSED: Final = "never_processed"
 #: Closed statuses a provider's word can still overturn: a recipient cancelled (or given back
 #: to IOMAD) while its batch was in the cloud may have been sent before the cancel arrived.
 #: ``skipped`` recipients were never handed to anyone, so nothing can be reported for them.
+#: Only a recipient the bridge closed on its own can be reopened (``reopens_on_send``).
 SENDABLE_AFTER_CLOSE: Final = frozenset({CANCELLED, RESTORED})
+#: Error codes the bridge writes when it closes a recipient without the cloud's word on that
+#: attempt, while the cloud may still hold it: a cancel racing a submitter that holds its batch
+#: (job control), a batch the queue may have accepted though the bridge saw no answer (outbox).
+#: A recipient closed on the cloud's word (a failure, the sender's own cancel, a never-processed
+#: closing record) or one that already has a message id (sent, then rejected, then given back)
+#: is not reopened by a later or replayed report: that would contradict what the cloud said.
+CLOSED_BY_BRIDGE_CODES: Final = frozenset({"job_cancelled", "submit_abandoned"})
 
 DISPATCH_RESULTS: Final = frozenset({"sent", "failed", "retrying", "rendered"})
 EVENT_RESULTS: Final = frozenset({"delivered", "bounced", "complained", "rejected"})
+
+#: A recipient confirmed the campaign's one-click unsubscribe (offload_contract/unsubscribe.py). It
+#: is about the address, not the message: ``decide_unsubscribe`` says what it does, ``decide`` never
+#: sees it, and the recipient's delivery status is left as it is.
+UNSUBSCRIBED: Final = "unsubscribed"
 
 #: Provider-event precedence: a later event only moves a recipient "up" this ladder.
 _EVENT_RANK: Final = {SENT: 1, RENDERED: 1, DELIVERED: 2, BOUNCED: 3, COMPLAINED: 4}
@@ -114,6 +129,16 @@ class RecipientView:
     batchid: int | None
     providermessageid: str | None
     artifactkey: str | None = None
+    errorcode: str | None = None
+
+
+def reopens_on_send(view: RecipientView) -> bool:
+    """A provider's word that it sent the mail reopens this closed recipient (see above)."""
+    return (
+        view.status in SENDABLE_AFTER_CLOSE
+        and view.providermessageid is None
+        and view.errorcode in CLOSED_BY_BRIDGE_CODES
+    )
 
 
 @dataclass(frozen=True)
@@ -172,7 +197,7 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
     if result_batch_rowid is not None and result_batch_rowid != view.batchid:
         return Decision(Outcome.IGNORED, "stale_attempt")
     if current in CLOSED_STATUSES:
-        if status == "sent" and current in SENDABLE_AFTER_CLOSE:
+        if status == "sent" and reopens_on_send(view):
             # The cloud sent it before the cancel reached it: what was sent is recorded as sent
             # (with its message id, so its bounces still reach the suppression list).
             return _applied(status=SENT, providermessageid=message_id)
@@ -214,11 +239,24 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
     return Decision(Outcome.IGNORED, "unknown_status")  # pragma: no cover - the schema forbids it
 
 
+def decide_unsubscribe(job_category: str, suppressed_as: str | None) -> Decision:
+    """What an ``unsubscribed`` result does. It never changes the recipient row: it is *applied* by
+    suppressing the address for the company's campaign mail (reason ``unsubscribe``), a
+    *duplicate* when the address is already suppressed (for any reason: a bounce or complaint
+    already stops everything), and *ignored* for a job that is not campaign mail (only campaign
+    jobs carry unsubscribe links, so a transactional job can never be the source)."""
+    if job_category != "campaign":
+        return Decision(Outcome.IGNORED, "not_campaign")
+    if suppressed_as is not None:
+        return Decision(Outcome.DUPLICATE)
+    return Decision(Outcome.APPLIED)
+
+
 def _decide_event(
     view: RecipientView, result: dict[str, Any], status: str, message_id: str | None
 ) -> Decision:
     current = view.status
-    if current in CLOSED_STATUSES and not (current in SENDABLE_AFTER_CLOSE and status != "rejected"):
+    if current in CLOSED_STATUSES and not (reopens_on_send(view) and status != "rejected"):
         return Decision(Outcome.IGNORED, f"recipient_{current}")
     extra: dict[str, Any] = {}
     if message_id is not None and view.providermessageid is None:

@@ -47,9 +47,17 @@ RESULT_MESSAGE_QUARANTINED: Final = "result_message_quarantined"
 ROWS_RESTORED: Final = "iomad_rows_restored"
 FALLBACK_WITHHELD: Final = "fallback_withheld"
 CAMPAIGN_CREATED: Final = "campaign_created"
+CAMPAIGN_UPDATED: Final = "campaign_updated"
 CAMPAIGN_PAUSED: Final = "campaign_paused"
 CAMPAIGN_RESUMED: Final = "campaign_resumed"
 CAMPAIGN_RUN: Final = "campaign_run"
+SCHEDULE_CREATED: Final = "schedule_created"
+SCHEDULE_PAUSED: Final = "schedule_paused"
+SCHEDULE_RESUMED: Final = "schedule_resumed"
+SCHEDULE_RUN: Final = "schedule_run"
+CERTIFICATE_REVOKED: Final = "certificate_revoked"
+CERTIFICATE_REINSTATED: Final = "certificate_reinstated"
+CERTIFICATE_TEMPLATE_SET: Final = "certificate_template_set"
 
 
 def _clean(value: Any) -> Any:

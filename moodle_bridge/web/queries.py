@@ -28,6 +28,7 @@ from moodle_bridge.results.states import (
     FAILED,
     JOB_TERMINAL,
     REACHED_STATUSES,
+    RECIPIENT_STATUSES,
     RESTORED,
     SENT,
 )
@@ -38,20 +39,7 @@ PAGE_SIZE = 50
 #: Job counter columns in a job row (re-exported for the app).
 COUNTERS = COUNTER_BUCKETS
 #: Statuses a recipient row can have, in the order the job page lists them.
-STATUS_ORDER = (
-    "pending",
-    "queued",
-    "retrying",
-    "sent",
-    "rendered",
-    "delivered",
-    "bounced",
-    "complained",
-    "failed",
-    "skipped",
-    "cancelled",
-    "restored",
-)
+STATUS_ORDER = RECIPIENT_STATUSES
 JOB_TYPES = ("email", "certificate")
 FAILURE_STATUSES = (FAILED, BOUNCED, COMPLAINED, RESTORED)
 
@@ -418,12 +406,22 @@ def certificates_page(
     after_id: int = 0,
 ) -> tuple[list[Any], bool]:
     """Recipients of the job whose certificate was stored, in id order."""
-    r = tables.recipients
+    r, c = tables.recipients, tables.certificates
     where = [*_recipient_scope(conn, tables, directory, who, job), r.c.artifactkey.is_not(None)]
     if after_id:
         where.append(r.c.id > after_id)
     rows = conn.execute(
-        sa.select(r.c.id, r.c.address, r.c.fullname, r.c.status, r.c.timefinal, r.c.artifactkey)
+        sa.select(
+            r.c.id,
+            r.c.address,
+            r.c.fullname,
+            r.c.status,
+            r.c.timefinal,
+            r.c.artifactkey,
+            c.c.verifycode,
+            c.c.timerevoked,
+        )
+        .select_from(r.outerjoin(c, c.c.recipientid == r.c.id))
         .where(*where)
         .order_by(r.c.id)
         .limit(PAGE_SIZE + 1)

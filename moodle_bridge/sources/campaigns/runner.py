@@ -10,7 +10,9 @@ Exactly one reminder per (campaign, user, cycle):
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,14 +141,22 @@ def run_campaign(
     at: int,
     actor: str,
     iomad: IomadTables | None = None,
+    rule_changes: Mapping[str, Any] | None = None,
+    force_cloud: bool = False,
 ) -> RunReport:
-    """Plan this cycle's reminders of one campaign; the outbox submits the job afterwards."""
+    """Plan this cycle's reminders of one campaign; the outbox submits the job afterwards.
+
+    A schedule (docs/schedules.md) passes ``rule_changes`` (its ``suppresstarget`` and
+    ``suppress_course_completion``) and ``force_cloud`` (``cloud_preference = cloud``: the
+    company's threshold does not apply)."""
     campaigns = CampaignRepo(repo.t)
     with engine.begin() as conn:
         row = campaigns.get(conn, campaignid)
         if row is None:
             raise CampaignError(f"campaign {campaignid} does not exist (see `moodle-offload campaigns list`)")
         rule = rule_from_json(str(row.rule))
+        if rule_changes:
+            rule = dataclasses.replace(rule, **rule_changes)
         report = RunReport(campaignid, rule.cycle(at))
         if at < rule.start:
             report.notes.append("the campaign has not started yet")
@@ -166,7 +176,9 @@ def run_campaign(
             report.notes.append("nobody matches the rule this cycle")
             return report
         settings = repo.get_settings(conn, companyid)
-        decision = decide(repo.offload_enabled(conn), settings, "email", len(members))
+        decision = decide(
+            repo.offload_enabled(conn), settings, "email", 2**62 if force_cloud else len(members)
+        )
         if not decision.offload or settings is None:
             raise CampaignError(
                 f"company {companyid} is not routed to the cloud for email ({decision.reason}); "
@@ -242,6 +254,30 @@ def run_campaign(
         report.skipped = sum(1 for p in planned if p.status == "skipped")
         report.failed = created.recipients - created.pending - report.skipped
     return report
+
+
+def audience_count(
+    engine: sa.Engine, repo: BridgeRepo, config: BridgeConfig, campaignid: int, *, at: int
+) -> int:
+    """How many users the campaign's rule finds now (leaving out those already reminded this
+    cycle or at their cap), as a run would; reads only."""
+    with engine.connect() as conn:
+        row = CampaignRepo(repo.t).get(conn, campaignid)
+        if row is None:
+            raise CampaignError(f"campaign {campaignid} does not exist")
+        rule = rule_from_json(str(row.rule))
+        iomad = detect_iomad(conn, config.database.prefix)
+        members = audience(
+            conn,
+            moodle_tables_for(iomad),
+            iomad,
+            repo.t,
+            rule,
+            companyid=int(row.companyid),
+            campaignid=campaignid,
+            now=at,
+        )
+    return len(members)
 
 
 def preview(
