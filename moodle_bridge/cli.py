@@ -42,6 +42,7 @@ COMMAND_MODULES = (
     "config_check",
     "uninstall",
     "dashboard",
+    "certificates",
 )
 
 #: Long-running commands: they log at INFO by default (one-shot commands at WARNING).

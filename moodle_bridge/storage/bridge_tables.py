@@ -30,6 +30,7 @@ TABLE_NAMES = (
     "mrcloud_campaigns",
     "mrcloud_campaign_ledger",
     "mrcloud_dash_sessions",
+    "mrcloud_completion_certs",
 )
 
 
@@ -54,6 +55,7 @@ class BridgeTables:
     campaigns: sa.Table
     campaign_ledger: sa.Table
     dash_sessions: sa.Table
+    completion_certs: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -335,6 +337,24 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrcldashsess_tim_ix", "timeexpires"),
     )
 
+    # Added in schema version 11: the ledger of store-only certificates (completions IOMAD does
+    # not mail). One row per (user, course, completion), written in the same transaction as the
+    # job and its recipients, so a completion gets one certificate whatever restarts or overlaps.
+    completion_certs = sa.Table(
+        f"{p}mrcloud_completion_certs",
+        m,
+        _id(),
+        sa.Column("companyid", sa.BigInteger, nullable=False),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("courseid", sa.BigInteger, nullable=False),
+        sa.Column("completionid", sa.BigInteger, nullable=False),  # course_completions.id
+        sa.Column("timecompleted", UNIXTIME, nullable=False),
+        sa.Column("jobid", ID, nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.UniqueConstraint("userid", "courseid", "completionid", name=f"{p}mrclcompcert_usecoucom_uix"),
+        sa.Index(f"{p}mrclcompcert_com_ix", "completionid"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -351,4 +371,5 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         campaigns,
         campaign_ledger,
         dash_sessions,
+        completion_certs,
     )

@@ -233,6 +233,12 @@ STEPS: tuple[Step, ...] = (
         _add_columns(*_JOB_COUNTS_COLUMNS),
         adds_columns=_JOB_COUNTS_COLUMNS,
     ),
+    Step(
+        11,
+        "the ledger of store-only certificates: one per (user, course, completion)",
+        _create_tables("completion_certs"),
+        adds_tables=("completion_certs",),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version
