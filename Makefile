@@ -15,7 +15,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export WRANGLER_SEND_METRICS := false
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: demo test lint typecheck pytest audit bench setup system format clean
+.PHONY: demo test lint typecheck pytest audit bench explore setup system format clean
 
 demo: setup
 	$(BIN)/python -m demo $(DEMO_ARGS)
@@ -71,6 +71,11 @@ pytest: setup
 # unreachable, and fails only with AUDIT_STRICT=1 and a known vulnerability (docs/security.md).
 audit: setup
 	$(BIN)/python scripts/dependency_audit.py
+
+# Property tests searched at random, several rounds (the suite runs a fixed, derandomized set).
+explore: setup
+	for round in 1 2 3 4 5; do HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q \
+	  tests/results/test_properties.py tests/results/test_receiver_fuzz.py tests/contract/test_packing.py || exit 1; done
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)

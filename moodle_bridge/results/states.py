@@ -37,6 +37,7 @@ from moodle_bridge.storage.statuses import (
     PENDING,
     QUEUED,
     REACHED_STATUSES,
+    RECIPIENT_STATUSES,
     RENDERED,
     RESTORED,
     RETRYING,
@@ -73,6 +74,7 @@ __all__ = [
     "PENDING",
     "QUEUED",
     "REACHED_STATUSES",
+    "RECIPIENT_STATUSES",
     "RENDERED",
     "RESTORED",
     "RETRYING",
@@ -91,6 +93,9 @@ NEVER_PROCESSED: Final = "never_processed"
 #: Closed statuses a provider's word can still overturn: a recipient cancelled (or given back
 #: to IOMAD) while its batch was in the cloud may have been sent before the cancel arrived.
 #: ``skipped`` recipients were never handed to anyone, so nothing can be reported for them.
+#: Only a recipient closed before the provider's word about it arrived can be reopened: one that
+#: already has a provider message id was closed knowing that send (sent, then rejected, then
+#: given back to IOMAD), so a replay of that send's results is old news (``reopens_on_send``).
 SENDABLE_AFTER_CLOSE: Final = frozenset({CANCELLED, RESTORED})
 
 DISPATCH_RESULTS: Final = frozenset({"sent", "failed", "retrying", "rendered"})
@@ -114,6 +119,11 @@ class RecipientView:
     batchid: int | None
     providermessageid: str | None
     artifactkey: str | None = None
+
+
+def reopens_on_send(view: RecipientView) -> bool:
+    """A provider's word that it sent the mail reopens this closed recipient (see above)."""
+    return view.status in SENDABLE_AFTER_CLOSE and view.providermessageid is None
 
 
 @dataclass(frozen=True)
@@ -172,7 +182,7 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
     if result_batch_rowid is not None and result_batch_rowid != view.batchid:
         return Decision(Outcome.IGNORED, "stale_attempt")
     if current in CLOSED_STATUSES:
-        if status == "sent" and current in SENDABLE_AFTER_CLOSE:
+        if status == "sent" and reopens_on_send(view):
             # The cloud sent it before the cancel reached it: what was sent is recorded as sent
             # (with its message id, so its bounces still reach the suppression list).
             return _applied(status=SENT, providermessageid=message_id)
@@ -218,7 +228,7 @@ def _decide_event(
     view: RecipientView, result: dict[str, Any], status: str, message_id: str | None
 ) -> Decision:
     current = view.status
-    if current in CLOSED_STATUSES and not (current in SENDABLE_AFTER_CLOSE and status != "rejected"):
+    if current in CLOSED_STATUSES and not (reopens_on_send(view) and status != "rejected"):
         return Decision(Outcome.IGNORED, f"recipient_{current}")
     extra: dict[str, Any] = {}
     if message_id is not None and view.providermessageid is None:

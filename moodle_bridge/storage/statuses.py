@@ -22,6 +22,21 @@ SKIPPED: Final = "skipped"  # never sent: suppressed address (set at job creatio
 CANCELLED: Final = "cancelled"  # job control cancelled it before it was sent
 RESTORED: Final = "restored"  # failed in the cloud, handed back to IOMAD's local path
 
+#: Every recipient status, in the order a recipient can pass through them (listings, filters).
+RECIPIENT_STATUSES: Final = (
+    PENDING,
+    QUEUED,
+    RETRYING,
+    SENT,
+    RENDERED,
+    DELIVERED,
+    BOUNCED,
+    COMPLAINED,
+    FAILED,
+    SKIPPED,
+    CANCELLED,
+    RESTORED,
+)
 ACTIVE_STATUSES: Final = frozenset({PENDING, QUEUED, RETRYING})
 FINAL_STATUSES: Final = frozenset(
     {SENT, RENDERED, DELIVERED, BOUNCED, COMPLAINED, FAILED, SKIPPED, CANCELLED, RESTORED}

@@ -28,6 +28,7 @@ from moodle_bridge.results.states import (
     FAILED,
     JOB_TERMINAL,
     REACHED_STATUSES,
+    RECIPIENT_STATUSES,
     RESTORED,
     SENT,
 )
@@ -38,20 +39,7 @@ PAGE_SIZE = 50
 #: Job counter columns in a job row (re-exported for the app).
 COUNTERS = COUNTER_BUCKETS
 #: Statuses a recipient row can have, in the order the job page lists them.
-STATUS_ORDER = (
-    "pending",
-    "queued",
-    "retrying",
-    "sent",
-    "rendered",
-    "delivered",
-    "bounced",
-    "complained",
-    "failed",
-    "skipped",
-    "cancelled",
-    "restored",
-)
+STATUS_ORDER = RECIPIENT_STATUSES
 JOB_TYPES = ("email", "certificate")
 FAILURE_STATUSES = (FAILED, BOUNCED, COMPLAINED, RESTORED)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import Counter
 from typing import Any
@@ -41,25 +42,74 @@ class AtomicItems:
             return self._client.update_item(**kwargs)
 
 
+class VirtualTime:
+    """Time shared by several threads that moves only when every one of them sleeps.
+
+    A plain shared fake clock lets one thread's sleep jump the time while another thread's
+    DynamoDB call is in flight; the limiter then (rightly) takes that call for a slow answer
+    and refuses its tokens, and the run depends on the interleaving. Here the earliest sleeper
+    wakes only once all the others sleep or have finished, as in a discrete-event simulation,
+    so a call never spans a jump and the outcome does not depend on scheduling.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.now = 1_000_000.0
+        self._cond = threading.Condition()
+        self._running = threads
+        self._sleepers: list[tuple[float, int]] = []
+        self._seq = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._cond:
+            self._seq += 1
+            me = (self.now + max(seconds, 0.001), self._seq)
+            heapq.heappush(self._sleepers, me)
+            self._running -= 1
+            self._cond.notify_all()
+            while not (self._running == 0 and self._sleepers[0] == me):
+                self._cond.wait()
+            heapq.heappop(self._sleepers)
+            self.now = me[0]
+            self._running += 1
+
+    def finished(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+
 def test_concurrent_invocations_never_exceed_the_rate_together(aws: Aws) -> None:
-    clock = Clock()
+    sizes = (1, 3, 5, 7)
+    clock = VirtualTime(len(sizes))
     dynamodb = AtomicItems(aws.dynamodb)
     taken: Counter[int] = Counter()
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def invocation(n: int) -> None:
-        limiter = SharedRateLimiter(dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep)
-        for _ in range(12):
-            limiter.acquire(n, deadline=clock.now + 10_000)
-            with lock:
-                taken[int(clock.time())] += n
+        try:
+            limiter = SharedRateLimiter(
+                dynamodb, "offload-idempotency", 14, clock=clock.time, sleep=clock.sleep
+            )
+            for _ in range(12):
+                limiter.acquire(n, deadline=clock.now + 10_000)
+                with lock:
+                    taken[int(clock.time())] += n
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+        finally:
+            clock.finished()
 
-    threads = [threading.Thread(target=invocation, args=(n,)) for n in (1, 3, 5, 7)]
+    threads = [threading.Thread(target=invocation, args=(n,)) for n in sizes]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert sum(taken.values()) == 12 * (1 + 3 + 5 + 7)
+        t.join(timeout=60)
+    assert not errors, errors
+    assert sum(taken.values()) == 12 * sum(sizes)
     for second in taken:
         item = aws.dynamodb.get_item(TableName="offload-idempotency", Key={"id": {"S": f"pace#ses#{second}"}})
         assert int(item["Item"]["used"]["N"]) <= 14
