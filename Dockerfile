@@ -11,6 +11,7 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY offload_contract ./offload_contract
 COPY moodle_bridge ./moodle_bridge
+COPY certificate_render ./certificate_render
 RUN python -m pip install --no-cache-dir --disable-pip-version-check -c constraints.txt build \
  && python -m build --wheel --outdir /wheels . \
  && python -m venv /opt/moodle-offload \

@@ -31,9 +31,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from lambdas.certificates.fonts import FontLibrary
-from lambdas.certificates.renderer import render_certificate
-from lambdas.certificates.template import PACKAGE_DIR, TemplateStore, default_document, default_template
+from certificate_render.fonts import FontLibrary
+from certificate_render.renderer import render_certificate
+from certificate_render.template import PACKAGE_DIR, TemplateStore, default_document, default_template
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.pacing import SharedRateLimiter
 from lambdas.email.contents import ObjectFetcher

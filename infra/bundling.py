@@ -1,11 +1,11 @@
 """Build the Lambda code asset without Docker.
 
-The asset is a directory holding ``lambdas/``, ``offload_contract/`` and the ``lambdas`` extra's
-run-time dependencies, installed by pip as manylinux aarch64 wheels for the Lambda runtime's
-Python. boto3/botocore come with the runtime and are left out. The directory is cached under
-``build/lambda-assets/<hash>``: the hash covers the sources, pyproject.toml, constraints.txt,
-the target Python and platform, so a synth with nothing changed copies nothing and installs
-nothing. ``mode="source"`` (tests) skips pip and needs no network.
+The asset is a directory holding ``lambdas/``, ``certificate_render/`` (with its fonts),
+``offload_contract/`` and the ``lambdas`` extra's run-time dependencies, installed by pip as
+manylinux aarch64 wheels for the Lambda runtime's Python. boto3/botocore come with the runtime
+and are left out. The directory is cached under ``build/lambda-assets/<hash>``: the hash covers
+the sources, pyproject.toml, constraints.txt, the target Python and platform, so a synth with
+nothing changed copies nothing and installs nothing. ``mode="source"`` (tests) skips pip and needs no network.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ BundleMode = Literal["full", "source"]
 PYTHON_VERSION = "3.14"
 #: pip expands no manylinux aliases for foreign platforms, so list each accepted tag.
 PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64")
-SOURCE_PACKAGES = ("lambdas", "offload_contract")
+SOURCE_PACKAGES = ("lambdas", "certificate_render", "offload_contract")
 #: Provided by the Lambda runtime; never bundled.
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer"})
 #: Written by scripts/build_certificate_fonts.py; a full bundle without the fonts is refused.
-FONT_MANIFEST = "lambdas/certificates/fonts/manifest.json"
+FONT_MANIFEST = "certificate_render/fonts/manifest.json"
 _IGNORED_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 
 

@@ -18,3 +18,9 @@ def send_key(company_id: int, job_id: int | str, recipient_id: int | str) -> str
 def cancel_key(job_id: int | str) -> str:
     """The job's cancel record, written by the bridge and read by the sender before each SES call."""
     return f"cancel#{job_id}"
+
+
+def verification_key(code: str) -> str:
+    """A certificate's verification record, written by the renderer and read by the public verify
+    route; the bridge marks it revoked (moodle_bridge/transports/certificate_records.py)."""
+    return f"cert#{code}"

@@ -17,10 +17,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from functools import cache
+from importlib import resources
+from typing import Any, Final
 
 from offload_contract.signing import KDF_SALT, hkdf_sha256
 
@@ -32,6 +35,24 @@ _TOKEN = re.compile(
 )
 #: Longest token: 16 + 21 + 86 + 86 + 22 + 4 dots.
 MAX_TOKEN_CHARS: Final = 235
+
+
+#: The bridge names a campaign job's mail ``job<id>`` in its tokens; the cloud turns that back into
+#: the contract ``job_id`` of the ``unsubscribed`` result it reports (docs/campaigns.md).
+_JOB_CAMPAIGN = re.compile(r"^job([0-9]{1,18})$")
+
+
+def campaign_for_job(job_id: int) -> str:
+    """The campaign id the bridge signs into the tokens of job ``job_id``'s recipients."""
+    if job_id < 0:
+        raise ValueError("job ids are >= 0")
+    return f"job{job_id}"
+
+
+def job_of_campaign(campaign_id: str) -> str | None:
+    """The contract ``job_id`` a campaign id names (``job12`` -> ``"12"``), or None for any other id."""
+    match = _JOB_CAMPAIGN.match(campaign_id)
+    return match.group(1) if match else None
 
 
 class TokenError(ValueError):
@@ -101,3 +122,21 @@ def verify_token(token: str, roots: Mapping[str, bytes]) -> Unsubscribe:
     if token != make_token(root, keyset, company_id, recipient_id, campaign_id):
         raise TokenError("non-canonical token")
     return Unsubscribe(keyset, company_id, recipient_id, campaign_id)
+
+
+@cache
+def _pages() -> dict[str, Any]:
+    text = resources.files("offload_contract").joinpath("pages/unsubscribe.json").read_text("utf-8")
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
+def page(name: str) -> str:
+    """A human unsubscribe page (``confirm``, ``done``, ``invalid``, ``unavailable``): static HTML,
+    the same bytes the Worker serves (``offload_contract/pages/unsubscribe.json``)."""
+    return str(_pages()["pages"][name])
+
+
+def page_security_policy() -> str:
+    """The Content-Security-Policy the pages are served with: no scripts, posts to itself only."""
+    return str(_pages()["content_security_policy"])

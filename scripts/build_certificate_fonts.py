@@ -1,4 +1,4 @@
-"""Build the subset fonts of the certificate renderer into lambdas/certificates/fonts/.
+"""Build the subset fonts of the certificate renderer into certificate_render/fonts/.
 
 Run by ``make setup`` (the outputs are build products, not committed): the sources are
 Debian's fonts-noto-core and fonts-noto-cjk (installed by scripts/bootstrap.sh), both under
@@ -24,7 +24,7 @@ from pathlib import Path
 from fontTools import subset
 from fontTools.ttLib import TTFont
 
-OUT = Path(__file__).resolve().parent.parent / "lambdas" / "certificates" / "fonts"
+OUT = Path(__file__).resolve().parent.parent / "certificate_render" / "fonts"
 NOTO = Path("/usr/share/fonts/truetype/noto")
 NOTO_CJK = Path("/usr/share/fonts/opentype/noto")
 CJK_FACE = 2  # Noto Sans CJK SC in the .ttc collection

@@ -175,6 +175,27 @@ CAPABILITIES: dict[str, Any] = {
 }
 
 
+#: What the cloud reports when a recipient confirms a campaign unsubscribe (lambdas/results/intake.py,
+#: cloudflare/src/unsubscribe.js): one result naming the job and recipient of the signed token.
+UNSUBSCRIBE_RESULT: dict[str, Any] = {
+    "type": "result_batch",
+    "contract_version": 1,
+    "report_id": "unsub-c7-job12-34",
+    "company_id": 7,
+    "reporter": "unsubscribe",
+    "created_at": 1795361990,
+    "results": [
+        {
+            "job_id": "12",
+            "recipient_id": "34",
+            "status": "unsubscribed",
+            "attempts": 1,
+            "occurred_at": 1795361990,
+        }
+    ],
+}
+
+
 def mutated(base: dict[str, Any], path: list[Any], value: Any = None, delete: bool = False) -> dict[str, Any]:
     doc = copy.deepcopy(base)
     target = doc
@@ -285,6 +306,18 @@ def main() -> None:
             "message_type": "result_batch",
             "valid": False,
             "message": mutated(RESULT_BATCH, ["results", 0, "status"], "maybe"),
+        },
+        {
+            "name": "unsubscribe confirmed by a recipient of campaign job 12",
+            "message_type": "result_batch",
+            "valid": True,
+            "message": UNSUBSCRIBE_RESULT,
+        },
+        {
+            "name": "unsubscribe from a reporter outside the enum",
+            "message_type": "result_batch",
+            "valid": False,
+            "message": mutated(UNSUBSCRIBE_RESULT, ["reporter"], "unsubscribe_page"),
         },
         {
             "name": "negative company id",

@@ -22,6 +22,7 @@ from offload_contract.signing import (  # noqa: E402
     derive_company_key,
     make_key_id,
 )
+from offload_contract.unsubscribe import make_token  # noqa: E402
 
 # Fixed, published test secrets. Never use them in a deployment.
 ROOT_SECRET_A = bytes(range(32))
@@ -276,6 +277,45 @@ def main() -> None:
         "content": sealed_content,
         "nonce_hex": bytes(range(12)).hex(),
         "sealed": seal_content(ROOT_SECRET_A, "s1", 7, "j-7", "e-1", sealed_content, nonce=bytes(range(12))),
+    }
+    genuine = make_token(ROOT_SECRET_A, "k2026", 7, "34", "job12")
+    keyset, company, recipient, campaign, tag = genuine.split(".")
+    other_person = make_token(ROOT_SECRET_A, "k2026", 7, "35", "job12").split(".")[2]
+    flipped_tag = ("B" if tag[0] == "A" else "A") + tag[1:]
+    vectors["unsubscribe"] = {
+        "description": "One-click unsubscribe tokens (offload_contract/unsubscribe.py): the AWS API and the "
+        "Worker accept `token` and name exactly (company, recipient, campaign); every `rejected` token is "
+        "refused by both (forged, altered, another person's, unknown key set, non-canonical).",
+        "root_secret_b64url": b64url(ROOT_SECRET_A),
+        "keyset": "k2026",
+        "company_id": 7,
+        "recipient_id": "34",
+        "campaign_id": "job12",
+        "job_id": "12",
+        "token": genuine,
+        "rejected": [
+            {"why": "tag flipped", "token": ".".join((keyset, company, recipient, campaign, flipped_tag))},
+            {
+                "why": "another recipient, same tag",
+                "token": ".".join((keyset, company, other_person, campaign, tag)),
+            },
+            {"why": "another company, same tag", "token": ".".join((keyset, "c8", recipient, campaign, tag))},
+            {
+                "why": "another campaign, same tag",
+                "token": ".".join((keyset, company, recipient, b64url(b"job13"), tag)),
+            },
+            {"why": "unknown key set", "token": ".".join(("k1999", company, recipient, campaign, tag))},
+            {
+                "why": "signed with another root",
+                "token": make_token(ROOT_SECRET_B, "k2026", 7, "34", "job12"),
+            },
+            {
+                "why": "padded base64 (non-canonical)",
+                "token": ".".join((keyset, company, recipient + "=", campaign, tag)),
+            },
+            {"why": "truncated", "token": genuine[:-1]},
+            {"why": "not a token", "token": "unsubscribe-me"},
+        ],
     }
     out = ROOT / "offload_contract" / "vectors" / "signing.json"
     out.write_text(json.dumps(vectors, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -4,8 +4,10 @@
 //   POST /v1/results/pull              signed: results kept for the bridge (pull mode, DLQ)
 //   POST /v1/events/ses                SES events via an EventBridge API destination (bearer token)
 //   POST /v1/events/sendgrid           SendGrid Event Webhook (ECDSA signature)
-//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS
-//   GET  /v1/certificates/verify/{code} public: as on AWS (404 until the Worker renders certificates)
+//   GET  /v1/unsubscribe/{token}       public: the unsubscribe page (a confirm button), as on AWS
+//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js)
+//   GET  /v1/certificates/verify/{code} public: as on AWS (404 until the Worker renders certificates);
+//                                      throttled per client address (VERIFY_LIMITER, 429)
 
 import { validate } from "./contract.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
@@ -13,9 +15,9 @@ import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResp
 import { ProviderConfigError, buildProvider, providerRouting } from "./providers.js";
 import { PULL_PATH, pullResults } from "./results.js";
 import { constantTimeEqual } from "./signing.js";
+import { UNSUBSCRIBE_PATH, handleUnsubscribe } from "./unsubscribe.js";
 
 export const CAPABILITIES_PATH = "/v1/capabilities";
-const TOKEN = /^[A-Za-z0-9_-]{16,256}$/;
 const CODE = /^[A-Z0-9]{8,32}$/;
 const EVENT_BODY_LIMIT = 1_048_576;
 
@@ -64,6 +66,20 @@ async function readLimited(request, limit) {
   return body;
 }
 
+/**
+ * Per-client throttle of the public verify route (page and JSON): Workers' rate-limit binding
+ * VERIFY_LIMITER (wrangler.jsonc: a limit per 60 s), keyed by the client's address, so one
+ * client's flood answers 429 to it alone. Without the binding (an older deployment) nothing is
+ * throttled here; the account's WAF rules still apply.
+ */
+async function verifyThrottled(request, env) {
+  if (!env.VERIFY_LIMITER) return null;
+  const client = request.headers.get("cf-connecting-ip") || "unknown";
+  const { success } = await env.VERIFY_LIMITER.limit({ key: `verify:${client}` });
+  if (success) return null;
+  return jsonResponse(429, { error: "too_many_requests", message: "too many verification requests from this address; try again in a minute" }, { "retry-after": "60" });
+}
+
 const methodNotAllowed = (allow) => jsonResponse(405, { error: "method_not_allowed", message: `use ${allow}` }, { allow });
 
 /** Answer `request` if it is one of these routes, else null. */
@@ -108,17 +124,13 @@ export async function handleRoute(request, env, { processors } = {}) {
       const counts = await applyEvents(env, parsed.map(normaliseSendgridEvent));
       return jsonResponse(200, counts);
     }
-    const unsubscribe = /^\/v1\/unsubscribe\/([^/]+)$/.exec(pathname);
-    if (unsubscribe) {
-      if (request.method !== "POST") return methodNotAllowed("POST");
-      const token = unsubscribe[1];
-      if (!TOKEN.test(token)) return jsonResponse(404, { error: "unknown_token" });
-      await publicRecords(env).unsubscribe(token);
-      return jsonResponse(200, { unsubscribed: true });
-    }
+    const unsubscribe = UNSUBSCRIBE_PATH.exec(pathname);
+    if (unsubscribe) return await handleUnsubscribe(request, env, unsubscribe[1]);
     const verify = /^\/v1\/certificates\/verify\/([^/]+)$/.exec(pathname);
     if (verify) {
       if (request.method !== "GET") return methodNotAllowed("GET");
+      const limited = await verifyThrottled(request, env);
+      if (limited) return limited;
       const code = verify[1];
       const record = CODE.test(code) ? await publicRecords(env).certificate(code) : null;
       if (!record) return jsonResponse(404, { valid: false });

@@ -16,6 +16,7 @@ from infra.constructs.queues import OffloadQueues
 from infra.constructs.storage import (
     CERTIFICATES_PREFIX,
     CONTENTS_PREFIX,
+    TEMPLATES_PREFIX,
     CertificateStorage,
     HmacKeys,
     IdempotencyTable,
@@ -33,6 +34,12 @@ UNSUBSCRIBE_PATH = "/v1/unsubscribe"
 BRIDGE_TABLE_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem")
 BRIDGE_TABLE_KEYS = ("cancel#*", "send#c*")
 BRIDGE_SES_ACTIONS = ("ses:GetEmailIdentity",)
+#: Revocation (moodle_bridge/transports/certificate_records.py): a conditional update of the
+#: verification records only (tests/infra/test_bridge_policy.py derives both from that module).
+BRIDGE_CERTIFICATE_ACTIONS = ("dynamodb:UpdateItem",)
+BRIDGE_CERTIFICATE_KEYS = ("cert#*",)
+#: `certificates template set|show|preview` read and write the templates the renderer reads.
+BRIDGE_TEMPLATE_ACTIONS = ("s3:GetObject", "s3:PutObject")
 
 
 def envelope_model_schema() -> apigw.JsonSchema:
@@ -110,6 +117,7 @@ class OffloadApi(Construct):
                     for path, method in (
                         (f"{VERIFY_PATH}/{{code}}", "GET"),
                         (f"{UNSUBSCRIBE_PATH}/{{token}}", "POST"),
+                        (f"{UNSUBSCRIBE_PATH}/{{token}}", "GET"),
                     )
                 },
             ),
@@ -147,16 +155,21 @@ class OffloadApi(Construct):
                 request_parameters={"method.request.path.code": True},
             )
         )
-        self.unsubscribe_method = (
-            v1.add_resource("unsubscribe")
-            .add_resource("{token}")
-            .add_method(
-                "POST",
-                integration,
-                authorization_type=apigw.AuthorizationType.NONE,
-                request_validator=params_validator,
-                request_parameters={"method.request.path.token": True},
-            )
+        unsubscribe = v1.add_resource("unsubscribe").add_resource("{token}")
+        self.unsubscribe_method = unsubscribe.add_method(
+            "POST",
+            integration,
+            authorization_type=apigw.AuthorizationType.NONE,
+            request_validator=params_validator,
+            request_parameters={"method.request.path.token": True},
+        )
+        # The human page (a confirm button; a GET changes nothing, since mail scanners fetch links).
+        self.unsubscribe_page_method = unsubscribe.add_method(
+            "GET",
+            integration,
+            authorization_type=apigw.AuthorizationType.NONE,
+            request_validator=params_validator,
+            request_parameters={"method.request.path.token": True},
         )
         self.web_acl = self._public_web_acl(config) if config.public_waf else None
         self._acknowledge(config)
@@ -165,7 +178,7 @@ class OffloadApi(Construct):
         """Per-client throttling of the public routes (the stage throttle is shared by everyone).
 
         One rate-based rule: a source address that sends more than ``public_waf_limit_per_5min``
-        verify or unsubscribe requests in 5 minutes is blocked (403) until it slows down; other
+        verify or unsubscribe requests in 5 minutes is answered 429 until it slows down; other
         clients are unaffected. The signed intake is left to IAM and the stage throttle."""
 
         def starts_with(path: str) -> wafv2.CfnWebACL.StatementProperty:
@@ -195,7 +208,11 @@ class OffloadApi(Construct):
                 wafv2.CfnWebACL.RuleProperty(
                     name="PublicRoutesPerClient",
                     priority=0,
-                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    action=wafv2.CfnWebACL.RuleActionProperty(
+                        block=wafv2.CfnWebACL.BlockActionProperty(
+                            custom_response=wafv2.CfnWebACL.CustomResponseProperty(response_code=429)
+                        )
+                    ),
                     statement=wafv2.CfnWebACL.StatementProperty(
                         rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
                             aggregate_key_type="IP",
@@ -320,6 +337,11 @@ class OffloadApi(Construct):
                 "RFC 8058 one-click unsubscribe is POSTed by mail clients without credentials; "
                 "the token is HMAC-signed and bound to company, recipient and campaign.",
             ),
+            (
+                self.unsubscribe_page_method,
+                "The unsubscribe page is opened from a mail link without credentials; it only shows a "
+                "confirm button (a GET records nothing) and refuses tokens that are not HMAC-signed.",
+            ),
         ):
             acknowledge(method, id="AwsSolutions-APIG4", reason=why)
             acknowledge(method, id="AwsSolutions-COG4", reason=why)
@@ -380,6 +402,11 @@ class BridgeAccess(Construct):
                 actions=["s3:GetObject"],
                 resources=[f"{bucket_arn}/{CERTIFICATES_PREFIX}*"],
             ),
+            iam.PolicyStatement(
+                sid="CertificateTemplates",
+                actions=list(BRIDGE_TEMPLATE_ACTIONS),
+                resources=[f"{bucket_arn}/{TEMPLATES_PREFIX}*"],
+            ),
         ]
         if table is not None:
             # Job control and deadline reconciliation (moodle_bridge/transports/cloud_records.py):
@@ -392,6 +419,18 @@ class BridgeAccess(Construct):
                     actions=list(BRIDGE_TABLE_ACTIONS),
                     resources=[table.table.table_arn],
                     conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_TABLE_KEYS)}},
+                )
+            )
+            # Certificate revocation: only verification records, only UpdateItem (conditional on the
+            # record existing and belonging to the company, so nothing is created).
+            statements.append(
+                iam.PolicyStatement(
+                    sid="RevokeCertificates",
+                    actions=list(BRIDGE_CERTIFICATE_ACTIONS),
+                    resources=[table.table.table_arn],
+                    conditions={
+                        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(BRIDGE_CERTIFICATE_KEYS)}
+                    },
                 )
             )
         # `company set --sender-address` asks SES whether the address (or its domain) is a verified
@@ -420,7 +459,7 @@ class BridgeAccess(Construct):
             reason="The bridge reads (never changes) whether a sender address or its domain is a verified "
             "identity; the address is the admin's input, so no narrower resource is known in advance.",
         )
-        for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX):
+        for prefix in (CONTENTS_PREFIX, CERTIFICATES_PREFIX, TEMPLATES_PREFIX):
             acknowledge(
                 self.policy,
                 id=f"AwsSolutions-IAM5[Resource::{bucket_token}/{prefix}*]",

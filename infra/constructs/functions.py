@@ -255,11 +255,12 @@ class OffloadFunctions(Construct):
         self._allow("callback_dispatcher", read_keys)
         self._allow(
             "api",
-            # Nonces and unsubscribe records (PutItem), certificate verification (GetItem), the
-            # per-source count of wrong verification codes (UpdateItem).
+            # Nonces and unsubscribe records (PutItem), certificate verification and job routes
+            # (GetItem), the per-source count of wrong verification codes (UpdateItem).
             items("GetItem", "PutItem", "UpdateItem"),
             read_keys,
-            send_to(queues.jobs, queues.certificates),
+            # Results: a confirmed unsubscribe is reported to the bridge as a result_batch.
+            send_to(queues.jobs, queues.certificates, queues.results),
         )
 
         self._acknowledge_wildcards(storage)

@@ -25,17 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lambdas.certificates.fonts import FontLibrary
-from lambdas.certificates.renderer import render_certificate
+from certificate_render.fonts import FontLibrary
+from certificate_render.renderer import render_certificate
+from certificate_render.template import TemplateError, TemplateStore
+from certificate_render.values import CertificateDataError
 from lambdas.certificates.signing import PdfSigner, SigningError
-from lambdas.certificates.template import TemplateError, TemplateStore
-from lambdas.certificates.values import CertificateDataError
 from lambdas.certificates.verification import record_item
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.observability import logger
 from lambdas.results.builder import recipient_result, result_batches
 from lambdas.results.queue import ResultsQueue
 from offload_contract import encode_message, validate
+from offload_contract.cloud_keys import verification_key
 from offload_contract.limits import SQS_HEADROOM_BYTES, SQS_MAX_MESSAGE_BYTES
 
 FORWARD_CHUNK = 200
@@ -139,7 +140,9 @@ class CertificateBatchProcessor:
                 ContentDisposition='attachment; filename="certificate.pdf"', **self.sse,
             )  # fmt: skip
             owned = self.store.put_company_item(
-                f"cert#{code}", company_id, record_item(company_id, job_id, r["recipient_id"], key, data)
+                verification_key(code),
+                company_id,
+                record_item(company_id, job_id, r["recipient_id"], key, data),
             )
             if not owned:  # another company's certificate holds this code: never overwrite it
                 report.results.append(

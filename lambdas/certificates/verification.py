@@ -20,7 +20,8 @@ from typing import Any
 from babel.dates import format_date
 from jinja2 import Environment, select_autoescape
 
-from lambdas.certificates.values import locale_for
+from certificate_render.values import locale_for
+from offload_contract.cloud_keys import verification_key
 
 _KEYS = ("title", "valid", "revoked", "unknown", "name", "course", "date", "issuer", "code")
 _TEXTS = {
@@ -131,7 +132,7 @@ def revoke(db: Any, table: str, code: str, reason: str, *, company_id: int, now:
     try:
         db.update_item(
             TableName=table,
-            Key={"id": {"S": f"cert#{code}"}},
+            Key={"id": {"S": verification_key(code)}},
             UpdateExpression="SET revoked_at = :at, revoked_reason = :why",
             ConditionExpression="attribute_exists(id) AND company_id = :company",
             ExpressionAttributeValues={

@@ -1,4 +1,5 @@
-"""API Gateway REST API: intake of signed batches, certificate verification, one-click unsubscribe."""
+"""API Gateway REST API: intake of signed batches, certificate verification, one-click unsubscribe
+and its human page."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from lambdas.common.nonces import DynamoNonceStore
 from lambdas.common.observability import logger, tracer
 from lambdas.common.settings import settings
 from lambdas.results.intake import Answer, Intake
+from lambdas.results.queue import ResultsQueue
 from offload_contract.signing import Verifier
+from offload_contract.unsubscribe import page, page_security_policy
 
 app = APIGatewayRestResolver()
 #: The verify page loads nothing: no scripts, no images, only its inline style.
@@ -26,7 +29,13 @@ PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 @cache
 def intake() -> Intake:
     s = settings()
-    s.require("jobs_queue_url", "certificates_queue_url", "idempotency_table", "hmac_secret_arn")
+    s.require(
+        "jobs_queue_url",
+        "certificates_queue_url",
+        "results_queue_url",
+        "idempotency_table",
+        "hmac_secret_arn",
+    )
     keys = SecretKeySets(client("secretsmanager"), s.hmac_secret_arn).get()
     dynamodb = client("dynamodb")
     return Intake(
@@ -36,6 +45,7 @@ def intake() -> Intake:
         certificates_url=s.certificates_queue_url,
         store=IdempotencyStore(dynamodb, s.idempotency_table),
         roots=keys.roots,
+        results=ResultsQueue(client("sqs"), s.results_queue_url),
     )
 
 
@@ -93,9 +103,30 @@ def _source_ip() -> str:
     return str(identity.get("sourceIp") or "")
 
 
+def _unsubscribe_html(status: int, html: str) -> Response[Any]:
+    return Response(
+        status_code=status,
+        content_type="text/html; charset=utf-8",
+        body=html,
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": page_security_policy()},
+    )
+
+
+@app.get("/v1/unsubscribe/<token>")
+def unsubscribe_page(token: str) -> Response[Any]:
+    """The human page: a confirm button that POSTs back. A GET records nothing."""
+    return _unsubscribe_html(*intake().unsubscribe_page(token))
+
+
 @app.post("/v1/unsubscribe/<token>")
 def unsubscribe(token: str) -> Response[Any]:
-    return _respond(intake().unsubscribe(token))
+    """RFC 8058 one-click (JSON answer) or the page's confirm button (HTML answer for browsers)."""
+    answer = intake().unsubscribe(token)
+    logger.info("unsubscribe", extra={"status": answer.status})
+    if wants_html():
+        name = {200: "done", 404: "invalid"}.get(answer.status, "unavailable")
+        return _unsubscribe_html(answer.status, page(name))
+    return _respond(answer)
 
 
 @logger.inject_lambda_context

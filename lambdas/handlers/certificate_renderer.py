@@ -10,10 +10,10 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from lambdas.certificates.fonts import font_library
+from certificate_render.fonts import font_library
+from certificate_render.template import TemplateStore
 from lambdas.certificates.processor import CertificateBatchProcessor
 from lambdas.certificates.signing import CompanySigners
-from lambdas.certificates.template import TemplateStore
 from lambdas.common.aws import client
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.observability import MetricUnit, logger, metrics, tracer

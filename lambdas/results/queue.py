@@ -19,14 +19,14 @@ class ResultsQueue:
         self.sent = 0
 
     def publish(self, batches: Sequence[dict[str, Any]], callback_url: str, key_id: str) -> None:
+        attributes = {"key_id": {"DataType": "String", "StringValue": key_id}}
+        if callback_url:  # SQS refuses an empty attribute; without one only pull or the DLQ delivers it
+            attributes["callback_url"] = {"DataType": "String", "StringValue": callback_url}
         entries = [
             {
                 "Id": str(index),
                 "MessageBody": encode_message(batch).decode("utf-8"),
-                "MessageAttributes": {
-                    "callback_url": {"DataType": "String", "StringValue": callback_url},
-                    "key_id": {"DataType": "String", "StringValue": key_id},
-                },
+                "MessageAttributes": attributes,
             }
             for index, batch in enumerate(batches)
         ]

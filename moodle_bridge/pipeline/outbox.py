@@ -44,7 +44,7 @@ from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associ
 from moodle_bridge.transports.targets import SubmitError, Submitter
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
-from offload_contract.unsubscribe import make_token
+from offload_contract.unsubscribe import campaign_for_job, make_token
 
 log = logging.getLogger("moodle_bridge.pipeline.outbox")
 
@@ -107,7 +107,7 @@ def _unsubscribe_urls(job: sa.Row[Any], config: BridgeConfig) -> Callable[[str],
     if not base:
         raise BuildError("campaign mail needs submit.unsubscribe_url_base (the API's /v1/unsubscribe URL)")
     root = config.keys.root_secrets()[config.keys.current]
-    companyid, campaign = int(job.companyid), f"job{int(job.id)}"
+    companyid, campaign = int(job.companyid), campaign_for_job(int(job.id))
 
     def url(recipient_id: str) -> str:
         return f"{base}/{make_token(root, config.keys.current, companyid, recipient_id, campaign)}"

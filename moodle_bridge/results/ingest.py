@@ -36,12 +36,21 @@ from moodle_bridge.results.states import (
     COUNTER_COLUMNS,
     FINAL_STATUSES,
     JOB_TERMINAL,
+    UNSUBSCRIBED,
     Outcome,
     RecipientView,
     decide,
+    decide_unsubscribe,
     job_status_for,
 )
-from moodle_bridge.results.suppression import REASON_BOUNCE, REASON_COMPLAINT, record_suppressions
+from moodle_bridge.results.suppression import (
+    REASON_BOUNCE,
+    REASON_COMPLAINT,
+    REASON_UNSUBSCRIBE,
+    filter_suppressed,
+    normalise,
+    record_suppressions,
+)
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.storage.sqlutil import chunks, update_rows_by_id
@@ -97,7 +106,7 @@ def lock_jobs(conn: sa.Connection, tables: BridgeTables, job_ids: Iterable[int])
     out: dict[int, dict[str, Any]] = {}
     for part in chunks(ids):
         rows = conn.execute(
-            sa.select(j.c.id, j.c.companyid, j.c.status, j.c.timecompleted)
+            sa.select(j.c.id, j.c.companyid, j.c.status, j.c.timecompleted, j.c.category)
             .where(j.c.id.in_(part))
             .order_by(j.c.id)
             .with_for_update()
@@ -170,6 +179,42 @@ def refresh_jobs(
     return finished
 
 
+def _decide_unsubscribes(
+    conn: sa.Connection,
+    tables: BridgeTables,
+    company_id: int,
+    recipient_ids: set[int],
+    outcome: IngestResult,
+    suppress: dict[int, str],
+) -> None:
+    """Decide the report's ``unsubscribed`` results (campaign jobs only, checked by the caller):
+    each new address is suppressed for the company under ``unsubscribe``; an address already
+    suppressed is a duplicate. No recipient row changes."""
+    r = tables.recipients
+    addresses: dict[int, str] = {}
+    for part in chunks(sorted(recipient_ids)):
+        addresses.update(
+            (int(i), str(a or ""))
+            for i, a in conn.execute(sa.select(r.c.id, r.c.address).where(r.c.id.in_(part)))
+        )
+    already = filter_suppressed(conn, tables, company_id, {a for a in addresses.values() if a})
+    decided: set[str] = set()  # one address twice in a report: the second is a duplicate
+    for rid in sorted(recipient_ids):
+        address = addresses.get(rid, "")
+        if not address:
+            outcome.ignored += 1
+            outcome.ignored_reasons["no_address"] += 1
+            continue
+        known = already.get(address) or (REASON_UNSUBSCRIBE if normalise(address) in decided else None)
+        decision = decide_unsubscribe("campaign", known)
+        if decision.outcome is Outcome.APPLIED:
+            outcome.applied += 1
+            decided.add(normalise(address))
+            suppress.setdefault(rid, REASON_UNSUBSCRIBE)
+        else:
+            outcome.duplicates += 1
+
+
 def ingest_result_batch(
     conn: sa.Connection,
     tables: BridgeTables,
@@ -221,7 +266,7 @@ def ingest_result_batch(
         if rid is not None:
             wanted[rid] = parse_row_id(item["job_id"]) or 0
     # Only the columns the state machine needs (the driver parses every value it is sent).
-    columns = [r.c.id, r.c.jobid, r.c.emailid, r.c.status, r.c.batchid, r.c.providermessageid]
+    columns = [r.c.id, r.c.jobid, r.c.emailid, r.c.status, r.c.batchid, r.c.providermessageid, r.c.errorcode]
     if any(item["status"] == "rendered" for item in results):
         columns.append(r.c.artifactkey)
     rows: dict[int, dict[str, Any]] = {}
@@ -234,6 +279,7 @@ def ingest_result_batch(
     changes: dict[int, dict[str, Any]] = defaultdict(dict)
     late_for_closed: Counter[int] = Counter()
     suppress: dict[int, str] = {}  # recipient id -> suppression reason
+    unsubscribed: set[int] = set()  # recipients whose campaign unsubscribe is decided below
     for item in sorted(results, key=lambda i: int(i["occurred_at"])):
         rid = parse_row_id(item["recipient_id"])
         found = rows.get(rid) if rid is not None else None
@@ -242,8 +288,20 @@ def ingest_result_batch(
             outcome.ignored_reasons["unknown_recipient"] += 1
             continue
         row = found
+        if item["status"] == UNSUBSCRIBED:
+            category = str(jobs[int(row["jobid"])]["category"])
+            if category != "campaign":
+                outcome.ignored += 1
+                outcome.ignored_reasons[decide_unsubscribe(category, None).reason] += 1
+            else:
+                unsubscribed.add(rid)
+            continue
         view = RecipientView(
-            str(row["status"]), row["batchid"], row["providermessageid"], row.get("artifactkey")
+            str(row["status"]),
+            row["batchid"],
+            row["providermessageid"],
+            row.get("artifactkey"),
+            row["errorcode"],
         )
         decision = decide(view, item, batch_rowid)
         if decision.outcome is Outcome.APPLIED:
@@ -277,6 +335,9 @@ def ingest_result_batch(
         if matched != len(values_by_id):
             raise ConcurrentChange("recipients changed while the report was applied; retry it")
 
+    if unsubscribed:
+        _decide_unsubscribes(conn, tables, company_id, unsubscribed, outcome, suppress)
+
     if suppress:
         addresses: dict[int, str] = {}
         for part in chunks(sorted(suppress)):
@@ -284,10 +345,12 @@ def ingest_result_batch(
                 (int(i), str(a))
                 for i, a in conn.execute(sa.select(r.c.id, r.c.address).where(r.c.id.in_(part)))
             )
+        # Unsubscribes first: a bounce or complaint of the same address in this report replaces it.
+        entries = sorted(suppress.items(), key=lambda entry: entry[1] != REASON_UNSUBSCRIBE)
         record_suppressions(
             conn,
             tables,
-            [(company_id, addresses[rid], reason) for rid, reason in suppress.items() if rid in addresses],
+            [(company_id, addresses[rid], reason) for rid, reason in entries if rid in addresses],
             source=f"{actor}:{batch['reporter']}",
             now=now,
         )

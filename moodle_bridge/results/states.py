@@ -93,13 +93,23 @@ NEVER_PROCESSED: Final = "never_processed"
 #: Closed statuses a provider's word can still overturn: a recipient cancelled (or given back
 #: to IOMAD) while its batch was in the cloud may have been sent before the cancel arrived.
 #: ``skipped`` recipients were never handed to anyone, so nothing can be reported for them.
-#: Only a recipient closed before the provider's word about it arrived can be reopened: one that
-#: already has a provider message id was closed knowing that send (sent, then rejected, then
-#: given back to IOMAD), so a replay of that send's results is old news (``reopens_on_send``).
+#: Only a recipient the bridge closed on its own can be reopened (``reopens_on_send``).
 SENDABLE_AFTER_CLOSE: Final = frozenset({CANCELLED, RESTORED})
+#: Error codes the bridge writes when it closes a recipient without the cloud's word on that
+#: attempt, while the cloud may still hold it: a cancel racing a submitter that holds its batch
+#: (job control), a batch the queue may have accepted though the bridge saw no answer (outbox).
+#: A recipient closed on the cloud's word (a failure, the sender's own cancel, a never-processed
+#: closing record) or one that already has a message id (sent, then rejected, then given back)
+#: is not reopened by a later or replayed report: that would contradict what the cloud said.
+CLOSED_BY_BRIDGE_CODES: Final = frozenset({"job_cancelled", "submit_abandoned"})
 
 DISPATCH_RESULTS: Final = frozenset({"sent", "failed", "retrying", "rendered"})
 EVENT_RESULTS: Final = frozenset({"delivered", "bounced", "complained", "rejected"})
+
+#: A recipient confirmed the campaign's one-click unsubscribe (offload_contract/unsubscribe.py). It
+#: is about the address, not the message: ``decide_unsubscribe`` says what it does, ``decide`` never
+#: sees it, and the recipient's delivery status is left as it is.
+UNSUBSCRIBED: Final = "unsubscribed"
 
 #: Provider-event precedence: a later event only moves a recipient "up" this ladder.
 _EVENT_RANK: Final = {SENT: 1, RENDERED: 1, DELIVERED: 2, BOUNCED: 3, COMPLAINED: 4}
@@ -119,11 +129,16 @@ class RecipientView:
     batchid: int | None
     providermessageid: str | None
     artifactkey: str | None = None
+    errorcode: str | None = None
 
 
 def reopens_on_send(view: RecipientView) -> bool:
     """A provider's word that it sent the mail reopens this closed recipient (see above)."""
-    return view.status in SENDABLE_AFTER_CLOSE and view.providermessageid is None
+    return (
+        view.status in SENDABLE_AFTER_CLOSE
+        and view.providermessageid is None
+        and view.errorcode in CLOSED_BY_BRIDGE_CODES
+    )
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,19 @@ def decide(view: RecipientView, result: dict[str, Any], result_batch_rowid: int 
             return Decision(Outcome.DUPLICATE)
         return Decision(Outcome.IGNORED, "conflicts_with_" + current)
     return Decision(Outcome.IGNORED, "unknown_status")  # pragma: no cover - the schema forbids it
+
+
+def decide_unsubscribe(job_category: str, suppressed_as: str | None) -> Decision:
+    """What an ``unsubscribed`` result does. It never changes the recipient row: it is *applied* by
+    suppressing the address for the company's campaign mail (reason ``unsubscribe``), a
+    *duplicate* when the address is already suppressed (for any reason: a bounce or complaint
+    already stops everything), and *ignored* for a job that is not campaign mail (only campaign
+    jobs carry unsubscribe links, so a transactional job can never be the source)."""
+    if job_category != "campaign":
+        return Decision(Outcome.IGNORED, "not_campaign")
+    if suppressed_as is not None:
+        return Decision(Outcome.DUPLICATE)
+    return Decision(Outcome.APPLIED)
 
 
 def _decide_event(

@@ -50,6 +50,9 @@ CAMPAIGN_CREATED: Final = "campaign_created"
 CAMPAIGN_PAUSED: Final = "campaign_paused"
 CAMPAIGN_RESUMED: Final = "campaign_resumed"
 CAMPAIGN_RUN: Final = "campaign_run"
+CERTIFICATE_REVOKED: Final = "certificate_revoked"
+CERTIFICATE_REINSTATED: Final = "certificate_reinstated"
+CERTIFICATE_TEMPLATE_SET: Final = "certificate_template_set"
 
 
 def _clean(value: Any) -> Any:

@@ -35,6 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moodle_bridge.certificates import RevocationError, VerificationRecords, change_revocation
 from moodle_bridge.commands.company import cloudflare_refusal
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.routing import PROVIDERS
@@ -51,10 +52,14 @@ from moodle_bridge.results.nonce_store import DatabaseNonceStore
 from moodle_bridge.results.states import JOB_STATUSES  # the one list of job statuses (jobs filter)
 from moodle_bridge.results.suppression import remove_suppression
 from moodle_bridge.results.switches import CloudNotice, change_company, switch_global, tell_cloud
-from moodle_bridge.storage import audit
+from moodle_bridge.storage import audit, certificate_repo
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.storage.settings_change import SettingsError
+from moodle_bridge.transports.certificate_records import (
+    CertificateCloudError,
+    certificate_records_from_config,
+)
 from moodle_bridge.web import queries as q
 from moodle_bridge.web.auth import (
     ROLE_LABELS,
@@ -123,6 +128,13 @@ class DashboardState:
     secure_cookie: bool = True
     figures: q.FiguresCache = field(default_factory=q.FiguresCache)
     certificate_store: ObjectReader | None = None
+    #: The cloud's verification records (revocation); from aws.idempotency_table when unset.
+    verification_records: VerificationRecords | None = None
+
+    def verification(self) -> VerificationRecords | None:
+        if self.verification_records is None:
+            self.verification_records = certificate_records_from_config(self.config)
+        return self.verification_records
 
     def certificates(self) -> ObjectReader:
         if self.certificate_store is None:
@@ -704,6 +716,8 @@ def certificates_page(request: Request) -> Response:
         more=more,
         next_after=rows[-1].id if rows and more else None,
         configured=bool(state.certificate_store or state.config.aws.content_bucket),
+        msg=request.query_params.get("msg", ""),
+        err=request.query_params.get("err", ""),
     )
 
 
@@ -755,6 +769,44 @@ def certificate_download(request: Request) -> Response:
         body(),
         media_type="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="{file_name(row)}"'},
+    )
+
+
+async def certificate_revocation(request: Request) -> Response:
+    """Revoke or reinstate one certificate of the job (company managers and admins, with a reason)."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    job_id = int(request.path_params["job_id"])
+    rid = int(request.path_params["recipient_id"])
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    with state.engine.connect() as conn:
+        job = _job_or_404(conn, state, who, job_id)
+        visible = q.certificate_of(conn, state.tables, state.directory, who, job, rid)
+        row = certificate_repo.by_recipient(conn, state.tables, rid) if visible is not None else None
+    if row is None:
+        raise NotFound()
+    revoke = form.get("action") == "revoke"
+    try:
+        done = change_revocation(
+            state.engine,
+            state.tables,
+            state.verification(),
+            code=row.verifycode,
+            revoke=revoke,
+            reason=str(form.get("reason", "")),
+            actor=who.actor,
+            now=state.now(),
+            company_scope=frozenset({int(job.companyid)}),
+            source=_source(request),
+        )
+    except (RevocationError, CertificateCloudError) as exc:
+        return _redirect(state, f"/jobs/{job_id}/certificates", error=str(exc))
+    state_text = "revoked: the verify page says so now" if done.revoked else "valid again"
+    return _redirect(
+        state, f"/jobs/{job_id}/certificates", message=f"Certificate {done.code} is {state_text}."
     )
 
 
@@ -1205,6 +1257,11 @@ def create_app(
         Route("/jobs/{job_id:int}/certificates", certificates_page),
         Route("/jobs/{job_id:int}/certificates.zip", certificates_zip),
         Route("/jobs/{job_id:int}/certificates/{recipient_id:int}.pdf", certificate_download),
+        Route(
+            "/jobs/{job_id:int}/certificates/{recipient_id:int}/revocation",
+            certificate_revocation,
+            methods=["POST"],
+        ),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
         Route("/jobs/{job_id:int}/{kind:str}.csv", job_csv),
         Route("/settings", settings_page),

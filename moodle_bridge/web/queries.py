@@ -407,12 +407,22 @@ def certificates_page(
     limit: int = PAGE_SIZE,
 ) -> tuple[list[Any], bool]:
     """Recipients of the job whose certificate was stored, in id order."""
-    r = tables.recipients
+    r, c = tables.recipients, tables.certificates
     where = [*_recipient_scope(conn, tables, directory, who, job), r.c.artifactkey.is_not(None)]
     if after_id:
         where.append(r.c.id > after_id)
     rows = conn.execute(
-        sa.select(r.c.id, r.c.address, r.c.fullname, r.c.status, r.c.timefinal, r.c.artifactkey)
+        sa.select(
+            r.c.id,
+            r.c.address,
+            r.c.fullname,
+            r.c.status,
+            r.c.timefinal,
+            r.c.artifactkey,
+            c.c.verifycode,
+            c.c.timerevoked,
+        )
+        .select_from(r.outerjoin(c, c.c.recipientid == r.c.id))
         .where(*where)
         .order_by(r.c.id)
         .limit(limit + 1)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from lambdas.results.intake import VERIFY_FAILURES_PER_WINDOW
+from lambdas.results.intake import VERIFY_FAILURES_PER_WINDOW, VERIFY_REQUESTS_PER_WINDOW
 from moodle_bridge.pipeline.claiming import _CODE_ALPHABET, verification_code
 from offload_contract.signing import decode_root_secret, generate_root_secret
 from offload_contract.unsubscribe import TokenError, make_token, verify_token
-from tests.lambdas.conftest import Aws
+from tests.lambdas.conftest import Aws, FakeContext
 from tests.lambdas.test_api import ROOT, call, rest_event
 
 UNSUB_RESOURCE = "/v1/unsubscribe/{token}"
@@ -99,3 +99,39 @@ def test_wrong_codes_cost_the_caller_not_everyone(configured: Aws) -> None:
     assert verify("GOODCODE1234", "198.51.100.7") == 429  # the guesser is locked out ...
     assert verify("GOODCODE1234", "203.0.113.20") == 200  # ... everyone else is not
     assert verify("SHORT123", "203.0.113.20") == 404  # below 60 bits: never looked up
+
+
+def test_every_verify_request_counts_per_client_and_one_flood_is_429_for_that_client_only(
+    configured: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lambdas.common.idempotency import IdempotencyStore
+    from lambdas.handlers import api
+
+    store = IdempotencyStore(configured.dynamodb, "offload-idempotency")
+    store.put_item(
+        "cert#GOODCODE1234",
+        {"learner_name": {"S": "Zoë"}, "course_name": {"S": "Safety"}, "completed_at": {"N": "1795361900"}},
+    )
+    # One fixed minute, so the window cannot roll over between requests.
+    monkeypatch.setattr(api.intake(), "clock", lambda: 1_800_000_030.0)
+
+    def verify(ip: str, accept: str) -> int:
+        event = rest_event(
+            "GET",
+            "/prod/v1/certificates/verify/GOODCODE1234",
+            VERIFY_RESOURCE,
+            headers={"Accept": accept},
+            params={"code": "GOODCODE1234"},
+        )
+        event["requestContext"]["identity"] = {"sourceIp": ip}
+        status: int = api.handler(event, FakeContext())["statusCode"]
+        return status
+
+    # Right codes, pages and JSON alike: all count against the one client.
+    answers = [verify("198.51.100.9", "text/html" if i % 2 else "application/json")
+               for i in range(VERIFY_REQUESTS_PER_WINDOW)]  # fmt: skip
+    assert answers == [200] * VERIFY_REQUESTS_PER_WINDOW
+    assert verify("198.51.100.9", "application/json") == 429
+    assert verify("198.51.100.9", "text/html") == 429
+    assert verify("203.0.113.21", "application/json") == 200  # another client is answered
+    assert verify("203.0.113.21", "text/html") == 200

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from moto import mock_aws
 
 from moodle_bridge.cli import main
-from moodle_bridge.commands.certificates import write_zip
+from moodle_bridge.commands.certificate_download import write_zip
 from moodle_bridge.config import AwsConfig, BridgeConfig
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.transports.certificate_store import S3Certificates, file_name

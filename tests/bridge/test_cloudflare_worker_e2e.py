@@ -12,7 +12,9 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -26,6 +28,7 @@ from moodle_bridge.transports.capabilities import WorkerCheck
 from moodle_bridge.transports.targets import WorkerSubmitter, worker_base_url
 from offload_contract import validate
 from offload_contract.signing import decode_root_secret, generate_root_secret
+from offload_contract.unsubscribe import campaign_for_job, make_token, page, page_security_policy
 from tests.bridge.conftest import make_config
 from tests.bridge.iomad_world import IomadWorld
 
@@ -215,3 +218,101 @@ def test_list_templates_are_rendered_by_the_bridge_for_the_worker(
     # Rendered by the bridge exactly as the AWS sender renders: HTML escaped, subject not.
     assert html == "<p>Dear Ann &lt;b&gt;, Safety &amp; Health starts soon.</p>"
     assert worker_dev.subject_to(ann) == "Hello Ann <b>"
+
+
+def _campaign_recipient(engine: sa.Engine, repo: Any, company: int) -> tuple[int, str, str]:
+    """A sent campaign recipient of ``company`` (provider cloudflare): (recipient id, address,
+    the unsubscribe token the bridge signs into its mail)."""
+    world = IomadWorld.create(engine)
+    world.add_company(company)
+    address = f"quits.{company}.{int(time.time() * 1000)}@example.com"
+    now = int(time.time())
+    with engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        repo.save_settings(conn, CompanySettings(company, cloudenabled=True, provider="cloudflare"), "test")
+        stamps = {"timecreated": now, "timemodified": now}
+        jobid = conn.execute(
+            T.jobs.insert().values(
+                companyid=company, jobtype="email", source="campaign", provider="cloudflare",
+                category="campaign", status="completed", recipientstotal=1, recipientssent=1, **stamps,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]  # fmt: skip
+        rid = conn.execute(
+            T.recipients.insert().values(
+                jobid=jobid, companyid=company, userid=10, role="user", address=address, dedupekey="u10",
+                status="sent", attempts=1, **stamps,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]  # fmt: skip
+    token = make_token(decode_root_secret(ROOT), "k1", company, str(rid), campaign_for_job(int(jobid)))
+    return int(rid), address, token
+
+
+def _tick_and_suppressions(engine: sa.Engine, db_url: Any, worker_dev: WorkerDev) -> list[tuple[Any, ...]]:
+    config = replace(
+        make_config(db_url), keys=KEYS, cloudflare=CloudflareConfig(intake_url=worker_dev.base_url)
+    )
+    report = run_tick(engine, config, claim=False, submitters=build_submitters(config))
+    assert report.reconciled is not None
+    s = T.suppressions
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(s.c.companyid, s.c.address, s.c.reason))]
+
+
+def test_an_unsubscribe_on_the_worker_reaches_the_bridge_with_the_next_tick(
+    worker_dev: WorkerDev, bridge_engine, db_url, repo
+) -> None:
+    """A link the bridge signed, opened on the real Worker: the page is the AWS page byte for byte
+    and records nothing; the one-click POST is kept for the bridge (the Worker never sent this job,
+    so it has no route to call back), and one tick puts the address in the company's suppression
+    list for campaign mail, leaving the recipient's delivery status alone."""
+    rid, address, token = _campaign_recipient(bridge_engine, repo, 2)
+    link = f"{worker_dev.base_url}/v1/unsubscribe/{token}"
+
+    shown = httpx.get(link, headers={"Accept": "text/html"}, timeout=30)
+    assert (shown.status_code, shown.text) == (200, page("confirm"))
+    assert shown.headers["content-security-policy"] == page_security_policy()
+    *rest, tag = token.split(".")
+    other_tag = ("B" if tag[0] == "A" else "A") + tag[1:]
+    forged_link = f"{worker_dev.base_url}/v1/unsubscribe/{'.'.join([*rest, other_tag])}"
+    forged = httpx.post(forged_link, content=b"List-Unsubscribe=One-Click", timeout=30)
+    assert (forged.status_code, forged.json()) == (404, {"error": "unknown_token"})
+    assert _tick_and_suppressions(bridge_engine, db_url, worker_dev) == []  # the GET recorded nothing
+    clicked = httpx.post(
+        link,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert (clicked.status_code, clicked.json()) == (200, {"unsubscribed": True})
+
+    assert _tick_and_suppressions(bridge_engine, db_url, worker_dev) == [(2, address, "unsubscribe")]
+    with bridge_engine.connect() as conn:
+        assert (
+            conn.execute(sa.select(T.recipients.c.status).where(T.recipients.c.id == rid)).scalar() == "sent"
+        )
+
+
+@pytest.mark.browser
+def test_the_unsubscribe_pages_button_works_in_a_browser(
+    worker_dev: WorkerDev, bridge_engine, db_url, repo
+) -> None:
+    """Chromium opens the link and presses the button: the page's own Content-Security-Policy lets the
+    form post to itself, the person sees the done page, and the next tick suppresses the address."""
+    chromium = os.environ.get("MRCO_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.exists(chromium):  # pragma: no cover - scripts/bootstrap.sh installs it
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _, address, token = _campaign_recipient(bridge_engine, repo, 3)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page()
+            tab.set_default_timeout(15_000)
+            tab.goto(f"{worker_dev.base_url}/v1/unsubscribe/{token}")
+            assert tab.title() == "Unsubscribe"
+            tab.get_by_role("button", name="Unsubscribe").click()
+            tab.wait_for_selector("text=You are unsubscribed")
+            assert tab.title() == "You are unsubscribed"
+        finally:
+            browser.close()
+    assert _tick_and_suppressions(bridge_engine, db_url, worker_dev) == [(3, address, "unsubscribe")]

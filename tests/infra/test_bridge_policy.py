@@ -9,6 +9,7 @@ or key fails this test until the stack grants it."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,19 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
-from infra.constructs.api import BRIDGE_SES_ACTIONS, BRIDGE_TABLE_ACTIONS, BRIDGE_TABLE_KEYS
+from infra.constructs.api import (
+    BRIDGE_CERTIFICATE_ACTIONS,
+    BRIDGE_CERTIFICATE_KEYS,
+    BRIDGE_SES_ACTIONS,
+    BRIDGE_TABLE_ACTIONS,
+    BRIDGE_TABLE_KEYS,
+    BRIDGE_TEMPLATE_ACTIONS,
+)
 from tests.infra.support import ROOT, Synth, as_list, synthesize
 
 pytestmark = pytest.mark.cdk
 
+CERTIFICATE_CODE = ROOT / "moodle_bridge/transports/certificate_records.py"
 CODE = {
     "dynamodb": ROOT / "moodle_bridge/transports/cloud_records.py",
     "sesv2": ROOT / "moodle_bridge/commands/company_checks.py",
@@ -75,6 +84,13 @@ def test_the_code_makes_exactly_the_declared_calls() -> None:
     assert called_actions("sesv2", CODE["sesv2"]) == set(BRIDGE_SES_ACTIONS)
 
 
+def test_revocation_makes_exactly_the_declared_call_on_verification_records_only() -> None:
+    assert called_actions("dynamodb", CERTIFICATE_CODE) == set(BRIDGE_CERTIFICATE_ACTIONS)
+    builders = key_builders(CERTIFICATE_CODE)
+    assert builders == {"verification_key"}
+    assert key_prefixes(KEYS, builders) == set(BRIDGE_CERTIFICATE_KEYS)
+
+
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     return synthesize(tmp_path_factory.mktemp("bridge-policy"), "dev")
@@ -100,10 +116,20 @@ def test_the_stack_grants_the_bridge_exactly_those(dev: Synth) -> None:
     senders = by_sid["CheckSenders"]
     assert set(as_list(senders["Action"])) == set(BRIDGE_SES_ACTIONS)
     assert "IdempotencyTableName" in dev.raw["Outputs"]
-    # Nothing else on the table: no pacing, nonces, routes or certificates for the bridge.
+    revoke = by_sid["RevokeCertificates"]
+    assert set(as_list(revoke["Action"])) == set(BRIDGE_CERTIFICATE_ACTIONS)
+    assert set(revoke["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]) == set(
+        BRIDGE_CERTIFICATE_KEYS
+    )
+    assert as_list(revoke["Resource"]) == table_arn
+    templates = by_sid["CertificateTemplates"]
+    assert set(as_list(templates["Action"])) == set(BRIDGE_TEMPLATE_ACTIONS)
+    (template_objects,) = as_list(templates["Resource"])
+    assert json.dumps(template_objects).endswith('/templates/*"]]}')
+    # Nothing else on the table: no pacing, nonces or routes for the bridge.
     assert not any(
         a.startswith("dynamodb:")
         for sid, s in by_sid.items()
-        if sid != "JobRecords"
+        if sid not in ("JobRecords", "RevokeCertificates")
         for a in as_list(s["Action"])
     )

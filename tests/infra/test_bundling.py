@@ -25,9 +25,11 @@ def fake_root(tmp_path: Path) -> Path:
     root.mkdir()
     for name in ("pyproject.toml", "constraints.txt"):
         shutil.copy(ROOT / name, root / name)
-    (root / "lambdas" / "certificates" / "fonts").mkdir(parents=True)
+    (root / "lambdas").mkdir()
     (root / "lambdas" / "__init__.py").write_text("")
-    (root / "lambdas" / "certificates" / "fonts" / "Sans.ttf").write_bytes(b"\0font")
+    (root / "certificate_render" / "fonts").mkdir(parents=True)
+    (root / "certificate_render" / "__init__.py").write_text("")
+    (root / "certificate_render" / "fonts" / "Sans.ttf").write_bytes(b"\0font")
     (root / "lambdas" / "__pycache__").mkdir()
     (root / "lambdas" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
     (root / "offload_contract").mkdir()
@@ -43,7 +45,7 @@ def test_runtime_requirements_exclude_boto3_and_include_powertools() -> None:
 
 def test_source_bundle_copies_the_whole_lambdas_tree_and_is_cached(fake_root: Path) -> None:
     first = build_lambda_asset(fake_root, "source")
-    assert (first / "lambdas" / "certificates" / "fonts" / "Sans.ttf").read_bytes() == b"\0font"
+    assert (first / "certificate_render" / "fonts" / "Sans.ttf").read_bytes() == b"\0font"
     assert (first / "offload_contract" / "__init__.py").exists()
     assert not (first / "lambdas" / "__pycache__").exists()
     stamp = (first / ".complete").stat().st_mtime_ns
@@ -60,7 +62,8 @@ def test_zip_is_deterministic_and_readable_by_lambda(fake_root: Path, tmp_path: 
         infos = {i.filename: i for i in zf.infolist()}
     assert set(infos) == {
         "lambdas/__init__.py",
-        "lambdas/certificates/fonts/Sans.ttf",
+        "certificate_render/__init__.py",
+        "certificate_render/fonts/Sans.ttf",
         "offload_contract/__init__.py",
     }
     assert all((i.external_attr >> 16) & 0o444 == 0o444 for i in infos.values())

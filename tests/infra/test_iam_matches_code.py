@@ -83,7 +83,7 @@ S3_PREFIXES: dict[str, dict[str, set[str]]] = {
 }
 #: (module, literal prefix of an object key it builds) for the renderer's S3 prefixes.
 RENDERER_KEY_LITERALS = {
-    ("lambdas/certificates/template.py", "templates/company-"),
+    ("certificate_render/template.py", "templates/company-"),
     ("lambdas/certificates/processor.py", "certificates/company-"),
 }
 
@@ -123,8 +123,13 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
+#: Packages of the Lambda bundle whose calls count as the handlers' (infra/bundling.py).
+BUNDLED = ("lambdas", "certificate_render")
+
+
 def import_closure(module: str) -> list[Path]:
-    """The module and every ``lambdas`` module it imports, transitively."""
+    """The module and every module of the Lambda bundle (``lambdas``, ``certificate_render``) it
+    imports, transitively."""
     seen: dict[Path, None] = {}
     pending = [module]
     while pending:
@@ -134,10 +139,10 @@ def import_closure(module: str) -> list[Path]:
         seen[path] = None
         for node in ast.walk(_tree(path)):
             names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lambdas"):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(BUNDLED):
                 names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names if a.name.startswith("lambdas")]
+                names = [a.name for a in node.names if a.name.startswith(BUNDLED)]
             pending.extend(n for n in names if _module_path(n) is not None)
     return list(seen)
 

@@ -356,11 +356,13 @@ def test_api_methods_auth_and_validation(dev: Synth) -> None:
     for method in dev.resources("AWS::ApiGateway::Method").values():
         props = method["Properties"]
         methods[(props["HttpMethod"], resources[props["ResourceId"]["Ref"]])] = props
-    assert set(methods) == {("POST", "batches"), ("GET", "{code}"), ("POST", "{token}")}
+    assert set(methods) == {("POST", "batches"), ("GET", "{code}"), ("POST", "{token}"), ("GET", "{token}")}
     assert methods[("POST", "batches")]["AuthorizationType"] == "AWS_IAM"
     assert "application/json" in methods[("POST", "batches")]["RequestModels"]
     assert methods[("GET", "{code}")]["AuthorizationType"] == "NONE"
     assert methods[("POST", "{token}")]["AuthorizationType"] == "NONE"
+    assert methods[("GET", "{token}")]["AuthorizationType"] == "NONE"  # the unsubscribe page
+    assert methods[("GET", "{token}")]["RequestParameters"] == {"method.request.path.token": True}
     assert all("RequestValidatorId" in m for m in methods.values())
     assert methods[("GET", "{code}")]["RequestParameters"] == {"method.request.path.code": True}
 
@@ -368,20 +370,22 @@ def test_api_methods_auth_and_validation(dev: Synth) -> None:
 def test_api_stage_is_throttled_and_logged(dev: Synth, config: OffloadConfig) -> None:
     stage = next(iter(dev.resources("AWS::ApiGateway::Stage").values()))["Properties"]
     assert "DestinationArn" in stage["AccessLogSetting"] and "Format" in stage["AccessLogSetting"]
-    by_path = {m["ResourcePath"]: m for m in stage["MethodSettings"]}
+    by_path = {m["ResourcePath"]: m for m in stage["MethodSettings"] if m["ResourcePath"] == "/*"}
     settings = by_path["/*"]
     assert settings["ThrottlingRateLimit"] == config.api_rate_limit
     assert settings["ThrottlingBurstLimit"] == config.api_burst_limit
     assert settings["LoggingLevel"] == "ERROR" and settings["DataTraceEnabled"] is False
     assert dev.resources("AWS::ApiGateway::Account")
-    public = {path: m for path, m in by_path.items() if path != "/*"}
-    assert {
-        (m["HttpMethod"], m["ThrottlingRateLimit"], m["ThrottlingBurstLimit"]) for m in public.values()
-    } == {
-        ("GET", config.public_rate_limit, config.public_burst_limit),
-        ("POST", config.public_rate_limit, config.public_burst_limit),
+    public = {
+        (m["ResourcePath"], m["HttpMethod"]): (m["ThrottlingRateLimit"], m["ThrottlingBurstLimit"])
+        for m in stage["MethodSettings"]
+        if m["ResourcePath"] != "/*"
     }
-    assert all("verify" in path or "unsubscribe" in path for path in public)
+    limits = (config.public_rate_limit, config.public_burst_limit)
+    assert {(method, limit) for (_, method), limit in public.items()} == {("GET", limits), ("POST", limits)}
+    # Verification, the one-click POST and the unsubscribe page: each throttled per route.
+    assert len(public) == 3
+    assert all("verify" in path or "unsubscribe" in path for path, _ in public)
 
 
 def test_bridge_user_has_no_access_key_in_the_template(dev: Synth) -> None:
@@ -470,7 +474,7 @@ def test_public_routes_are_throttled_per_client_by_a_waf_rate_rule(dev: Synth, c
     (acl,) = dev.resources("AWS::WAFv2::WebACL").values()
     (rule,) = acl["Properties"]["Rules"]
     rate = rule["Statement"]["RateBasedStatement"]
-    assert rule["Action"] == {"Block": {}}
+    assert rule["Action"] == {"Block": {"CustomResponse": {"ResponseCode": 429}}}
     assert rate["AggregateKeyType"] == "IP" and rate["Limit"] == config.public_waf_limit_per_5min
     paths = {
         s["ByteMatchStatement"]["SearchString"]

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
-from lambdas.certificates.fonts import font_library
-from lambdas.certificates.renderer import render_certificate
-from lambdas.certificates.template import (
+from certificate_render.fonts import font_library
+from certificate_render.renderer import render_certificate
+from certificate_render.template import (
     MAX_XOBJECT_BYTES,
     TemplateError,
     TemplateStore,
@@ -273,7 +273,7 @@ def test_grades_that_are_not_numbers(value: str, printed: str | None, tmp_path: 
 
 
 def test_the_company_time_zone_sets_the_day() -> None:
-    from lambdas.certificates.values import field_value
+    from certificate_render.values import field_value
 
     document = {**default_document(), "timezone": "Pacific/Auckland"}
     template = parse_template(document, _default_images())
@@ -284,6 +284,6 @@ def test_the_company_time_zone_sets_the_day() -> None:
 
 
 def _default_images() -> dict[str, bytes]:
-    from lambdas.certificates.template import PACKAGE_DIR
+    from certificate_render.template import PACKAGE_DIR
 
     return {"default-logo.png": (PACKAGE_DIR / "default-logo.png").read_bytes()}

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw, ImageFont, features
 
-from lambdas.certificates.fonts import font_library
-from lambdas.certificates.renderer import render_certificate
-from lambdas.certificates.template import CertificateTemplate, default_template, parse_template
-from lambdas.certificates.values import CertificateDataError
+from certificate_render.fonts import font_library
+from certificate_render.renderer import render_certificate
+from certificate_render.template import CertificateTemplate, default_template, parse_template
+from certificate_render.values import CertificateDataError
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pdftoppm") is None or shutil.which("pdftotext") is None, reason="poppler-utils is required"
@@ -155,7 +155,7 @@ def test_a_name_no_font_can_draw_is_refused_with_its_code_points(name: str, poin
 
 def test_every_glyph_drawn_exists_in_its_font() -> None:
     """No .notdef (gid 0, the empty box) in any script's name: the coverage check is exact."""
-    from lambdas.certificates.text import shape_line
+    from certificate_render.text import shape_line
 
     library = font_library()
     for _, name in SCRIPTS.values():

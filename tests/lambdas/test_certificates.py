@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
-from lambdas.certificates.fonts import font_library
-from lambdas.certificates.renderer import StaticLayers, render_certificate
-from lambdas.certificates.template import default_template
+from certificate_render.fonts import font_library
+from certificate_render.renderer import StaticLayers, render_certificate
+from certificate_render.template import default_template
 from lambdas.handlers import certificate_renderer, email_sender
 from offload_contract import encode_message
 from tests.lambdas.conftest import CALLBACK, Aws, FakeContext, sqs_event
@@ -140,10 +140,10 @@ def test_company_template_from_s3_with_background_and_logo(aws: Aws, handlers, t
     buffer = io.BytesIO()
     background.save(buffer, format="PNG")
     logo = (
-        Path(__file__).resolve().parents[2] / "lambdas/certificates/templates/default-logo.png"
+        Path(__file__).resolve().parents[2] / "certificate_render/templates/default-logo.png"
     ).read_bytes()
     document = json.loads(
-        (Path(__file__).resolve().parents[2] / "lambdas/certificates/templates/default.json").read_text()
+        (Path(__file__).resolve().parents[2] / "certificate_render/templates/default.json").read_text()
     )
     document["background"] = {"image": "bg.png"}
     document["border"] = None

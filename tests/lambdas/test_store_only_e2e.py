@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from lambdas.handlers import certificate_renderer
-from moodle_bridge.commands.certificates import write_zip
+from moodle_bridge.commands.certificate_download import write_zip
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.config import AwsConfig, CallbackConfig
 from moodle_bridge.pipeline.routing import CompanySettings

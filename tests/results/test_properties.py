@@ -21,12 +21,15 @@ from hypothesis import strategies as st
 from moodle_bridge.results.ingest import ScopeError, ingest_result_batch
 from moodle_bridge.results.job_control import JobControlError, cancel_job, retry_failed
 from moodle_bridge.results.states import (
+    CLOSED_BY_BRIDGE_CODES,
     CLOSED_STATUSES,
+    REACHED_STATUSES,
     RECIPIENT_STATUSES,
     SENDABLE_AFTER_CLOSE,
     Outcome,
     RecipientView,
     decide,
+    reopens_on_send,
 )
 from tests.results.factory import (
     NOW,
@@ -165,8 +168,12 @@ def run_sequence(engine: sa.Engine, sequence: list[dict[str, Any]]) -> None:
             with engine.connect() as conn:
                 after = _recipient_rows(conn, tables)
         for rid, row in before.items():
-            if row[0] in CLOSED_STATUSES and step["kind"] != "retry":
-                assert after[rid][0] == row[0], (rid, row, after[rid])
+            status, _batch, message_id, code = row
+            if status in CLOSED_STATUSES and step["kind"] != "retry":
+                reopened = after[rid][0] in REACHED_STATUSES and reopens_on_send(
+                    RecipientView(status, None, message_id, errorcode=code)
+                )
+                assert after[rid][0] == status or reopened, (rid, row, after[rid])
         with engine.connect() as conn:
             assert counters_match(conn, tables) == []
 
@@ -229,8 +236,9 @@ def test_random_sequences_keep_invariants_servers(
     status=st.sampled_from(RECIPIENT_STATUSES),
     incoming=st.sampled_from(STATUSES),
     same_batch=st.booleans(),
+    code=st.sampled_from([None, "MessageRejected", *sorted(CLOSED_BY_BRIDGE_CODES)]),
 )
-def test_decide_is_idempotent(status: str, incoming: str, same_batch: bool) -> None:
+def test_decide_is_idempotent(status: str, incoming: str, same_batch: bool, code: str | None) -> None:
     """Applying a decision and then the same result again never applies twice."""
     item: dict[str, Any] = {
         "job_id": "1",
@@ -246,7 +254,10 @@ def test_decide_is_idempotent(status: str, incoming: str, same_batch: bool) -> N
     if incoming == "rendered":
         item["artifact"] = {"store": "s3", "key": "k", "sha256": "0" * 64, "bytes": 1}
     view = RecipientView(
-        status, 5, "m-1" if status in ("sent", "delivered", "bounced", "complained") else None
+        status,
+        5,
+        "m-1" if status in ("sent", "delivered", "bounced", "complained") else None,
+        errorcode=code,
     )
     first = decide(view, item, 5 if same_batch else 6)
     if first.outcome is not Outcome.APPLIED:
@@ -257,21 +268,23 @@ def test_decide_is_idempotent(status: str, incoming: str, same_batch: bool) -> N
         5,
         changes.get("providermessageid", view.providermessageid),
         changes.get("artifactkey", view.artifactkey),
+        changes.get("errorcode", view.errorcode),
     )
     assert decide(after, item, 5 if same_batch else 6).outcome is not Outcome.APPLIED
-    # A closed recipient reopens only on the provider's word that it sent the mail (a cancel or a
-    # fallback that came too late); a skipped one never.
+    # A closed recipient reopens only on the provider's word that it sent the mail, and only when
+    # the bridge closed it on its own; a skipped one never.
     assert status not in CLOSED_STATUSES or (
-        status in SENDABLE_AFTER_CLOSE and incoming in ("sent", "delivered", "bounced", "complained")
+        reopens_on_send(view) and incoming in ("sent", "delivered", "bounced", "complained")
     )
 
 
 @pytest.mark.parametrize("incoming", ["sent", "delivered", "bounced", "complained"])
 @pytest.mark.parametrize("closed", sorted(SENDABLE_AFTER_CLOSE))
-def test_closed_after_the_send_was_known_is_not_reopened(closed: str, incoming: str) -> None:
-    """A recipient sent, then rejected and given back to IOMAD (or cancelled) already has its
-    message id: a replay of that send's results is old news, not a reason to reopen it. One
-    closed before any word of a send (no message id) reopens on it."""
+def test_only_a_recipient_the_bridge_closed_on_its_own_reopens(closed: str, incoming: str) -> None:
+    """The provider's word that it sent reopens a recipient the bridge closed without the cloud's
+    word (a cancel racing the submitter, a batch the queue may have accepted). One closed on the
+    cloud's word (a failure given back to IOMAD), or one whose send was already known (sent, then
+    rejected, then given back), stays closed: a later or replayed report would contradict it."""
     item: dict[str, Any] = {
         "job_id": "1",
         "recipient_id": "1",
@@ -280,7 +293,10 @@ def test_closed_after_the_send_was_known_is_not_reopened(closed: str, incoming: 
         "occurred_at": 1,
         "provider_message_id": "m-1",
     }
-    known = decide(RecipientView(closed, 5, "m-1"), item, 5)
-    assert (known.outcome, known.reason) == (Outcome.IGNORED, f"recipient_{closed}")
-    unknown = decide(RecipientView(closed, 5, None), item, 5)
-    assert unknown.outcome is Outcome.APPLIED
+    for code in sorted(CLOSED_BY_BRIDGE_CODES):
+        assert decide(RecipientView(closed, 5, None, errorcode=code), item, 5).outcome is Outcome.APPLIED
+        known = decide(RecipientView(closed, 5, "m-1", errorcode=code), item, 5)
+        assert (known.outcome, known.reason) == (Outcome.IGNORED, f"recipient_{closed}")
+    for cloud_code in ("MessageRejected", "never_processed", None):
+        by_cloud = decide(RecipientView(closed, 5, None, errorcode=cloud_code), item, 5)
+        assert (by_cloud.outcome, by_cloud.reason) == (Outcome.IGNORED, f"recipient_{closed}")

@@ -13,8 +13,8 @@ import uharfbuzz as hb
 from fpdf.bidi import BidiParagraph, auto_detect_base_direction
 from fpdf.enums import TextDirection
 
-from lambdas.certificates.fonts import Face, FontLibrary
-from lambdas.certificates.pdf import GlyphFonts, num, pdf_string
+from certificate_render.fonts import Face, FontLibrary
+from certificate_render.pdf import GlyphFonts, num, pdf_string
 
 MM = 72 / 25.4  # points per millimetre
 LINE_HEIGHT = 1.2  # in ems

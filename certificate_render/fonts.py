@@ -18,7 +18,7 @@ from pathlib import Path
 
 import uharfbuzz as hb
 
-from lambdas.certificates.truetype import TrueTypeSource
+from certificate_render.truetype import TrueTypeSource
 
 FONT_DIR = Path(__file__).resolve().parent / "fonts"
 

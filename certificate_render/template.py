@@ -461,6 +461,24 @@ class TemplateStore:
             self._cache.pop((company_id, template_id), None)
         return template
 
+    def stored(self, company_id: int, template_id: str) -> tuple[Any, dict[str, bytes]] | None:
+        """The stored document (parsed JSON, not validated) and the images it names that exist,
+        or None when the company has no template of this id."""
+        prefix = template_prefix(company_id)
+        raw = self._read(f"{prefix}{template_id}.json")
+        if raw is None:
+            return None
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise TemplateError("template_invalid", "template is not UTF-8 JSON") from None
+        images: dict[str, bytes] = {}
+        for _, name in image_names(document):
+            data = self._read(prefix + name)
+            if data is not None:
+                images[name] = data
+        return document, images
+
     def get(self, company_id: int, template_id: str) -> CertificateTemplate:
         now = time.monotonic()
         with self._lock:
@@ -468,24 +486,14 @@ class TemplateStore:
             if cached and now - cached[0] < self._ttl:
                 self._cache.move_to_end((company_id, template_id))
                 return cached[1]
-        prefix = template_prefix(company_id)
-        raw = self._read(f"{prefix}{template_id}.json")
-        if raw is None:
+        found = self.stored(company_id, template_id)
+        if found is None:
             if template_id != "default":
                 raise TemplateError("template_missing", "the certificate template does not exist")
             template = self._default
         else:
             self.loads += 1
-            try:
-                document = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise TemplateError("template_invalid", "template is not UTF-8 JSON") from None
-            images: dict[str, bytes] = {}
-            for _, name in image_names(document):
-                data = self._read(prefix + name)
-                if data is not None:
-                    images[name] = data
-            template = parse_template(document, images)
+            template = parse_template(*found)
         with self._lock:
             self._cache[(company_id, template_id)] = (now, template)
             self._cache.move_to_end((company_id, template_id))

@@ -14,7 +14,7 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_decimal, format_percent
 
-from lambdas.certificates.template import CertificateTemplate, Element
+from certificate_render.template import CertificateTemplate, Element
 
 #: 9999-12-31 23:59:59 UTC: later instants have no four-digit year.
 MAX_TIMESTAMP = 253_402_300_799

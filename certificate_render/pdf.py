@@ -13,7 +13,7 @@ import hashlib
 import zlib
 from dataclasses import dataclass, field
 
-from lambdas.certificates.fonts import Face
+from certificate_render.fonts import Face
 
 HEADER = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
 CODES_PER_FONT = 255

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lambdas.certificates.fonts import Face, FontLibrary, is_ignorable
-from lambdas.certificates.pdf import GlyphFonts, Objects, assemble, num
-from lambdas.certificates.qr import qr_ops
-from lambdas.certificates.template import CertificateTemplate, Element, PreparedImage, rgb
-from lambdas.certificates.text import MM, clean, draw_block, fit
-from lambdas.certificates.values import MAX_TIMESTAMP, CertificateDataError, field_value
+from certificate_render.fonts import Face, FontLibrary, is_ignorable
+from certificate_render.pdf import GlyphFonts, Objects, assemble, num
+from certificate_render.qr import qr_ops
+from certificate_render.template import CertificateTemplate, Element, PreparedImage, rgb
+from certificate_render.text import MM, clean, draw_block, fit
+from certificate_render.values import MAX_TIMESTAMP, CertificateDataError, field_value
 
 FIRST_STATIC_OBJECT = 5
 REQUIRED = ("learner_name", "course_name")
