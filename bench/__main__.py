@@ -29,6 +29,7 @@ MODULES = (
     "dashboard_bench",
     "receiver_attack_bench",
     "pacing_bench",
+    "worker_certificates_bench",
 )
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+import { RENDERER_ASSETS, assetPath } from "./scripts/renderer-assets.mjs";
 
 // Python-packed, Python-signed submissions written by tests/test_cloudflare_worker.py; the
 // cross-language test is skipped when vitest runs on its own.
@@ -18,12 +19,18 @@ export const TEST_KEYSETS = JSON.stringify({
   },
 });
 
+// The certificate renderer's assets, as deployment uploads them to R2 (scripts/renderer-assets.mjs);
+// tests seed Miniflare's R2 from this binding (test/helpers.js seedRendererAssets). Built by `make setup`.
+const RENDERER_ASSETS_B64 = JSON.stringify(
+  Object.fromEntries(Object.entries(RENDERER_ASSETS).map(([key, file]) => [key, readFileSync(assetPath(file)).toString("base64")])),
+);
+
 export default defineConfig({
   plugins: [
     cloudflareTest({
       wrangler: { configPath: "./wrangler.jsonc" },
       miniflare: {
-        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS },
+        bindings: { HMAC_KEYSETS: TEST_KEYSETS, CROSS_LANGUAGE_REQUESTS, TEST_RENDERER_ASSETS: RENDERER_ASSETS_B64 },
       },
     }),
   ],

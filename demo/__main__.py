@@ -135,6 +135,7 @@ def bridge_environment(
         "MRCO_SENDER_ADDRESS": aws.sender,
         "MRCO_SENDER_NAME": "Acme Training",
         "MRCO_VERIFY_URL_BASE": "https://offload.example/v1/certificates/verify",
+        "MRCO_UNSUBSCRIBE_URL_BASE": "https://offload.example/v1/unsubscribe",
         "MRCO_RETRY_BASE_SECONDS": "1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",  # moto's fixed test credentials
@@ -220,6 +221,70 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------
+# A re-engagement campaign (docs/campaigns.md)
+# ---------------------------------------------------------------------------------------
+INACTIVE_EVERY = 20
+INACTIVE_DAYS = 45
+CAMPAIGN_RULE = {
+    "trigger": {"kind": "inactive_site", "days": 30},
+    "template": {
+        "subject": "We miss you, {{ firstname }}",
+        "html": "<p>Hello {{ fullname }}, your last visit was {{ days_inactive }} days ago.</p>",
+        "text": "Hello {{ fullname }}, your last visit was {{ days_inactive }} days ago.",
+    },
+    "recipients": "user",
+    "cadence": {"every_days": 7, "max_reminders": 3},
+}
+
+
+def age_some_learners(engine: sa.Engine, now: int) -> int:
+    """Every ``INACTIVE_EVERY``th learner of the cloud company last visited the site
+    ``INACTIVE_DAYS`` days ago (the seed's learners are all new): the campaign's audience."""
+    with engine.begin() as conn:
+        learners = [
+            int(u)
+            for u in conn.execute(
+                sa.text(
+                    f"SELECT userid FROM {PREFIX}company_users WHERE companyid = :c AND managertype = 0 "
+                    "ORDER BY userid"
+                ),
+                {"c": CLOUD_COMPANY},
+            ).scalars()
+        ][::INACTIVE_EVERY]
+        for userid in learners:
+            conn.execute(
+                sa.text(f"UPDATE {PREFIX}user SET lastaccess = :t WHERE id = :u"),
+                {"t": now - INACTIVE_DAYS * 86400, "u": userid},
+            )
+    return len(learners)
+
+
+def create_campaign(output: Path) -> None:
+    """``campaigns create``, ``preview`` and ``run-now`` as a site's admin would type them."""
+    rule = output / "campaign.json"
+    rule.write_text(json.dumps(CAMPAIGN_RULE, indent=2), "utf-8")
+    run_cli(
+        "campaigns", "create", "--company", str(CLOUD_COMPANY), "--name", "We miss you", "--rule", str(rule)
+    )
+    run_cli("campaigns", "preview", "1")
+    run_cli("campaigns", "run-now", "1")
+
+
+def campaign_summary(engine: sa.Engine) -> tuple[int, list[tuple[int, str, int, int]]]:
+    """Users in the campaign's ledger, and its jobs (id, status, recipients, sent or delivered)."""
+    t = build_bridge_tables(PREFIX)
+    with engine.connect() as conn:
+        reminded = conn.execute(sa.select(sa.func.count()).select_from(t.campaign_ledger)).scalar_one()
+        jobs = [
+            (int(j.id), str(j.status), int(j.recipientstotal), int(j.recipientssent + j.recipientsdelivered))
+            for j in conn.execute(
+                sa.select(t.jobs).where(t.jobs.c.source == "campaign").order_by(t.jobs.c.id)
+            )
+        ]
+    return int(reminded), jobs
 
 
 # ---------------------------------------------------------------------------------------
@@ -415,7 +480,7 @@ def report(
     with engine.connect() as conn:
         per_type = conn.execute(
             sa.select(
-                sa.func.coalesce(t.claims.c.templatename, t.jobs.c.jobtype),
+                sa.func.coalesce(t.claims.c.templatename, t.jobs.c.templatename, t.jobs.c.jobtype),
                 t.recipients.c.status,
                 sa.func.count(),
             )
@@ -424,7 +489,10 @@ def report(
                     t.claims, t.claims.c.emailid == t.recipients.c.emailid
                 )
             )
-            .group_by(sa.func.coalesce(t.claims.c.templatename, t.jobs.c.jobtype), t.recipients.c.status)
+            .group_by(
+                sa.func.coalesce(t.claims.c.templatename, t.jobs.c.templatename, t.jobs.c.jobtype),
+                t.recipients.c.status,
+            )
         ).all()
         claimed = conn.execute(sa.select(sa.func.count()).select_from(t.claims)).scalar_one()
         cloud_rows = conn.execute(
@@ -491,6 +559,11 @@ def report(
     )
     for problem in (once.duplicates + once.lost + once.unexpected)[:10]:
         console.print(f"  [red]{problem}[/]")
+    reminded, campaign_jobs = campaign_summary(engine)
+    console.print(
+        f"Campaign 1 (re-engagement, inactive 30+ days): {reminded} learners in its ledger; "
+        + (", ".join(f"job #{j} {st}: {sent} of {n} sent" for j, st, n, sent in campaign_jobs) or "no job")
+    )
     console.print(
         f"Certificates rendered: {rendered}; PDFs in {output / 'certificates'} ({len(certificates)} files)"
     )
@@ -504,6 +577,8 @@ def report(
         and secrets_left == 0
         and cloud_rows[1] == cloud_rows[0]
         and all(j.status in ("completed", "partial_failure") for j in jobs_rows)
+        and reminded > 0
+        and all(n == sent for _, _, n, sent in campaign_jobs)
     )
     console.print("[bold green]Demo OK[/]" if ok else "[bold red]Demo finished with problems (see above)[/]")
     return ok
@@ -617,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             run_cli("company", "set", str(LOCAL_COMPANY), "--cloud", "off")
             run_cli("company", "global", "on")
+            inactive = age_some_learners(engine, now)
+            console.print(
+                f"   campaign: {inactive} learners of company {CLOUD_COMPANY} last visited "
+                f"{INACTIVE_DAYS} days ago; moodle-offload campaigns create, preview, run-now"
+            )
+            create_campaign(output)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(callback_receiver(env, port, output / "receiver.log"))
                 if args.dashboard:
@@ -719,7 +800,8 @@ def run_cloudflare(args: argparse.Namespace) -> int:
             "SEAL_KEYSETS": json.dumps({"current": SEAL_KEYSET, "keysets": {SEAL_KEYSET: seal_root}}),
         }
         try:
-            dev_context = wrangler_dev(output / "worker", keysets, variables)
+            # The certificate renderer's fonts and logo go into the local R2 first, as at deploy time.
+            dev_context = wrangler_dev(output / "worker", keysets, variables, renderer_assets=True)
             dev = dev_context.__enter__()
         except WranglerUnavailable as exc:
             raise SystemExit(f"demo: {exc}") from None
@@ -751,11 +833,7 @@ def run_cloudflare(args: argparse.Namespace) -> int:
                 run_cli("migrate")
                 routing = ["company", "set", str(CLOUD_COMPANY), "--cloud", "on", "--provider", "cloudflare"]
                 routing += ["--emails", "on", "--threshold", "1", "--fallback", "on"]
-                if moodle_offload([*routing, "--certificates", "on"]) != 1:
-                    raise SystemExit(
-                        "demo: the bridge routed certificates to a Worker that cannot render them"
-                    )
-                run_cli(*routing, "--certificates", "off")
+                run_cli(*routing, "--certificates", "on")
                 run_cli("company", "set", str(LOCAL_COMPANY), "--cloud", "off")
                 run_cli("company", "global", "on")
                 with callback_receiver(env, port, output / "receiver.log"):

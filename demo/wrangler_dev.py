@@ -73,13 +73,26 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def wrangler_dev(
-    folder: Path, keysets: Mapping[str, object], variables: Mapping[str, str] | None = None
+    folder: Path,
+    keysets: Mapping[str, object],
+    variables: Mapping[str, str] | None = None,
+    *,
+    renderer_assets: bool = False,
 ) -> Iterator[WorkerDev]:
-    """Start the Worker on a free loopback port with its state in ``folder``; stop it after."""
+    """Start the Worker on a free loopback port with its state in ``folder``; stop it after.
+
+    ``renderer_assets``: first put the certificate renderer's fonts and logo into the local R2,
+    as deployment does (cloudflare/scripts/renderer-assets.mjs), so the Worker renders certificates."""
     if shutil.which("npx") is None or not (WORKER_DIR / "node_modules" / ".bin" / "wrangler").exists():
         raise WranglerUnavailable("cloudflare/node_modules is not installed (run `make setup`)")
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "wrangler.log"
+    env = {**os.environ, "WRANGLER_SEND_METRICS": "false", "NO_COLOR": "1", "CI": "true"}
+    if renderer_assets:
+        upload = ["node", "scripts/renderer-assets.mjs", "--local", "--persist-to", str(folder / "state")]
+        done = subprocess.run(upload, cwd=WORKER_DIR, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise WranglerUnavailable(f"the renderer assets did not upload: {done.stderr[-2000:]}")
     port = free_port()
     command = [
         *("npx", "--no-install", "wrangler", "dev", "--local", "--ip", "127.0.0.1"),
@@ -89,7 +102,6 @@ def wrangler_dev(
     ]
     for name, value in (variables or {}).items():
         command += ["--var", f"{name}:{value}"]
-    env = {**os.environ, "WRANGLER_SEND_METRICS": "false", "NO_COLOR": "1", "CI": "true"}
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=WORKER_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -266,7 +266,6 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_RESULTS_MODE": ("callbacks", "results_mode"),
     "MRCO_KEYSET_CURRENT": ("keys", "current"),
     "MRCO_SEAL_KEYSET_CURRENT": ("keys", "seal_current"),
-    "MRCO_DASHBOARD_KEY": ("dashboard", "shared_key"),
     "MRCO_DASHBOARD_URL": ("dashboard", "public_url"),
     "MRCO_DASHBOARD_BIND_HOST": ("dashboard", "bind_host"),
     "MRCO_DASHBOARD_BIND_PORT": ("dashboard", "bind_port"),
@@ -434,6 +433,13 @@ def _resolve_secrets(
             database=replace(config.database, url=_with_password(config.database.url, db_password.value)),
         )
         sources["database_password"] = db_password.source
+
+    dashboard_key = resolve_secret("dashboard_key", env, references, access, client_factory)
+    if dashboard_key is not None:
+        config = replace(config, dashboard=replace(config.dashboard, shared_key=dashboard_key.value))
+        sources["dashboard_key"] = dashboard_key.source
+    elif config.dashboard.shared_key:
+        sources["dashboard_key"] = "configuration file [dashboard] shared_key"
     return replace(config, secret_sources=sources)
 
 

@@ -30,6 +30,7 @@ SECRET_NAMES: dict[str, str] = {
     "database_password": "MRCO_DATABASE_PASSWORD",
     "aws_access_key_id": "MRCO_AWS_ACCESS_KEY_ID",
     "aws_secret_access_key": "MRCO_AWS_SECRET_ACCESS_KEY",
+    "dashboard_key": "MRCO_DASHBOARD_KEY",
 }
 
 #: Resolved first: the AWS look-ups of the other secrets use these credentials.

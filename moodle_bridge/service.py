@@ -138,7 +138,9 @@ class Service:
             # The Worker's capabilities are asked afresh each pass (only a pass with rows due
             # asks at all: the probe comes first), as the tick does.
             worker = self.submitters.get("worker")
-            self.claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
+            check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
+            self.claimer.worker_check = check
+            self.claimer.certificate_check = check.certificate_refusal
             report.claim = self.claimer.run()
         report.outbox = self.outbox.submit_due()
         due = started >= self._next_reconcile if reconcile_now is None else reconcile_now

@@ -174,6 +174,25 @@ CAPABILITIES: dict[str, Any] = {
     "results": {"mode": "push", "pull_path": "/v1/results/pull"},
 }
 
+LATIN_GREEK_CYRILLIC = ((32, 126), (160, 591), (768, 879), (880, 1023), (1024, 1327), (7680, 7935))
+#: A Worker with the certificate renderer deployed: the scripts and code points its fonts draw.
+CERTIFICATE_CAPABILITIES: dict[str, Any] = {
+    "type": "capabilities",
+    "contract_version": 1,
+    "message_types": ["email_batch", "certificate_batch"],
+    "email": {
+        "content_kinds": ["rendered", "reference"],
+        "categories": ["transactional"],
+        "attachments": True,
+        "providers": {"transactional": "cloudflare", "campaign": None},
+    },
+    "certificates": {
+        "scripts": ["Latn", "Grek", "Cyrl"],
+        "code_points": [[lo, hi] for lo, hi in LATIN_GREEK_CYRILLIC],
+    },
+    "results": {"mode": "pull", "pull_path": "/v1/results/pull"},
+}
+
 
 #: What the cloud reports when a recipient confirms a campaign unsubscribe (lambdas/results/intake.py,
 #: cloudflare/src/unsubscribe.js): one result naming the job and recipient of the signed token.
@@ -348,6 +367,18 @@ def main() -> None:
             "message_type": "capabilities",
             "valid": False,
             "message": mutated(CAPABILITIES, ["email", "providers", "campaign"], "cloudflare"),
+        },
+        {
+            "name": "capabilities with the certificate renderer (Latin, Greek, Cyrillic) and attachments",
+            "message_type": "capabilities",
+            "valid": True,
+            "message": CERTIFICATE_CAPABILITIES,
+        },
+        {
+            "name": "capabilities whose certificate renderer does not say which code points it draws",
+            "message_type": "capabilities",
+            "valid": False,
+            "message": mutated(CERTIFICATE_CAPABILITIES, ["certificates", "code_points"], delete=True),
         },
         {
             "name": "email batch whose password mail is sealed",

@@ -199,7 +199,10 @@ def test_worker_bundles_for_deployment_with_the_shared_schema(tmp_path: Path) ->
         assert binding in output, binding
     raw = (tmp_path / "index.js").read_bytes()
     # The Workers Free plan's limit is 3 MB after compression (Paid: 10 MB); keep well under it.
-    assert len(gzip.compress(raw)) < WORKER_FREE_PLAN_LIMIT_BYTES // 10
+    # The certificate renderer (pdf-lib, fontkit, qrcode-generator) is most of the bundle (about
+    # 690 KiB gzip in all); its fonts are not bundled but read from R2 (renderer/fonts/...).
+    assert len(gzip.compress(raw)) < WORKER_FREE_PLAN_LIMIT_BYTES // 3
+    assert "renderer/fonts/latin-Regular.ttf" in raw.decode("utf-8")
     match = re.search(r"Total Upload: [0-9.]+ KiB / gzip: ([0-9.]+) KiB", output)
     assert match is not None and float(match.group(1)) * 1024 < WORKER_FREE_PLAN_LIMIT_BYTES
     bundle = raw.decode("utf-8")

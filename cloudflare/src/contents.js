@@ -158,3 +158,32 @@ export async function resolveContents(batch, bucket, sealRoots = null) {
   }
   return out;
 }
+
+/** Largest total of one message's attachments (Cloudflare Email Service takes 5 MiB per message). */
+export const MAX_ATTACHMENT_BYTES = 4_000_000;
+
+/**
+ * A recipient's attachments (contract `attachment`: filename, content_type, ref) read from R2
+ * and checked against their size and SHA-256, as [{filename, contentType, content}].
+ * ContentError (final for that recipient) when one is missing, altered or too large.
+ */
+export async function readAttachments(bucket, attachments) {
+  const total = attachments.reduce((sum, a) => sum + Number(a.ref?.bytes ?? 0), 0);
+  if (total > MAX_ATTACHMENT_BYTES) {
+    throw new ContentError("attachments_too_large", `attachments total ${total} bytes; the limit is ${MAX_ATTACHMENT_BYTES}`);
+  }
+  const out = [];
+  for (const attachment of attachments) {
+    const ref = attachment.ref;
+    if (ref.store !== "r2") throw new ContentError("unsupported_store", "only R2 attachments can be read by the Worker");
+    if (!bucket) throw new ContentError("reference_missing", "the OFFLOAD_BUCKET binding is missing");
+    const object = await bucket.get(ref.key);
+    if (object === null) throw new ContentError("reference_missing", "attachment unavailable (NoSuchKey)");
+    const data = new Uint8Array(await object.arrayBuffer());
+    if (data.byteLength !== ref.bytes || (await sha256Hex(data)) !== ref.sha256) {
+      throw new ContentError("reference_mismatch", "attachment does not match its size and SHA-256");
+    }
+    out.push({ filename: attachment.filename, contentType: attachment.content_type ?? ref.content_type ?? "application/octet-stream", content: data });
+  }
+  return out;
+}

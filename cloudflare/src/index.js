@@ -7,6 +7,7 @@ import { applyEvents, normaliseCloudflareEvent } from "./events.js";
 import { INTAKE_PATH, handleIntake, jsonResponse } from "./intake.js";
 import { processResultsMessage, keepForPull } from "./results.js";
 import { handleRoute } from "./routes.js";
+import { processCertificateBatch } from "./certificates.js";
 import { processEmailBatch } from "./sender.js";
 
 export { NonceStore } from "./nonce-store.js";
@@ -22,11 +23,14 @@ export const QUEUES = Object.freeze({
 });
 
 /**
- * Batch processors by message type ("email_batch" -> async (batch, env, deps) => void). A message
- * type without a processor (certificate_batch: the Worker renders no certificates yet) is retried
- * and then kept in its queue's dead-letter queue, never dropped; the capabilities answer says so.
+ * Batch processors by message type ("email_batch" -> async (batch, env, deps) => report). A
+ * message without a processor, or one that fails, is retried and then kept in its queue's
+ * dead-letter queue, never dropped.
  */
-export const PROCESSORS = new Map([["email_batch", processEmailBatch]]);
+export const PROCESSORS = new Map([
+  ["email_batch", processEmailBatch],
+  ["certificate_batch", processCertificateBatch],
+]);
 
 function log(level, record) {
   console[level](JSON.stringify(record));

@@ -368,6 +368,13 @@ export class PublicRecords extends DurableObject {
         "CREATE TABLE IF NOT EXISTS certificates (code TEXT PRIMARY KEY, learner_name TEXT NOT NULL," +
         " course_name TEXT NOT NULL, completed_at INTEGER NOT NULL);",
     );
+    // Verification codes of the certificates this Worker rendered, with their company (a code
+    // is never taken over by another company) and where the PDF is.
+    this.sql.exec(
+      "CREATE TABLE IF NOT EXISTS certificate_codes (code TEXT PRIMARY KEY, company_id INTEGER NOT NULL," +
+        " job_id TEXT NOT NULL, recipient_id TEXT NOT NULL, key TEXT NOT NULL, learner_name TEXT NOT NULL," +
+        " course_name TEXT NOT NULL, completed_at INTEGER NOT NULL, issuer_name TEXT, language TEXT);",
+    );
   }
 
   unsubscribe(token) {
@@ -378,17 +385,31 @@ export class PublicRecords extends DurableObject {
     return this.sql.exec("SELECT at FROM unsubscribes WHERE token = ?", token).toArray()[0]?.at ?? null;
   }
 
+  /**
+   * Record a certificate's verification code (kept for good, as on AWS). False, and nothing
+   * written, when another company's certificate holds the code.
+   */
   putCertificate(code, record) {
+    const holder = this.sql.exec("SELECT company_id FROM certificate_codes WHERE code = ?", code).toArray()[0];
+    if (holder && holder.company_id !== record.company_id) return false;
     this.sql.exec(
-      "INSERT OR REPLACE INTO certificates (code, learner_name, course_name, completed_at) VALUES (?, ?, ?, ?)",
+      "INSERT OR REPLACE INTO certificate_codes (code, company_id, job_id, recipient_id, key, learner_name," +
+        " course_name, completed_at, issuer_name, language) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       code,
+      record.company_id,
+      record.job_id,
+      record.recipient_id,
+      record.key,
       record.learner_name,
       record.course_name,
       record.completed_at,
+      record.issuer_name ?? null,
+      record.language ?? null,
     );
+    return true;
   }
 
   certificate(code) {
-    return this.sql.exec("SELECT * FROM certificates WHERE code = ?", code).toArray()[0] ?? null;
+    return this.sql.exec("SELECT * FROM certificate_codes WHERE code = ?", code).toArray()[0] ?? null;
   }
 }

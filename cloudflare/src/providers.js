@@ -6,7 +6,7 @@
 //
 // `mail` is one message to one recipient: {from: {address, name}, replyTo: [..], to, toName,
 // subject, html, text, headers: {name: value}, tags: {job_id, recipient_id, company_id},
-// tenant}. An Outcome says what happened, in the same four kinds as the AWS sender
+// tenant, attachments: [{filename, contentType, content: Uint8Array}] (optional)}. An Outcome says what happened, in the same four kinds as the AWS sender
 // (lambdas/email/ses.py):
 //   sent     the provider accepted it (messageId set)
 //   final    a permanent failure (code, message): never retried
@@ -16,6 +16,13 @@
 // Error messages are the provider's description of the request (address, quota), never the body.
 
 import { AwsClient } from "aws4fetch";
+
+/** Base64 of bytes (attachments travel base64 in the SES and SendGrid JSON APIs). */
+export function base64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
 
 export const PROVIDER_NAMES = Object.freeze(["cloudflare", "ses", "sendgrid"]);
 
@@ -70,6 +77,9 @@ export function cloudflareProvider(binding) {
       };
       if (mail.replyTo?.length) message.replyTo = mail.replyTo[0];
       if (mail.headers && Object.keys(mail.headers).length) message.headers = mail.headers;
+      if (mail.attachments?.length) {
+        message.attachments = mail.attachments.map((a) => ({ content: a.content, filename: a.filename, type: a.contentType, disposition: "attachment" }));
+      }
       let answer;
       try {
         answer = await binding.send(message);
@@ -130,6 +140,16 @@ export function sesProvider({ accessKeyId, secretAccessKey, region, endpoint, co
             Subject: { Data: mail.subject, Charset: "UTF-8" },
             Body: { Html: { Data: mail.html, Charset: "UTF-8" }, Text: { Data: mail.text, Charset: "UTF-8" } },
             ...(headers.length ? { Headers: headers } : {}),
+            ...(mail.attachments?.length
+              ? {
+                  Attachments: mail.attachments.map((a) => ({
+                    RawContent: base64(a.content),
+                    FileName: a.filename,
+                    ContentType: a.contentType,
+                    ContentDisposition: "ATTACHMENT",
+                  })),
+                }
+              : {}),
           },
         },
         // SES tag values allow [A-Za-z0-9_.@-]: ':' in identifiers travels as '@' (as on AWS).
@@ -198,6 +218,9 @@ export function sendgridProvider({ apiKey, apiBase, fetchImpl, timeoutMs = 10_00
       };
       if (mail.replyTo?.length) payload.reply_to_list = mail.replyTo.map((email) => ({ email }));
       if (mail.headers && Object.keys(mail.headers).length) payload.headers = mail.headers;
+      if (mail.attachments?.length) {
+        payload.attachments = mail.attachments.map((a) => ({ content: base64(a.content), filename: a.filename, type: a.contentType, disposition: "attachment" }));
+      }
       let response;
       try {
         response = await timedFetch(

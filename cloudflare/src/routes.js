@@ -6,9 +6,10 @@
 //   POST /v1/events/sendgrid           SendGrid Event Webhook (ECDSA signature)
 //   GET  /v1/unsubscribe/{token}       public: the unsubscribe page (a confirm button), as on AWS
 //   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js)
-//   GET  /v1/certificates/verify/{code} public: as on AWS (404 until the Worker renders certificates);
+//   GET  /v1/certificates/verify/{code} public: as on AWS, for the certificates this Worker rendered;
 //                                      throttled per client address (VERIFY_LIMITER, 429)
 
+import { RENDERED_SCRIPTS, rendererCoverage } from "./certificates.js";
 import { validate } from "./contract.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
 import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
@@ -21,8 +22,12 @@ export const CAPABILITIES_PATH = "/v1/capabilities";
 const CODE = /^[A-Z0-9]{8,32}$/;
 const EVENT_BODY_LIMIT = 1_048_576;
 
-/** What this deployment can process for `companyId` (contract message "capabilities"). */
-export function capabilities(env, companyId, processors) {
+/**
+ * What this deployment can process for `companyId` (contract message "capabilities").
+ * `coverage`: the renderer's code point ranges, null when its fonts are not in R2
+ * (certificate_batch is offered only with them).
+ */
+export function capabilities(env, companyId, processors, { coverage = null } = {}) {
   const routing = providerRouting(env);
   // A provider this deployment cannot build (a missing secret or binding) is not offered.
   const usable = (name) => {
@@ -40,16 +45,21 @@ export function capabilities(env, companyId, processors) {
   const answer = {
     type: "capabilities",
     contract_version: 1,
-    message_types: [...processors.keys()].filter((t) => t === "email_batch" || t === "certificate_batch"),
+    message_types: [...processors.keys()].filter((t) => t === "email_batch" || (t === "certificate_batch" && coverage !== null && transactional)),
     email: {
       // jinja2 cannot run in workerd: the bridge renders list templates for the Cloudflare path.
       content_kinds: ["rendered", "reference"],
       categories: [...(transactional ? ["transactional"] : []), ...(campaign ? ["campaign"] : [])],
-      attachments: false,
+      // Attachments by R2 reference only: the certificates this Worker renders.
+      attachments: true,
       providers: { transactional, campaign },
     },
     results: { mode: env.RESULTS_MODE === "pull" ? "pull" : "push", pull_path: PULL_PATH },
   };
+  if (answer.message_types.includes("certificate_batch")) {
+    // The scripts its fonts draw; a certificate needing another one is routed elsewhere by the bridge.
+    answer.certificates = { scripts: [...RENDERED_SCRIPTS], code_points: coverage };
+  }
   validate("capabilities", answer);
   return answer;
 }
@@ -89,7 +99,8 @@ export async function handleRoute(request, env, { processors } = {}) {
     if (pathname === CAPABILITIES_PATH) {
       if (request.method !== "GET") return methodNotAllowed("GET");
       const { verified } = await readSignedRequest(request, env, 0);
-      return jsonResponse(200, capabilities(env, verified.companyId, processors ?? new Map()));
+      const coverage = await rendererCoverage(env.OFFLOAD_BUCKET);
+      return jsonResponse(200, capabilities(env, verified.companyId, processors ?? new Map(), { coverage }));
     }
     if (pathname === PULL_PATH) {
       if (request.method !== "POST") return methodNotAllowed("POST");
@@ -140,6 +151,7 @@ export async function handleRoute(request, env, { processors } = {}) {
         learner_name: record.learner_name,
         course_name: record.course_name,
         completed_at: record.completed_at,
+        ...(record.issuer_name ? { issuer_name: record.issuer_name } : {}),
       });
     }
     return null;

@@ -2,7 +2,7 @@
 // exactly once per (job, recipient), paced, with the AWS sender's retry and crash-window rules
 // (docs/lambdas.md, "Exactly once"; docs/cloudflare.md, "Sending").
 
-import { resolveContents } from "./contents.js";
+import { ContentError, readAttachments, resolveContents } from "./contents.js";
 import { parseKeysets } from "./keysets.js";
 import { COMPLETED, INPROGRESS, indexShardName } from "./ledger.js";
 import { buildProvider, providerRate, providerRouting } from "./providers.js";
@@ -209,9 +209,16 @@ export async function processEmailBatch(batch, env, deps = {}) {
       await failBeforeCall(recipient, resolved.error.code, resolved.error.message, takeover);
       continue;
     }
+    let attachments = [];
     if (recipient.attachments?.length) {
-      await failBeforeCall(recipient, "attachments_unsupported", "the Worker sends no attachments; route such jobs to AWS", takeover);
-      continue;
+      // Attachments by R2 reference (the Worker's certificates), checked against size and SHA-256.
+      try {
+        attachments = await readAttachments(env.OFFLOAD_BUCKET, recipient.attachments);
+      } catch (error) {
+        if (!(error instanceof ContentError)) throw error;
+        await failBeforeCall(recipient, error.code, error.message, takeover);
+        continue;
+      }
     }
     if (provider === null) {
       await failBeforeCall(
@@ -274,6 +281,7 @@ export async function processEmailBatch(batch, env, deps = {}) {
       tags: { job_id: batch.job_id, recipient_id: recipient.recipient_id, company_id: String(batch.company_id) },
       tenant: tenantNames[String(batch.company_id)] ?? batch.ses_tenant,
     };
+    if (attachments.length) mail.attachments = attachments;
     if (deps.beforeSend) await deps.beforeSend(recipient);
     calls += 1;
     const result = await provider.send(mail);

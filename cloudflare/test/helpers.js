@@ -83,3 +83,45 @@ export async function signedRequest(path, body, { company = 7, method = "POST", 
     body: method === "GET" ? undefined : bytes,
   });
 }
+
+/** Put the renderer's fonts and default logo into `bucket` (R2), as deployment does. */
+export async function seedRendererAssets(bucket = env.OFFLOAD_BUCKET) {
+  const assets = JSON.parse(env.TEST_RENDERER_ASSETS);
+  for (const [key, b64] of Object.entries(assets)) {
+    await bucket.put(key, Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+  }
+}
+
+/** A certificate_batch of `n` recipients (delivery email_attachment by default). */
+export function certificateBatch({ jobId = uniqueJob(), company = 7, n = 2, delivery = "email_attachment", names, attempt = 1 } = {}) {
+  const recipients = Array.from({ length: n }, (_, i) => ({
+    recipient_id: `r-${i + 1}`,
+    to: `learner${i + 1}@${jobId}.example.org`,
+    name: names?.[i] ?? `Learner ${i + 1}`,
+    content_id: "c-1",
+    certificate: {
+      learner_name: names?.[i] ?? `Learner ${i + 1}`,
+      course_name: "Safety at Work: Ladders & Scaffolds",
+      completed_at: 1764400000,
+      grade: "92.5",
+      verification_code: `V${jobId.replace(/[^A-Za-z0-9]/g, "").toUpperCase().slice(-12)}${String(i + 1).padStart(3, "0")}`.slice(0, 32),
+      issuer_name: "Acme Academy",
+    },
+  }));
+  return {
+    type: "certificate_batch",
+    contract_version: 1,
+    batch_id: `b-${jobId}`,
+    job_id: jobId,
+    company_id: company,
+    attempt,
+    created_at: Math.floor(Date.now() / 1000),
+    callback: { url: "https://moodle.example/callbacks/v1/results", key_id: `k2026.c${company}` },
+    sender: { address: "noreply@example.org", name: "Acme Academy" },
+    template_id: "default",
+    verify_url_base: "https://offload.example/v1/certificates/verify/",
+    delivery,
+    contents: { "c-1": { kind: "rendered", subject: "Your certificate", html: "<p>Well done. Your certificate is attached.</p>" } },
+    recipients,
+  };
+}

@@ -129,10 +129,13 @@ describe("capabilities", () => {
     validate("capabilities", body);
     expect(body).toMatchObject({
       message_types: ["email_batch"],
-      email: { content_kinds: ["rendered", "reference"], categories: ["transactional"], attachments: false, providers: { transactional: "cloudflare", campaign: null } },
+      email: { content_kinds: ["rendered", "reference"], categories: ["transactional"], attachments: true, providers: { transactional: "cloudflare", campaign: null } },
       results: { mode: "push", pull_path: "/v1/results/pull" },
     });
-    expect([...PROCESSORS.keys()]).not.toContain("certificate_batch");
+    // The certificate renderer has a processor, but its fonts are not in this test's R2: not offered
+    // (test/certificates.test.js seeds them).
+    expect([...PROCESSORS.keys()]).toContain("certificate_batch");
+    expect(body.certificates).toBeUndefined();
   });
 
   it("names per-company providers, and campaign mail only when a campaign provider exists", async () => {
@@ -173,7 +176,9 @@ describe("public routes, as on AWS", () => {
 
   it("certificate verification answers a known code and 404 otherwise (never the storage key)", async () => {
     const stub = env.PUBLIC_RECORDS.get(env.PUBLIC_RECORDS.idFromName("public"));
-    await runInDurableObject(stub, (instance) => instance.putCertificate("ABCD2345EFGH", { learner_name: "محمد", course_name: "Safety", completed_at: 1790000000 }));
+    await runInDurableObject(stub, (instance) =>
+      instance.putCertificate("ABCD2345EFGH", { company_id: 7, job_id: "j-1", recipient_id: "r-1", key: "certificates/company-7/j-1/r-1.pdf", learner_name: "محمد", course_name: "Safety", completed_at: 1790000000 }),
+    );
     const known = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/ABCD2345EFGH`), env);
     expect(await known.json()).toEqual({ valid: true, code: "ABCD2345EFGH", learner_name: "محمد", course_name: "Safety", completed_at: 1790000000 });
     expect((await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/NOPE0000NOPE`), env)).status).toBe(404);

@@ -1,6 +1,6 @@
 """``moodle-offload campaigns``: re-engagement campaigns (docs/campaigns.md).
 
-list | show | create | pause | resume | preview | run-now | run-due. Every change is audited.
+list | show | create | edit | pause | resume | preview | run-now | run-due. Every change is audited.
 Preview renders one sample mail and sends nothing; it prints no temporary password (campaign
 mail never carries one) and no other user's data than the sample's address.
 """
@@ -13,21 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.sources.campaigns.rules import RuleError, rule_from_json
-from moodle_bridge.sources.campaigns.runner import CampaignError, RunReport, preview, run_campaign
+from moodle_bridge.sources.campaigns.manage import (
+    RUN_EVERY_SECONDS,
+    create_campaign,
+    report_line,
+    run_and_audit,
+    set_campaign_status,
+    update_campaign,
+)
+from moodle_bridge.sources.campaigns.rules import RuleError
+from moodle_bridge.sources.campaigns.runner import CampaignError, preview
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound
-from moodle_bridge.storage import audit
-from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.campaign_repo import ACTIVE, PAUSED, CampaignRepo
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection
-
-#: A campaign is evaluated at most this often by ``run-due``; the ledger keeps each user to one
-#: reminder per cycle however often it runs, so this only bounds the audience queries.
-RUN_EVERY_SECONDS = 3600
 
 
 def register(subparsers: Any) -> None:
@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--rule", type=Path, required=True, help="the rule as a JSON file")
     create.set_defaults(handler=run)
+    edit = sub.add_parser("edit", help="replace a campaign's name and/or rule (validated as at create)")
+    edit.add_argument("campaign", type=int)
+    edit.add_argument("--name")
+    edit.add_argument("--rule", type=Path, help="the new rule as a JSON file")
+    edit.set_defaults(handler=run)
     prev = sub.add_parser("preview", help="audience count and one rendered sample mail; sends nothing")
     prev.add_argument("campaign", type=int)
     prev.add_argument("--user", type=int, help="render for this Moodle user id (default: the first match)")
@@ -57,41 +62,11 @@ def register(subparsers: Any) -> None:
     ).set_defaults(handler=run)
 
 
-def _report_line(r: RunReport) -> str:
-    if r.jobid is None:
-        return f"campaign {r.campaignid} cycle {r.cycle}: {'; '.join(r.notes) or 'nothing to send'}"
-    return (
-        f"campaign {r.campaignid} cycle {r.cycle}: job {r.jobid} with {r.recipients} recipients "
-        f"({r.pending} to send, {r.skipped} skipped, {r.failed} failed) for {r.audience} users"
-    )
-
-
-def _create(conn: sa.Connection, repo: BridgeRepo, args: argparse.Namespace, actor: str, at: int) -> int:
+def _read_rule(path: Path) -> str:
     try:
-        text = args.rule.read_text("utf-8")
+        return path.read_text("utf-8")
     except (FileNotFoundError, UnicodeDecodeError) as exc:
-        raise RuleError(f"rule file {args.rule}: {type(exc).__name__}") from None
-    rule = rule_from_json(text)
-    if repo.get_settings(conn, args.company) is None:
-        raise RuleError(
-            f"company {args.company} has no settings; run `moodle-offload company set {args.company}`"
-        )
-    name = " ".join(str(args.name).split())[:255]
-    if not name:
-        raise RuleError("--name must not be empty")
-    campaignid = CampaignRepo(repo.t).create(
-        conn, companyid=args.company, name=name, rule_json=rule.to_json(), actor=actor, at=at
-    )
-    audit.record(
-        conn,
-        repo.t,
-        actor=actor,
-        action=audit.CAMPAIGN_CREATED,
-        now=at,
-        companyid=args.company,
-        detail={"campaign": campaignid, "name": name, "trigger": rule.trigger.kind},
-    )
-    return campaignid
+        raise RuleError(f"rule file {path}: {type(exc).__name__}") from None
 
 
 def run(args: argparse.Namespace, config: BridgeConfig) -> int:
@@ -102,12 +77,30 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
     try:
         check_connection(engine)
         if action == "create":
+            rule_text = _read_rule(args.rule)
             with engine.begin() as conn:
-                campaignid = _create(conn, repo, args, actor, at)
+                campaignid = create_campaign(
+                    conn,
+                    repo,
+                    companyid=args.company,
+                    name=args.name,
+                    rule_text=rule_text,
+                    actor=actor,
+                    at=at,
+                )
             print(
                 f"campaign {campaignid} created (active); "
                 f"`moodle-offload campaigns preview {campaignid}` shows who it reaches"
             )
+        elif action == "edit":
+            if args.name is None and args.rule is None:
+                return fail("say what to change: --name and/or --rule")
+            new_rule = _read_rule(args.rule) if args.rule is not None else None
+            with engine.begin() as conn:
+                update_campaign(
+                    conn, repo, args.campaign, name=args.name, rule_text=new_rule, actor=actor, at=at
+                )
+            print(f"campaign {args.campaign} changed")
         elif action == "list":
             with engine.connect() as conn:
                 rows = campaigns.list(conn)
@@ -144,23 +137,9 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                 )
             )
         elif action in ("pause", "resume"):
-            status, what = (
-                (PAUSED, audit.CAMPAIGN_PAUSED) if action == "pause" else (ACTIVE, audit.CAMPAIGN_RESUMED)
-            )
+            status = PAUSED if action == "pause" else ACTIVE
             with engine.begin() as conn:
-                found = campaigns.get(conn, args.campaign)
-                if found is None:
-                    return fail(f"campaign {args.campaign} does not exist")
-                campaigns.set_status(conn, args.campaign, status, at)
-                audit.record(
-                    conn,
-                    tables,
-                    actor=actor,
-                    action=what,
-                    now=at,
-                    companyid=int(found.companyid),
-                    detail={"campaign": args.campaign},
-                )
+                set_campaign_status(conn, repo, args.campaign, status, actor=actor, at=at)
             print(f"campaign {args.campaign} {status}")
         elif action == "preview":
             count, sample = preview(engine, repo, config, args.campaign, at=at, userid=args.user)
@@ -172,7 +151,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                     f"To: {sample['to']}\nSubject: {sample['subject']}\n\n{sample['text'] or sample['html']}"
                 )
         elif action == "run-now":
-            print(_report_line(_run_and_audit(engine, repo, config, args.campaign, actor, at)))
+            print(report_line(run_and_audit(engine, repo, config, args.campaign, actor=actor, at=at)))
         elif action == "run-due":
             with engine.connect() as conn:
                 due = [
@@ -184,7 +163,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
             failed = 0
             for campaignid in due:
                 try:
-                    print(_report_line(_run_and_audit(engine, repo, config, campaignid, actor, at)))
+                    print(report_line(run_and_audit(engine, repo, config, campaignid, actor=actor, at=at)))
                 except (CampaignError, RuleError) as exc:
                     failed += 1
                     print(f"moodle-offload: campaign {campaignid}: {exc}")
@@ -196,22 +175,3 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
     finally:
         engine.dispose()
     return 0
-
-
-def _run_and_audit(
-    engine: sa.Engine, repo: BridgeRepo, config: BridgeConfig, campaignid: int, actor: str, at: int
-) -> RunReport:
-    report = run_campaign(engine, repo, config, campaignid, at=at, actor=actor)
-    with engine.begin() as conn:
-        row = CampaignRepo(repo.t).get(conn, campaignid)
-        audit.record(
-            conn,
-            repo.t,
-            actor=actor,
-            action=audit.CAMPAIGN_RUN,
-            now=at,
-            companyid=int(row.companyid) if row is not None else None,
-            jobid=report.jobid,
-            detail={"campaign": campaignid, "cycle": report.cycle, "audience": report.audience},
-        )
-    return report

@@ -114,7 +114,7 @@ def _provider(config: BridgeConfig, company_id: int) -> str:
 
 
 def _store(config: BridgeConfig, company_id: int) -> Any:
-    """The company's template store in the cloud (AWS only; the Worker reads no templates yet)."""
+    """The company's template store in the cloud (AWS only: the bridge never writes the Worker's R2)."""
     from certificate_render.template import TemplateStore  # noqa: PLC0415
 
     provider = _provider(config, company_id)

@@ -222,14 +222,16 @@ def run_tick(
     if claim and iomad is not None:
         claimer = claim_pass_factory(engine, repo, iomad, config, box=box)
         worker = targets.get("worker")
-        claimer.worker_check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
+        check = WorkerCheck(worker if isinstance(worker, WorkerSubmitter) else None)
+        claimer.worker_check = check
+        claimer.certificate_check = check.certificate_refusal
         report.claim = claimer.run(progress("claiming IOMAD rows") if progress else None)
         if report.claim.lock_lost:
             report.notes.append(
                 "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
             )
         report.notes.extend(report.claim.refusals)
-        store_only = StoreOnlyPass(engine, repo, iomad, config, worker_check=claimer.worker_check)
+        store_only = StoreOnlyPass(engine, repo, iomad, config)
         try:
             report.store_only = store_only.run(unix_now())
         except StoreOnlyError as exc:

@@ -26,7 +26,7 @@ import secrets
 import string
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +168,8 @@ class ClaimPass:
         #: (company id, job type) -> why the Cloudflare Worker cannot take it, or None. Set by
         #: the tick; without it companies on the Cloudflare provider are routed unchecked.
         self.worker_check: Callable[[int, str], str | None] | None = None
+        #: (company, certificate texts) -> code points the Worker cannot draw (the script rule)
+        self.certificate_check: Callable[[int, Iterable[str]], list[str]] | None = None
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -321,14 +323,31 @@ class ClaimPass:
         }
         take: list[RowPlan] = []
         give_back: dict[int, int] = {}
+        undrawable: dict[int, tuple[int, dict[str, None]]] = {}  # company -> (rows, code points)
         for plan in plans:
             reason = self._local_reason(plan, decisions)
+            if reason is None and self.certificate_check is not None:
+                company = settings.get(plan.email.companyid)
+                if company is not None and company.provider == "cloudflare" and plan.completion is not None:
+                    missing = self.certificate_check(plan.email.companyid, certificate_texts(plan))
+                    if missing:
+                        # The Worker cannot draw this learner's certificate: IOMAD keeps the row.
+                        reason = "worker_script_unsupported"
+                        count, points = undrawable.get(plan.email.companyid, (0, {}))
+                        points.update(dict.fromkeys(missing))
+                        undrawable[plan.email.companyid] = (count + 1, points)
             if reason is None:
                 take.append(plan)
             else:
                 report.left_local[reason] += 1
                 if plan.email.id in self._preparked:
                     give_back[plan.email.id] = plan.email.due
+        for cid, (count, points) in sorted(undrawable.items()):
+            shown = " ".join(list(points)[:10]) + (" ..." if len(points) > 10 else "")
+            report.refusals.append(
+                f"company {cid}: the Cloudflare Worker's certificate fonts cannot draw {shown}"
+                f" ({count} certificate row(s)); those rows stay with IOMAD"
+            )
         if give_back:  # strict mode parked them at insert; IOMAD sends them as before
             with conn.begin():
                 restore_emails(conn, self.iomad, give_back)
@@ -737,6 +756,16 @@ class ClaimPass:
                 "completionid": c.completion_id,
             }
         return p
+
+
+def certificate_texts(plan: RowPlan) -> list[str]:
+    """The course and learner names a completion row's certificate prints (as _recipient builds them)."""
+    c = plan.completion
+    if c is None:
+        return []
+    texts = [c.coursename or c.courseshortname or f"course {c.courseid}"]
+    texts += [r.fullname or r.address for r in plan.expansion.recipients if r.role == ROLE_USER]
+    return texts
 
 
 def routing_type(plan: RowPlan, role: str) -> str:

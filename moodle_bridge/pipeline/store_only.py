@@ -43,7 +43,6 @@ from moodle_bridge.sources.iomad.schema import IomadTables
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.completion_ledger import CompletionLedger, LedgerEntry
-from moodle_bridge.transports.capabilities import Check
 from offload_contract.limits import QueueLimits
 
 log = logging.getLogger(__name__)
@@ -80,15 +79,12 @@ class StoreOnlyPass:
         repo: BridgeRepo,
         iomad: IomadTables,
         config: BridgeConfig,
-        worker_check: Check | None = None,
     ) -> None:
         self.engine = engine
         self.repo = repo
         self.iomad = iomad
         self.config = config
         self.ledger = CompletionLedger(repo.t)
-        #: (company id, job type) -> refusal line or None, for Cloudflare companies.
-        self.worker_check = worker_check
 
     def run(self, at: int) -> StoreOnlyReport:
         report = StoreOnlyReport()
@@ -110,8 +106,9 @@ class StoreOnlyPass:
         for cid, s in self.repo.all_settings(conn).items():
             if not could_offload(global_on, s, "certificate"):
                 continue
-            # A Cloudflare company only when its Worker says it renders certificates.
-            if s.provider != "aws" and (self.worker_check is None or self.worker_check(cid, "certificate")):
+            # AWS only: the Worker draws only some scripts, and this pass does not apply the
+            # claim pass's script rule (docs/bridge.md, "Store-only certificates").
+            if s.provider != "aws":
                 continue
             out[cid] = s
         return out

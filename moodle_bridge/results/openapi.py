@@ -1,4 +1,4 @@
-"""The receiver's OpenAPI 3.0 document (served at ``/openapi.json``; the fuzz tests use it too).
+"""The receiver's OpenAPI 3.1 document (served at ``/openapi.json``; the fuzz tests use it too).
 
 The request body schemas are the contract's own definitions, so the document cannot drift from
 what the receiver validates.
@@ -66,7 +66,7 @@ def _document_text() -> str:
         ("X-Offload-Signature", "v1= + lowercase hex HMAC-SHA256", r"^v1=[0-9a-f]{64}$"),
     ]
     document = {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "ManiReports Cloud Offload bridge: result callbacks",
             "version": "1",

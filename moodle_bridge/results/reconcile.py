@@ -19,7 +19,7 @@
    ``failed``/``outcome_unknown`` with the reason. Ingested like any result report.
 5. Settle IOMAD rows whose recipients are all final but whose claim is still open (mark sent, or
    restore to IOMAD when the fallback rule says so; see ``settle``).
-6. Purge expired callback nonces.
+6. Purge expired callback nonces and expired dashboard sessions.
 
 Each step runs on its own: a step that fails (the cloud unreachable, a database error) is
 reported in ``errors`` with one line, and the next steps still run. A queue message that
@@ -65,6 +65,7 @@ from moodle_bridge.results.states import (
 )
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
+from moodle_bridge.storage.dash_sessions import purge_sessions
 from moodle_bridge.transports.cloud_records import (
     CloudRecords,
     CloudUnavailable,
@@ -117,6 +118,7 @@ class ReconcileReport:
     rows_marked_sent: int = 0
     rows_restored: int = 0
     nonces_purged: int = 0
+    sessions_purged: int = 0
     #: Jobs whose cancel the cloud was told about in this pass / could not be told about.
     cancels_signalled: int = 0
     cancels_not_signalled: int = 0
@@ -589,6 +591,7 @@ def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
             report.jobs_flagged_overdue = flag_overdue(ctx, conn, now)
             report.rows_marked_sent, report.rows_restored = settle_open_rows(ctx, conn, now)
             report.nonces_purged = purge_expired(conn, ctx.tables, now)
+            report.sessions_purged = purge_sessions(conn, ctx.tables, now=now)
     except sa.exc.SQLAlchemyError as exc:
         report.errors.append(_step_error("settling rows", exc))
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +46,14 @@ class CampaignRepo:
             query = query.where(self.t.campaigns.c.companyid == companyid)
         return conn.execute(query).all()
 
+    def update(self, conn: sa.Connection, campaignid: int, *, name: str, rule_json: str, at: int) -> bool:
+        result = conn.execute(
+            self.t.campaigns.update()
+            .where(self.t.campaigns.c.id == campaignid)
+            .values(name=name, rule=rule_json, timemodified=at)
+        )
+        return bool(result.rowcount)
+
     def set_status(self, conn: sa.Connection, campaignid: int, status: str, at: int) -> bool:
         result = conn.execute(
             self.t.campaigns.update()
@@ -86,3 +95,47 @@ class CampaignRepo:
             .order_by(ledger.c.cycle)
         )
         return {int(cycle): int(n) for cycle, n in rows}
+
+    def cycles(self, conn: sa.Connection, campaignid: int) -> Sequence[CycleFigures]:
+        """Per cycle: users reminded (the ledger) and what the cycle's jobs record (their counters,
+        kept exact by results ingestion), newest cycle first. ``sent`` counts sent and delivered,
+        ``failed`` failed, bounced and complained."""
+        ledger, jobs = self.t.campaign_ledger, self.t.jobs
+        reminded = self.ledger_counts(conn, campaignid)
+        per_job = conn.execute(
+            sa.select(
+                ledger.c.cycle,
+                jobs.c.id,
+                jobs.c.status,
+                jobs.c.recipientstotal,
+                (jobs.c.recipientssent + jobs.c.recipientsdelivered).label("sent"),
+                (jobs.c.recipientsfailed + jobs.c.recipientsbounced + jobs.c.recipientscomplained).label(
+                    "failed"
+                ),
+                jobs.c.recipientsskipped,
+            )
+            .distinct()
+            .select_from(ledger.join(jobs, jobs.c.id == ledger.c.jobid))
+            .where(ledger.c.campaignid == campaignid)
+            .order_by(ledger.c.cycle, jobs.c.id)
+        ).all()
+        out = {cycle: CycleFigures(cycle, users) for cycle, users in reminded.items()}
+        for row in per_job:
+            figures = out.setdefault(int(row.cycle), CycleFigures(int(row.cycle), 0))
+            figures.jobs.append((int(row.id), str(row.status)))
+            figures.recipients += int(row.recipientstotal or 0)
+            figures.sent += int(row.sent or 0)
+            figures.failed += int(row.failed or 0)
+            figures.skipped += int(row.recipientsskipped or 0)
+        return sorted(out.values(), key=lambda f: -f.cycle)
+
+
+@dataclass
+class CycleFigures:
+    cycle: int
+    users: int
+    jobs: list[tuple[int, str]] = field(default_factory=list)
+    recipients: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0

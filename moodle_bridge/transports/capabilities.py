@@ -7,7 +7,9 @@ there: a job the Worker cannot process would otherwise be accepted (202) and nev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +42,42 @@ def refusal(capabilities: dict[str, Any], job_type: str) -> str | None:
         return f"the Cloudflare Worker does not accept {', '.join(missing)} contents"
     if category not in email.get("categories", []):
         return f"the Cloudflare Worker has no provider for {category} mail"
+    if job_type == "certificate" and not email.get("attachments"):
+        return "the Cloudflare Worker does not mail attachments (certificates travel attached)"
     return None
+
+
+def _ignorable(cp: int) -> bool:
+    """Characters that need no glyph (joiners, bidi controls, variation selectors), as the renderers."""
+    return (
+        cp in (0x00AD, 0x034F, 0x061C, 0x180E)
+        or 0x200B <= cp <= 0x200F
+        or 0x202A <= cp <= 0x202E
+        or 0x2060 <= cp <= 0x206F
+        or 0xFE00 <= cp <= 0xFE0F
+        or 0xE0100 <= cp <= 0xE01EF
+    )
+
+
+def uncovered(capabilities: dict[str, Any], texts: Iterable[str]) -> list[str]:
+    """Code points (``U+XXXX``) of ``texts`` the Worker's certificate fonts cannot draw.
+
+    The Worker advertises exactly what its fonts have (``certificates.code_points``); the texts
+    are NFC-normalised first, as the renderer does. Every character counts as missing when the
+    Worker renders no certificates."""
+    advertised = capabilities.get("certificates", {}).get("code_points", [])
+    ranges = sorted((int(lo), int(hi)) for lo, hi in advertised)
+    starts = [lo for lo, _ in ranges]
+    missing: dict[str, None] = {}
+    for text in texts:
+        for ch in unicodedata.normalize("NFC", text):
+            cp = ord(ch)
+            if ch.isspace() or _ignorable(cp) or unicodedata.category(ch) == "Cc":
+                continue
+            at = bisect.bisect_right(starts, cp) - 1
+            if at < 0 or cp > ranges[at][1]:
+                missing.setdefault(f"U+{cp:04X}", None)
+    return list(missing)
 
 
 @dataclass
@@ -74,6 +111,16 @@ class WorkerCheck:
         if reason is None:
             return None
         return f"company {company_id}: {reason}"
+
+    def certificate_refusal(self, company_id: int, texts: Iterable[str]) -> list[str]:
+        """Code points of a certificate's texts the Worker cannot draw ([] when it can draw them all).
+
+        The Worker's renderer has no bidi or complex shaping (Arabic, Hebrew, Indic scripts) and
+        fewer fonts than the Lambda's; such certificates stay with IOMAD (docs/cloudflare.md)."""
+        answer = self.capabilities(company_id)
+        if isinstance(answer, str):
+            return []  # the job type check already refuses every certificate of this company
+        return uncovered(answer, texts)
 
 
 #: What ClaimPass and the commands call: (company id, job type) -> refusal line or None.

@@ -52,9 +52,22 @@ from moodle_bridge.results.nonce_store import DatabaseNonceStore
 from moodle_bridge.results.states import JOB_STATUSES  # the one list of job statuses (jobs filter)
 from moodle_bridge.results.suppression import remove_suppression
 from moodle_bridge.results.switches import CloudNotice, change_company, switch_global, tell_cloud
+from moodle_bridge.sources.campaigns.manage import (
+    create_campaign,
+    report_line,
+    run_and_audit,
+    schedule_of,
+    set_campaign_status,
+    update_campaign,
+)
+from moodle_bridge.sources.campaigns.rules import RECIPIENTS, TRIGGERS, RuleError, rule_from_json
+from moodle_bridge.sources.campaigns.runner import CampaignError, audience_count, preview
+from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound
 from moodle_bridge.storage import audit, certificate_repo
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables
+from moodle_bridge.storage.campaign_repo import ACTIVE, PAUSED, CampaignRepo
+from moodle_bridge.storage.dash_sessions import purge_sessions
 from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
@@ -71,7 +84,6 @@ from moodle_bridge.web.auth import (
     create_session,
     end_session,
     load_session,
-    purge_sessions,
     refresh_session,
 )
 from moodle_bridge.web.certificates import (
@@ -1106,6 +1118,343 @@ async def suppression_remove(request: Request) -> Response:
     return _redirect(state, "/suppressions", message=f"{address} removed from the suppression list.")
 
 
+# -- campaigns ----------------------------------------------------------------------------------
+# The pages call the same functions as ``moodle-offload campaigns`` (sources/campaigns/manage.py,
+# runner.py): validation, storage and audit live there; here only form fields become a rule
+# document, and errors become messages.
+
+CAMPAIGN_FIELDS = (
+    "name", "company", "trigger_kind", "days", "course", "deadline", "licence_expiry", "departments",
+    "courses", "cohorts", "suppresstarget", "suppress_course_completion", "subject", "html", "text",
+    "recipients", "every_days", "max_reminders", "start",
+)  # fmt: skip
+
+
+def _campaign_or_404(conn: sa.Connection, state: DashboardState, who: Principal, campaign_id: int) -> Any:
+    """The campaign if this person may see it: another company's answers 404 like a missing one."""
+    row = CampaignRepo(state.tables).get(conn, campaign_id)
+    if row is None or not who.sees_company(int(row.companyid)):
+        raise NotFound()
+    return row
+
+
+def _number_or_text(value: str) -> Any:
+    """A whole number, or the text as typed so the rule's validation names the field."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _date_field(value: str, name: str, tz: dt.tzinfo) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return q.day_bounds(value, tz)[0]
+    except ValueError:
+        raise RuleError(f"{name} must be a date (YYYY-MM-DD)") from None
+
+
+def _rule_document(v: dict[str, str], tz: dt.tzinfo) -> dict[str, Any]:
+    """The form's fields as the rule document ``campaigns create --rule`` takes (docs/campaigns.md)."""
+    trigger: dict[str, Any] = {"kind": v["trigger_kind"], "days": _number_or_text(v["days"])}
+    if v["course"].strip():
+        trigger["course"] = _number_or_text(v["course"])
+    deadline = _date_field(v["deadline"], "trigger.deadline", tz)
+    if deadline is not None:
+        trigger["deadline"] = deadline
+    if v["licence_expiry"] == "1":
+        trigger["licence_expiry"] = True
+    audience = {
+        key: [_number_or_text(x) for x in v[key].replace(",", " ").split()]
+        for key in ("departments", "courses", "cohorts")
+        if v[key].strip()
+    }
+    doc: dict[str, Any] = {
+        "trigger": trigger,
+        "audience": audience,
+        "template": {"subject": v["subject"], "html": v["html"], "text": v["text"]},
+        "recipients": v["recipients"],
+        "suppress_course_completion": v["suppress_course_completion"] == "1",
+        "cadence": {
+            "every_days": _number_or_text(v["every_days"]) if v["every_days"].strip() else 0,
+            "max_reminders": _number_or_text(v["max_reminders"]) if v["max_reminders"].strip() else 1,
+        },
+    }
+    if v["suppresstarget"].strip():
+        doc["suppresstarget"] = _number_or_text(v["suppresstarget"])
+    start = _date_field(v["start"], "start", tz)
+    if start is not None:
+        doc["start"] = start
+    return doc
+
+
+def _form_values(row: Any, tz: dt.tzinfo) -> dict[str, str]:
+    """A stored campaign as the form's fields (for editing)."""
+    rule = rule_from_json(str(row.rule))
+
+    def day(epoch: int | None) -> str:
+        return dt.datetime.fromtimestamp(epoch, tz).date().isoformat() if epoch else ""
+
+    return {
+        "name": str(row.name),
+        "company": str(row.companyid),
+        "trigger_kind": rule.trigger.kind,
+        "days": str(rule.trigger.days),
+        "course": "" if rule.trigger.course is None else str(rule.trigger.course),
+        "deadline": day(rule.trigger.deadline),
+        "licence_expiry": "1" if rule.trigger.licence_expiry else "",
+        "departments": ", ".join(map(str, rule.audience.departments)),
+        "courses": ", ".join(map(str, rule.audience.courses)),
+        "cohorts": ", ".join(map(str, rule.audience.cohorts)),
+        "suppresstarget": "" if rule.suppresstarget is None else str(rule.suppresstarget),
+        "suppress_course_completion": "1" if rule.suppress_course_completion else "",
+        "subject": rule.template.subject,
+        "html": rule.template.html,
+        "text": rule.template.text,
+        "recipients": rule.recipients,
+        "every_days": str(rule.cadence.every_days),
+        "max_reminders": str(rule.cadence.max_reminders),
+        "start": day(rule.start),
+    }
+
+
+def _blank_values(who: Principal) -> dict[str, str]:
+    values = dict.fromkeys(CAMPAIGN_FIELDS, "")
+    values.update(
+        trigger_kind="inactive_site", days="30", recipients="user", every_days="0", max_reminders="1"
+    )
+    if who.company_id is not None:
+        values["company"] = str(who.company_id)
+    return values
+
+
+def _campaign_form(
+    request: Request,
+    session: Session,
+    values: dict[str, str],
+    campaign: Any,
+    error: str = "",
+    status: int = 200,
+) -> Response:
+    return _render(
+        request,
+        session,
+        "campaign_form.html",
+        status=status,
+        v=values,
+        campaign=campaign,
+        triggers=TRIGGERS,
+        recipient_choices=RECIPIENTS,
+        err=error,
+    )
+
+
+def campaigns_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    company = who.company_id if who.company_id is not None else _int(request.query_params.get("company"))
+    now = state.now()
+    with state.engine.connect() as conn:
+        rows = CampaignRepo(state.tables).list(conn, company)
+    campaigns = []
+    for row in rows:
+        rule = rule_from_json(str(row.rule))
+        campaigns.append((row, rule, schedule_of(row, rule, now)))
+    return _render(
+        request,
+        session,
+        "campaigns.html",
+        campaigns=campaigns,
+        company=company,
+        msg=request.query_params.get("msg", ""),
+    )
+
+
+def campaign_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    campaign_id = int(request.path_params["campaign_id"])
+    now = state.now()
+    repo = BridgeRepo(state.tables)
+    with state.engine.connect() as conn:
+        row = _campaign_or_404(conn, state, who, campaign_id)
+        cycles = CampaignRepo(state.tables).cycles(conn, campaign_id)
+    rule = rule_from_json(str(row.rule))
+    count: int | None = None
+    count_error = ""
+    try:
+        count = audience_count(state.engine, repo, state.config, campaign_id, at=now)
+    except (CampaignError, RuleError, IomadSchemaNotFound) as exc:
+        count_error = str(exc)
+    return _render(
+        request,
+        session,
+        "campaign.html",
+        campaign=row,
+        rule=rule,
+        rule_json=json.dumps(json.loads(rule.to_json()), indent=2),
+        schedule=schedule_of(row, rule, now),
+        audience=count,
+        audience_error=count_error,
+        cycles=cycles,
+        msg=request.query_params.get("msg", ""),
+        err=request.query_params.get("err", ""),
+    )
+
+
+def campaign_preview(request: Request) -> Response:
+    """Audience count and one rendered sample mail (as ``campaigns preview``); sends nothing. The
+    HTML part is shown as source, never rendered into the dashboard's page."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    if not who.can_act:
+        raise NotFound()
+    campaign_id = int(request.path_params["campaign_id"])
+    user = _int(request.query_params.get("user"), minimum=1)
+    with state.engine.connect() as conn:
+        row = _campaign_or_404(conn, state, who, campaign_id)
+    count: int | None = None
+    sample: dict[str, str] | None = None
+    error = ""
+    try:
+        count, sample = preview(
+            state.engine, BridgeRepo(state.tables), state.config, campaign_id, at=state.now(), userid=user
+        )
+    except (CampaignError, RuleError, IomadSchemaNotFound) as exc:
+        error = str(exc)
+    except jinja2.TemplateError as exc:
+        error = f"The template cannot be rendered for this user: {type(exc).__name__}: {str(exc)[:200]}"
+    return _render(
+        request,
+        session,
+        "campaign_preview.html",
+        campaign=row,
+        count=count,
+        sample=sample,
+        user=user,
+        err=error,
+    )
+
+
+def campaign_new(request: Request) -> Response:
+    session, _ = _session(request)
+    if not session.principal.can_act:
+        raise NotFound()
+    return _campaign_form(request, session, _blank_values(session.principal), None)
+
+
+def campaign_edit(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    if not who.can_act:
+        raise NotFound()
+    with state.engine.connect() as conn:
+        row = _campaign_or_404(conn, state, who, int(request.path_params["campaign_id"]))
+    return _campaign_form(request, session, _form_values(row, who.tz()), row)
+
+
+async def campaign_save(request: Request) -> Response:
+    """Create (``/campaigns/new``) or change (``/campaigns/{id}/edit``) a campaign; on an error the
+    form comes back with what was typed and the reason, and nothing is stored."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    campaign_id = request.path_params.get("campaign_id")
+    values = {k: str(form.get(k, "")) for k in CAMPAIGN_FIELDS}
+    now = state.now()
+    repo = BridgeRepo(state.tables)
+    existing = None
+    try:
+        with state.engine.begin() as conn:
+            if campaign_id is None:
+                company = who.company_id if who.company_id is not None else _int(values["company"])
+                if company is None or not who.sees_company(company):
+                    raise RuleError("company: give the id of a company")
+                rule_text = json.dumps(_rule_document(values, who.tz()))
+                campaign_id = create_campaign(
+                    conn,
+                    repo,
+                    companyid=company,
+                    name=values["name"],
+                    rule_text=rule_text,
+                    actor=who.actor,
+                    at=now,
+                    source=_source(request),
+                )
+                message = f"Campaign {campaign_id} created (active). Preview it to see who it reaches."
+            else:
+                existing = _campaign_or_404(conn, state, who, int(campaign_id))
+                rule_text = json.dumps(_rule_document(values, who.tz()))
+                update_campaign(
+                    conn,
+                    repo,
+                    int(campaign_id),
+                    name=values["name"],
+                    rule_text=rule_text,
+                    actor=who.actor,
+                    at=now,
+                    source=_source(request),
+                )
+                message = "Campaign saved."
+    except (RuleError, CampaignError) as exc:
+        return _campaign_form(request, session, values, existing, error=f"Not saved: {exc}.", status=400)
+    return _redirect(state, f"/campaigns/{campaign_id}", message=message)
+
+
+async def campaign_action(request: Request) -> Response:
+    """Pause, resume or run now, through the CLI's own functions (audited there)."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    campaign_id = int(request.path_params["campaign_id"])
+    action = request.path_params["action"]
+    if action not in ("pause", "resume", "run-now"):
+        raise NotFound()
+    now = state.now()
+    repo = BridgeRepo(state.tables)
+    with state.engine.connect() as conn:
+        _campaign_or_404(conn, state, who, campaign_id)
+    try:
+        if action == "run-now":
+            report = run_and_audit(
+                state.engine,
+                repo,
+                state.config,
+                campaign_id,
+                actor=who.actor,
+                at=now,
+                source=_source(request),
+            )
+            message = report_line(report).capitalize() + (
+                "; the next tick submits it." if report.jobid is not None else "."
+            )
+        else:
+            status = PAUSED if action == "pause" else ACTIVE
+            with state.engine.begin() as conn:
+                set_campaign_status(
+                    conn, repo, campaign_id, status, actor=who.actor, at=now, source=_source(request)
+                )
+            message = f"Campaign {campaign_id} is {status}."
+    except (CampaignError, RuleError, IomadSchemaNotFound) as exc:
+        return _redirect(state, f"/campaigns/{campaign_id}", error=f"Not done: {exc}.")
+    return _redirect(state, f"/campaigns/{campaign_id}", message=message)
+
+
 # -- audit --------------------------------------------------------------------------------------
 
 
@@ -1270,6 +1619,14 @@ def create_app(
         Route("/suppressions", suppressions_page),
         Route("/suppressions.csv", suppressions_csv),
         Route("/suppressions/remove", suppression_remove, methods=["POST"]),
+        Route("/campaigns", campaigns_page),
+        Route("/campaigns/new", campaign_new),
+        Route("/campaigns/new", campaign_save, methods=["POST"]),
+        Route("/campaigns/{campaign_id:int}", campaign_page),
+        Route("/campaigns/{campaign_id:int}/preview", campaign_preview),
+        Route("/campaigns/{campaign_id:int}/edit", campaign_edit),
+        Route("/campaigns/{campaign_id:int}/edit", campaign_save, methods=["POST"]),
+        Route("/campaigns/{campaign_id:int}/{action:str}", campaign_action, methods=["POST"]),
         Route("/audit", audit_page),
         Route("/healthz", healthz),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -321,8 +321,3 @@ def refresh_session(
 def end_session(conn: sa.Connection, tables: BridgeTables, session_id: str) -> None:
     s = tables.dash_sessions
     conn.execute(s.delete().where(s.c.sessionhash == _hash(session_id)))
-
-
-def purge_sessions(conn: sa.Connection, tables: BridgeTables, *, now: int) -> int:
-    s = tables.dash_sessions
-    return int(conn.execute(s.delete().where(s.c.timeexpires <= now)).rowcount or 0)

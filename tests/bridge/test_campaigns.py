@@ -421,6 +421,16 @@ def test_the_cli_creates_previews_runs_and_pauses_a_campaign(tmp_path, monkeypat
     assert "is paused" in capsys.readouterr().err
     assert main(["campaigns", "list"]) == 0
     assert "paused" in capsys.readouterr().out
+    # edit: validated as at create; a refused rule changes nothing.
+    assert main(["campaigns", "edit", "1", "--rule", str(bad)]) == 1
+    assert "recipients must be one of" in capsys.readouterr().err
+    assert main(["campaigns", "edit", "1"]) == 1
+    assert "--name and/or --rule" in capsys.readouterr().err
+    assert main(["campaigns", "edit", "1", "--name", "  Come   back soon "]) == 0
+    assert "campaign 1 changed" in capsys.readouterr().out
+    assert main(["campaigns", "show", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "Come back soon" and shown["rule"]["recipients"] == "user"
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         actions = [
@@ -431,4 +441,5 @@ def test_the_cli_creates_previews_runs_and_pauses_a_campaign(tmp_path, monkeypat
         "campaign_created",
         "campaign_run",
         "campaign_paused",
+        "campaign_updated",
     ]

@@ -49,10 +49,11 @@ def db_engine_name() -> str:
 def worker_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerDev]:
     keysets = {"current": "k1", "keysets": {"k1": ROOT}}
     try:
-        with wrangler_dev(tmp_path_factory.mktemp("wrangler"), keysets, {"RESULTS_MODE": "pull"}) as dev:
+        folder = tmp_path_factory.mktemp("wrangler")
+        with wrangler_dev(folder, keysets, {"RESULTS_MODE": "pull"}, renderer_assets=True) as dev:
             yield dev
     except WranglerUnavailable as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes") or "did not start" in str(exc):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes") or "did not" in str(exc):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
 
@@ -69,14 +70,15 @@ def test_capabilities_are_signed_and_answered_by_the_worker(worker_dev: WorkerDe
     worker = WorkerSubmitter(worker_dev.base_url, "k1", decode_root_secret(ROOT))
     answer = worker.capabilities(7)
     validate("capabilities", answer)
-    assert answer["message_types"] == ["email_batch"]
+    # The renderer's fonts are in (Miniflare's) R2: the Worker renders certificates.
+    assert answer["message_types"] == ["email_batch", "certificate_batch"]
+    assert answer["certificates"]["scripts"] == ["Latn", "Grek", "Cyrl"]
     assert answer["results"]["mode"] == "pull"
     check = WorkerCheck(worker)
     assert check(7, "email") is None
-    assert check(7, "certificate") == (
-        "company 7: the Cloudflare Worker does not process certificate jobs (certificate_batch); "
-        "it processes email_batch"
-    )
+    assert check(7, "certificate") is None
+    assert check.certificate_refusal(7, ["Léa Ørsted", "Жанна"]) == []
+    assert check.certificate_refusal(7, ["محمد"]) == ["U+0645", "U+062D", "U+062F"]
     stranger = WorkerSubmitter(worker_dev.base_url, "k1", decode_root_secret(generate_root_secret()))
     assert "HTTP 401 bad_signature" in (WorkerCheck(stranger)(7, "email") or "")
 
@@ -97,15 +99,12 @@ def test_company_set_refuses_what_the_worker_cannot_process(
     assert len(err) == 1
     assert "URL is not configured" in err[0]
     monkeypatch.setenv("MRCO_CLOUDFLARE_INTAKE_URL", worker_dev.base_url)
-    assert main(argv) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "company 7: the Cloudflare Worker does not process certificate jobs (certificate_batch)" in line
-    assert line.endswith("not saved (turn certificate jobs off for this company, or use --provider aws)")
-    assert main([*argv[:-1], "off"]) == 0
+    # The Worker renders certificates now: certificates on the Cloudflare provider are accepted.
+    assert main(argv) == 0
     assert "provider=cloudflare" in capsys.readouterr().out
 
 
-def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
+def test_tick_sends_and_certifies_through_the_worker_exactly_once_and_pulls_the_results(
     worker_dev: WorkerDev, bridge_engine, db_url, repo
 ) -> None:
     world = IomadWorld.create(bridge_engine)
@@ -129,6 +128,10 @@ def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
     at = int(time.time()) - 120
     world.complete(10, 5, 1, at)
     completion = world.queue("completion_course_user", 10, 1, courseid=5, body="<p>Done</p>", due=at)
+    # A learner whose name the Worker's fonts cannot draw (Arabic): the script rule keeps the row with IOMAD.
+    world.add_user(20, f"arabic.{stamp}@example.com", "محمد", "الأحمد", companyid=1)
+    world.complete(20, 5, 1, at)
+    arabic = world.queue("completion_course_user", 20, 1, courseid=5, body="<p>Done</p>", due=at)
     before = world.rows()
 
     config = replace(
@@ -147,11 +150,16 @@ def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
     worker.submit = recording_submit  # type: ignore[method-assign]
     report = run_tick(bridge_engine, config, submitters=submitters)
     assert report.claim is not None and report.outbox is not None
-    assert report.claim.claimed == 5
-    assert report.outbox.submitted >= 1 and not report.outbox.errors
-    # The certificate row stays with IOMAD, with one clear line (every tick says it again).
-    assert any("does not process certificate jobs" in note for note in report.notes)
-    assert world.rows()[completion] == before[completion]
+    assert report.claim.claimed == 6  # five licence mails and Léa's completion with its certificate
+    assert report.outbox.submitted >= 2 and not report.outbox.errors
+    assert "certificate_batch" in {message_type for message_type, *_ in submitted}
+    # The Arabic name's row stays with IOMAD, with one clear line naming what cannot be drawn.
+    (line,) = [note for note in report.notes if "cannot draw" in note]
+    assert line == (
+        "company 1: the Cloudflare Worker's certificate fonts cannot draw"
+        " U+0645 U+062D U+062F U+0627 U+0644 U+0623 (1 certificate row(s)); those rows stay with IOMAD"
+    )
+    assert world.rows()[arabic] == before[arabic]
 
     # The Worker's queue consumer sends; the next ticks pull the results until all are in.
     deadline = time.monotonic() + 90
@@ -163,12 +171,24 @@ def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
             statuses = [r.status for r in conn.execute(sa.select(T.recipients.c.status))]
         if statuses and all(s == "sent" for s in statuses):
             break
-    assert statuses == ["sent"] * 5, statuses
+    assert statuses == ["sent"] * 6, statuses
     sent = worker_dev.sent_to()
-    assert {a: sent[a] for a in addresses} == dict.fromkeys(addresses, 1)
+    # Léa got her licence mail and her completion mail (with the PDF attached), each once.
+    assert {a: sent[a] for a in addresses} == {addresses[0]: 2, **dict.fromkeys(addresses[1:], 1)}
+    # The certificate is in R2 under the S3 key layout, and the Worker's verify route answers its code.
+    with bridge_engine.connect() as conn:
+        (cert,) = conn.execute(sa.select(T.certificates)).all()
+        (learner,) = conn.execute(
+            sa.select(T.recipients.c.jobid, T.recipients.c.artifactkey).where(
+                T.recipients.c.id == cert.recipientid
+            )
+        )
+    assert learner.artifactkey == f"certificates/company-1/{learner.jobid}/{cert.recipientid}.pdf"
+    verified = httpx.get(f"{worker_dev.base_url}/v1/certificates/verify/{cert.verifycode}", timeout=10).json()
+    assert verified["valid"] is True and verified["learner_name"] == "Léa Rner0"
     # The bridge settled IOMAD's rows as sent; the Worker's result log is drained.
     after = world.rows()
-    assert all(after[eid].sent is not None for eid in rows)
+    assert all(after[eid].sent is not None for eid in [*rows, completion])
     assert worker.pull_results(1, None)["entries"] == []
 
     # The same batch submitted again (the bridge lost the 202) is accepted and sends nobody twice.
@@ -177,7 +197,10 @@ def test_tick_sends_through_the_worker_exactly_once_and_pulls_the_results(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not worker.pull_results(1, None)["entries"]:
         time.sleep(1)
-    assert {a: worker_dev.sent_to()[a] for a in addresses} == dict.fromkeys(addresses, 1)
+    assert {a: worker_dev.sent_to()[a] for a in addresses} == {
+        addresses[0]: 2,
+        **dict.fromkeys(addresses[1:], 1),
+    }
 
 
 def test_list_templates_are_rendered_by_the_bridge_for_the_worker(

@@ -164,3 +164,13 @@ def test_tick_submits_store_only_batches_without_mail(bridge_engine, db_url, rep
     assert batch["delivery"] == "store_only" and "contents" not in batch
     assert all("to" not in r and "content_id" not in r for r in batch["recipients"])
     assert {r["name"] for r in batch["recipients"]} == {"Lea Rner", "Ole Dmail"}
+
+
+def test_cloudflare_companies_get_no_store_only_certificates(bridge_engine, db_url, repo) -> None:
+    world, at, _ = _world(bridge_engine, repo)
+    with bridge_engine.begin() as conn:
+        repo.save_settings(
+            conn, CompanySettings(1, cloudenabled=True, allowcertificates=True, provider="cloudflare"), "test"
+        )
+    report = StoreOnlyPass(bridge_engine, repo, world.tables, make_config(db_url)).run(at)
+    assert report.considered == 0 and _recipients(bridge_engine) == []

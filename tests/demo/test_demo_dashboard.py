@@ -69,6 +69,10 @@ def test_demo_prints_a_link_and_keeps_the_dashboard_running(tmp_path: Path) -> N
         ).group(1)  # type: ignore[union-attr]
         jobs = httpx.get(f"{base}/", headers={"Cookie": f"mrcloud_session={cookie}"})
         assert jobs.status_code == 200 and "completed" in jobs.text
+        # The demo's campaign, with its cycle's job as the engine recorded it.
+        campaign = httpx.get(f"{base}/campaigns/1", headers={"Cookie": f"mrcloud_session={cookie}"})
+        assert campaign.status_code == 200 and "We miss you" in campaign.text
+        assert re.search(r'<a href="/jobs/\d+">#\d+</a> completed', campaign.text), campaign.text[-2000:]
         assert httpx.get(link).status_code == 403  # one use
         time.sleep(2)
         assert process.poll() is None  # still serving

@@ -21,6 +21,7 @@ KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(100, 132))).decode()
 ROOT1 = generate_root_secret()
 ROOT2 = generate_root_secret()
+DASHBOARD_KEY = generate_root_secret()
 BASE = {"MRCO_DATABASE_URL": "mysql+pymysql://moodle@db.example/moodle"}
 
 
@@ -70,6 +71,7 @@ def test_files_and_systemd_credentials(tmp_path: Path) -> None:
     (creds / "database_password").write_text("from-credential\n")
     (creds / "aws_access_key_id").write_text("AKIACRED")
     (creds / "aws_secret_access_key").write_text("cred-secret")
+    (creds / "dashboard_key").write_text(DASHBOARD_KEY + "\n")
     config = load_config(
         environ={
             **BASE,
@@ -88,8 +90,11 @@ def test_files_and_systemd_credentials(tmp_path: Path) -> None:
         "database_password": "systemd credential database_password",
         "aws_access_key_id": "systemd credential aws_access_key_id",
         "aws_secret_access_key": "systemd credential aws_secret_access_key",
+        "dashboard_key": "systemd credential dashboard_key",
     }
+    assert config.dashboard.shared_key == DASHBOARD_KEY
     assert "from-credential" not in _everything_shown(config)
+    assert DASHBOARD_KEY not in _everything_shown(config)
 
 
 def test_the_environment_wins_over_a_file_which_wins_over_a_credential(tmp_path: Path) -> None:
@@ -136,7 +141,9 @@ def test_secrets_manager_and_ssm(aws_env, tmp_path: Path) -> None:
         f'keysets = "secretsmanager:{hmac}"\n'
         'database_password = "secretsmanager:offload/db#password"\n'
         'password_key = "ssm:/offload/password-key"\n'
+        'dashboard_key = "secretsmanager:offload/dashboard"\n'
     )
+    sm.create_secret(Name="offload/dashboard", SecretString=ROOT1)
     config = load_config(
         toml,
         environ={
@@ -151,6 +158,8 @@ def test_secrets_manager_and_ssm(aws_env, tmp_path: Path) -> None:
     assert config.aws.access_key_id == "AKIASSM"
     assert config.secret_sources["keysets"] == f"secretsmanager:{hmac}"
     assert config.secret_sources["password_key"] == "ssm:/offload/password-key"
+    assert config.dashboard.shared_key == ROOT1
+    assert config.secret_sources["dashboard_key"] == "secretsmanager:offload/dashboard"
     shown = _everything_shown(config)
     for secret in (ROOT1, ROOT2, KEY_A, KEY_B, "sm-db-pw", "ssm-aws-secret"):
         assert secret not in shown

@@ -8,6 +8,7 @@ import warnings
 from dataclasses import replace
 from typing import Any
 
+import openapi_spec_validator
 import pytest
 import sqlalchemy as sa
 
@@ -191,6 +192,7 @@ def test_oversized_bodies_are_refused_before_reading(db_engine: sa.Engine) -> No
         document = client.get("/openapi.json").json()
     assert document["paths"][RESULTS_PATH]["post"]["requestBody"]["required"] is True
     assert "envelope" in document["components"]["schemas"]
+    openapi_spec_validator.validate(document)  # a valid OpenAPI 3.1 document, tools can load it
 
 
 def test_unauthenticated_rejections_are_throttled_in_the_audit_log(receiver: Any) -> None:

@@ -124,11 +124,20 @@ def test_overdue_flag_settle_sweep_and_nonce_purge(db_engine: sa.Engine) -> None
                 {"keyid": "k1.c7", "nonce": "m" * 20, "timeexpires": NOW + 10_000},
             ],
         )
+        session = {"userid": 2, "principal": "{}", "csrftoken": "c" * 32, "timecreated": NOW}
+        conn.execute(
+            tables.dash_sessions.insert(),
+            [
+                {**session, "sessionhash": "a" * 64, "timechecked": NOW, "timeexpires": NOW},
+                {**session, "sessionhash": "b" * 64, "timechecked": NOW, "timeexpires": NOW + 10_000},
+            ],
+        )
     config = replace(BridgeConfig(), job_deadline_seconds=3600)
     ctx = ReconcileContext(db_engine, tables, config, clock=lambda: NOW + 7200, iomad_queue=queue)
     report = reconcile(ctx)
     assert stuck.job_id in report.jobs_flagged_overdue
     assert report.rows_restored == 1 and report.nonces_purged == 1
+    assert report.sessions_purged == 1  # dashboard sessions expire without anybody signing in
     with db_engine.connect() as conn:
         assert email_state(conn, itables)[settled.email_ids[0]][0] is None  # back with IOMAD
         assert counters_match(conn, tables) == []

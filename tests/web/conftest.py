@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from moodle_bridge.config import BridgeConfig, DashboardConfig
+from moodle_bridge.config import BridgeConfig, DashboardConfig, KeysConfig
 from moodle_bridge.web.app import create_app
 from offload_contract import dashboard_token
+from offload_contract.signing import generate_root_secret
 from tests.web.world import NOW, SHARED_KEY, World, build_world
 
 
@@ -49,6 +50,20 @@ def make_config(engine: sa.Engine, public_url: str = "https://testserver") -> Br
         base,
         database=replace(base.database, url=engine.url.render_as_string(hide_password=False)),
         dashboard=DashboardConfig(shared_key=SHARED_KEY, public_url=public_url),
+    )
+
+
+def with_campaign_sending(config: BridgeConfig) -> BridgeConfig:
+    """What building a campaign job needs besides the dashboard: a callback keyset, a sender and
+    the unsubscribe URL base (docs/campaigns.md)."""
+    return replace(
+        config,
+        keys=KeysConfig(current="k1", keysets={"k1": generate_root_secret()}),
+        submit=replace(
+            config.submit,
+            sender_address="training@example.org",
+            unsubscribe_url_base="https://api.example.org/v1/unsubscribe",
+        ),
     )
 
 

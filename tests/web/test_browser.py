@@ -27,11 +27,13 @@ import uvicorn
 from moto import mock_aws
 
 from moodle_bridge.config import AwsConfig, DashboardConfig
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.results.ingest import ingest_result_batch
+from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.web.app import create_app
 from moodle_bridge.web.certificates import S3Certificates
 from offload_contract import dashboard_token
-from tests.web.conftest import make_config
+from tests.web.conftest import make_config, with_campaign_sending
 from tests.web.world import SHARED_KEY, World, add_job, build_world
 
 pytestmark = pytest.mark.browser
@@ -61,7 +63,9 @@ class Served:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         base = make_config(engine)
-        self.config = replace(base, dashboard=DashboardConfig(shared_key=SHARED_KEY, public_url=self.url))
+        self.config = with_campaign_sending(
+            replace(base, dashboard=DashboardConfig(shared_key=SHARED_KEY, public_url=self.url))
+        )
         app = create_app(engine, world.tables, self.config)
         self.app = app
         self.server = uvicorn.Server(
@@ -259,7 +263,8 @@ def test_admin_pages_screenshots_and_accessibility(browser: Any, served: Served)
     audit_page.goto(link)
     audit_page.wait_for_url(re.compile(r"/$"))
     problems = {}
-    for path in ("/", f"/jobs/{w.jobs['done']}", "/settings?company=1", "/suppressions", "/audit"):
+    pages = ("/", f"/jobs/{w.jobs['done']}", "/settings?company=1", "/suppressions", "/audit", "/campaigns")
+    for path in (*pages, "/campaigns/new"):
         audit_page.goto(served.url + path)
         audit_page.add_script_tag(path=str(AXE))
         result = audit_page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
@@ -284,6 +289,64 @@ def test_pages_work_without_javascript(browser: Any, served: Served) -> None:
     assert page.get_by_role("heading", name=re.compile(rf"Job #{w.jobs['done']}")).is_visible()
     assert "100.0%" in page.locator(".progress").first.inner_text()
     page.context.close()
+
+
+def test_manager_runs_a_campaign_in_the_browser(browser: Any, served: Served) -> None:
+    """A company manager creates a campaign (after a refused form), previews, pauses, resumes and
+    runs it; another company's manager gets 404; a forged CSRF token gets 403."""
+    w = served.world
+    c1, c2 = w.companies
+    repo = BridgeRepo(w.tables)
+    with served.engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        if repo.get_settings(conn, c1) is None:
+            repo.save_settings(conn, CompanySettings(c1, cloudenabled=True), "test")
+    page = _sign_in(browser, served, w.managers[c1], c1)
+    page.get_by_role("link", name="Campaigns").click()
+    page.get_by_role("link", name="New campaign").click()
+    page.get_by_label("Name", exact=True).fill("Browser nudge")
+    page.get_by_label("Days (N)").fill("ten")
+    page.get_by_label("Subject").fill("We miss you, {{ firstname }}")
+    page.get_by_label("HTML part").fill("<p>Hello {{ fullname }}</p>")
+    page.get_by_role("button", name="Create campaign").click()
+    assert "trigger.days must be a whole number" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Name", exact=True).input_value() == "Browser nudge"  # nothing typed is lost
+    page.get_by_label("Days (N)").fill("0")
+    page.get_by_role("button", name="Create campaign").click()
+    assert "created (active)" in page.get_by_role("status").inner_text()
+    match = re.search(r"/campaigns/(\d+)", page.url)
+    assert match
+    campaign = int(match.group(1))
+    members = len(w.learners[c1]) + 2  # the learners, the manager and the department manager
+    assert page.locator('[data-field="audience"]').inner_text() == f"{members} users"
+
+    page.get_by_role("link", name="Preview").click()
+    assert page.locator('[data-field="subject"]').inner_text().startswith("We miss you, ")
+    assert "Nothing is sent" in page.get_by_role("status").inner_text()
+    page.get_by_role("link", name=f"← Campaign #{campaign}").click()
+
+    page.get_by_role("button", name="Pause").click()
+    assert page.locator(f'[data-campaign-status="{campaign}"]').inner_text() == "paused"
+    page.get_by_role("button", name="Resume").click()
+    assert page.locator(f'[data-campaign-status="{campaign}"]').inner_text() == "active"
+    page.get_by_role("button", name="Run now").click()
+    assert "the next tick submits it" in page.get_by_role("status").inner_text()
+    assert page.locator('tr[data-cycle="0"] td').nth(1).inner_text() == str(members)
+    _shot(page, "campaign")
+
+    # A forged CSRF token, with this session's cookie: refused, nothing changes.
+    forged = page.request.post(f"{served.url}/campaigns/{campaign}/pause", form={"csrf": "forged"})
+    assert forged.status == 403
+    page.reload()
+    assert page.locator(f'[data-campaign-status="{campaign}"]').inner_text() == "active"
+    page.context.close()
+
+    other = _sign_in(browser, served, w.managers[c2], c2)
+    other.get_by_role("link", name="Campaigns").click()
+    assert other.get_by_role("link", name=re.compile(f"#{campaign} ")).count() == 0
+    response = other.goto(f"{served.url}/campaigns/{campaign}")
+    assert response is not None and response.status == 404
+    other.context.close()
 
 
 # -- a job's certificates as one ZIP ------------------------------------------------------------

@@ -244,6 +244,30 @@ def run_campaign(
     return report
 
 
+def audience_count(
+    engine: sa.Engine, repo: BridgeRepo, config: BridgeConfig, campaignid: int, *, at: int
+) -> int:
+    """How many users the campaign's rule finds now (leaving out those already reminded this
+    cycle or at their cap), as a run would; reads only."""
+    with engine.connect() as conn:
+        row = CampaignRepo(repo.t).get(conn, campaignid)
+        if row is None:
+            raise CampaignError(f"campaign {campaignid} does not exist")
+        rule = rule_from_json(str(row.rule))
+        iomad = detect_iomad(conn, config.database.prefix)
+        members = audience(
+            conn,
+            moodle_tables_for(iomad),
+            iomad,
+            repo.t,
+            rule,
+            companyid=int(row.companyid),
+            campaignid=campaignid,
+            now=at,
+        )
+    return len(members)
+
+
 def preview(
     engine: sa.Engine,
     repo: BridgeRepo,
