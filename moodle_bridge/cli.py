@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "serve",
     "submit_list",
     "campaigns",
+    "schedules",
     "config_check",
     "uninstall",
     "dashboard",

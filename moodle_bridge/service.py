@@ -8,7 +8,8 @@ claim pass every few seconds shrinks that window to seconds. Each pass:
    the full pass take Moodle's lock and claim (docs/sending.md, I1/I9);
 2. **outbox**: one statement for due batches; submits them when there are any;
 3. **reconcile** (results queue, overdue jobs, settling rows) and the secrets sweep, every
-   ``reconcile_every`` seconds rather than every pass.
+   ``reconcile_every`` seconds rather than every pass. On the same period, before the outbox,
+   due schedules fire (one indexed SELECT when none is due; docs/schedules.md).
 
 An idle pass is therefore two statements (measured by ``bench.tick_bench``). The signed
 callback receiver (``moodle_bridge.results.receiver.create_app``, mounted as is) runs in the
@@ -34,6 +35,7 @@ from moodle_bridge.pipeline.iomad_contents import IomadRowContents
 from moodle_bridge.pipeline.outbox import Outbox, OutboxReport
 from moodle_bridge.results.reconcile import ReconcileReport, reconcile
 from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
+from moodle_bridge.sources.schedules.runner import ScheduleRunReport, run_due
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
@@ -50,6 +52,7 @@ class PassReport:
     outbox: OutboxReport | None = None
     reconciled: ReconcileReport | None = None
     secrets_cleared: int = 0
+    schedules: list[ScheduleRunReport] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -57,7 +60,8 @@ class PassReport:
         """Whether this pass did anything (an idle pass did not)."""
         c, o = self.claim, self.outbox
         return bool(
-            (c is not None and (c.considered or c.lock_busy or c.lock_lost))
+            any(r.outcome not in ("nothing_due", "already_fired") for r in self.schedules)
+            or (c is not None and (c.considered or c.lock_busy or c.lock_lost))
             or (o is not None and (o.submitted or o.retried or o.abandoned or o.settled or o.split))
         )
 
@@ -83,6 +87,7 @@ class Service:
         *,
         submitters: dict[str, Submitter],
         upload: Callable[[str, bytes], None] | None = None,
+        report_upload: Callable[[str, bytes, str], None] | None = None,
         interval: float = 2.0,
         reconcile_every: float = 30.0,
         clock: Callable[[], int] | None = None,
@@ -125,6 +130,8 @@ class Service:
             **extra,
         )
         self._reconcile_context = reconcile_context
+        self._report_upload = report_upload
+        self._clock = clock or (lambda: int(time.time()))
         self._next_reconcile = 0.0
         self._stop = threading.Event()
         self.stats = ServiceStats()
@@ -142,8 +149,19 @@ class Service:
             self.claimer.worker_check = check
             self.claimer.certificate_check = check.certificate_refusal
             report.claim = self.claimer.run()
-        report.outbox = self.outbox.submit_due()
         due = started >= self._next_reconcile if reconcile_now is None else reconcile_now
+        if due and self.iomad is not None:
+            # Schedules are looked at on the reconcile period (one indexed SELECT), before the
+            # outbox so this pass submits what they created; a slot fires once (docs/schedules.md).
+            report.schedules = run_due(
+                self.engine,
+                self.repo,
+                self.config,
+                at=self._clock(),
+                upload=self._report_upload,
+                iomad=self.iomad,
+            )
+        report.outbox = self.outbox.submit_due()
         if due and self._reconcile_context is not None:
             report.reconciled = reconcile(self._reconcile_context(self))
             with self.engine.begin() as conn:

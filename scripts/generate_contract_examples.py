@@ -236,6 +236,49 @@ SEALED = {
 }
 
 
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+#: A scheduled report for a company manager (docs/schedules.md): the file is named by reference
+#: to the content bucket, never carried in the message.
+REPORT_BATCH: dict[str, Any] = {
+    **copy.deepcopy(EMAIL_BATCH),
+    "batch_id": "j41-a1-b0",
+    "job_id": "41",
+    "contents": {
+        "t41": {
+            "kind": "template",
+            "engine": "jinja2",
+            "subject": "{{ schedule }}: {{ rows }} rows",
+            "html": "<p>Hello {{ firstname }}, the report is attached.</p>",
+        }
+    },
+    "recipients": [
+        {
+            "recipient_id": "9001",
+            "to": "manager@acme.example",
+            "name": "Maria Manager",
+            "content_id": "t41",
+            "data": {"firstname": "Maria", "schedule": "Weekly completions", "rows": 2},
+            "attachments": [
+                {
+                    "filename": "completions-2026-06-02.xlsx",
+                    "content_type": XLSX,
+                    "ref": {
+                        "store": "s3",
+                        "bucket": "offload-contents",
+                        "key": "contents/company-7/schedule-3/1780380000.xlsx",
+                        "sha256": "5" * 64,
+                        "bytes": 5312,
+                        "content_type": XLSX,
+                    },
+                }
+            ],
+        }
+    ],
+}
+_ATTACHMENT = ["recipients", 0, "attachments", 0]
+
+
 def main() -> None:
     examples = [
         {
@@ -397,6 +440,24 @@ def main() -> None:
             "message_type": "email_batch",
             "valid": False,
             "message": mutated(EMAIL_BATCH, ["contents", "e-1"], {**SEALED, "nonce": "short"}),
+        },
+        {
+            "name": "scheduled report batch: the file travels by reference",
+            "message_type": "email_batch",
+            "valid": True,
+            "message": REPORT_BATCH,
+        },
+        {
+            "name": "attachment carried inline instead of by reference",
+            "message_type": "email_batch",
+            "valid": False,
+            "message": mutated(REPORT_BATCH, [*_ATTACHMENT, "data"], "UEsDBBQAAAAIAA=="),
+        },
+        {
+            "name": "attachment without its stored object",
+            "message_type": "email_batch",
+            "valid": False,
+            "message": mutated(REPORT_BATCH, [*_ATTACHMENT, "ref"], delete=True),
         },
     ]
     out = ROOT / "offload_contract" / "vectors" / "messages.json"

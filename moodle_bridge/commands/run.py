@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from moodle_bridge.commands._common import fail
 from moodle_bridge.commands.tick import (
     TickContext,
+    attachment_uploader,
     build_submitters,
     content_uploader,
     reconcile_context,
@@ -68,6 +69,7 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
             config,
             submitters=submitters,
             upload=content_uploader(config),
+            report_upload=attachment_uploader(config),
             interval=args.interval,
             reconcile_every=args.reconcile_every,
             reconcile_context=lambda s: reconcile_context(

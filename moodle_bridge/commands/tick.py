@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.reconcile import ReconcileContext, ReconcileReport, reconcile
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables, detect_iomad
+from moodle_bridge.sources.schedules.runner import ScheduleRunReport, run_due
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import (
@@ -93,8 +95,11 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     return out
 
 
-def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
-    """Puts contents too large for a batch into the content bucket (SSE-KMS), or None."""
+def attachment_uploader(
+    config: BridgeConfig, *, s3_client: Any = None
+) -> Callable[[str, bytes, str], None] | None:
+    """Puts an object (a scheduled report's file, a content too large for a batch) into the content
+    bucket (SSE-KMS), or None without a bucket."""
     if not config.aws.content_bucket:
         return None
     client = s3_client or boto3.client(
@@ -102,12 +107,20 @@ def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable
     )
     bucket = config.aws.content_bucket
 
-    def upload(key: str, body: bytes) -> None:
+    def upload(key: str, body: bytes, content_type: str) -> None:
         client.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, ServerSideEncryption="aws:kms"
         )
 
     return upload
+
+
+def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a batch into the content bucket as JSON, or None."""
+    put = attachment_uploader(config, s3_client=s3_client)
+    if put is None:
+        return None
+    return lambda key, body: put(key, body, "application/json")
 
 
 @dataclass
@@ -117,6 +130,7 @@ class TickReport:
     reconciled: ReconcileReport | None = None
     store_only: StoreOnlyReport | None = None
     secrets_cleared: int = 0
+    schedules: list[ScheduleRunReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -191,6 +205,7 @@ def run_tick(
     claim: bool = True,
     submitters: dict[str, Submitter] | None = None,
     upload: Callable[[str, bytes], None] | None = None,
+    report_upload: Callable[[str, bytes, str], None] | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
     claim_pass_factory: Callable[..., ClaimPass] = ClaimPass,
 ) -> TickReport:
@@ -238,6 +253,17 @@ def run_tick(
             report.notes.append(f"store-only certificates not created: {exc}")
         else:
             report.notes.extend(report.store_only.notes)
+    if iomad is not None:  # schedules fire before the outbox, so this pass submits their jobs
+        report.schedules = run_due(
+            engine,
+            repo,
+            config,
+            at=int(time.time()),
+            upload=report_upload if report_upload is not None else attachment_uploader(config),
+            iomad=iomad,
+        )
+        failed = [r for r in report.schedules if r.outcome == "failed"]
+        report.notes.extend(f"schedule {r.scheduleid}: {'; '.join(r.notes)}" for r in failed)
     outbox = Outbox(
         engine,
         repo,

@@ -81,6 +81,9 @@ class JobHeader:
     delivery: str = "email_attachment"
     #: Campaign mail: the one-click unsubscribe URL of a recipient id (RFC 8058).
     unsubscribe_url: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
+    #: Contract attachments (stored objects, by reference) every recipient of the job gets:
+    #: a scheduled report's file (docs/schedules.md). Never the file's bytes.
+    attachments: tuple[dict[str, Any], ...] = ()
 
     def header(self) -> dict[str, Any]:
         header: dict[str, Any] = {
@@ -184,6 +187,7 @@ def recipient_entry(
     data: Mapping[str, Any] | None,
     jobtype: str,
     unsubscribe_url: Callable[[str], str] | None = None,
+    attachments: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"recipient_id": recipient_id}
     if jobtype == "certificate":
@@ -202,7 +206,21 @@ def recipient_entry(
         entry["data"] = dict(data)
     if unsubscribe_url is not None:
         entry["unsubscribe_url"] = unsubscribe_url(recipient_id)
+    if attachments:
+        entry["attachments"] = [dict(a) for a in attachments]
     return entry
+
+
+def job_attachments(template_json: str | None) -> tuple[dict[str, Any], ...]:
+    """The attachments a job's template JSON names (``{"attachments": [...]}``), if any."""
+    if not template_json:
+        return ()
+    try:
+        source = json.loads(template_json)
+    except ValueError:
+        return ()
+    found = source.get("attachments") if isinstance(source, dict) else None
+    return tuple(dict(a) for a in found) if isinstance(found, list) else ()
 
 
 def pack(

@@ -29,6 +29,7 @@ from moodle_bridge.pipeline.batching import (
     JobHeader,
     Sender,
     encode_batch,
+    job_attachments,
     recipient_entry,
     rendered_content,
     sealed_if_secret,
@@ -98,6 +99,7 @@ def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: B
         verify_url_base=config.submit.verify_url_base or None,
         delivery=STORE_ONLY_DELIVERY if str(job.source) == STORE_ONLY_SOURCE else "email_attachment",
         unsubscribe_url=_unsubscribe_urls(job, config) if str(job.category) == "campaign" else None,
+        attachments=job_attachments(job.template) if str(job.jobtype) == "email" else (),
     )
 
 
@@ -333,6 +335,7 @@ class Outbox:
                 json.loads(r.data) if r.data else None,
                 str(job.jobtype),
                 header.unsubscribe_url,
+                header.attachments,
             )
             for r in recipients
         ]

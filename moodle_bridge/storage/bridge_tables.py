@@ -30,6 +30,8 @@ TABLE_NAMES = (
     "mrcloud_campaigns",
     "mrcloud_campaign_ledger",
     "mrcloud_dash_sessions",
+    "mrcloud_schedules",
+    "mrcloud_schedule_runs",
     "mrcloud_completion_certs",
 )
 
@@ -55,6 +57,8 @@ class BridgeTables:
     campaigns: sa.Table
     campaign_ledger: sa.Table
     dash_sessions: sa.Table
+    schedules: sa.Table
+    schedule_runs: sa.Table
     completion_certs: sa.Table
 
 
@@ -337,7 +341,57 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Index(f"{p}mrcldashsess_tim_ix", "timeexpires"),
     )
 
-    # Added in schema version 11: the ledger of store-only certificates (completions IOMAD does
+    # Added in schema version 11 (docs/schedules.md): the columns of the original plan's
+    # ``manireports_schedules`` (cloud_preference ... suppress_course_completion) plus what the
+    # bridge needs to fire at a local time and to say what it sends.
+    schedules = sa.Table(
+        f"{p}mrcloud_schedules",
+        m,
+        _id(),
+        sa.Column("companyid", sa.BigInteger, nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),  # active | paused
+        sa.Column("cloud_preference", sa.String(20), nullable=False, server_default="auto"),
+        sa.Column("action_type", sa.String(20), nullable=False, server_default="email"),
+        sa.Column("frequency", sa.String(10), nullable=False),  # daily | weekdays | ... | custom
+        sa.Column("custom_interval", sa.BigInteger, nullable=False, server_default="0"),  # days
+        sa.Column("suppresstarget", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("suppress_course_completion", FLAG, nullable=False, server_default="0"),
+        sa.Column("timezone", sa.String(100), nullable=False),
+        sa.Column("startdate", sa.String(10), nullable=False),  # local YYYY-MM-DD: the anchor
+        sa.Column("timeofday", sa.Integer, nullable=False),  # minutes after local midnight
+        sa.Column("campaignid", sa.BigInteger, nullable=True),  # action email
+        sa.Column("report", sa.String(30), nullable=True),  # action report
+        sa.Column("format", sa.String(4), nullable=False, server_default="csv"),  # csv | xlsx
+        sa.Column("reportdays", sa.Integer, nullable=False, server_default="7"),
+        sa.Column("skipifempty", FLAG, nullable=False, server_default="1"),
+        sa.Column("manireportsid", sa.BigInteger, nullable=True),  # row of manireports_schedules
+        sa.Column("createdby", sa.String(100), nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.Column("timemodified", UNIXTIME, nullable=False),
+        sa.Column("lastslot", UNIXTIME, nullable=True),
+        sa.Column("nextrun", UNIXTIME, nullable=True),
+        sa.Index(f"{p}mrclsche_stanex_ix", "status", "nextrun"),
+        sa.Index(f"{p}mrclsche_com_ix", "companyid"),
+    )
+
+    # One row per (schedule, slot): written in the transaction that creates the slot's job, so
+    # two bridges, an overlapping run or a restart never fire a slot twice.
+    schedule_runs = sa.Table(
+        f"{p}mrcloud_schedule_runs",
+        m,
+        _id(),
+        sa.Column("scheduleid", ID, nullable=False),
+        sa.Column("slot", UNIXTIME, nullable=False),
+        sa.Column("outcome", sa.String(20), nullable=False),  # queued | empty | not_sent | failed
+        sa.Column("jobid", sa.BigInteger, nullable=True),
+        sa.Column("rowcount", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("detail", sa.String(1000), nullable=False, server_default=""),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.UniqueConstraint("scheduleid", "slot", name=f"{p}mrclschrun_schslo_uix"),
+    )
+
+    # Added in schema version 12: the ledger of store-only certificates (completions IOMAD does
     # not mail). One row per (user, course, completion), written in the same transaction as the
     # job and its recipients, so a completion gets one certificate whatever restarts or overlaps.
     completion_certs = sa.Table(
@@ -371,5 +425,7 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         campaigns,
         campaign_ledger,
         dash_sessions,
+        schedules,
+        schedule_runs,
         completion_certs,
     )

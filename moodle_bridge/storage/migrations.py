@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateColumn
 
+from moodle_bridge.storage import manireports
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from moodle_bridge.storage.database import now
 
@@ -171,6 +172,13 @@ def _scope_report_ids_by_company(conn: sa.Connection, tables: BridgeTables) -> N
         conn.execute(sa.schema.AddConstraint(constraint))
 
 
+def _schedules(conn: sa.Connection, tables: BridgeTables) -> None:
+    """The bridge's schedule tables; and, on a site with ManiReports, the plan's five columns on
+    its ``manireports_schedules`` (docs/schedules.md)."""
+    _create_tables("schedules", "schedule_runs")(conn, tables)
+    manireports.extend(conn, tables.config.name.removesuffix("mrcloud_config"))
+
+
 STEPS: tuple[Step, ...] = (
     Step(
         1,
@@ -235,6 +243,12 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         11,
+        "schedules and their runs (one per slot); the plan's columns on manireports_schedules if present",
+        _schedules,
+        adds_tables=("schedules", "schedule_runs"),
+    ),
+    Step(
+        12,
         "the ledger of store-only certificates: one per (user, course, completion)",
         _create_tables("completion_certs"),
         adds_tables=("completion_certs",),

@@ -95,6 +95,7 @@ def build_activity_tables(prefix: str, license_table: str = "companylicense") ->
         f"{p}{license_table}",
         m,
         sa.Column("id", BIG, primary_key=True),
+        sa.Column("name", sa.String(255)),
         col("expirydate"),
         col("validlength"),
         col("companyid"),

@@ -10,7 +10,9 @@ Exactly one reminder per (campaign, user, cycle):
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +20,15 @@ import jinja2
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content, template_content_key
-from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
-from moodle_bridge.pipeline.outbox import BuildError, job_header_for
+from moodle_bridge.pipeline.batching import template_content
+from moodle_bridge.pipeline.jobs import (
+    PlannedRecipient,
+    add_recipients,
+    create_template_job,
+    skip_suppressed,
+    target_for,
+)
+from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import decide
 from moodle_bridge.sources.campaigns.audience import AudienceMember, Manager, audience, managers_of
 from moodle_bridge.sources.campaigns.moodle_tables import MoodleActivityTables, build_activity_tables
@@ -139,14 +147,22 @@ def run_campaign(
     at: int,
     actor: str,
     iomad: IomadTables | None = None,
+    rule_changes: Mapping[str, Any] | None = None,
+    force_cloud: bool = False,
 ) -> RunReport:
-    """Plan this cycle's reminders of one campaign; the outbox submits the job afterwards."""
+    """Plan this cycle's reminders of one campaign; the outbox submits the job afterwards.
+
+    A schedule (docs/schedules.md) passes ``rule_changes`` (its ``suppresstarget`` and
+    ``suppress_course_completion``) and ``force_cloud`` (``cloud_preference = cloud``: the
+    company's threshold does not apply)."""
     campaigns = CampaignRepo(repo.t)
     with engine.begin() as conn:
         row = campaigns.get(conn, campaignid)
         if row is None:
             raise CampaignError(f"campaign {campaignid} does not exist (see `moodle-offload campaigns list`)")
         rule = rule_from_json(str(row.rule))
+        if rule_changes:
+            rule = dataclasses.replace(rule, **rule_changes)
         report = RunReport(campaignid, rule.cycle(at))
         if at < rule.start:
             report.notes.append("the campaign has not started yet")
@@ -166,7 +182,9 @@ def run_campaign(
             report.notes.append("nobody matches the rule this cycle")
             return report
         settings = repo.get_settings(conn, companyid)
-        decision = decide(repo.offload_enabled(conn), settings, "email", len(members))
+        decision = decide(
+            repo.offload_enabled(conn), settings, "email", 2**62 if force_cloud else len(members)
+        )
         if not decision.offload or settings is None:
             raise CampaignError(
                 f"company {companyid} is not routed to the cloud for email ({decision.reason}); "
@@ -184,27 +202,23 @@ def run_campaign(
         template_json = json.dumps(
             {"subject": rule.template.subject, "html": rule.template.html, "text": rule.template.text}
         )
-        jobid = repo.create_job(
-            conn,
-            companyid=companyid,
-            jobtype="email",
-            source="campaign",
-            category="campaign",
-            provider=settings.provider,
-            status="pending",
-            templatename=f"campaign:{campaignid}",
-            template=template_json,
-            createdby=actor,
-            timedeadline=at + config.job_deadline_seconds,
-        )
-        job = repo.job(conn, jobid)
-        if job is None:  # pragma: no cover - inserted just above in this transaction
-            raise CampaignError(f"job {jobid} vanished")
         try:
-            header = job_header_for(job, settings, config)
+            new_job = create_template_job(
+                conn,
+                repo,
+                config,
+                settings,
+                companyid=companyid,
+                source="campaign",
+                category="campaign",
+                templatename=f"campaign:{campaignid}",
+                template_json=template_json,
+                actor=actor,
+                at=at,
+            )
         except BuildError as exc:
             raise CampaignError(str(exc)) from None
-        contentkey = template_content_key(jobid)
+        jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
         coursename = _course_name(conn, moodle, rule.trigger.course)
         planned = plan_recipients(
             rule, members, managers, compile_templates(rule.template), contentkey, at, coursename

@@ -1,0 +1,636 @@
+"""Create, fire and preview schedules (docs/schedules.md).
+
+A run fires one *slot* (``timing.Recurrence``). For a report, the slot's row in
+``mrcloud_schedule_runs`` is inserted first in the transaction that builds the report, uploads
+its file and creates the job, its recipients and its outbox batches; the unique key on
+(schedule, slot) makes a second bridge or an overlapping pass wait and then give up, and a
+bridge killed before the commit leaves nothing (the next pass fires the slot again; the file's
+object key is the same, so the upload is simply repeated). For ``email`` the schedule runs its
+campaign, whose ledger already keeps each user to one reminder per cycle; the slot is recorded
+after it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.pipeline.batching import template_content
+from moodle_bridge.pipeline.jobs import (
+    PlannedRecipient,
+    add_recipients,
+    create_template_job,
+    skip_suppressed,
+    target_for,
+)
+from moodle_bridge.pipeline.outbox import BuildError
+from moodle_bridge.pipeline.routing import decide
+from moodle_bridge.sources.campaigns.audience import COMPANY_MANAGER
+from moodle_bridge.sources.campaigns.rules import RuleError
+from moodle_bridge.sources.campaigns.runner import CampaignError, moodle_tables_for, run_campaign
+from moodle_bridge.sources.iomad.addresses import address_problem
+from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
+from moodle_bridge.sources.schedules import reports
+from moodle_bridge.sources.schedules.timing import Recurrence, TimingError, format_time_of_day, zone
+from moodle_bridge.storage import audit
+from moodle_bridge.storage.bridge_repo import BridgeRepo
+from moodle_bridge.storage.campaign_repo import CampaignRepo
+from moodle_bridge.storage.schedule_repo import ScheduleRepo, SlotTaken
+from offload_contract.limits import QueueLimits
+
+ACTIONS = ("email", "certificate", "report")
+CLOUD_PREFERENCES = ("auto", "cloud", "local")
+MAX_REPORT_DAYS = 3650
+#: A run that failed (no bucket, storage down, company not set up) is tried again this much later.
+RETRY_SECONDS = 900
+#: Uploads a report file: (object key, bytes, content type).
+Uploader = Callable[[str, bytes, str], None]
+
+REPORT_TEMPLATE = {
+    "subject": "{{ schedule }}: {{ rows }} rows ({{ period }})",
+    "html": (
+        "<p>Hello {{ firstname }},</p><p>Attached is the scheduled report <strong>{{ schedule }}</strong>"
+        " for {{ company }}: {{ description }}, {{ rows }} rows, as of {{ period }}.</p>"
+    ),
+    "text": (
+        "Hello {{ firstname }},\n\nAttached is the scheduled report {{ schedule }} for {{ company }}: "
+        "{{ description }}, {{ rows }} rows, as of {{ period }}."
+    ),
+}
+
+
+class ScheduleError(RuntimeError):
+    """The schedule cannot be created or run; the message says why and what to do."""
+
+
+@dataclass
+class ScheduleRunReport:
+    scheduleid: int
+    slot: int | None
+    outcome: str = "nothing_due"  # queued | empty | not_sent | failed | already_fired | nothing_due
+    jobid: int | None = None
+    rows: int = 0
+    recipients: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Preview:
+    slot: int | None
+    count: int  # report rows, or campaign audience
+    recipients: list[str]
+    sample: dict[str, str] | None
+
+
+def recurrence_of(row: Any) -> Recurrence:
+    return Recurrence(
+        frequency=str(row.frequency),
+        start=dt.date.fromisoformat(str(row.startdate)),
+        minute_of_day=int(row.timeofday),
+        timezone=str(row.timezone),
+        custom_interval=int(row.custom_interval or 0),
+    )
+
+
+# -- creating ------------------------------------------------------------------------------------
+
+
+def _light_tables(prefix: str, iomad: IomadTables | None) -> tuple[sa.Table, sa.Table, sa.Table | None]:
+    m = sa.MetaData()
+    config = sa.Table(f"{prefix}config", m, sa.Column("name"), sa.Column("value"))
+    user = sa.Table(f"{prefix}user", m, sa.Column("id", sa.BigInteger), sa.Column("timezone"))
+    company = (
+        sa.Table(iomad.company.name, m, sa.Column("id", sa.BigInteger), sa.Column("timezone"))
+        if iomad is not None
+        else None
+    )
+    return config, user, company
+
+
+def resolve_timezone(
+    conn: sa.Connection, prefix: str, iomad: IomadTables | None, companyid: int, creator: int | None
+) -> str:
+    """The company's zone, else the creating Moodle user's, else the site's, else UTC.
+
+    Moodle writes ``99`` for "not set"; ``forcetimezone`` wins over a user's zone as in Moodle."""
+    config, user, company = _light_tables(prefix, iomad)
+
+    def usable(value: Any) -> str | None:
+        text = str(value or "").strip()
+        if not text or text == "99":
+            return None
+        try:
+            zone(text)
+        except TimingError:
+            return None
+        return text
+
+    def setting(name: str) -> str | None:
+        try:
+            return usable(conn.execute(sa.select(config.c.value).where(config.c.name == name)).scalar())
+        except sa.exc.DBAPIError:
+            return None
+
+    if company is not None:
+        found = usable(conn.execute(sa.select(company.c.timezone).where(company.c.id == companyid)).scalar())
+        if found:
+            return found
+    if creator is not None:
+        found = setting("forcetimezone") or usable(
+            conn.execute(sa.select(user.c.timezone).where(user.c.id == creator)).scalar()
+        )
+        if found:
+            return found
+    return setting("timezone") or "UTC"
+
+
+def validate(values: Mapping[str, Any]) -> Recurrence:
+    """Check a schedule's columns; raises ScheduleError naming the field. Returns its recurrence."""
+    action, preference = values.get("action_type"), values.get("cloud_preference", "auto")
+    if action not in ACTIONS:
+        raise ScheduleError(f"action_type must be one of {', '.join(ACTIONS)}")
+    if preference not in CLOUD_PREFERENCES:
+        raise ScheduleError(f"cloud_preference must be one of {', '.join(CLOUD_PREFERENCES)}")
+    if action == "certificate":
+        raise ScheduleError("action_type certificate is not built yet (docs/schedules.md, 'Not built')")
+    if preference == "local":
+        raise ScheduleError(
+            "cloud_preference local (Moodle's own mail path) is not built yet; use auto or cloud"
+        )
+    if action == "report":
+        if values.get("report") not in reports.REPORTS:
+            raise ScheduleError(f"report must be one of {', '.join(reports.REPORTS)}")
+        if values.get("format") not in reports.FORMATS:
+            raise ScheduleError(f"format must be one of {', '.join(reports.FORMATS)}")
+        days = values.get("reportdays")
+        if not isinstance(days, int) or not 1 <= days <= MAX_REPORT_DAYS:
+            raise ScheduleError(f"report days must be between 1 and {MAX_REPORT_DAYS}")
+        if values.get("campaignid") is not None:
+            raise ScheduleError("a report schedule has no campaign")
+    else:
+        if not isinstance(values.get("campaignid"), int):
+            raise ScheduleError("an email schedule needs --campaign (the campaign it runs)")
+        if values.get("report") is not None:
+            raise ScheduleError("--report belongs to action_type report")
+    for name in ("suppresstarget",):
+        if not isinstance(values.get(name, 0), int) or values.get(name, 0) < 0:
+            raise ScheduleError(f"{name} must be a course module id (0: none)")
+    try:
+        return Recurrence(
+            frequency=str(values.get("frequency")),
+            start=dt.date.fromisoformat(str(values.get("startdate"))),
+            minute_of_day=int(values.get("timeofday", -1)),
+            timezone=str(values.get("timezone")),
+            custom_interval=int(values.get("custom_interval", 0)),
+        )
+    except TimingError as exc:
+        raise ScheduleError(str(exc)) from None
+    except ValueError:
+        raise ScheduleError("start date must be YYYY-MM-DD") from None
+
+
+def create_schedule(
+    conn: sa.Connection, repo: BridgeRepo, values: Mapping[str, Any], *, actor: str, at: int
+) -> int:
+    """Validate and store a schedule, audited; its first run is the first slot after ``at``."""
+    recurrence = validate(values)
+    companyid = int(values["companyid"])
+    settings = repo.get_settings(conn, companyid)
+    if settings is None:
+        raise ScheduleError(
+            f"company {companyid} has no settings; run `moodle-offload company set {companyid}`"
+        )
+    if values["action_type"] == "report" and settings.provider == "cloudflare":
+        raise ScheduleError("report attachments travel through AWS only: the Worker sends no attachments")
+    if values["action_type"] == "email":
+        campaign = CampaignRepo(repo.t).get(conn, int(values["campaignid"]))
+        if campaign is None or int(campaign.companyid) != companyid:
+            raise ScheduleError(f"campaign {values['campaignid']} does not exist in company {companyid}")
+    name = " ".join(str(values.get("name") or "").split())[:255]
+    if not name:
+        raise ScheduleError("--name must not be empty")
+    stored = {
+        **values,
+        "skipifempty": int(bool(values.get("skipifempty", True))),
+        "suppress_course_completion": int(bool(values.get("suppress_course_completion", False))),
+        "name": name,
+        "createdby": actor,
+        "timecreated": at,
+        "timemodified": at,
+        "nextrun": recurrence.next_slot(at),
+    }
+    scheduleid = ScheduleRepo(repo.t).create(conn, stored)
+    audit.record(
+        conn,
+        repo.t,
+        actor=actor,
+        action=audit.SCHEDULE_CREATED,
+        now=at,
+        companyid=companyid,
+        detail={
+            "schedule": scheduleid,
+            "action_type": values["action_type"],
+            "frequency": recurrence.frequency,
+            "time": format_time_of_day(recurrence.minute_of_day),
+            "timezone": recurrence.timezone,
+            "report": values.get("report"),
+            "campaign": values.get("campaignid"),
+        },
+    )
+    return scheduleid
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def _managers(conn: sa.Connection, iomad: IomadTables, companyid: int) -> list[tuple[int, str, str, str]]:
+    """The company's managers (``company_users.managertype`` 1): (userid, email, first, last)."""
+    cu, u = iomad.company_users, iomad.user
+    rows = conn.execute(
+        sa.select(u.c.id, u.c.email, u.c.firstname, u.c.lastname)
+        .where(
+            u.c.id.in_(
+                sa.select(cu.c.userid).where(
+                    cu.c.companyid == companyid, cu.c.managertype == COMPANY_MANAGER, cu.c.suspended == 0
+                )
+            ),
+            u.c.deleted == 0,
+            u.c.suspended == 0,
+        )
+        .order_by(u.c.id)
+    )
+    return [(int(r.id), str(r.email or ""), str(r.firstname or ""), str(r.lastname or "")) for r in rows]
+
+
+def _company_name(conn: sa.Connection, iomad: IomadTables, companyid: int) -> str:
+    c = iomad.company
+    return str(
+        conn.execute(sa.select(c.c.name).where(c.c.id == companyid)).scalar() or f"company {companyid}"
+    )
+
+
+def _report_table(
+    conn: sa.Connection, repo: BridgeRepo, iomad: IomadTables, row: Any, slot: int
+) -> reports.ReportTable:
+    ctx = reports.ReportContext(
+        moodle_tables_for(iomad), iomad, repo.t, int(row.companyid), zone(str(row.timezone))
+    )
+    return reports.build_report(conn, str(row.report), ctx, at=slot, days=int(row.reportdays))
+
+
+def _period(row: Any, slot: int) -> str:
+    return dt.datetime.fromtimestamp(slot, zone(str(row.timezone))).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _report_data(
+    row: Any, slot: int, company: str, rows: int, manager: tuple[int, str, str, str]
+) -> dict[str, Any]:
+    return {
+        "firstname": manager[2],
+        "lastname": manager[3],
+        "schedule": str(row.name),
+        "company": company,
+        "description": reports.REPORTS[str(row.report)].replace(" N ", f" {int(row.reportdays)} "),
+        "rows": rows,
+        "period": _period(row, slot),
+    }
+
+
+def attachment_key(row: Any, slot: int) -> str:
+    return f"contents/company-{int(row.companyid)}/schedule-{int(row.id)}/{slot}.{row.format}"
+
+
+def _fire_report(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    iomad: IomadTables,
+    row: Any,
+    slot: int,
+    report: ScheduleRunReport,
+    *,
+    upload: Uploader | None,
+    actor: str,
+    at: int,
+) -> None:
+    companyid = int(row.companyid)
+    table = _report_table(conn, repo, iomad, row, slot)
+    report.rows = len(table.rows)
+    if not table.rows and bool(row.skipifempty):
+        report.outcome = "empty"
+        report.notes.append("the report is empty and the schedule says don't send if empty")
+        return
+    managers = _managers(conn, iomad, companyid)
+    if not managers:
+        report.outcome = "not_sent"
+        report.notes.append(f"company {companyid} has no company manager to mail")
+        return
+    settings = repo.get_settings(conn, companyid)
+    count = 2**62 if str(row.cloud_preference) == "cloud" else len(managers)
+    decision = decide(repo.offload_enabled(conn), settings, "email", count)
+    if not decision.offload or settings is None:
+        report.outcome = "not_sent"
+        report.notes.append(
+            f"not routed to the cloud ({decision.reason}); Moodle's own mail path for schedules is not built"
+        )
+        return
+    if settings.provider != "aws":
+        raise ScheduleError("report attachments travel through AWS only: the Worker sends no attachments")
+    if upload is None or not config.aws.content_bucket:
+        raise ScheduleError("a report needs the content bucket (aws.content_bucket, MRCO_CONTENT_BUCKET)")
+    body = reports.render(table, str(row.format))
+    key = attachment_key(row, slot)
+    content_type = reports.CONTENT_TYPES[str(row.format)]
+    try:
+        upload(key, body, content_type)
+    except Exception as exc:  # any storage failure: nothing is recorded, the next pass retries
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+        raise ScheduleError(f"content bucket: {code or type(exc).__name__}") from None
+    local_day = dt.datetime.fromtimestamp(slot, zone(str(row.timezone))).strftime("%Y-%m-%d")
+    attachment = {
+        "filename": f"{row.report}-{local_day}.{row.format}",
+        "content_type": content_type,
+        "ref": {
+            "store": "s3",
+            "bucket": config.aws.content_bucket,
+            "key": key,
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "bytes": len(body),
+            "content_type": content_type,
+        },
+    }
+    template_json = json.dumps({**REPORT_TEMPLATE, "attachments": [attachment]})
+    try:
+        new_job = create_template_job(
+            conn,
+            repo,
+            config,
+            settings,
+            companyid=companyid,
+            source="schedule",
+            category="transactional",
+            templatename=f"schedule:{int(row.id)}",
+            template_json=template_json,
+            actor=actor,
+            at=at,
+        )
+    except BuildError as exc:
+        raise ScheduleError(str(exc)) from None
+    jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
+    company = _company_name(conn, iomad, companyid)
+    planned: list[PlannedRecipient] = []
+    for manager in managers:
+        p = PlannedRecipient(
+            dedupekey=f"manager:{manager[0]}",
+            role="manager",
+            address=manager[1][:254],
+            fullname=f"{manager[2]} {manager[3]}".strip(),
+            userid=manager[0],
+            contentkey=contentkey,
+            data=_report_data(row, slot, company, report.rows, manager),
+        )
+        problem = address_problem(manager[1])
+        if problem:
+            p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
+        planned.append(p)
+    skip_suppressed(conn, repo, companyid, planned)
+    created = add_recipients(
+        conn,
+        repo,
+        header,
+        planned,
+        {contentkey: template_content(template_json)},
+        QueueLimits.for_provider(settings.provider, config.submit.max_recipients),
+        target=target_for(settings.provider, config.submit.aws_mode),
+    )
+    repo.refresh_job_totals(conn, [jobid])
+    audit.record(
+        conn,
+        repo.t,
+        actor=actor,
+        action=audit.JOB_CREATED,
+        now=at,
+        companyid=companyid,
+        jobid=jobid,
+        detail={
+            "source": "schedule",
+            "schedule": int(row.id),
+            "slot": slot,
+            "recipients": created.recipients,
+        },
+    )
+    report.outcome, report.jobid, report.recipients = "queued", jobid, created.recipients
+
+
+def run_schedule(
+    engine: sa.Engine,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    scheduleid: int,
+    *,
+    at: int,
+    actor: str,
+    upload: Uploader | None,
+    iomad: IomadTables | None = None,
+    now_slot: bool = False,
+) -> ScheduleRunReport:
+    """Fire the schedule's latest slot not yet fired (``now_slot``: a manual run, slot ``at``).
+
+    A bridge that was down fires the latest missed slot once; the slots before it are skipped."""
+    schedules = ScheduleRepo(repo.t)
+    with engine.connect() as conn:
+        row = schedules.get(conn, scheduleid)
+        if row is None:
+            raise ScheduleError(f"schedule {scheduleid} does not exist (see `moodle-offload schedules list`)")
+        iomad = iomad or detect_iomad(conn, config.database.prefix)
+    recurrence = recurrence_of(row)
+    slot = at if now_slot else recurrence.latest_slot(at, row.lastslot)
+    report = ScheduleRunReport(scheduleid, slot)
+    if slot is None:
+        with engine.begin() as conn:
+            schedules.set_next(conn, scheduleid, lastslot=None, nextrun=recurrence.next_slot(at))
+        return report
+    if str(row.status) != "active":
+        raise ScheduleError(
+            f"schedule {scheduleid} is paused (`moodle-offload schedules resume {scheduleid}`)"
+        )
+    missed = _missed(recurrence, row.lastslot, slot)
+    if missed:
+        report.notes.append(f"{missed} earlier missed slot(s) skipped: a missed run fires once")
+    try:
+        if str(row.action_type) == "report":
+            with engine.begin() as conn:
+                runid = schedules.take_slot(conn, scheduleid, slot, at)
+                _fire_report(conn, repo, config, iomad, row, slot, report, upload=upload, actor=actor, at=at)
+                _finish(conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot)
+        else:
+            _fire_campaign(engine, repo, config, iomad, row, report, actor=actor, at=at)
+            with engine.begin() as conn:
+                runid = schedules.take_slot(conn, scheduleid, slot, at)
+                _finish(conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot)
+    except SlotTaken:
+        report.outcome = "already_fired"
+        report.notes.append("this slot was already fired (another bridge or an earlier pass)")
+    except (ScheduleError, CampaignError, RuleError) as exc:
+        report.outcome = "failed"
+        report.notes.append(str(exc))
+        with engine.begin() as conn:
+            # The slot stays unfired: it is tried again after RETRY_SECONDS, not every pass.
+            schedules.set_next(conn, scheduleid, lastslot=None, nextrun=at + RETRY_SECONDS)
+            audit.record(
+                conn,
+                repo.t,
+                actor=actor,
+                action=audit.SCHEDULE_RUN,
+                now=at,
+                companyid=int(row.companyid),
+                detail={"schedule": scheduleid, "slot": slot, "outcome": "failed", "reason": str(exc)},
+            )
+    return report
+
+
+def _missed(recurrence: Recurrence, lastslot: Any, slot: int) -> int:
+    if lastslot is None:
+        return 0
+    count, cursor = 0, recurrence.next_slot(int(lastslot))
+    while cursor is not None and cursor < slot and count < 10_000:
+        count += 1
+        cursor = recurrence.next_slot(cursor)
+    return count
+
+
+def _fire_campaign(
+    engine: sa.Engine,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    iomad: IomadTables,
+    row: Any,
+    report: ScheduleRunReport,
+    *,
+    actor: str,
+    at: int,
+) -> None:
+    changes: dict[str, Any] = {}
+    if int(row.suppresstarget or 0) > 0:
+        changes["suppresstarget"] = int(row.suppresstarget)
+    if bool(row.suppress_course_completion):
+        changes["suppress_course_completion"] = True
+    ran = run_campaign(
+        engine,
+        repo,
+        config,
+        int(row.campaignid),
+        at=at,
+        actor=actor,
+        iomad=iomad,
+        rule_changes=changes,
+        force_cloud=str(row.cloud_preference) == "cloud",
+    )
+    report.rows, report.jobid, report.recipients = ran.audience, ran.jobid, ran.recipients
+    report.outcome = "queued" if ran.jobid is not None else "empty"
+    report.notes.extend(ran.notes)
+
+
+def _finish(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    row: Any,
+    recurrence: Recurrence,
+    report: ScheduleRunReport,
+    runid: int,
+    *,
+    actor: str,
+    at: int,
+    manual: bool,
+) -> None:
+    schedules = ScheduleRepo(repo.t)
+    schedules.finish_run(
+        conn,
+        runid,
+        outcome=report.outcome,
+        jobid=report.jobid,
+        rowcount=report.rows,
+        detail="; ".join(report.notes),
+    )
+    if not manual:
+        schedules.set_next(
+            conn, int(row.id), lastslot=report.slot, nextrun=recurrence.next_slot(max(at, report.slot or at))
+        )
+    audit.record(
+        conn,
+        repo.t,
+        actor=actor,
+        action=audit.SCHEDULE_RUN,
+        now=at,
+        companyid=int(row.companyid),
+        jobid=report.jobid,
+        detail={
+            "schedule": int(row.id),
+            "slot": report.slot,
+            "outcome": report.outcome,
+            "rows": report.rows,
+            "manual": manual,
+        },
+    )
+
+
+def run_due(
+    engine: sa.Engine,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    *,
+    at: int,
+    upload: Uploader | None,
+    actor: str = "schedule",
+    iomad: IomadTables | None = None,
+) -> list[ScheduleRunReport]:
+    """Fire every active schedule whose next run has come (the tick and the service call this)."""
+    with engine.connect() as conn:
+        due = ScheduleRepo(repo.t).due(conn, at)
+    return [
+        run_schedule(engine, repo, config, scheduleid, at=at, actor=actor, upload=upload, iomad=iomad)
+        for scheduleid in due
+    ]
+
+
+# -- preview -------------------------------------------------------------------------------------
+
+
+def preview_schedule(
+    engine: sa.Engine, repo: BridgeRepo, config: BridgeConfig, scheduleid: int, *, at: int
+) -> Preview:
+    """What the schedule would send if it fired now: row count (or audience), recipients, and one
+    rendered sample mail; sends, uploads and records nothing."""
+    from moodle_bridge.sources.campaigns.runner import preview as campaign_preview  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        row = ScheduleRepo(repo.t).get(conn, scheduleid)
+        if row is None:
+            raise ScheduleError(f"schedule {scheduleid} does not exist")
+        iomad = detect_iomad(conn, config.database.prefix)
+        slot = recurrence_of(row).latest_slot(at) or at
+        if str(row.action_type) != "report":
+            count, sample = campaign_preview(engine, repo, config, int(row.campaignid), at=at)
+            return Preview(slot, count, [sample["to"]] if sample else [], sample)
+        table = _report_table(conn, repo, iomad, row, at)
+        managers = _managers(conn, iomad, int(row.companyid))
+        company = _company_name(conn, iomad, int(row.companyid))
+    if not managers:
+        return Preview(at, len(table.rows), [], None)
+    import jinja2.sandbox  # noqa: PLC0415
+
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+    data = _report_data(row, at, company, len(table.rows), managers[0])
+    sample = {k: env.from_string(v).render(**data) for k, v in REPORT_TEMPLATE.items()}
+    sample["to"] = managers[0][1]
+    sample["attachment"] = f"{row.report}.{row.format}: {len(table.rows)} rows" + (
+        " (empty: not sent)" if not table.rows and bool(row.skipifempty) else ""
+    )
+    return Preview(at, len(table.rows), [m[1] for m in managers], sample)
