@@ -60,33 +60,55 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _pacing_comparison() -> list[str]:
-    """The pacing rows measured on the code before issue 19 beside the current ones (same harness)."""
+    """The pacing rows: the code before issue 19, the pollers as threads of one process, and the
+    pollers as separate processes (``pacing.json``) with the harness's ceiling of the same run."""
     paths = [
         RESULTS_DIR / "pacing-before.json",
-        RESULTS_DIR / "pacing.json",
+        RESULTS_DIR / "pacing-threads.json",
         RESULTS_DIR / "pacing-rerun.json",
+        RESULTS_DIR / "pacing.json",
     ]
     if not all(p.exists() for p in paths[:2]):
         return []
-    before, after, rerun = (
+    before, threads, rerun, processes = (
         {r["name"]: r for r in json.loads(p.read_text("utf-8"))["figures"]["rows"]} if p.exists() else {}
         for p in paths
     )
+
+    def load(row: dict[str, Any]) -> str:
+        return f" (load {row['load_average_1m']})" if "load_average_1m" in row else ""
 
     def cell(row: dict[str, Any] | None) -> str:
         if row is None:
             return "—"
         if row["name"].startswith("ceiling"):
             through = row.get("end_to_end_per_second", row.get("recipients_per_second"))
-            return f"{through}/s end to end, {row['peak_second']} in the busiest second"
+            return f"{through}/s end to end, {row['peak_second']} in the busiest second{load(row)}"
         unfinished = row["recipients"] - row.get("finished", row["recipients"])
         lost = max(0, row["lost"] - unfinished)  # older files counted the unfinished as lost
         stopped = f", **{unfinished} unfinished when the time budget ran out**" if unfinished else ""
         return (
             f"{row['steady_share']:.0%} / {row['end_to_end_share']:.0%} "
             f"({row['end_to_end_seconds']} s for {row['recipients']}), peak {row['peak_second']}, "
-            f"{row['rate_throttles']} throttled calls, {lost} / {row['duplicated']}{stopped}"
+            f"{row['rate_throttles']} throttled calls, {lost} / {row['duplicated']}{stopped}{load(row)}"
         )
+
+    def ceiling(row: dict[str, Any] | None) -> str:
+        if row is None or "harness_ceiling_per_second" not in row:
+            return "—"
+        through = row["harness_ceiling_per_second"]
+        measured = processes.get(f"ceiling/{row['mode']}/{row['pollers']} pollers", {})
+        cpu = (
+            f"{load(measured)}; CPU {measured['harness_cpu_ms_per_recipient']} ms per recipient, so at most "
+            f"{measured['cpu_bound_per_second_on_2_free_cores']}/s on 2 free cores"
+            if "harness_cpu_ms_per_recipient" in measured
+            else ""
+        )
+        if row["harness_limited"] and row.get("goal_met"):
+            return f"{through}/s, below rate / 0.9 in its own run, yet the row met the goal{cpu}"
+        if row["harness_limited"]:
+            return f"{through}/s: **below rate / 0.9, the harness is the limit here**{cpu}"
+        return f"{through}/s ({through / row['rate']:.1f} times the rate){cpu}"
 
     lines = [
         "## pacing: before and after",
@@ -94,15 +116,22 @@ def _pacing_comparison() -> list[str]:
         "Steady share / end-to-end share of the SES rate (end to end: first call reaching SES to the last",
         "result), the busiest second as SES counted it, calls SES refused for the rate, lost / duplicated",
         "recipients. Goal: steady ≥ 95 % and end to end ≥ 90 % in every row, peak never over the rate.",
-        "`ceiling` rows: the same harness, latencies and pollers with the rate out of the way (100,000/s).",
-        "`after, rerun`: rows run again alone on a quieter host (`pacing-rerun.json`).",
+        "`before`: the code before issue 19. `threads`: the pollers as threads of one Python process",
+        "(`pacing-threads.json`; `rerun`: rows run again alone on a quieter host, `pacing-rerun.json`).",
+        "`processes`: each poller its own OS process, moto servers on loopback, SES's per-second count",
+        "shared across the processes (`pacing.json`). `ceiling` rows, and the last column: the same",
+        "harness, latencies and pollers in the same run with the rate out of the way (100,000/s),",
+        "recipients per second end to end for the row's poller count and mode, with the CPU time all",
+        "the harness's processes (pollers, moto servers, parent) spent per recipient and the rate that",
+        "CPU time allows on two cores the bench has to itself (the latencies are sleeps, not CPU).",
+        "`load`: the host's 1-minute load average when the row ended (2 cores, shared with other work).",
         "",
-        "| row | before | after | after, rerun |",
-        "|---|---|---|---|",
+        "| row | before | threads | threads, rerun | processes | harness ceiling (processes, same run) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys([*before, *after]):
-        cells = " | ".join(cell(run.get(name)) for run in (before, after, rerun))
-        lines.append(f"| {name} | {cells} |")
+    for name in dict.fromkeys([*before, *threads, *processes]):
+        cells = " | ".join(cell(run.get(name)) for run in (before, threads, rerun, processes))
+        lines.append(f"| {name} | {cells} | {ceiling(processes.get(name))} |")
     return [*lines, ""]
 
 

@@ -8,7 +8,9 @@ and records each message in moto's SES backend ``sent_messages`` exactly like Se
 It enforces the account's MaxSendRate as SES does: recipients are counted in the calendar
 second the call arrives, and a call that would take that second over the rate is refused whole
 with ``TooManyRequestsException`` ("Maximum sending rate exceeded."). Messages to SES's mailbox
-simulator are not counted (SES: they "don't count toward your sending quota").
+simulator are not counted (SES: they "don't count toward your sending quota"). Emulators in
+several processes (bench/pacing_bench.py runs each poller as its own process) share one account's
+count through a ``SharedRateCount`` in shared memory.
 It can also inject faults (throttling, rejections, lost connections) into any SESv2 call, and
 publish a ``Send`` event for every message it accepts, shaped as the configuration set's
 EventBridge destination delivers it (``publish``; the stack routes them to the ses-events queue).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import re
 import threading
 import time
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parseaddr
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from botocore.exceptions import ReadTimeoutError
@@ -61,6 +65,49 @@ class BulkSent:
     tags: dict[str, str]
 
 
+class SharedRateCount:
+    """SES's count of recipients per calendar second for one account, in shared memory, so that
+    emulators in separate processes (forked or spawned with it as an argument) refuse together
+    what is over the rate. Counts seconds from ``origin`` for ``seconds`` seconds."""
+
+    def __init__(self, origin: int, seconds: int = 3600, context: BaseContext | None = None) -> None:
+        ctx = context or multiprocessing.get_context()
+        self.origin = origin
+        self._lock = ctx.Lock()
+        self._counts = ctx.Array("q", seconds, lock=False)
+        self._throttled = ctx.Value("q", 0, lock=False)
+        self._first_accepted = ctx.Value("d", 0.0, lock=False)
+
+    def book(self, second: int, recipients: int, limit: int, now: float) -> bool:
+        """Count ``recipients`` in ``second`` unless that takes it over ``limit`` (then count
+        one refused call instead)."""
+        index = second - self.origin
+        if not 0 <= index < len(self._counts):
+            raise ValueError(f"second {second} is outside the counted window")
+        with self._lock:
+            used = self._counts[index]
+            if used + recipients > limit:
+                self._throttled.value += 1
+                return False
+            self._counts[index] = used + recipients
+            if not self._first_accepted.value:
+                self._first_accepted.value = now
+        return True
+
+    def per_second(self) -> dict[int, int]:
+        """Recipients accepted per calendar second (seconds with none left out)."""
+        with self._lock:
+            return {self.origin + i: n for i, n in enumerate(self._counts) if n}
+
+    @property
+    def rate_throttled(self) -> int:
+        return int(self._throttled.value)
+
+    @property
+    def first_accepted(self) -> float | None:
+        return float(self._first_accepted.value) or None
+
+
 @dataclass
 class FakeSes:
     region: str = "eu-west-1"
@@ -83,6 +130,9 @@ class FakeSes:
     rate_throttled: int = 0
     #: When SES first accepted a counted call (the start of a job, as SES sees it).
     first_accepted: float | None = None
+    #: Count (and refuse) in this count shared with emulators in other processes instead of
+    #: ``per_second``/``rate_throttled``/``first_accepted`` (which then stay empty).
+    shared_count: SharedRateCount | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def install(self, sesv2_client: Any) -> None:
@@ -200,6 +250,9 @@ class FakeSes:
         if not counted or not self.enforce_rate:
             return None
         second = math.floor(self.clock())
+        if self.shared_count is not None:
+            limit = math.floor(self.max_send_rate)
+            return None if self.shared_count.book(second, counted, limit, self.clock()) else throttle()
         with self._lock:
             used = self.per_second.get(second, 0)
             if used + counted > math.floor(self.max_send_rate):

@@ -23,15 +23,16 @@ import sqlalchemy as sa
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content, template_content_key
+from moodle_bridge.pipeline.batching import template_content
 from moodle_bridge.pipeline.jobs import (
     CreatedBatches,
     PlannedRecipient,
     add_recipients,
+    create_template_job,
     skip_suppressed,
     target_for,
 )
-from moodle_bridge.pipeline.outbox import BuildError, Outbox, job_header_for
+from moodle_bridge.pipeline.outbox import BuildError, Outbox
 from moodle_bridge.pipeline.routing import decide
 from moodle_bridge.sources.iomad.addresses import address_problem
 from moodle_bridge.storage import audit
@@ -232,27 +233,23 @@ def create_list_job(
             if refused:
                 return f"{refused}; the list is not submitted"
         template_json = json.dumps({"subject": subject, "html": html, "text": text or ""})
-        jobid = repo.create_job(
-            conn,
-            companyid=companyid,
-            jobtype="email",
-            source="list",
-            category="transactional",
-            provider=settings.provider,
-            status="pending",
-            templatename=None,
-            template=template_json,
-            createdby=actor,
-            timedeadline=now() + config.job_deadline_seconds,
-        )
-        job = repo.job(conn, jobid)
-        if job is None:  # pragma: no cover - inserted just above in the same transaction
-            return f"job {jobid} vanished"
         try:
-            header = job_header_for(job, settings, config)
+            new_job = create_template_job(
+                conn,
+                repo,
+                config,
+                settings,
+                companyid=companyid,
+                source="list",
+                category="transactional",
+                templatename=None,
+                template_json=template_json,
+                actor=actor,
+                at=now(),
+            )
         except BuildError as exc:
             raise ListError(str(exc)) from None
-        contentkey = template_content_key(jobid)
+        jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
         planned = plan_list(rows, templates, contentkey)
         skip_suppressed(conn, repo, companyid, planned)
         limits = QueueLimits.for_provider(settings.provider, config.submit.max_recipients)

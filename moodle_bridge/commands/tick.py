@@ -27,6 +27,7 @@ from moodle_bridge.operations.metrics import observe_tick
 from moodle_bridge.pipeline.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.pipeline.iomad_contents import IomadRowContents
 from moodle_bridge.pipeline.outbox import Outbox, OutboxReport
+from moodle_bridge.pipeline.store_only import StoreOnlyError, StoreOnlyPass, StoreOnlyReport
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.reconcile import ReconcileContext, ReconcileReport, reconcile
@@ -40,6 +41,7 @@ from moodle_bridge.storage.database import (
     create_bridge_engine,
     require_database,
 )
+from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
 from moodle_bridge.transports.capabilities import WorkerCheck
@@ -94,39 +96,11 @@ def build_submitters(config: BridgeConfig, *, sqs_client: Any = None) -> dict[st
     return out
 
 
-def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
-    """Puts contents too large for a batch into the content bucket (SSE-KMS), or None."""
-    if not config.aws.content_bucket:
-        return None
-    client = s3_client or boto3.client(
-        "s3", region_name=config.aws.region, endpoint_url=config.aws.endpoint_url or None
-    )
-    bucket = config.aws.content_bucket
-
-    def upload(key: str, body: bytes) -> None:
-        client.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
-        )
-
-    return upload
-
-
-def worker_content_uploader(config: BridgeConfig) -> Callable[[str, bytes], None] | None:
-    """Puts contents too large for a Cloudflare batch into the Worker's R2 (signed object route)."""
-    objects = worker_objects(config)
-    if objects is None:
-        return None
-
-    def upload(key: str, body: bytes) -> None:
-        objects.put(key, body, "application/json")
-
-    return upload
-
-
 def attachment_uploader(
     config: BridgeConfig, *, s3_client: Any = None
 ) -> Callable[[str, bytes, str], None] | None:
-    """Puts a scheduled report's file into the content bucket (SSE-KMS), or None without a bucket."""
+    """Puts an object (a scheduled report's file, a content too large for a batch) into the content
+    bucket (SSE-KMS), or None without a bucket."""
     if not config.aws.content_bucket:
         return None
     client = s3_client or boto3.client(
@@ -142,11 +116,32 @@ def attachment_uploader(
     return upload
 
 
+def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a batch into the content bucket as JSON, or None."""
+    put = attachment_uploader(config, s3_client=s3_client)
+    if put is None:
+        return None
+    return lambda key, body: put(key, body, "application/json")
+
+
+def worker_content_uploader(config: BridgeConfig) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a Cloudflare batch into the Worker's R2 (signed object route)."""
+    objects = worker_objects(config)
+    if objects is None:
+        return None
+
+    def upload(key: str, body: bytes) -> None:
+        objects.put(key, body, "application/json")
+
+    return upload
+
+
 @dataclass
 class TickReport:
     claim: ClaimReport | None = None
     outbox: OutboxReport | None = None
     reconciled: ReconcileReport | None = None
+    store_only: StoreOnlyReport | None = None
     secrets_cleared: int = 0
     schedules: list[ScheduleRunReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -265,6 +260,13 @@ def run_tick(
                 "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
             )
         report.notes.extend(report.claim.refusals)
+        store_only = StoreOnlyPass(engine, repo, iomad, config)
+        try:
+            report.store_only = store_only.run(unix_now())
+        except StoreOnlyError as exc:
+            report.notes.append(f"store-only certificates not created: {exc}")
+        else:
+            report.notes.extend(report.store_only.notes)
     if iomad is not None:  # schedules fire before the outbox, so this pass submits their jobs
         report.schedules = run_due(
             engine,
@@ -310,6 +312,11 @@ def summary(report: TickReport) -> str:
             + (f", {c.released} released to IOMAD" if c.released else "")
             + (f", left local: {dict(c.left_local)}" if c.left_local else "")
             + ")"
+        )
+    if report.store_only is not None and report.store_only.certificates:
+        parts.append(
+            f"{report.store_only.certificates} store-only certificates planned "
+            f"(completions without a mail, {len(report.store_only.jobs)} jobs)"
         )
     if report.outbox is not None:
         o = report.outbox

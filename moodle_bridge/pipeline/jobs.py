@@ -14,13 +14,72 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moodle_bridge.pipeline.batching import ID_PLACEHOLDER, JobHeader, message_type_for, pack, recipient_entry
+from moodle_bridge.config import BridgeConfig
+from moodle_bridge.pipeline.batching import (
+    ID_PLACEHOLDER,
+    JobHeader,
+    message_type_for,
+    pack,
+    recipient_entry,
+    template_content_key,
+)
+from moodle_bridge.pipeline.outbox import job_header_for
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.results.suppression import REASON_UNSUBSCRIBE, SKIP_CODES, filter_suppressed
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import now
 from moodle_bridge.storage.secrets_at_rest import SecretBox, associated_data
 from offload_contract.limits import QueueLimits
 from offload_contract.packing import ContentOffloader, PackItem
+
+
+@dataclass(frozen=True)
+class TemplateJob:
+    """A new job whose recipients share one template content (campaign, schedule, list)."""
+
+    jobid: int
+    header: JobHeader
+    contentkey: str
+
+
+def create_template_job(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    settings: CompanySettings,
+    *,
+    companyid: int,
+    source: str,
+    category: str,
+    templatename: str | None,
+    template_json: str,
+    actor: str,
+    at: int,
+) -> TemplateJob:
+    """Insert the job row (``pending``, deadline from the config) and build its batch header.
+
+    Raises ``BuildError`` when the company's settings and the configuration cannot make a header
+    (no sender address, no key set): the caller's transaction then rolls the row back.
+    """
+    jobid = repo.create_job(
+        conn,
+        companyid=companyid,
+        jobtype="email",
+        source=source,
+        category=category,
+        provider=settings.provider,
+        status="pending",
+        templatename=templatename,
+        template=template_json,
+        createdby=actor,
+        timecreated=at,
+        timemodified=at,
+        timedeadline=at + config.job_deadline_seconds,
+    )
+    job = repo.job(conn, jobid)
+    if job is None:  # pragma: no cover - inserted just above in this transaction
+        raise RuntimeError(f"job {jobid} vanished")
+    return TemplateJob(jobid, job_header_for(job, settings, config), template_content_key(jobid))
 
 
 @dataclass

@@ -32,6 +32,7 @@ TABLE_NAMES = (
     "mrcloud_dash_sessions",
     "mrcloud_schedules",
     "mrcloud_schedule_runs",
+    "mrcloud_completion_certs",
 )
 
 
@@ -58,6 +59,7 @@ class BridgeTables:
     dash_sessions: sa.Table
     schedules: sa.Table
     schedule_runs: sa.Table
+    completion_certs: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -389,6 +391,24 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.UniqueConstraint("scheduleid", "slot", name=f"{p}mrclschrun_schslo_uix"),
     )
 
+    # Added in schema version 12: the ledger of store-only certificates (completions IOMAD does
+    # not mail). One row per (user, course, completion), written in the same transaction as the
+    # job and its recipients, so a completion gets one certificate whatever restarts or overlaps.
+    completion_certs = sa.Table(
+        f"{p}mrcloud_completion_certs",
+        m,
+        _id(),
+        sa.Column("companyid", sa.BigInteger, nullable=False),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("courseid", sa.BigInteger, nullable=False),
+        sa.Column("completionid", sa.BigInteger, nullable=False),  # course_completions.id
+        sa.Column("timecompleted", UNIXTIME, nullable=False),
+        sa.Column("jobid", ID, nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.UniqueConstraint("userid", "courseid", "completionid", name=f"{p}mrclcompcert_usecoucom_uix"),
+        sa.Index(f"{p}mrclcompcert_com_ix", "completionid"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -407,4 +427,5 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         dash_sessions,
         schedules,
         schedule_runs,
+        completion_certs,
     )

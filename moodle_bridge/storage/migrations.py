@@ -247,6 +247,12 @@ STEPS: tuple[Step, ...] = (
         _schedules,
         adds_tables=("schedules", "schedule_runs"),
     ),
+    Step(
+        12,
+        "the ledger of store-only certificates: one per (user, course, completion)",
+        _create_tables("completion_certs"),
+        adds_tables=("completion_certs",),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

@@ -323,7 +323,13 @@ def test_a_template_set_for_a_cloudflare_company_is_used_by_the_workers_renderer
         conn.execute(
             T.certificates.insert().values(companyid=company, userid=50, recipientid=rid, verifycode=code)
         )
+        conn.execute(T.recipients.update().where(T.recipients.c.id == rid).values(artifactkey=key))
     engine.dispose()
+    # `certificates download` of the Cloudflare job: the ZIP streamed from the Worker's R2.
+    zipped = tmp_path / "job.zip"
+    assert main(["certificates", "download", str(jobid), "-o", str(zipped)]) == 0
+    with zipfile.ZipFile(zipped) as job_zip:
+        assert [job_zip.read(n) for n in job_zip.namelist()] == [pdf]
     link = f"{worker_dev.base_url}/v1/certificates/verify/{code}"
     assert httpx.get(link, timeout=30).json()["valid"] is True
     assert main(["certificates", "revoke", code, "--reason", "issued in error"]) == 0

@@ -20,9 +20,15 @@ import jinja2
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content, template_content_key
-from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
-from moodle_bridge.pipeline.outbox import BuildError, job_header_for
+from moodle_bridge.pipeline.batching import template_content
+from moodle_bridge.pipeline.jobs import (
+    PlannedRecipient,
+    add_recipients,
+    create_template_job,
+    skip_suppressed,
+    target_for,
+)
+from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import decide
 from moodle_bridge.sources.campaigns.audience import AudienceMember, Manager, audience, managers_of
 from moodle_bridge.sources.campaigns.moodle_tables import MoodleActivityTables, build_activity_tables
@@ -196,27 +202,23 @@ def run_campaign(
         template_json = json.dumps(
             {"subject": rule.template.subject, "html": rule.template.html, "text": rule.template.text}
         )
-        jobid = repo.create_job(
-            conn,
-            companyid=companyid,
-            jobtype="email",
-            source="campaign",
-            category="campaign",
-            provider=settings.provider,
-            status="pending",
-            templatename=f"campaign:{campaignid}",
-            template=template_json,
-            createdby=actor,
-            timedeadline=at + config.job_deadline_seconds,
-        )
-        job = repo.job(conn, jobid)
-        if job is None:  # pragma: no cover - inserted just above in this transaction
-            raise CampaignError(f"job {jobid} vanished")
         try:
-            header = job_header_for(job, settings, config)
+            new_job = create_template_job(
+                conn,
+                repo,
+                config,
+                settings,
+                companyid=companyid,
+                source="campaign",
+                category="campaign",
+                templatename=f"campaign:{campaignid}",
+                template_json=template_json,
+                actor=actor,
+                at=at,
+            )
         except BuildError as exc:
             raise CampaignError(str(exc)) from None
-        contentkey = template_content_key(jobid)
+        jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
         coursename = _course_name(conn, moodle, rule.trigger.course)
         planned = plan_recipients(
             rule, members, managers, compile_templates(rule.template), contentkey, at, coursename

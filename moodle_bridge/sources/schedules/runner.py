@@ -22,9 +22,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content, template_content_key
-from moodle_bridge.pipeline.jobs import PlannedRecipient, add_recipients, skip_suppressed, target_for
-from moodle_bridge.pipeline.outbox import BuildError, job_header_for
+from moodle_bridge.pipeline.batching import template_content
+from moodle_bridge.pipeline.jobs import (
+    PlannedRecipient,
+    add_recipients,
+    create_template_job,
+    skip_suppressed,
+    target_for,
+)
+from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import decide
 from moodle_bridge.sources.campaigns.audience import COMPANY_MANAGER
 from moodle_bridge.sources.campaigns.rules import RuleError
@@ -383,29 +389,23 @@ def _fire_report(
         "ref": ref,
     }
     template_json = json.dumps({**REPORT_TEMPLATE, "attachments": [attachment]})
-    jobid = repo.create_job(
-        conn,
-        companyid=companyid,
-        jobtype="email",
-        source="schedule",
-        category="transactional",
-        provider=settings.provider,
-        status="pending",
-        templatename=f"schedule:{int(row.id)}",
-        template=template_json,
-        createdby=actor,
-        timecreated=at,
-        timemodified=at,
-        timedeadline=at + config.job_deadline_seconds,
-    )
-    job = repo.job(conn, jobid)
-    if job is None:  # pragma: no cover - inserted just above in this transaction
-        raise ScheduleError(f"job {jobid} vanished")
     try:
-        header = job_header_for(job, settings, config)
+        new_job = create_template_job(
+            conn,
+            repo,
+            config,
+            settings,
+            companyid=companyid,
+            source="schedule",
+            category="transactional",
+            templatename=f"schedule:{int(row.id)}",
+            template_json=template_json,
+            actor=actor,
+            at=at,
+        )
     except BuildError as exc:
         raise ScheduleError(str(exc)) from None
-    contentkey = template_content_key(jobid)
+    jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
     company = _company_name(conn, iomad, companyid)
     planned: list[PlannedRecipient] = []
     for manager in managers:
