@@ -197,7 +197,13 @@ def validate(values: Mapping[str, Any]) -> Recurrence:
 
 
 def create_schedule(
-    conn: sa.Connection, repo: BridgeRepo, values: Mapping[str, Any], *, actor: str, at: int
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    values: Mapping[str, Any],
+    *,
+    actor: str,
+    at: int,
+    source: str | None = None,
 ) -> int:
     """Validate and store a schedule, audited; its first run is the first slot after ``at``."""
     recurrence = validate(values)
@@ -234,6 +240,7 @@ def create_schedule(
         action=audit.SCHEDULE_CREATED,
         now=at,
         companyid=companyid,
+        source=source,
         detail={
             "schedule": scheduleid,
             "action_type": values["action_type"],
@@ -440,6 +447,7 @@ def run_schedule(
     upload: Uploader | None,
     iomad: IomadTables | None = None,
     now_slot: bool = False,
+    source: str | None = None,
 ) -> ScheduleRunReport:
     """Fire the schedule's latest slot not yet fired (``now_slot``: a manual run, slot ``at``).
 
@@ -469,12 +477,34 @@ def run_schedule(
             with engine.begin() as conn:
                 runid = schedules.take_slot(conn, scheduleid, slot, at)
                 _fire_report(conn, repo, config, iomad, row, slot, report, upload=upload, actor=actor, at=at)
-                _finish(conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot)
+                _finish(
+                    conn,
+                    repo,
+                    row,
+                    recurrence,
+                    report,
+                    runid,
+                    actor=actor,
+                    at=at,
+                    manual=now_slot,
+                    source=source,
+                )
         else:
             _fire_campaign(engine, repo, config, iomad, row, report, actor=actor, at=at)
             with engine.begin() as conn:
                 runid = schedules.take_slot(conn, scheduleid, slot, at)
-                _finish(conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot)
+                _finish(
+                    conn,
+                    repo,
+                    row,
+                    recurrence,
+                    report,
+                    runid,
+                    actor=actor,
+                    at=at,
+                    manual=now_slot,
+                    source=source,
+                )
     except SlotTaken:
         report.outcome = "already_fired"
         report.notes.append("this slot was already fired (another bridge or an earlier pass)")
@@ -491,6 +521,7 @@ def run_schedule(
                 action=audit.SCHEDULE_RUN,
                 now=at,
                 companyid=int(row.companyid),
+                source=source,
                 detail={"schedule": scheduleid, "slot": slot, "outcome": "failed", "reason": str(exc)},
             )
     return report
@@ -549,6 +580,7 @@ def _finish(
     actor: str,
     at: int,
     manual: bool,
+    source: str | None = None,
 ) -> None:
     schedules = ScheduleRepo(repo.t)
     schedules.finish_run(
@@ -571,6 +603,7 @@ def _finish(
         now=at,
         companyid=int(row.companyid),
         jobid=report.jobid,
+        source=source,
         detail={
             "schedule": int(row.id),
             "slot": report.slot,
