@@ -328,6 +328,9 @@ def test_department_manager_reads_and_admin_sees_every_company(cloud_site: Site)
     bad = admin.post("/schedules/new", data={**FORM, "company": "77", "csrf": _csrf(admin)})
     assert bad.status_code == 400 and "company 77 has no settings" in bad.text
     theirs = _create(admin, company=str(c2))
+    # Neither company has a zone: the creating admin's (Europe/Paris) is stored, while the manager
+    # (Moodle's "99", not set) got the site's.
+    assert (_schedule(site, theirs).timezone, _schedule(site, schedule).timezone) == ("Europe/Paris", "UTC")
     listing = admin.get("/schedules").text
     assert f"/schedules/{schedule}" in listing and f"/schedules/{theirs}" in listing
     only_c2 = admin.get("/schedules", params={"company": c2}).text
