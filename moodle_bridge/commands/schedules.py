@@ -77,6 +77,12 @@ def register(subparsers: Any) -> None:
         "--suppresstarget", type=int, default=0, help="action email: skip who completed this cm"
     )
     create.add_argument("--suppress-course-completion", action="store_true")
+    create.add_argument(
+        "--course", dest="courseid", type=int, help="action certificate: the course whose completions get one"
+    )
+    create.add_argument(
+        "--cohort", dest="cohortid", type=int, help="action certificate: only this cohort's members"
+    )
     create.add_argument("--from-manireports", type=int, metavar="ID", help="copy a manireports_schedules row")
     create.set_defaults(handler=run)
 
@@ -101,6 +107,8 @@ def _request(args: argparse.Namespace) -> ScheduleRequest:
         suppresstarget=args.suppresstarget,
         suppress_course_completion=args.suppress_course_completion,
         from_manireports=args.from_manireports,
+        courseid=args.courseid,
+        cohortid=args.cohortid,
     )
 
 
@@ -129,7 +137,13 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
             if not rows:
                 print("no schedules")
             for row in rows:
-                what = row.report if row.action_type == "report" else f"campaign {row.campaignid}"
+                what = (
+                    row.report
+                    if row.action_type == "report"
+                    else f"course {row.courseid}"
+                    if row.action_type == "certificate"
+                    else f"campaign {row.campaignid}"
+                )
                 print(
                     f"{row.id:>5}  company {row.companyid:<5} {row.status:<7} {row.action_type:<7} "
                     f"{what:<18} {row.frequency} {format_time_of_day(int(row.timeofday))} {row.timezone}  "
@@ -169,8 +183,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
             print(f"schedule {args.schedule} {status}")
         elif action == "preview":
             found = preview_schedule(engine, repo, config, args.schedule, at=at)
-            unit = "users" if found.sample is not None and "attachment" not in found.sample else "rows"
-            print(f"would send now: {found.count} {unit}")
+            print(f"would send now: {found.count} {found.unit}")
             print(f"recipients: {len(found.recipients)}")
             if found.sample is None:
                 print("no sample: nobody to mail")

@@ -247,6 +247,12 @@ STEPS: tuple[Step, ...] = (
         _schedules,
         adds_tables=("schedules", "schedule_runs"),
     ),
+    Step(
+        12,
+        "certificate schedules: the course whose completions get certificates, and an optional cohort",
+        _add_columns(("schedules", "courseid"), ("schedules", "cohortid")),
+        adds_columns=(("schedules", "courseid"), ("schedules", "cohortid")),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

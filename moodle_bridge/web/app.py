@@ -1466,10 +1466,10 @@ async def campaign_action(request: Request) -> Response:
 SCHEDULE_FIELDS = (
     "name", "company", "action_type", "cloud_preference", "frequency", "every_days", "time", "start",
     "timezone", "report", "format", "days", "send_if_empty", "campaign", "suppresstarget",
-    "suppress_course_completion",
+    "suppress_course_completion", "course", "cohort",
 )  # fmt: skip
 #: What the form offers; anything else posted is refused by the shared validation with its reason.
-SCHEDULE_ACTIONS = ("report", "email")
+SCHEDULE_ACTIONS = ("report", "email", "certificate")
 SCHEDULE_CLOUD = ("auto", "cloud")
 
 
@@ -1509,7 +1509,9 @@ def _schedule_request(v: dict[str, str], company: int, creator: int) -> Schedule
         format=v["format"] or "csv",
         reportdays=_whole(v["days"], "days (the report's period)", 7) or 0,
         send_if_empty=v["send_if_empty"] == "1",
-        campaignid=_whole(v["campaign"], "campaign") if v["action_type"] != "report" else None,
+        campaignid=_whole(v["campaign"], "campaign") if v["action_type"] == "email" else None,
+        courseid=_whole(v["course"], "course") if v["action_type"] == "certificate" else None,
+        cohortid=_whole(v["cohort"], "cohort") if v["action_type"] == "certificate" else None,
         suppresstarget=_whole(v["suppresstarget"], "suppresstarget", 0) or 0,
         suppress_course_completion=v["suppress_course_completion"] == "1",
     )

@@ -148,7 +148,9 @@ def test_manager_creates_previews_pauses_resumes_and_runs_a_schedule(cloud_site:
         ({"time": "25:00"}, "time"),
         ({"timezone": "Mars/Olympus"}, "Mars/Olympus"),
         ({"report": "gossip"}, "report must be one of"),
-        ({"action_type": "certificate"}, "action_type certificate is not built yet"),
+        ({"action_type": "certificate"}, "a certificate schedule needs --course"),
+        ({"action_type": "certificate", "course": "x"}, "course must be a whole number"),
+        ({"action_type": "gossip"}, "action_type must be one of"),
         ({"cloud_preference": "local"}, "cloud_preference local"),
         ({"action_type": "email", "campaign": ""}, "campaign"),
         ({"frequency": "custom", "every_days": "0"}, "custom"),
@@ -338,3 +340,32 @@ def test_department_manager_reads_and_admin_sees_every_company(cloud_site: Site)
     assert admin.post(f"/schedules/{schedule}/pause", data={"csrf": _csrf(admin)}).status_code == 303
     paused = _audit(site, "schedule_paused")
     assert [(r.actor, r.companyid) for r in paused] == [(f"dashboard:{w.admin}", c1)]
+
+
+def test_a_certificate_schedule_from_the_form(cloud_site: Site) -> None:
+    """Action certificate: the course and cohort fields, the detail and the preview (who would get
+    one); routing and sending are tested end to end in tests/lambdas/test_scheduled_certificates_e2e.py."""
+    from iomad_sim.iomad_schema import metadata_for
+
+    site = cloud_site
+    w = site.world
+    c1 = w.companies[0]
+    tables = metadata_for(w.iomad).tables
+    course, done = 7001, w.learners[c1][:2]
+    with site.engine.begin() as conn:
+        conn.execute(tables["mdl_course"].insert().values(id=course, fullname="Fire drill", shortname="fd"))
+        conn.execute(
+            tables["mdl_course_completions"].insert(),
+            [{"userid": u, "course": course, "timecompleted": NOW - 86400} for u in done],
+        )
+    manager = site.signed_in(w.managers[c1], c1)
+    schedule = _create(manager, action_type="certificate", course=str(course))
+    row = _schedule(site, schedule)
+    assert (row.action_type, row.courseid, row.cohortid, row.report) == ("certificate", course, None, None)
+    detail = manager.get(f"/schedules/{schedule}").text
+    assert f"<dt>Course</dt><dd>{course}</dd>" in detail
+    shown = manager.get(f"/schedules/{schedule}/preview").text
+    assert "Certificates it would issue now" in shown
+    assert 'data-field="count">2</strong> users' in shown and 'data-field="recipients">2<' in shown
+    assert "Your certificate: Fire drill" in shown
+    assert _count(site, w.tables.jobs) == 3  # the seeded jobs only: a preview creates nothing

@@ -56,6 +56,8 @@ class ScheduleRequest:
     suppresstarget: int = 0
     suppress_course_completion: bool = False
     from_manireports: int | None = None
+    courseid: int | None = None  # action certificate
+    cohortid: int | None = None  # action certificate, optional
 
 
 def when(at: Any, zone_name: str) -> str:
@@ -88,6 +90,8 @@ def schedule_values(conn: sa.Connection, prefix: str, request: ScheduleRequest, 
         "reportdays": request.reportdays,
         "skipifempty": not request.send_if_empty,
         "campaignid": request.campaignid,
+        "courseid": request.courseid,
+        "cohortid": request.cohortid,
     }
     creator = request.creator
     if request.from_manireports is not None:
