@@ -127,6 +127,13 @@ def test_a_certificate_schedule_runs_end_to_end_once_per_slot(
     assert len(raws) == 3
     mail = email.message_from_string(raws[0], policy=email.policy.default)
     assert str(mail["Subject"]) == "Your certificate: Safety 101"
+    learner = mail["To"].addresses[0].addr_spec.split("@")[0].removeprefix("u")
+    [sent] = [r for r in batch["recipients"] if r["to"] == f"u{learner}@example.com"]
+    text = mail.get_body(preferencelist=("plain",))
+    assert text is not None
+    body = text.get_content()
+    assert f"Hello First{learner} Last{learner}" in body and "for Safety 101" in body
+    assert sent["certificate"]["verification_code"] in body
     [part] = list(mail.iter_attachments())
     assert part.get_filename() == "certificate.pdf"
     pdf = part.get_payload(decode=True)
@@ -147,8 +154,17 @@ def test_a_cohort_limits_the_certificates_and_routing_can_keep_them_local(
     [kept] = run_due(db_engine, repo, config, at=SLOT1, upload=None)
     assert (kept.outcome, kept.rows) == ("not_sent", 1)
     assert "not routed to the cloud" in kept.notes[0]
+    # Certificates on, but under the threshold: kept too; cloud_preference cloud ignores the threshold.
     with db_engine.begin() as conn:
-        repo.save_settings(conn, CompanySettings(1, cloudenabled=True, allowcertificates=True), "test")
+        repo.save_settings(
+            conn, CompanySettings(1, cloudenabled=True, allowcertificates=True, threshold=50), "test"
+        )
+    below = run_schedule(
+        db_engine, repo, config, sid, at=SLOT1 + 30, actor="test", upload=None, now_slot=True
+    )
+    assert below.outcome == "not_sent" and "threshold" in below.notes[0]
+    with db_engine.begin() as conn:
+        conn.execute(repo.t.schedules.update().values(cloud_preference="cloud"))
     # Only 11 is in the cohort and completed the course (14 never did; 20 is another company's).
     fired = run_schedule(
         db_engine, repo, config, sid, at=SLOT1 + 60, actor="test", upload=None, now_slot=True
@@ -157,4 +173,4 @@ def test_a_cohort_limits_the_certificates_and_routing_can_keep_them_local(
     with db_engine.connect() as conn:
         assert [c.userid for c in conn.execute(sa.select(repo.t.certificates))] == [11]
         runs = ScheduleRepo(repo.t).runs(conn, sid)
-    assert [r.outcome for r in runs] == ["queued", "not_sent"]
+    assert [r.outcome for r in runs] == ["queued", "not_sent", "not_sent"]
