@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
@@ -148,6 +148,12 @@ class OffloadFunctions(Construct):
         # The bucket's default encryption is SSE-S3; the renderer asks for the same per object
         # (its built-in default, aws:kms, would add a KMS request per PUT and GET).
         self.functions["certificate_renderer"].add_environment("SSE_ALGORITHM", "AES256")
+        # Optional PAdES signing per company (lambdas/certificates/signing.py): a company's PKCS#12
+        # is the secret <stack>/certificate-signing/company-<id>, created by the site (docs/lambdas.md).
+        self.signing_secret_prefix = f"{stack.stack_name}/certificate-signing/company-"
+        self.functions["certificate_renderer"].add_environment(
+            "SIGNING_SECRET_PREFIX", self.signing_secret_prefix
+        )
 
         # Each role gets exactly the calls its handler's code makes; tests/infra/test_iam_matches_code.py
         # derives those calls from lambdas/ and compares them with the synthesized policies.
@@ -217,6 +223,19 @@ class OffloadFunctions(Construct):
                 sid="WriteCertificates", actions=["s3:PutObject"], resources=[certificates_objects]
             ),
             iam.PolicyStatement(sid="ReadTemplates", actions=["s3:GetObject"], resources=[templates_objects]),
+            iam.PolicyStatement(
+                sid="ReadSigningKeys",
+                actions=["secretsmanager:GetSecretValue"],
+                # Secrets Manager appends 6 random characters to a secret's name in its ARN.
+                resources=[
+                    stack.format_arn(
+                        service="secretsmanager",
+                        resource="secret",
+                        resource_name=f"{self.signing_secret_prefix}*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            ),
         )
         self._allow(
             "ses_events",
@@ -363,6 +382,18 @@ class OffloadFunctions(Construct):
                     policy,
                     id="AwsSolutions-IAM5[Resource::*]",
                     reason="ses:GetAccount supports no resource-level permissions.",
+                )
+            if key == "certificate_renderer":
+                acknowledge(
+                    policy,
+                    id=(
+                        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
+                        f"<AWS::AccountId>:secret:{self.signing_secret_prefix}*]"
+                    ),
+                    reason=(
+                        "Each company's signing key is its own secret, named by company id under this "
+                        "stack's fixed prefix; the grant covers only that prefix (read-only)."
+                    ),
                 )
             for prefix in needs_prefix.get(key, ()):
                 acknowledge(

@@ -29,6 +29,7 @@ from certificate_render.fonts import FontLibrary
 from certificate_render.renderer import render_certificate
 from certificate_render.template import TemplateError, TemplateStore
 from certificate_render.values import CertificateDataError
+from lambdas.certificates.signing import PdfSigner, SigningError
 from lambdas.certificates.verification import record_item
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.observability import logger
@@ -69,6 +70,7 @@ class CertificateBatchProcessor:
         verify_url_base: str,
         default_sender: str,
         sse: dict[str, str],
+        signers: Callable[[int], PdfSigner | None] | None = None,
     ) -> None:
         self.s3 = s3
         self.bucket = bucket
@@ -80,6 +82,8 @@ class CertificateBatchProcessor:
         self.verify_url_base = verify_url_base
         self.default_sender = default_sender
         self.sse = sse
+        #: A company's PAdES signer, or None when it does not sign (lambdas/certificates/signing.py).
+        self.signers = signers
 
     def process(self, batch: dict[str, Any]) -> RenderReport:
         validate("certificate_batch", batch)
@@ -89,7 +93,8 @@ class CertificateBatchProcessor:
         mail: list[dict[str, Any]] = []
         try:
             template = self.templates.get(company_id, batch["template_id"])
-        except TemplateError as exc:
+            signer = self.signers(company_id) if self.signers is not None else None
+        except (TemplateError, SigningError) as exc:
             for r in batch["recipients"]:
                 report.results.append(
                     recipient_result(job_id, r["recipient_id"], "failed", attempt, error_code=exc.code,
@@ -105,6 +110,8 @@ class CertificateBatchProcessor:
             started = time.perf_counter()
             try:
                 pdf = render_certificate(template, data, verify_url, self.fonts)
+                if signer is not None:
+                    pdf = signer.sign(pdf)
             except CertificateDataError as exc:
                 # This recipient's data cannot be printed: it fails alone, nothing is stored.
                 message = str(exc) if not exc.detail else f"{exc} ({' '.join(exc.detail)})"

@@ -41,6 +41,9 @@ class Settings:
     crash_window_probe_interval_seconds: int = 30
     #: SES calls the email sender makes side by side (``SENDER_PARALLEL_SENDS``, set by the stack).
     sender_parallel_sends: int = 8
+    #: Secrets Manager name prefix of the companies' PAdES signing keys (``<prefix><company id>``,
+    #: lambdas/certificates/signing.py); empty: certificates are not signed.
+    signing_secret_prefix: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -69,6 +72,7 @@ class Settings:
             crash_window_give_up_seconds=int(e.get("CRASH_WINDOW_GIVE_UP_SECONDS", "3600")),
             crash_window_probe_interval_seconds=int(e.get("CRASH_WINDOW_PROBE_INTERVAL_SECONDS", "30")),
             sender_parallel_sends=max(1, int(e.get("SENDER_PARALLEL_SENDS", "8"))),
+            signing_secret_prefix=e.get("SIGNING_SECRET_PREFIX", ""),
         )
 
     def require(self, *names: str) -> None:

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from certificate_render.fonts import font_library
 from certificate_render.template import TemplateStore
 from lambdas.certificates.processor import CertificateBatchProcessor
+from lambdas.certificates.signing import CompanySigners
 from lambdas.common.aws import client
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.observability import MetricUnit, logger, metrics, tracer
@@ -46,6 +47,9 @@ def renderer() -> CertificateBatchProcessor:
         verify_url_base=s.verify_url_base,
         default_sender=s.sender_address,
         sse=sse,
+        signers=CompanySigners(client("secretsmanager"), s.signing_secret_prefix)
+        if s.signing_secret_prefix
+        else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""``moodle-offload certificates``: a company's template (set, show, preview) and revocation.
+"""``moodle-offload certificates``: a company's template (set, show, preview), revocation, and a
+job's certificates as one ZIP (``download``, in ``certificate_download.py``).
 
 ``template set`` validates with the renderer's own code (certificate_render/template.py: schema,
 colours, sizes, boxes, time zone, language, images decoded and capped) before anything is
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 
 from moodle_bridge.certificates import RevocationError, change_revocation
 from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
+from moodle_bridge.commands.certificate_download import run_download
 from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.storage import audit, certificate_repo
 from moodle_bridge.storage.database import now
@@ -76,10 +78,16 @@ def register(subparsers: Any) -> None:
         sub.add_argument(
             "--reason", required=True, help="why (kept in the audit log and, for revoke, the cloud)"
         )
+    download = actions.add_parser("download", help="all stored certificates of a job as one ZIP")
+    download.add_argument("job", type=int, help="job id (`moodle-offload jobs list`)")
+    download.add_argument("-o", "--output", type=Path, required=True, help="the ZIP file to write")
+    download.add_argument("--force", action="store_true", help="replace the output file if it exists")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
+    if args.certificates_action == "download":
+        return run_download(args, config)
     if args.certificates_action in ("revoke", "unrevoke"):
         return _revoke(args, config, revoke=args.certificates_action == "revoke")
     try:

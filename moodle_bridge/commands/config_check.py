@@ -31,6 +31,7 @@ from moodle_bridge.operations.probes import (
     safe_url,
 )
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, detect_iomad
+from moodle_bridge.storage import manireports
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import (
     DatabaseUnavailable,
@@ -91,6 +92,7 @@ def handle_grants(args: argparse.Namespace, config: BridgeConfig) -> int:
                     iomad = detect_iomad(conn, config.database.prefix)
                 except IomadSchemaNotFound as exc:
                     return fail(f'{exc} (for a plain Moodle site set database.site = "moodle")')
+            has_manireports = manireports.present(conn, config.database.prefix)
         database = engine.url.database or ""
         statements = grant_statements(
             family,
@@ -100,6 +102,7 @@ def handle_grants(args: argparse.Namespace, config: BridgeConfig) -> int:
             iomad,
             host=args.host,
             schema=args.schema,
+            manireports=manireports.table_name(config.database.prefix) if has_manireports else None,
         )
     except (DatabaseUnavailable, GrantError) as exc:
         return fail(str(exc))

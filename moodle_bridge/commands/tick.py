@@ -27,6 +27,7 @@ from moodle_bridge.operations.metrics import observe_tick
 from moodle_bridge.pipeline.claiming import ClaimError, ClaimPass, ClaimReport
 from moodle_bridge.pipeline.iomad_contents import IomadRowContents
 from moodle_bridge.pipeline.outbox import Outbox, OutboxReport
+from moodle_bridge.pipeline.store_only import StoreOnlyError, StoreOnlyPass, StoreOnlyReport
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.results.iomad_link import AdapterQueue
 from moodle_bridge.results.reconcile import ReconcileContext, ReconcileReport, reconcile
@@ -40,6 +41,7 @@ from moodle_bridge.storage.database import (
     create_bridge_engine,
     require_database,
 )
+from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
 from moodle_bridge.transports.capabilities import WorkerCheck
@@ -126,6 +128,7 @@ class TickReport:
     claim: ClaimReport | None = None
     outbox: OutboxReport | None = None
     reconciled: ReconcileReport | None = None
+    store_only: StoreOnlyReport | None = None
     secrets_cleared: int = 0
     schedules: list[ScheduleRunReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -243,6 +246,13 @@ def run_tick(
                 "Moodle's lock was lost mid-claim; that chunk was rolled back, claiming again next pass"
             )
         report.notes.extend(report.claim.refusals)
+        store_only = StoreOnlyPass(engine, repo, iomad, config)
+        try:
+            report.store_only = store_only.run(unix_now())
+        except StoreOnlyError as exc:
+            report.notes.append(f"store-only certificates not created: {exc}")
+        else:
+            report.notes.extend(report.store_only.notes)
     if iomad is not None:  # schedules fire before the outbox, so this pass submits their jobs
         report.schedules = run_due(
             engine,
@@ -287,6 +297,11 @@ def summary(report: TickReport) -> str:
             + (f", {c.released} released to IOMAD" if c.released else "")
             + (f", left local: {dict(c.left_local)}" if c.left_local else "")
             + ")"
+        )
+    if report.store_only is not None and report.store_only.certificates:
+        parts.append(
+            f"{report.store_only.certificates} store-only certificates planned "
+            f"(completions without a mail, {len(report.store_only.jobs)} jobs)"
         )
     if report.outbox is not None:
         o = report.outbox

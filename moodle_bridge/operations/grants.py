@@ -7,6 +7,9 @@
   locks and PostgreSQL's advisory locks need no grant): SELECT, INSERT, UPDATE.
 * The bridge's own tables: SELECT, INSERT, UPDATE, DELETE, and CREATE, ALTER, INDEX for
   ``migrate``. DROP is left out: ``uninstall`` runs with an administrator's URL.
+* ManiReports' ``manireports_schedules``, where the site has it: SELECT, and ALTER on MariaDB/MySQL
+  so that ``migrate`` adds the plan's columns (on PostgreSQL only its owner may; see the comment
+  printed with the grants).
 
 PostgreSQL has no per-table CREATE: the bridge user gets CREATE on the schema and owns the tables
 it creates (so ALTER and DROP come with ownership).
@@ -51,6 +54,7 @@ def grant_statements(
     *,
     host: str = "localhost",
     schema: str = "public",
+    manireports: str | None = None,
 ) -> list[str]:
     """GRANT statements for ``user`` (MariaDB/MySQL ``user@host``, or a PostgreSQL role)."""
     if not _NAME.match(user) or not _NAME.match(database) or not _NAME.match(schema):
@@ -65,6 +69,8 @@ def grant_statements(
             f"GRANT {privs} ON `{database}`.`{name}` TO {who};" for name, privs in sorted(iomad_privs.items())
         ]
         lines += [f"GRANT {BRIDGE_DML}, {BRIDGE_DDL} ON `{database}`.`{name}` TO {who};" for name in own]
+        if manireports:
+            lines.append(f"GRANT SELECT, ALTER ON `{database}`.`{manireports}` TO {who};")
         return lines
     if family == "postgresql":
         lines = [
@@ -75,5 +81,11 @@ def grant_statements(
             f'GRANT {privs} ON TABLE "{schema}"."{name}" TO "{user}";'
             for name, privs in sorted(iomad_privs.items())
         ]
+        if manireports:
+            lines.append(f'GRANT SELECT ON TABLE "{schema}"."{manireports}" TO "{user}";')
+            lines.append(
+                f"-- {manireports}: only its owner may add the plan's columns; run `moodle-offload "
+                "migrate` once with the owner's URL, or the bridge reads them as their defaults"
+            )
         return lines
     raise GrantError(f"grants are for MariaDB/MySQL and PostgreSQL, not {family}")

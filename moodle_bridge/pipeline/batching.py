@@ -28,6 +28,10 @@ from offload_contract.signing import make_key_id
 HEADER_SLACK_BYTES = 2_048
 #: Placeholder recipient id used when packing before the rows have ids: as long as any id.
 ID_PLACEHOLDER = "9" * 19
+#: ``mrcloud_jobs.source`` of the certificate jobs made from completions IOMAD does not mail
+#: (``pipeline/store_only.py``); their batches carry ``delivery = store_only``.
+STORE_ONLY_SOURCE = "completion"
+STORE_ONLY_DELIVERY = "store_only"
 
 
 def email_content_key(emailid: int, redacted: bool) -> str:
@@ -72,6 +76,9 @@ class JobHeader:
     ses_tenant: str | None = None
     cert_template: str = "default"
     verify_url_base: str | None = None
+    #: Certificate jobs: ``email_attachment`` (with the completion mail) or ``store_only``
+    #: (rendered and stored, no mail: completions IOMAD does not mail).
+    delivery: str = "email_attachment"
     #: Campaign mail: the one-click unsubscribe URL of a recipient id (RFC 8058).
     unsubscribe_url: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
     #: Contract attachments (stored objects, by reference) every recipient of the job gets:
@@ -93,7 +100,7 @@ class JobHeader:
             header["ses_tenant"] = self.ses_tenant
         if self.jobtype == "certificate":
             header["template_id"] = self.cert_template
-            header["delivery"] = "email_attachment"
+            header["delivery"] = self.delivery
             if self.verify_url_base:
                 header["verify_url_base"] = self.verify_url_base
         else:
@@ -184,11 +191,11 @@ def recipient_entry(
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"recipient_id": recipient_id}
     if jobtype == "certificate":
-        entry["to"] = address
+        if contentkey:  # the certificate travels with a mail; a store-only one names nobody to mail
+            entry["to"] = address
+            entry["content_id"] = contentkey
         if fullname:
             entry["name"] = fullname[:256]
-        if contentkey:
-            entry["content_id"] = contentkey
         entry["certificate"] = dict((data or {})["certificate"])
         return entry
     entry["to"] = address

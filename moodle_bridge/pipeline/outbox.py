@@ -24,6 +24,8 @@ import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.batching import (
+    STORE_ONLY_DELIVERY,
+    STORE_ONLY_SOURCE,
     JobHeader,
     Sender,
     encode_batch,
@@ -95,6 +97,7 @@ def job_header_for(job: sa.Row[Any], settings: CompanySettings | None, config: B
         ses_tenant=settings.sesstenant if settings else None,
         cert_template=settings.certtemplate if settings else "default",
         verify_url_base=config.submit.verify_url_base or None,
+        delivery=STORE_ONLY_DELIVERY if str(job.source) == STORE_ONLY_SOURCE else "email_attachment",
         unsubscribe_url=_unsubscribe_urls(job, config) if str(job.category) == "campaign" else None,
         attachments=job_attachments(job.template) if str(job.jobtype) == "email" else (),
     )

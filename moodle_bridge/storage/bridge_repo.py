@@ -397,6 +397,21 @@ class BridgeRepo:
         for certificates in chunks(rows, CHUNK):
             conn.execute(self.t.certificates.insert(), certificates)
 
+    def certified_recipients(
+        self, conn: sa.Connection, jobid: int, after_id: int = 0, limit: int = 1000
+    ) -> list[sa.Row[Any]]:
+        """Recipients of the job whose certificate was stored (``artifactkey`` set), in id order
+        after ``after_id``: the pages of a job's certificate ZIP."""
+        r = self.t.recipients.c
+        return list(
+            conn.execute(
+                sa.select(r.id, r.address, r.fullname, r.artifactkey)
+                .where(r.jobid == jobid, r.artifactkey.is_not(None), r.id > after_id)
+                .order_by(r.id)
+                .limit(limit)
+            )
+        )
+
     def set_recipients_status(
         self,
         conn: sa.Connection,

@@ -32,6 +32,7 @@ TABLE_NAMES = (
     "mrcloud_dash_sessions",
     "mrcloud_schedules",
     "mrcloud_schedule_runs",
+    "mrcloud_completion_certs",
 )
 
 
@@ -58,6 +59,7 @@ class BridgeTables:
     dash_sessions: sa.Table
     schedules: sa.Table
     schedule_runs: sa.Table
+    completion_certs: sa.Table
 
 
 def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
@@ -364,7 +366,7 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("reportdays", sa.Integer, nullable=False, server_default="7"),
         sa.Column("skipifempty", FLAG, nullable=False, server_default="1"),
         sa.Column("manireportsid", sa.BigInteger, nullable=True),  # row of manireports_schedules
-        # Added in schema version 12: action certificate's course, and its cohort (optional).
+        # Added in schema version 13: action certificate's course, and its cohort (optional).
         sa.Column("courseid", sa.BigInteger, nullable=True),
         sa.Column("cohortid", sa.BigInteger, nullable=True),
         sa.Column("createdby", sa.String(100), nullable=False),
@@ -392,6 +394,24 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.UniqueConstraint("scheduleid", "slot", name=f"{p}mrclschrun_schslo_uix"),
     )
 
+    # Added in schema version 12: the ledger of store-only certificates (completions IOMAD does
+    # not mail). One row per (user, course, completion), written in the same transaction as the
+    # job and its recipients, so a completion gets one certificate whatever restarts or overlaps.
+    completion_certs = sa.Table(
+        f"{p}mrcloud_completion_certs",
+        m,
+        _id(),
+        sa.Column("companyid", sa.BigInteger, nullable=False),
+        sa.Column("userid", sa.BigInteger, nullable=False),
+        sa.Column("courseid", sa.BigInteger, nullable=False),
+        sa.Column("completionid", sa.BigInteger, nullable=False),  # course_completions.id
+        sa.Column("timecompleted", UNIXTIME, nullable=False),
+        sa.Column("jobid", ID, nullable=False),
+        sa.Column("timecreated", UNIXTIME, nullable=False),
+        sa.UniqueConstraint("userid", "courseid", "completionid", name=f"{p}mrclcompcert_usecoucom_uix"),
+        sa.Index(f"{p}mrclcompcert_com_ix", "completionid"),
+    )
+
     return BridgeTables(
         m,
         config,
@@ -410,4 +430,5 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         dash_sessions,
         schedules,
         schedule_runs,
+        completion_certs,
     )

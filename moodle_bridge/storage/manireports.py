@@ -10,6 +10,7 @@ the bridge keeps its schedules in ``mrcloud_schedules`` alone, with the same fiv
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.schema import CreateColumn
 
 TABLE = "manireports_schedules"
+
+log = logging.getLogger("moodle_bridge.storage.manireports")
 
 #: The plan's columns: (name, type, default), added in this order when missing.
 PLAN_COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any], str], ...] = (
@@ -50,24 +53,57 @@ def table_name(prefix: str) -> str:
 
 
 def present(conn: sa.Connection, prefix: str) -> bool:
+    """Whether the site has the table *and the bridge's user may see it*.
+
+    MariaDB/MySQL answer "SELECT command denied" rather than "no such table" about a table the
+    user has no grant on; its ``information_schema`` lists only the tables the user may use.
+    """
+    if conn.dialect.name in ("mysql", "mariadb"):
+        found = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM information_schema.tables "
+                "WHERE table_schema = DATABASE() AND table_name = :name"
+            ),
+            {"name": table_name(prefix)},
+        ).scalar()
+        return bool(found)
     return sa.inspect(conn).has_table(table_name(prefix))
 
 
 def extend(conn: sa.Connection, prefix: str) -> list[str]:
-    """Add the plan's columns the site's table lacks (idempotent); the names added."""
+    """Add the plan's columns the site's table lacks (idempotent); the names added.
+
+    Without the right to alter it (grants: ``config grants``; on PostgreSQL only the table's
+    owner may) the table is left as it is, with one warning: the bridge then reads the plan's
+    columns as their defaults. A refused ALTER must not stop the bridge's own migration.
+    """
     if not present(conn, prefix):
         return []
     name = table_name(prefix)
     existing = {c["name"] for c in sa.inspect(conn).get_columns(name)}
     added: list[str] = []
+    preparer = conn.dialect.identifier_preparer
     for column, type_, default in PLAN_COLUMNS:
         if column in existing:
             continue
         col = sa.Column(column, type_, nullable=False, server_default=default)
         sa.Table(name, sa.MetaData(), col)  # binds the column to a table for the DDL compiler
         ddl = CreateColumn(col).compile(dialect=conn.dialect)
-        preparer = conn.dialect.identifier_preparer
-        conn.execute(sa.text(f"ALTER TABLE {preparer.quote(name)} ADD {ddl}"))
+        statement = sa.text(f"ALTER TABLE {preparer.quote(name)} ADD {ddl}")
+        try:
+            if conn.dialect.name == "postgresql":  # a failed statement would abort the transaction
+                with conn.begin_nested():
+                    conn.execute(statement)
+            else:
+                conn.execute(statement)
+        except sa.exc.DBAPIError as exc:
+            log.warning(
+                "%s: the plan's columns were not added (%s); grant ALTER on it (on PostgreSQL run "
+                "migrate once as its owner) to extend it. Its rows are read with the defaults.",
+                name,
+                type(exc.orig).__name__,
+            )
+            return added
         added.append(column)
     return added
 
@@ -92,23 +128,24 @@ def read(conn: sa.Connection, prefix: str, ids: Sequence[int] | None = None) -> 
     if not present(conn, prefix):
         return []
     t = _table(prefix)
-    query = sa.select(t).order_by(t.c.id)
+    existing = {c["name"] for c in sa.inspect(conn).get_columns(table_name(prefix))}
+    query = sa.select(*(c for c in t.c if c.name in existing)).order_by(t.c.id)
     if ids is not None:
         query = query.where(t.c.id.in_(list(ids)))
     return [
         ManiReportsSchedule(
-            id=int(r.id),
-            name=str(r.name or ""),
-            userid=int(r.userid or 0),
-            reporttype=str(r.reporttype or ""),
-            format=str(r.format or "csv").lower(),
-            frequency=str(r.frequency or "").lower(),
-            enabled=bool(r.enabled),
-            cloud_preference=str(r.cloud_preference or "auto"),
-            action_type=str(r.action_type or "email"),
-            custom_interval=int(r.custom_interval or 0),
-            suppresstarget=int(r.suppresstarget or 0),
-            suppress_course_completion=bool(r.suppress_course_completion),
+            id=int(r["id"]),
+            name=str(r["name"] or ""),
+            userid=int(r["userid"] or 0),
+            reporttype=str(r["reporttype"] or ""),
+            format=str(r["format"] or "csv").lower(),
+            frequency=str(r["frequency"] or "").lower(),
+            enabled=bool(r["enabled"]),
+            cloud_preference=str(r.get("cloud_preference") or "auto"),
+            action_type=str(r.get("action_type") or "email"),
+            custom_interval=int(r.get("custom_interval") or 0),
+            suppresstarget=int(r.get("suppresstarget") or 0),
+            suppress_course_completion=bool(r.get("suppress_course_completion")),
         )
-        for r in conn.execute(query)
+        for r in conn.execute(query).mappings()
     ]

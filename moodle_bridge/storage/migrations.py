@@ -249,6 +249,12 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         12,
+        "the ledger of store-only certificates: one per (user, course, completion)",
+        _create_tables("completion_certs"),
+        adds_tables=("completion_certs",),
+    ),
+    Step(
+        13,
         "certificate schedules: the course whose completions get certificates, and an optional cohort",
         _add_columns(("schedules", "courseid"), ("schedules", "cohortid")),
         adds_columns=(("schedules", "courseid"), ("schedules", "cohortid")),

@@ -126,6 +126,8 @@ SUPPRESSIONS_EXPORTED = "suppressions_downloaded"
 SUPPRESSION_REMOVED = "suppression_removed"
 CERTIFICATE_DOWNLOADED = "certificate_downloaded"
 CERTIFICATES_ZIPPED = "certificates_downloaded"
+#: Certified recipients read per query while a job's ZIP streams.
+ZIP_PAGE = 1000
 
 
 class NotFound(Exception):
@@ -848,16 +850,31 @@ def certificates_zip(request: Request) -> Response:
     job_id = int(request.path_params["job_id"])
     with state.engine.connect() as conn:
         job = _job_or_404(conn, state, who, job_id)
-        rows = list(q.iter_recipients(conn, state.tables, state.directory, who, job, with_artifact=True))
-    if not rows:
+        count = q.certificate_count(conn, state.tables, state.directory, who, job)
+    if not count:
         raise NotFound()
     try:
         store = state.certificates()
     except CertificateStoreMissing as exc:
         return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
-    _audit_download(request, who, job, CERTIFICATES_ZIPPED, {"certificates": len(rows)})
+    _audit_download(request, who, job, CERTIFICATES_ZIPPED, {"certificates": count})
+
+    def rows() -> Iterator[Any]:
+        """The certified recipients a page at a time, each page on a short connection, so
+        neither the list nor a connection is held while a slow client reads the ZIP."""
+        after = 0
+        while True:
+            with state.engine.connect() as conn:
+                page, more = q.certificates_page(
+                    conn, state.tables, state.directory, who, job, after_id=after, limit=ZIP_PAGE
+                )
+            yield from page
+            if not more or not page:
+                return
+            after = int(page[-1].id)
+
     return StreamingResponse(
-        zip_stream(store, rows),
+        zip_stream(store, rows()),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="job-{job_id}-certificates.zip"'},
     )

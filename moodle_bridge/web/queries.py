@@ -404,6 +404,7 @@ def certificates_page(
     job: Any,
     *,
     after_id: int = 0,
+    limit: int = PAGE_SIZE,
 ) -> tuple[list[Any], bool]:
     """Recipients of the job whose certificate was stored, in id order."""
     r, c = tables.recipients, tables.certificates
@@ -424,9 +425,18 @@ def certificates_page(
         .select_from(r.outerjoin(c, c.c.recipientid == r.c.id))
         .where(*where)
         .order_by(r.c.id)
-        .limit(PAGE_SIZE + 1)
+        .limit(limit + 1)
     ).all()
-    return list(rows[:PAGE_SIZE]), len(rows) > PAGE_SIZE
+    return list(rows[:limit]), len(rows) > limit
+
+
+def certificate_count(
+    conn: sa.Connection, tables: BridgeTables, directory: MoodleDirectory, who: Principal, job: Any
+) -> int:
+    """How many of the job's stored certificates the person may download."""
+    r = tables.recipients
+    where = [*_recipient_scope(conn, tables, directory, who, job), r.c.artifactkey.is_not(None)]
+    return int(conn.execute(sa.select(sa.func.count()).select_from(r).where(*where)).scalar() or 0)
 
 
 def certificate_of(

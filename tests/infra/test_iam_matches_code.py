@@ -354,6 +354,20 @@ def test_each_grant_is_scoped_to_the_resources_the_code_uses(dev: Synth, key: st
         resources = grants[action]
         if action.startswith("dynamodb:"):
             assert resources == [table], action
+        elif action == "secretsmanager:GetSecretValue" and "signing_secret_prefix" in fields:
+            # The renderer reads only the companies' signing keys, under the stack's prefix.
+            prefix = dev.stack.functions.signing_secret_prefix
+            assert resources == [
+                {
+                    "Fn::Join": [
+                        "",
+                        [
+                            "arn:", {"Ref": "AWS::Partition"}, ":secretsmanager:", {"Ref": "AWS::Region"},
+                            ":", {"Ref": "AWS::AccountId"}, f":secret:{prefix}*",
+                        ],
+                    ]
+                }
+            ]  # fmt: skip
         elif action == "secretsmanager:GetSecretValue":
             assert resources == [secret]
         elif action == "sqs:SendMessage":

@@ -14,6 +14,7 @@ from moodle_bridge.cli import main
 from moodle_bridge.commands.tick import build_submitters, run_tick
 from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
+from moodle_bridge.storage import manireports
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
@@ -31,11 +32,31 @@ def db_engine_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.mark.parametrize("with_manireports", [False, True], ids=["moodle", "with-manireports"])
 def test_a_user_with_only_the_printed_grants_runs_the_bridge(
-    db_url: URL, db_engine_name: str, aws, tmp_path, monkeypatch, capsys
+    db_url: URL, db_engine_name: str, aws, tmp_path, monkeypatch, capsys, with_manireports: bool
 ) -> None:
     admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
     world = IomadWorld.create(admin)
+    if with_manireports:  # the ManiReports plugin's table, owned by Moodle's user
+        sa.Table(
+            manireports.table_name("mdl_"),
+            sa.MetaData(),
+            sa.Column("id", sa.BigInteger, primary_key=True),
+            sa.Column("name", sa.String(255)),
+            sa.Column("userid", sa.BigInteger),
+            sa.Column("reporttype", sa.String(100)),
+            sa.Column("format", sa.String(10)),
+            sa.Column("frequency", sa.String(20)),
+            sa.Column("enabled", sa.SmallInteger),
+        ).create(admin)
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO mdl_manireports_schedules (id, name, userid, reporttype, format, "
+                    "frequency, enabled) VALUES (3, 'Weekly', 2, 'completions', 'csv', 'weekly', 1)"
+                )
+            )
     world.add_company(1)
     world.add_user(10, "learner@example.com", "Lea", "Rner", companyid=1)
     eid = world.queue("license_allocated", 10, 1)
@@ -48,6 +69,7 @@ def test_a_user_with_only_the_printed_grants_runs_the_bridge(
     assert printed and all(line.startswith("GRANT ") for line in printed)
     assert not any(" DROP" in line or "ALL PRIVILEGES" in line for line in printed)
     mysql = db_engine_name == "mariadb"
+    assert any("manireports_schedules" in line for line in printed) == with_manireports
     with admin.connect() as conn:
         conn.execute(
             sa.text(
@@ -65,6 +87,14 @@ def test_a_user_with_only_the_printed_grants_runs_the_bridge(
         monkeypatch.setenv("MRCO_DATABASE_URL", limited_url.render_as_string(hide_password=False))
         assert main(["migrate"]) == 0
         assert main(["migrate"]) == 0
+        if with_manireports:
+            with limited.connect() as conn:
+                (row,) = manireports.read(conn, "mdl_")
+                columns = {c["name"] for c in sa.inspect(conn).get_columns("mdl_manireports_schedules")}
+            # MariaDB: the printed ALTER lets migrate add the plan's columns; PostgreSQL: only the
+            # owner may, so they are read as their defaults (migrate warned and went on).
+            assert ("cloud_preference" in columns) == mysql
+            assert (row.id, row.cloud_preference, row.action_type) == (3, "auto", "email")
         repo = BridgeRepo(build_bridge_tables("mdl_"))
         with limited.begin() as conn:
             repo.set_offload_enabled(conn, True)

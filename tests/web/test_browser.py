@@ -14,20 +14,24 @@ import shutil
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from moto import mock_aws
 
-from moodle_bridge.config import DashboardConfig
+from moodle_bridge.config import AwsConfig, DashboardConfig
 from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.results.ingest import ingest_result_batch
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.web.app import create_app
+from moodle_bridge.web.certificates import S3Certificates
 from offload_contract import dashboard_token
 from tests.web.conftest import make_config, with_campaign_sending
 from tests.web.world import SHARED_KEY, World, add_job, build_world
@@ -63,6 +67,7 @@ class Served:
             replace(base, dashboard=DashboardConfig(shared_key=SHARED_KEY, public_url=self.url))
         )
         app = create_app(engine, world.tables, self.config)
+        self.app = app
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
         )
@@ -398,5 +403,79 @@ def test_manager_schedules_a_report_in_the_browser(browser: Any, served: Served)
     other.get_by_role("link", name="Schedules").click()
     assert other.get_by_role("link", name=re.compile(f"#{schedule} ")).count() == 0
     response = other.goto(f"{served.url}/schedules/{schedule}")
+    assert response is not None and response.status == 404
+    other.context.close()
+
+
+# -- a job's certificates as one ZIP ------------------------------------------------------------
+
+
+CERT_BUCKET = "mrco-browser-certificates"
+CERT_REGION = "eu-west-1"
+
+
+@pytest.fixture
+def certified_job(served: Served, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, dict[str, bytes]]]:
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": CERT_REGION,
+    }.items():
+        monkeypatch.setenv(key, value)
+    w = served.world
+    c1 = w.companies[0]
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=CERT_REGION)
+        s3.create_bucket(Bucket=CERT_BUCKET, CreateBucketConfiguration={"LocationConstraint": CERT_REGION})
+        r = w.tables.recipients
+        with served.engine.begin() as conn:
+            job = add_job(conn, w.tables, c1, w.learners[c1], ["rendered"] * 6, now=int(time.time()))
+            conn.execute(
+                w.tables.jobs.update().where(w.tables.jobs.c.id == job).values(jobtype="certificate")
+            )
+            rows = conn.execute(sa.select(r.c.id, r.c.address).where(r.c.jobid == job).order_by(r.c.id)).all()
+            expected: dict[str, bytes] = {}
+            for row in rows:
+                key = f"certificates/company-{c1}/{job}/{row.id}.pdf"
+                body = b"%PDF-1.7\n" + f"certificate of {row.address}\n".encode() * 500 + b"%%EOF\n"
+                s3.put_object(Bucket=CERT_BUCKET, Key=key, Body=body)
+                conn.execute(r.update().where(r.c.id == row.id).values(artifactkey=key))
+                expected[str(row.id)] = body
+        config = served.config
+        store_config = replace(config, aws=AwsConfig(region=CERT_REGION, content_bucket=CERT_BUCKET))
+        state = served.app.state.dashboard
+        previous = state.certificate_store
+        state.certificate_store = S3Certificates(store_config, s3)
+        try:
+            yield job, expected
+        finally:
+            state.certificate_store = previous
+
+
+def test_manager_downloads_the_zip_from_the_link_and_others_cannot(
+    browser: Any, served: Served, certified_job: tuple[int, dict[str, bytes]], tmp_path: Path
+) -> None:
+    job, expected = certified_job
+    w = served.world
+    c1, c2 = w.companies[0], w.companies[1]
+    page = _sign_in(browser, served, w.managers[c1], c1)
+    page.goto(f"{served.url}/jobs/{job}")
+    page.get_by_role("link", name="Certificates of this job").click()
+    page.wait_for_url(re.compile(rf"/jobs/{job}/certificates$"))
+    with page.expect_download() as info:
+        page.get_by_role("link", name="All certificates (ZIP)").click()
+    download = info.value
+    assert download.suggested_filename == f"job-{job}-certificates.zip"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(str(saved))
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.testzip() is None
+        got = {name.split("-")[1]: archive.read(name) for name in archive.namelist()}
+        assert all("/" not in name for name in archive.namelist())
+    assert got == expected
+    page.context.close()
+
+    other = _sign_in(browser, served, w.managers[c2], c2)
+    response = other.goto(f"{served.url}/jobs/{job}/certificates.zip")
     assert response is not None and response.status == 404
     other.context.close()

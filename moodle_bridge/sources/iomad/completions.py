@@ -55,13 +55,26 @@ def select_completions(
     Grade, IOMAD track/certificate and the matching queued row are filled in with a few
     set-based queries (see ``attach_tracks`` and ``match_completion_emails``).
     """
+    completions = select_completions_only(conn, tables, company_ids, after, until, limit)
+    return match_completion_emails(conn, tables, attach_tracks(conn, tables, completions))
+
+
+def select_completions_only(
+    conn: sa.Connection,
+    tables: IomadTables,
+    company_ids: Collection[int],
+    after: tuple[int, int],
+    until: int,
+    limit: int = 1000,
+) -> list[CourseCompletion]:
+    """The completions of ``select_completions`` without track or queued mail (one query)."""
     if not company_ids:
         return []
     since, after_id = after
     rows = conn.execute(
         queries.completions_since(tables, company_ids, since, after_id, until, limit)
     ).mappings()
-    completions = [
+    return [
         CourseCompletion(
             completion_id=int(r["id"]),
             userid=int(r["userid"]),
@@ -73,7 +86,6 @@ def select_completions(
         )
         for r in rows
     ]
-    return match_completion_emails(conn, tables, attach_tracks(conn, tables, completions))
 
 
 def attach_tracks(
@@ -120,3 +132,29 @@ def match_completion_emails(
         ids = queued.get((c.userid, c.courseid))
         out.append(replace(c, emailid=ids.pop(0)) if ids else c)
     return out
+
+
+#: A completion mail queued this long before the completion still counts as its mail (clocks of
+#: web nodes differ a little; IOMAD queues the mail in the same request as the completion).
+MAIL_SLACK_SECONDS = 60
+
+
+def mailed_completions(
+    conn: sa.Connection, tables: IomadTables, completions: Sequence[CourseCompletion]
+) -> set[int]:
+    """Ids of the completions that IOMAD queued a ``completion_course_user`` mail for.
+
+    A completion counts as mailed when a row for the same user and course, sent or not, was
+    queued (``due`` or ``modifiedtime``) at or after its ``timecompleted`` (less a minute).
+    Such a completion gets its certificate with that mail (the claim pass) or from IOMAD; the
+    others are the store-only path's (``pipeline/store_only.py``)."""
+    queued: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for chunk in chunks(sorted({c.userid for c in completions})):
+        for r in conn.execute(queries.completion_mails(tables, chunk, COMPLETION_TEMPLATE)).mappings():
+            latest = max(int(r["due"] or 0), int(r["modifiedtime"] or 0))
+            queued[(int(r["userid"]), int(r["courseid"] or 0))].append(latest)
+    return {
+        c.completion_id
+        for c in completions
+        if any(t >= c.timecompleted - MAIL_SLACK_SECONDS for t in queued.get((c.userid, c.courseid), ()))
+    }

@@ -332,6 +332,19 @@ def certs_for(t: IomadTables, trackids: Sequence[int]) -> sa.Select[Any]:
     return sa.select(tc.c.trackid, tc.c.filename).where(tc.c.trackid.in_(trackids)).order_by(tc.c.id)
 
 
+def completion_mails(
+    t: IomadTables, userids: Sequence[int], templatename: str = "completion_course_user"
+) -> sa.Select[Any]:
+    """Every queued completion row of the users, sent or not (parked rows included).
+
+    On IOMAD 4.x the email table has only its primary key, so this reads the table once per
+    call; callers ask for up to ``CHUNK`` users at a time, and only for new completions."""
+    e = t.email
+    return sa.select(e.c.userid, e.c.courseid, e.c.due, e.c.modifiedtime).where(
+        e.c.userid.in_(userids), e.c.templatename == templatename
+    )
+
+
 def completion_rows(
     t: IomadTables, userids: Sequence[int], templatename: str = "completion_course_user"
 ) -> sa.Select[Any]:
