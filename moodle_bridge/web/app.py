@@ -869,7 +869,12 @@ def certificates_zip(request: Request) -> Response:
 
 
 class _Refused(Exception):
-    """An uploaded template or a preview request that cannot be used; the page says why."""
+    """An uploaded template or a preview request that cannot be used; the page says why (and the
+    text box shows ``text``, the template JSON that was sent, when there is one)."""
+
+    def __init__(self, message: str, text: str | None = None) -> None:
+        super().__init__(message)
+        self.text = text
 
 
 def _template_id(state: DashboardState, company: int) -> str:
@@ -887,13 +892,15 @@ def _stored_template(
         from certificate_render.template import TemplateError  # noqa: PLC0415
     except ImportError:
         raise _Refused(RENDERER_MISSING) from None
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
     try:
         found: tuple[Any, dict[str, bytes]] | None = template_store(state.config, company).stored(
             company, template_id
         )
     except (ConfigError, TemplateError) as exc:
         raise _Refused(str(exc)) from None
-    except Exception as exc:  # botocore errors: named, no traceback, no secrets
+    except (BotoCoreError, ClientError) as exc:  # named in the log, no traceback, no secrets
         log.warning("template of company %s unreadable: %s", company, type(exc).__name__)
         raise _Refused("The stored template could not be read from the certificate store.") from None
     return found
@@ -902,7 +909,7 @@ def _stored_template(
 async def _uploaded_template(form: FormData) -> tuple[Any, dict[str, bytes], str] | None:
     """The template sent with the form (a JSON file, else the text box) and its images by file
     name, with the JSON text to show again; None when neither was given."""
-    from certificate_render.template import MAX_IMAGE_BYTES, TemplateError, image_names  # noqa: PLC0415
+    from certificate_render.template import MAX_IMAGE_BYTES  # noqa: PLC0415
 
     upload = form.get("template_file")
     raw: bytes | None = None
@@ -914,11 +921,23 @@ async def _uploaded_template(form: FormData) -> tuple[Any, dict[str, bytes], str
         return None
     try:
         text = raw.decode("utf-8")
-        document = json.loads(text)
     except UnicodeDecodeError:
         raise _Refused("template_invalid: the template file is not UTF-8 text") from None
+    try:
+        document = json.loads(text)
     except ValueError as exc:
-        raise _Refused(f"template_invalid: the template is not valid JSON ({exc})") from None
+        raise _Refused(f"template_invalid: the template is not valid JSON ({exc})", text) from None
+    try:
+        images = await _with_images(form, document)
+    except _Refused as exc:
+        raise _Refused(str(exc), text) from None
+    return document, images, text
+
+
+async def _with_images(form: FormData, document: Any) -> dict[str, bytes]:
+    """The uploaded images the template names, by file name; ``_Refused`` naming one missing."""
+    from certificate_render.template import MAX_IMAGE_BYTES, TemplateError, image_names  # noqa: PLC0415
+
     sent: dict[str, bytes] = {}
     for item in form.getlist("images"):
         if isinstance(item, UploadFile) and item.filename:
@@ -938,7 +957,7 @@ async def _uploaded_template(form: FormData) -> tuple[Any, dict[str, bytes], str
                 f"template_invalid: the {section} image {name!r} was not uploaded with the template"
             )
         images[name] = sent[name]
-    return document, images, text
+    return images
 
 
 def _template_view(
@@ -1018,7 +1037,8 @@ async def certificate_template_post(request: Request) -> Response:
         pdf, png = _preview(state, template, name, language)
     except _Refused as exc:
         return _template_view(
-            request, session, company, status=400, err=str(exc), form_json=form_json,
+            request, session, company, status=400, err=str(exc),
+            form_json=form_json if exc.text is None else exc.text,
             preview_name=name, preview_language=language,
         )  # fmt: skip
     return _template_view(

@@ -6,6 +6,7 @@ the PDF and PNG in memory for a typed name and stores nothing; roles, scope and 
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -99,7 +100,9 @@ def audited(site: Site) -> list[Any]:
     with site.engine.connect() as conn:
         return list(
             conn.execute(
-                sa.select(a.actor, a.companyid, a.detail).where(a.action == "certificate_template_set")
+                sa.select(a.actor, a.companyid, a.sourceaddress, a.detail).where(
+                    a.action == "certificate_template_set"
+                )
             ).all()
         )
 
@@ -119,7 +122,9 @@ def test_a_manager_stores_a_valid_template_where_the_lambda_reads_it(s3_site: tu
     assert template.elements[0].text == "Certificate of Dashboard Design" and template.images
     (entry,) = audited(site)
     assert entry.actor == f"dashboard:{manager}" and entry.companyid == c1
-    assert json.loads(entry.detail)["template_id"] == "default"
+    detail = json.loads(entry.detail)
+    assert detail["template_id"] == "default" and len(detail["sha256"]) == 64 and entry.sourceaddress
+    assert set(detail["images"]) == {"logo.png"}  # only the images the template names
     after = client.get(stored.headers["location"])
     assert "stored (1 images)" in after.text and "The stored template:" in after.text
     assert "Certificate of Dashboard Design" in after.text
@@ -170,6 +175,10 @@ def test_a_bad_template_is_refused_naming_the_problem_and_nothing_is_stored(
     refused = upload(client, c1, doc, images)
     assert refused.status_code == 400 and message in refused.text, refused.text
     assert 'role="alert"' in refused.text
+    box = re.search(r"<textarea[^>]*>(.*?)</textarea>", refused.text, re.DOTALL)
+    assert box and html.unescape(box.group(1)).encode() == (  # the text box keeps what was sent
+        doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    )
     assert keys(s3) == [] and audited(site) == []
 
 
