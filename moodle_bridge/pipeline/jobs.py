@@ -55,6 +55,7 @@ def create_template_job(
     template_json: str,
     actor: str,
     at: int,
+    jobtype: str = "email",
 ) -> TemplateJob:
     """Insert the job row (``pending``, deadline from the config) and build its batch header.
 
@@ -64,7 +65,7 @@ def create_template_job(
     jobid = repo.create_job(
         conn,
         companyid=companyid,
-        jobtype="email",
+        jobtype=jobtype,
         source=source,
         category=category,
         provider=settings.provider,

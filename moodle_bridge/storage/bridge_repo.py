@@ -370,23 +370,30 @@ class BridgeRepo:
     ) -> None:
         """One ``mrcloud_certificates`` row per certificate recipient (verification code issued)."""
         r = self.t.recipients.c
-        rows: list[dict[str, Any]] = []
         for part in chunks(sorted(set(emailids)), CHUNK):
-            for rid, userid, data in conn.execute(
-                sa.select(r.id, r.userid, r.data).where(
-                    r.jobid == jobid, r.emailid.in_(part), r.status == "pending", r.data.is_not(None)
-                )
-            ):
-                payload = json.loads(data)
-                rows.append(
-                    {
-                        "companyid": companyid,
-                        "userid": userid,
-                        "courseid": payload.get("courseid"),
-                        "recipientid": int(rid),
-                        "verifycode": payload["certificate"]["verification_code"],
-                    }
-                )
+            self._record_certificates(conn, companyid, sa.and_(r.jobid == jobid, r.emailid.in_(part)))
+
+    def record_job_certificates(self, conn: sa.Connection, jobid: int, companyid: int) -> None:
+        """As ``record_certificates``, for every pending recipient of a job not made from IOMAD's
+        queue (a certificate schedule's)."""
+        self._record_certificates(conn, companyid, self.t.recipients.c.jobid == jobid)
+
+    def _record_certificates(self, conn: sa.Connection, companyid: int, which: Any) -> None:
+        r = self.t.recipients.c
+        rows: list[dict[str, Any]] = []
+        for rid, userid, data in conn.execute(
+            sa.select(r.id, r.userid, r.data).where(which, r.status == "pending", r.data.is_not(None))
+        ):
+            payload = json.loads(data)
+            rows.append(
+                {
+                    "companyid": companyid,
+                    "userid": userid,
+                    "courseid": payload.get("courseid"),
+                    "recipientid": int(rid),
+                    "verifycode": payload["certificate"]["verification_code"],
+                }
+            )
         for certificates in chunks(rows, CHUNK):
             conn.execute(self.t.certificates.insert(), certificates)
 

@@ -366,6 +366,9 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("reportdays", sa.Integer, nullable=False, server_default="7"),
         sa.Column("skipifempty", FLAG, nullable=False, server_default="1"),
         sa.Column("manireportsid", sa.BigInteger, nullable=True),  # row of manireports_schedules
+        # Added in schema version 13: action certificate's course, and its cohort (optional).
+        sa.Column("courseid", sa.BigInteger, nullable=True),
+        sa.Column("cohortid", sa.BigInteger, nullable=True),
         sa.Column("createdby", sa.String(100), nullable=False),
         sa.Column("timecreated", UNIXTIME, nullable=False),
         sa.Column("timemodified", UNIXTIME, nullable=False),

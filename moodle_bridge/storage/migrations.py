@@ -253,6 +253,12 @@ STEPS: tuple[Step, ...] = (
         _create_tables("completion_certs"),
         adds_tables=("completion_certs",),
     ),
+    Step(
+        13,
+        "certificate schedules: the course whose completions get certificates, and an optional cohort",
+        _add_columns(("schedules", "courseid"), ("schedules", "cohortid")),
+        adds_columns=(("schedules", "courseid"), ("schedules", "cohortid")),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

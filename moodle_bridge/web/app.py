@@ -41,6 +41,7 @@ from moodle_bridge.certificates import RevocationError, VerificationRecords, cha
 from moodle_bridge.commands.certificates import RENDERER_MISSING
 from moodle_bridge.commands.certificates import _store as template_store
 from moodle_bridge.commands.company import cloudflare_refusal
+from moodle_bridge.commands.tick import attachment_uploader
 from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.pipeline.routing import PROVIDERS
 from moodle_bridge.results.iomad_link import IomadQueue
@@ -67,11 +68,23 @@ from moodle_bridge.sources.campaigns.manage import (
 from moodle_bridge.sources.campaigns.rules import RECIPIENTS, TRIGGERS, RuleError, rule_from_json
 from moodle_bridge.sources.campaigns.runner import CampaignError, audience_count, preview
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound
+from moodle_bridge.sources.schedules import reports as schedule_reports
+from moodle_bridge.sources.schedules.manage import (
+    ScheduleRequest,
+    create_from_request,
+    set_schedule_status,
+)
+from moodle_bridge.sources.schedules.manage import run_line as schedule_run_line
+from moodle_bridge.sources.schedules.manage import run_now as schedule_run_now
+from moodle_bridge.sources.schedules.manage import when as schedule_when
+from moodle_bridge.sources.schedules.runner import Preview, ScheduleError, Uploader, preview_schedule
+from moodle_bridge.sources.schedules.timing import FREQUENCIES, format_time_of_day
 from moodle_bridge.storage import audit, certificate_repo
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables
 from moodle_bridge.storage.campaign_repo import ACTIVE, PAUSED, CampaignRepo
 from moodle_bridge.storage.dash_sessions import purge_sessions
+from moodle_bridge.storage.schedule_repo import ScheduleRepo
 from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
@@ -148,6 +161,14 @@ class DashboardState:
     certificate_store: ObjectReader | None = None
     #: The cloud's verification records (revocation); from aws.idempotency_table when unset.
     verification_records: VerificationRecords | None = None
+
+    #: Puts a scheduled report's file in the content bucket; from aws.content_bucket when unset.
+    attachment_upload: Uploader | None = None
+
+    def report_uploader(self) -> Uploader | None:
+        if self.attachment_upload is None:
+            self.attachment_upload = attachment_uploader(self.config)
+        return self.attachment_upload
 
     def verification(self) -> VerificationRecords | None:
         if self.verification_records is None:
@@ -1694,6 +1715,250 @@ async def campaign_action(request: Request) -> Response:
     return _redirect(state, f"/campaigns/{campaign_id}", message=message)
 
 
+# -- schedules ----------------------------------------------------------------------------------
+# The pages call the same functions as ``moodle-offload schedules`` (sources/schedules/manage.py,
+# runner.py): validation, storage and audit live there; here only form fields become a request.
+
+SCHEDULE_FIELDS = (
+    "name", "company", "action_type", "cloud_preference", "frequency", "every_days", "time", "start",
+    "timezone", "report", "format", "days", "send_if_empty", "campaign", "suppresstarget",
+    "suppress_course_completion", "course", "cohort",
+)  # fmt: skip
+#: What the form offers; anything else posted is refused by the shared validation with its reason.
+SCHEDULE_ACTIONS = ("report", "email", "certificate")
+SCHEDULE_CLOUD = ("auto", "cloud")
+
+
+def _schedule_or_404(conn: sa.Connection, state: DashboardState, who: Principal, schedule_id: int) -> Any:
+    """The schedule if this person may see it: another company's answers 404 like a missing one."""
+    row = ScheduleRepo(state.tables).get(conn, schedule_id)
+    if row is None or not who.sees_company(int(row.companyid)):
+        raise NotFound()
+    return row
+
+
+def _whole(value: str, name: str, default: int | None = None) -> int | None:
+    """A form field as a whole number (empty: ``default``); otherwise an error naming the field."""
+    value = value.strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ScheduleError(f"{name} must be a whole number") from None
+
+
+def _schedule_request(v: dict[str, str], company: int, creator: int) -> ScheduleRequest:
+    """The form's fields as the request ``schedules create`` builds from its flags."""
+    return ScheduleRequest(
+        companyid=company,
+        name=v["name"],
+        action_type=v["action_type"],
+        cloud_preference=v["cloud_preference"] or "auto",
+        frequency=v["frequency"],
+        custom_interval=_whole(v["every_days"], "every_days (custom interval)", 0) or 0,
+        time=v["time"].strip() or "07:00",
+        start=v["start"].strip() or None,
+        timezone=v["timezone"].strip() or None,
+        creator=creator,
+        report=(v["report"] or None) if v["action_type"] == "report" else None,
+        format=v["format"] or "csv",
+        reportdays=_whole(v["days"], "days (the report's period)", 7) or 0,
+        send_if_empty=v["send_if_empty"] == "1",
+        campaignid=_whole(v["campaign"], "campaign") if v["action_type"] == "email" else None,
+        courseid=_whole(v["course"], "course") if v["action_type"] == "certificate" else None,
+        cohortid=_whole(v["cohort"], "cohort") if v["action_type"] == "certificate" else None,
+        suppresstarget=_whole(v["suppresstarget"], "suppresstarget", 0) or 0,
+        suppress_course_completion=v["suppress_course_completion"] == "1",
+    )
+
+
+def _schedule_blank(who: Principal) -> dict[str, str]:
+    values = dict.fromkeys(SCHEDULE_FIELDS, "")
+    values.update(
+        action_type="report",
+        cloud_preference="auto",
+        frequency="weekly",
+        time="07:00",
+        report="completions",
+        format="csv",
+        days="7",
+        every_days="",
+    )
+    if who.company_id is not None:
+        values["company"] = str(who.company_id)
+    return values
+
+
+def _schedule_form(
+    request: Request, session: Session, values: dict[str, str], error: str = "", status: int = 200
+) -> Response:
+    return _render(
+        request,
+        session,
+        "schedule_form.html",
+        status=status,
+        v=values,
+        actions=SCHEDULE_ACTIONS,
+        clouds=SCHEDULE_CLOUD,
+        frequencies=FREQUENCIES,
+        report_choices=schedule_reports.REPORTS,
+        formats=schedule_reports.FORMATS,
+        err=error,
+    )
+
+
+def schedules_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    company = who.company_id if who.company_id is not None else _int(request.query_params.get("company"))
+    with state.engine.connect() as conn:
+        rows = ScheduleRepo(state.tables).list(conn, company)
+    return _render(
+        request,
+        session,
+        "schedules.html",
+        schedules=rows,
+        company=company,
+        when=schedule_when,
+        hhmm=lambda minutes: format_time_of_day(int(minutes)),
+        msg=request.query_params.get("msg", ""),
+    )
+
+
+def schedule_page(request: Request) -> Response:
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    schedule_id = int(request.path_params["schedule_id"])
+    with state.engine.connect() as conn:
+        row = _schedule_or_404(conn, state, who, schedule_id)
+        runs = ScheduleRepo(state.tables).runs(conn, schedule_id)
+    return _render(
+        request,
+        session,
+        "schedule.html",
+        schedule=row,
+        runs=runs,
+        when=schedule_when,
+        hhmm=lambda minutes: format_time_of_day(int(minutes)),
+        report_text=schedule_reports.REPORTS.get(str(row.report or ""), ""),
+        msg=request.query_params.get("msg", ""),
+        err=request.query_params.get("err", ""),
+    )
+
+
+def schedule_preview(request: Request) -> Response:
+    """Row count (or audience), recipients and one rendered sample (as ``schedules preview``);
+    sends, uploads and records nothing. The HTML part is shown as source."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    if not who.can_act:
+        raise NotFound()
+    schedule_id = int(request.path_params["schedule_id"])
+    with state.engine.connect() as conn:
+        row = _schedule_or_404(conn, state, who, schedule_id)
+    found: Preview | None = None
+    error = ""
+    try:
+        found = preview_schedule(
+            state.engine, BridgeRepo(state.tables), state.config, schedule_id, at=state.now()
+        )
+    except (ScheduleError, CampaignError, RuleError, IomadSchemaNotFound) as exc:
+        error = str(exc)
+    except jinja2.TemplateError as exc:
+        error = f"The template cannot be rendered: {type(exc).__name__}: {str(exc)[:200]}"
+    return _render(request, session, "schedule_preview.html", schedule=row, found=found, err=error)
+
+
+def schedule_new(request: Request) -> Response:
+    session, _ = _session(request)
+    if not session.principal.can_act:
+        raise NotFound()
+    return _schedule_form(request, session, _schedule_blank(session.principal))
+
+
+async def schedule_save(request: Request) -> Response:
+    """Create a schedule through the CLI's function; on an error the form comes back with what was
+    typed and the reason (naming the field), and nothing is stored."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    values = {k: str(form.get(k, "")) for k in SCHEDULE_FIELDS}
+    now = state.now()
+    try:
+        company = who.company_id if who.company_id is not None else _int(values["company"], minimum=1)
+        if company is None or not who.sees_company(company):
+            raise ScheduleError("company: give the id of a company")
+        schedule_request = _schedule_request(values, company, who.user_id)
+        with state.engine.begin() as conn:
+            schedule_id = create_from_request(
+                conn,
+                BridgeRepo(state.tables),
+                state.config,
+                schedule_request,
+                actor=who.actor,
+                at=now,
+                source=_source(request),
+            )
+    except (ScheduleError, IomadSchemaNotFound) as exc:
+        return _schedule_form(request, session, values, error=f"Not saved: {exc}.", status=400)
+    return _redirect(
+        state, f"/schedules/{schedule_id}", message=f"Schedule {schedule_id} created (active). Preview it."
+    )
+
+
+async def schedule_action(request: Request) -> Response:
+    """Pause, resume or run now, through the CLI's own functions (audited there)."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    schedule_id = int(request.path_params["schedule_id"])
+    action = request.path_params["action"]
+    if action not in ("pause", "resume", "run-now"):
+        raise NotFound()
+    now = state.now()
+    repo = BridgeRepo(state.tables)
+    with state.engine.connect() as conn:
+        row = _schedule_or_404(conn, state, who, schedule_id)
+    try:
+        if action == "run-now":
+            report = schedule_run_now(
+                state.engine,
+                repo,
+                state.config,
+                schedule_id,
+                actor=who.actor,
+                at=now,
+                upload=state.report_uploader(),
+                source=_source(request),
+            )
+            line = schedule_run_line(report, str(row.timezone))
+            line = line[0].upper() + line[1:]
+            if report.outcome == "failed":
+                return _redirect(state, f"/schedules/{schedule_id}", error=f"Not sent: {line}.")
+            suffix = "; the next tick submits it." if report.jobid is not None else "."
+            message = line + suffix
+        else:
+            status = PAUSED if action == "pause" else ACTIVE
+            with state.engine.begin() as conn:
+                set_schedule_status(
+                    conn, repo, schedule_id, status, actor=who.actor, at=now, source=_source(request)
+                )
+            message = f"Schedule {schedule_id} is {status}."
+    except (ScheduleError, CampaignError, RuleError, IomadSchemaNotFound) as exc:
+        return _redirect(state, f"/schedules/{schedule_id}", error=f"Not done: {exc}.")
+    return _redirect(state, f"/schedules/{schedule_id}", message=message)
+
+
 # -- audit --------------------------------------------------------------------------------------
 
 
@@ -1868,6 +2133,12 @@ def create_app(
         Route("/campaigns/{campaign_id:int}/edit", campaign_edit),
         Route("/campaigns/{campaign_id:int}/edit", campaign_save, methods=["POST"]),
         Route("/campaigns/{campaign_id:int}/{action:str}", campaign_action, methods=["POST"]),
+        Route("/schedules", schedules_page),
+        Route("/schedules/new", schedule_new),
+        Route("/schedules/new", schedule_save, methods=["POST"]),
+        Route("/schedules/{schedule_id:int}", schedule_page),
+        Route("/schedules/{schedule_id:int}/preview", schedule_preview),
+        Route("/schedules/{schedule_id:int}/{action:str}", schedule_action, methods=["POST"]),
         Route("/audit", audit_page),
         Route("/healthz", healthz),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -307,7 +307,11 @@ def test_an_email_schedule_runs_its_campaign_with_the_schedule_suppressions(site
 
 
 REFUSED: list[tuple[dict[str, Any], str]] = [
-    ({"action_type": "certificate"}, "certificate is not built yet"),
+    ({"action_type": "certificate", "report": None}, "needs --course"),
+    ({"action_type": "certificate", "report": None, "courseid": 2, "cohortid": 0}, "cohort must be"),
+    ({"action_type": "certificate", "courseid": 2}, "has no campaign and no report"),
+    ({"courseid": 2}, "--course and --cohort belong to action_type certificate"),
+    ({"action_type": "certificate", "report": None, "courseid": 2, "companyid": 2}, "AWS only"),
     ({"cloud_preference": "local"}, "local .* is not built yet"),
     ({"report": "everything"}, "report must be one of"),
     ({"format": "pdf"}, "format must be one of"),
@@ -508,6 +512,16 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
         "schedule_resumed",
     ]
     assert tuple(linked) == (1, "completions")
+
+    # A certificate schedule: every completion of course 2 in company 1 (10, 11, 12).
+    certificates = ["schedules", "create", "--company", "1", "--action", "certificate", "--name", "Certs"]
+    assert main([*certificates, "--course", "2"]) == 0
+    assert "schedule 3 created" in capsys.readouterr().out
+    assert main(["schedules", "preview", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "would send now: 3 users" in out and "Subject: Your certificate: Safety 101" in out
+    assert main([*certificates, "--course", "2", "--cohort", "0"]) == 1
+    assert "cohort must be a cohort id" in capsys.readouterr().err
 
 
 def test_report_mail_skips_bounced_managers_but_not_campaign_unsubscribes(site: Site, bridge) -> None:

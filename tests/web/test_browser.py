@@ -264,7 +264,7 @@ def test_admin_pages_screenshots_and_accessibility(browser: Any, served: Served)
     audit_page.wait_for_url(re.compile(r"/$"))
     problems = {}
     pages = ("/", f"/jobs/{w.jobs['done']}", "/settings?company=1", "/suppressions", "/audit", "/campaigns")
-    for path in (*pages, "/campaigns/new"):
+    for path in (*pages, "/campaigns/new", "/schedules", "/schedules/new"):
         audit_page.goto(served.url + path)
         audit_page.add_script_tag(path=str(AXE))
         result = audit_page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
@@ -345,6 +345,64 @@ def test_manager_runs_a_campaign_in_the_browser(browser: Any, served: Served) ->
     other.get_by_role("link", name="Campaigns").click()
     assert other.get_by_role("link", name=re.compile(f"#{campaign} ")).count() == 0
     response = other.goto(f"{served.url}/campaigns/{campaign}")
+    assert response is not None and response.status == 404
+    other.context.close()
+
+
+def test_manager_schedules_a_report_in_the_browser(browser: Any, served: Served) -> None:
+    """A company manager creates a report schedule (after a refused form), previews, pauses and
+    resumes it; another company's manager gets 404; a forged CSRF token gets 403."""
+    w = served.world
+    c1, c2 = w.companies
+    repo = BridgeRepo(w.tables)
+    with served.engine.begin() as conn:
+        repo.set_offload_enabled(conn, True)
+        if repo.get_settings(conn, c1) is None:
+            repo.save_settings(conn, CompanySettings(c1, cloudenabled=True), "test")
+    page = _sign_in(browser, served, w.managers[c1], c1)
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_role("link", name="New schedule").click()
+    page.get_by_label("Name", exact=True).fill("Browser report")
+    page.locator('select[name="report"]').select_option("mail_sent")
+    page.get_by_label("Days (N, the report's period)").fill("seven")
+    page.get_by_role("button", name="Create schedule").click()
+    assert "days (the report's period) must be a whole number" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Name", exact=True).input_value() == "Browser report"  # nothing typed is lost
+    page.get_by_label("Days (N, the report's period)").fill("7")
+    page.get_by_label("Local time (HH:MM)").fill("06:45")
+    page.get_by_role("button", name="Create schedule").click()
+    assert "created (active)" in page.get_by_role("status").inner_text()
+    match = re.search(r"/schedules/(\d+)", page.url)
+    assert match
+    schedule = int(match.group(1))
+    assert "at 06:45" in page.get_by_role("region", name=re.compile("When")).inner_text()
+
+    page.get_by_role("link", name="Preview").click()
+    assert "Nothing is sent" in page.get_by_role("status").inner_text()
+    assert page.locator('[data-field="recipients"]').inner_text() == "1"
+    rows = page.locator('[data-field="count"]').inner_text()
+    assert f"mail_sent.csv: {rows} rows" in page.locator('[data-field="attachment"]').inner_text()
+    page.get_by_role("link", name=f"← Schedule #{schedule}").click()
+
+    page.get_by_role("button", name="Pause").click()
+    assert page.locator(f'[data-schedule-status="{schedule}"]').inner_text() == "paused"
+    assert page.locator('[data-field="nextrun"]').inner_text() == "none while paused"
+    page.get_by_role("button", name="Resume").click()
+    assert page.locator(f'[data-schedule-status="{schedule}"]').inner_text() == "active"
+    assert "06:45" in page.locator('[data-field="nextrun"]').inner_text()
+    _shot(page, "schedule")
+
+    # A forged CSRF token, with this session's cookie: refused, nothing changes.
+    forged = page.request.post(f"{served.url}/schedules/{schedule}/pause", form={"csrf": "forged"})
+    assert forged.status == 403
+    page.reload()
+    assert page.locator(f'[data-schedule-status="{schedule}"]').inner_text() == "active"
+    page.context.close()
+
+    other = _sign_in(browser, served, w.managers[c2], c2)
+    other.get_by_role("link", name="Schedules").click()
+    assert other.get_by_role("link", name=re.compile(f"#{schedule} ")).count() == 0
+    response = other.goto(f"{served.url}/schedules/{schedule}")
     assert response is not None and response.status == 404
     other.context.close()
 

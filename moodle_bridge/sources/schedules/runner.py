@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.batching import template_content
+from moodle_bridge.pipeline.claiming import verification_code
 from moodle_bridge.pipeline.jobs import (
     PlannedRecipient,
     add_recipients,
@@ -87,6 +88,7 @@ class Preview:
     count: int  # report rows, or campaign audience
     recipients: list[str]
     sample: dict[str, str] | None
+    unit: str = "rows"  # what ``count`` counts: report rows, or users (campaign, certificates)
 
 
 def recurrence_of(row: Any) -> Recurrence:
@@ -158,8 +160,6 @@ def validate(values: Mapping[str, Any]) -> Recurrence:
         raise ScheduleError(f"action_type must be one of {', '.join(ACTIONS)}")
     if preference not in CLOUD_PREFERENCES:
         raise ScheduleError(f"cloud_preference must be one of {', '.join(CLOUD_PREFERENCES)}")
-    if action == "certificate":
-        raise ScheduleError("action_type certificate is not built yet (docs/schedules.md, 'Not built')")
     if preference == "local":
         raise ScheduleError(
             "cloud_preference local (Moodle's own mail path) is not built yet; use auto or cloud"
@@ -174,11 +174,23 @@ def validate(values: Mapping[str, Any]) -> Recurrence:
             raise ScheduleError(f"report days must be between 1 and {MAX_REPORT_DAYS}")
         if values.get("campaignid") is not None:
             raise ScheduleError("a report schedule has no campaign")
+    elif action == "certificate":
+        course, cohort = values.get("courseid"), values.get("cohortid")
+        if not isinstance(course, int) or course <= 0:
+            raise ScheduleError(
+                "a certificate schedule needs --course (the course whose completions get one)"
+            )
+        if cohort is not None and (not isinstance(cohort, int) or cohort <= 0):
+            raise ScheduleError("cohort must be a cohort id (empty: every completion of the course)")
+        if values.get("campaignid") is not None or values.get("report") is not None:
+            raise ScheduleError("a certificate schedule has no campaign and no report")
     else:
         if not isinstance(values.get("campaignid"), int):
             raise ScheduleError("an email schedule needs --campaign (the campaign it runs)")
         if values.get("report") is not None:
             raise ScheduleError("--report belongs to action_type report")
+    if action != "certificate" and (values.get("courseid") is not None or values.get("cohortid") is not None):
+        raise ScheduleError("--course and --cohort belong to action_type certificate")
     for name in ("suppresstarget",):
         if not isinstance(values.get(name, 0), int) or values.get(name, 0) < 0:
             raise ScheduleError(f"{name} must be a course module id (0: none)")
@@ -197,7 +209,13 @@ def validate(values: Mapping[str, Any]) -> Recurrence:
 
 
 def create_schedule(
-    conn: sa.Connection, repo: BridgeRepo, values: Mapping[str, Any], *, actor: str, at: int
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    values: Mapping[str, Any],
+    *,
+    actor: str,
+    at: int,
+    source: str | None = None,
 ) -> int:
     """Validate and store a schedule, audited; its first run is the first slot after ``at``."""
     recurrence = validate(values)
@@ -209,6 +227,8 @@ def create_schedule(
         )
     if values["action_type"] == "report" and settings.provider == "cloudflare":
         raise ScheduleError("report attachments travel through AWS only: the Worker sends no attachments")
+    if values["action_type"] == "certificate" and settings.provider == "cloudflare":
+        raise ScheduleError("certificate schedules go through AWS only (docs/schedules.md, 'Not built')")
     if values["action_type"] == "email":
         campaign = CampaignRepo(repo.t).get(conn, int(values["campaignid"]))
         if campaign is None or int(campaign.companyid) != companyid:
@@ -234,6 +254,7 @@ def create_schedule(
         action=audit.SCHEDULE_CREATED,
         now=at,
         companyid=companyid,
+        source=source,
         detail={
             "schedule": scheduleid,
             "action_type": values["action_type"],
@@ -242,6 +263,8 @@ def create_schedule(
             "timezone": recurrence.timezone,
             "report": values.get("report"),
             "campaign": values.get("campaignid"),
+            "course": values.get("courseid"),
+            "cohort": values.get("cohortid"),
         },
     )
     return scheduleid
@@ -429,6 +452,185 @@ def _fire_report(
     report.outcome, report.jobid, report.recipients = "queued", jobid, created.recipients
 
 
+CERTIFICATE_TEMPLATE = {
+    "subject": "Your certificate: {{ course_name }}",
+    "html": (
+        "<p>Hello {{ learner_name }},</p><p>Attached is your certificate for <strong>{{ course_name }}"
+        '</strong>. Anyone can check it at <a href="{{ certificate_url }}">{{ certificate_url }}</a>.</p>'
+    ),
+    "text": (
+        "Hello {{ learner_name }},\n\nAttached is your certificate for {{ course_name }}. "
+        "Anyone can check it at {{ certificate_url }}."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CertificateHolder:
+    userid: int
+    email: str
+    fullname: str
+    completionid: int
+    timecompleted: int
+
+
+def certificate_holders(conn: sa.Connection, iomad: IomadTables, row: Any) -> list[CertificateHolder]:
+    """The company's active users who completed the schedule's course (``course_completions`` by
+    course), and, with a cohort, only that cohort's members (``cohort_members``)."""
+    t = moodle_tables_for(iomad)
+    cc, cu, u = t.course_completions, iomad.company_users, iomad.user
+    query = (
+        sa.select(cc.c.id, cc.c.userid, cc.c.timecompleted, u.c.email, u.c.firstname, u.c.lastname)
+        .select_from(cc.join(u, u.c.id == cc.c.userid))
+        .where(
+            cc.c.course == int(row.courseid),
+            cc.c.timecompleted.is_not(None),
+            cc.c.timecompleted > 0,
+            cc.c.userid.in_(sa.select(cu.c.userid).where(cu.c.companyid == int(row.companyid))),
+            u.c.deleted == 0,
+            u.c.suspended == 0,
+        )
+        .order_by(cc.c.userid)
+    )
+    if row.cohortid is not None:
+        cm = t.cohort_members
+        query = query.where(cc.c.userid.in_(sa.select(cm.c.userid).where(cm.c.cohortid == int(row.cohortid))))
+    return [
+        CertificateHolder(
+            int(r.userid),
+            str(r.email or ""),
+            f"{r.firstname or ''} {r.lastname or ''}".strip(),
+            int(r.id),
+            int(r.timecompleted),
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def _course_name(conn: sa.Connection, iomad: IomadTables, courseid: int) -> str:
+    course = sa.Table(
+        f"{iomad.prefix}course",
+        sa.MetaData(),
+        sa.Column("id", sa.BigInteger),
+        sa.Column("fullname"),
+        sa.Column("shortname"),
+    )
+    found = conn.execute(
+        sa.select(course.c.fullname, course.c.shortname).where(course.c.id == courseid)
+    ).first()
+    if found is None:
+        raise ScheduleError(f"course {courseid} does not exist")
+    return str(found.fullname or found.shortname or f"course {courseid}")
+
+
+def _fire_certificates(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    iomad: IomadTables,
+    row: Any,
+    slot: int,
+    report: ScheduleRunReport,
+    *,
+    actor: str,
+    at: int,
+) -> None:
+    """One certificate job for the slot: one certificate (new verification code) per holder, the
+    same job path as IOMAD's completions (a ``certificate_batch`` the renderer turns into PDFs
+    mailed with this schedule's template). The slot's run row, taken in this transaction, keeps
+    it to once per (schedule, slot, user)."""
+    companyid = int(row.companyid)
+    holders = certificate_holders(conn, iomad, row)
+    report.rows = len(holders)
+    if not holders:
+        report.outcome = "empty"
+        report.notes.append("nobody has completed the course" + (" in the cohort" if row.cohortid else ""))
+        return
+    settings = repo.get_settings(conn, companyid)
+    count = 2**62 if str(row.cloud_preference) == "cloud" else len(holders)
+    decision = decide(repo.offload_enabled(conn), settings, "certificate", count)
+    if not decision.offload or settings is None:
+        report.outcome = "not_sent"
+        report.notes.append(
+            f"not routed to the cloud ({decision.reason}); Moodle's own path for schedules is not built"
+        )
+        return
+    if settings.provider != "aws":
+        raise ScheduleError("certificate schedules go through AWS only (docs/schedules.md, 'Not built')")
+    course = _course_name(conn, iomad, int(row.courseid))
+    template_json = json.dumps(CERTIFICATE_TEMPLATE)
+    try:
+        new_job = create_template_job(
+            conn,
+            repo,
+            config,
+            settings,
+            companyid=companyid,
+            source="schedule",
+            category="transactional",
+            templatename=f"schedule:{int(row.id)}",
+            template_json=template_json,
+            actor=actor,
+            at=at,
+            jobtype="certificate",
+        )
+    except BuildError as exc:
+        raise ScheduleError(str(exc)) from None
+    planned: list[PlannedRecipient] = []
+    for h in holders:
+        p = PlannedRecipient(
+            dedupekey=f"user:{h.userid}",
+            role="user",
+            address=h.email[:254],
+            fullname=h.fullname,
+            userid=h.userid,
+            contentkey=new_job.contentkey,
+            data={
+                "certificate": {
+                    "learner_name": (h.fullname or h.email)[:256],
+                    "course_name": course[:512],
+                    "completed_at": h.timecompleted,
+                    "grade": None,
+                    "verification_code": verification_code(),
+                },
+                "courseid": int(row.courseid),
+                "completionid": h.completionid,
+            },
+        )
+        problem = address_problem(h.email)
+        if problem:
+            p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
+        planned.append(p)
+    skip_suppressed(conn, repo, companyid, planned)
+    created = add_recipients(
+        conn,
+        repo,
+        new_job.header,
+        planned,
+        {new_job.contentkey: template_content(template_json)},
+        QueueLimits.for_provider(settings.provider, config.submit.max_recipients),
+        target=target_for(settings.provider, config.submit.aws_mode),
+    )
+    repo.record_job_certificates(conn, new_job.jobid, companyid)
+    repo.refresh_job_totals(conn, [new_job.jobid])
+    audit.record(
+        conn,
+        repo.t,
+        actor=actor,
+        action=audit.JOB_CREATED,
+        now=at,
+        companyid=companyid,
+        jobid=new_job.jobid,
+        detail={
+            "source": "schedule",
+            "schedule": int(row.id),
+            "slot": slot,
+            "recipients": created.recipients,
+        },
+    )
+    report.outcome, report.jobid, report.recipients = "queued", new_job.jobid, created.recipients
+
+
 def run_schedule(
     engine: sa.Engine,
     repo: BridgeRepo,
@@ -440,6 +642,7 @@ def run_schedule(
     upload: Uploader | None,
     iomad: IomadTables | None = None,
     now_slot: bool = False,
+    source: str | None = None,
 ) -> ScheduleRunReport:
     """Fire the schedule's latest slot not yet fired (``now_slot``: a manual run, slot ``at``).
 
@@ -465,16 +668,54 @@ def run_schedule(
     if missed:
         report.notes.append(f"{missed} earlier missed slot(s) skipped: a missed run fires once")
     try:
-        if str(row.action_type) == "report":
+        if str(row.action_type) == "certificate":
+            with engine.begin() as conn:
+                runid = schedules.take_slot(conn, scheduleid, slot, at)
+                _fire_certificates(conn, repo, config, iomad, row, slot, report, actor=actor, at=at)
+                _finish(
+                    conn,
+                    repo,
+                    row,
+                    recurrence,
+                    report,
+                    runid,
+                    actor=actor,
+                    at=at,
+                    manual=now_slot,
+                    source=source,
+                )
+        elif str(row.action_type) == "report":
             with engine.begin() as conn:
                 runid = schedules.take_slot(conn, scheduleid, slot, at)
                 _fire_report(conn, repo, config, iomad, row, slot, report, upload=upload, actor=actor, at=at)
-                _finish(conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot)
+                _finish(
+                    conn,
+                    repo,
+                    row,
+                    recurrence,
+                    report,
+                    runid,
+                    actor=actor,
+                    at=at,
+                    manual=now_slot,
+                    source=source,
+                )
         else:
             _fire_campaign(engine, repo, config, iomad, row, report, actor=actor, at=at)
             with engine.begin() as conn:
                 runid = schedules.take_slot(conn, scheduleid, slot, at)
-                _finish(conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot)
+                _finish(
+                    conn,
+                    repo,
+                    row,
+                    recurrence,
+                    report,
+                    runid,
+                    actor=actor,
+                    at=at,
+                    manual=now_slot,
+                    source=source,
+                )
     except SlotTaken:
         report.outcome = "already_fired"
         report.notes.append("this slot was already fired (another bridge or an earlier pass)")
@@ -491,6 +732,7 @@ def run_schedule(
                 action=audit.SCHEDULE_RUN,
                 now=at,
                 companyid=int(row.companyid),
+                source=source,
                 detail={"schedule": scheduleid, "slot": slot, "outcome": "failed", "reason": str(exc)},
             )
     return report
@@ -549,6 +791,7 @@ def _finish(
     actor: str,
     at: int,
     manual: bool,
+    source: str | None = None,
 ) -> None:
     schedules = ScheduleRepo(repo.t)
     schedules.finish_run(
@@ -571,6 +814,7 @@ def _finish(
         now=at,
         companyid=int(row.companyid),
         jobid=report.jobid,
+        source=source,
         detail={
             "schedule": int(row.id),
             "slot": report.slot,
@@ -616,9 +860,11 @@ def preview_schedule(
             raise ScheduleError(f"schedule {scheduleid} does not exist")
         iomad = detect_iomad(conn, config.database.prefix)
         slot = recurrence_of(row).latest_slot(at) or at
+        if str(row.action_type) == "certificate":
+            return _certificate_preview(conn, iomad, row, at)
         if str(row.action_type) != "report":
             count, sample = campaign_preview(engine, repo, config, int(row.campaignid), at=at)
-            return Preview(slot, count, [sample["to"]] if sample else [], sample)
+            return Preview(slot, count, [sample["to"]] if sample else [], sample, unit="users")
         table = _report_table(conn, repo, iomad, row, at)
         managers = _managers(conn, iomad, int(row.companyid))
         company = _company_name(conn, iomad, int(row.companyid))
@@ -634,3 +880,22 @@ def preview_schedule(
         " (empty: not sent)" if not table.rows and bool(row.skipifempty) else ""
     )
     return Preview(at, len(table.rows), [m[1] for m in managers], sample)
+
+
+def _certificate_preview(conn: sa.Connection, iomad: IomadTables, row: Any, at: int) -> Preview:
+    holders = certificate_holders(conn, iomad, row)
+    if not holders:
+        return Preview(at, 0, [], None, unit="users")
+    import jinja2.sandbox  # noqa: PLC0415
+
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+    first = holders[0]
+    data = {
+        "learner_name": first.fullname or first.email,
+        "course_name": _course_name(conn, iomad, int(row.courseid)),
+        "certificate_url": "(the certificate's verification link)",
+    }
+    sample = {k: env.from_string(v).render(**data) for k, v in CERTIFICATE_TEMPLATE.items()}
+    sample["to"] = first.email
+    sample["attachment"] = f"certificate.pdf for each of {len(holders)} users (rendered by the cloud)"
+    return Preview(at, len(holders), [h.email for h in holders], sample, unit="users")
