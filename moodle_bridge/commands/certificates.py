@@ -12,10 +12,7 @@ and a PNG (poppler's ``pdftoppm``) locally and sends nothing. The renderer needs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,11 +20,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from moodle_bridge.certificate_templates import SAMPLE, PreviewUnavailable, png_of_pdf, store_template
 from moodle_bridge.certificates import RevocationError, change_revocation
 from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
 from moodle_bridge.commands.certificate_download import run_download
 from moodle_bridge.config import BridgeConfig, ConfigError
-from moodle_bridge.storage import audit, certificate_repo
+from moodle_bridge.storage import certificate_repo
 from moodle_bridge.storage.database import now
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
@@ -35,13 +33,6 @@ from moodle_bridge.transports.certificate_records import (
     template_s3_client,
 )
 
-#: Sample data for ``preview`` when no user is named (any of it can be overridden).
-SAMPLE = {
-    "learner_name": "Ada Lovelace",
-    "course_name": "Sample course",
-    "grade": "92",
-    "verification_code": "PREVIEW00000",
-}
 RENDERER_MISSING = (
     "the certificate renderer's libraries are not installed: pip install 'moodle-offload[certificates]'"
 )
@@ -158,23 +149,11 @@ def _set(args: argparse.Namespace, config: BridgeConfig) -> int:
     parse_template(document, images)  # refused here, before the cloud is asked anything
     # AWS errors end the command with one line (moodle_bridge/cli.py); the images go first and
     # the JSON last, so a half-stored template is never one the renderer reads.
-    _store(config, args.company).put(args.company, args.template_id, document, images)
-    body = json.dumps(document, ensure_ascii=False, indent=1).encode()
     engine, tables, _ = open_database(config)
-    with engine.begin() as conn:
-        audit.record(
-            conn,
-            tables,
-            actor=cli_actor(),
-            action=audit.CERTIFICATE_TEMPLATE_SET,
-            now=now(),
-            companyid=args.company,
-            detail={
-                "template_id": args.template_id,
-                "sha256": hashlib.sha256(body).hexdigest(),
-                "images": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(images.items())},
-            },
-        )
+    store_template(
+        _store(config, args.company), engine, tables, company_id=args.company,
+        template_id=args.template_id, document=document, images=images, actor=cli_actor(), now=now(),
+    )  # fmt: skip
     print(f"template {args.template_id!r} of company {args.company} stored ({len(images)} images)")
     return 0
 
@@ -238,19 +217,13 @@ def _preview(args: argparse.Namespace, config: BridgeConfig) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     pdf_path = output.with_name(output.name + ".pdf")
     pdf_path.write_bytes(pdf)
-    pdftoppm = shutil.which("pdftoppm")
-    if pdftoppm is None:
-        print(f"{pdf_path} written; no PNG: poppler's pdftoppm is not installed", file=sys.stderr)
+    try:
+        png = png_of_pdf(pdf)
+    except PreviewUnavailable as exc:
+        print(f"{pdf_path} written; no PNG: {exc}", file=sys.stderr)
         return 1
-    done = subprocess.run(  # noqa: S603 - fixed program, our own file names
-        [pdftoppm, "-png", "-r", "96", "-singlefile", str(pdf_path), str(output)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return fail(f"pdftoppm could not render {pdf_path}: {done.stderr.strip()[:200]}")
     png_path = output.with_name(output.name + ".png")
+    png_path.write_bytes(png)
     print(f"{pdf_path} ({len(pdf)} bytes) and {png_path} written; nothing was sent")
     return 0
 
