@@ -13,10 +13,7 @@ and a PNG (poppler's ``pdftoppm``) locally and sends nothing. The renderer needs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,11 +21,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from moodle_bridge.certificate_templates import SAMPLE, PreviewUnavailable, png_of_pdf, store_template
 from moodle_bridge.certificates import RevocationError, change_revocation
 from moodle_bridge.commands._common import cli_actor, fail, open_database, require_migrated
 from moodle_bridge.commands.certificate_download import run_download
 from moodle_bridge.config import BridgeConfig, ConfigError
-from moodle_bridge.storage import audit, certificate_repo
+from moodle_bridge.storage import certificate_repo
 from moodle_bridge.storage.database import now
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
@@ -43,13 +41,6 @@ from moodle_bridge.transports.worker_objects import (
     worker_objects,
 )
 
-#: Sample data for ``preview`` when no user is named (any of it can be overridden).
-SAMPLE = {
-    "learner_name": "Ada Lovelace",
-    "course_name": "Sample course",
-    "grade": "92",
-    "verification_code": "PREVIEW00000",
-}
 RENDERER_MISSING = (
     "the certificate renderer's libraries are not installed: pip install 'moodle-offload[certificates]'"
 )
@@ -125,6 +116,26 @@ def _provider(config: BridgeConfig, company_id: int) -> str:
     return str(provider or "aws")
 
 
+class _WorkerTemplates:
+    """The Worker's template store: the renderer's ``TemplateStore`` over the Worker's object routes,
+    refusing (before anything is written) images the Worker's renderer cannot draw."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def put(self, company_id: int, template_id: str, document: Any, images: dict[str, bytes]) -> Any:
+        from certificate_render.template import TemplateError  # noqa: PLC0415
+
+        why = worker_image_refusal(images)
+        if why is not None:
+            raise TemplateError("template_invalid", why)
+        return self._store.put(company_id, template_id, document, images)
+
+    def stored(self, company_id: int, template_id: str) -> tuple[Any, dict[str, bytes]] | None:
+        found: tuple[Any, dict[str, bytes]] | None = self._store.stored(company_id, template_id)
+        return found
+
+
 def _store(config: BridgeConfig, company_id: int) -> Any:
     """The company's template store in the cloud: the certificate bucket (AWS) or the Worker's
     R2 through its signed object route (Cloudflare); the same validation either way."""
@@ -139,7 +150,7 @@ def _store(config: BridgeConfig, company_id: int) -> Any:
                 "Worker's R2, and the Worker URL (cloudflare.intake_url / MRCO_CLOUDFLARE_INTAKE_URL) "
                 "or the current key set is not configured"
             )
-        return TemplateStore(WorkerTemplateClient(objects), "r2")
+        return _WorkerTemplates(TemplateStore(WorkerTemplateClient(objects), "r2"))
     if provider != "aws":
         raise ConfigError(
             f"company {company_id} uses provider {provider!r}: it has no certificate template store"
@@ -177,27 +188,13 @@ def _set(args: argparse.Namespace, config: BridgeConfig) -> int:
     from certificate_render.template import parse_template  # noqa: PLC0415
 
     parse_template(document, images)  # refused here, before the cloud is asked anything
-    if _provider(config, args.company) == "cloudflare" and (why := worker_image_refusal(images)):
-        return fail(f"template_invalid: {why}")
     # AWS errors end the command with one line (moodle_bridge/cli.py); the images go first and
     # the JSON last, so a half-stored template is never one the renderer reads.
-    _store(config, args.company).put(args.company, args.template_id, document, images)
-    body = json.dumps(document, ensure_ascii=False, indent=1).encode()
     engine, tables, _ = open_database(config)
-    with engine.begin() as conn:
-        audit.record(
-            conn,
-            tables,
-            actor=cli_actor(),
-            action=audit.CERTIFICATE_TEMPLATE_SET,
-            now=now(),
-            companyid=args.company,
-            detail={
-                "template_id": args.template_id,
-                "sha256": hashlib.sha256(body).hexdigest(),
-                "images": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(images.items())},
-            },
-        )
+    store_template(
+        _store(config, args.company), engine, tables, company_id=args.company,
+        template_id=args.template_id, document=document, images=images, actor=cli_actor(), now=now(),
+    )  # fmt: skip
     print(f"template {args.template_id!r} of company {args.company} stored ({len(images)} images)")
     return 0
 
@@ -261,19 +258,13 @@ def _preview(args: argparse.Namespace, config: BridgeConfig) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     pdf_path = output.with_name(output.name + ".pdf")
     pdf_path.write_bytes(pdf)
-    pdftoppm = shutil.which("pdftoppm")
-    if pdftoppm is None:
-        print(f"{pdf_path} written; no PNG: poppler's pdftoppm is not installed", file=sys.stderr)
+    try:
+        png = png_of_pdf(pdf)
+    except PreviewUnavailable as exc:
+        print(f"{pdf_path} written; no PNG: {exc}", file=sys.stderr)
         return 1
-    done = subprocess.run(  # noqa: S603 - fixed program, our own file names
-        [pdftoppm, "-png", "-r", "96", "-singlefile", str(pdf_path), str(output)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return fail(f"pdftoppm could not render {pdf_path}: {done.stderr.strip()[:200]}")
     png_path = output.with_name(output.name + ".png")
+    png_path.write_bytes(png)
     print(f"{pdf_path} ({len(pdf)} bytes) and {png_path} written; nothing was sent")
     return 0
 

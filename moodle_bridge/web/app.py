@@ -11,6 +11,7 @@ queries never select ``data``, ``secret`` or IOMAD's ``body``.
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import hmac
@@ -27,7 +28,7 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 import sqlalchemy as sa
 from starlette.applications import Starlette
-from starlette.datastructures import FormData, MutableHeaders
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -35,10 +36,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moodle_bridge.certificate_templates import SAMPLE, PreviewUnavailable, render_preview, store_template
 from moodle_bridge.certificates import RevocationError, VerificationRecords, change_revocation
+from moodle_bridge.commands.certificates import RENDERER_MISSING
+from moodle_bridge.commands.certificates import _store as template_store
 from moodle_bridge.commands.company import cloudflare_refusal
 from moodle_bridge.commands.tick import attachment_uploader
-from moodle_bridge.config import BridgeConfig
+from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.pipeline.routing import PROVIDERS
 from moodle_bridge.results.iomad_link import IomadQueue
 from moodle_bridge.results.job_control import (
@@ -87,6 +91,7 @@ from moodle_bridge.transports.certificate_records import (
     certificate_records_from_config,
     worker_certificate_records,
 )
+from moodle_bridge.transports.worker_objects import WorkerObjectError
 from moodle_bridge.web import queries as q
 from moodle_bridge.web.auth import (
     ROLE_LABELS,
@@ -118,6 +123,8 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+#: The template preview's page only: its PNG is inline (a data: URL), served from memory.
+CSP_INLINE_IMAGES = CSP.replace("img-src 'self'", "img-src 'self' data:")
 # Audit actions written by the dashboard (besides job_control's and the settings' own).
 SIGNED_IN = "dashboard_signed_in"
 SIGNIN_REFUSED = "dashboard_signin_refused"
@@ -888,6 +895,239 @@ def certificates_zip(request: Request) -> Response:
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="job-{job_id}-certificates.zip"'},
     )
+
+
+# -- certificate template -----------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """An uploaded template or a preview request that cannot be used; the page says why (and the
+    text box shows ``text``, the template JSON that was sent, when there is one)."""
+
+    def __init__(self, message: str, text: str | None = None) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+def _template_id(state: DashboardState, company: int) -> str:
+    """The template id the company's certificates are rendered with (Company settings)."""
+    with state.engine.connect() as conn:
+        settings = BridgeRepo(state.tables).get_settings(conn, company)
+    return settings.certtemplate if settings is not None else "default"
+
+
+def _stored_template(
+    state: DashboardState, company: int, template_id: str
+) -> tuple[Any, dict[str, bytes]] | None:
+    """The company's stored template (document, images), or None; ``_Refused`` naming the problem."""
+    try:
+        from certificate_render.template import TemplateError  # noqa: PLC0415
+    except ImportError:
+        raise _Refused(RENDERER_MISSING) from None
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+    try:
+        found: tuple[Any, dict[str, bytes]] | None = template_store(state.config, company).stored(
+            company, template_id
+        )
+    except (ConfigError, TemplateError) as exc:
+        raise _Refused(str(exc)) from None
+    except (BotoCoreError, ClientError, WorkerObjectError) as exc:  # named in the log, no traceback
+        log.warning("template of company %s unreadable: %s", company, type(exc).__name__)
+        raise _Refused("The stored template could not be read from the certificate store.") from None
+    return found
+
+
+async def _uploaded_template(form: FormData) -> tuple[Any, dict[str, bytes], str] | None:
+    """The template sent with the form (a JSON file, else the text box) and its images by file
+    name, with the JSON text to show again; None when neither was given."""
+    from certificate_render.template import MAX_IMAGE_BYTES  # noqa: PLC0415
+
+    upload = form.get("template_file")
+    raw: bytes | None = None
+    if isinstance(upload, UploadFile) and upload.filename:
+        raw = await upload.read(MAX_IMAGE_BYTES + 1)
+    elif str(form.get("template_json", "")).strip():
+        raw = str(form.get("template_json")).encode()
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused("template_invalid: the template file is not UTF-8 text") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise _Refused(f"template_invalid: the template is not valid JSON ({exc})", text) from None
+    try:
+        images = await _with_images(form, document)
+    except _Refused as exc:
+        raise _Refused(str(exc), text) from None
+    return document, images, text
+
+
+async def _with_images(form: FormData, document: Any) -> dict[str, bytes]:
+    """The uploaded images the template names, by file name; ``_Refused`` naming one missing."""
+    from certificate_render.template import MAX_IMAGE_BYTES, TemplateError, image_names  # noqa: PLC0415
+
+    sent: dict[str, bytes] = {}
+    for item in form.getlist("images"):
+        if isinstance(item, UploadFile) and item.filename:
+            name = Path(item.filename).name
+            data = await item.read(MAX_IMAGE_BYTES + 1)
+            if len(data) > MAX_IMAGE_BYTES:
+                raise _Refused(f"template_invalid: image {name!r} is larger than {MAX_IMAGE_BYTES} bytes")
+            sent[name] = data
+    try:
+        wanted = image_names(document)
+    except TemplateError as exc:
+        raise _Refused(f"{exc.code}: {exc}") from None
+    images: dict[str, bytes] = {}
+    for section, name in wanted:
+        if name not in sent:
+            raise _Refused(
+                f"template_invalid: the {section} image {name!r} was not uploaded with the template"
+            )
+        images[name] = sent[name]
+    return images
+
+
+def _template_view(
+    request: Request, session: Session, company: int | None, *, status: int = 200, **extra: Any
+) -> Response:
+    state = _state(request)
+    context: dict[str, Any] = {
+        "company": company, "template_id": "default", "document_text": "", "stored": False,
+        "problem": "", "form_json": "", "preview_png": "", "preview_pdf": "", "preview_name": "",
+        "preview_language": "", "msg": request.query_params.get("msg", ""),
+        "err": request.query_params.get("err", ""),
+    }  # fmt: skip
+    if company is not None:
+        context["template_id"] = template_id = _template_id(state, company)
+        try:
+            found = _stored_template(state, company, template_id)
+        except _Refused as exc:
+            context["problem"] = str(exc)
+        else:
+            if found is not None:
+                context["stored"] = True
+                context["document_text"] = json.dumps(found[0], ensure_ascii=False, indent=2)
+            elif template_id == "default":
+                from certificate_render.template import default_document  # noqa: PLC0415
+
+                context["document_text"] = json.dumps(default_document(), ensure_ascii=False, indent=2)
+    context.update(extra)
+    response = _render(request, session, "certificate_template.html", status=status, **context)
+    if context["preview_png"]:
+        response.headers["Content-Security-Policy"] = CSP_INLINE_IMAGES
+    return response
+
+
+def certificate_template_page(request: Request) -> Response:
+    """The company's certificate template: shown to every role, changed by managers and admins."""
+    session, _ = _session(request)
+    return _template_view(request, session, _settings_company(request, session.principal))
+
+
+async def certificate_template_post(request: Request) -> Response:
+    """Store an uploaded template (validated by the renderer's ``parse_template`` first), or preview
+    the uploaded or the stored one for a typed name; a preview sends and stores nothing."""
+    state = _state(request)
+    session, _ = _session(request)
+    who = session.principal
+    form = await _form(request, session)
+    if not who.can_act:
+        raise NotFound()
+    company = _int(str(request.path_params["company"]))
+    if company is None or not who.sees_company(company):
+        raise NotFound()
+    storing = form.get("action") == "store"
+    form_json = str(form.get("template_json", ""))
+    name = str(form.get("name", "")).strip()
+    language = str(form.get("language", "")).strip()
+    try:
+        try:
+            from certificate_render.template import TemplateError, default_template, parse_template  # noqa: PLC0415
+        except ImportError:
+            raise _Refused(RENDERER_MISSING) from None
+        try:
+            uploaded = await _uploaded_template(form)
+            if uploaded is not None:
+                form_json = uploaded[2]
+            if storing:
+                return _store_uploaded(request, who, company, uploaded)
+            if uploaded is not None:
+                template = parse_template(uploaded[0], uploaded[1])
+            else:
+                template_id = _template_id(state, company)
+                found = _stored_template(state, company, template_id)
+                if found is None and template_id != "default":
+                    raise _Refused(f"company {company} has no stored template {template_id!r}")
+                template = default_template() if found is None else parse_template(*found)
+        except TemplateError as exc:
+            raise _Refused(f"{'Not stored: ' if storing else ''}{exc.code}: {exc}") from None
+        pdf, png = _preview(state, template, name, language)
+    except _Refused as exc:
+        return _template_view(
+            request, session, company, status=400, err=str(exc),
+            form_json=form_json if exc.text is None else exc.text,
+            preview_name=name, preview_language=language,
+        )  # fmt: skip
+    return _template_view(
+        request, session, company, form_json=form_json, preview_name=name, preview_language=language,
+        preview_png=base64.b64encode(png).decode(), preview_pdf=base64.b64encode(pdf).decode(),
+    )  # fmt: skip
+
+
+def _store_uploaded(
+    request: Request, who: Principal, company: int, uploaded: tuple[Any, dict[str, bytes], str] | None
+) -> Response:
+    state = _state(request)
+    if uploaded is None:
+        raise _Refused("Not stored: choose a template JSON file or paste the template into the text box.")
+    template_id = _template_id(state, company)
+    try:
+        store = template_store(state.config, company)
+    except ConfigError as exc:
+        raise _Refused(f"Not stored: {exc}") from None
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+    try:  # a TemplateError (refused before anything is written) goes to the caller
+        store_template(
+            store, state.engine, state.tables, company_id=company, template_id=template_id,
+            document=uploaded[0], images=uploaded[1], actor=who.actor, now=state.now(),
+            source=_source(request),
+        )  # fmt: skip
+    except (BotoCoreError, ClientError, WorkerObjectError) as exc:
+        log.warning("template of company %s not stored: %s", company, type(exc).__name__)
+        raise _Refused("Not stored: the certificate store could not be written.") from None
+    message = f"Template {template_id!r} of company {company} stored ({len(uploaded[1])} images)."
+    return RedirectResponse(
+        f"{state.base}/certificate-template?{urlencode({'company': company, 'msg': message})}",
+        status_code=303,
+    )
+
+
+def _preview(state: DashboardState, template: Any, name: str, language: str) -> tuple[bytes, bytes]:
+    """The PDF and PNG of ``template`` for the typed name (sample data otherwise), in memory."""
+    from certificate_render.fonts import FontsMissing, font_library  # noqa: PLC0415
+    from certificate_render.values import CertificateDataError  # noqa: PLC0415
+
+    data: dict[str, Any] = {**SAMPLE, "completed_at": state.now()}
+    if name:
+        data["learner_name"] = name
+    if language:
+        data["language"] = language
+    verify_url = (state.config.submit.verify_url_base or "") + str(data["verification_code"])
+    try:
+        return render_preview(template, data, verify_url, font_library())
+    except FontsMissing as exc:
+        raise _Refused(str(exc)) from None
+    except CertificateDataError as exc:
+        detail = f" ({' '.join(exc.detail)})" if exc.detail else ""
+        raise _Refused(f"No preview: {exc.code}: {exc}{detail}") from None
+    except PreviewUnavailable as exc:
+        raise _Refused(f"No preview: {exc}") from None
 
 
 # -- company settings ---------------------------------------------------------------------------
@@ -1802,7 +2042,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers["Content-Security-Policy"] = CSP
+                headers.setdefault("Content-Security-Policy", CSP)  # the preview page sets its own
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
                 headers["X-Frame-Options"] = "DENY"
@@ -1888,6 +2128,8 @@ def create_app(
         ),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
         Route("/jobs/{job_id:int}/{kind:str}.csv", job_csv),
+        Route("/certificate-template", certificate_template_page),
+        Route("/certificate-template/{company:int}", certificate_template_post, methods=["POST"]),
         Route("/settings", settings_page),
         Route("/settings/global", global_switch, methods=["POST"]),
         Route("/settings/{company:int}", settings_save, methods=["POST"]),
