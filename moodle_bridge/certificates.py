@@ -1,8 +1,8 @@
 """Revoking and reinstating a certificate: one path for the CLI and the dashboard.
 
-The cloud's verification record is changed first (only AWS is built: the Worker keeps no
-certificate records yet), then the bridge's row and an audit record, in one transaction. A code
-the bridge does not know, a record the cloud does not hold for that company, or a provider
+The cloud's verification record is changed first (AWS: the DynamoDB record; Cloudflare: the
+Worker's, through its signed revocation route), then the bridge's row and an audit record, in one
+transaction. A code the bridge does not know, a record the cloud does not hold for that company, or a provider
 without revocation is refused with a clear message and nothing is changed.
 """
 
@@ -47,6 +47,7 @@ def change_revocation(
     now: int,
     company_scope: frozenset[int] | None = None,
     source: str | None = None,
+    worker_records: VerificationRecords | None = None,
 ) -> Revocation:
     """Revoke (``revoke``) or reinstate the certificate with this code; audited with ``reason``.
 
@@ -60,12 +61,16 @@ def change_revocation(
         row = certificate_repo.by_code(conn, tables, code)
     if row is None or (company_scope is not None and row.companyid not in company_scope):
         raise RevocationError(f"no certificate with code {code} in the bridge's records")
-    if row.provider != "aws":
-        raise RevocationError(
-            f"certificates of provider {row.provider!r} cannot be revoked yet (only AWS keeps verification "
-            "records; docs/lambdas.md)"
-        )
-    if records is None:
+    if row.provider == "cloudflare":
+        if worker_records is None:
+            raise RevocationError(
+                "the Cloudflare Worker URL (cloudflare.intake_url, MRCO_CLOUDFLARE_INTAKE_URL) or the "
+                "current key set is not configured: the Worker's verification record cannot be changed"
+            )
+        records = worker_records
+    elif row.provider != "aws":
+        raise RevocationError(f"certificates of provider {row.provider!r} cannot be revoked")
+    elif records is None:
         raise RevocationError(
             "aws.idempotency_table is not configured: the verification record cannot be changed"
         )

@@ -87,6 +87,7 @@ class Service:
         *,
         submitters: dict[str, Submitter],
         upload: Callable[[str, bytes], None] | None = None,
+        r2_upload: Callable[[str, bytes], None] | None = None,
         report_upload: Callable[[str, bytes, str], None] | None = None,
         interval: float = 2.0,
         reconcile_every: float = 30.0,
@@ -127,6 +128,7 @@ class Service:
             iomad=IomadRowContents(self.iomad) if self.iomad is not None else None,
             box=self.box,
             upload=upload,
+            r2_upload=r2_upload,
             **extra,
         )
         self._reconcile_context = reconcile_context

@@ -375,6 +375,11 @@ export class PublicRecords extends DurableObject {
         " job_id TEXT NOT NULL, recipient_id TEXT NOT NULL, key TEXT NOT NULL, learner_name TEXT NOT NULL," +
         " course_name TEXT NOT NULL, completed_at INTEGER NOT NULL, issuer_name TEXT, language TEXT);",
     );
+    // Revocations by the bridge (POST /v1/certificates/revoke): the record stays, as on AWS.
+    this.sql.exec(
+      "CREATE TABLE IF NOT EXISTS certificate_revocations (code TEXT PRIMARY KEY, company_id INTEGER NOT NULL," +
+        " revoked_at INTEGER NOT NULL, reason TEXT NOT NULL);",
+    );
   }
 
   unsubscribe(token) {
@@ -410,6 +415,35 @@ export class PublicRecords extends DurableObject {
   }
 
   certificate(code) {
-    return this.sql.exec("SELECT * FROM certificate_codes WHERE code = ?", code).toArray()[0] ?? null;
+    return (
+      this.sql
+        .exec(
+          "SELECT c.*, r.revoked_at AS revoked_at FROM certificate_codes c" +
+            " LEFT JOIN certificate_revocations r ON r.code = c.code WHERE c.code = ?",
+          code,
+        )
+        .toArray()[0] ?? null
+    );
+  }
+
+  /**
+   * Revoke (`reason` given) or reinstate (`reason` null) a company's certificate. False, and
+   * nothing written, when no certificate with this code belongs to `companyId`.
+   */
+  setRevoked(code, companyId, reason) {
+    const holder = this.sql.exec("SELECT company_id FROM certificate_codes WHERE code = ?", code).toArray()[0];
+    if (!holder || holder.company_id !== companyId) return false;
+    if (reason === null) {
+      this.sql.exec("DELETE FROM certificate_revocations WHERE code = ?", code);
+    } else {
+      this.sql.exec(
+        "INSERT OR REPLACE INTO certificate_revocations (code, company_id, revoked_at, reason) VALUES (?, ?, ?, ?)",
+        code,
+        companyId,
+        now(),
+        reason,
+      );
+    }
+    return true;
   }
 }

@@ -8,17 +8,22 @@
 //   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js)
 //   GET  /v1/certificates/verify/{code} public: as on AWS, for the certificates this Worker rendered;
 //                                      throttled per client address (VERIFY_LIMITER, 429)
+//   PUT/GET /v1/objects/{key}          signed: the company's own R2 objects (objects.js)
+//   POST /v1/certificates/revoke       signed: revoke or reinstate one of the company's certificates
 
 import { RENDERED_SCRIPTS, rendererCoverage } from "./certificates.js";
 import { validate } from "./contract.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
 import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
+import { OBJECTS_PREFIX, handleObject } from "./objects.js";
 import { ProviderConfigError, buildProvider, providerRouting } from "./providers.js";
 import { PULL_PATH, pullResults } from "./results.js";
 import { constantTimeEqual } from "./signing.js";
 import { UNSUBSCRIBE_PATH, handleUnsubscribe } from "./unsubscribe.js";
 
 export const CAPABILITIES_PATH = "/v1/capabilities";
+export const REVOKE_PATH = "/v1/certificates/revoke";
+const MAX_REASON = 500;
 const CODE = /^[A-Z0-9]{8,32}$/;
 const EVENT_BODY_LIMIT = 1_048_576;
 
@@ -135,6 +140,22 @@ export async function handleRoute(request, env, { processors } = {}) {
       const counts = await applyEvents(env, parsed.map(normaliseSendgridEvent));
       return jsonResponse(200, counts);
     }
+    if (pathname.startsWith(OBJECTS_PREFIX)) return await handleObject(request, env);
+    if (pathname === REVOKE_PATH) {
+      if (request.method !== "POST") return methodNotAllowed("POST");
+      const { verified, body } = await readSignedRequest(request, env);
+      const ask = parseJson(body);
+      const reason = ask?.reason;
+      if (!ask || typeof ask !== "object" || typeof ask.code !== "string" || !CODE.test(ask.code) || typeof ask.revoke !== "boolean") {
+        throw new IntakeError(400, "bad_request", 'the body must be {"code": <verification code>, "revoke": true|false, "reason": <text>}');
+      }
+      if (ask.revoke && (typeof reason !== "string" || !reason.trim())) {
+        throw new IntakeError(400, "bad_request", "a revocation needs a reason");
+      }
+      const changed = await publicRecords(env).setRevoked(ask.code, verified.companyId, ask.revoke ? reason.trim().slice(0, MAX_REASON) : null);
+      if (!changed) return jsonResponse(404, { error: "not_found", message: "no certificate with this code belongs to the company" });
+      return jsonResponse(200, { code: ask.code, revoked: ask.revoke });
+    }
     const unsubscribe = UNSUBSCRIBE_PATH.exec(pathname);
     if (unsubscribe) return await handleUnsubscribe(request, env, unsubscribe[1]);
     const verify = /^\/v1\/certificates\/verify\/([^/]+)$/.exec(pathname);
@@ -145,13 +166,15 @@ export async function handleRoute(request, env, { processors } = {}) {
       const code = verify[1];
       const record = CODE.test(code) ? await publicRecords(env).certificate(code) : null;
       if (!record) return jsonResponse(404, { valid: false });
+      // A revoked certificate keeps its record: the answer says so, as on AWS.
       return jsonResponse(200, {
-        valid: true,
+        valid: record.revoked_at === null || record.revoked_at === undefined,
         code,
         learner_name: record.learner_name,
         course_name: record.course_name,
         completed_at: record.completed_at,
         ...(record.issuer_name ? { issuer_name: record.issuer_name } : {}),
+        ...(record.revoked_at ? { revoked_at: record.revoked_at } : {}),
       });
     }
     return null;

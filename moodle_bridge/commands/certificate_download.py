@@ -1,6 +1,7 @@
 """``moodle-offload certificates download JOB -o FILE.zip``: a job's certificates as one ZIP.
 
-The ZIP is streamed: each PDF is read from the certificate bucket in chunks and copied into the
+The ZIP is streamed: each PDF is read from the certificate bucket (a Cloudflare job's: the Worker's
+R2, through its signed object route) in chunks and copied into the
 archive as it arrives (``transports/certificate_store.py``), so memory stays at one chunk
 whatever the job's size. It is written to ``FILE.zip.part`` and renamed when complete, so an
 interrupted download never leaves a truncated ZIP under the asked name. Registered by
@@ -26,9 +27,10 @@ from moodle_bridge.storage.database import now
 from moodle_bridge.transports.certificate_store import (
     CertificateStoreMissing,
     ObjectReader,
-    S3Certificates,
+    store_for,
     zip_stream,
 )
+from moodle_bridge.transports.worker_objects import WorkerObjectError
 
 #: ``mrcloud_audit_log.action`` of a ZIP download (the dashboard records the same action).
 CERTIFICATES_DOWNLOADED = "certificates_downloaded"
@@ -82,24 +84,21 @@ def run_download(args: argparse.Namespace, config: BridgeConfig) -> int:
             return fail(f"job {args.job} does not exist (see `moodle-offload jobs list`)")
         if not first:
             return fail(f"job {args.job} has no stored certificates")
-        if str(job.provider) != "aws":
-            return fail(
-                f"job {args.job} ran on {job.provider}: its certificates are in R2, which the bridge "
-                "cannot read (docs/cloudflare.md, 'Not done')"
-            )
         output: Path = args.output
         if output.exists() and not args.force:
             return fail(f"{output} exists (use --force to replace it)")
         if not output.parent.is_dir():
             return fail(f"{output.parent} is not a directory")
         try:
-            store = S3Certificates(config)
+            store = store_for(config, str(job.provider))
         except CertificateStoreMissing as exc:
             return fail(str(exc))
         try:
             count, written = write_zip(engine, repo, store, args.job, output)
         except (BotoCoreError, ClientError) as exc:
             return fail(f"a certificate could not be read from the certificate bucket ({type(exc).__name__})")
+        except WorkerObjectError as exc:
+            return fail(f"a certificate could not be read from the Worker's R2 ({exc})")
         except OSError as exc:
             return fail(f"{output}: {exc.strerror or type(exc).__name__}")
         with engine.begin() as conn:

@@ -4,7 +4,8 @@ job's certificates as one ZIP (``download``, in ``certificate_download.py``).
 ``template set`` validates with the renderer's own code (certificate_render/template.py: schema,
 colours, sizes, boxes, time zone, language, images decoded and capped) before anything is
 written, then stores the JSON and its images where the renderer reads them (AWS: the
-certificate bucket ``aws.content_bucket``, ``templates/company-<id>/``). ``preview`` renders a PDF
+certificate bucket ``aws.content_bucket``, ``templates/company-<id>/``; Cloudflare: the Worker's R2
+under the same keys, through its signed object route). ``preview`` renders a PDF
 and a PNG (poppler's ``pdftoppm``) locally and sends nothing. The renderer needs the
 ``certificates`` extra (``pip install 'moodle-offload[certificates]'``) and the built fonts.
 """
@@ -31,6 +32,13 @@ from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
     certificate_records_from_config,
     template_s3_client,
+    worker_certificate_records,
+)
+from moodle_bridge.transports.worker_objects import (
+    WorkerObjectError,
+    WorkerTemplateClient,
+    worker_image_refusal,
+    worker_objects,
 )
 
 RENDERER_MISSING = (
@@ -64,7 +72,9 @@ def register(subparsers: Any) -> None:
         ("revoke", "mark a certificate revoked"),
         ("unrevoke", "reinstate a revoked certificate"),
     ):
-        sub = actions.add_parser(verb, help=f"{text}: the public verify page says so at once (AWS)")
+        sub = actions.add_parser(
+            verb, help=f"{text}: the public verify page says so at once (AWS and the Worker)"
+        )
         sub.add_argument("code", help="the verification code printed on the certificate")
         sub.add_argument(
             "--reason", required=True, help="why (kept in the audit log and, for revoke, the cloud)"
@@ -93,6 +103,8 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
         return _preview(args, config)
     except TemplateError as exc:
         return fail(f"{exc.code}: {exc}")
+    except WorkerObjectError as exc:  # the Worker's R2 (Cloudflare companies): one line, no body
+        return fail(str(exc))
 
 
 def _provider(config: BridgeConfig, company_id: int) -> str:
@@ -104,15 +116,44 @@ def _provider(config: BridgeConfig, company_id: int) -> str:
     return str(provider or "aws")
 
 
+class _WorkerTemplates:
+    """The Worker's template store: the renderer's ``TemplateStore`` over the Worker's object routes,
+    refusing (before anything is written) images the Worker's renderer cannot draw."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def put(self, company_id: int, template_id: str, document: Any, images: dict[str, bytes]) -> Any:
+        from certificate_render.template import TemplateError  # noqa: PLC0415
+
+        why = worker_image_refusal(images)
+        if why is not None:
+            raise TemplateError("template_invalid", why)
+        return self._store.put(company_id, template_id, document, images)
+
+    def stored(self, company_id: int, template_id: str) -> tuple[Any, dict[str, bytes]] | None:
+        found: tuple[Any, dict[str, bytes]] | None = self._store.stored(company_id, template_id)
+        return found
+
+
 def _store(config: BridgeConfig, company_id: int) -> Any:
-    """The company's template store in the cloud (AWS only: the bridge never writes the Worker's R2)."""
+    """The company's template store in the cloud: the certificate bucket (AWS) or the Worker's
+    R2 through its signed object route (Cloudflare); the same validation either way."""
     from certificate_render.template import TemplateStore  # noqa: PLC0415
 
     provider = _provider(config, company_id)
+    if provider == "cloudflare":
+        objects = worker_objects(config)
+        if objects is None:
+            raise ConfigError(
+                f"company {company_id} uses provider 'cloudflare': its templates are stored in the "
+                "Worker's R2, and the Worker URL (cloudflare.intake_url / MRCO_CLOUDFLARE_INTAKE_URL) "
+                "or the current key set is not configured"
+            )
+        return _WorkerTemplates(TemplateStore(WorkerTemplateClient(objects), "r2"))
     if provider != "aws":
         raise ConfigError(
-            f"company {company_id} uses provider {provider!r}: certificate templates are stored for AWS only "
-            "(docs/lambdas.md, Templates)"
+            f"company {company_id} uses provider {provider!r}: it has no certificate template store"
         )
     if not config.aws.content_bucket:
         raise ConfigError(
@@ -236,6 +277,7 @@ def _revoke(args: argparse.Namespace, config: BridgeConfig, *, revoke: bool) -> 
             engine,
             tables,
             certificate_records_from_config(config),
+            worker_records=worker_certificate_records(config),
             code=args.code,
             revoke=revoke,
             reason=args.reason,

@@ -24,6 +24,7 @@ from moodle_bridge.commands.tick import (
     build_submitters,
     content_uploader,
     reconcile_context,
+    worker_content_uploader,
 )
 from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
@@ -69,6 +70,7 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
             config,
             submitters=submitters,
             upload=content_uploader(config),
+            r2_upload=worker_content_uploader(config),
             report_upload=attachment_uploader(config),
             interval=args.interval,
             reconcile_every=args.reconcile_every,

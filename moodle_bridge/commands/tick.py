@@ -47,6 +47,7 @@ from moodle_bridge.storage.secrets_at_rest import SecretBox
 from moodle_bridge.transports.capabilities import WorkerCheck
 from moodle_bridge.transports.cloud_records import cloud_records_from_config
 from moodle_bridge.transports.targets import ApiGatewaySubmitter, SqsSubmitter, Submitter, WorkerSubmitter
+from moodle_bridge.transports.worker_objects import worker_objects
 
 
 def register(subparsers: Any) -> None:
@@ -121,6 +122,18 @@ def content_uploader(config: BridgeConfig, *, s3_client: Any = None) -> Callable
     if put is None:
         return None
     return lambda key, body: put(key, body, "application/json")
+
+
+def worker_content_uploader(config: BridgeConfig) -> Callable[[str, bytes], None] | None:
+    """Puts contents too large for a Cloudflare batch into the Worker's R2 (signed object route)."""
+    objects = worker_objects(config)
+    if objects is None:
+        return None
+
+    def upload(key: str, body: bytes) -> None:
+        objects.put(key, body, "application/json")
+
+    return upload
 
 
 @dataclass
@@ -205,6 +218,7 @@ def run_tick(
     claim: bool = True,
     submitters: dict[str, Submitter] | None = None,
     upload: Callable[[str, bytes], None] | None = None,
+    r2_upload: Callable[[str, bytes], None] | None = None,
     report_upload: Callable[[str, bytes, str], None] | None = None,
     progress: Callable[[str], Callable[[int, int], None]] | None = None,
     claim_pass_factory: Callable[..., ClaimPass] = ClaimPass,
@@ -272,6 +286,7 @@ def run_tick(
         iomad=IomadRowContents(iomad) if iomad else None,
         box=box,
         upload=upload if upload is not None else content_uploader(config),
+        r2_upload=r2_upload if r2_upload is not None else worker_content_uploader(config),
     )
     report.outbox = outbox.submit_due(progress=progress("submitting batches") if progress else None)
     try:

@@ -155,20 +155,20 @@ def template_content(template_json: str) -> dict[str, Any]:
 
 
 def reference_for(
-    bucket: str, companyid: int, jobid: int
+    bucket: str | None, companyid: int, jobid: int
 ) -> Callable[[str, dict[str, Any], bytes], dict[str, Any]]:
     """A placeholder offloader: the reference the content will have, without uploading.
 
     Used at claim time for sizing; the submit-time offloader uploads to the same key, so the
-    rebuilt message is the same size.
+    rebuilt message is the same size. ``bucket`` None: the Worker's R2 (no bucket is named).
     """
+    store: dict[str, Any] = {"store": "r2"} if bucket is None else {"store": "s3", "bucket": bucket}
 
     def offload(content_id: str, _content: dict[str, Any], encoded: bytes) -> dict[str, Any]:
         return {
             "kind": "reference",
             "ref": {
-                "store": "s3",
-                "bucket": bucket,
+                **store,
                 "key": f"contents/company-{companyid}/{jobid}/{content_id}.json",
                 "sha256": hashlib.sha256(encoded).hexdigest(),
                 "bytes": len(encoded),

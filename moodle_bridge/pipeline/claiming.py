@@ -592,11 +592,12 @@ class ClaimPass:
                 header, seq = all_jobs[key]
                 s = settings[key[0]]
                 report.suppressed += skip_suppressed(conn, self.repo, key[0], recipients)
-                offload = (
-                    reference_for(self.config.aws.content_bucket, key[0], header.jobid)
-                    if s.provider == "aws" and self.config.aws.content_bucket
-                    else None
-                )
+                offload = None
+                if s.provider == "aws" and self.config.aws.content_bucket:
+                    offload = reference_for(self.config.aws.content_bucket, key[0], header.jobid)
+                elif s.provider == "cloudflare" and self.config.cloudflare.intake_url:
+                    # The outbox puts it into the Worker's R2 through the signed object route.
+                    offload = reference_for(None, key[0], header.jobid)
                 created = add_recipients(
                     conn,
                     self.repo,

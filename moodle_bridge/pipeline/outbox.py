@@ -43,6 +43,7 @@ from moodle_bridge.storage.bridge_repo import BatchRow, BridgeRepo
 from moodle_bridge.storage.database import now as unix_now
 from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associated_data
 from moodle_bridge.transports.targets import SubmitError, Submitter
+from moodle_bridge.transports.worker_objects import WorkerObjectError
 from offload_contract.codec import encode_message
 from offload_contract.limits import QueueLimits
 from offload_contract.unsubscribe import campaign_for_job, make_token
@@ -198,6 +199,7 @@ class Outbox:
         iomad: IomadContents | None = None,
         box: SecretBox | None = None,
         upload: ContentUploader | None = None,
+        r2_upload: ContentUploader | None = None,
         clock: Callable[[], int] = unix_now,
         rng: random.Random | None = None,
     ) -> None:
@@ -208,6 +210,8 @@ class Outbox:
         self.iomad = iomad
         self.box = box
         self.upload = upload
+        #: puts contents into the Worker's R2 (its signed object route) for Cloudflare batches
+        self.r2_upload = r2_upload
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311
         self._jobs: dict[int, tuple[sa.Row[Any], JobHeader]] = {}
@@ -347,7 +351,7 @@ class Outbox:
         limits = QueueLimits.for_provider(str(job.provider), self.config.submit.max_recipients)
         body = encode_batch(header, batch.batchkey, contents, entries)
         if len(body) > limits.max_bytes:
-            body = self._offload_largest(header, batch, contents, entries, limits)
+            body = self._offload_largest(header, batch, contents, entries, limits, str(job.provider))
         return body, limits
 
     def _offload_largest(
@@ -357,27 +361,41 @@ class Outbox:
         contents: dict[str, dict[str, Any]],
         entries: list[dict[str, Any]],
         limits: QueueLimits,
+        provider: str = "aws",
     ) -> bytes:
-        if self.upload is None or not self.config.aws.content_bucket:
-            raise OversizeBatch("batch is over the queue limit and no content bucket is configured")
+        """Move the largest contents out of the batch, by reference, until it fits: into the
+        content bucket (S3) for AWS, into the Worker's R2 through its object route for Cloudflare
+        (the same key layout either way)."""
+        if provider == "cloudflare":
+            if self.r2_upload is None:
+                raise OversizeBatch(
+                    "batch is over the queue limit and the Worker's object route is not configured"
+                )
+            upload, store, where = self.r2_upload, {"store": "r2"}, "worker objects"
+        else:
+            if self.upload is None or not self.config.aws.content_bucket:
+                raise OversizeBatch("batch is over the queue limit and no content bucket is configured")
+            upload = self.upload
+            store, where = {"store": "s3", "bucket": self.config.aws.content_bucket}, "content bucket"
         by_size = sorted(contents, key=lambda k: len(encode_message(contents[k])), reverse=True)
         for key in by_size:
             encoded = encode_message(contents[key])
             object_key = f"contents/company-{header.companyid}/{header.jobid}/{key}.json"
             try:
-                self.upload(object_key, encoded)
+                upload(object_key, encoded)
             except Exception as exc:  # any storage failure: not accepted, retry later
                 code = (
                     getattr(exc, "response", {}).get("Error", {}).get("Code")
                     if hasattr(exc, "response")
                     else None
                 )
-                raise SubmitError(f"content bucket: {code or type(exc).__name__}") from None
+                if isinstance(exc, WorkerObjectError):
+                    raise SubmitError(f"{where}: {exc}", retryable=exc.retryable) from None
+                raise SubmitError(f"{where}: {code or type(exc).__name__}") from None
             contents[key] = {
                 "kind": "reference",
                 "ref": {
-                    "store": "s3",
-                    "bucket": self.config.aws.content_bucket,
+                    **store,
                     "key": object_key,
                     "sha256": hashlib.sha256(encoded).hexdigest(),
                     "bytes": len(encoded),

@@ -1,4 +1,4 @@
-"""The bridge's writes to the cloud's certificate verification records and templates (AWS).
+"""The bridge's writes to the cloud's certificate verification records and templates.
 
 **Revocation** marks ``cert#<code>`` in the sender's table (``aws.idempotency_table``; the key
 comes from ``offload_contract.cloud_keys``) with ``revoked_at`` and ``revoked_reason``, or removes
@@ -8,6 +8,10 @@ this table (cancel records, reconciliation), and its IAM user may only ``UpdateI
 key starts with ``cert#`` (infra/constructs/api.py ``BridgeAccess``, statement ``RevokeCertificates``).
 The update is conditional on the record existing and belonging to the company, so it never
 creates a record or touches another company's certificate.
+
+**Cloudflare**: the Worker keeps its own verification records (Durable Object ``PublicRecords``);
+``WorkerCertificateRecords`` revokes through its signed ``POST /v1/certificates/revoke``, which only
+changes a certificate of the signing key's company.
 
 **Templates** go to the certificate bucket (``aws.content_bucket``) under
 ``templates/company-<id>/`` (certificate_render/template.py), where the renderer reads them;
@@ -21,6 +25,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from moodle_bridge.transports.targets import SubmitError, WorkerSubmitter
 from offload_contract.cloud_keys import verification_key
 
 MAX_REASON = 500
@@ -69,6 +74,29 @@ class CertificateRecords:
         except BotoCoreError as exc:
             raise CertificateCloudError(f"cannot update the verification record: {_why(exc)}") from None
         return True
+
+
+class WorkerCertificateRecords:
+    """The Worker's verification records, through its signed revocation route."""
+
+    def __init__(self, worker: WorkerSubmitter) -> None:
+        self._worker = worker
+
+    def set_revoked(self, code: str, company_id: int, reason: str | None) -> bool:
+        try:
+            return self._worker.set_certificate_revoked(
+                company_id, code, None if reason is None else reason[:MAX_REASON]
+            )
+        except SubmitError as exc:
+            raise CertificateCloudError(f"cannot update the Worker's verification record: {exc}") from None
+
+
+def worker_certificate_records(config: Any) -> WorkerCertificateRecords | None:
+    """The Worker's records for ``cloudflare.intake_url``, or None when the Worker is not configured."""
+    root = config.keys.root_secrets().get(config.keys.current) if config.keys.current else None
+    if root is None or not config.cloudflare.intake_url:
+        return None
+    return WorkerCertificateRecords(WorkerSubmitter(config.cloudflare.intake_url, config.keys.current, root))
 
 
 def certificate_records_from_config(config: Any) -> CertificateRecords | None:

@@ -2,8 +2,9 @@
 
 The renderer stores each PDF in S3 and reports its key (``mrcloud_recipients.artifactkey``); in
 the CDK stack the certificate bucket is the content bucket (``aws.content_bucket``). The bridge's
-credentials need ``s3:GetObject`` on it. Used by the dashboard's downloads and by
-``moodle-offload certificates download``.
+credentials need ``s3:GetObject`` on it. The Cloudflare Worker keeps them in R2 under the same keys;
+``WorkerCertificates`` reads those through the Worker's signed object route. Used by the dashboard's
+downloads and by ``moodle-offload certificates download``.
 
 A ZIP of a job's certificates is streamed with the standard library's ``zipfile`` writing to a
 non-seekable sink (so it writes data descriptors instead of seeking back): each PDF is copied
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 import boto3
 
 from moodle_bridge.config import BridgeConfig
+from moodle_bridge.transports.worker_objects import WorkerObjects, worker_objects
 
 CHUNK = 256 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
@@ -57,6 +59,28 @@ class S3Certificates:
             yield from body.iter_chunks(CHUNK)
         finally:
             body.close()
+
+
+class WorkerCertificates:
+    """PDFs the Cloudflare Worker rendered, streamed from its R2 through its signed object route
+    (``GET /v1/objects/certificates/company-<id>/…``, signed with that company's key)."""
+
+    def __init__(self, config: BridgeConfig, objects: WorkerObjects | None = None) -> None:
+        found = objects or worker_objects(config)
+        if found is None:
+            raise CertificateStoreMissing(
+                "the Worker's certificates are read through cloudflare.intake_url "
+                "(MRCO_CLOUDFLARE_INTAKE_URL) with the current key set, which is not configured"
+            )
+        self.objects = found
+
+    def open(self, key: str) -> Iterator[bytes]:
+        return self.objects.open(key)
+
+
+def store_for(config: BridgeConfig, provider: str) -> ObjectReader:
+    """Where a job's PDFs are: the Worker's R2 for a Cloudflare job, else the certificate bucket."""
+    return WorkerCertificates(config) if provider == "cloudflare" else S3Certificates(config)
 
 
 def file_name(recipient: Any) -> str:

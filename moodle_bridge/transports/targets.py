@@ -151,6 +151,7 @@ class _SignedHttpsSubmitter:
 WORKER_INTAKE_PATH = "/v1/batches"
 WORKER_CAPABILITIES_PATH = "/v1/capabilities"
 WORKER_PULL_PATH = "/v1/results/pull"
+WORKER_REVOKE_PATH = "/v1/certificates/revoke"
 
 
 def worker_base_url(url: str) -> str:
@@ -236,6 +237,18 @@ class WorkerSubmitter(_SignedHttpsSubmitter):
         if not isinstance(answer, dict) or not isinstance(answer.get("entries"), list):
             raise SubmitError("worker results pull: unexpected answer", retryable=False)
         return dict(answer)
+
+    def set_certificate_revoked(self, company_id: int, code: str, reason: str | None) -> bool:
+        """Revoke (``reason`` given) or reinstate one of the company's certificates the Worker
+        rendered; False when the Worker holds no certificate with this code for the company."""
+        ask: dict[str, Any] = {"code": code, "revoke": reason is not None}
+        if reason is not None:
+            ask["reason"] = reason
+        response = self._signed("POST", WORKER_REVOKE_PATH, company_id, encode_message(ask))
+        if response.status_code == 404:
+            return False
+        self._json(response, "certificate revocation")
+        return True
 
 
 class ApiGatewaySubmitter(_SignedHttpsSubmitter):

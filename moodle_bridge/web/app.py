@@ -89,7 +89,9 @@ from moodle_bridge.storage.settings_change import SettingsError
 from moodle_bridge.transports.certificate_records import (
     CertificateCloudError,
     certificate_records_from_config,
+    worker_certificate_records,
 )
+from moodle_bridge.transports.worker_objects import WorkerObjectError
 from moodle_bridge.web import queries as q
 from moodle_bridge.web.auth import (
     ROLE_LABELS,
@@ -107,6 +109,7 @@ from moodle_bridge.web.certificates import (
     CertificateStoreMissing,
     ObjectReader,
     S3Certificates,
+    WorkerCertificates,
     file_name,
     zip_stream,
 )
@@ -159,6 +162,8 @@ class DashboardState:
     secure_cookie: bool = True
     figures: q.FiguresCache = field(default_factory=q.FiguresCache)
     certificate_store: ObjectReader | None = None
+    #: Where a Cloudflare job's certificates are read (the Worker's R2); from the config when unset.
+    worker_certificate_store: ObjectReader | None = None
     #: The cloud's verification records (revocation); from aws.idempotency_table when unset.
     verification_records: VerificationRecords | None = None
 
@@ -175,7 +180,12 @@ class DashboardState:
             self.verification_records = certificate_records_from_config(self.config)
         return self.verification_records
 
-    def certificates(self) -> ObjectReader:
+    def certificates(self, provider: str = "aws") -> ObjectReader:
+        """The store a job's PDFs are in: the Worker's R2 for Cloudflare jobs, else S3."""
+        if provider == "cloudflare":
+            if self.worker_certificate_store is None:
+                self.worker_certificate_store = WorkerCertificates(self.config)
+            return self.worker_certificate_store
         if self.certificate_store is None:
             self.certificate_store = S3Certificates(self.config)
         return self.certificate_store
@@ -788,7 +798,7 @@ def certificate_download(request: Request) -> Response:
     if row is None:
         raise NotFound()
     try:
-        chunks = state.certificates().open(str(row.artifactkey))
+        chunks = state.certificates(str(job.provider)).open(str(row.artifactkey))
         first = next(chunks, b"")  # fetch now, so a missing object answers an error page, not half a file
     except CertificateStoreMissing as exc:
         return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
@@ -833,6 +843,7 @@ async def certificate_revocation(request: Request) -> Response:
             state.engine,
             state.tables,
             state.verification(),
+            worker_records=worker_certificate_records(state.config),
             code=row.verifycode,
             revoke=revoke,
             reason=str(form.get("reason", "")),
@@ -860,7 +871,7 @@ def certificates_zip(request: Request) -> Response:
     if not count:
         raise NotFound()
     try:
-        store = state.certificates()
+        store = state.certificates(str(job.provider))
     except CertificateStoreMissing as exc:
         return _render(request, session, "error.html", status=503, title="Not configured", message=str(exc))
     _audit_download(request, who, job, CERTIFICATES_ZIPPED, {"certificates": count})
@@ -921,7 +932,7 @@ def _stored_template(
         )
     except (ConfigError, TemplateError) as exc:
         raise _Refused(str(exc)) from None
-    except (BotoCoreError, ClientError) as exc:  # named in the log, no traceback, no secrets
+    except (BotoCoreError, ClientError, WorkerObjectError) as exc:  # named in the log, no traceback
         log.warning("template of company %s unreadable: %s", company, type(exc).__name__)
         raise _Refused("The stored template could not be read from the certificate store.") from None
     return found
@@ -1087,7 +1098,7 @@ def _store_uploaded(
             document=uploaded[0], images=uploaded[1], actor=who.actor, now=state.now(),
             source=_source(request),
         )  # fmt: skip
-    except (BotoCoreError, ClientError) as exc:
+    except (BotoCoreError, ClientError, WorkerObjectError) as exc:
         log.warning("template of company %s not stored: %s", company, type(exc).__name__)
         raise _Refused("Not stored: the certificate store could not be written.") from None
     message = f"Template {template_id!r} of company {company} stored ({len(uploaded[1])} images)."

@@ -8,8 +8,17 @@ from moodle_bridge.transports.certificate_store import (
     CertificateStoreMissing,
     ObjectReader,
     S3Certificates,
+    WorkerCertificates,
     file_name,
     zip_stream,
 )
 
-__all__ = ["CHUNK", "CertificateStoreMissing", "ObjectReader", "S3Certificates", "file_name", "zip_stream"]
+__all__ = [
+    "CHUNK",
+    "CertificateStoreMissing",
+    "ObjectReader",
+    "S3Certificates",
+    "WorkerCertificates",
+    "file_name",
+    "zip_stream",
+]

@@ -151,8 +151,11 @@ def test_cli_download_writes_the_zip_and_refuses_clearly(
     assert "exists (use --force" in capsys.readouterr().err
     assert main(["certificates", "download", "999999", "-o", str(tmp_path / "x.zip")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # A Cloudflare job's PDFs are read from the Worker's R2 (tests/bridge/test_worker_objects_e2e.py);
+    # with no Worker URL configured it is refused.
     assert main(["certificates", "download", str(cf_job), "-o", str(tmp_path / "cf.zip")]) == 1
-    assert "R2" in capsys.readouterr().err
+    assert "MRCO_CLOUDFLARE_INTAKE_URL" in capsys.readouterr().err
+    assert not (tmp_path / "cf.zip").exists()
     s3.delete_object(Bucket=BUCKET, Key=f"certificates/company-1/{jobid}/1.pdf")
     assert main(["certificates", "download", str(jobid), "-o", str(output), "--force"]) == 1
     err = capsys.readouterr().err

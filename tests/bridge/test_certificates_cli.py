@@ -189,7 +189,7 @@ def test_set_stores_where_the_renderer_reads_show_prints_it_and_the_change_is_au
     assert "company 7 has no template 'nope'" in _one_line(capsys.readouterr().err)
 
 
-def test_a_cloudflare_company_is_told_templates_are_aws_only(
+def test_a_cloudflare_company_without_a_worker_url_is_refused_and_nothing_is_stored(
     cloud: Cloud, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with cloud.engine.begin() as conn:
@@ -199,7 +199,9 @@ def test_a_cloudflare_company_is_told_templates_are_aws_only(
             )
         )
     assert main(["certificates", "template", "set", str(_template(tmp_path)), "--company", "9"]) == 2
-    assert "stored for AWS only" in _one_line(capsys.readouterr().err)
+    # Its templates go to the Worker's R2 (tests/bridge/test_worker_objects_e2e.py); no URL here.
+    line = _one_line(capsys.readouterr().err)
+    assert "stored in the Worker's R2" in line and "MRCO_CLOUDFLARE_INTAKE_URL" in line
     assert _stored_keys(cloud) == []
 
 
@@ -321,7 +323,8 @@ def test_revocation_refuses_unknown_codes_missing_records_other_providers_and_bl
             ["NOTRENDERED1", "--reason", "x"],
             "the cloud holds no verification record NOTRENDERED1 for company 7",
         ),
-        (["WORKERCERT01", "--reason", "x"], "provider 'cloudflare' cannot be revoked yet"),
+        # The Worker revokes too (tests/bridge/test_worker_objects_e2e.py); no Worker URL here.
+        (["WORKERCERT01", "--reason", "x"], "the Worker's verification record cannot be changed"),
         (["VALIDCODE001", "--reason", "  "], "a reason is required"),
     ]
     for args, message in cases:

@@ -323,7 +323,6 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"action_type": "email", "report": None, "campaignid": 99}, "campaign 99 does not exist"),
     ({"companyid": 9}, "company 9 has no settings"),
     ({"name": "  "}, "--name must not be empty"),
-    ({"companyid": 2}, "the Worker sends no attachments"),
 ]
 
 

@@ -44,6 +44,7 @@ from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.campaign_repo import CampaignRepo
 from moodle_bridge.storage.schedule_repo import ScheduleRepo, SlotTaken
+from moodle_bridge.transports.worker_objects import WorkerObjectError, worker_objects
 from offload_contract.limits import QueueLimits
 
 ACTIONS = ("email", "certificate", "report")
@@ -225,8 +226,6 @@ def create_schedule(
         raise ScheduleError(
             f"company {companyid} has no settings; run `moodle-offload company set {companyid}`"
         )
-    if values["action_type"] == "report" and settings.provider == "cloudflare":
-        raise ScheduleError("report attachments travel through AWS only: the Worker sends no attachments")
     if values["action_type"] == "certificate" and settings.provider == "cloudflare":
         raise ScheduleError("certificate schedules go through AWS only (docs/schedules.md, 'Not built')")
     if values["action_type"] == "email":
@@ -330,6 +329,44 @@ def attachment_key(row: Any, slot: int) -> str:
     return f"contents/company-{int(row.companyid)}/schedule-{int(row.id)}/{slot}.{row.format}"
 
 
+#: The most a Cloudflare Worker mail may carry attached (MAX_ATTACHMENT_BYTES, cloudflare/src/contents.js).
+WORKER_ATTACHMENT_BYTES = 4_000_000
+
+
+def _store_report(
+    config: BridgeConfig, provider: str, upload: Uploader | None, key: str, body: bytes, content_type: str
+) -> dict[str, Any]:
+    """Put the report file where the company's sender reads it, and return its reference: the
+    content bucket (AWS) or the Worker's R2 through its signed object route (Cloudflare)."""
+    digest = {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "content_type": content_type}
+    if provider == "cloudflare":
+        objects = worker_objects(config)
+        if objects is None:
+            raise ScheduleError(
+                "a report for a Cloudflare company needs the Worker URL (cloudflare.intake_url, "
+                "MRCO_CLOUDFLARE_INTAKE_URL) and the current key set"
+            )
+        if len(body) > WORKER_ATTACHMENT_BYTES:
+            raise ScheduleError(
+                f"the report file is {len(body)} bytes; the Worker mails at most {WORKER_ATTACHMENT_BYTES}"
+            )
+        try:
+            objects.put(key, body, content_type)
+        except WorkerObjectError as exc:  # nothing is recorded, the next pass retries
+            raise ScheduleError(str(exc)) from None
+        return {"store": "r2", "key": key, **digest}
+    if provider != "aws":
+        raise ScheduleError(f"provider {provider!r} has no store for report attachments")
+    if upload is None or not config.aws.content_bucket:
+        raise ScheduleError("a report needs the content bucket (aws.content_bucket, MRCO_CONTENT_BUCKET)")
+    try:
+        upload(key, body, content_type)
+    except Exception as exc:  # any storage failure: nothing is recorded, the next pass retries
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+        raise ScheduleError(f"content bucket: {code or type(exc).__name__}") from None
+    return {"store": "s3", "bucket": config.aws.content_bucket, "key": key, **digest}
+
+
 def _fire_report(
     conn: sa.Connection,
     repo: BridgeRepo,
@@ -364,30 +401,15 @@ def _fire_report(
             f"not routed to the cloud ({decision.reason}); Moodle's own mail path for schedules is not built"
         )
         return
-    if settings.provider != "aws":
-        raise ScheduleError("report attachments travel through AWS only: the Worker sends no attachments")
-    if upload is None or not config.aws.content_bucket:
-        raise ScheduleError("a report needs the content bucket (aws.content_bucket, MRCO_CONTENT_BUCKET)")
     body = reports.render(table, str(row.format))
     key = attachment_key(row, slot)
     content_type = reports.CONTENT_TYPES[str(row.format)]
-    try:
-        upload(key, body, content_type)
-    except Exception as exc:  # any storage failure: nothing is recorded, the next pass retries
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
-        raise ScheduleError(f"content bucket: {code or type(exc).__name__}") from None
+    ref = _store_report(config, settings.provider, upload, key, body, content_type)
     local_day = dt.datetime.fromtimestamp(slot, zone(str(row.timezone))).strftime("%Y-%m-%d")
     attachment = {
         "filename": f"{row.report}-{local_day}.{row.format}",
         "content_type": content_type,
-        "ref": {
-            "store": "s3",
-            "bucket": config.aws.content_bucket,
-            "key": key,
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "bytes": len(body),
-            "content_type": content_type,
-        },
+        "ref": ref,
     }
     template_json = json.dumps({**REPORT_TEMPLATE, "attachments": [attachment]})
     try:
