@@ -109,10 +109,13 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
 
 def _provider(config: BridgeConfig, company_id: int) -> str:
     engine, tables, _ = open_database(config)
-    require_migrated(engine, tables)
-    s = tables.company_settings.c
-    with engine.connect() as conn:
-        provider = conn.execute(sa.select(s.provider).where(s.companyid == company_id)).scalar()
+    try:  # the dashboard calls this per request: its pool must not outlive the call
+        require_migrated(engine, tables)
+        s = tables.company_settings.c
+        with engine.connect() as conn:
+            provider = conn.execute(sa.select(s.provider).where(s.companyid == company_id)).scalar()
+    finally:
+        engine.dispose()
     return str(provider or "aws")
 
 
