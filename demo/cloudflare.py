@@ -172,7 +172,7 @@ def report_cloudflare(
     # Each certificate is in R2 (its artifact key) and the Worker's public verify route answers its code.
     verified = 0
     for cert in certificates:
-        answer = httpx.get(f"{dev.base_url}/v1/certificates/verify/{cert.verifycode}", timeout=10)
+        answer = httpx.get(f"{dev.base_url}/v1/certificates/verify/{cert.verifycode}?format=json", timeout=10)
         verified += bool(
             cert.artifactkey and answer.status_code == 200 and answer.json().get("valid") is True
         )

@@ -13,6 +13,7 @@
 
 import { RENDERED_SCRIPTS, rendererCoverage } from "./certificates.js";
 import { validate } from "./contract.js";
+import { VERIFY_PAGE_CSP, verifyPage, wantsJson } from "./verify-page.js";
 import { applyEvents, normaliseSendgridEvent, normaliseSesEvent, verifySendgridSignature } from "./events.js";
 import { IntakeError, jsonResponse, parseJson, readSignedRequest, routeErrorResponse } from "./intake.js";
 import { OBJECTS_PREFIX, handleObject } from "./objects.js";
@@ -165,6 +166,18 @@ export async function handleRoute(request, env, { processors } = {}) {
       if (limited) return limited;
       const code = verify[1];
       const record = CODE.test(code) ? await publicRecords(env).certificate(code) : null;
+      if (!wantsJson(request)) {
+        // The person who scanned the QR code gets the same page as on AWS (verify-page.js).
+        return new Response(verifyPage(code, record, request.headers.get("accept-language")), {
+          status: record ? 200 : 404,
+          headers: {
+            "content-type": "text/html; charset=utf-8",
+            "content-security-policy": VERIFY_PAGE_CSP,
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+          },
+        });
+      }
       if (!record) return jsonResponse(404, { valid: false });
       // A revoked certificate keeps its record: the answer says so, as on AWS.
       return jsonResponse(200, {

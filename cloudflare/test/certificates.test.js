@@ -69,7 +69,7 @@ describe("certificate_batch consumer", () => {
     expect(bucket.puts).toHaveLength(2);
     // The public verify route answers for the code printed on the certificate.
     const code = batch.recipients[1].certificate.verification_code;
-    const answer = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/${code}`), testEnv);
+    const answer = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/${code}?format=json`), testEnv);
     expect(await answer.json()).toEqual({
       valid: true,
       code,

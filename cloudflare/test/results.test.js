@@ -179,10 +179,36 @@ describe("public routes, as on AWS", () => {
     await runInDurableObject(stub, (instance) =>
       instance.putCertificate("ABCD2345EFGH", { company_id: 7, job_id: "j-1", recipient_id: "r-1", key: "certificates/company-7/j-1/r-1.pdf", learner_name: "محمد", course_name: "Safety", completed_at: 1790000000 }),
     );
-    const known = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/ABCD2345EFGH`), env);
+    const asJson = { headers: { accept: "application/json" } };
+    const known = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/ABCD2345EFGH`, asJson), env);
     expect(await known.json()).toEqual({ valid: true, code: "ABCD2345EFGH", learner_name: "محمد", course_name: "Safety", completed_at: 1790000000 });
-    expect((await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/NOPE0000NOPE`), env)).status).toBe(404);
-    expect((await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/bad`), env)).status).toBe(404);
+    expect((await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/NOPE0000NOPE`, asJson), env)).status).toBe(404);
+    expect((await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/bad`, asJson), env)).status).toBe(404);
+  });
+
+  it("a person scanning the QR code gets the verify page, as on AWS: their language, escaped, nothing loaded", async () => {
+    const stub = env.PUBLIC_RECORDS.get(env.PUBLIC_RECORDS.idFromName("public"));
+    await runInDurableObject(stub, (instance) => {
+      instance.putCertificate("PAGE2345EFGH", { company_id: 7, job_id: "j-2", recipient_id: "r-2", key: "certificates/company-7/j-2/r-2.pdf", learner_name: "<script>alert(1)</script> Ana", course_name: "Safety & Health", completed_at: 1790000000, issuer_name: "Acme", language: "de" });
+      instance.putCertificate("ARAB2345EFGH", { company_id: 7, job_id: "j-2", recipient_id: "r-3", key: "certificates/company-7/j-2/r-3.pdf", learner_name: "محمد", course_name: "Safety", completed_at: 1790000000, language: "ar" });
+    });
+    const page = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/PAGE2345EFGH`, { headers: { accept: "text/html" } }), env);
+    expect(page.status).toBe(200);
+    expect(page.headers.get("content-type")).toContain("text/html");
+    expect(page.headers.get("content-security-policy")).toBe("default-src 'none'; style-src 'unsafe-inline'");
+    const html = await page.text();
+    expect(html).toContain('<html lang="de" dir="ltr">');
+    expect(html).toContain("Gültiges Zertifikat");
+    expect(html).toContain("&lt;script&gt;alert(1)&lt;/script&gt; Ana");
+    expect(html).not.toContain("<script>");
+    expect(html).toContain("Safety &amp; Health");
+    expect(html).toContain("2026"); // the completion date, written in German by Intl
+    const arabic = await (await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/ARAB2345EFGH`), env)).text();
+    expect(arabic).toContain('<html lang="ar" dir="rtl">');
+    expect(arabic).toContain("شهادة صالحة");
+    const unknown = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/NOPE0000NOPE`, { headers: { "accept-language": "fr-FR,fr;q=0.9" } }), env);
+    expect(unknown.status).toBe(404);
+    expect(await unknown.text()).toContain("Aucun certificat ne porte ce code");
   });
 });
 

@@ -6,7 +6,7 @@ import worker from "../src/index.js";
 import { ORIGIN, signedRequest, uniqueJob } from "./helpers.js";
 
 const records = () => env.PUBLIC_RECORDS.get(env.PUBLIC_RECORDS.idFromName("public"));
-const verify = async (code) => (await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/${code}`), env)).json();
+const verify = async (code) => (await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/${code}?format=json`), env)).json();
 const revoke = async (body, options) => worker.fetch(await signedRequest("/v1/certificates/revoke", JSON.stringify(body), options), env);
 
 async function rendered(company = 7) {

@@ -13,8 +13,10 @@ ask for ``application/json`` (or ``?format=json``) and get the same facts as JSO
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from babel.dates import format_date
@@ -23,38 +25,22 @@ from jinja2 import Environment, select_autoescape
 from certificate_render.values import locale_for
 from offload_contract.cloud_keys import verification_key
 
-_KEYS = ("title", "valid", "revoked", "unknown", "name", "course", "date", "issuer", "code")
-_TEXTS = {
-    "en": "Certificate verification|Valid certificate|This certificate has been revoked|"
-    "No certificate has this code|Name|Course|Completed on|Issued by|Verification code",
-    "de": "Zertifikatsprüfung|Gültiges Zertifikat|Dieses Zertifikat wurde widerrufen|"
-    "Zu diesem Code gibt es kein Zertifikat|Name|Kurs|Abgeschlossen am|Ausgestellt von|Prüfcode",
-    "fr": "Vérification du certificat|Certificat valide|Ce certificat a été révoqué|"
-    "Aucun certificat ne porte ce code|Nom|Cours|Terminé le|Délivré par|Code de vérification",
-    "es": "Verificación del certificado|Certificado válido|Este certificado ha sido revocado|"
-    "Ningún certificado tiene este código|Nombre|Curso|Completado el|Emitido por|Código de verificación",
-    "pt": "Verificação do certificado|Certificado válido|Este certificado foi revogado|"
-    "Nenhum certificado tem este código|Nome|Curso|Concluído em|Emitido por|Código de verificação",
-    "ar": "التحقق من الشهادة|شهادة صالحة|تم إلغاء هذه الشهادة|"
-    "لا توجد شهادة بهذا الرمز|الاسم|الدورة|تاريخ الإتمام|صادرة عن|رمز التحقق",
-    "zh": "证书验证|有效证书|此证书已被撤销|没有与此代码对应的证书|姓名|课程|完成日期|颁发机构|验证码",
-    "ja": "証明書の確認|有効な証明書|この証明書は取り消されました|"
-    "このコードの証明書はありません|氏名|コース|修了日|発行者|確認コード",
-}
-#: Labels of the page per language (the date itself comes from Babel's CLDR data).
-LABELS: dict[str, dict[str, str]] = {
-    language: dict(zip(_KEYS, text.split("|"), strict=True)) for language, text in _TEXTS.items()
-}
-RTL_LANGUAGES = frozenset({"ar", "he", "fa", "ur"})
+#: The page's labels per language, right-to-left languages, style and CSP: one file shared with
+#: the Worker's page (``offload_contract/pages/verify.json``). Dates come from Babel's CLDR data.
+PAGE_FILE: dict[str, Any] = json.loads(
+    resources.files("offload_contract").joinpath("pages/verify.json").read_text("utf-8")
+)
+LABELS: dict[str, dict[str, str]] = PAGE_FILE["labels"]
+RTL_LANGUAGES = frozenset(PAGE_FILE["rtl_languages"])
+#: The page loads nothing: no scripts, no images, only its inline style.
+CONTENT_SECURITY_POLICY: str = PAGE_FILE["content_security_policy"]
 
 _PAGE = Environment(autoescape=select_autoescape(default=True, default_for_string=True)).from_string(
     """<!doctype html>
 <html lang="{{ lang }}" dir="{{ dir }}">
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex"><title>{{ t.title }}</title>
-<style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:2rem auto;padding:0 1rem;color:#222}
-.status{padding:.75rem 1rem;border-radius:.5rem;font-weight:600}.valid{background:#e6f4ea;color:#1e6b34}
-.revoked,.unknown{background:#fdecea;color:#8a1c12}dt{color:#666;margin-top:.75rem}dd{margin:0;font-size:1.15rem}</style>
+<style>{{ style }}</style>
 </head>
 <body>
 <h1>{{ t.title }}</h1>
@@ -123,7 +109,7 @@ def page(code: str, item: dict[str, Any] | None, accept_language: str = "") -> s
         date = str(format_date(moment.date(), format="long", locale=locale))
     return _PAGE.render(
         lang=shown, dir="rtl" if shown in RTL_LANGUAGES else "ltr", t=labels,
-        state=state, record=record, date=date, code=code,
+        state=state, record=record, date=date, code=code, style=PAGE_FILE["style"],
     )  # fmt: skip
 
 

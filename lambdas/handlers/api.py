@@ -10,6 +10,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from lambdas.certificates.verification import CONTENT_SECURITY_POLICY
 from lambdas.common.aws import client
 from lambdas.common.idempotency import IdempotencyStore
 from lambdas.common.keys import SecretKeySets
@@ -22,8 +23,6 @@ from offload_contract.signing import Verifier
 from offload_contract.unsubscribe import page, page_security_policy
 
 app = APIGatewayRestResolver()
-#: The verify page loads nothing: no scripts, no images, only its inline style.
-PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
 
 @cache
@@ -91,7 +90,7 @@ def verify_certificate(code: str) -> Response[Any]:
             body=html,
             headers={
                 "Cache-Control": "no-store",
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             },
         )
     return _respond(intake().verify_certificate(code, _source_ip()))

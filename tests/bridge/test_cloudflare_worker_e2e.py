@@ -184,7 +184,9 @@ def test_tick_sends_and_certifies_through_the_worker_exactly_once_and_pulls_the_
             )
         )
     assert learner.artifactkey == f"certificates/company-1/{learner.jobid}/{cert.recipientid}.pdf"
-    verified = httpx.get(f"{worker_dev.base_url}/v1/certificates/verify/{cert.verifycode}", timeout=10).json()
+    verified = httpx.get(
+        f"{worker_dev.base_url}/v1/certificates/verify/{cert.verifycode}?format=json", timeout=10
+    ).json()
     assert verified["valid"] is True and verified["learner_name"] == "Léa Rner0"
     # The bridge settled IOMAD's rows as sent; the Worker's result log is drained.
     after = world.rows()

@@ -330,7 +330,7 @@ def test_a_template_set_for_a_cloudflare_company_is_used_by_the_workers_renderer
     assert main(["certificates", "download", str(jobid), "-o", str(zipped)]) == 0
     with zipfile.ZipFile(zipped) as job_zip:
         assert [job_zip.read(n) for n in job_zip.namelist()] == [pdf]
-    link = f"{worker_dev.base_url}/v1/certificates/verify/{code}"
+    link = f"{worker_dev.base_url}/v1/certificates/verify/{code}?format=json"
     assert httpx.get(link, timeout=30).json()["valid"] is True
     assert main(["certificates", "revoke", code, "--reason", "issued in error"]) == 0
     assert f"certificate {code} (company {company}" in capsys.readouterr().out
