@@ -23,14 +23,11 @@ import sqlalchemy as sa
 
 from moodle_bridge.commands._common import cli_actor, fail, open_database
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content
 from moodle_bridge.pipeline.jobs import (
     CreatedBatches,
     PlannedRecipient,
-    add_recipients,
     create_template_job,
-    skip_suppressed,
-    target_for,
+    fill_template_job,
 )
 from moodle_bridge.pipeline.outbox import BuildError, Outbox
 from moodle_bridge.pipeline.routing import decide
@@ -39,7 +36,6 @@ from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, now
 from moodle_bridge.transports.capabilities import worker_check
-from offload_contract.limits import QueueLimits
 
 _RESERVED = {"email", "name", "fullname", "userid"}
 
@@ -249,20 +245,9 @@ def create_list_job(
             )
         except BuildError as exc:
             raise ListError(str(exc)) from None
-        jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
+        jobid, contentkey = new_job.jobid, new_job.contentkey
         planned = plan_list(rows, templates, contentkey)
-        skip_suppressed(conn, repo, companyid, planned)
-        limits = QueueLimits.for_provider(settings.provider, config.submit.max_recipients)
-        created = add_recipients(
-            conn,
-            repo,
-            header,
-            planned,
-            {contentkey: template_content(template_json)},
-            limits,
-            target=target_for(settings.provider, config.submit.aws_mode),
-        )
-        repo.refresh_job_totals(conn, [jobid])
+        created = fill_template_job(conn, repo, config, new_job, planned)
         audit.record(
             conn,
             repo.t,

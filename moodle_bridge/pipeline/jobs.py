@@ -21,6 +21,7 @@ from moodle_bridge.pipeline.batching import (
     message_type_for,
     pack,
     recipient_entry,
+    template_content,
     template_content_key,
 )
 from moodle_bridge.pipeline.outbox import job_header_for
@@ -40,6 +41,10 @@ class TemplateJob:
     jobid: int
     header: JobHeader
     contentkey: str
+    companyid: int
+    provider: str
+    category: str
+    template_json: str
 
 
 def create_template_job(
@@ -80,7 +85,15 @@ def create_template_job(
     job = repo.job(conn, jobid)
     if job is None:  # pragma: no cover - inserted just above in this transaction
         raise RuntimeError(f"job {jobid} vanished")
-    return TemplateJob(jobid, job_header_for(job, settings, config), template_content_key(jobid))
+    return TemplateJob(
+        jobid,
+        job_header_for(job, settings, config),
+        template_content_key(jobid),
+        companyid,
+        settings.provider,
+        category,
+        template_json,
+    )
 
 
 @dataclass
@@ -247,3 +260,26 @@ def add_recipients(
 
 
 OffloadFactory = Callable[[int, int], ContentOffloader | None]  # (companyid, jobid) -> offloader
+
+
+def fill_template_job(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    job: TemplateJob,
+    planned: Sequence[PlannedRecipient],
+) -> CreatedBatches:
+    """Skip the addresses the company must not mail (by the job's category), insert the
+    recipients and their outbox batches, and count them on the job."""
+    skip_suppressed(conn, repo, job.companyid, planned, category=job.category)
+    created = add_recipients(
+        conn,
+        repo,
+        job.header,
+        planned,
+        {job.contentkey: template_content(job.template_json)},
+        QueueLimits.for_provider(job.provider, config.submit.max_recipients),
+        target=target_for(job.provider, config.submit.aws_mode),
+    )
+    repo.refresh_job_totals(conn, [job.jobid])
+    return created

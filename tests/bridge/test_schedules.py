@@ -221,7 +221,7 @@ def test_a_run_killed_before_its_commit_leaves_nothing_and_fires_once_after(site
     repo, engine = bridge["repo"], site.engine
     sid = create(bridge, engine)
     with (
-        mock.patch("moodle_bridge.sources.schedules.runner.add_recipients", side_effect=KeyboardInterrupt),
+        mock.patch("moodle_bridge.pipeline.jobs.add_recipients", side_effect=KeyboardInterrupt),
         pytest.raises(KeyboardInterrupt),
     ):
         run_due(engine, repo, bridge["config"], at=SLOT1, upload=bridge["upload"])

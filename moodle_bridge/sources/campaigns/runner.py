@@ -20,13 +20,10 @@ import jinja2
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content
 from moodle_bridge.pipeline.jobs import (
     PlannedRecipient,
-    add_recipients,
     create_template_job,
-    skip_suppressed,
-    target_for,
+    fill_template_job,
 )
 from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import decide
@@ -39,7 +36,6 @@ from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.campaign_repo import CampaignRepo
 from moodle_bridge.transports.capabilities import worker_check
-from offload_contract.limits import QueueLimits
 
 
 class CampaignError(RuntimeError):
@@ -218,22 +214,12 @@ def run_campaign(
             )
         except BuildError as exc:
             raise CampaignError(str(exc)) from None
-        jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
+        jobid, contentkey = new_job.jobid, new_job.contentkey
         coursename = _course_name(conn, moodle, rule.trigger.course)
         planned = plan_recipients(
             rule, members, managers, compile_templates(rule.template), contentkey, at, coursename
         )
-        skip_suppressed(conn, repo, companyid, planned, category="campaign")
-        created = add_recipients(
-            conn,
-            repo,
-            header,
-            planned,
-            {contentkey: template_content(template_json)},
-            QueueLimits.for_provider(settings.provider, config.submit.max_recipients),
-            target=target_for(settings.provider, config.submit.aws_mode),
-        )
-        repo.refresh_job_totals(conn, [jobid])
+        created = fill_template_job(conn, repo, config, new_job, planned)
         campaigns.record_ledger(conn, campaignid, report.cycle, jobid, [m.userid for m in members], at)
         audit.record(
             conn,

@@ -22,14 +22,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from moodle_bridge.config import BridgeConfig
-from moodle_bridge.pipeline.batching import template_content
 from moodle_bridge.pipeline.claiming import verification_code
 from moodle_bridge.pipeline.jobs import (
     PlannedRecipient,
-    add_recipients,
     create_template_job,
-    skip_suppressed,
-    target_for,
+    fill_template_job,
 )
 from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import decide
@@ -45,7 +42,6 @@ from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.campaign_repo import CampaignRepo
 from moodle_bridge.storage.schedule_repo import ScheduleRepo, SlotTaken
 from moodle_bridge.transports.worker_objects import WorkerObjectError, worker_objects
-from offload_contract.limits import QueueLimits
 
 ACTIONS = ("email", "certificate", "report")
 CLOUD_PREFERENCES = ("auto", "cloud", "local")
@@ -428,7 +424,7 @@ def _fire_report(
         )
     except BuildError as exc:
         raise ScheduleError(str(exc)) from None
-    jobid, header, contentkey = new_job.jobid, new_job.header, new_job.contentkey
+    jobid, contentkey = new_job.jobid, new_job.contentkey
     company = _company_name(conn, iomad, companyid)
     planned: list[PlannedRecipient] = []
     for manager in managers:
@@ -445,17 +441,7 @@ def _fire_report(
         if problem:
             p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
         planned.append(p)
-    skip_suppressed(conn, repo, companyid, planned)
-    created = add_recipients(
-        conn,
-        repo,
-        header,
-        planned,
-        {contentkey: template_content(template_json)},
-        QueueLimits.for_provider(settings.provider, config.submit.max_recipients),
-        target=target_for(settings.provider, config.submit.aws_mode),
-    )
-    repo.refresh_job_totals(conn, [jobid])
+    created = fill_template_job(conn, repo, config, new_job, planned)
     audit.record(
         conn,
         repo.t,
@@ -623,18 +609,8 @@ def _fire_certificates(
         if problem:
             p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
         planned.append(p)
-    skip_suppressed(conn, repo, companyid, planned)
-    created = add_recipients(
-        conn,
-        repo,
-        new_job.header,
-        planned,
-        {new_job.contentkey: template_content(template_json)},
-        QueueLimits.for_provider(settings.provider, config.submit.max_recipients),
-        target=target_for(settings.provider, config.submit.aws_mode),
-    )
+    created = fill_template_job(conn, repo, config, new_job, planned)
     repo.record_job_certificates(conn, new_job.jobid, companyid)
-    repo.refresh_job_totals(conn, [new_job.jobid])
     audit.record(
         conn,
         repo.t,
