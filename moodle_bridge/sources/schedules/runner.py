@@ -25,11 +25,12 @@ from moodle_bridge.config import BridgeConfig
 from moodle_bridge.pipeline.claiming import verification_code
 from moodle_bridge.pipeline.jobs import (
     PlannedRecipient,
+    TemplateJob,
     create_template_job,
     fill_template_job,
 )
 from moodle_bridge.pipeline.outbox import BuildError
-from moodle_bridge.pipeline.routing import decide
+from moodle_bridge.pipeline.routing import CompanySettings, decide
 from moodle_bridge.sources.campaigns.audience import COMPANY_MANAGER
 from moodle_bridge.sources.campaigns.rules import RuleError
 from moodle_bridge.sources.campaigns.runner import CampaignError, moodle_tables_for, run_campaign
@@ -363,6 +364,55 @@ def _store_report(
     return {"store": "s3", "bucket": config.aws.content_bucket, "key": key, **digest}
 
 
+def _cloud_settings(
+    conn: sa.Connection, repo: BridgeRepo, row: Any, kind: str, count: int, report: ScheduleRunReport
+) -> CompanySettings | None:
+    """The company's settings when this run goes to the cloud (``cloud`` ignores the threshold),
+    else None with the run recorded ``not_sent`` and the routing's reason."""
+    settings = repo.get_settings(conn, int(row.companyid))
+    wanted = 2**62 if str(row.cloud_preference) == "cloud" else count
+    decision = decide(repo.offload_enabled(conn), settings, kind, wanted)
+    if decision.offload and settings is not None:
+        return settings
+    report.outcome = "not_sent"
+    report.notes.append(
+        f"not routed to the cloud ({decision.reason}); Moodle's own mail path for schedules is not built"
+    )
+    return None
+
+
+def _schedule_job(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    settings: CompanySettings,
+    row: Any,
+    template_json: str,
+    *,
+    actor: str,
+    at: int,
+    jobtype: str = "email",
+) -> TemplateJob:
+    """The run's job (``schedule:<id>``); a company that cannot make a batch header refuses it."""
+    try:
+        return create_template_job(
+            conn,
+            repo,
+            config,
+            settings,
+            companyid=int(row.companyid),
+            source="schedule",
+            category="transactional",
+            templatename=f"schedule:{int(row.id)}",
+            template_json=template_json,
+            actor=actor,
+            at=at,
+            jobtype=jobtype,
+        )
+    except BuildError as exc:
+        raise ScheduleError(str(exc)) from None
+
+
 def _fire_report(
     conn: sa.Connection,
     repo: BridgeRepo,
@@ -388,14 +438,8 @@ def _fire_report(
         report.outcome = "not_sent"
         report.notes.append(f"company {companyid} has no company manager to mail")
         return
-    settings = repo.get_settings(conn, companyid)
-    count = 2**62 if str(row.cloud_preference) == "cloud" else len(managers)
-    decision = decide(repo.offload_enabled(conn), settings, "email", count)
-    if not decision.offload or settings is None:
-        report.outcome = "not_sent"
-        report.notes.append(
-            f"not routed to the cloud ({decision.reason}); Moodle's own mail path for schedules is not built"
-        )
+    settings = _cloud_settings(conn, repo, row, "email", len(managers), report)
+    if settings is None:
         return
     body = reports.render(table, str(row.format))
     key = attachment_key(row, slot)
@@ -408,22 +452,7 @@ def _fire_report(
         "ref": ref,
     }
     template_json = json.dumps({**REPORT_TEMPLATE, "attachments": [attachment]})
-    try:
-        new_job = create_template_job(
-            conn,
-            repo,
-            config,
-            settings,
-            companyid=companyid,
-            source="schedule",
-            category="transactional",
-            templatename=f"schedule:{int(row.id)}",
-            template_json=template_json,
-            actor=actor,
-            at=at,
-        )
-    except BuildError as exc:
-        raise ScheduleError(str(exc)) from None
+    new_job = _schedule_job(conn, repo, config, settings, row, template_json, actor=actor, at=at)
     jobid, contentkey = new_job.jobid, new_job.contentkey
     company = _company_name(conn, iomad, companyid)
     planned: list[PlannedRecipient] = []
@@ -554,36 +583,16 @@ def _fire_certificates(
         report.outcome = "empty"
         report.notes.append("nobody has completed the course" + (" in the cohort" if row.cohortid else ""))
         return
-    settings = repo.get_settings(conn, companyid)
-    count = 2**62 if str(row.cloud_preference) == "cloud" else len(holders)
-    decision = decide(repo.offload_enabled(conn), settings, "certificate", count)
-    if not decision.offload or settings is None:
-        report.outcome = "not_sent"
-        report.notes.append(
-            f"not routed to the cloud ({decision.reason}); Moodle's own path for schedules is not built"
-        )
+    settings = _cloud_settings(conn, repo, row, "certificate", len(holders), report)
+    if settings is None:
         return
     if settings.provider != "aws":
         raise ScheduleError("certificate schedules go through AWS only (docs/schedules.md, 'Not built')")
     course = _course_name(conn, iomad, int(row.courseid))
     template_json = json.dumps(CERTIFICATE_TEMPLATE)
-    try:
-        new_job = create_template_job(
-            conn,
-            repo,
-            config,
-            settings,
-            companyid=companyid,
-            source="schedule",
-            category="transactional",
-            templatename=f"schedule:{int(row.id)}",
-            template_json=template_json,
-            actor=actor,
-            at=at,
-            jobtype="certificate",
-        )
-    except BuildError as exc:
-        raise ScheduleError(str(exc)) from None
+    new_job = _schedule_job(
+        conn, repo, config, settings, row, template_json, actor=actor, at=at, jobtype="certificate"
+    )
     planned: list[PlannedRecipient] = []
     for h in holders:
         p = PlannedRecipient(
