@@ -1684,18 +1684,24 @@ async def campaign_save(request: Request) -> Response:
     return _redirect(state, f"/campaigns/{campaign_id}", message=message)
 
 
-async def campaign_action(request: Request) -> Response:
-    """Pause, resume or run now, through the CLI's own functions (audited there)."""
+async def _pause_resume_run(request: Request, id_param: str) -> tuple[DashboardState, Principal, int, str]:
+    """The checks every pause/resume/run-now POST shares: session, CSRF, the right to act, and
+    a known action. Scope (the object is the caller's company's) is the caller's to check."""
     state = _state(request)
     session, _ = _session(request)
     who = session.principal
     await _form(request, session)
     if not who.can_act:
         raise NotFound()
-    campaign_id = int(request.path_params["campaign_id"])
     action = request.path_params["action"]
     if action not in ("pause", "resume", "run-now"):
         raise NotFound()
+    return state, who, int(request.path_params[id_param]), action
+
+
+async def campaign_action(request: Request) -> Response:
+    """Pause, resume or run now, through the CLI's own functions (audited there)."""
+    state, who, campaign_id, action = await _pause_resume_run(request, "campaign_id")
     now = state.now()
     repo = BridgeRepo(state.tables)
     with state.engine.connect() as conn:
@@ -1926,16 +1932,7 @@ async def schedule_save(request: Request) -> Response:
 
 async def schedule_action(request: Request) -> Response:
     """Pause, resume or run now, through the CLI's own functions (audited there)."""
-    state = _state(request)
-    session, _ = _session(request)
-    who = session.principal
-    await _form(request, session)
-    if not who.can_act:
-        raise NotFound()
-    schedule_id = int(request.path_params["schedule_id"])
-    action = request.path_params["action"]
-    if action not in ("pause", "resume", "run-now"):
-        raise NotFound()
+    state, who, schedule_id, action = await _pause_resume_run(request, "schedule_id")
     now = state.now()
     repo = BridgeRepo(state.tables)
     with state.engine.connect() as conn:

@@ -675,26 +675,16 @@ def run_schedule(
     if missed:
         report.notes.append(f"{missed} earlier missed slot(s) skipped: a missed run fires once")
     try:
-        if str(row.action_type) == "certificate":
+        if str(row.action_type) in ("certificate", "report"):
+            # The slot, the job and the run's record commit together: a crash leaves none of them.
             with engine.begin() as conn:
                 runid = schedules.take_slot(conn, scheduleid, slot, at)
-                _fire_certificates(conn, repo, config, iomad, row, slot, report, actor=actor, at=at)
-                _finish(
-                    conn,
-                    repo,
-                    row,
-                    recurrence,
-                    report,
-                    runid,
-                    actor=actor,
-                    at=at,
-                    manual=now_slot,
-                    source=source,
-                )
-        elif str(row.action_type) == "report":
-            with engine.begin() as conn:
-                runid = schedules.take_slot(conn, scheduleid, slot, at)
-                _fire_report(conn, repo, config, iomad, row, slot, report, upload=upload, actor=actor, at=at)
+                if str(row.action_type) == "certificate":
+                    _fire_certificates(conn, repo, config, iomad, row, slot, report, actor=actor, at=at)
+                else:
+                    _fire_report(
+                        conn, repo, config, iomad, row, slot, report, upload=upload, actor=actor, at=at
+                    )
                 _finish(
                     conn,
                     repo,
