@@ -175,7 +175,7 @@ def _config_checks(config: BridgeConfig) -> Iterator[Check]:
                 else ""
             ),
         )
-    for name in ("database_password", "aws_access_key_id"):
+    for name in ("database_password", "aws_access_key_id", "aws_secret_access_key", "dashboard_key"):
         if name in sources:
             yield Check(name.replace("_", " "), True, f"from {sources[name]}")
 
