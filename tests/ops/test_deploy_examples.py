@@ -286,6 +286,18 @@ def test_nginx_snippet_proxies_signed_callbacks_to_the_receiver(tmp_path: Path, 
             assert "mrco_callbacks_total" in client.get(f"{url}/metrics").text
             big = client.post(f"{url}{RESULTS_PATH}", content=b"x" * (7 * 1024 * 1024), headers=signed(b"x"))
             assert big.status_code == 413  # nginx stops it before the service
+        # From another address (127.0.0.2 is not the local host's 127.0.0.1 to nginx's allow list):
+        # /metrics and /healthz are refused, the callbacks still pass.
+        with httpx.Client(
+            timeout=5,
+            headers={"Host": "offload.example.org"},
+            transport=httpx.HTTPTransport(
+                verify=ssl.create_default_context(cafile=str(cert)), local_address="127.0.0.2"
+            ),
+        ) as outside:
+            assert outside.get(f"{url}/metrics").status_code == 403
+            assert outside.get(f"{url}/healthz").status_code == 403
+            assert outside.get(f"{url}{RESULTS_PATH}").status_code == 405  # the receiver's answer
         plain = httpx.get(f"http://127.0.0.1:{http}{RESULTS_PATH}", headers={"Host": "offload.example.org"})
         assert plain.status_code == 301 and plain.headers["location"].startswith(
             "https://offload.example.org/"
