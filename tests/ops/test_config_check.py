@@ -220,3 +220,15 @@ def test_a_cloudflare_site_gets_its_worker_intake_asked(site, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "FAIL Worker intake: http://127.0.0.1:1/v1/jobs unreachable" in out
     assert "FIX: cloudflare.intake_url" in out
+
+
+def test_a_used_up_daily_quota_fails_with_its_fix(site, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(
+        config_check, "aws_clients", lambda config: with_get_account(probes.aws_clients(config), sent=50000.0)
+    )
+    assert main(["config", "check", "--skip-callback"]) == 1
+    failures = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert failures == [
+        "FAIL SES quota: 14/s, 50000 of 50000 sent in 24 h; daily quota used up: "
+        "FIX: wait for the 24 h window or request a higher quota"
+    ]
