@@ -50,7 +50,9 @@ def register(subparsers: Any) -> None:
     )
     inner = parser.add_subparsers(dest="config_command", metavar="ACTION")
     check = inner.add_parser("check", help="one line per check, OK or the fix; exit 1 on any failure")
-    check.add_argument("--skip-aws", action="store_true", help="skip the SQS and SES checks")
+    check.add_argument(
+        "--skip-aws", action="store_true", help="skip the cloud checks (SQS, SES and the Worker intake)"
+    )
     check.add_argument("--skip-callback", action="store_true", help="skip the callback URL check")
     check.set_defaults(handler=handle)
     grants = inner.add_parser(
