@@ -33,7 +33,12 @@ from moodle_bridge.results.receiver import create_app
 from moodle_bridge.results.server import receiver_server_settings
 from moodle_bridge.service import Receiver, Service
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    describe_database_error,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -122,6 +127,6 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
     except IomadSchemaNotFound as exc:
         return fail(f'{exc} (for a plain Moodle site set database.site = "moodle")')
     except sa.exc.SQLAlchemyError as exc:
-        return fail(f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}")
+        return fail(f"database error: {describe_database_error(exc)}")
     finally:
         engine.dispose()

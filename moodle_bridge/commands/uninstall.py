@@ -26,7 +26,13 @@ from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables,
 from moodle_bridge.storage import audit, statuses
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine, now
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    describe_database_error,
+    now,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     except sa.exc.SQLAlchemyError as exc:
-        return fail(f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}")
+        return fail(f"database error: {describe_database_error(exc)}")
     finally:
         engine.dispose()
     return 0
