@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import sqlalchemy as sa
 
 from moodle_bridge.cli import main
@@ -10,7 +14,7 @@ from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
-from moodle_bridge.storage.migrations import LATEST_VERSION, SCHEMA_VERSION_KEY
+from moodle_bridge.storage.migrations import LATEST_VERSION, SCHEMA_VERSION_KEY, STEPS
 from moodle_bridge.storage.strict_mode import strict_mode_installed
 from tests.bridge.conftest import make_config, with_queues
 from tests.bridge.iomad_world import IomadWorld
@@ -145,3 +149,22 @@ def test_uninstall_removes_strict_modes_trigger_so_iomad_still_queues_mail(
         assert rows[after].due < PARKED_DUE_BASE and rows[parked].due < PARKED_DUE_BASE
     finally:
         engine.dispose()
+
+
+def test_every_schema_step_has_a_lock_note_and_the_measured_figures_are_the_benchmarks() -> None:
+    """docs/UPGRADING.md says, for each step after version 4, whether it locks a table; the step 7
+    figures are those of bench/results/migration_lock.json (1,000,000 recipients)."""
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "UPGRADING.md").read_text("utf-8")
+    noted = {int(n) for n in re.findall(r"^\| (\d+) \| ", doc, re.MULTILINE)}
+    assert {step.version for step in STEPS if step.version > 4} <= noted, "a step without a lock note"
+    results = json.loads((root / "bench" / "results" / "migration_lock.json").read_text("utf-8"))
+    engines = {e["engine"]: e for e in results["figures"]["engines"]}
+    assert {e["rows"] for e in engines.values()} == {1_000_000}
+    (row,) = [line for line in doc.splitlines() if line.startswith("| **step 7**")]
+    for engine in ("mariadb", "postgres"):
+        step = engines[engine]["ddl"]["step_7_recipient_indexes"]
+        assert step["indexes"] == 3
+        assert f"{step['ddl_seconds']:.1f} s" in row, (engine, row)
+    slowest = engines["postgres"]["ddl"]["step_7_recipient_indexes"]["writer_during_ddl"]["max_ms"]
+    assert f"{slowest:,} ms" in row
