@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
     grants.add_argument("--user", required=True, help="the bridge's database user (role on PostgreSQL)")
     grants.add_argument("--host", default="localhost", help="MariaDB/MySQL: the user's host (localhost)")
     grants.add_argument("--schema", default="public", help="PostgreSQL: Moodle's schema (public)")
+    grants.add_argument(
+        "--strict", action="store_true", help="also the TRIGGER grant strict mode (migrate --strict) needs"
+    )
     grants.set_defaults(handler=handle_grants)
     parser.set_defaults(handler=lambda args, config: _usage(parser))
 
@@ -105,6 +108,7 @@ def handle_grants(args: argparse.Namespace, config: BridgeConfig) -> int:
             host=args.host,
             schema=args.schema,
             manireports=manireports.table_name(config.database.prefix) if has_manireports else None,
+            strict=args.strict,
         )
     except (DatabaseUnavailable, GrantError) as exc:
         return fail(str(exc))

@@ -136,14 +136,14 @@ def test_strict_mode_with_the_documented_privileges_and_moodles_own_user_inserti
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MRCO_DATABASE_URL", db_url.render_as_string(hide_password=False))
     monkeypatch.delenv("MRCO_CONFIG", raising=False)
-    assert main(["config", "grants", "--user", bridge_user, "--host", "%"]) == 0
+    assert main(["config", "grants", "--user", bridge_user, "--host", "%", "--strict"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("--")]
     database = db_url.database
     if mysql:
         strict_grant = f"GRANT TRIGGER ON `{database}`.`{email}` TO '{bridge_user}'@'%';"
         moodle_grants = [f"GRANT SELECT, INSERT, UPDATE ON `{database}`.`{email}` TO '{moodle_user}'@'%';"]
     else:
-        strict_grant = f'GRANT TRIGGER ON "{email}" TO "{bridge_user}";'
+        strict_grant = f'GRANT TRIGGER ON TABLE "public"."{email}" TO "{bridge_user}";'
         moodle_grants = [
             f'GRANT CONNECT ON DATABASE "{database}" TO "{moodle_user}";',
             f'GRANT USAGE ON SCHEMA public TO "{moodle_user}";',
@@ -163,7 +163,8 @@ def test_strict_mode_with_the_documented_privileges_and_moodles_own_user_inserti
                         else f"CREATE ROLE \"{user}\" LOGIN PASSWORD 'pw'"
                     )
                 )
-            for statement in [*printed, strict_grant, *moodle_grants]:
+            assert printed[-1] == strict_grant  # printed by `config grants --strict`
+            for statement in [*printed, *moodle_grants]:
                 conn.execute(sa.text(statement))
         monkeypatch.setenv("MRCO_DATABASE_URL", bridge_url.render_as_string(hide_password=False))
         assert main(["migrate"]) == 0
