@@ -430,6 +430,33 @@ def test_job_figures_follow_a_change_at_once(site: Site) -> None:
     assert 'rstatus=pending">pending</a></td><td class="num">2<' in after
 
 
+def test_behind_a_proxy_under_a_path_links_forms_and_the_cookie_use_that_path(site: Site) -> None:
+    """docs/dashboard.md, Deployment: the proxy strips ``/dashboard``; ``public_url`` carries it."""
+    prefixed = replace(
+        site.config, dashboard=replace(site.config.dashboard, public_url="https://x.example/dashboard")
+    )
+    app = create_app(site.engine, site.world.tables, prefixed, clock=site.clock)
+    client = TestClient(app, base_url="https://testserver", follow_redirects=False)
+    w = site.world
+    c1 = w.companies[0]
+    signed = client.get("/signin", params={"token": site.token(w.managers[c1], c1)})
+    assert signed.status_code == 200
+    cookie = signed.headers["set-cookie"]
+    assert "Path=/dashboard" in cookie
+    session = re.search(r"mrcloud_session=([^;]+)", cookie)
+    assert session
+    headers = {"Cookie": f"mrcloud_session={session.group(1)}"}
+    jobs = client.get("/", headers=headers).text
+    job = w.jobs["sending"]
+    assert f'href="/dashboard/jobs/{job}"' in jobs and 'href="/dashboard/static/app.css"' in jobs
+    assert not re.search(r'(href|action|src)="/(?!dashboard/)', jobs), "a link outside the prefix"
+    page = client.get(f"/jobs/{job}", headers=headers).text
+    assert f'action="/dashboard/jobs/{job}/cancel"' in page
+    assert not re.search(r'(href|action|src)="/(?!dashboard/)', page), "a link outside the prefix"
+    cancelled = client.post(f"/jobs/{job}/cancel", data={"csrf": _csrf(page)}, headers=headers)
+    assert cancelled.status_code == 303 and cancelled.headers["location"].startswith(f"/dashboard/jobs/{job}")
+
+
 def test_sessions_expire_and_are_purged_at_the_next_sign_in(site: Site) -> None:
     w = site.world
     old = site.signed_in(w.admin)
