@@ -182,6 +182,7 @@ def retry_failed(
     max_recipients: int = 200,
     target: str | None = None,
     include_permanent: bool = False,
+    source: str | None = None,
 ) -> RetryReport:
     """Send the job's failed recipients again (a new attempt). By default only failures a retry
     can cure (``RETRYABLE_FAILURE_CODES``); ``include_permanent`` takes every failed recipient.
@@ -240,6 +241,7 @@ def retry_failed(
         now=now,
         companyid=int(job["companyid"]),
         jobid=job_id,
+        source=source,
         detail={
             "attempt": attempt,
             "recipients": len(failed),
@@ -260,6 +262,7 @@ def cancel_job(
     now: int,
     queue: IomadQueue | None = None,
     reason: str = "cancelled",
+    source: str | None = None,
 ) -> CancelReport:
     """Cancel a job in the database (the caller commits, then calls ``signal_cancels``).
 
@@ -320,6 +323,7 @@ def cancel_job(
         now=now,
         companyid=int(job["companyid"]),
         jobid=job_id,
+        source=source,
         detail={
             "reason": reason,
             "recipients": len(ids),
@@ -391,6 +395,7 @@ def cancel_open_jobs(
     reason: str,
     company_id: int | None = None,
     queue: IomadQueue | None = None,
+    source: str | None = None,
 ) -> list[CancelReport]:
     """Cancel every job that has not ended and is not being cancelled already (of ``company_id``,
     or of every company): what the global switch and a company's cloud switch do when turned off."""
@@ -401,7 +406,9 @@ def cancel_open_jobs(
     reports = []
     for job_id in conn.execute(query.order_by(j.c.id)).scalars():
         reports.append(
-            cancel_job(conn, tables, int(job_id), actor=actor, now=now, queue=queue, reason=reason)
+            cancel_job(
+                conn, tables, int(job_id), actor=actor, now=now, queue=queue, reason=reason, source=source
+            )
         )
     return reports
 

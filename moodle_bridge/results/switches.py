@@ -82,6 +82,7 @@ def change_company(
             reason=COMPANY_OFF_REASON,
             company_id=company_id,
             queue=queue,
+            source=source,
         )
     return updated, stopped
 
@@ -101,4 +102,6 @@ def switch_global(
     set_global_switch(conn, repo, enabled, actor=actor, now=now, source=source)
     if enabled:
         return []
-    return cancel_open_jobs(conn, repo.t, actor=actor, now=now, reason=GLOBAL_OFF_REASON, queue=queue)
+    return cancel_open_jobs(
+        conn, repo.t, actor=actor, now=now, reason=GLOBAL_OFF_REASON, queue=queue, source=source
+    )

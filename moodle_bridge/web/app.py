@@ -574,6 +574,7 @@ async def job_action(request: Request) -> Response:
                     now=now,
                     max_recipients=state.config.submit.max_recipients,
                     include_permanent=form.get("include_permanent") == "1",
+                    source=_source(request),
                 )
                 message = (
                     f"Attempt {report.attempt}: {report.recipients} failed recipients go out again "
@@ -587,7 +588,13 @@ async def job_action(request: Request) -> Response:
                     )
             elif action == "cancel":
                 cancelled = cancel_job(
-                    conn, state.tables, job_id, actor=who.actor, now=now, queue=state.queue
+                    conn,
+                    state.tables,
+                    job_id,
+                    actor=who.actor,
+                    now=now,
+                    queue=state.queue,
+                    source=_source(request),
                 )
                 message = (
                     f"Cancelled: {cancelled.recipients_cancelled} recipients, {cancelled.batches_abandoned} "

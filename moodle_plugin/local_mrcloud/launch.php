@@ -30,6 +30,12 @@ $systemcontext = context_system::instance();
 $PAGE->set_context($systemcontext);
 $PAGE->set_url(new moodle_url('/local/mrcloud/launch.php'));
 
+// IOMAD 4.x keeps its class in local/iomad/lib/iomad.php, which a plugin page loads itself (as
+// many of IOMAD's own files do); IOMAD 5.x autoloads it (local_iomad\iomad, renamed from iomad).
+if (!class_exists('iomad') && file_exists($CFG->dirroot . '/local/iomad/lib/iomad.php')) {
+    require_once($CFG->dirroot . '/local/iomad/lib/iomad.php');
+}
+
 $companyid = 0;
 if (class_exists('iomad')) {
     // IOMAD: the session's company; a site admin without one sees every company.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -20,7 +21,7 @@ from moodle_bridge.results.switches import COMPANY_OFF_REASON, GLOBAL_OFF_REASON
 from moodle_bridge.storage.statuses import JOB_STATUSES
 from moodle_bridge.web.app import create_app
 from tests.web.conftest import Site
-from tests.web.world import NOW
+from tests.web.world import BODY, NOW, add_job
 
 TABLE = "offload-idempotency"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -186,12 +187,57 @@ def test_csv_exports_hold_no_bodies_or_passwords(site: Site) -> None:
     assert len(rows) == 8 and {r["status"] for r in rows} >= {"delivered", "failed", "queued"}
     errors = list(csv.DictReader(io.StringIO(client.get(f"/jobs/{job}/errors.csv").text)))
     assert {r["status"] for r in errors} == {"failed", "bounced"}
-    texts = [full.text, client.get(f"/jobs/{job}/errors.csv").text, client.get(f"/jobs/{job}").text]
-    texts += [client.get(p).text for p in ("/", "/audit", "/suppressions", "/settings", "/suppressions.csv")]
+    # The sending job's recipients hold a body and a temporary password in data/secret (world.py).
+    pages = [f"/jobs/{job}", f"/jobs/{job}/errors.csv", f"/jobs/{job}/certificates"]
+    pages += [f"/progress.json?ids={job}"]
+    pages += [f"/jobs/{job}?rstatus={s}" for s in ("failed", "delivered", "queued")]
+    pages += [f"/jobs/{job}?q=learner", f"/jobs/{job}?q=Learner"]
+    pages += ["/", "/audit", "/suppressions", "/settings", "/suppressions.csv"]
+    responses = {p: client.get(p) for p in pages}
+    assert {p: r.status_code for p, r in responses.items()} == dict.fromkeys(pages, 200)
+    assert "learner" in responses[f"/jobs/{job}?q=learner"].text and w.passwords
+    texts = [full.text] + [r.text for r in responses.values()]
     for text in texts:
+        assert BODY not in text and "7f3a9c" not in text and "User_Newpassword" not in text
         for password in w.passwords:
             assert password not in text
     assert {r.action for r in _audit(site, "recipient_list_downloaded")} == {"recipient_list_downloaded"}
+
+
+def test_every_dashboard_change_is_audited_with_the_user_and_the_source_address(site: Site) -> None:
+    w = site.world
+    c1 = w.companies[0]
+    admin = site.signed_in(w.admin)
+    job = w.jobs["sending"]
+    token = _csrf(admin.get(f"/jobs/{job}").text)
+    assert admin.post(f"/jobs/{job}/retry", data={"csrf": token, "include_permanent": "1"}).status_code == 303
+    assert admin.post(f"/jobs/{job}/cancel", data={"csrf": token}).status_code == 303
+    assert admin.get(f"/jobs/{job}/recipients.csv").status_code == 200
+    assert admin.get(f"/jobs/{job}/errors.csv").status_code == 200
+    form = {"csrf": token, "cloud": "1", "emails": "1", "threshold": "0", "provider": "aws"}
+    assert admin.post(f"/settings/{c1}", data={**form, "cert_template": "default"}).status_code == 303
+    removal = {"csrf": token, "company": c1, "address": "bounced1@example.org", "why": "mailbox fixed"}
+    assert admin.post("/suppressions/remove", data=removal).status_code == 303
+    # Off cancels company 2's open job too: that cancel is the admin's, from the same address.
+    for enabled in ("1", "0"):
+        assert admin.post("/settings/global", data={"csrf": token, "enabled": enabled}).status_code == 303
+    a = w.tables.audit_log
+    with site.engine.connect() as conn:
+        query = sa.select(a.c.actor, a.c.action, a.c.sourceaddress, a.c.jobid)
+        rows = conn.execute(query.where(a.c.actor.like("dashboard:%"))).all()
+    assert {r.action for r in rows} >= {
+        "dashboard_signed_in",
+        "job_retried",
+        "job_cancelled",
+        "recipient_list_downloaded",
+        "error_report_downloaded",
+        "company_settings_created",
+        "suppression_removed",
+        "global_switch_on",
+        "global_switch_off",
+    }
+    assert {r.jobid for r in rows if r.action == "job_cancelled"} == {job, w.jobs["other"]}
+    assert {(r.actor, r.sourceaddress) for r in rows} == {(f"dashboard:{w.admin}", "testclient")}
 
 
 def test_csv_exports_strip_control_characters_from_provider_texts(site: Site) -> None:
@@ -384,6 +430,33 @@ def test_job_figures_follow_a_change_at_once(site: Site) -> None:
     assert 'rstatus=pending">pending</a></td><td class="num">2<' in after
 
 
+def test_behind_a_proxy_under_a_path_links_forms_and_the_cookie_use_that_path(site: Site) -> None:
+    """docs/dashboard.md, Deployment: the proxy strips ``/dashboard``; ``public_url`` carries it."""
+    prefixed = replace(
+        site.config, dashboard=replace(site.config.dashboard, public_url="https://x.example/dashboard")
+    )
+    app = create_app(site.engine, site.world.tables, prefixed, clock=site.clock)
+    client = TestClient(app, base_url="https://testserver", follow_redirects=False)
+    w = site.world
+    c1 = w.companies[0]
+    signed = client.get("/signin", params={"token": site.token(w.managers[c1], c1)})
+    assert signed.status_code == 200
+    cookie = signed.headers["set-cookie"]
+    assert "Path=/dashboard" in cookie
+    session = re.search(r"mrcloud_session=([^;]+)", cookie)
+    assert session
+    headers = {"Cookie": f"mrcloud_session={session.group(1)}"}
+    jobs = client.get("/", headers=headers).text
+    job = w.jobs["sending"]
+    assert f'href="/dashboard/jobs/{job}"' in jobs and 'href="/dashboard/static/app.css"' in jobs
+    assert not re.search(r'(href|action|src)="/(?!dashboard/)', jobs), "a link outside the prefix"
+    page = client.get(f"/jobs/{job}", headers=headers).text
+    assert f'action="/dashboard/jobs/{job}/cancel"' in page
+    assert not re.search(r'(href|action|src)="/(?!dashboard/)', page), "a link outside the prefix"
+    cancelled = client.post(f"/jobs/{job}/cancel", data={"csrf": _csrf(page)}, headers=headers)
+    assert cancelled.status_code == 303 and cancelled.headers["location"].startswith(f"/dashboard/jobs/{job}")
+
+
 def test_sessions_expire_and_are_purged_at_the_next_sign_in(site: Site) -> None:
     w = site.world
     old = site.signed_in(w.admin)
@@ -443,6 +516,37 @@ def test_job_status_filter_offers_every_job_status(site: Site) -> None:
         conn.execute(j.update().where(j.c.id == w.jobs["done"]).values(status="fell_back"))
     listed = client.get("/", params={"status": "fell_back"}).text
     assert f'/jobs/{w.jobs["done"]}"' in listed and f'/jobs/{w.jobs["sending"]}"' not in listed
+
+
+def test_jobs_filter_by_company_type_and_date_in_the_users_zone(site: Site) -> None:
+    w = site.world
+    c1, c2 = w.companies
+    # A certificate job of company 2 created at 23:30 UTC on 14 January: 15 January in Paris.
+    late = int(dt.datetime(2027, 1, 14, 23, 30, tzinfo=dt.UTC).timestamp())
+    j = w.tables.jobs
+    with site.engine.begin() as conn:
+        cert = add_job(conn, w.tables, c2, w.learners[c2][:2], ["rendered"] * 2, now=late + 600)
+        conn.execute(j.update().where(j.c.id == cert).values(jobtype="certificate", timecreated=late))
+
+    def listed(client: TestClient, **params: str) -> set[int]:
+        page = client.get("/", params=params)
+        assert page.status_code == 200
+        return {int(x) for x in re.findall(r'<a href="/jobs/(\d+)">', page.text)}
+
+    admin = site.signed_in(w.admin)  # Europe/Paris
+    everything = {w.jobs["sending"], w.jobs["done"], w.jobs["other"], cert}
+    assert listed(admin) == everything
+    assert listed(admin, company=str(c2)) == {w.jobs["other"], cert}
+    assert listed(admin, type="certificate") == {cert}
+    assert listed(admin, type="email", company=str(c1)) == {w.jobs["sending"], w.jobs["done"]}
+    assert listed(admin, **{"from": "2027-01-15", "to": "2027-01-15", "type": "certificate"}) == {cert}
+    assert listed(admin, **{"from": "2027-01-14", "to": "2027-01-14"}) == set()  # the UTC day, not Paris's
+    assert listed(admin, **{"from": "2027-01-16"}) == set()
+    assert listed(admin, **{"from": "not-a-date"}) == everything  # a bad date is ignored, not an error
+    # A company manager's company filter cannot reach another company.
+    manager = site.signed_in(w.managers[c1], c1)
+    assert listed(manager, company=str(c2)) == {w.jobs["sending"], w.jobs["done"]}
+    assert listed(manager, type="certificate") == set()
 
 
 def test_retry_leaves_permanent_failures_unless_asked(site: Site) -> None:

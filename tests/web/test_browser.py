@@ -110,11 +110,28 @@ def browser(served: Served) -> Iterator[Any]:
         b.close()
 
 
+#: Requests a page made to any other host (refused by ``_page``); a test that leaves one fails.
+OFFSITE: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def nothing_from_other_hosts() -> Iterator[None]:
+    OFFSITE.clear()
+    yield
+    assert OFFSITE == [], f"the dashboard asked another host (a CDN?) for: {OFFSITE}"
+
+
+def _refuse_offsite(route: Any) -> None:
+    OFFSITE.append(route.request.url)
+    route.abort()
+
+
 def _page(browser: Any, **kw: Any) -> Any:
     context = browser.new_context(viewport={"width": 1280, "height": 900}, **kw)
     context.set_default_timeout(15_000)
-    # Nothing but the dashboard itself may be loaded (no CDN): refuse every other host.
-    context.route(re.compile(r"^(?!http://127\.0\.0\.1:)"), lambda route: route.abort())
+    # Nothing but the dashboard itself may be loaded (no CDN): every other host is refused and
+    # recorded, and the autouse fixture above fails the test that asked for one.
+    context.route(re.compile(r"^(?!http://127\.0\.0\.1:)"), _refuse_offsite)
     return context.new_page()
 
 

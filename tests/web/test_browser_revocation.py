@@ -17,7 +17,14 @@ from moto import mock_aws
 
 from lambdas.certificates.verification import facts, record_item
 from moodle_bridge.transports.certificate_records import CertificateRecords
-from tests.web.test_browser import CHROMIUM, Served, _page, _sign_in, sync_api  # noqa: F401
+from tests.web.test_browser import (  # noqa: F401 - the fixture refuses requests to other hosts
+    CHROMIUM,
+    Served,
+    _page,
+    _sign_in,
+    nothing_from_other_hosts,
+    sync_api,
+)
 from tests.web.world import add_job, build_world
 
 pytestmark = pytest.mark.browser

@@ -17,7 +17,13 @@ import pytest
 import sqlalchemy as sa
 from moto import mock_aws
 
-from tests.web.test_browser import CHROMIUM, Served, _sign_in, sync_api
+from tests.web.test_browser import (  # noqa: F401 - the fixture refuses requests to other hosts
+    CHROMIUM,
+    Served,
+    _sign_in,
+    nothing_from_other_hosts,
+    sync_api,
+)
 from tests.web.test_certificate_template import BUCKET, document, needs_fonts, png
 from tests.web.world import build_world
 

@@ -4,10 +4,13 @@ Two companies seeded by the IOMAD stand-in (a manager each, learners in a top an
 department), a department manager of company 1's child department, and jobs written the way
 bridge core writes them: company 1 has a job still sending (some delivered, a bounce, a
 permanent and a transient failure, some queued) and a finished one; company 2 has one queued job.
+The sending job's recipients carry what the bridge stores and the dashboard must never show: the
+template data with a message body (``BODY``) and a temporary password in ``data`` and ``secret``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,8 @@ from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_table
 from moodle_bridge.storage.migrations import migrate
 
 NOW = 1_800_000_000
+#: A message body kept in the sending job's recipient data: no page or export may show it.
+BODY = "Dear learner, your body text 7f3a9c is here"
 SHARED_KEY = "ZGFzaGJvYXJkLXRlc3Qta2V5LWZvci10aGUtYnJvd3Nlci1hbmQtdW5pdC10ZXN0cw"
 
 
@@ -94,6 +99,14 @@ def build_world(engine: sa.Engine, prefix: str = "mdl_", *, now: int = NOW) -> W
         statuses = ["delivered", "delivered", "bounced", "failed", "failed", "queued", "queued", "queued"]
         world.jobs["sending"] = add_job(
             conn, tables, c1, world.learners[c1], statuses, job_status="processing", now=now
+        )
+        # What the bridge keeps per recipient and the dashboard must never select (see BODY).
+        secret = world.passwords[0]
+        r = tables.recipients
+        conn.execute(
+            r.update()
+            .where(r.c.jobid == world.jobs["sending"])
+            .values(data=json.dumps({"body": BODY, "User_Newpassword": secret}), secret=secret)
         )
         world.jobs["done"] = add_job(
             conn, tables, c1, world.learners[c1][:3], ["delivered"] * 3, job_status="completed", now=now
