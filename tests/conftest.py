@@ -3,11 +3,15 @@
 - SQLite tests always run.
 - MariaDB / PostgreSQL tests run when the server answers; otherwise one line names the
   skipped engine. With CI=true an unreachable server fails the whole run instead.
+- The same holds for php-cli, Debian's chromium and Playwright: their tests skip without them on a
+  developer's machine, and CI=true stops the run when one is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -47,12 +51,31 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def missing_ci_tools() -> list[str]:
+    """Tools whose tests skip on a developer's machine without them, but must run in CI."""
+    chromium = os.environ.get("MRCO_CHROMIUM", "/usr/bin/chromium")
+    missing = [] if shutil.which("php") else ["php-cli (php)"]
+    if not os.access(chromium, os.X_OK):
+        missing.append(f"chromium ({chromium})")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("playwright (Python)")
+    return missing
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _in_ci():
+        return
     unreachable = [s for s in _STATUS.values() if not s.reachable]
-    if unreachable and _in_ci():
+    if unreachable:
         names = ", ".join(f"{s.engine} ({s.detail})" for s in unreachable)
         pytest.exit(
             f"CI=true requires every database engine, but these are unreachable: {names}", returncode=3
+        )
+    if tools := missing_ci_tools():
+        pytest.exit(
+            f"CI=true requires the tools scripts/bootstrap.sh installs, but these are missing: "
+            f"{', '.join(tools)}",
+            returncode=3,
         )
 
 
