@@ -524,6 +524,21 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
     assert "would send now: 3 users" in out and "Subject: Your certificate: Safety 101" in out
     assert main([*certificates, "--course", "2", "--cohort", "0"]) == 1
     assert "cohort must be a cohort id" in capsys.readouterr().err
+    assert main([*certificates, "--course", "2", "--cloud", "local"]) == 1
+    assert "local cannot issue certificates" in capsys.readouterr().err
+
+    # cloud_preference local: Moodle's own mail through IOMAD's queue, the file under the dataroot.
+    assert main([*create_args, "--name", "Local completions", "--cloud", "local"]) == 0
+    assert "schedule 4 created" in capsys.readouterr().out
+    assert main(["schedules", "run-now", "4"]) == 0
+    assert "not_sent (3 rows); kept local (cloud_preference local); a report" in capsys.readouterr().out
+    (tmp_path / "moodledata").mkdir()
+    monkeypatch.setenv("MRCO_MOODLE_DATAROOT", str(tmp_path / "moodledata"))
+    assert main([*create_args, "--name", "Local completions 2", "--cloud", "local"]) == 0
+    assert "schedule 5 created" in capsys.readouterr().out
+    assert main(["schedules", "run-now", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "queued_local, 1 rows in IOMAD's queue for Moodle's own mail (3 rows)" in out
 
 
 def test_report_mail_skips_bounced_managers_but_not_campaign_unsubscribes(site: Site, bridge) -> None:
@@ -836,15 +851,28 @@ def test_a_local_report_is_attached_by_iomad_from_the_dataroot_and_needs_it(
     assert runs[empty].outcome == "empty"
     assert iomad_rows(site) == []
 
+    # A dataroot the file cannot go into fails the run (nothing recorded), retried 15 minutes later.
+    relative = replace(
+        bridge["config"], database=replace(bridge["config"].database, moodle_dataroot="moodledata")
+    )
+    failed = {r.scheduleid: r for r in run_due(engine, repo, relative, at=SLOT1 + DAY, upload=None)}
+    assert failed[sid].outcome == "failed" and "must be an absolute path" in failed[sid].notes[0]
+    assert iomad_rows(site) == []
+
     dataroot = tmp_path / "moodledata"
     dataroot.mkdir()
     config = replace(
         bridge["config"], database=replace(bridge["config"].database, moodle_dataroot=str(dataroot))
     )
-    runs = {r.scheduleid: r for r in run_due(engine, repo, config, at=SLOT1 + DAY, upload=None)}
-    fired = runs[sid]
-    assert (fired.outcome, fired.rows, fired.recipients) == ("queued_local", 2, 1)
-    assert runs[empty].outcome == "empty"  # don't send if empty still applies
+    assert failed[empty].outcome == "empty"  # don't send if empty still applies
+    [fired] = run_due(engine, repo, config, at=SLOT1 + DAY + 901, upload=None)
+    assert (fired.scheduleid, fired.outcome, fired.slot, fired.rows, fired.recipients) == (
+        sid,
+        "queued_local",
+        SLOT1 + DAY,
+        2,
+        1,
+    )
     [row] = iomad_rows(site)
     assert (row.userid, row.templatename, row.subject) == (
         30,
@@ -862,7 +890,7 @@ def test_a_local_report_is_attached_by_iomad_from_the_dataroot_and_needs_it(
     assert "First10" in xlsx_text(body) and "First12" not in xlsx_text(body)
 
     sink = RecordingSmtpSink()
-    assert iomad_cron(site, sink, SLOT1 + DAY + 60).sent_rows == [row.id]
+    assert iomad_cron(site, sink, SLOT1 + DAY + 960).sent_rows == [row.id]
     [mail] = sink.messages
     assert (mail.address, mail.attachment) == ("u30@example.com", attachment.filename)
     assert mail.attachment_sha256 == hashlib.sha256(body).hexdigest()
@@ -878,3 +906,32 @@ def test_a_local_report_is_attached_by_iomad_from_the_dataroot_and_needs_it(
     written = path.stat().st_mtime
     assert purge_report_files(str(dataroot), now=written + 6 * DAY) == 0 and path.exists()
     assert purge_report_files(str(dataroot), now=written + 8 * DAY) == 1 and not path.exists()
+
+
+def test_rows_an_older_strict_trigger_parks_are_handed_back_in_the_same_transaction(
+    site: Site, bridge
+) -> None:
+    """A trigger from before the bridge queued local rows parks every cloud company's insert; the
+    bridge unparks its own rows before the commit, so IOMAD's cron still sends them."""
+    from iomad_sim.smtp_sink import RecordingSmtpSink
+    from moodle_bridge.storage import strict_mode
+
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    email_schedule(site, bridge, "local")
+    current = strict_mode._condition
+
+    def older(prefix: str, alias: str) -> str:
+        return current(prefix, alias).replace(
+            f" AND COALESCE({alias}.templatename, '') <> 'mrcloud_schedule'", ""
+        )
+
+    with mock.patch.object(strict_mode, "_condition", older):
+        strict_mode.install_strict_mode(engine, site.iomad, "mdl_")
+    parked = iomad_queues(site, "mrcloud_schedule", 10, SLOT1)  # inserted by hand: the old trigger parks it
+    assert {r.id: r.due for r in iomad_rows(site)}[parked] > SLOT1 + 10**11
+    [fired] = run_due(engine, repo, config, at=SLOT1, upload=None)
+    assert fired.outcome == "queued_local"
+    ours = [r for r in iomad_rows(site) if r.id != parked]
+    assert [(r.userid, r.due) for r in ours] == [(10, SLOT1), (11, SLOT1)]
+    sink = RecordingSmtpSink()
+    assert sorted(iomad_cron(site, sink, SLOT1 + 60).sent_rows) == [r.id for r in ours]
