@@ -388,6 +388,8 @@ def test_a_local_report_schedule_from_the_form_goes_to_iomads_queue(cloud_site: 
         state.config, database=replace(state.config.database, moodle_dataroot=str(tmp_path))
     )
     manager = site.signed_in(w.managers[c1], c1)
+    form = manager.get("/schedules/new").text
+    assert ">local</option>" in form
     schedule = _create(manager, cloud_preference="local")
     assert _schedule(site, schedule).cloud_preference == "local"
     jobs_before = _count(site, w.tables.jobs)
