@@ -23,6 +23,7 @@ MODULES = (
     "results_bench",
     "lambdas_bench",
     "tick_bench",
+    "offload_share_bench",
     "faults_bench",
     "campaigns_bench",
     "migration_lock_bench",

@@ -5,7 +5,9 @@ rows in ``mrcloud_recipients`` (the largest bridge table: one row per recipient)
 kind of DDL a migration step uses, timed, while a writer thread keeps doing what the bridge
 does to that table (single-row UPDATEs by id, autocommit). The writer's latency during the
 DDL, against its own latency just before it in the same run (the baseline), shows whether the
-step blocks the bridge and for how long.
+step blocks the bridge and for how long. Last, the one step so far that builds indexes on that
+table (step 7: three indexes for the dashboard) is applied as ``migrate`` applies it to a
+database upgraded from version 6: its indexes dropped, then the step in one transaction.
 
     python -m bench.migration_lock_bench [--rows 1000000]
 """
@@ -26,27 +28,31 @@ from bench.common import write_results
 from iomad_sim import scratch_databases as databases
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
-from moodle_bridge.storage.migrations import LATEST_VERSION, migrate
+from moodle_bridge.storage.migrations import LATEST_VERSION, STEPS, migrate
 
 PREFIX = "mdl_"
+#: The step that builds indexes on the recipients table, and the indexes it builds.
+INDEX_STEP = 7
+INDEX_STEP_INDEXES = ("mrclreci_jobuse_ix", "mrclreci_jobadd_ix", "mrclreci_jobful_ix")
 
 
 def _seed(engine: sa.Engine, rows: int, family: str) -> float:
     t = build_bridge_tables(PREFIX).recipients
     if family == "mysql":
         source = f"seq_1_to_{rows}"
-        n, concat = "seq", "CONCAT('u', seq, '@example.com'), '', CONCAT('e', seq, ':user')"
+        n = "seq"
+        concat = "CONCAT('u', seq, '@example.com'), CONCAT('Learner ', seq), CONCAT('e', seq, ':user')"
         div = "seq DIV 200"
     else:
         source = f"generate_series(1, {rows}) AS g(n)"
-        n, concat = "n", "'u' || n || '@example.com', '', 'e' || n || ':user'"
+        n, concat = "n", "'u' || n || '@example.com', 'Learner ' || n, 'e' || n || ':user'"
         div = "n / 200"
     start = time.perf_counter()
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            f"INSERT INTO {t.name} (jobid, companyid, emailid, role, address, fullname, dedupekey, status, "
-            f"attempts, timecreated, timemodified) SELECT {div}, 1 + MOD({n}, 5), {n}, 'user', {concat}, "
-            f"'sent', 1, 1800000000, 1800000000 FROM {source}"
+            f"INSERT INTO {t.name} (jobid, companyid, emailid, userid, role, address, fullname, dedupekey, "
+            f"status, attempts, timecreated, timemodified) SELECT {div}, 1 + MOD({n}, 5), {n}, {n}, 'user', "
+            f"{concat}, 'sent', 1, 1800000000, 1800000000 FROM {source}"
         )
     if family == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -110,6 +116,37 @@ def _ddl_cases(engine: sa.Engine) -> list[tuple[str, str]]:
     ]
 
 
+def _index_step_case(engine: sa.Engine, writer: Writer, baseline: dict[str, Any]) -> dict[str, Any]:
+    """Step 7 as ``migrate`` applies it on a database at version 6: its indexes are not there yet."""
+    table = build_bridge_tables(PREFIX).recipients
+    built = [ix for ix in table.indexes if ix.name and ix.name.endswith(INDEX_STEP_INDEXES)]
+    if len(built) != len(INDEX_STEP_INDEXES):
+        raise RuntimeError(f"step {INDEX_STEP}'s indexes are not all declared: {[ix.name for ix in built]}")
+    with engine.begin() as conn:
+        for index in built:
+            index.drop(conn)
+    step = next(s for s in STEPS if s.version == INDEX_STEP)
+    time.sleep(1)
+    start = time.perf_counter()
+    with engine.begin() as conn:  # one transaction per step, as migrate applies it
+        step.apply(conn, build_bridge_tables(PREFIX))
+    end = time.perf_counter()
+    time.sleep(0.5)
+    with engine.connect() as conn:
+        present = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
+    if not {ix.name for ix in built} <= present:
+        raise RuntimeError(f"step {INDEX_STEP} did not rebuild its indexes")
+    during = writer.window(start, end)
+    case: dict[str, Any] = {
+        "indexes": len(built),
+        "ddl_seconds": round(end - start, 3),
+        "writer_during_ddl": during,
+    }
+    if during.get("max_ms") and baseline.get("max_ms"):
+        case["writer_max_vs_baseline_max"] = round(during["max_ms"] / baseline["max_ms"], 1)
+    return case
+
+
 def bench_engine(engine_name: str, rows: int) -> dict[str, Any]:
     url = databases.create_database(engine_name, label="lockbench")
     engine = create_bridge_engine(url)
@@ -137,6 +174,7 @@ def bench_engine(engine_name: str, rows: int) -> dict[str, Any]:
             cases[name] = {"ddl_seconds": round(end - start, 3), "writer_during_ddl": during}
             if during.get("max_ms") and baseline.get("max_ms"):
                 cases[name]["writer_max_vs_baseline_max"] = round(during["max_ms"] / baseline["max_ms"], 1)
+        cases[f"step_{INDEX_STEP}_recipient_indexes"] = _index_step_case(engine, writer, baseline)
         writer.stop()
         return {
             "engine": engine_name,

@@ -196,8 +196,12 @@ class Pipeline:
             if own:
                 db.dispose()
 
-    def iomad_cron(self, after_load: Callable[[list[int]], None] | None = None) -> CronRun:
-        run = run_iomad_email_cron(self.engine, PREFIX, "moodle", self.sink, after_load=after_load)
+    def iomad_cron(
+        self, after_load: Callable[[list[int]], None] | None = None, *, lock_timeout: float = 0
+    ) -> CronRun:
+        run = run_iomad_email_cron(
+            self.engine, PREFIX, "moodle", self.sink, after_load=after_load, lock_timeout=lock_timeout
+        )
         self.cron_runs.append(run)
         return run
 

@@ -398,6 +398,12 @@ def _resolve_secrets(
     if found["aws_secret_access_key"] is not None:
         aws = replace(aws, secret_access_key=found["aws_secret_access_key"].value)
         sources["aws_secret_access_key"] = found["aws_secret_access_key"].source
+    for name, setting in (
+        ("aws_access_key_id", "access_key_id"),
+        ("aws_secret_access_key", "secret_access_key"),
+    ):
+        if name not in sources and getattr(aws, setting):
+            sources[name] = f"configuration file [aws] {setting}"
     if bool(aws.access_key_id) != bool(aws.secret_access_key):
         raise ConfigError("aws access_key_id and secret_access_key must be set together")
     config = replace(config, aws=aws)

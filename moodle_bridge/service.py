@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -42,6 +42,9 @@ from moodle_bridge.storage.migrations import LATEST_VERSION, current_version
 from moodle_bridge.storage.secrets_at_rest import SecretBox
 from moodle_bridge.transports.capabilities import WorkerCheck
 from moodle_bridge.transports.targets import Submitter, WorkerSubmitter
+
+if TYPE_CHECKING:
+    from moodle_bridge.results.server import ReceiverServerSettings
 
 log = logging.getLogger("moodle_bridge.service")
 
@@ -215,21 +218,23 @@ class Service:
 
 
 class Receiver:
-    """The callback receiver's ASGI app on uvicorn, in a thread of this process."""
+    """The callback receiver's ASGI app on uvicorn, in a thread of this process.
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    Served with the same limits as ``moodle-offload serve`` (``results/server.py``: connection cap,
+    request-head deadline, bounded heads, keep-alive), so service mode is no easier to tie up."""
+
+    def __init__(self, app: Any, host: str, port: int, settings: ReceiverServerSettings) -> None:
         import uvicorn  # noqa: PLC0415 - only the service with a receiver needs it
 
+        from moodle_bridge.results.server import uvicorn_config  # noqa: PLC0415 - imports uvicorn
+
         self.server = uvicorn.Server(
-            uvicorn.Config(
+            uvicorn_config(
                 app,
                 host=host,
                 port=port,
-                log_level="info",
+                settings=settings,
                 log_config=None,  # uvicorn's lines go through the bridge's format (human or JSON)
-                access_log=False,
-                proxy_headers=True,
-                server_header=False,
             )
         )
         self.thread = threading.Thread(target=self.server.run, name="receiver", daemon=True)

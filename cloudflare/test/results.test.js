@@ -186,6 +186,17 @@ describe("public routes, as on AWS", () => {
     expect((await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/bad`, asJson), env)).status).toBe(404);
   });
 
+  it("a code shorter than 12 characters (under 60 bits) is never looked up, as on AWS", async () => {
+    const stub = env.PUBLIC_RECORDS.get(env.PUBLIC_RECORDS.idFromName("public"));
+    await runInDurableObject(stub, (instance) =>
+      instance.putCertificate("SHORT2345E", { company_id: 7, job_id: "j-9", recipient_id: "r-9", key: "certificates/company-7/j-9/r-9.pdf", learner_name: "Ana", course_name: "Safety", completed_at: 1790000000 }),
+    );
+    const asJson = { headers: { accept: "application/json" } };
+    const answer = await worker.fetch(new Request(`${ORIGIN}/v1/certificates/verify/SHORT2345E`, asJson), env);
+    expect(answer.status).toBe(404);
+    expect(await answer.json()).toEqual({ valid: false });
+  });
+
   it("a person scanning the QR code gets the verify page, as on AWS: their language, escaped, nothing loaded", async () => {
     const stub = env.PUBLIC_RECORDS.get(env.PUBLIC_RECORDS.idFromName("public"));
     await runInDurableObject(stub, (instance) => {

@@ -181,17 +181,28 @@ class OffloadApi(Construct):
         verify or unsubscribe requests in 5 minutes is answered 429 until it slows down; other
         clients are unaffected. The signed intake is left to IAM and the stage throttle."""
 
-        def starts_with(path: str) -> wafv2.CfnWebACL.StatementProperty:
+        def starts_with(prefix: str) -> wafv2.CfnWebACL.StatementProperty:
+            # Matched after percent-decoding and path normalisation (//, ./, ../), so a spelling
+            # of the same route that API Gateway still routes is counted too.
             return wafv2.CfnWebACL.StatementProperty(
                 byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
                     field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
                     positional_constraint="STARTS_WITH",
-                    search_string=f"/{STAGE_NAME}{path}/",
+                    search_string=prefix,
                     text_transformations=[
-                        wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")
+                        wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="URL_DECODE"),
+                        wafv2.CfnWebACL.TextTransformationProperty(priority=1, type="NORMALIZE_PATH"),
                     ],
                 )
             )
+
+        # The stage URL carries the stage name (/api/v1/...); a custom domain mapped to the stage
+        # (public_base_url) does not (/v1/...). Both count against the same client.
+        public_prefixes = [
+            prefix
+            for path in (VERIFY_PATH, UNSUBSCRIBE_PATH)
+            for prefix in (f"/{STAGE_NAME}{path}/", f"{path}/")
+        ]
 
         def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
             return wafv2.CfnWebACL.VisibilityConfigProperty(
@@ -220,7 +231,7 @@ class OffloadApi(Construct):
                             evaluation_window_sec=300,
                             scope_down_statement=wafv2.CfnWebACL.StatementProperty(
                                 or_statement=wafv2.CfnWebACL.OrStatementProperty(
-                                    statements=[starts_with(VERIFY_PATH), starts_with(UNSUBSCRIBE_PATH)]
+                                    statements=[starts_with(prefix) for prefix in public_prefixes]
                                 )
                             ),
                         )

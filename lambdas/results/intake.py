@@ -91,7 +91,7 @@ class Intake:
             validate(message_type, message)
         except ContractError as exc:
             return Answer(400, {"error": "contract_violation", "path": exc.path, "reason": exc.reason})
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to decode
             return Answer(400, {"error": "malformed_json"})
         if message["company_id"] != verified.company_id:
             return Answer(403, {"error": "company_mismatch"})

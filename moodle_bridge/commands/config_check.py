@@ -50,7 +50,9 @@ def register(subparsers: Any) -> None:
     )
     inner = parser.add_subparsers(dest="config_command", metavar="ACTION")
     check = inner.add_parser("check", help="one line per check, OK or the fix; exit 1 on any failure")
-    check.add_argument("--skip-aws", action="store_true", help="skip the SQS and SES checks")
+    check.add_argument(
+        "--skip-aws", action="store_true", help="skip the cloud checks (SQS, SES and the Worker intake)"
+    )
     check.add_argument("--skip-callback", action="store_true", help="skip the callback URL check")
     check.set_defaults(handler=handle)
     grants = inner.add_parser(
@@ -60,6 +62,9 @@ def register(subparsers: Any) -> None:
     grants.add_argument("--user", required=True, help="the bridge's database user (role on PostgreSQL)")
     grants.add_argument("--host", default="localhost", help="MariaDB/MySQL: the user's host (localhost)")
     grants.add_argument("--schema", default="public", help="PostgreSQL: Moodle's schema (public)")
+    grants.add_argument(
+        "--strict", action="store_true", help="also the TRIGGER grant strict mode (migrate --strict) needs"
+    )
     grants.set_defaults(handler=handle_grants)
     parser.set_defaults(handler=lambda args, config: _usage(parser))
 
@@ -103,6 +108,7 @@ def handle_grants(args: argparse.Namespace, config: BridgeConfig) -> int:
             host=args.host,
             schema=args.schema,
             manireports=manireports.table_name(config.database.prefix) if has_manireports else None,
+            strict=args.strict,
         )
     except (DatabaseUnavailable, GrantError) as exc:
         return fail(str(exc))
@@ -175,7 +181,7 @@ def _config_checks(config: BridgeConfig) -> Iterator[Check]:
                 else ""
             ),
         )
-    for name in ("database_password", "aws_access_key_id"):
+    for name in ("database_password", "aws_access_key_id", "aws_secret_access_key", "dashboard_key"):
         if name in sources:
             yield Check(name.replace("_", " "), True, f"from {sources[name]}")
 
@@ -281,7 +287,11 @@ def ses_checks(config: BridgeConfig, clients: ClientMaker) -> Iterator[Check]:
         bool(enabled) and daily > sent,
         f"{rate:g}/s, {sent:g} of {daily:g} sent in 24 h"
         + ("" if enabled else "; sending is DISABLED for this account: FIX: see the SES console")
-        + ("" if daily > sent else "; daily quota used up"),
+        + (
+            ""
+            if daily > sent
+            else "; daily quota used up: FIX: wait for the 24 h window or request a higher quota"
+        ),
     )
     if account.get("ProductionAccessEnabled"):
         yield Check("SES sandbox", True, "out of the sandbox (production access)")

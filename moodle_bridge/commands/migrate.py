@@ -16,6 +16,7 @@ from moodle_bridge.storage.database import (
     DatabaseUnavailable,
     check_connection,
     create_bridge_engine,
+    describe_database_error,
     require_database,
     uses_default_database,
 )
@@ -99,9 +100,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
     except SchemaTooNew as exc:
         return fail(str(exc))
     except sa.exc.SQLAlchemyError as exc:
-        return fail(
-            f"migration failed: {type(exc).__name__}: {str(exc.orig if hasattr(exc, 'orig') else exc)[:300]}"
-        )
+        return fail(f"migration failed: {describe_database_error(exc)}")
     finally:
         engine.dispose()
     if result.applied:

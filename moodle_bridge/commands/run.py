@@ -30,9 +30,15 @@ from moodle_bridge.config import BridgeConfig, ConfigError
 from moodle_bridge.pipeline.ticklock import TickBusy, tick_lock
 from moodle_bridge.results.iomad_link import detect_queue
 from moodle_bridge.results.receiver import create_app
+from moodle_bridge.results.server import receiver_server_settings
 from moodle_bridge.service import Receiver, Service
 from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    describe_database_error,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -90,11 +96,19 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
             if not args.no_receiver:
                 if not config.keys.keysets:
                     raise ConfigError("keys.keysets (MRCO_KEYSETS) is required to verify callbacks")
+                settings = receiver_server_settings(config)
                 app = create_app(
-                    engine, service.tables, config, queue=detect_queue(engine, config.database.prefix)
+                    engine,
+                    service.tables,
+                    config,
+                    queue=detect_queue(engine, config.database.prefix),
+                    body_timeout_seconds=settings.body_timeout_seconds,
                 )
                 receiver = Receiver(
-                    app, args.host or config.callbacks.bind_host, args.port or config.callbacks.bind_port
+                    app,
+                    args.host or config.callbacks.bind_host,
+                    args.port or config.callbacks.bind_port,
+                    settings,
                 )
                 receiver.start()
                 stack.callback(receiver.stop)
@@ -113,6 +127,6 @@ def handle(args: argparse.Namespace, config: BridgeConfig) -> int:
     except IomadSchemaNotFound as exc:
         return fail(f'{exc} (for a plain Moodle site set database.site = "moodle")')
     except sa.exc.SQLAlchemyError as exc:
-        return fail(f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}")
+        return fail(f"database error: {describe_database_error(exc)}")
     finally:
         engine.dispose()

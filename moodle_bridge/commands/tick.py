@@ -39,6 +39,7 @@ from moodle_bridge.storage.database import (
     DatabaseUnavailable,
     check_connection,
     create_bridge_engine,
+    describe_database_error,
     require_database,
 )
 from moodle_bridge.storage.database import now as unix_now
@@ -409,7 +410,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
         return fail(f"cannot claim: {exc}")
     except sa.exc.SQLAlchemyError as exc:
         return fail(
-            f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}; check the "
+            f"database error: {describe_database_error(exc)}; check the "
             "database server and run the tick again"
         )
     finally:

@@ -5,7 +5,9 @@ In order, under the tick lock (no tick runs meanwhile):
 1. the global switch goes off (audited), so nothing new is claimed;
 2. recipients the cloud still holds (``queued``/``retrying``) stop the command unless ``--force``:
    their rows would be given back while the cloud may still send them (sent twice);
-3. every parked, unsent IOMAD row gets its original ``due`` back (IOMAD's cron sends it);
+3. strict mode's trigger, if installed, is removed (it reads the bridge's tables, so left
+   behind it would fail every insert into IOMAD's queue once they are dropped); every parked,
+   unsent IOMAD row gets its original ``due`` back (IOMAD's cron sends it);
 4. the bridge's tables are dropped (not with ``--give-back-only``).
 
 Without ``--yes`` it only prints what it would do.
@@ -26,7 +28,14 @@ from moodle_bridge.sources.iomad.schema import IomadSchemaNotFound, IomadTables,
 from moodle_bridge.storage import audit, statuses
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
-from moodle_bridge.storage.database import DatabaseUnavailable, check_connection, create_bridge_engine, now
+from moodle_bridge.storage.database import (
+    DatabaseUnavailable,
+    check_connection,
+    create_bridge_engine,
+    describe_database_error,
+    now,
+)
+from moodle_bridge.storage.strict_mode import remove_strict_mode, strict_mode_installed
 
 
 def register(subparsers: Any) -> None:
@@ -104,6 +113,13 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
                     )
             given_back: list[int] = []
             if iomad is not None:
+                with engine.connect() as conn:
+                    strict = strict_mode_installed(conn, config.database.prefix)
+                if strict:
+                    # The trigger reads the bridge's tables: left behind without them, it would
+                    # fail every insert into IOMAD's queue.
+                    remove_strict_mode(engine, iomad, config.database.prefix)
+                    print(f"strict mode's trigger removed from {iomad.email.name}")
                 with engine.begin() as conn:
                     parked = iomad_queue.list_parked(conn, iomad)
                     given_back = iomad_queue.restore_emails(conn, iomad, parked)
@@ -120,7 +136,7 @@ def run(args: argparse.Namespace, config: BridgeConfig) -> int:
     except DatabaseUnavailable as exc:
         return fail(str(exc))
     except sa.exc.SQLAlchemyError as exc:
-        return fail(f"database error: {type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:300]}")
+        return fail(f"database error: {describe_database_error(exc)}")
     finally:
         engine.dispose()
     return 0

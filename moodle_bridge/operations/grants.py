@@ -10,6 +10,8 @@
 * ManiReports' ``manireports_schedules``, where the site has it: SELECT, and ALTER on MariaDB/MySQL
   so that ``migrate`` adds the plan's columns (on PostgreSQL only its owner may; see the comment
   printed with the grants).
+* Strict mode (``migrate --strict``, opt-in): TRIGGER on IOMAD's email queue, printed only when asked
+  for (``strict=True``).
 
 PostgreSQL has no per-table CREATE: the bridge user gets CREATE on the schema and owns the tables
 it creates (so ALTER and DROP come with ownership).
@@ -55,6 +57,7 @@ def grant_statements(
     host: str = "localhost",
     schema: str = "public",
     manireports: str | None = None,
+    strict: bool = False,
 ) -> list[str]:
     """GRANT statements for ``user`` (MariaDB/MySQL ``user@host``, or a PostgreSQL role)."""
     if not _NAME.match(user) or not _NAME.match(database) or not _NAME.match(schema):
@@ -71,6 +74,11 @@ def grant_statements(
         lines += [f"GRANT {BRIDGE_DML}, {BRIDGE_DDL} ON `{database}`.`{name}` TO {who};" for name in own]
         if manireports:
             lines.append(f"GRANT SELECT, ALTER ON `{database}`.`{manireports}` TO {who};")
+        if strict and iomad is not None:
+            lines.append(f"GRANT TRIGGER ON `{database}`.`{iomad.email.name}` TO {who};")
+            lines.append(
+                "-- strict mode with binary logging on: also SUPER or log_bin_trust_function_creators = 1"
+            )
         return lines
     if family == "postgresql":
         lines = [
@@ -86,6 +94,12 @@ def grant_statements(
             lines.append(
                 f"-- {manireports}: only its owner may add the plan's columns; run `moodle-offload "
                 "migrate` once with the owner's URL, or the bridge reads them as their defaults"
+            )
+        if strict and iomad is not None:
+            lines.append(f'GRANT TRIGGER ON TABLE "{schema}"."{iomad.email.name}" TO "{user}";')
+            lines.append(
+                "-- strict mode: only the queue table's owner (Moodle's user) may drop the trigger; "
+                "run `migrate --no-strict` and `uninstall` with that URL"
             )
         return lines
     raise GrantError(f"grants are for MariaDB/MySQL and PostgreSQL, not {family}")

@@ -127,8 +127,10 @@ class DatabaseCollector(Collector):
         yield jobs
 
         c = t.claims
-        claims = CounterMetricFamily(
-            "mrco_claims", "IOMAD rows ever claimed by the bridge, by current claim state", labels=["state"]
+        # A gauge: a row moves between states (claimed -> completed), and IOMAD's Resend replaces a
+        # finished claim, so no state's count only grows.
+        claims = GaugeMetricFamily(
+            "mrco_claims", "IOMAD rows the bridge has a claim record for, by claim state", labels=["state"]
         )
         for state, count in conn.execute(sa.select(c.c.state, sa.func.count()).group_by(c.c.state)):
             claims.add_metric([str(state)], int(count))

@@ -631,7 +631,7 @@ def clean_text(value: str) -> str:
     return _CONTROL.sub(" ", value)
 
 
-def _csv_safe(value: Any) -> Any:
+def csv_safe(value: Any) -> Any:
     """Provider messages are untrusted text: strip control characters (escape sequences would run in
     the terminal that prints the report), then neutralise spreadsheet formulas (OWASP CSV injection)."""
     if not isinstance(value, str):
@@ -647,6 +647,6 @@ def write_error_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     writer.writeheader()
     count = 0
     for row in rows:
-        writer.writerow({k: _csv_safe(v) for k, v in row.items()})
+        writer.writerow({k: csv_safe(v) for k, v in row.items()})
         count += 1
     return count

@@ -180,7 +180,7 @@ def _handle_message(
         _quarantine(ctx, url, message, f"contract: {exc.path}: {exc.reason}", now)
         report.messages_quarantined += 1
         return
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to decode
         _quarantine(ctx, url, message, "invalid_json", now)
         report.messages_quarantined += 1
         return

@@ -66,6 +66,26 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def describe_database_error(exc: BaseException) -> str:
+    """One line for an operator that never carries row data.
+
+    ``hide_parameters`` keeps bound values out of SQLAlchemy's own message, but a driver's text can
+    still quote them (MariaDB's "Duplicate entry 'alice@example.com-3'", PostgreSQL's "DETAIL: Key
+    (email)=(...)"). Errors about the server, the connection or the schema (operational and
+    programming errors) name objects, not values, so their first line is kept; for every other
+    kind only the class and the driver's error code are shown.
+    """
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return type(exc).__name__
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.ProgrammingError)):
+        lines = str(orig).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0][:200] if lines else type(orig).__name__}"
+    code = getattr(orig, "sqlstate", None) or (orig.args[0] if getattr(orig, "args", None) else None)
+    suffix = f" (driver code {code})" if isinstance(code, (int, str)) and len(str(code)) <= 10 else ""
+    return f"{type(exc).__name__}{suffix}"
+
+
 def check_connection(engine: sa.Engine) -> None:
     """Raise ``DatabaseUnavailable`` with one clear line when the server does not answer."""
     try:

@@ -18,7 +18,11 @@ parked unclaimed row back):
   ``TRIGGER`` privilege on the table; with binary logging on, also ``SUPER`` or
   ``log_bin_trust_function_creators = 1``.
 - PostgreSQL: a plpgsql function and a ``BEFORE INSERT`` trigger. Needs ``CREATE`` on the
-  schema and ownership of (or ``TRIGGER`` on) the table.
+  schema and ownership of (or ``TRIGGER`` on) the table. The function is ``SECURITY DEFINER``
+  (search path pinned to its schema): it reads the bridge's tables as the bridge's user, since
+  Moodle's user, whose session inserts the row, has no grant on them. Removing the trigger
+  (``--no-strict``, ``uninstall``) needs the table's owner (Moodle's user) or a superuser.
+- MariaDB/MySQL triggers always run with their definer's (the bridge user's) privileges.
 - SQLite: ``AFTER INSERT`` trigger updating the new row (SQLite cannot assign ``NEW``).
 """
 
@@ -78,19 +82,29 @@ def install_strict_mode(engine: sa.Engine, iomad: IomadTables, prefix: str) -> N
                 )
             )
         elif family == "postgresql":
+            # SECURITY DEFINER: the trigger runs in IOMAD's inserting session (Moodle's user), which
+            # has no grant on the bridge's tables; the function reads them as its owner, the bridge's
+            # user, with the search path pinned to the schema they are in.
+            schema = conn.dialect.identifier_preparer.quote_identifier(
+                str(conn.execute(sa.text("SELECT current_schema()")).scalar_one())
+            )
             conn.execute(
                 sa.text(
-                    f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $fn$ "
+                    f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+                    f"SECURITY DEFINER SET search_path = {schema}, pg_temp AS $fn$ "
                     f"BEGIN IF {_condition(prefix, 'NEW')} THEN NEW.due := NEW.due + {PARKED_DUE_BASE}; "
                     "END IF; RETURN NEW; END $fn$"
                 )
             )
-            conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
-            conn.execute(
-                sa.text(
-                    f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+            # Installed already: the new function is all it takes (dropping a trigger needs the
+            # table's owner, creating one only TRIGGER on it).
+            if not strict_mode_installed(conn, prefix):
+                conn.execute(
+                    sa.text(
+                        f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW"
+                        f" EXECUTE FUNCTION {name}()"
+                    )
                 )
-            )
         else:
             conn.execute(sa.text(f"DROP TRIGGER IF EXISTS {name}"))
             conn.execute(

@@ -49,6 +49,7 @@ from moodle_bridge.results.job_control import (
     CancelReport,
     JobControlError,
     cancel_job,
+    csv_safe,
     error_rows,
     retry_failed,
     write_error_csv,
@@ -643,19 +644,12 @@ def _csv_stream(rows: Iterator[dict[str, Any]], columns: tuple[str, ...]) -> Ite
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        writer.writerow({k: csv_safe(v) for k, v in row.items()})
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue().encode("utf-8")
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue().encode("utf-8")
-
-
-def _csv_cell(value: Any) -> Any:
-    """Spreadsheet formula neutralisation, as job_control's error report does."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 RECIPIENT_CSV = (

@@ -113,3 +113,29 @@ def test_provider_texts_reach_the_csv_without_control_characters(db_engine: sa.E
     assert "bounce" in text
     body = text.split("\n", 1)[1].rstrip("\n")
     assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch == "\u202e" for ch in body), repr(body)
+
+
+def test_database_errors_shown_to_operators_never_quote_row_values(db_url):
+    """A unique-key clash makes MariaDB quote the value ("Duplicate entry 'x'") and PostgreSQL
+    name it ("Key (email)=(x)"); the line tick/run/migrate/uninstall print carries neither."""
+    from moodle_bridge.storage.database import describe_database_error
+
+    engine = create_bridge_engine(db_url)
+    address = f"{MARKER}@example.com"
+    table = sa.Table("poison_unique", sa.MetaData(), sa.Column("email", sa.String(100), unique=True))
+    try:
+        table.create(engine)
+        with engine.begin() as conn:
+            conn.execute(table.insert(), {"email": address})
+        with pytest.raises(sa.exc.IntegrityError) as raised, engine.begin() as conn:
+            conn.execute(table.insert(), {"email": address})
+        if engine.dialect.name != "sqlite":  # SQLite names the column only
+            assert MARKER in str(raised.value.orig)  # the driver's own text does quote it
+        line = describe_database_error(raised.value)
+        assert line.startswith("IntegrityError") and MARKER not in line
+        with pytest.raises(sa.exc.SQLAlchemyError) as missing, engine.connect() as conn:
+            conn.execute(sa.text("SELECT * FROM no_such_table_here"))
+        assert "no_such_table_here" in describe_database_error(missing.value)  # schema errors kept
+    finally:
+        table.drop(engine, checkfirst=True)
+        engine.dispose()

@@ -119,3 +119,31 @@ def test_an_unfinished_request_head_cannot_grow_past_the_limit(receiver: Running
         sock.sendall(b"POST /callbacks/v1/results HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40_000)
         answer = sock.recv(64)  # long before the head deadline
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_service_mode_serves_the_receiver_with_the_same_limits() -> None:
+    """`moodle-offload run` mounts the receiver in its own thread (service.Receiver): slow heads are cut
+    off and connections capped there too, not only under `serve`."""
+    from moodle_bridge.service import Receiver
+
+    engine = sa.create_engine("sqlite://", poolclass=sa.StaticPool, connect_args={"check_same_thread": False})
+    tables = make_tables(engine)
+    app = create_app(engine, tables, make_config(), clock=lambda: CLOCK, body_timeout_seconds=0.5)
+    receiver = Receiver(app, "127.0.0.1", 0, SETTINGS)
+    receiver.start()
+    try:
+        host, port = receiver.server.servers[0].sockets[0].getsockname()[:2]
+        report = slow_clients(
+            host,
+            port,
+            48,
+            duration=4.0,
+            trickle_every=0.1,
+            count_connections=lambda: len(receiver.server.server_state.connections),
+        )
+    finally:
+        receiver.stop()
+        engine.dispose()
+    assert report.max_server_connections <= SETTINGS.max_connections
+    assert report.still_open == 0, report
+    assert report.seconds < 3.0, report

@@ -62,6 +62,12 @@ def test_service_claims_rows_queued_while_it_runs_then_stops(bridge_engine, db_u
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
+        # Queue only once the service has run an idle pass: the rows arrive while it runs (on a
+        # loaded machine the first pass could otherwise start after every insert).
+        started = time.monotonic() + 20
+        while service.stats.passes < 1 and time.monotonic() < started:
+            time.sleep(0.01)
+        assert service.stats.passes >= 1
         ids = [world.queue("license_allocated", uid, 1, body=f"<p>{uid}</p>") for uid in range(100, 110)]
         seen: set[tuple[str, str]] = set()
         deadline = time.monotonic() + 20

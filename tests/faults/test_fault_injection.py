@@ -208,6 +208,49 @@ def test_iomad_cron_running_at_the_same_moment(db_url: Any) -> None:
     assert_exactly_once(v, both_paths=False)
 
 
+@pytest.mark.mariadb
+@pytest.mark.parametrize("db_engine_name", ["mariadb"])
+def test_moodle_lock_connection_killed_mid_claim_while_iomads_cron_takes_the_lock(db_url: Any) -> None:
+    """Issue 11's double send: the server KILLs the connection holding Moodle's lock after the
+    first claim chunk committed and while the second is parking rows; IOMAD's cron takes the lock
+    at once and mails every row due for it. The killed chunk rolls back with its session (I9), the
+    next ticks carry on, and the oracle finds every recipient delivered once by one path."""
+    url = db_url.render_as_string(hide_password=False)
+    with pipeline(30, db_url=url) as p:
+        p.env["MRCO_CLAIM_CHUNK_ROWS"] = "10"
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        claimers: list[ClaimPass] = []
+        chunks: list[list[int]] = []
+        runs: list[Any] = []
+
+        def kill_then_let_iomad_run(parked: list[int]) -> None:
+            chunks.append(parked)
+            if len(chunks) != 2:
+                return
+            conn = claimers[-1].lock_connection
+            assert conn is not None
+            session = conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one()
+            with admin.connect() as other:
+                other.execute(sa.text(f"KILL {int(session)}"))
+            p.injected["lock_connection_killed"] += 1
+            runs.append(p.iomad_cron(lock_timeout=10))  # IOMAD's cron gets the task lock now
+
+        def factory(*args: Any, **kwargs: Any) -> ClaimPass:
+            claimers.append(ClaimPass(*args, after_park=kill_then_let_iomad_run, **kwargs))
+            return claimers[-1]
+
+        with pytest.raises(sa.exc.DBAPIError):
+            p.tick(claim_pass_factory=factory)
+        admin.dispose()
+        assert runs and runs[0].ran
+        assert set(chunks[1]) <= set(runs[0].sent_rows)  # IOMAD mailed the killed chunk's rows
+        assert not set(chunks[0]) & set(runs[0].sent_rows)  # the committed chunk stayed parked
+        p.settle()
+        v = p.verdict()
+    assert p.injected["lock_connection_killed"] == 1
+    assert_exactly_once(v)
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_bridge_killed_around_reconciliation_of_lost_callbacks(when: str) -> None:
     """The results of a lost callback reach the bridge through the results DLQ during the tick's

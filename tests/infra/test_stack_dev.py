@@ -476,10 +476,17 @@ def test_public_routes_are_throttled_per_client_by_a_waf_rate_rule(dev: Synth, c
     rate = rule["Statement"]["RateBasedStatement"]
     assert rule["Action"] == {"Block": {"CustomResponse": {"ResponseCode": 429}}}
     assert rate["AggregateKeyType"] == "IP" and rate["Limit"] == config.public_waf_limit_per_5min
-    paths = {
-        s["ByteMatchStatement"]["SearchString"]
-        for s in rate["ScopeDownStatement"]["OrStatement"]["Statements"]
+    matches = [s["ByteMatchStatement"] for s in rate["ScopeDownStatement"]["OrStatement"]["Statements"]]
+    # The stage URL and a custom domain mapped to the stage (no stage name in the path) both count.
+    assert {m["SearchString"] for m in matches} == {
+        "/api/v1/certificates/verify/",
+        "/api/v1/unsubscribe/",
+        "/v1/certificates/verify/",
+        "/v1/unsubscribe/",
     }
-    assert paths == {"/api/v1/certificates/verify/", "/api/v1/unsubscribe/"}
+    # Percent-encoded or un-normalised spellings of the routes are decoded before matching.
+    for match in matches:
+        kinds = [t["Type"] for t in sorted(match["TextTransformations"], key=lambda t: t["Priority"])]
+        assert kinds == ["URL_DECODE", "NORMALIZE_PATH"]
     (association,) = dev.resources("AWS::WAFv2::WebACLAssociation").values()
     assert "restapis" in json.dumps(association["Properties"]["ResourceArn"])

@@ -138,3 +138,13 @@ def test_certificate_verification_and_one_click_unsubscribe(configured: Aws) -> 
     )
     assert call(event) == (200, {"unsubscribed": True})
     assert store.get_item("unsub#c7#j-9#r-1") is not None
+
+
+def test_deeply_nested_json_from_a_key_holder_is_a_400_and_nothing_is_queued(configured: Aws) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000  # json.loads raises RecursionError, not ValueError
+    key = derive_company_key(decode_root_secret(ROOT), 7)
+    headers = sign_request(key, "k2026.c7", "POST", STAGE_PATH, body)
+    assert call(rest_event("POST", STAGE_PATH, "/v1/batches", body, headers)) == (
+        400, {"error": "malformed_json"},
+    )  # fmt: skip
+    assert configured.drain(configured.jobs_url) == []

@@ -35,6 +35,7 @@ from tests.bridge.iomad_world import IomadWorld
 pytestmark = pytest.mark.sqlite
 ROOT = generate_root_secret()
 PASSWORD_KEY = base64.b64encode(bytes(range(32))).decode()
+DASHBOARD_KEY = generate_root_secret()
 
 
 class _Http:
@@ -141,6 +142,7 @@ def test_a_ready_host_passes_every_check(site, monkeypatch, capsys) -> None:
     monkeypatch.setattr(
         config_check, "aws_clients", lambda config: with_get_account(probes.aws_clients(config))
     )
+    monkeypatch.setenv("MRCO_DASHBOARD_KEY", DASHBOARD_KEY)
     assert main(["config", "check"]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
@@ -150,6 +152,7 @@ def test_a_ready_host_passes_every_check(site, monkeypatch, capsys) -> None:
         "OK   configuration",
         "OK   HMAC key sets",
         "OK   password key",
+        "OK   dashboard key",
         "OK   database",
         "OK   bridge tables",
         "OK   IOMAD",
@@ -161,7 +164,9 @@ def test_a_ready_host_passes_every_check(site, monkeypatch, capsys) -> None:
     } == checks
     assert "generation 5.1+" in out and "verified (domain mail.example.org)" in out
     assert f"from file {site['file'].parent / 'keysets'}" in out
+    assert "OK   dashboard key: from environment MRCO_DASHBOARD_KEY" in out
     assert ROOT not in out and PASSWORD_KEY not in out and "testing" not in out
+    assert DASHBOARD_KEY not in out
 
 
 def test_each_problem_gets_one_failing_line_with_its_fix(site, monkeypatch, capsys) -> None:
@@ -200,3 +205,30 @@ def test_an_unreachable_database_and_receiver(site, monkeypatch, capsys) -> None
     assert "FAIL database: cannot connect to mysql+pymysql://moodle:***@127.0.0.1:1/moodle" in out
     assert "FAIL callback URL: http://127.0.0.1:1/callbacks/v1/results unreachable" in out
     assert "pw-not-shown" not in out
+
+
+def test_a_cloudflare_site_gets_its_worker_intake_asked(site, monkeypatch, capsys) -> None:
+    """No queues, no SES: the check asks the Worker's intake instead (any HTTP answer below 500)."""
+    monkeypatch.setenv("MRCO_JOBS_QUEUE_URL", "")
+    monkeypatch.setenv("MRCO_CLOUDFLARE_INTAKE_URL", f"http://127.0.0.1:{site['port']}/v1/jobs")
+    assert main(["config", "check", "--skip-callback"]) == 0
+    out = capsys.readouterr().out
+    assert f"OK   Worker intake: http://127.0.0.1:{site['port']}/v1/jobs answers (HTTP 404)" in out
+    assert "OK   queue " not in out and "SES" not in out
+    monkeypatch.setenv("MRCO_CLOUDFLARE_INTAKE_URL", "http://127.0.0.1:1/v1/jobs")
+    assert main(["config", "check", "--skip-callback"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL Worker intake: http://127.0.0.1:1/v1/jobs unreachable" in out
+    assert "FIX: cloudflare.intake_url" in out
+
+
+def test_a_used_up_daily_quota_fails_with_its_fix(site, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(
+        config_check, "aws_clients", lambda config: with_get_account(probes.aws_clients(config), sent=50000.0)
+    )
+    assert main(["config", "check", "--skip-callback"]) == 1
+    failures = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert failures == [
+        "FAIL SES quota: 14/s, 50000 of 50000 sent in 24 h; daily quota used up: "
+        "FIX: wait for the 24 h window or request a higher quota"
+    ]

@@ -118,3 +118,92 @@ def test_a_user_with_only_the_printed_grants_runs_the_bridge(
                 conn.execute(sa.text(f'DROP OWNED BY "{user}"'))
                 conn.execute(sa.text(f'DROP ROLE "{user}"'))
         admin.dispose()
+
+
+def test_strict_mode_with_the_documented_privileges_and_moodles_own_user_inserting(
+    db_url: URL, db_engine_name: str, aws, tmp_path, monkeypatch, capsys
+) -> None:
+    """docs/sending.md's strict-mode privileges, applied for real: the bridge's user holding the
+    printed grants plus TRIGGER on IOMAD's queue table installs the trigger; Moodle's own user, which
+    has no grant on the bridge's tables, still queues mail (parked at insert); the bridge takes it."""
+    admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
+    world = IomadWorld.create(admin)
+    world.add_company(1)
+    world.add_user(10, "learner@example.com", "Lea", "Rner", companyid=1)
+    mysql = db_engine_name == "mariadb"
+    bridge_user, moodle_user = f"mrco_{secrets.token_hex(4)}", f"mdl_{secrets.token_hex(4)}"
+    email = world.tables.email.name
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MRCO_DATABASE_URL", db_url.render_as_string(hide_password=False))
+    monkeypatch.delenv("MRCO_CONFIG", raising=False)
+    assert main(["config", "grants", "--user", bridge_user, "--host", "%", "--strict"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("--")]
+    database = db_url.database
+    if mysql:
+        strict_grant = f"GRANT TRIGGER ON `{database}`.`{email}` TO '{bridge_user}'@'%';"
+        moodle_grants = [f"GRANT SELECT, INSERT, UPDATE ON `{database}`.`{email}` TO '{moodle_user}'@'%';"]
+    else:
+        strict_grant = f'GRANT TRIGGER ON TABLE "public"."{email}" TO "{bridge_user}";'
+        moodle_grants = [
+            f'GRANT CONNECT ON DATABASE "{database}" TO "{moodle_user}";',
+            f'GRANT USAGE ON SCHEMA public TO "{moodle_user}";',
+            f'GRANT SELECT, INSERT, UPDATE ON "{email}" TO "{moodle_user}";',
+        ]
+    bridge_url = db_url.set(username=bridge_user, password="pw")
+    moodle_url = db_url.set(username=moodle_user, password="pw")
+    bridge = create_bridge_engine(bridge_url)
+    moodle = sa.create_engine(moodle_url)
+    try:
+        with admin.connect() as conn:
+            for user in (bridge_user, moodle_user):
+                conn.execute(
+                    sa.text(
+                        f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"
+                        if mysql
+                        else f"CREATE ROLE \"{user}\" LOGIN PASSWORD 'pw'"
+                    )
+                )
+            assert printed[-1] == strict_grant  # printed by `config grants --strict`
+            for statement in [*printed, *moodle_grants]:
+                conn.execute(sa.text(statement))
+        monkeypatch.setenv("MRCO_DATABASE_URL", bridge_url.render_as_string(hide_password=False))
+        assert main(["migrate"]) == 0
+        repo = BridgeRepo(build_bridge_tables("mdl_"))
+        with bridge.begin() as conn:
+            repo.set_offload_enabled(conn, True)
+            repo.save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+        assert main(["migrate", "--strict"]) == 0
+
+        # IOMAD queues mail as Moodle's user, which cannot read the bridge's tables.
+        with moodle.connect() as conn, pytest.raises(sa.exc.SQLAlchemyError):
+            conn.execute(sa.text("SELECT count(*) FROM mdl_mrcloud_company_settings"))
+        world.engine = moodle
+        eid = world.queue("license_allocated", 10, 1)
+        world.engine = admin
+        assert world.rows()[eid].due >= PARKED_DUE_BASE  # parked in the inserting transaction
+
+        config = with_queues(make_config(bridge_url), aws)
+        report = run_tick(bridge, config, submitters=build_submitters(config, sqs_client=aws["sqs"]))
+        assert report.claim is not None and report.claim.claimed == 1
+        assert len(drain(aws)) == 1
+        assert main(["migrate", "--strict"]) == 0  # again: idempotent with the same privileges
+        if not mysql:  # only the table's owner (or a superuser) may drop a PostgreSQL trigger
+            monkeypatch.setenv("MRCO_DATABASE_URL", db_url.render_as_string(hide_password=False))
+        assert main(["migrate", "--no-strict"]) == 0
+        world.engine = moodle
+        after = world.queue("license_allocated", 10, 1)
+        world.engine = admin
+        assert world.rows()[after].due < PARKED_DUE_BASE
+    finally:
+        world.engine = admin
+        bridge.dispose()
+        moodle.dispose()
+        with admin.connect() as conn:
+            for user in (moodle_user, bridge_user):
+                if mysql:
+                    conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+                else:
+                    conn.execute(sa.text(f'REASSIGN OWNED BY "{user}" TO CURRENT_USER'))
+                    conn.execute(sa.text(f'DROP OWNED BY "{user}"'))
+                    conn.execute(sa.text(f'DROP ROLE IF EXISTS "{user}"'))
+        admin.dispose()

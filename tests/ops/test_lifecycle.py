@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import sqlalchemy as sa
 
 from moodle_bridge.cli import main
 from moodle_bridge.commands.tick import build_submitters, run_tick
+from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
+from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
-from moodle_bridge.storage.migrations import LATEST_VERSION, SCHEMA_VERSION_KEY
+from moodle_bridge.storage.migrations import LATEST_VERSION, SCHEMA_VERSION_KEY, STEPS
+from moodle_bridge.storage.strict_mode import strict_mode_installed
 from tests.bridge.conftest import make_config, with_queues
+from tests.bridge.iomad_world import IomadWorld
 from tests.bridge.test_claim_and_submit import _setup
 
 T = build_bridge_tables("mdl_")
@@ -111,3 +119,52 @@ def test_migrate_does_not_run_beside_a_tick(db_url, tmp_path, monkeypatch, capsy
         assert main(["migrate", "--wait", "0"]) == 0
     finally:
         engine.dispose()
+
+
+def test_uninstall_removes_strict_modes_trigger_so_iomad_still_queues_mail(
+    db_url, tmp_path, monkeypatch, capsys
+) -> None:
+    """The trigger reads the bridge's tables: left behind after they are dropped, it would fail
+    every insert into IOMAD's queue (no more mail from Moodle at all)."""
+    _env(monkeypatch, tmp_path, db_url)
+    engine = sa.create_engine(db_url)
+    try:
+        world = IomadWorld.create(engine)
+        world.add_company(1)
+        world.add_user(10, "learner@example.com", companyid=1)
+        assert main(["migrate"]) == 0
+        with engine.begin() as conn:
+            BridgeRepo(T).set_offload_enabled(conn, True)
+            BridgeRepo(T).save_settings(conn, CompanySettings(1, cloudenabled=True), "test")
+        assert main(["migrate", "--strict"]) == 0
+        parked = world.queue("license_allocated", 10, 1)
+        assert world.rows()[parked].due >= PARKED_DUE_BASE
+        assert main(["uninstall", "--yes"]) == 0
+        assert "strict mode's trigger removed" in capsys.readouterr().out
+        with engine.connect() as conn:
+            assert not strict_mode_installed(conn, "mdl_")
+            assert not sa.inspect(conn).has_table(T.recipients.name)
+        after = world.queue("license_allocated", 10, 1)  # IOMAD queues mail as before
+        rows = world.rows()
+        assert rows[after].due < PARKED_DUE_BASE and rows[parked].due < PARKED_DUE_BASE
+    finally:
+        engine.dispose()
+
+
+def test_every_schema_step_has_a_lock_note_and_the_measured_figures_are_the_benchmarks() -> None:
+    """docs/UPGRADING.md says, for each step after version 4, whether it locks a table; the step 7
+    figures are those of bench/results/migration_lock.json (1,000,000 recipients)."""
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "UPGRADING.md").read_text("utf-8")
+    noted = {int(n) for n in re.findall(r"^\| (\d+) \| ", doc, re.MULTILINE)}
+    assert {step.version for step in STEPS if step.version > 4} <= noted, "a step without a lock note"
+    results = json.loads((root / "bench" / "results" / "migration_lock.json").read_text("utf-8"))
+    engines = {e["engine"]: e for e in results["figures"]["engines"]}
+    assert {e["rows"] for e in engines.values()} == {1_000_000}
+    (row,) = [line for line in doc.splitlines() if line.startswith("| **step 7**")]
+    for engine in ("mariadb", "postgres"):
+        step = engines[engine]["ddl"]["step_7_recipient_indexes"]
+        assert step["indexes"] == 3
+        assert f"{step['ddl_seconds']:.1f} s" in row, (engine, row)
+    slowest = engines["postgres"]["ddl"]["step_7_recipient_indexes"]["writer_during_ddl"]["max_ms"]
+    assert f"{slowest:,} ms" in row

@@ -10,9 +10,11 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import mock_aws
+from moto.core import set_initial_no_auth_action_count
+from sqlalchemy.engine import make_url
 
 from moodle_bridge.aws_session import aws_session, install_default_session
-from moodle_bridge.config import ConfigError, load_config
+from moodle_bridge.config import BridgeConfig, ConfigError, load_config
 from moodle_bridge.secret_sources import SECRET_NAMES
 from moodle_bridge.storage.secrets_at_rest import SecretBox, SecretError, associated_data
 from offload_contract.signing import generate_root_secret
@@ -228,3 +230,142 @@ def test_os_environ_is_not_changed_by_loading() -> None:
     before = dict(os.environ)
     load_config(environ={**BASE, "MRCO_PASSWORD_KEY": KEY_A})
     assert dict(os.environ) == before
+
+
+# -- every secret from every source docs/INSTALL.md §3 lists ------------------------------------
+
+SAMPLE_VALUES = {
+    "keysets": f"k1={ROOT1}",
+    "password_key": KEY_A,
+    "database_password": "pw-from-source",
+    "aws_access_key_id": "AKIAFROMSOURCE",
+    "aws_secret_access_key": "aws-secret-from-source",
+    "dashboard_key": DASHBOARD_KEY,
+}
+#: Set beside the secret under test: the AWS key id and secret key must come together.
+PARTNER = {
+    "aws_access_key_id": {"MRCO_AWS_SECRET_ACCESS_KEY": "partner-secret"},
+    "aws_secret_access_key": {"MRCO_AWS_ACCESS_KEY_ID": "AKIAPARTNER"},
+}
+
+
+def _value_of(config: BridgeConfig, name: str) -> str:
+    return {
+        "keysets": lambda: ",".join(f"{k}={v}" for k, v in config.keys.keysets.items()),
+        "password_key": lambda: config.password_key,
+        "database_password": lambda: str(make_url(config.database.url).password),
+        "aws_access_key_id": lambda: config.aws.access_key_id,
+        "aws_secret_access_key": lambda: config.aws.secret_access_key,
+        "dashboard_key": lambda: config.dashboard.shared_key,
+    }[name]()
+
+
+@pytest.mark.parametrize("source", ["environment", "file", "systemd credential", "_FROM file:", "[secrets]"])
+@pytest.mark.parametrize("name", list(SECRET_NAMES))
+def test_each_secret_from_each_source(name: str, source: str, tmp_path: Path) -> None:
+    var, value = SECRET_NAMES[name], SAMPLE_VALUES[name]
+    holder = tmp_path / "holder"
+    holder.write_text(value + "\n")
+    env = {**BASE, **PARTNER.get(name, {})}
+    toml = tmp_path / "c.toml"
+    toml.write_text("")
+    expected_source = {
+        "environment": f"environment {var}",
+        "file": f"file {holder}",
+        "systemd credential": f"systemd credential {name}",
+        "_FROM file:": f"file:{holder}",
+        "[secrets]": f"file:{holder}",
+    }[source]
+    if source == "environment":
+        env[var] = value
+    elif source == "file":
+        env[f"{var}_FILE"] = str(holder)
+    elif source == "systemd credential":
+        creds = tmp_path / "credentials"
+        creds.mkdir()
+        holder.rename(creds / name)
+        env["CREDENTIALS_DIRECTORY"] = str(creds)
+    elif source == "_FROM file:":
+        env[f"{var}_FROM"] = f"file:{holder}"
+    else:
+        toml.write_text(f'[secrets]\n{name} = "file:{holder}"\n')
+    config = load_config(toml, environ=env)
+    assert _value_of(config, name) == value
+    assert config.secret_sources[name] == expected_source
+    if name != "aws_access_key_id":  # an identifier, shown by `describe`; its secret key is not
+        assert value not in _everything_shown(config)
+
+
+def test_the_plain_settings_of_the_file_for_test_machines(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'password_key = "{KEY_A}"\n'
+        '[database]\nurl = "mysql+pymysql://moodle@db.example/moodle"\n'
+        f'[keys]\ncurrent = "k1"\n[keys.keysets]\nk1 = "{ROOT1}"\n'
+        '[aws]\naccess_key_id = "AKIAINFILE"\nsecret_access_key = "file-aws-secret"\n'
+        f'[dashboard]\nshared_key = "{DASHBOARD_KEY}"\n'
+    )
+    config = load_config(toml, environ={})
+    assert config.keys.keysets == {"k1": ROOT1} and config.password_key == KEY_A
+    assert (config.aws.access_key_id, config.aws.secret_access_key) == ("AKIAINFILE", "file-aws-secret")
+    assert config.dashboard.shared_key == DASHBOARD_KEY
+    assert config.secret_sources == {
+        "keysets": "configuration file [keys.keysets]",
+        "password_key": "configuration file",
+        "aws_access_key_id": "configuration file [aws] access_key_id",
+        "aws_secret_access_key": "configuration file [aws] secret_access_key",
+        "dashboard_key": "configuration file [dashboard] shared_key",
+    }
+    # Every source above the file wins over it.
+    assert load_config(toml, environ={"MRCO_PASSWORD_KEY": KEY_B}).password_key == KEY_B
+
+
+@set_initial_no_auth_action_count(5)
+@mock_aws
+def test_the_aws_keys_found_first_fetch_the_other_secrets(monkeypatch) -> None:
+    """INSTALL.md §3: the bridge's AWS keys (here from the environment) sign the Secrets Manager and
+    SSM look-ups, not boto3's own chain. moto checks IAM here: only the bridge user may read."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    iam = boto3.client("iam")
+    iam.create_user(UserName="bridge")
+    iam.put_user_policy(
+        UserName="bridge",
+        PolicyName="read-secrets",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["ssm:GetParameter", "secretsmanager:GetSecretValue"],
+                        "Resource": "*",
+                    }
+                ],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName="bridge")["AccessKey"]
+    boto3.client("ssm").put_parameter(Name="/offload/password-key", Value=KEY_A, Type="SecureString")
+    boto3.client("secretsmanager").create_secret(Name="offload/keysets", SecretString=f"k1={ROOT1}")
+    references = {
+        **BASE,
+        "MRCO_AWS_REGION": "eu-west-1",
+        "MRCO_PASSWORD_KEY_FROM": "ssm:/offload/password-key",
+        "MRCO_KEYSETS_FROM": "secretsmanager:offload/keysets",
+    }
+    config = load_config(
+        environ={
+            **references,
+            "MRCO_AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "MRCO_AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+    )
+    assert config.password_key == KEY_A and config.keys.keysets == {"k1": ROOT1}
+    # Without the bridge's keys the look-up goes through boto3's chain (the unknown "testing" key).
+    with pytest.raises(ConfigError, match=r"^MRCO_KEYSETS_FROM: Secrets Manager secret offload/keysets: "):
+        load_config(environ=references)

@@ -288,3 +288,20 @@ def test_one_bad_result_is_stored_or_quarantined_and_reconciliation_goes_on(
             actions = [a for (a,) in conn.execute(sa.select(tables.audit_log.c.action))]
         assert "\ufffd" in stored and "\x00" not in stored
         assert "result_message_quarantined" in actions
+
+
+def test_a_result_message_nested_too_deep_to_decode_is_quarantined(db_engine: sa.Engine) -> None:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="eu-west-1")
+        url = sqs.create_queue(QueueName="results-dlq")["QueueUrl"]
+        tables = make_tables(db_engine)
+        with db_engine.begin() as conn:
+            job = create_job(conn, tables, recipients=1, email_id_start=None)
+        sqs.send_message(QueueUrl=url, MessageBody="[" * 100_000 + "]" * 100_000)  # RecursionError
+        sqs.send_message(
+            QueueUrl=url, MessageBody=encode_message(result_batch(7, [result(job, 0, "sent")])).decode()
+        )
+        config = replace(BridgeConfig(), aws=replace(AwsConfig(), results_dlq_url=url))
+        report = reconcile(ReconcileContext(db_engine, tables, config, clock=lambda: NOW + 30, sqs=sqs))
+        assert report.errors == []
+        assert (report.messages_applied, report.messages_quarantined) == (1, 1)

@@ -194,6 +194,36 @@ def test_csv_exports_hold_no_bodies_or_passwords(site: Site) -> None:
     assert {r.action for r in _audit(site, "recipient_list_downloaded")} == {"recipient_list_downloaded"}
 
 
+def test_csv_exports_strip_control_characters_from_provider_texts(site: Site) -> None:
+    """A bounce text with terminal escapes, bidi overrides and line breaks reaches every dashboard CSV
+    (recipients, errors, a department manager's errors) as plain text, formulas neutralised."""
+    w = site.world
+    c1 = w.companies[0]
+    job = w.jobs["sending"]
+    r = w.tables.recipients
+    poison = "=\x1b[2J\x1b]0;owned\x07 bounce \u202eevil\r\nline\x85"
+    with site.engine.begin() as conn:
+        changed = conn.execute(
+            sa.update(r).where(r.c.jobid == job, r.c.status == "failed").values(errormessage=poison)
+        ).rowcount
+    assert changed
+    manager = site.signed_in(w.managers[c1], c1)
+    department = site.signed_in(w.department_manager, c1)
+    exports = [
+        manager.get(f"/jobs/{job}/recipients.csv").text,
+        manager.get(f"/jobs/{job}/errors.csv").text,
+        department.get(f"/jobs/{job}/errors.csv").text,
+        department.get(f"/jobs/{job}/recipients.csv").text,
+    ]
+    rows = [row for text in exports for row in csv.DictReader(io.StringIO(text))]
+    bounced = [row for row in rows if "bounce" in row["error_message"]]
+    assert len(bounced) >= 2, exports
+    for row in bounced:
+        message = row["error_message"]
+        assert message.startswith("'="), message  # formula neutralised
+        assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch == "\u202e" for ch in message), message
+
+
 def test_department_manager_sees_only_their_departments_recipients_and_cannot_act(site: Site) -> None:
     w = site.world
     c1 = w.companies[0]
