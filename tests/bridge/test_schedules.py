@@ -215,6 +215,17 @@ def test_dont_send_if_empty_routing_and_a_failing_bucket(site: Site, bridge) -> 
     [retried] = run_due(engine, repo, config, at=SLOT1 + 901, upload=bridge["upload"])
     assert (retried.scheduleid, retried.outcome, retried.slot) == (broken, "queued", SLOT1)
 
+    # cloud that cannot reach the cloud is not sent (never silently Moodle's own mail).
+    with engine.begin() as conn:
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=False), "test")
+    cloud_only = create(bridge, engine, skipifempty=False, cloud_preference="cloud")
+    ran = {r.scheduleid: r for r in run_due(engine, repo, config, at=SLOT1 + DAY, upload=bridge["upload"])}
+    assert ran[cloud_only].outcome == "not_sent"
+    assert (
+        "cloud_preference cloud, but not routed to the cloud (company_cloud_disabled)"
+        in ran[cloud_only].notes[0]
+    )
+
 
 def test_a_run_killed_before_its_commit_leaves_nothing_and_fires_once_after(site: Site, bridge) -> None:
     people(site)
@@ -935,3 +946,16 @@ def test_rows_an_older_strict_trigger_parks_are_handed_back_in_the_same_transact
     assert [(r.userid, r.due) for r in ours] == [(10, SLOT1), (11, SLOT1)]
     sink = RecordingSmtpSink()
     assert sorted(iomad_cron(site, sink, SLOT1 + 60).sent_rows) == [r.id for r in ours]
+
+
+def test_a_cloud_email_schedule_is_never_sent_locally(site: Site, bridge) -> None:
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    email_schedule(site, bridge, "cloud")
+    with engine.begin() as conn:
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=False), "test")
+    [ran] = run_due(engine, repo, config, at=SLOT1, upload=None)
+    assert (
+        ran.outcome == "failed"
+        and "not routed to the cloud for email (company_cloud_disabled)" in ran.notes[0]
+    )
+    assert iomad_rows(site) == [] and jobs_of(engine, repo) == []

@@ -447,6 +447,10 @@ def _fire_report(
     local_day = dt.datetime.fromtimestamp(slot, zone(str(row.timezone))).strftime("%Y-%m-%d")
     filename = f"{row.report}-{local_day}.{row.format}"
     company = _company_name(conn, iomad, companyid)
+    if settings is None and str(row.cloud_preference) == "cloud":
+        report.outcome = "not_sent"
+        report.notes.append(f"cloud_preference cloud, but not routed to the cloud ({reason})")
+        return
     if settings is None:
         _queue_report_locally(
             conn, repo, config, iomad, row, slot, report, body, filename, managers, company, reason, runid, at
