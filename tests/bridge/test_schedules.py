@@ -745,6 +745,7 @@ def test_a_local_email_schedule_queues_rendered_rows_that_iomad_sends_once_and_t
 
     repo, engine, config = bridge["repo"], site.engine, bridge["config"]
     sid = email_schedule(site, bridge, "local")  # company 1 is routed to the cloud: local wins
+    site.user(30, managertype=1, lastaccess=T0)  # the learners' manager: IOMAD must not copy them
     # Killed before the commit: no IOMAD row, no run, no ledger; the slot fires once afterwards.
     with (
         mock.patch.object(ScheduleRepo, "finish_run", side_effect=KeyboardInterrupt),
