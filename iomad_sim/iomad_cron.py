@@ -14,10 +14,19 @@ two. Steps, as in facts section 2.3:
    step 3 with ``sent = modifiedtime = time()``, whatever the send returned;
 6. special users (4.1.22/5.0 only, off by default like 4.3.7), then ``company_suspended`` rows
    of suspended users.
+
+A row whose ``templatename`` is none of IOMAD's templates (the bridge's ``mrcloud_schedule``)
+is sent like any other: ``email_template_is_enabled()`` finds no template row and says yes, the
+stored subject and body go to the row's user, the To/Cc lists come from ``headers['template']``
+and managers/supervisors only for IOMAD's user templates. Without a ``template`` in its headers
+IOMAD looks the template up by name and throws (``IomadCronCrash`` here): the run stops there.
+The attachment (``headers['attachment']``) is read from its ``filepath`` at send time; a file
+that cannot be read is left off and the mail still goes (PHPMailer's ``addAttachment`` fails).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +41,7 @@ from moodle_bridge.sources.iomad.headers import HeadersError, TemplateSettings, 
 from moodle_bridge.sources.iomad.moodle_lock import LockNotAcquired, moodle_cron_lock
 from moodle_bridge.sources.iomad.recipients import template_check_type
 from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
+from moodle_bridge.sources.iomad.templates import ALL_TEMPLATES
 
 HALF_YEAR = 6 * 30 * 24 * 60 * 60
 
@@ -67,6 +77,11 @@ _IS_USER_TEMPLATE_ARRAY: dict[object, str] = {
 def is_user_template(name: str) -> bool:
     """``!empty($usertemplates[$templatename])``."""
     return bool(_IS_USER_TEMPLATE_ARRAY.get(name))
+
+
+class IomadCronCrash(RuntimeError):
+    """What IOMAD throws for a row it cannot send (``Email template '<name>' not found``): the
+    task stops, the rows after it in this run stay unsent."""
 
 
 @dataclass
@@ -187,8 +202,20 @@ def _send_to_user(
         parsed = parse_headers(email["headers"])
     except HeadersError:  # PHP unserialize() gives false: no template, defaults apply
         parsed = None
-    template = (parsed.template if parsed else None) or TemplateSettings(name=str(email["templatename"]))
-    attachment = parsed.attachment.filename if parsed and parsed.attachment else None
+    name = str(email["templatename"] or "")
+    template = parsed.template if parsed else None
+    if template is None:
+        if name not in ALL_TEMPLATES:  # new EmailTemplate($name) -> get_template() throws
+            raise IomadCronCrash(f"Email template '{name}' not found")
+        template = TemplateSettings(name=name)
+    attachment, attachment_sha256 = None, None
+    if parsed and parsed.attachment:
+        try:  # PHPMailer addAttachment() reads the file; it fails quietly on an unreadable one
+            with open(parsed.attachment.filepath, "rb") as f:
+                attachment_sha256 = hashlib.sha256(f.read()).hexdigest()
+            attachment = parsed.attachment.filename
+        except OSError:
+            attachment = None
     sent = 0
 
     def direct(address: str) -> bool:
@@ -199,6 +226,7 @@ def _send_to_user(
             str(email["body"]),
             email_id=int(email["id"]),
             attachment=attachment,
+            attachment_sha256=attachment_sha256,
         )
         sent += ok
         return ok

@@ -21,6 +21,8 @@ class SentMessage:
     email_id: int | None
     source: str  # "iomad" | "cloud" | anything a test chooses
     attachment: str | None = None
+    #: SHA-256 of the attached file's bytes as read at send time
+    attachment_sha256: str | None = None
 
 
 @dataclass
@@ -40,12 +42,15 @@ class RecordingSmtpSink:
         email_id: int | None = None,
         source: str = "iomad",
         attachment: str | None = None,
+        attachment_sha256: str | None = None,
     ) -> bool:
         if address.lower() in {a.lower() for a in self.fail_addresses}:
             return False
         digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
         with self._lock:
-            self.messages.append(SentMessage(address, subject, digest, email_id, source, attachment))
+            self.messages.append(
+                SentMessage(address, subject, digest, email_id, source, attachment, attachment_sha256)
+            )
         return True
 
     def deliveries(self) -> Counter[tuple[int | None, str]]:

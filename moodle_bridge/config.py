@@ -43,6 +43,9 @@ class DatabaseConfig:
     prefix: str = "mdl_"
     #: Moodle's $CFG->dbname: part of the key of Moodle's cron locks on MySQL/MariaDB.
     moodle_dbname: str = ""
+    #: Moodle's $CFG->dataroot: where a schedule's report going through Moodle's own mail is
+    #: written for IOMAD to attach (docs/schedules.md). Empty: such reports are not sent.
+    moodle_dataroot: str = ""
     #: iomad: claim IOMAD's queue (tick stops if no IOMAD schema is found); moodle: a plain
     #: Moodle site, only list jobs (submit-list) go through the pipeline.
     site: str = "iomad"
@@ -237,6 +240,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "MRCO_DATABASE_URL": ("database", "url"),
     "MRCO_DB_PREFIX": ("database", "prefix"),
     "MRCO_MOODLE_DBNAME": ("database", "moodle_dbname"),
+    "MRCO_MOODLE_DATAROOT": ("database", "moodle_dataroot"),
     "MRCO_SITE": ("database", "site"),
     "MRCO_AWS_REGION": ("aws", "region"),
     "MRCO_AWS_ENDPOINT_URL": ("aws", "endpoint_url"),

@@ -59,6 +59,7 @@ from moodle_bridge.sources.iomad.passwords import (
     password_from_template,
     redact,
 )
+from moodle_bridge.sources.iomad.queries import not_bridge_queued
 from moodle_bridge.sources.iomad.queue import (
     PARKED_DUE_BASE,
     QueuedEmail,
@@ -188,6 +189,7 @@ class ClaimPass:
         at = self.clock()
         due = sa.and_(
             e.c.sent.is_(None),
+            not_bridge_queued(e),
             sa.or_(
                 e.c.due < at,
                 # parked at insert by strict mode's trigger, not claimed yet
@@ -396,6 +398,7 @@ class ClaimPass:
                 e.c.due < PARKED_DUE_BASE + at,
                 u.c.deleted == 0,
                 sa.or_(u.c.suspended == 0, e.c.templatename == "company_suspended"),
+                not_bridge_queued(e),
                 ~sa.exists().where(c.c.emailid == e.c.id),
             )
             .order_by(e.c.id)

@@ -112,6 +112,9 @@ class PlannedRecipient:
     errormessage: str | None = None
     #: A temporary password to keep encrypted until the outcome is final. Never printed.
     secret: str | None = field(default=None, repr=False)
+    #: The Moodle user the address belongs to, when not ``userid`` (a manager's copy of a
+    #: learner's mail): the row's user when the mail is queued for IOMAD to send.
+    addressee: int | None = None
 
 
 @dataclass

@@ -63,6 +63,7 @@ from moodle_bridge.results.states import (
     QUEUED,
     RETRYING,
 )
+from moodle_bridge.sources.schedules.local_reports import purge_report_files
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
 from moodle_bridge.storage.dash_sessions import purge_sessions
@@ -119,6 +120,8 @@ class ReconcileReport:
     rows_restored: int = 0
     nonces_purged: int = 0
     sessions_purged: int = 0
+    #: Report files the bridge wrote under Moodle's dataroot for IOMAD, deleted after 7 days.
+    local_report_files_purged: int = 0
     #: Jobs whose cancel the cloud was told about in this pass / could not be told about.
     cancels_signalled: int = 0
     cancels_not_signalled: int = 0
@@ -594,4 +597,8 @@ def reconcile(ctx: ReconcileContext | Any) -> ReconcileReport:
             report.sessions_purged = purge_sessions(conn, ctx.tables, now=now)
     except sa.exc.SQLAlchemyError as exc:
         report.errors.append(_step_error("settling rows", exc))
+    try:
+        report.local_report_files_purged = purge_report_files(ctx.config.database.moodle_dataroot, now=now)
+    except OSError as exc:
+        report.errors.append(_step_error("deleting old report files under moodle_dataroot", exc))
     return report

@@ -8,7 +8,9 @@ on, so IOMAD's cron never loads it. The claim pass then takes such rows (parked,
 claim, original due passed) as it takes due ones; a row it decides not to send (left local,
 released) it unparks, and so IOMAD sends it as before.
 
-The trigger reads only the bridge's own tables and changes only ``due`` of the new row. Per
+The trigger reads only the bridge's own tables and changes only ``due`` of the new row. It
+leaves alone the rows the bridge itself queues for IOMAD to send (``templatename``
+``mrcloud_schedule``, docs/schedules.md): those are IOMAD's to send. Per
 engine (``moodle-offload migrate --strict`` installs, ``--no-strict`` removes and hands every
 parked unclaimed row back):
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
+from moodle_bridge.sources.iomad.queries import LOCAL_SCHEDULE_TEMPLATE, PARKED_DUE_BASE
 from moodle_bridge.sources.iomad.schema import IomadTables
 from moodle_bridge.storage.bridge_repo import OFFLOAD_ENABLED_KEY
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
@@ -42,6 +44,7 @@ def _condition(prefix: str, email_alias: str) -> str:
     t = build_bridge_tables(prefix)
     return (
         f"{email_alias}.sent IS NULL AND {email_alias}.due < {PARKED_DUE_BASE}"
+        f" AND COALESCE({email_alias}.templatename, '') <> '{LOCAL_SCHEDULE_TEMPLATE}'"
         f" AND EXISTS (SELECT 1 FROM {t.company_settings.name} s"
         f" WHERE s.companyid = {email_alias}.companyid AND s.cloudenabled = 1)"
         f" AND EXISTS (SELECT 1 FROM {t.config.name} c"

@@ -78,7 +78,13 @@ from moodle_bridge.sources.schedules.manage import (
 from moodle_bridge.sources.schedules.manage import run_line as schedule_run_line
 from moodle_bridge.sources.schedules.manage import run_now as schedule_run_now
 from moodle_bridge.sources.schedules.manage import when as schedule_when
-from moodle_bridge.sources.schedules.runner import Preview, ScheduleError, Uploader, preview_schedule
+from moodle_bridge.sources.schedules.runner import (
+    CLOUD_PREFERENCES,
+    Preview,
+    ScheduleError,
+    Uploader,
+    preview_schedule,
+)
 from moodle_bridge.sources.schedules.timing import FREQUENCIES, format_time_of_day
 from moodle_bridge.storage import audit, certificate_repo
 from moodle_bridge.storage.bridge_repo import BridgeRepo
@@ -1744,7 +1750,7 @@ SCHEDULE_FIELDS = (
 )  # fmt: skip
 #: What the form offers; anything else posted is refused by the shared validation with its reason.
 SCHEDULE_ACTIONS = ("report", "email", "certificate")
-SCHEDULE_CLOUD = ("auto", "cloud")
+SCHEDULE_CLOUD = CLOUD_PREFERENCES
 
 
 def _schedule_or_404(conn: sa.Connection, state: DashboardState, who: Principal, schedule_id: int) -> Any:

@@ -215,6 +215,17 @@ def test_dont_send_if_empty_routing_and_a_failing_bucket(site: Site, bridge) -> 
     [retried] = run_due(engine, repo, config, at=SLOT1 + 901, upload=bridge["upload"])
     assert (retried.scheduleid, retried.outcome, retried.slot) == (broken, "queued", SLOT1)
 
+    # cloud that cannot reach the cloud is not sent (never silently Moodle's own mail).
+    with engine.begin() as conn:
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=False), "test")
+    cloud_only = create(bridge, engine, skipifempty=False, cloud_preference="cloud")
+    ran = {r.scheduleid: r for r in run_due(engine, repo, config, at=SLOT1 + DAY, upload=bridge["upload"])}
+    assert ran[cloud_only].outcome == "not_sent"
+    assert (
+        "cloud_preference cloud, but not routed to the cloud (company_cloud_disabled)"
+        in ran[cloud_only].notes[0]
+    )
+
 
 def test_a_run_killed_before_its_commit_leaves_nothing_and_fires_once_after(site: Site, bridge) -> None:
     people(site)
@@ -312,7 +323,10 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"action_type": "certificate", "courseid": 2}, "has no campaign and no report"),
     ({"courseid": 2}, "--course and --cohort belong to action_type certificate"),
     ({"action_type": "certificate", "report": None, "courseid": 2, "companyid": 2}, "AWS only"),
-    ({"cloud_preference": "local"}, "local .* is not built yet"),
+    (
+        {"action_type": "certificate", "report": None, "courseid": 2, "cloud_preference": "local"},
+        "local cannot issue certificates: they are rendered in the cloud",
+    ),
     ({"report": "everything"}, "report must be one of"),
     ({"format": "pdf"}, "format must be one of"),
     ({"reportdays": 0}, "report days must be between"),
@@ -521,6 +535,21 @@ def test_the_cli_creates_lists_previews_runs_pauses_and_imports(tmp_path, monkey
     assert "would send now: 3 users" in out and "Subject: Your certificate: Safety 101" in out
     assert main([*certificates, "--course", "2", "--cohort", "0"]) == 1
     assert "cohort must be a cohort id" in capsys.readouterr().err
+    assert main([*certificates, "--course", "2", "--cloud", "local"]) == 1
+    assert "local cannot issue certificates" in capsys.readouterr().err
+
+    # cloud_preference local: Moodle's own mail through IOMAD's queue, the file under the dataroot.
+    assert main([*create_args, "--name", "Local completions", "--cloud", "local"]) == 0
+    assert "schedule 4 created" in capsys.readouterr().out
+    assert main(["schedules", "run-now", "4"]) == 0
+    assert "not_sent (3 rows); kept local (cloud_preference local); a report" in capsys.readouterr().out
+    (tmp_path / "moodledata").mkdir()
+    monkeypatch.setenv("MRCO_MOODLE_DATAROOT", str(tmp_path / "moodledata"))
+    assert main([*create_args, "--name", "Local completions 2", "--cloud", "local"]) == 0
+    assert "schedule 5 created" in capsys.readouterr().out
+    assert main(["schedules", "run-now", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "queued_local, 1 rows in IOMAD's queue for Moodle's own mail (3 rows)" in out
 
 
 def test_report_mail_skips_bounced_managers_but_not_campaign_unsubscribes(site: Site, bridge) -> None:
@@ -647,3 +676,287 @@ def test_two_bridges_firing_the_same_slot_at_once_send_it_once(site: Site, bridg
     assert len(jobs_of(engine, repo)) == 1
     with engine.connect() as conn:
         assert [r.outcome for r in ScheduleRepo(repo.t).runs(conn, sid)] == ["queued"]
+
+
+# -- cloud_preference local: Moodle's own mail path (IOMAD's queue and cron) ------------------------
+
+
+def iomad_rows(site: Site) -> list[Any]:
+    e = site.iomad.email
+    with site.engine.connect() as conn:
+        return list(conn.execute(sa.select(e).order_by(e.c.id)).all())
+
+
+def iomad_cron(site: Site, sink: Any, at: int) -> Any:
+    from iomad_sim.iomad_cron import run_iomad_email_cron
+
+    return run_iomad_email_cron(
+        site.engine, "mdl_", site.engine.url.database or "", sink, tables=site.iomad, now=at
+    )
+
+
+def iomad_queues(site: Site, template: str, userid: int, at: int) -> int:
+    """A row as IOMAD's own queue_for_cron() writes it (a template in its headers)."""
+    from moodle_bridge.sources.iomad.headers import serialize_headers
+
+    e = site.iomad.email
+    headers = serialize_headers({"id": 1, "companyid": 1, "name": template, "disabled": 0})
+    with site.engine.begin() as conn:
+        key = conn.execute(
+            e.insert().values(
+                templatename=template,
+                modifiedtime=at,
+                subject="IOMAD's own",
+                body="<p>b</p>",
+                varsreplaced=1,
+                companyid=1,
+                courseid=1,
+                userid=userid,
+                senderid=-20,
+                headers=headers,
+                due=at,
+            )
+        ).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def email_schedule(site: Site, bridge: dict[str, Any], preference: str) -> int:
+    repo, engine = bridge["repo"], site.engine
+    site.user(10, lastaccess=T0 - 400 * DAY)
+    site.user(11, lastaccess=T0 - 400 * DAY)
+    rule = parse_rule({"trigger": {"kind": "inactive_site", "days": 30}, "template": TEMPLATE})
+    with engine.begin() as conn:
+        cid = CampaignRepo(repo.t).create(
+            conn, companyid=1, name="nudge", rule_json=rule.to_json(), actor="t", at=T0
+        )
+    return create(
+        bridge, engine, action_type="email", campaignid=cid, report=None, cloud_preference=preference
+    )
+
+
+def test_a_local_email_schedule_queues_rendered_rows_that_iomad_sends_once_and_the_bridge_leaves(
+    site: Site, bridge
+) -> None:
+    from iomad_sim.smtp_sink import RecordingSmtpSink
+    from moodle_bridge.pipeline.claiming import ClaimPass
+    from moodle_bridge.pipeline.worker_templates import render_for_worker
+    from moodle_bridge.sources.iomad.headers import parse_headers
+
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    sid = email_schedule(site, bridge, "local")  # company 1 is routed to the cloud: local wins
+    site.user(30, managertype=1, lastaccess=T0)  # the learners' manager: IOMAD must not copy them
+    # Killed before the commit: no IOMAD row, no run, no ledger; the slot fires once afterwards.
+    with (
+        mock.patch.object(ScheduleRepo, "finish_run", side_effect=KeyboardInterrupt),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        run_due(engine, repo, config, at=SLOT1, upload=None)
+    assert iomad_rows(site) == []
+    with engine.connect() as conn:
+        assert ScheduleRepo(repo.t).runs(conn, sid) == []
+        assert CampaignRepo(repo.t).ledger_counts(conn, 1) == {}
+
+    [fired] = run_due(engine, repo, config, at=SLOT1 + 30, upload=None)
+    assert (fired.outcome, fired.rows, fired.recipients, fired.jobid) == ("queued_local", 2, 2, None)
+    assert "cloud_preference local" in fired.notes[0] and "mdl_email" in fired.notes[0]
+    rows = iomad_rows(site)
+    assert [
+        (r.userid, r.templatename, r.sent, r.due, r.varsreplaced, r.senderid, r.companyid) for r in rows
+    ] == [(u, "mrcloud_schedule", None, SLOT1 + 30, 1, -20, 1) for u in (10, 11)]
+    expected = render_for_worker(
+        {"kind": "template", **TEMPLATE},
+        {
+            "firstname": "First10",
+            "lastname": "Last10",
+            "fullname": "First10 Last10",
+            "email": "u10@example.com",
+            "coursename": "",
+            "days_inactive": 400,
+            "deadline": None,
+            "role": "user",
+        },
+    )
+    assert (rows[0].subject, rows[0].body) == (expected["subject"], expected["html"])
+    headers = parse_headers(rows[0].headers)
+    assert headers.template is not None and headers.template.name == "mrcloud_schedule"
+    assert (headers.attachment, headers.to, headers.cc, headers.template.emailto) == (None, (), (), "")
+    assert jobs_of(engine, repo) == []
+    with engine.connect() as conn:
+        [run] = ScheduleRepo(repo.t).runs(conn, sid)
+        assert (run.outcome, run.rowcount, run.jobid) == ("queued_local", 2, None)
+        assert CampaignRepo(repo.t).ledger_counts(conn, 1) == {fired_cycle(repo, engine): 2}
+
+    # A cloud-routed claim pass beside them takes IOMAD's own row and leaves the bridge's.
+    own = iomad_queues(site, "license_allocated", 10, SLOT1 + 30)
+    claim = ClaimPass(engine, repo, site.iomad, config, clock=lambda: SLOT1 + 60).run()
+    assert (claim.considered, claim.claimed) == (1, 1)
+    assert [(r.id, r.due) for r in iomad_rows(site) if r.templatename == "mrcloud_schedule"] == [
+        (rows[0].id, SLOT1 + 30),
+        (rows[1].id, SLOT1 + 30),
+    ]
+
+    # IOMAD's cron sends each row once, to its user only; a second cron run sends nothing more.
+    sink = RecordingSmtpSink()
+    ran = iomad_cron(site, sink, SLOT1 + 120)
+    assert sorted(ran.sent_rows) == [rows[0].id, rows[1].id] and own not in ran.sent_rows
+    assert sorted((m.email_id, m.address, m.subject) for m in sink.messages) == [
+        (rows[0].id, "u10@example.com", "We miss you, First10"),
+        (rows[1].id, "u11@example.com", "We miss you, First11"),
+    ]
+    assert iomad_cron(site, sink, SLOT1 + 420).sent_rows == [] and len(sink.messages) == 2
+
+    # The same slot again (a second bridge, a stale view): nothing more is queued.
+    with engine.begin() as conn:
+        conn.execute(repo.t.schedules.update().values(lastslot=None, nextrun=SLOT1))
+    again = run_schedule(engine, repo, config, sid, at=SLOT1 + 30, actor="b2", upload=None)
+    assert again.outcome == "already_fired"
+    assert len([r for r in iomad_rows(site) if r.templatename == "mrcloud_schedule"]) == 2
+
+
+def fired_cycle(repo: Any, engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.max(repo.t.campaign_ledger.c.cycle))).scalar_one())
+
+
+def test_auto_on_a_company_kept_local_goes_to_iomad_and_strict_mode_leaves_the_rows(
+    site: Site, bridge
+) -> None:
+    from iomad_sim.smtp_sink import RecordingSmtpSink
+    from moodle_bridge.sources.iomad.queries import PARKED_DUE_BASE
+    from moodle_bridge.storage.strict_mode import install_strict_mode
+
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    email_schedule(site, bridge, "auto")
+    with engine.begin() as conn:  # cloud-enabled (strict mode parks its rows), but 2 < threshold 50
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=True, threshold=50), "test")
+    install_strict_mode(engine, site.iomad, "mdl_")
+    parked = iomad_queues(site, "license_allocated", 10, SLOT1)
+    [local] = run_due(engine, repo, config, at=SLOT1, upload=None)
+    assert local.outcome == "queued_local" and "below_threshold" in local.notes[0]
+    ours = [r for r in iomad_rows(site) if r.templatename == "mrcloud_schedule"]
+    assert [(r.userid, r.due) for r in ours] == [(10, SLOT1), (11, SLOT1)]  # the trigger left them
+    assert {r.id: r.due for r in iomad_rows(site)}[parked] >= PARKED_DUE_BASE  # and parked IOMAD's own
+    sink = RecordingSmtpSink()
+    assert sorted(iomad_cron(site, sink, SLOT1 + 60).sent_rows) == [r.id for r in ours]
+    assert sorted(m.address for m in sink.messages) == ["u10@example.com", "u11@example.com"]
+
+
+def test_a_local_report_is_attached_by_iomad_from_the_dataroot_and_needs_it(
+    site: Site, bridge, tmp_path
+) -> None:
+    import os
+    import stat
+
+    from iomad_sim.smtp_sink import RecordingSmtpSink
+    from moodle_bridge.sources.iomad.headers import parse_headers
+    from moodle_bridge.sources.schedules.local_reports import purge_report_files
+
+    people(site)
+    repo, engine = bridge["repo"], site.engine
+    sid = create(bridge, engine, cloud_preference="local")
+    empty = create(bridge, engine, cloud_preference="local", report="licences_expiring")  # no licences
+
+    # No dataroot: not sent, the reason names the setting, nothing queued; the empty one stays empty.
+    runs = {r.scheduleid: r for r in run_due(engine, repo, bridge["config"], at=SLOT1, upload=None)}
+    assert runs[sid].outcome == "not_sent" and "moodle_dataroot (MRCO_MOODLE_DATAROOT" in runs[sid].notes[0]
+    assert runs[empty].outcome == "empty"
+    assert iomad_rows(site) == []
+
+    # A dataroot the file cannot go into fails the run (nothing recorded), retried 15 minutes later.
+    relative = replace(
+        bridge["config"], database=replace(bridge["config"].database, moodle_dataroot="moodledata")
+    )
+    failed = {r.scheduleid: r for r in run_due(engine, repo, relative, at=SLOT1 + DAY, upload=None)}
+    assert failed[sid].outcome == "failed" and "must be an absolute path" in failed[sid].notes[0]
+    assert iomad_rows(site) == []
+
+    dataroot = tmp_path / "moodledata"
+    dataroot.mkdir()
+    config = replace(
+        bridge["config"], database=replace(bridge["config"].database, moodle_dataroot=str(dataroot))
+    )
+    assert failed[empty].outcome == "empty"  # don't send if empty still applies
+    [fired] = run_due(engine, repo, config, at=SLOT1 + DAY + 901, upload=None)
+    assert (fired.scheduleid, fired.outcome, fired.slot, fired.rows, fired.recipients) == (
+        sid,
+        "queued_local",
+        SLOT1 + DAY,
+        2,
+        1,
+    )
+    [row] = iomad_rows(site)
+    assert (row.userid, row.templatename, row.subject) == (
+        30,
+        "mrcloud_schedule",
+        "Weekly completions: 2 rows (2026-06-03 07:00 BST)",
+    )
+    attachment = parse_headers(row.headers).attachment
+    assert attachment is not None and attachment.filename == "completions-2026-06-03.xlsx"
+    with engine.connect() as conn:
+        runid = ScheduleRepo(repo.t).runs(conn, sid)[0].id
+    path = dataroot / "temp" / "mrcloud_reports" / str(sid) / str(runid) / attachment.filename
+    assert attachment.filepath == str(path) and os.path.isabs(attachment.filepath)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.stat().st_gid == dataroot.stat().st_gid
+    body = path.read_bytes()
+    assert "First10" in xlsx_text(body) and "First12" not in xlsx_text(body)
+
+    sink = RecordingSmtpSink()
+    assert iomad_cron(site, sink, SLOT1 + DAY + 960).sent_rows == [row.id]
+    [mail] = sink.messages
+    assert (mail.address, mail.attachment) == ("u30@example.com", attachment.filename)
+    assert mail.attachment_sha256 == hashlib.sha256(body).hexdigest()
+
+    # The same slot again queues nothing; the reconciliation pass deletes the file after 7 days.
+    with engine.begin() as conn:
+        conn.execute(repo.t.schedules.update().where(repo.t.schedules.c.id == sid).values(lastslot=None))
+    assert (
+        run_schedule(engine, repo, config, sid, at=SLOT1 + DAY, actor="b2", upload=None).outcome
+        == "already_fired"
+    )
+    assert len(iomad_rows(site)) == 1
+    written = path.stat().st_mtime
+    assert purge_report_files(str(dataroot), now=written + 6 * DAY) == 0 and path.exists()
+    assert purge_report_files(str(dataroot), now=written + 8 * DAY) == 1 and not path.exists()
+
+
+def test_rows_an_older_strict_trigger_parks_are_handed_back_in_the_same_transaction(
+    site: Site, bridge
+) -> None:
+    """A trigger from before the bridge queued local rows parks every cloud company's insert; the
+    bridge unparks its own rows before the commit, so IOMAD's cron still sends them."""
+    from iomad_sim.smtp_sink import RecordingSmtpSink
+    from moodle_bridge.storage import strict_mode
+
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    email_schedule(site, bridge, "local")
+    current = strict_mode._condition
+
+    def older(prefix: str, alias: str) -> str:
+        return current(prefix, alias).replace(
+            f" AND COALESCE({alias}.templatename, '') <> 'mrcloud_schedule'", ""
+        )
+
+    with mock.patch.object(strict_mode, "_condition", older):
+        strict_mode.install_strict_mode(engine, site.iomad, "mdl_")
+    parked = iomad_queues(site, "mrcloud_schedule", 10, SLOT1)  # inserted by hand: the old trigger parks it
+    assert {r.id: r.due for r in iomad_rows(site)}[parked] > SLOT1 + 10**11
+    [fired] = run_due(engine, repo, config, at=SLOT1, upload=None)
+    assert fired.outcome == "queued_local"
+    ours = [r for r in iomad_rows(site) if r.id != parked]
+    assert [(r.userid, r.due) for r in ours] == [(10, SLOT1), (11, SLOT1)]
+    sink = RecordingSmtpSink()
+    assert sorted(iomad_cron(site, sink, SLOT1 + 60).sent_rows) == [r.id for r in ours]
+
+
+def test_a_cloud_email_schedule_is_never_sent_locally(site: Site, bridge) -> None:
+    repo, engine, config = bridge["repo"], site.engine, bridge["config"]
+    email_schedule(site, bridge, "cloud")
+    with engine.begin() as conn:
+        repo.save_settings(conn, CompanySettings(1, cloudenabled=False), "test")
+    [ran] = run_due(engine, repo, config, at=SLOT1, upload=None)
+    assert (
+        ran.outcome == "failed"
+        and "not routed to the cloud for email (company_cloud_disabled)" in ran.notes[0]
+    )
+    assert iomad_rows(site) == [] and jobs_of(engine, repo) == []

@@ -106,3 +106,42 @@ def test_race_window_without_and_with_the_lock(db_engine: sa.Engine, db_url: URL
     assert blocked == [True]
     assert sorted(run.sent_rows) == sorted(seed2.email_ids["user_create"])
     assert sink.duplicates() == {}
+
+
+def test_a_row_of_an_unknown_template_without_its_template_object_stops_the_cron() -> None:
+    """IOMAD builds the template by name when the headers carry none, and throws for a name outside
+    its list; with the object (as the bridge writes it) the row is sent to its user only."""
+    import pytest
+
+    from iomad_sim.iomad_cron import IomadCronCrash
+    from moodle_bridge.sources.iomad.headers import serialize_headers
+    from moodle_bridge.sources.iomad.local_queue import template_object
+
+    engine = sa.create_engine("sqlite://")
+    tables, seed = seeded(engine, users_per_company=1, license_allocated=False)
+    e = tables.email
+    with engine.begin() as conn:
+        conn.execute(e.update().values(sent=NOW))  # the seeded rows are out of the way
+        user = conn.execute(sa.select(e.c.userid).limit(1)).scalar_one()
+        row = {
+            "templatename": "mrcloud_schedule",
+            "modifiedtime": NOW,
+            "subject": "s",
+            "body": "<p>b</p>",
+            "varsreplaced": 1,
+            "companyid": seed.company_ids[0],
+            "courseid": 1,
+            "userid": user,
+            "due": NOW - 1,
+        }
+        bare = conn.execute(e.insert().values(**row, headers=None)).inserted_primary_key[0]  # type: ignore[index]
+    with pytest.raises(IomadCronCrash, match="Email template 'mrcloud_schedule' not found"):
+        run_iomad_email_cron(engine, "mdl_", "m", RecordingSmtpSink(), now=NOW)
+    with engine.begin() as conn:
+        conn.execute(e.delete().where(e.c.id == bare))
+        good = conn.execute(
+            e.insert().values(**row, headers=serialize_headers(template_object(seed.company_ids[0])))
+        ).inserted_primary_key[0]  # type: ignore[index]
+    sink = RecordingSmtpSink()
+    assert run_iomad_email_cron(engine, "mdl_", "m", sink, now=NOW).sent_rows == [good]
+    assert len(sink.messages) == 1

@@ -151,7 +151,10 @@ def test_manager_creates_previews_pauses_resumes_and_runs_a_schedule(cloud_site:
         ({"action_type": "certificate"}, "a certificate schedule needs --course"),
         ({"action_type": "certificate", "course": "x"}, "course must be a whole number"),
         ({"action_type": "gossip"}, "action_type must be one of"),
-        ({"cloud_preference": "local"}, "cloud_preference local"),
+        (
+            {"action_type": "certificate", "course": "2", "cloud_preference": "local"},
+            "cloud_preference local cannot issue certificates",
+        ),
         ({"action_type": "email", "campaign": ""}, "campaign"),
         ({"frequency": "custom", "every_days": "0"}, "custom"),
     ):
@@ -224,7 +227,10 @@ def test_runs_show_not_sent_reasons_and_a_failed_run_says_why(cloud_site: Site) 
     page = _follow(manager, manager.post(f"/schedules/{schedule}/run-now", data={"csrf": _csrf(manager)}))
     assert ": not_sent" in page
     assert '<span class="status s-not_sent">not_sent</span>' in page
-    assert "Moodle&#39;s own mail path for schedules is not built" in page
+    assert (
+        "kept local (company_cloud_disabled); a report for Moodle&#39;s own mail needs moodle_dataroot"
+        in page
+    )
     # No content bucket: the run fails, records no slot, and the page says why.
     with site.engine.begin() as conn:
         repo.save_settings(conn, CompanySettings(c1, cloudenabled=True), "test")
@@ -369,3 +375,33 @@ def test_a_certificate_schedule_from_the_form(cloud_site: Site) -> None:
     assert 'data-field="count">2</strong> users' in shown and 'data-field="recipients">2<' in shown
     assert "Your certificate: Fire drill" in shown
     assert _count(site, w.tables.jobs) == 3  # the seeded jobs only: a preview creates nothing
+
+
+def test_a_local_report_schedule_from_the_form_goes_to_iomads_queue(cloud_site: Site, tmp_path: Any) -> None:
+    """cloud_preference local from the form: run now queues the managers' rendered mail in IOMAD's
+    queue with the file under the dataroot; the page shows queued_local and what was queued."""
+    site = cloud_site
+    w = site.world
+    c1 = w.companies[0]
+    state = site.app.state.dashboard
+    state.config = replace(
+        state.config, database=replace(state.config.database, moodle_dataroot=str(tmp_path))
+    )
+    manager = site.signed_in(w.managers[c1], c1)
+    form = manager.get("/schedules/new").text
+    assert ">local</option>" in form
+    schedule = _create(manager, cloud_preference="local")
+    assert _schedule(site, schedule).cloud_preference == "local"
+    jobs_before = _count(site, w.tables.jobs)
+    page = _follow(manager, manager.post(f"/schedules/{schedule}/run-now", data={"csrf": _csrf(manager)}))
+    assert '<span class="status s-queued_local">queued_local</span>' in page
+    assert "rows in IOMAD&#39;s queue for Moodle&#39;s own mail" in page
+    assert "kept local (cloud_preference local): " in page and " rows queued in IOMAD&#39;s" in page
+    assert _count(site, w.tables.jobs) == jobs_before
+    email = w.iomad.email
+    with site.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(email.c.userid, email.c.headers).where(email.c.templatename == "mrcloud_schedule")
+        ).all()
+    assert w.managers[c1] in [r.userid for r in rows]
+    assert str(tmp_path / "temp" / "mrcloud_reports" / str(schedule)) in rows[0].headers

@@ -25,8 +25,9 @@ from moodle_bridge.pipeline.jobs import (
     create_template_job,
     fill_template_job,
 )
+from moodle_bridge.pipeline.local_mail import queue_template_locally
 from moodle_bridge.pipeline.outbox import BuildError
-from moodle_bridge.pipeline.routing import decide
+from moodle_bridge.pipeline.routing import Decision, decide
 from moodle_bridge.sources.campaigns.audience import AudienceMember, Manager, audience, managers_of
 from moodle_bridge.sources.campaigns.moodle_tables import MoodleActivityTables, build_activity_tables
 from moodle_bridge.sources.campaigns.rules import DAY, CampaignRule, compile_templates, rule_from_json
@@ -52,7 +53,13 @@ class RunReport:
     pending: int = 0
     skipped: int = 0
     failed: int = 0
+    #: rows queued in IOMAD's own queue (a schedule's run kept local); no job then
+    local_rows: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+#: The ledger's job for users whose reminder was queued for IOMAD to send (no bridge job).
+LOCAL_JOB = 0
 
 
 def moodle_tables_for(iomad: IomadTables) -> MoodleActivityTables:
@@ -90,9 +97,9 @@ def plan_recipients(
     planned: list[PlannedRecipient] = []
     for m in members:
         data = template_data(m, rule, at, coursename)
-        copies: list[tuple[str, str, str, dict[str, Any]]] = []
+        copies: list[tuple[str, str, str, dict[str, Any], int]] = []
         if rule.recipients in ("user", "both"):
-            copies.append((f"user:{m.userid}", m.email, data["fullname"], {**data, "role": "user"}))
+            copies.append((f"user:{m.userid}", m.email, data["fullname"], {**data, "role": "user"}, m.userid))
         if rule.recipients in ("managers", "both"):
             for mgr in managers.get(m.userid, []):
                 mgr_data = {
@@ -102,8 +109,10 @@ def plan_recipients(
                     "manager_lastname": mgr.lastname,
                 }
                 name = f"{mgr.firstname} {mgr.lastname}".strip()
-                copies.append((f"user:{m.userid}:manager:{mgr.userid}", mgr.email, name, mgr_data))
-        for key, address, name, values in copies:
+                copies.append(
+                    (f"user:{m.userid}:manager:{mgr.userid}", mgr.email, name, mgr_data, mgr.userid)
+                )
+        for key, address, name, values, addressee in copies:
             p = PlannedRecipient(
                 dedupekey=key,
                 role="campaign",
@@ -112,6 +121,7 @@ def plan_recipients(
                 userid=m.userid,
                 contentkey=contentkey,
                 data=values,
+                addressee=addressee,
             )
             problem = address_problem(address)
             if problem:
@@ -134,6 +144,12 @@ def _course_name(conn: sa.Connection, moodle: MoodleActivityTables, courseid: in
     return None if value is None else str(value)
 
 
+#: ``cloud_preference`` values a schedule passes (docs/schedules.md); None: a campaign's own run.
+LOCAL = "local"
+CLOUD = "cloud"
+AUTO = "auto"
+
+
 def run_campaign(
     engine: sa.Engine,
     repo: BridgeRepo,
@@ -144,103 +160,150 @@ def run_campaign(
     actor: str,
     iomad: IomadTables | None = None,
     rule_changes: Mapping[str, Any] | None = None,
-    force_cloud: bool = False,
 ) -> RunReport:
-    """Plan this cycle's reminders of one campaign; the outbox submits the job afterwards.
+    """Plan this cycle's reminders of one campaign in one transaction; the outbox submits the job
+    afterwards. A company the routing keeps local gets ``CampaignError``."""
+    with engine.begin() as conn:
+        return run_campaign_in(
+            conn, repo, config, campaignid, at=at, actor=actor, iomad=iomad, rule_changes=rule_changes
+        )
+
+
+def run_campaign_in(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    campaignid: int,
+    *,
+    at: int,
+    actor: str,
+    iomad: IomadTables | None = None,
+    rule_changes: Mapping[str, Any] | None = None,
+    cloud_preference: str | None = None,
+) -> RunReport:
+    """``run_campaign`` in the caller's transaction (a schedule's slot transaction).
 
     A schedule (docs/schedules.md) passes ``rule_changes`` (its ``suppresstarget`` and
-    ``suppress_course_completion``) and ``force_cloud`` (``cloud_preference = cloud``: the
-    company's threshold does not apply)."""
+    ``suppress_course_completion``) and its ``cloud_preference``: ``cloud`` ignores the
+    company's threshold; ``local``, and ``auto`` when the routing keeps the company local, queue
+    each recipient's rendered mail into IOMAD's own queue for its cron to send
+    (``report.local_rows``; the ledger records those users with job 0). Without a preference (a
+    campaign's own run) a company kept local gets ``CampaignError``."""
     campaigns = CampaignRepo(repo.t)
-    with engine.begin() as conn:
-        row = campaigns.get(conn, campaignid)
-        if row is None:
-            raise CampaignError(f"campaign {campaignid} does not exist (see `moodle-offload campaigns list`)")
-        rule = rule_from_json(str(row.rule))
-        if rule_changes:
-            rule = dataclasses.replace(rule, **rule_changes)
-        report = RunReport(campaignid, rule.cycle(at))
-        if at < rule.start:
-            report.notes.append("the campaign has not started yet")
-            return report
-        if not campaigns.start_run(conn, campaignid, at):
-            raise CampaignError(
-                f"campaign {campaignid} is paused (`moodle-offload campaigns resume {campaignid}`)"
-            )
-        iomad = iomad or detect_iomad(conn, config.database.prefix)
-        moodle = moodle_tables_for(iomad)
-        companyid = int(row.companyid)
-        members = audience(
-            conn, moodle, iomad, repo.t, rule, companyid=companyid, campaignid=campaignid, now=at
+    row = campaigns.get(conn, campaignid)
+    if row is None:
+        raise CampaignError(f"campaign {campaignid} does not exist (see `moodle-offload campaigns list`)")
+    rule = rule_from_json(str(row.rule))
+    if rule_changes:
+        rule = dataclasses.replace(rule, **rule_changes)
+    report = RunReport(campaignid, rule.cycle(at))
+    if at < rule.start:
+        report.notes.append("the campaign has not started yet")
+        return report
+    if not campaigns.start_run(conn, campaignid, at):
+        raise CampaignError(
+            f"campaign {campaignid} is paused (`moodle-offload campaigns resume {campaignid}`)"
         )
-        report.audience = len(members)
-        if not members:
-            report.notes.append("nobody matches the rule this cycle")
-            return report
-        settings = repo.get_settings(conn, companyid)
+    iomad = iomad or detect_iomad(conn, config.database.prefix)
+    moodle = moodle_tables_for(iomad)
+    companyid = int(row.companyid)
+    members = audience(conn, moodle, iomad, repo.t, rule, companyid=companyid, campaignid=campaignid, now=at)
+    report.audience = len(members)
+    if not members:
+        report.notes.append("nobody matches the rule this cycle")
+        return report
+    settings = repo.get_settings(conn, companyid)
+    if cloud_preference == LOCAL:
+        decision = Decision(False, "cloud_preference local")
+    else:
         decision = decide(
-            repo.offload_enabled(conn), settings, "email", 2**62 if force_cloud else len(members)
+            repo.offload_enabled(conn),
+            settings,
+            "email",
+            2**62 if cloud_preference == CLOUD else len(members),
         )
-        if not decision.offload or settings is None:
-            raise CampaignError(
-                f"company {companyid} is not routed to the cloud for email ({decision.reason}); "
-                "see `moodle-offload company show`"
-            )
-        if settings.provider == "cloudflare":
-            refused = worker_check(config)(companyid, "campaign")
-            if refused:
-                raise CampaignError(f"{refused}; the campaign does not run")
-        managers = (
-            managers_of(conn, moodle, iomad, companyid, [m.userid for m in members])
-            if rule.recipients != "user"
-            else {}
+    if not decision.offload:
+        settings = None
+    if settings is None and cloud_preference not in (LOCAL, AUTO):
+        raise CampaignError(
+            f"company {companyid} is not routed to the cloud for email ({decision.reason}); "
+            "see `moodle-offload company show`"
         )
-        template_json = json.dumps(
-            {"subject": rule.template.subject, "html": rule.template.html, "text": rule.template.text}
-        )
-        try:
-            new_job = create_template_job(
-                conn,
-                repo,
-                config,
-                settings,
-                companyid=companyid,
-                source="campaign",
-                category="campaign",
-                templatename=f"campaign:{campaignid}",
-                template_json=template_json,
-                actor=actor,
-                at=at,
-            )
-        except BuildError as exc:
-            raise CampaignError(str(exc)) from None
-        jobid, contentkey = new_job.jobid, new_job.contentkey
-        coursename = _course_name(conn, moodle, rule.trigger.course)
-        planned = plan_recipients(
-            rule, members, managers, compile_templates(rule.template), contentkey, at, coursename
-        )
-        created = fill_template_job(conn, repo, config, new_job, planned)
-        campaigns.record_ledger(conn, campaignid, report.cycle, jobid, [m.userid for m in members], at)
-        audit.record(
+    if settings is not None and settings.provider == "cloudflare":
+        refused = worker_check(config)(companyid, "campaign")
+        if refused:
+            raise CampaignError(f"{refused}; the campaign does not run")
+    managers = (
+        managers_of(conn, moodle, iomad, companyid, [m.userid for m in members])
+        if rule.recipients != "user"
+        else {}
+    )
+    template_json = json.dumps(
+        {"subject": rule.template.subject, "html": rule.template.html, "text": rule.template.text}
+    )
+    coursename = _course_name(conn, moodle, rule.trigger.course)
+    templates = compile_templates(rule.template)
+    if settings is None:
+        planned = plan_recipients(rule, members, managers, templates, "", at, coursename)
+        queued = queue_template_locally(
             conn,
-            repo.t,
-            actor=actor,
-            action=audit.JOB_CREATED,
-            now=at,
+            repo,
+            iomad,
+            planned,
             companyid=companyid,
-            jobid=jobid,
-            detail={
-                "source": "campaign",
-                "campaign": campaignid,
-                "cycle": report.cycle,
-                "recipients": created.recipients,
-            },
+            category="campaign",
+            template_json=template_json,
+            at=at,
+            courseid=rule.trigger.course,
         )
-        report.jobid = jobid
-        report.recipients = created.recipients
-        report.pending = created.pending
-        report.skipped = sum(1 for p in planned if p.status == "skipped")
-        report.failed = created.recipients - created.pending - report.skipped
+        campaigns.record_ledger(conn, campaignid, report.cycle, LOCAL_JOB, [m.userid for m in members], at)
+        report.local_rows, report.recipients = queued.rows, len(planned)
+        report.skipped, report.failed = queued.skipped, queued.failed
+        report.notes.append(
+            f"kept local ({decision.reason}): {queued.rows} rows queued in IOMAD's {iomad.email.name} "
+            "for its cron to send"
+        )
+        return report
+    try:
+        new_job = create_template_job(
+            conn,
+            repo,
+            config,
+            settings,
+            companyid=companyid,
+            source="campaign",
+            category="campaign",
+            templatename=f"campaign:{campaignid}",
+            template_json=template_json,
+            actor=actor,
+            at=at,
+        )
+    except BuildError as exc:
+        raise CampaignError(str(exc)) from None
+    jobid, contentkey = new_job.jobid, new_job.contentkey
+    planned = plan_recipients(rule, members, managers, templates, contentkey, at, coursename)
+    created = fill_template_job(conn, repo, config, new_job, planned)
+    campaigns.record_ledger(conn, campaignid, report.cycle, jobid, [m.userid for m in members], at)
+    audit.record(
+        conn,
+        repo.t,
+        actor=actor,
+        action=audit.JOB_CREATED,
+        now=at,
+        companyid=companyid,
+        jobid=jobid,
+        detail={
+            "source": "campaign",
+            "campaign": campaignid,
+            "cycle": report.cycle,
+            "recipients": created.recipients,
+        },
+    )
+    report.jobid = jobid
+    report.recipients = created.recipients
+    report.pending = created.pending
+    report.skipped = sum(1 for p in planned if p.status == "skipped")
+    report.failed = created.recipients - created.pending - report.skipped
     return report
 
 

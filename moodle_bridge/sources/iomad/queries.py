@@ -28,6 +28,16 @@ PARKED_DUE_BASE = 1_000_000_000_000
 COMPANY_SUSPENDED = "company_suspended"
 #: 4.1.22/5.0 also send rows of these pseudo users (shop admin); 4.3.7 does not.
 SPECIAL_USERS = (-999,)
+#: ``templatename`` of the rows the bridge queues for IOMAD's own cron to send (schedules with
+#: ``cloud_preference`` local, docs/schedules.md). Not one of IOMAD's templates: its cron sends
+#: such a row as stored, to the row's user only (docs/iomad.md, "Rows the bridge queues"); the
+#: claim pass and strict mode's trigger leave it alone.
+LOCAL_SCHEDULE_TEMPLATE = "mrcloud_schedule"
+
+
+def not_bridge_queued(e: sa.Table) -> sa.ColumnElement[bool]:
+    """Rows IOMAD queued itself: everything but the bridge's own local rows."""
+    return sa.or_(e.c.templatename.is_(None), e.c.templatename != LOCAL_SCHEDULE_TEMPLATE)
 
 
 def chunks(ids: Iterable[int], size: int = CHUNK) -> Iterator[list[int]]:
@@ -60,7 +70,8 @@ def select_due(
 
     ``sent IS NULL AND due < :now AND u.deleted = 0 AND (u.suspended = 0 OR
     templatename = 'company_suspended')``. Parked rows (due >= PARKED_DUE_BASE) are never
-    due. ``company_ids=None`` means every company.
+    due. ``company_ids=None`` means every company. Rows the bridge queued for IOMAD to send
+    (``LOCAL_SCHEDULE_TEMPLATE``) are never selected.
     """
     e, u = t.email, t.user
     q = (
@@ -71,6 +82,7 @@ def select_due(
             e.c.due < now,
             u.c.deleted == 0,
             sa.or_(u.c.suspended == 0, e.c.templatename == COMPANY_SUSPENDED),
+            not_bridge_queued(e),
         )
     )
     if company_ids is not None:

@@ -202,6 +202,8 @@ def run_line(r: ScheduleRunReport, zone_name: str) -> str:
     text = f"schedule {r.scheduleid} slot {slot}: {r.outcome}"
     if r.jobid is not None:
         text += f", job {r.jobid} with {r.recipients} recipients ({r.rows} rows)"
+    elif r.outcome == "queued_local":
+        text += f", {r.recipients} rows in IOMAD's queue for Moodle's own mail ({r.rows} rows)"
     elif r.outcome in ("empty", "not_sent"):
         text += f" ({r.rows} rows)"
     return text + (f"; {'; '.join(r.notes)}" if r.notes else "")

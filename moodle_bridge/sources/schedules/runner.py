@@ -1,13 +1,13 @@
 """Create, fire and preview schedules (docs/schedules.md).
 
-A run fires one *slot* (``timing.Recurrence``). For a report, the slot's row in
-``mrcloud_schedule_runs`` is inserted first in the transaction that builds the report, uploads
-its file and creates the job, its recipients and its outbox batches; the unique key on
-(schedule, slot) makes a second bridge or an overlapping pass wait and then give up, and a
-bridge killed before the commit leaves nothing (the next pass fires the slot again; the file's
-object key is the same, so the upload is simply repeated). For ``email`` the schedule runs its
-campaign, whose ledger already keeps each user to one reminder per cycle; the slot is recorded
-after it.
+A run fires one *slot* (``timing.Recurrence``). The slot's row in ``mrcloud_schedule_runs`` is
+inserted first, in the transaction that does the run: for a report, builds it, uploads its file
+and creates the job, its recipients and its outbox batches; for ``email``, runs the campaign
+(its ledger and its job); for a run that stays local (``cloud_preference`` local, or auto with
+the company's routing keeping it local), queues each recipient's rendered mail into IOMAD's own
+queue. The unique key on (schedule, slot) makes a second bridge or an overlapping pass wait and
+then give up, and a bridge killed before the commit leaves nothing (the next pass fires the slot
+again; a report file's object key is the same, so the upload is simply repeated).
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ from moodle_bridge.pipeline.jobs import (
     create_template_job,
     fill_template_job,
 )
+from moodle_bridge.pipeline.local_mail import QueuedLocally, queue_template_locally
 from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import CompanySettings, decide
 from moodle_bridge.sources.campaigns.audience import COMPANY_MANAGER
 from moodle_bridge.sources.campaigns.rules import RuleError
-from moodle_bridge.sources.campaigns.runner import CampaignError, moodle_tables_for, run_campaign
+from moodle_bridge.sources.campaigns.runner import CampaignError, moodle_tables_for, run_campaign_in
 from moodle_bridge.sources.iomad.addresses import address_problem
+from moodle_bridge.sources.iomad.headers import Attachment
 from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
-from moodle_bridge.sources.schedules import reports
+from moodle_bridge.sources.schedules import local_reports, reports
 from moodle_bridge.sources.schedules.timing import Recurrence, TimingError, format_time_of_day, zone
 from moodle_bridge.storage import audit
 from moodle_bridge.storage.bridge_repo import BridgeRepo
@@ -73,9 +75,11 @@ class ScheduleError(RuntimeError):
 class ScheduleRunReport:
     scheduleid: int
     slot: int | None
-    outcome: str = "nothing_due"  # queued | empty | not_sent | failed | already_fired | nothing_due
+    #: queued | queued_local | empty | not_sent | failed | already_fired | nothing_due
+    outcome: str = "nothing_due"
     jobid: int | None = None
     rows: int = 0
+    #: recipients of the job, or with ``queued_local`` the rows queued in IOMAD's queue
     recipients: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -158,9 +162,10 @@ def validate(values: Mapping[str, Any]) -> Recurrence:
         raise ScheduleError(f"action_type must be one of {', '.join(ACTIONS)}")
     if preference not in CLOUD_PREFERENCES:
         raise ScheduleError(f"cloud_preference must be one of {', '.join(CLOUD_PREFERENCES)}")
-    if preference == "local":
+    if preference == "local" and action == "certificate":
         raise ScheduleError(
-            "cloud_preference local (Moodle's own mail path) is not built yet; use auto or cloud"
+            "cloud_preference local cannot issue certificates: they are rendered in the cloud "
+            "(use auto or cloud)"
         )
     if action == "report":
         if values.get("report") not in reports.REPORTS:
@@ -364,21 +369,19 @@ def _store_report(
     return {"store": "s3", "bucket": config.aws.content_bucket, "key": key, **digest}
 
 
-def _cloud_settings(
-    conn: sa.Connection, repo: BridgeRepo, row: Any, kind: str, count: int, report: ScheduleRunReport
-) -> CompanySettings | None:
+def _route(
+    conn: sa.Connection, repo: BridgeRepo, row: Any, kind: str, count: int
+) -> tuple[CompanySettings | None, str]:
     """The company's settings when this run goes to the cloud (``cloud`` ignores the threshold),
-    else None with the run recorded ``not_sent`` and the routing's reason."""
+    else None and the reason it stays local (``local``: always)."""
+    if str(row.cloud_preference) == "local":
+        return None, "cloud_preference local"
     settings = repo.get_settings(conn, int(row.companyid))
     wanted = 2**62 if str(row.cloud_preference) == "cloud" else count
     decision = decide(repo.offload_enabled(conn), settings, kind, wanted)
     if decision.offload and settings is not None:
-        return settings
-    report.outcome = "not_sent"
-    report.notes.append(
-        f"not routed to the cloud ({decision.reason}); Moodle's own mail path for schedules is not built"
-    )
-    return None
+        return settings, decision.reason
+    return None, decision.reason
 
 
 def _schedule_job(
@@ -425,6 +428,7 @@ def _fire_report(
     upload: Uploader | None,
     actor: str,
     at: int,
+    runid: int,
 ) -> None:
     companyid = int(row.companyid)
     table = _report_table(conn, repo, iomad, row, slot)
@@ -438,38 +442,32 @@ def _fire_report(
         report.outcome = "not_sent"
         report.notes.append(f"company {companyid} has no company manager to mail")
         return
-    settings = _cloud_settings(conn, repo, row, "email", len(managers), report)
-    if settings is None:
-        return
+    settings, reason = _route(conn, repo, row, "email", len(managers))
     body = reports.render(table, str(row.format))
+    local_day = dt.datetime.fromtimestamp(slot, zone(str(row.timezone))).strftime("%Y-%m-%d")
+    filename = f"{row.report}-{local_day}.{row.format}"
+    company = _company_name(conn, iomad, companyid)
+    if settings is None and str(row.cloud_preference) == "cloud":
+        report.outcome = "not_sent"
+        report.notes.append(f"cloud_preference cloud, but not routed to the cloud ({reason})")
+        return
+    if settings is None:
+        _queue_report_locally(
+            conn, repo, config, iomad, row, slot, report, body, filename, managers, company, reason, runid, at
+        )
+        return
     key = attachment_key(row, slot)
     content_type = reports.CONTENT_TYPES[str(row.format)]
     ref = _store_report(config, settings.provider, upload, key, body, content_type)
-    local_day = dt.datetime.fromtimestamp(slot, zone(str(row.timezone))).strftime("%Y-%m-%d")
     attachment = {
-        "filename": f"{row.report}-{local_day}.{row.format}",
+        "filename": filename,
         "content_type": content_type,
         "ref": ref,
     }
     template_json = json.dumps({**REPORT_TEMPLATE, "attachments": [attachment]})
     new_job = _schedule_job(conn, repo, config, settings, row, template_json, actor=actor, at=at)
     jobid, contentkey = new_job.jobid, new_job.contentkey
-    company = _company_name(conn, iomad, companyid)
-    planned: list[PlannedRecipient] = []
-    for manager in managers:
-        p = PlannedRecipient(
-            dedupekey=f"manager:{manager[0]}",
-            role="manager",
-            address=manager[1][:254],
-            fullname=f"{manager[2]} {manager[3]}".strip(),
-            userid=manager[0],
-            contentkey=contentkey,
-            data=_report_data(row, slot, company, report.rows, manager),
-        )
-        problem = address_problem(manager[1])
-        if problem:
-            p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
-        planned.append(p)
+    planned = _report_recipients(row, slot, company, report.rows, managers, contentkey)
     created = fill_template_job(conn, repo, config, new_job, planned)
     audit.record(
         conn,
@@ -487,6 +485,87 @@ def _fire_report(
         },
     )
     report.outcome, report.jobid, report.recipients = "queued", jobid, created.recipients
+
+
+def _report_recipients(
+    row: Any,
+    slot: int,
+    company: str,
+    rows: int,
+    managers: list[tuple[int, str, str, str]],
+    contentkey: str | None,
+) -> list[PlannedRecipient]:
+    planned: list[PlannedRecipient] = []
+    for manager in managers:
+        p = PlannedRecipient(
+            dedupekey=f"manager:{manager[0]}",
+            role="manager",
+            address=manager[1][:254],
+            fullname=f"{manager[2]} {manager[3]}".strip(),
+            userid=manager[0],
+            contentkey=contentkey,
+            data=_report_data(row, slot, company, rows, manager),
+        )
+        problem = address_problem(manager[1])
+        if problem:
+            p.status, p.errorcode, p.errormessage = "failed", problem, "no usable email address"
+        planned.append(p)
+    return planned
+
+
+def _queue_report_locally(
+    conn: sa.Connection,
+    repo: BridgeRepo,
+    config: BridgeConfig,
+    iomad: IomadTables,
+    row: Any,
+    slot: int,
+    report: ScheduleRunReport,
+    body: bytes,
+    filename: str,
+    managers: list[tuple[int, str, str, str]],
+    company: str,
+    reason: str,
+    runid: int,
+    at: int,
+) -> None:
+    """The run stays local: the file goes under Moodle's dataroot (IOMAD attaches it from there)
+    and each manager's rendered mail into IOMAD's queue, in the slot's transaction."""
+    dataroot = config.database.moodle_dataroot
+    if not dataroot:
+        report.outcome = "not_sent"
+        report.notes.append(
+            f"kept local ({reason}); a report for Moodle's own mail needs moodle_dataroot "
+            "(MRCO_MOODLE_DATAROOT: Moodle's $CFG->dataroot, where IOMAD reads the attachment)"
+        )
+        return
+    try:
+        path = local_reports.write_report_file(dataroot, int(row.id), runid, filename, body)
+    except local_reports.LocalReportError as exc:
+        raise ScheduleError(str(exc)) from None
+    planned = _report_recipients(row, slot, company, report.rows, managers, None)
+    queued = queue_template_locally(
+        conn,
+        repo,
+        iomad,
+        planned,
+        companyid=int(row.companyid),
+        category="transactional",
+        template_json=json.dumps(REPORT_TEMPLATE),
+        at=at,
+        attachment=Attachment(filepath=str(path), filename=filename),
+    )
+    report.outcome, report.recipients = "queued_local", queued.rows
+    report.notes.append(_local_note(reason, queued, iomad))
+
+
+def _local_note(reason: str, queued: QueuedLocally, iomad: IomadTables) -> str:
+    note = f"kept local ({reason}): {queued.rows} rows queued in IOMAD's {iomad.email.name} for its cron"
+    if queued.skipped:
+        note += f"; {queued.skipped} suppressed"
+    if queued.failed:
+        note += f"; {queued.failed} failed (no usable address or template)"
+    return note
 
 
 CERTIFICATE_TEMPLATE = {
@@ -583,8 +662,12 @@ def _fire_certificates(
         report.outcome = "empty"
         report.notes.append("nobody has completed the course" + (" in the cohort" if row.cohortid else ""))
         return
-    settings = _cloud_settings(conn, repo, row, "certificate", len(holders), report)
+    settings, reason = _route(conn, repo, row, "certificate", len(holders))
     if settings is None:
+        report.outcome = "not_sent"
+        report.notes.append(
+            f"not routed to the cloud ({reason}); certificates are rendered in the cloud only"
+        )
         return
     if settings.provider != "aws":
         raise ScheduleError("certificate schedules go through AWS only (docs/schedules.md, 'Not built')")
@@ -675,44 +758,31 @@ def run_schedule(
     if missed:
         report.notes.append(f"{missed} earlier missed slot(s) skipped: a missed run fires once")
     try:
-        if str(row.action_type) in ("certificate", "report"):
-            # The slot, the job and the run's record commit together: a crash leaves none of them.
-            with engine.begin() as conn:
-                runid = schedules.take_slot(conn, scheduleid, slot, at)
-                if str(row.action_type) == "certificate":
-                    _fire_certificates(conn, repo, config, iomad, row, slot, report, actor=actor, at=at)
-                else:
-                    _fire_report(
-                        conn, repo, config, iomad, row, slot, report, upload=upload, actor=actor, at=at
-                    )
-                _finish(
+        # The slot, what the run creates (a job, or rows in IOMAD's queue, and the campaign's
+        # ledger) and the run's record commit together: a crash leaves none of them.
+        with engine.begin() as conn:
+            runid = schedules.take_slot(conn, scheduleid, slot, at)
+            if str(row.action_type) == "certificate":
+                _fire_certificates(conn, repo, config, iomad, row, slot, report, actor=actor, at=at)
+            elif str(row.action_type) == "report":
+                _fire_report(
                     conn,
                     repo,
+                    config,
+                    iomad,
                     row,
-                    recurrence,
+                    slot,
                     report,
-                    runid,
+                    upload=upload,
                     actor=actor,
                     at=at,
-                    manual=now_slot,
-                    source=source,
+                    runid=runid,
                 )
-        else:
-            _fire_campaign(engine, repo, config, iomad, row, report, actor=actor, at=at)
-            with engine.begin() as conn:
-                runid = schedules.take_slot(conn, scheduleid, slot, at)
-                _finish(
-                    conn,
-                    repo,
-                    row,
-                    recurrence,
-                    report,
-                    runid,
-                    actor=actor,
-                    at=at,
-                    manual=now_slot,
-                    source=source,
-                )
+            else:
+                _fire_campaign(conn, repo, config, iomad, row, report, actor=actor, at=at)
+            _finish(
+                conn, repo, row, recurrence, report, runid, actor=actor, at=at, manual=now_slot, source=source
+            )
     except SlotTaken:
         report.outcome = "already_fired"
         report.notes.append("this slot was already fired (another bridge or an earlier pass)")
@@ -746,7 +816,7 @@ def _missed(recurrence: Recurrence, lastslot: Any, slot: int) -> int:
 
 
 def _fire_campaign(
-    engine: sa.Engine,
+    conn: sa.Connection,
     repo: BridgeRepo,
     config: BridgeConfig,
     iomad: IomadTables,
@@ -761,8 +831,8 @@ def _fire_campaign(
         changes["suppresstarget"] = int(row.suppresstarget)
     if bool(row.suppress_course_completion):
         changes["suppress_course_completion"] = True
-    ran = run_campaign(
-        engine,
+    ran = run_campaign_in(
+        conn,
         repo,
         config,
         int(row.campaignid),
@@ -770,10 +840,15 @@ def _fire_campaign(
         actor=actor,
         iomad=iomad,
         rule_changes=changes,
-        force_cloud=str(row.cloud_preference) == "cloud",
+        cloud_preference=str(row.cloud_preference),
     )
     report.rows, report.jobid, report.recipients = ran.audience, ran.jobid, ran.recipients
-    report.outcome = "queued" if ran.jobid is not None else "empty"
+    if ran.jobid is not None:
+        report.outcome = "queued"
+    elif ran.local_rows or ran.recipients:
+        report.outcome, report.recipients = "queued_local", ran.local_rows
+    else:
+        report.outcome = "empty"
     report.notes.extend(ran.notes)
 
 
@@ -817,6 +892,7 @@ def _finish(
             "slot": report.slot,
             "outcome": report.outcome,
             "rows": report.rows,
+            "recipients": report.recipients,
             "manual": manual,
         },
     )
