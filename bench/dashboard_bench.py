@@ -6,13 +6,24 @@ Goal: every page at most 150 ms server time at p95.
 Set-up (one scratch MariaDB database): the IOMAD stand-in (5 companies, a manager each, learners in
 two departments, a department manager), 10,000 jobs spread over the companies, types, statuses and
 90 days, one job of 50,000 recipients (mixed statuses and failure reasons), 30,000 audit rows and
-5,000 suppressed addresses.
+5,000 suppressed addresses. For the pages added since (campaigns, schedules, certificates): 50,000
+more learners of the first company in Moodle's activity tables (``campaigns_bench.seed_learners``,
+no log rows: the audience query never reads the log), 200 campaigns over the five companies (each
+its own template; the first, on the first company, ``inactive_site`` 30 days weekly, with six
+cycles of 5,000 reminded users in its ledger), 200 schedules (reports and campaign emails, made
+by ``create_from_request``) with 20 runs each and 730 for the first, a certificate job of 20,000
+stored certificates, and the first company's certificate template (with its logo) in S3 (moto, in
+this process: a real bucket adds its round trips to that page's figure).
 
 Each page is requested ``REQUESTS`` times through the real app (Starlette, in-process, session
 cookie, rights re-check on) and timed from request to last byte; p50/p95 are reported per page.
-The naive baseline renders the same two heaviest pages the obvious way (jobs list: progress counted
-from the recipients table with a COUNT for the page total and OFFSET paging; job page: every
-recipient row read and counted in Python, OFFSET paging), timed the same way in the same run.
+Pages slower than ``PAGE_BUDGET_S`` get fewer samples (``samples`` in each row); each row has
+the host's 1-minute load average when it ended (2 cores, shared). The job pages run again with
+the per-job figures cache off, and the campaign pages with the audience count kept for no time
+(counted on every view). The naive baseline renders the same two heaviest pages the obvious way
+(jobs list: progress counted from the recipients table with a COUNT for the page total and
+OFFSET paging; job page: every recipient row read and counted in Python, OFFSET paging), timed
+the same way in the same run.
 """
 
 from __future__ import annotations
@@ -270,7 +281,10 @@ def build_campaigns_and_schedules(
                 trigger["deadline"] = now + 14 * 86400
             rule = {
                 "trigger": trigger,
-                "template": {"subject": "Come back, {{ firstname }}", "html": "<p>Hello {{ firstname }}</p>"},
+                "template": {  # each campaign its own text, as a site's campaigns have
+                    "subject": f"Come back, {{{{ firstname }}}} ({i})",
+                    "html": f"<p>Hello {{{{ firstname }}}},</p><p>Campaign {i}: your courses wait.</p>",
+                },
                 "cadence": {"every_days": 7, "max_reminders": 4} if i % 3 == 0 else {},
                 "start": now - 42 * 86400,
             }
@@ -618,8 +632,17 @@ def main() -> int:
             if not name.startswith("job 50k"):
                 continue
             stats = _time(c, path, REQUESTS)
-            figures["pages"].append({"name": f"{name}, no figures cache", **stats})
             label = f"{name}, no figures cache"
+            figures["pages"].append({"name": label, **stats, "load_average_1m": round(os.getloadavg()[0], 2)})
+            print(f"{label:48s} p50 {stats['p50_ms']:7.1f} ms  p95 {stats['p95_ms']:7.1f} ms")
+        # The campaign pages with the audience count kept for no time: every view counts.
+        app.state.dashboard.audience_counts.ttl = 0.0
+        for name, (c, path) in pages.items():
+            if not name.startswith("campaign,"):
+                continue
+            stats = _time(c, path, REQUESTS)
+            label = f"{name}, counted every view"
+            figures["pages"].append({"name": label, **stats, "load_average_1m": round(os.getloadavg()[0], 2)})
             print(f"{label:48s} p50 {stats['p50_ms']:7.1f} ms  p95 {stats['p95_ms']:7.1f} ms")
         start = time.perf_counter()
         csv_size = len(manager.get(f"/jobs/{big}/recipients.csv").content)
@@ -634,6 +657,9 @@ def main() -> int:
         figures["goal_p95_ms"] = GOAL_MS
         figures["goal_met_with_cache"] = worst <= GOAL_MS
         figures["goal_met_without_cache"] = cold <= GOAL_MS
+        counted = max(p["p95_ms"] for p in figures["pages"] if p["name"].endswith("counted every view"))
+        figures["worst_p95_ms_audience_counted_every_view"] = counted
+        figures["goal_met_audience_counted_every_view"] = counted <= GOAL_MS
         figures["load_average"] = os.getloadavg()[0]
         written = write_results("dashboard", figures)
         print(
