@@ -136,6 +136,42 @@ def _pacing_comparison() -> list[str]:
     return [*lines, ""]
 
 
+def _dashboard_comparison() -> list[str]:
+    """Each page's server time before the fixes of the pages added since issue 13
+    (``dashboard-before.json``) beside the current run (``dashboard.json``), with the load average."""
+    before_path, after_path = RESULTS_DIR / "dashboard-before.json", RESULTS_DIR / "dashboard.json"
+    if not (before_path.exists() and after_path.exists()):
+        return []
+    before, after = (
+        {p["name"]: p for p in json.loads(path.read_text("utf-8"))["figures"]["pages"]}
+        for path in (before_path, after_path)
+    )
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "—"
+        goal = "" if row["p95_ms"] <= 150 else " **over 150 ms**"
+        samples = f", {row['samples']} samples" if row.get("samples", 40) < 40 else ""
+        load = f" (load {row['load_average_1m']}{samples})" if "load_average_1m" in row else ""
+        return f"{row['p50_ms']} / {row['p95_ms']} ms{goal}{load}"
+
+    lines = [
+        "## dashboard: before and after",
+        "",
+        "Server time p50 / p95 per page (goal: p95 ≤ 150 ms), MariaDB. `before`: the pages added since",
+        "issue 13 as they were (`dashboard-before.json`); `after`: the current run (`dashboard.json`).",
+        "`load`: the host's 1-minute load average when the row ended (2 cores, shared). Before, the",
+        "campaign pages counted the audience on every view: compare them with the after rows",
+        "`counted every view` as well as with the rows that show a kept count.",
+        "",
+        "| page | before | after |",
+        "|---|---|---|",
+    ]
+    for name in dict.fromkeys([*before, *after]):
+        lines.append(f"| {name} | {cell(before.get(name))} | {cell(after.get(name))} |")
+    return [*lines, ""]
+
+
 def summarise() -> str:
     lines = [
         "# Benchmark figures",
@@ -144,6 +180,7 @@ def summarise() -> str:
         "compare each figure with the baseline measured beside it in the same run, not across runs.",
         "",
         *_pacing_comparison(),
+        *_dashboard_comparison(),
     ]
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text("utf-8"))

@@ -23,7 +23,7 @@ from iomad_sim.scratch_databases import ENGINES, create_database, drop_database,
 from moodle_bridge.sources.campaigns.audience import audience
 from moodle_bridge.sources.campaigns.rules import DAY, parse_rule
 from moodle_bridge.sources.campaigns.runner import moodle_tables_for
-from moodle_bridge.sources.iomad.schema import detect_iomad
+from moodle_bridge.sources.iomad.schema import IomadTables, detect_iomad
 from moodle_bridge.storage.bridge_tables import build_bridge_tables
 from moodle_bridge.storage.database import create_bridge_engine
 from moodle_bridge.storage.migrations import migrate
@@ -44,98 +44,113 @@ def _insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ch
         conn.execute(table.insert(), rows[start : start + chunk])
 
 
+def moodle_tables(iomad: IomadTables) -> dict[str, sa.Table]:
+    """The simulated Moodle's tables by name without the ``mdl_`` prefix."""
+    return {name.removeprefix("mdl_"): table for name, table in metadata_for(iomad).tables.items()}
+
+
 def seed(engine: sa.Engine, users: int, log_rows: int) -> None:
-    rng = random.Random(7)
     iomad = create_iomad_schema(engine)
-    t = {name.removeprefix("mdl_"): table for name, table in metadata_for(iomad).tables.items()}
-    ids = range(10, 10 + users)
+    t = moodle_tables(iomad)
     with engine.begin() as conn:
         _insert(conn, t["course"], [{"id": COURSE, "fullname": "Safety 101", "shortname": "s"}])
-        _insert(conn, t["enrol"], [{"id": 1, "enrol": "license", "courseid": COURSE}])
-        _insert(
-            conn,
-            t["user"],
-            [
-                {
-                    "id": u,
-                    "username": f"u{u}",
-                    "email": f"u{u}@example.com",
-                    "firstname": "F",
-                    "lastname": "L",
-                    "mnethostid": 1,
-                    "lastaccess": NOW - rng.randrange(0, 120 * DAY) if u % 10 else 0,
-                    "timecreated": NOW - 400 * DAY,
-                }
-                for u in ids
-            ],
-        )
-        _insert(
-            conn,
-            t["company_users"],
-            [{"companyid": 1, "userid": u, "managertype": 0, "departmentid": 100 + u % 20} for u in ids],
-        )
-        enrolled = [u for u in ids if u % 2 == 0]
-        _insert(
-            conn,
-            t["user_enrolments"],
-            [{"enrolid": 1, "userid": u, "timestart": NOW - rng.randrange(0, 60 * DAY)} for u in enrolled],
-        )
-        _insert(
-            conn,
-            t["user_lastaccess"],
-            [
-                {"userid": u, "courseid": COURSE, "timeaccess": NOW - rng.randrange(0, 40 * DAY)}
-                for u in enrolled[::2]
-            ],
-        )
-        _insert(
-            conn,
-            t["course_completions"],
-            [
-                {
-                    "userid": u,
-                    "course": COURSE,
-                    "timeenrolled": NOW - 60 * DAY,
-                    "timestarted": NOW - 30 * DAY,
-                    "timecompleted": NOW - DAY if u % 3 == 0 else None,
-                }
-                for u in enrolled[::3]
-            ],
-        )
-        _insert(
-            conn,
-            t["course_modules_completion"],
-            [
-                {"coursemoduleid": 99, "userid": u, "completionstate": 1, "timemodified": NOW}
-                for u in enrolled[::5]
-            ],
-        )
-        _insert(conn, t["cohort_members"], [{"cohortid": 1, "userid": u} for u in ids if u % 5 == 0])
-        _insert(
-            conn,
-            t["logstore_standard_log"],
-            [
-                {
-                    "eventname": "\\core\\event\\course_viewed",
-                    "component": "core",
-                    "action": "viewed",
-                    "target": "course",
-                    "crud": "r",
-                    "contextid": 1,
-                    "contextlevel": 50,
-                    "contextinstanceid": COURSE,
-                    "userid": rng.choice(ids),
-                    "courseid": COURSE,
-                    "timecreated": NOW - rng.randrange(0, 365 * DAY),
-                }
-                for _ in range(log_rows)
-            ],
-            chunk=50_000,
-        )
+        seed_learners(conn, t, company=1, ids=range(10, 10 + users), log_rows=log_rows)
     if engine.dialect.name in ("sqlite", "postgresql"):
         with engine.connect() as conn:
             conn.execute(sa.text("ANALYZE"))
             conn.commit()
+
+
+def seed_learners(
+    conn: sa.Connection, t: dict[str, sa.Table], *, company: int, ids: range, log_rows: int, now: int = NOW
+) -> None:
+    """Learners ``ids`` of ``company`` in Moodle's own tables: users (one in ten never logged in),
+    company membership, a licence enrolment in course ``COURSE`` (which must exist) for half of
+    them, course access, completions, module completions, a cohort and ``log_rows`` rows of
+    ``logstore_standard_log``, dated before ``now``. Deterministic (seed 7); one enrolment
+    method, id 1, per database."""
+    rng = random.Random(7)
+    _insert(conn, t["enrol"], [{"id": 1, "enrol": "license", "courseid": COURSE}])
+    _insert(
+        conn,
+        t["user"],
+        [
+            {
+                "id": u,
+                "username": f"u{u}",
+                "email": f"u{u}@example.com",
+                "firstname": "F",
+                "lastname": "L",
+                "mnethostid": 1,
+                "lastaccess": now - rng.randrange(0, 120 * DAY) if u % 10 else 0,
+                "timecreated": now - 400 * DAY,
+            }
+            for u in ids
+        ],
+    )
+    _insert(
+        conn,
+        t["company_users"],
+        [{"companyid": company, "userid": u, "managertype": 0, "departmentid": 100 + u % 20} for u in ids],
+    )
+    enrolled = [u for u in ids if u % 2 == 0]
+    _insert(
+        conn,
+        t["user_enrolments"],
+        [{"enrolid": 1, "userid": u, "timestart": now - rng.randrange(0, 60 * DAY)} for u in enrolled],
+    )
+    _insert(
+        conn,
+        t["user_lastaccess"],
+        [
+            {"userid": u, "courseid": COURSE, "timeaccess": now - rng.randrange(0, 40 * DAY)}
+            for u in enrolled[::2]
+        ],
+    )
+    _insert(
+        conn,
+        t["course_completions"],
+        [
+            {
+                "userid": u,
+                "course": COURSE,
+                "timeenrolled": now - 60 * DAY,
+                "timestarted": now - 30 * DAY,
+                "timecompleted": now - DAY if u % 3 == 0 else None,
+            }
+            for u in enrolled[::3]
+        ],
+    )
+    _insert(
+        conn,
+        t["course_modules_completion"],
+        [
+            {"coursemoduleid": 99, "userid": u, "completionstate": 1, "timemodified": now}
+            for u in enrolled[::5]
+        ],
+    )
+    _insert(conn, t["cohort_members"], [{"cohortid": 1, "userid": u} for u in ids if u % 5 == 0])
+    _insert(
+        conn,
+        t["logstore_standard_log"],
+        [
+            {
+                "eventname": "\\core\\event\\course_viewed",
+                "component": "core",
+                "action": "viewed",
+                "target": "course",
+                "crud": "r",
+                "contextid": 1,
+                "contextlevel": 50,
+                "contextinstanceid": COURSE,
+                "userid": rng.choice(ids),
+                "courseid": COURSE,
+                "timecreated": now - rng.randrange(0, 365 * DAY),
+            }
+            for _ in range(log_rows)
+        ],
+        chunk=50_000,
+    )
 
 
 def naive_inactive(engine: sa.Engine, cutoff: int) -> int:

@@ -6,17 +6,30 @@ Goal: every page at most 150 ms server time at p95.
 Set-up (one scratch MariaDB database): the IOMAD stand-in (5 companies, a manager each, learners in
 two departments, a department manager), 10,000 jobs spread over the companies, types, statuses and
 90 days, one job of 50,000 recipients (mixed statuses and failure reasons), 30,000 audit rows and
-5,000 suppressed addresses.
+5,000 suppressed addresses. For the pages added since (campaigns, schedules, certificates): 50,000
+more learners of the first company in Moodle's activity tables (``campaigns_bench.seed_learners``,
+no log rows: the audience query never reads the log), 200 campaigns over the five companies (each
+its own template; the first, on the first company, ``inactive_site`` 30 days weekly, with six
+cycles of 5,000 reminded users in its ledger), 200 schedules (reports and campaign emails, made
+by ``create_from_request``) with 20 runs each and 730 for the first, a certificate job of 20,000
+stored certificates, and the first company's certificate template (with its logo) in S3 (moto, in
+this process: a real bucket adds its round trips to that page's figure).
 
 Each page is requested ``REQUESTS`` times through the real app (Starlette, in-process, session
 cookie, rights re-check on) and timed from request to last byte; p50/p95 are reported per page.
-The naive baseline renders the same two heaviest pages the obvious way (jobs list: progress counted
-from the recipients table with a COUNT for the page total and OFFSET paging; job page: every
-recipient row read and counted in Python, OFFSET paging), timed the same way in the same run.
+Pages slower than ``PAGE_BUDGET_S`` get fewer samples (``samples`` in each row); each row has
+the host's 1-minute load average when it ended (2 cores, shared). The job pages run again with
+the per-job figures cache off, and the campaign pages with the audience count kept for no time
+(counted on every view). The naive baseline renders the same two heaviest pages the obvious way
+(jobs list: progress counted from the recipients table with a COUNT for the page total and
+OFFSET paging; job page: every recipient row read and counted in Python, OFFSET paging), timed
+the same way in the same run.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import random
 import statistics
@@ -26,16 +39,28 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import boto3
 import sqlalchemy as sa
+from moto import mock_aws
+from PIL import Image
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
+from bench.campaigns_bench import COURSE, TRIGGERS, moodle_tables, seed_learners
 from bench.common import write_results
+from certificate_render.template import TemplateStore
 from iomad_sim import scratch_databases
 from iomad_sim.iomad_schema import create_iomad_schema, metadata_for
 from iomad_sim.iomad_seed import ADMIN_ID, SeedSpec, seed_iomad
 from moodle_bridge.config import BridgeConfig, DashboardConfig
+from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.sources.campaigns.manage import create_campaign
+from moodle_bridge.sources.schedules.manage import ScheduleRequest, create_from_request
+from moodle_bridge.sources.schedules.reports import REPORTS
+from moodle_bridge.sources.schedules.timing import FREQUENCIES
+from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.bridge_tables import BridgeTables, build_bridge_tables
+from moodle_bridge.storage.campaign_repo import CampaignRepo
 from moodle_bridge.storage.database import create_bridge_engine
 from moodle_bridge.storage.migrations import migrate
 from moodle_bridge.web.app import create_app
@@ -46,8 +71,19 @@ JOBS = 10_000
 BIG = 50_000
 AUDIT_ROWS = 30_000
 SUPPRESSIONS = 5_000
+#: the pages added since issue 13: campaigns, schedules, certificates
+CAMPAIGN_LEARNERS = int(os.environ.get("MRCO_BENCH_DASH_CAMPAIGN_LEARNERS", "50000"))
+CAMPAIGNS = 200
+CYCLE_USERS = 5_000
+SCHEDULES = 200
+RUNS_PER_SCHEDULE = 20
+BUSY_SCHEDULE_RUNS = 730
+CERTIFICATES = 20_000
+TEMPLATE_BUCKET = "bench-templates"
 REQUESTS = int(os.environ.get("MRCO_BENCH_DASH_REQUESTS", "40"))
 GOAL_MS = 150.0
+PAGE_BUDGET_S = 30.0
+MIN_SAMPLES = 3
 KEY = "ZGFzaGJvYXJkLWJlbmNobWFyay1rZXktbm90LWEtc2VjcmV0LWF0LWFsbC0wMDAw"
 STATUSES = ("completed",) * 6 + ("partial_failure", "failed", "cancelled", "processing", "queued")
 RECIPIENT_MIX = (
@@ -213,7 +249,201 @@ def build(engine: sa.Engine, now: int) -> dict[str, Any]:
         "manager": seeded.manager_ids[0],
         "dept_manager": dept_manager,
         "companies": companies,
+        "iomad": iomad,
     }
+
+
+def build_campaigns_and_schedules(
+    engine: sa.Engine, config: BridgeConfig, world: dict[str, Any], now: int
+) -> dict[str, Any]:
+    """The pages added since issue 13, on the same database: ``CAMPAIGN_LEARNERS`` more learners of
+    the bench's company in Moodle's activity tables (the campaign audience bench's seeding),
+    ``CAMPAIGNS`` campaigns and ``SCHEDULES`` schedules made through the CLI's own functions, each
+    schedule's per-slot runs, and a certificate job of ``CERTIFICATES`` stored certificates."""
+    rng = random.Random(11)
+    t = build_bridge_tables("mdl_")
+    repo = BridgeRepo(t)
+    moodle = moodle_tables(world["iomad"])
+    companies, c1 = world["companies"], world["company"]
+    with engine.begin() as conn:
+        first = int(conn.execute(sa.select(sa.func.max(moodle["user"].c.id))).scalar() or 0) + 1
+        seed_learners(
+            conn, moodle, company=c1, ids=range(first, first + CAMPAIGN_LEARNERS), log_rows=0, now=now
+        )
+        for company in companies:
+            repo.save_settings(conn, CompanySettings(company, cloudenabled=True), "bench")
+        campaign_ids: list[int] = []
+        triggers = list(TRIGGERS.values())
+        for i in range(CAMPAIGNS):
+            company = c1 if i == 0 else companies[i % len(companies)]
+            trigger = dict(triggers[0] if i == 0 else triggers[i % len(triggers)])
+            if trigger.get("deadline"):
+                trigger["deadline"] = now + 14 * 86400
+            rule = {
+                "trigger": trigger,
+                "template": {  # each campaign its own text, as a site's campaigns have
+                    "subject": f"Come back, {{{{ firstname }}}} ({i})",
+                    "html": f"<p>Hello {{{{ firstname }}}},</p><p>Campaign {i}: your courses wait.</p>",
+                },
+                "cadence": {"every_days": 7, "max_reminders": 4} if i % 3 == 0 else {},
+                "start": now - 42 * 86400,
+            }
+            campaign_ids.append(
+                create_campaign(
+                    conn,
+                    repo,
+                    companyid=company,
+                    name=f"Re-engagement {i}",
+                    rule_text=json.dumps(rule),
+                    actor="cli:bench",
+                    at=now - 42 * 86400,
+                )
+            )
+        big_campaign = campaign_ids[0]
+        # Six weekly cycles of the big campaign: a job each and the users it reminded (the ledger).
+        ledger = CampaignRepo(t)
+        learners = list(range(first, first + CAMPAIGN_LEARNERS))
+        for cycle in range(6):
+            at = now - (42 - 7 * cycle) * 86400
+            reminded = learners[cycle * CYCLE_USERS % len(learners) :][:CYCLE_USERS]
+            job = int(
+                conn.execute(
+                    t.jobs.insert().values(
+                        companyid=c1,
+                        jobtype="email",
+                        source="campaign",
+                        provider="aws",
+                        status="completed",
+                        templatename="campaign",
+                        recipientstotal=len(reminded),
+                        recipientssent=len(reminded),
+                        timecreated=at,
+                        timemodified=at + 600,
+                        timesubmitted=at + 30,
+                        timecompleted=at + 600,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+            )
+            ledger.record_ledger(conn, big_campaign, cycle, job, reminded, at)
+        schedule_ids: list[int] = []
+        for i in range(SCHEDULES):
+            company = companies[i % len(companies)]
+            email = i % 4 == 3
+            request = ScheduleRequest(
+                companyid=company,
+                name=f"Schedule {i}",
+                action_type="email" if email else "report",
+                frequency=FREQUENCIES[i % 5],
+                time=f"{6 + i % 12:02d}:{i % 4 * 15:02d}",
+                start=time.strftime("%Y-%m-%d", time.gmtime(now - 730 * 86400)),
+                report=None if email else sorted(REPORTS)[i % len(REPORTS)],
+                campaignid=campaign_ids[i % CAMPAIGNS] if email else None,  # same company as i
+                reportdays=7,
+            )
+            schedule_ids.append(create_from_request(conn, repo, config, request, actor="cli:bench", at=now))
+        busy = schedule_ids[0]
+        runs = []
+        for sid in schedule_ids:
+            for n in range(BUSY_SCHEDULE_RUNS if sid == busy else RUNS_PER_SCHEDULE):
+                outcome = rng.choice(("queued",) * 6 + ("empty", "not_sent", "failed"))
+                runs.append(
+                    {
+                        "scheduleid": sid,
+                        "slot": now - (n + 1) * 86400,
+                        "outcome": outcome,
+                        "jobid": rng.randint(1, JOBS) if outcome == "queued" else None,
+                        "rowcount": rng.randint(0, 5000) if outcome == "queued" else 0,
+                        "detail": "SES answered Throttling" if outcome == "failed" else "",
+                        "timecreated": now - (n + 1) * 86400 + 5,
+                    }
+                )
+        _insert(conn, t.schedule_runs, runs)
+        cert_job = int(
+            conn.execute(
+                t.jobs.insert().values(
+                    companyid=c1,
+                    jobtype="certificate",
+                    source="schedule",
+                    provider="aws",
+                    status="completed",
+                    templatename="certificate",
+                    recipientstotal=CERTIFICATES,
+                    recipientssent=CERTIFICATES,
+                    timecreated=now - 7200,
+                    timemodified=now - 600,
+                    timesubmitted=now - 7100,
+                    timecompleted=now - 600,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+        )
+        _insert(
+            conn,
+            t.recipients,
+            [
+                {
+                    "jobid": cert_job,
+                    "companyid": c1,
+                    "userid": learners[i % len(learners)],
+                    "role": "user",
+                    "address": f"u{learners[i % len(learners)]}@example.com",
+                    "fullname": f"Learner {learners[i % len(learners)]}",
+                    "dedupekey": f"c{i}",
+                    "status": "rendered",
+                    "attempts": 1,
+                    "timecreated": now - 7100,
+                    "timemodified": now - 600,
+                    "timefinal": now - 600,
+                }
+                for i in range(CERTIFICATES)
+            ],
+        )
+        r = t.recipients
+        key = sa.func.concat(f"certificates/c{c1}/{cert_job}/", r.c.id, ".pdf")
+        conn.execute(r.update().where(r.c.jobid == cert_job).values(artifactkey=key))
+        issued = conn.execute(
+            sa.select(r.c.id, r.c.userid, r.c.artifactkey).where(r.c.jobid == cert_job)
+        ).all()
+        _insert(
+            conn,
+            t.certificates,
+            [
+                {
+                    "companyid": c1,
+                    "userid": row.userid,
+                    "courseid": COURSE,
+                    "recipientid": row.id,
+                    "verifycode": f"{row.id:032x}",
+                    "artifactkey": row.artifactkey,
+                    "sha256": "0" * 64,
+                    "timeissued": now - 600,
+                    "timerevoked": now - 300 if row.id % 97 == 0 else None,
+                }
+                for row in issued
+            ],
+        )
+    return {
+        "campaign": big_campaign,
+        "campaigns": campaign_ids,
+        "schedule": busy,
+        "certificate_job": cert_job,
+    }
+
+
+def template_with_logo() -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A company's certificate template as a manager uploads it: a document and its logo."""
+    logo = io.BytesIO()
+    Image.new("RGB", (240, 120), (31, 78, 121)).save(logo, format="PNG")
+    document = {
+        "page": {"size": "A4", "orientation": "landscape"},
+        "language": "en",
+        "logo": {"image": "logo.png", "x": 136.5, "y": 16, "w": 24},
+        "elements": [
+            {"field": "static", "text": "Certificate of Completion", "y": 48, "size": 30, "bold": True},
+            {"field": "learner_name", "y": 80, "h": 18, "size": 34, "bold": True},
+            {"field": "course_name", "y": 114, "h": 14, "size": 22},
+        ],
+    }
+    return document, {"logo.png": logo.getvalue()}
 
 
 def _p(samples: list[float], q: float) -> float:
@@ -222,9 +452,13 @@ def _p(samples: list[float], q: float) -> float:
 
 
 def _time(client: TestClient, path: str, n: int) -> dict[str, float]:
-    """Server time (the app's ``Server-Timing: app;dur=``) and the in-process round trip."""
-    server, round_trip = [], []
-    for _ in range(n):
+    """Server time (the app's ``Server-Timing: app;dur=``) and the in-process round trip. A page
+    slower than ``PAGE_BUDGET_S`` in all is sampled fewer times (at least ``MIN_SAMPLES``), and
+    the row says how many samples it has."""
+    server: list[float] = []
+    round_trip: list[float] = []
+    began = time.perf_counter()
+    while len(server) < n and (len(server) < MIN_SAMPLES or time.perf_counter() - began < PAGE_BUDGET_S):
         start = time.perf_counter()
         response = client.get(path)
         round_trip.append((time.perf_counter() - start) * 1000)
@@ -235,6 +469,7 @@ def _time(client: TestClient, path: str, n: int) -> dict[str, float]:
         "p50_ms": round(statistics.median(server), 1),
         "p95_ms": _p(server, 0.95),
         "round_trip_p95_ms": _p(round_trip, 0.95),
+        "samples": len(server),
     }
 
 
@@ -280,6 +515,7 @@ def _time_fn(fn: Callable[[], Any], n: int) -> dict[str, float]:
 def main() -> int:
     url: URL = scratch_databases.create_database("mariadb", "bench_dash", SERVER_URL)
     engine = create_bridge_engine(url)
+    aws: Any = None
     try:
         now = int(time.time())
         start = time.perf_counter()
@@ -290,9 +526,24 @@ def main() -> int:
             base,
             database=replace(base.database, url=url.render_as_string(hide_password=False)),
             dashboard=DashboardConfig(shared_key=KEY, public_url="https://bench", recheck_seconds=60),
+            aws=replace(base.aws, content_bucket=TEMPLATE_BUCKET, region="eu-west-1"),
         )
+        start = time.perf_counter()
+        added = build_campaigns_and_schedules(engine, config, world, now)
+        added_s = time.perf_counter() - start
         tables = build_bridge_tables("mdl_")
         app = create_app(engine, tables, config)
+        # The certificate template page reads the company's stored template from the bucket (moto,
+        # in this process: a real bucket adds its round trips to the figure).
+        for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+            os.environ.setdefault(name, value)
+        aws = mock_aws()
+        aws.start()
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(
+            Bucket=TEMPLATE_BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+        TemplateStore(s3, TEMPLATE_BUCKET).put(world["company"], "default", *template_with_logo())
 
         def client(user: int, company: int) -> TestClient:
             c = TestClient(app, base_url="https://bench", follow_redirects=False)
@@ -328,19 +579,48 @@ def main() -> int:
                 admin,
                 f"/audit?action=job_completed&company={world['company']}",
             ),
+            f"campaigns ({CAMPAIGNS}, admin)": (admin, "/campaigns"),
+            "campaigns (company manager)": (manager, "/campaigns"),
+            f"campaign, audience over {CAMPAIGN_LEARNERS + 200:,} learners": (
+                manager,
+                f"/campaigns/{added['campaign']}",
+            ),
+            "campaign, audience over 200 learners": (admin, f"/campaigns/{added['campaigns'][1]}"),
+            f"schedules ({SCHEDULES}, admin)": (admin, "/schedules"),
+            "schedules (company manager)": (manager, "/schedules"),
+            f"schedule with {BUSY_SCHEDULE_RUNS} runs": (manager, f"/schedules/{added['schedule']}"),
+            "certificate template (stored, S3 in moto)": (manager, "/certificate-template"),
+            f"certificates of a job ({CERTIFICATES:,})": (
+                manager,
+                f"/jobs/{added['certificate_job']}/certificates",
+            ),
+            f"certificates of a job ({CERTIFICATES:,}), deep page": (
+                manager,
+                f"/jobs/{added['certificate_job']}/certificates?after={CERTIFICATES * 9 // 10}",
+            ),
+            f"certificates of a job ({CERTIFICATES:,}) (department manager)": (
+                dept,
+                f"/jobs/{added['certificate_job']}/certificates",
+            ),
         }
         for c, path in pages.values():  # warm caches once
             c.get(path)
         figures: dict[str, Any] = {
             "pages": [],
             "setup_seconds": round(build_s, 1),
+            "setup_seconds_campaigns_schedules_certificates": round(added_s, 1),
+            "campaign_learners": CAMPAIGN_LEARNERS,
+            "campaigns": CAMPAIGNS,
+            "schedules": SCHEDULES,
+            "schedule_runs": (SCHEDULES - 1) * RUNS_PER_SCHEDULE + BUSY_SCHEDULE_RUNS,
+            "certificates": CERTIFICATES,
             "requests_per_page": REQUESTS,
         }
         worst = 0.0
         for name, (c, path) in pages.items():
             stats = _time(c, path, REQUESTS)
             worst = max(worst, stats["p95_ms"])  # every page here, figures cache on
-            figures["pages"].append({"name": name, **stats})
+            figures["pages"].append({"name": name, **stats, "load_average_1m": round(os.getloadavg()[0], 2)})
             print(
                 f"{name:48s} p50 {stats['p50_ms']:7.1f} ms  p95 {stats['p95_ms']:7.1f} ms"
                 f"  (round trip p95 {stats['round_trip_p95_ms']:.1f} ms)",
@@ -352,8 +632,17 @@ def main() -> int:
             if not name.startswith("job 50k"):
                 continue
             stats = _time(c, path, REQUESTS)
-            figures["pages"].append({"name": f"{name}, no figures cache", **stats})
             label = f"{name}, no figures cache"
+            figures["pages"].append({"name": label, **stats, "load_average_1m": round(os.getloadavg()[0], 2)})
+            print(f"{label:48s} p50 {stats['p50_ms']:7.1f} ms  p95 {stats['p95_ms']:7.1f} ms")
+        # The campaign pages with the audience count kept for no time: every view counts.
+        app.state.dashboard.audience_counts.ttl = 0.0
+        for name, (c, path) in pages.items():
+            if not name.startswith("campaign,"):
+                continue
+            stats = _time(c, path, REQUESTS)
+            label = f"{name}, counted every view"
+            figures["pages"].append({"name": label, **stats, "load_average_1m": round(os.getloadavg()[0], 2)})
             print(f"{label:48s} p50 {stats['p50_ms']:7.1f} ms  p95 {stats['p95_ms']:7.1f} ms")
         start = time.perf_counter()
         csv_size = len(manager.get(f"/jobs/{big}/recipients.csv").content)
@@ -368,6 +657,9 @@ def main() -> int:
         figures["goal_p95_ms"] = GOAL_MS
         figures["goal_met_with_cache"] = worst <= GOAL_MS
         figures["goal_met_without_cache"] = cold <= GOAL_MS
+        counted = max(p["p95_ms"] for p in figures["pages"] if p["name"].endswith("counted every view"))
+        figures["worst_p95_ms_audience_counted_every_view"] = counted
+        figures["goal_met_audience_counted_every_view"] = counted <= GOAL_MS
         figures["load_average"] = os.getloadavg()[0]
         written = write_results("dashboard", figures)
         print(
@@ -376,6 +668,8 @@ def main() -> int:
         )
         return 0
     finally:
+        if aws is not None:
+            aws.stop()
         engine.dispose()
         scratch_databases.drop_database("mariadb", url, SERVER_URL)
 

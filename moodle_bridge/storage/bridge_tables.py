@@ -292,6 +292,9 @@ def build_bridge_tables(prefix: str = "mdl_") -> BridgeTables:
         sa.Column("timeissued", UNIXTIME, nullable=True),
         sa.Column("timerevoked", UNIXTIME, nullable=True),
         sa.Index(f"{p}mrclcert_comuse_ix", "companyid", "userid"),
+        # Added in schema version 14: a job's certificates list joins its recipients to this
+        # table by recipient (without it, a scan of the table per recipient row).
+        sa.Index(f"{p}mrclcert_rec_ix", "recipientid"),
     )
 
     campaigns = sa.Table(

@@ -259,6 +259,11 @@ STEPS: tuple[Step, ...] = (
         _add_columns(("schedules", "courseid"), ("schedules", "cohortid")),
         adds_columns=(("schedules", "courseid"), ("schedules", "cohortid")),
     ),
+    Step(
+        14,
+        "certificates by recipient: a job's certificates list reads them through an index",
+        _add_indexes(("certificates", "mrclcert_rec_ix")),
+    ),
 )
 
 LATEST_VERSION = STEPS[-1].version

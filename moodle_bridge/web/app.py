@@ -168,6 +168,7 @@ class DashboardState:
     base: str = field(init=False)
     secure_cookie: bool = True
     figures: q.FiguresCache = field(default_factory=q.FiguresCache)
+    audience_counts: q.AudienceCounts = field(default_factory=q.AudienceCounts)
     certificate_store: ObjectReader | None = None
     #: Where a Cloudflare job's certificates are read (the Worker's R2); from the config when unset.
     worker_certificate_store: ObjectReader | None = None
@@ -1542,7 +1543,7 @@ def campaigns_page(request: Request) -> Response:
         rows = CampaignRepo(state.tables).list(conn, company)
     campaigns = []
     for row in rows:
-        rule = rule_from_json(str(row.rule))
+        rule = rule_from_json(str(row.rule), compile_check=False)  # validated when stored
         campaigns.append((row, rule, schedule_of(row, rule, now)))
     return _render(
         request,
@@ -1564,11 +1565,17 @@ def campaign_page(request: Request) -> Response:
     with state.engine.connect() as conn:
         row = _campaign_or_404(conn, state, who, campaign_id)
         cycles = CampaignRepo(state.tables).cycles(conn, campaign_id)
-    rule = rule_from_json(str(row.rule))
-    count: int | None = None
+    rule = rule_from_json(str(row.rule), compile_check=False)  # validated when stored
+    counted: q.CountedAudience | None = None
     count_error = ""
+    key = (campaign_id, str(row.rule), row.timelastrun, rule.cycle(now))
     try:
-        count = audience_count(state.engine, repo, state.config, campaign_id, at=now)
+        counted = state.audience_counts.get(
+            key,
+            state.clock(),
+            lambda: audience_count(state.engine, repo, state.config, campaign_id, at=now),
+            fresh=request.query_params.get("count") == "now",
+        )
     except (CampaignError, RuleError, IomadSchemaNotFound) as exc:
         count_error = str(exc)
     return _render(
@@ -1579,7 +1586,8 @@ def campaign_page(request: Request) -> Response:
         rule=rule,
         rule_json=json.dumps(json.loads(rule.to_json()), indent=2),
         schedule=schedule_of(row, rule, now),
-        audience=count,
+        audience=None if counted is None else counted.users,
+        audience_counted=None if counted is None else int(counted.at),
         audience_error=count_error,
         cycles=cycles,
         msg=request.query_params.get("msg", ""),

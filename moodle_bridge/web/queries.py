@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +216,46 @@ class FiguresCache:
                 self._items.clear()
             self._items[key] = (now, figures)
         return figures
+
+
+@dataclass(frozen=True)
+class CountedAudience:
+    users: int
+    #: when it was counted (the dashboard's clock, unix seconds)
+    at: float
+
+
+class AudienceCounts:
+    """A campaign's audience count as its page shows it, kept ``ttl`` seconds at most.
+
+    Counting runs the campaign's audience query over the company's users (docs/dashboard.md gives
+    its time at 50,000 learners), so a reload within ``ttl`` shows the count already made, with
+    the time it was made, and ``?count=now`` on the page counts again. The key holds the stored
+    rule, the campaign's ``timelastrun`` (set by every run, the dashboard's or ``campaigns
+    run-due``, in the transaction that writes the ledger) and the cycle: after a run, an edit or a
+    new cycle the next view counts afresh. The TTL bounds how long changes in Moodle (a log-in, an
+    enrolment) go unseen. A count that fails is not kept.
+    """
+
+    def __init__(self, ttl: float = 60.0, size: int = 256) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._items: dict[tuple[Any, ...], CountedAudience] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, key: tuple[Any, ...], now: float, count: Callable[[], int], *, fresh: bool = False
+    ) -> CountedAudience:
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and not fresh and 0 <= now - hit.at < self.ttl:
+            return hit
+        counted = CountedAudience(count(), now)
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.clear()
+            self._items[key] = counted
+        return counted
 
 
 @dataclass

@@ -17,7 +17,7 @@ from moodle_bridge.pipeline.outbox import Outbox
 from moodle_bridge.pipeline.routing import CompanySettings
 from moodle_bridge.results.suppression import record_suppressions
 from moodle_bridge.sources.campaigns.rules import DAY, RuleError, parse_rule
-from moodle_bridge.sources.campaigns.runner import CampaignError, preview, run_campaign
+from moodle_bridge.sources.campaigns.runner import CampaignError, audience_count, preview, run_campaign
 from moodle_bridge.sources.iomad.schema import IomadTables
 from moodle_bridge.storage.campaign_repo import PAUSED, CampaignRepo
 from offload_contract.unsubscribe import verify_token
@@ -280,6 +280,10 @@ def test_course_triggers_and_suppressions(site: Site, bridge) -> None:
     assert preview(site.engine, bridge["repo"], bridge["config"], deadline, at=NOW)[0] == 4  # all but 23
     early = NOW - 10 * DAY
     assert preview(site.engine, bridge["repo"], bridge["config"], deadline, at=early)[0] == 0
+    # The dashboard's count (one COUNT, no rows) finds what a run's audience finds, rule by rule.
+    for cid, expected in ((not_started, 1), (inactive, 4), (suppressed, 2), (deadline, 4)):
+        assert audience_count(site.engine, bridge["repo"], bridge["config"], cid, at=NOW) == expected
+    assert audience_count(site.engine, bridge["repo"], bridge["config"], deadline, at=early) == 0
 
 
 # --- running -------------------------------------------------------------------------------
@@ -288,12 +292,16 @@ def test_course_triggers_and_suppressions(site: Site, bridge) -> None:
 def test_once_per_cycle_capped_and_paused(site: Site, bridge) -> None:
     site.user(10, lastaccess=NOW - 40 * DAY)
     cid = create(bridge, site.engine, rule(cadence={"every_days": 7, "max_reminders": 2}, start=NOW))
+    assert audience_count(site.engine, bridge["repo"], bridge["config"], cid, at=NOW) == 1
     first = run_campaign(site.engine, bridge["repo"], bridge["config"], cid, at=NOW, actor="test")
     assert (first.cycle, first.audience, first.pending) == (0, 1, 1)
     again = run_campaign(site.engine, bridge["repo"], bridge["config"], cid, at=NOW + DAY, actor="test")
     assert (again.audience, again.jobid) == (0, None)  # same cycle: the ledger has the user
+    assert audience_count(site.engine, bridge["repo"], bridge["config"], cid, at=NOW + 7 * DAY) == 1
     second = run_campaign(site.engine, bridge["repo"], bridge["config"], cid, at=NOW + 7 * DAY, actor="test")
     assert (second.cycle, second.pending) == (1, 1)
+    assert audience_count(site.engine, bridge["repo"], bridge["config"], cid, at=NOW + 7 * DAY) == 0
+    assert audience_count(site.engine, bridge["repo"], bridge["config"], cid, at=NOW + 14 * DAY) == 0  # cap
     third = run_campaign(site.engine, bridge["repo"], bridge["config"], cid, at=NOW + 14 * DAY, actor="test")
     assert third.audience == 0  # max_reminders reached
     with site.engine.begin() as conn:

@@ -61,3 +61,29 @@ def test_prefix_is_respected(db_url) -> None:
     assert "moo_mrcloud_jobs" in names
     assert not any(n.startswith("mdl_") for n in names)
     engine.dispose()
+
+
+def test_upgrade_indexes_certificates_by_recipient(db_url) -> None:
+    """The step that indexes certificates by recipient creates the index a database one version
+    older lacks, and keeps the rows."""
+    step = next(s for s in STEPS if s.summary.startswith("certificates by recipient"))
+    engine = create_bridge_engine(db_url)
+    tables = build_bridge_tables("mdl_")
+    migrate(engine, "mdl_", target=step.version - 1)
+    (index,) = [ix for ix in tables.certificates.indexes if ix.name == "mdl_mrclcert_rec_ix"]
+    with engine.begin() as conn:
+        index.drop(conn)  # what version 13 had: the baseline creates today's indexes
+        conn.execute(
+            tables.certificates.insert().values(companyid=1, recipientid=7, verifycode="a" * 32, timeissued=1)
+        )
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("mdl_mrcloud_certificates")}
+    assert "mdl_mrclcert_rec_ix" not in names
+    result = migrate(engine, "mdl_")
+    assert result.applied[0] == step
+    indexes = {
+        ix["name"]: ix["column_names"] for ix in sa.inspect(engine).get_indexes("mdl_mrcloud_certificates")
+    }
+    assert indexes["mdl_mrclcert_rec_ix"] == ["recipientid"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(tables.certificates.c.recipientid)).scalars().all() == [7]
+    engine.dispose()

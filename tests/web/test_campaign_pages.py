@@ -10,7 +10,9 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from iomad_sim.iomad_schema import metadata_for
 from moodle_bridge.pipeline.routing import CompanySettings
+from moodle_bridge.sources.campaigns import rules
 from moodle_bridge.sources.campaigns.rules import DAY
 from moodle_bridge.storage.bridge_repo import BridgeRepo
 from moodle_bridge.storage.campaign_repo import CampaignRepo
@@ -246,3 +248,87 @@ def test_department_manager_reads_and_admin_sees_every_company(cloud_site: Site)
     assert admin.post(f"/campaigns/{campaign}/pause", data={"csrf": _csrf(admin)}).status_code == 303
     paused = _audit(site, "campaign_paused")
     assert [(r.actor, r.companyid) for r in paused] == [(f"dashboard:{w.admin}", c1)]
+
+
+def _add_learner(site: Site, company: int) -> None:
+    """One more never-seen learner of ``company`` in Moodle: the inactive_site audience grows by one."""
+    meta = metadata_for(site.world.iomad)
+    user, cu = meta.tables["mdl_user"], meta.tables[site.world.iomad.company_users.name]
+    with site.engine.begin() as conn:
+        uid = int(conn.execute(sa.select(sa.func.max(user.c.id))).scalar() or 0) + 1
+        conn.execute(
+            user.insert().values(
+                id=uid, username=f"late{uid}", firstname="Late", lastname="Learner",
+                email=f"late{uid}@example.org", confirmed=1, mnethostid=1,
+            )
+        )  # fmt: skip
+        conn.execute(
+            cu.insert().values(
+                companyid=company, userid=uid, managertype=0, departmentid=site.world.child_department
+            )
+        )
+
+
+def _audience(page: str) -> tuple[str, str]:
+    """The page's audience figure and the time it was counted."""
+    shown = re.search(r'data-field="audience">([^<]*)<', page)
+    counted = re.search(r'data-field="audience-counted">([^<]*) · <a href="[^"]*\?count=now">', page)
+    assert shown and counted, page
+    return shown.group(1), counted.group(1)
+
+
+def test_the_audience_count_is_shown_again_for_a_minute_and_counted_afresh_after_a_run_or_an_edit(
+    cloud_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The campaign page keeps its audience count up to 60 s (with the time it was counted), so a
+    reload does not run the audience query again; ``?count=now``, a run, an edit and the minute
+    passing each count afresh. Showing the list or a kept count compiles no template."""
+    site = cloud_site
+    w = site.world
+    c1 = w.companies[0]
+    manager = site.signed_in(w.managers[c1], c1)
+    campaign = _create(manager)
+    members = len(w.learners[c1]) + 2
+    assert _audience(manager.get(f"/campaigns/{campaign}").text) == (
+        f"{members} users",
+        "2027-01-15 08:00:00 UTC",
+    )
+
+    compiled: list[object] = []
+    real_compile = rules.compile_templates
+
+    def counting_compile(template: rules.CampaignTemplate) -> Any:
+        compiled.append(template)
+        return real_compile(template)
+
+    monkeypatch.setattr(rules, "compile_templates", counting_compile)
+    _add_learner(site, c1)
+    site.clock.now += 59
+    assert _audience(manager.get(f"/campaigns/{campaign}").text) == (
+        f"{members} users",
+        "2027-01-15 08:00:00 UTC",
+    )
+    assert manager.get("/campaigns").status_code == 200
+    assert compiled == []  # a kept count and the list parse the stored rules without compiling them
+    site.clock.now += 2  # 61 s after the count
+    assert _audience(manager.get(f"/campaigns/{campaign}").text) == (
+        f"{members + 1} users",
+        "2027-01-15 08:01:01 UTC",
+    )
+
+    _add_learner(site, c1)
+    assert _audience(manager.get(f"/campaigns/{campaign}").text)[0] == f"{members + 1} users"  # kept
+    asked = manager.get(f"/campaigns/{campaign}", params={"count": "now"}).text
+    assert _audience(asked)[0] == f"{members + 2} users"
+
+    # A run reminds everyone in this cycle: the next view counts again (nobody left), not the kept figure.
+    ran = manager.post(f"/campaigns/{campaign}/run-now", data={"csrf": _csrf(manager)})
+    assert ran.status_code == 303
+    assert _audience(manager.get(f"/campaigns/{campaign}").text)[0] == "0 users"
+
+    # An edit changes the stored rule: counted afresh (a new learner, not reminded yet, is found).
+    _add_learner(site, c1)
+    assert _audience(manager.get(f"/campaigns/{campaign}").text)[0] == "0 users"  # kept
+    saved = manager.post(f"/campaigns/{campaign}/edit", data={**FORM, "days": "31", "csrf": _csrf(manager)})
+    assert saved.status_code == 303
+    assert _audience(manager.get(f"/campaigns/{campaign}").text)[0] == "1 users"

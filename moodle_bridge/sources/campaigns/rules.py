@@ -140,8 +140,10 @@ def compile_templates(template: CampaignTemplate) -> tuple[jinja2.Template, jinj
         raise RuleError(f"template: syntax error at line {exc.lineno}: {exc.message}") from None
 
 
-def parse_rule(document: Mapping[str, Any]) -> CampaignRule:
-    """Validate a rule document (as stored or given to ``campaigns create``)."""
+def parse_rule(document: Mapping[str, Any], *, compile_check: bool = True) -> CampaignRule:
+    """Validate a rule document (as stored or given to ``campaigns create``). ``compile_check``
+    False leaves out compiling the templates (the costly part), for showing a rule that was
+    validated when it was stored; a run or a preview compiles them before it renders."""
     doc = _object(document, "rule")
     _unknown(
         doc,
@@ -201,7 +203,8 @@ def parse_rule(document: Mapping[str, Any]) -> CampaignRule:
     if not parts["subject"].strip() or not parts["html"].strip():
         raise RuleError("template needs a subject and an html part")
     template = CampaignTemplate(parts["subject"], parts["html"], parts["text"])
-    compile_templates(template)
+    if compile_check:
+        compile_templates(template)
 
     c = _object(doc.get("cadence") or {}, "cadence")
     _unknown(c, {"every_days", "max_reminders"}, "cadence")
@@ -233,9 +236,9 @@ def parse_rule(document: Mapping[str, Any]) -> CampaignRule:
     )
 
 
-def rule_from_json(text: str) -> CampaignRule:
+def rule_from_json(text: str, *, compile_check: bool = True) -> CampaignRule:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RuleError(f"rule: invalid JSON at line {exc.lineno}, column {exc.colno}") from None
-    return parse_rule(document)
+    return parse_rule(document, compile_check=compile_check)

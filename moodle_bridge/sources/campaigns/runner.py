@@ -28,7 +28,13 @@ from moodle_bridge.pipeline.jobs import (
 from moodle_bridge.pipeline.local_mail import queue_template_locally
 from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import Decision, decide
-from moodle_bridge.sources.campaigns.audience import AudienceMember, Manager, audience, managers_of
+from moodle_bridge.sources.campaigns.audience import (
+    AudienceMember,
+    Manager,
+    audience,
+    audience_query,
+    managers_of,
+)
 from moodle_bridge.sources.campaigns.moodle_tables import MoodleActivityTables, build_activity_tables
 from moodle_bridge.sources.campaigns.rules import DAY, CampaignRule, compile_templates, rule_from_json
 from moodle_bridge.sources.iomad.addresses import address_problem
@@ -311,15 +317,16 @@ def audience_count(
     engine: sa.Engine, repo: BridgeRepo, config: BridgeConfig, campaignid: int, *, at: int
 ) -> int:
     """How many users the campaign's rule finds now (leaving out those already reminded this
-    cycle or at their cap), as a run would; reads only."""
+    cycle or at their cap), as a run would; reads only. One COUNT over the run's audience query:
+    no member comes back to Python, and without the run's ordering the database may start from
+    the company's users."""
     with engine.connect() as conn:
         row = CampaignRepo(repo.t).get(conn, campaignid)
         if row is None:
             raise CampaignError(f"campaign {campaignid} does not exist")
         rule = rule_from_json(str(row.rule))
         iomad = detect_iomad(conn, config.database.prefix)
-        members = audience(
-            conn,
+        members = audience_query(
             moodle_tables_for(iomad),
             iomad,
             repo.t,
@@ -327,8 +334,8 @@ def audience_count(
             companyid=int(row.companyid),
             campaignid=campaignid,
             now=at,
-        )
-    return len(members)
+        ).order_by(None)
+        return int(conn.execute(sa.select(sa.func.count()).select_from(members.subquery())).scalar_one())
 
 
 def preview(
