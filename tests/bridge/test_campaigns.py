@@ -289,6 +289,20 @@ def test_course_triggers_and_suppressions(site: Site, bridge) -> None:
 # --- running -------------------------------------------------------------------------------
 
 
+def test_a_cap_of_one_reminder_holds_across_cycles(site: Site, bridge) -> None:
+    """Weekly with ``max_reminders`` 1: one reminder in all (docs/campaigns.md), not one a week."""
+    site.user(10, lastaccess=NOW - 40 * DAY)
+    site.user(11, lastaccess=NOW - 40 * DAY)
+    cid = create(bridge, site.engine, rule(cadence={"every_days": 7, "max_reminders": 1}, start=NOW))
+    first = run_campaign(site.engine, bridge["repo"], bridge["config"], cid, at=NOW, actor="test")
+    assert (first.cycle, first.pending) == (0, 2)
+    for week in (1, 2):
+        at = NOW + week * 7 * DAY
+        assert audience_count(site.engine, bridge["repo"], bridge["config"], cid, at=at) == 0
+        later = run_campaign(site.engine, bridge["repo"], bridge["config"], cid, at=at, actor="test")
+        assert (later.cycle, later.audience, later.jobid) == (week, 0, None)
+
+
 def test_once_per_cycle_capped_and_paused(site: Site, bridge) -> None:
     site.user(10, lastaccess=NOW - 40 * DAY)
     cid = create(bridge, site.engine, rule(cadence={"every_days": 7, "max_reminders": 2}, start=NOW))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -136,24 +137,29 @@ def audience_query(
         conds.append(
             ~sa.exists().where(cc.c.userid == u.c.id, cc.c.course == trig.course, cc.c.timecompleted > 0)
         )
-    ledger = bridge.campaign_ledger
-    cycle = rule.cycle(now)
-    conds.append(
-        ~sa.exists().where(
-            ledger.c.campaignid == campaignid, ledger.c.userid == u.c.id, ledger.c.cycle == cycle
-        )
-    )
-    if rule.cadence.max_reminders > 1:
-        sent_before = (
-            sa.select(sa.func.count())
-            .where(ledger.c.campaignid == campaignid, ledger.c.userid == u.c.id)
-            .scalar_subquery()
-        )
-        conds.append(sent_before < rule.cadence.max_reminders)
+    conds.append(u.c.id.not_in(_already_reminded(bridge, rule, campaignid, now)))
     return (
         sa.select(u.c.id, u.c.email, u.c.firstname, u.c.lastname, u.c.lang, u.c.lastaccess)
         .where(*conds)
         .order_by(u.c.id)
+    )
+
+
+def _already_reminded(bridge: BridgeTables, rule: CampaignRule, campaignid: int, now: int) -> sa.Select[Any]:
+    """Users the ledger leaves out: reminded in this cycle, or as often as the cap allows.
+
+    One pass over the campaign's ledger rows (its unique key leads with ``campaignid``), grouped
+    by user, then an anti-join: the engines hash or materialise it once, where a correlated
+    look-up per candidate user cost one index probe (two with a cap) per learner."""
+    ledger = bridge.campaign_ledger
+    reminded = sa.select(ledger.c.userid).where(ledger.c.campaignid == campaignid)
+    if rule.cadence.every_days <= 0:
+        return reminded  # a one-off campaign: every ledger row is of cycle 0
+    return reminded.group_by(ledger.c.userid).having(
+        sa.or_(
+            sa.func.count() >= rule.cadence.max_reminders,
+            sa.func.max(ledger.c.cycle) >= rule.cycle(now),
+        )
     )
 
 
