@@ -5,7 +5,8 @@
 //   POST /v1/events/ses                SES events via an EventBridge API destination (bearer token)
 //   POST /v1/events/sendgrid           SendGrid Event Webhook (ECDSA signature)
 //   GET  /v1/unsubscribe/{token}       public: the unsubscribe page (a confirm button), as on AWS
-//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js)
+//   POST /v1/unsubscribe/{token}       public: RFC 8058 one-click unsubscribe, as on AWS (unsubscribe.js);
+//                                      both throttled per client address (UNSUBSCRIBE_LIMITER, 429)
 //   GET  /v1/certificates/verify/{code} public: as on AWS, for the certificates this Worker rendered;
 //                                      throttled per client address (VERIFY_LIMITER, 429)
 //   PUT/GET /v1/objects/{key}          signed: the company's own R2 objects (objects.js)
@@ -86,17 +87,18 @@ async function readLimited(request, limit) {
 }
 
 /**
- * Per-client throttle of the public verify route (page and JSON): Workers' rate-limit binding
- * VERIFY_LIMITER (wrangler.jsonc: a limit per 60 s), keyed by the client's address, so one
- * client's flood answers 429 to it alone. Without the binding (an older deployment) nothing is
- * throttled here; the account's WAF rules still apply.
+ * Per-client throttle of the public routes: Workers' rate-limit bindings (wrangler.jsonc: a limit
+ * per 60 s), VERIFY_LIMITER for verify (page and JSON) and UNSUBSCRIBE_LIMITER for unsubscribe,
+ * keyed by the client's address, so one client's flood answers 429 to it alone (as the WAF's
+ * per-address rule does on AWS). Without the binding (an older deployment) nothing is throttled
+ * here; the account's WAF rules still apply.
  */
-async function verifyThrottled(request, env) {
-  if (!env.VERIFY_LIMITER) return null;
+async function throttled(limiter, request, what) {
+  if (!limiter) return null;
   const client = request.headers.get("cf-connecting-ip") || "unknown";
-  const { success } = await env.VERIFY_LIMITER.limit({ key: `verify:${client}` });
+  const { success } = await limiter.limit({ key: `${what}:${client}` });
   if (success) return null;
-  return jsonResponse(429, { error: "too_many_requests", message: "too many verification requests from this address; try again in a minute" }, { "retry-after": "60" });
+  return jsonResponse(429, { error: "too_many_requests", message: `too many ${what} requests from this address; try again in a minute` }, { "retry-after": "60" });
 }
 
 const methodNotAllowed = (allow) => jsonResponse(405, { error: "method_not_allowed", message: `use ${allow}` }, { allow });
@@ -161,11 +163,14 @@ export async function handleRoute(request, env, { processors } = {}) {
       return jsonResponse(200, { code: ask.code, revoked: ask.revoke });
     }
     const unsubscribe = UNSUBSCRIBE_PATH.exec(pathname);
-    if (unsubscribe) return await handleUnsubscribe(request, env, unsubscribe[1]);
+    if (unsubscribe) {
+      const limited = await throttled(env.UNSUBSCRIBE_LIMITER, request, "unsubscribe");
+      return limited ?? (await handleUnsubscribe(request, env, unsubscribe[1]));
+    }
     const verify = /^\/v1\/certificates\/verify\/([^/]+)$/.exec(pathname);
     if (verify) {
       if (request.method !== "GET") return methodNotAllowed("GET");
-      const limited = await verifyThrottled(request, env);
+      const limited = await throttled(env.VERIFY_LIMITER, request, "verification");
       if (limited) return limited;
       const code = verify[1];
       const record = VERIFY_CODE.test(code) ? await publicRecords(env).certificate(code) : null;
