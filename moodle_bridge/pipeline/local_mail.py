@@ -31,6 +31,15 @@ class QueuedLocally:
     skipped: int = 0
     failed: int = 0
 
+    def note(self, reason: str, iomad: IomadTables) -> str:
+        """The run's note, the same for a campaign's and a report's local run."""
+        note = f"kept local ({reason}): {self.rows} rows queued in IOMAD's {iomad.email.name} for its cron"
+        if self.skipped:
+            note += f"; {self.skipped} suppressed"
+        if self.failed:
+            note += f"; {self.failed} failed (no usable address or template)"
+        return note
+
 
 def queue_template_locally(
     conn: sa.Connection,

@@ -265,10 +265,7 @@ def run_campaign_in(
         campaigns.record_ledger(conn, campaignid, report.cycle, LOCAL_JOB, [m.userid for m in members], at)
         report.local_rows, report.recipients = queued.rows, len(planned)
         report.skipped, report.failed = queued.skipped, queued.failed
-        report.notes.append(
-            f"kept local ({decision.reason}): {queued.rows} rows queued in IOMAD's {iomad.email.name} "
-            "for its cron to send"
-        )
+        report.notes.append(queued.note(decision.reason, iomad))
         return report
     try:
         new_job = create_template_job(

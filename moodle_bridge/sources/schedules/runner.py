@@ -29,7 +29,7 @@ from moodle_bridge.pipeline.jobs import (
     create_template_job,
     fill_template_job,
 )
-from moodle_bridge.pipeline.local_mail import QueuedLocally, queue_template_locally
+from moodle_bridge.pipeline.local_mail import queue_template_locally
 from moodle_bridge.pipeline.outbox import BuildError
 from moodle_bridge.pipeline.routing import CompanySettings, decide
 from moodle_bridge.sources.campaigns.audience import COMPANY_MANAGER
@@ -556,16 +556,7 @@ def _queue_report_locally(
         attachment=Attachment(filepath=str(path), filename=filename),
     )
     report.outcome, report.recipients = "queued_local", queued.rows
-    report.notes.append(_local_note(reason, queued, iomad))
-
-
-def _local_note(reason: str, queued: QueuedLocally, iomad: IomadTables) -> str:
-    note = f"kept local ({reason}): {queued.rows} rows queued in IOMAD's {iomad.email.name} for its cron"
-    if queued.skipped:
-        note += f"; {queued.skipped} suppressed"
-    if queued.failed:
-        note += f"; {queued.failed} failed (no usable address or template)"
-    return note
+    report.notes.append(queued.note(reason, iomad))
 
 
 CERTIFICATE_TEMPLATE = {
